@@ -1,0 +1,49 @@
+# Two environments (DESIGN.md): .venv (Dagster orchestrator) and .venv-worker (torch models).
+# `make demo` and `make test` each set up everything they need on a fresh machine.
+PYTHON      ?= python3.11
+TORCH_SPEC  ?= torch==2.13.0
+VENV        := .venv
+WORKER_VENV := .venv-worker
+DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+export DAGSTER_HOME
+
+.PHONY: setup system-packages demo test test-orchestrator test-worker ui clean
+
+setup: $(VENV)/.installed $(WORKER_VENV)/.installed
+
+system-packages: .system-packages.stamp
+.system-packages.stamp:
+	@if ! command -v redis-server >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; \
+	fi
+	@touch $@
+
+$(VENV)/.installed: pyproject.toml | system-packages
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e ".[orchestrator,test]"
+	@touch $@
+
+$(WORKER_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(WORKER_VENV)
+	$(WORKER_VENV)/bin/pip install -q --upgrade pip
+	$(WORKER_VENV)/bin/pip install -q "$(TORCH_SPEC)"
+	$(WORKER_VENV)/bin/pip install -q -e ".[worker,test]" "$(TORCH_SPEC)"
+	@touch $@
+
+# One command: build both environments, generate the synthetic demo catalog, materialize the demo
+# region for one window end to end, print where the cube is and how to open the UI.
+demo: setup
+	mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true
+	$(VENV)/bin/python -m rs_embed_pipeline.demo
+
+test: setup
+	bash scripts/run_tests.sh
+
+ui: setup
+	mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true
+	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+clean:
+	rm -rf $(VENV) $(WORKER_VENV) .system-packages.stamp data .dagster_home

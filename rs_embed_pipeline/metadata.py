@@ -1,0 +1,75 @@
+"""Helpers that turn run facts into Dagster metadata people can read in the UI.
+
+Every materialization of an asset carries the same keys, so the UI can plot them over partitions.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from typing import Any, Iterable, Mapping
+
+import dagster as dg
+import numpy as np
+
+STATUS_COLUMNS = ("ok", "no_data", "failed", "pending")
+
+
+def status_table(rows: Iterable[Mapping[str, Any]], label: str = "partition") -> dg.TableMetadataValue:
+    """Per-partition (or per-store) tile status counts as a table."""
+    schema = dg.TableSchema(
+        columns=[dg.TableColumn(label, "string")]
+        + [dg.TableColumn(c, "int") for c in STATUS_COLUMNS]
+    )
+    records = [
+        dg.TableRecord({label: str(r[label]), **{c: int(r.get(c, 0)) for c in STATUS_COLUMNS}})
+        for r in rows
+    ]
+    return dg.MetadataValue.table(records=records, schema=schema)
+
+
+def json_value(value: Any) -> dg.JsonMetadataValue:
+    return dg.MetadataValue.json(json.loads(json.dumps(value, default=str)))
+
+
+def path_value(uri: str) -> dg.MetadataValue:
+    return dg.MetadataValue.url(uri) if "://" in uri else dg.MetadataValue.path(uri)
+
+
+def pca_rgb(features: np.ndarray) -> np.ndarray:
+    """First three principal components of ``[..., D]`` features as uint8 RGB ``[..., 3]``.
+
+    NaN cells (tiles without an embedding) come out black. Each component is stretched between its
+    2nd and 98th percentile so that one outlier does not wash out the picture.
+    """
+    shape = features.shape[:-1]
+    flat = features.reshape(-1, features.shape[-1]).astype(np.float64)
+    ok = np.isfinite(flat).all(axis=1)
+    rgb = np.zeros((flat.shape[0], 3), dtype=np.uint8)
+    if ok.sum() >= 2:
+        x = flat[ok] - flat[ok].mean(axis=0)
+        _, _, vt = np.linalg.svd(x, full_matrices=False)
+        comps = x @ vt[:3].T
+        if comps.shape[1] < 3:
+            comps = np.pad(comps, ((0, 0), (0, 3 - comps.shape[1])))
+        lo, hi = np.percentile(comps, 2, axis=0), np.percentile(comps, 98, axis=0)
+        scaled = np.clip((comps - lo) / np.where(hi > lo, hi - lo, 1.0), 0, 1)
+        rgb[ok] = (scaled * 255).round().astype(np.uint8)
+    return rgb.reshape(*shape, 3)
+
+
+def preview_png(rgb: np.ndarray, min_side: int = 256) -> bytes:
+    from PIL import Image
+
+    image = Image.fromarray(rgb, mode="RGB")
+    factor = max(1, int(np.ceil(min_side / max(1, min(rgb.shape[:2])))))
+    image = image.resize((rgb.shape[1] * factor, rgb.shape[0] * factor), Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def preview_markdown(png: bytes, caption: str) -> dg.MarkdownMetadataValue:
+    encoded = base64.b64encode(png).decode()
+    return dg.MetadataValue.md(f"![{caption}](data:image/png;base64,{encoded})\n\n{caption}")

@@ -1,0 +1,223 @@
+"""A Zarr v3 group holding per-tile arrays, a per-tile status and per-tile provenance.
+
+Used for the patch stores (``data [tile, band, y, x]``, ``valid [tile, y, x]``) and the embedding
+stores (``pooled [tile, feature]``, ``grid [tile, feature, gy, gx]``). Every array is chunked one
+tile per chunk, so writing a tile touches only that tile's chunks: concurrent writers of
+different tiles never share a chunk, and a crash can only leave a tile whose status is still
+``pending``, because the status is written last, after the tile's arrays.
+
+A store records a *fingerprint* of everything that shaped its numbers (provider settings, model
+options, weights sha256, code version). Opening an existing store with another fingerprint is
+refused unless the caller asks to rebuild; a directory that exists but is not a store of the
+expected kind is never overwritten.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Iterable, Mapping, Sequence
+
+import fsspec
+import numpy as np
+import zarr
+
+STATUS_CODES = {"pending": 0, "ok": 1, "no_data": 2, "failed": 3}
+STATUS_NAMES = {code: name for name, code in STATUS_CODES.items()}
+SCHEMA_VERSION = 1
+
+
+class StoreError(RuntimeError):
+    """A store is missing, corrupt, or was built with other settings."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ArraySpec:
+    """One per-tile array: the shape of a tile's slice and the names of its dimensions."""
+
+    name: str
+    tile_shape: tuple[int, ...]
+    dims: tuple[str, ...]
+    dtype: str = "float32"
+    fill_value: Any = 0
+
+    def __post_init__(self) -> None:
+        if len(self.tile_shape) != len(self.dims):
+            raise ValueError(f"{self.name}: dims {self.dims} do not match shape {self.tile_shape}")
+
+
+def _exists(uri: str, storage_options: Mapping[str, Any] | None) -> bool:
+    fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    return fs.exists(path)
+
+
+class TileStore:
+    """Open with :meth:`create_or_open` (writers) or :meth:`open` (readers)."""
+
+    def __init__(self, group: zarr.Group, uri: str):
+        self.group = group
+        self.uri = uri
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def open(
+        cls,
+        uri: str,
+        kind: str,
+        *,
+        mode: str = "r",
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> "TileStore":
+        if not _exists(uri, storage_options):
+            raise StoreError(f"{kind} store {uri} does not exist; materialize its asset first")
+        try:
+            group = zarr.open_group(uri, mode=mode, storage_options=dict(storage_options or {}) or None)
+        except Exception as exc:  # zarr raises several types for unreadable metadata
+            raise StoreError(
+                f"{uri} exists but is not a readable Zarr group ({type(exc).__name__}: {exc}); "
+                "it was left untouched. Inspect or delete it, then re-run."
+            ) from exc
+        store = cls(group, uri)
+        store._validate_kind(kind)
+        return store
+
+    @classmethod
+    def create_or_open(
+        cls,
+        uri: str,
+        kind: str,
+        *,
+        tile_ids: Sequence[str],
+        arrays: Sequence[ArraySpec],
+        fingerprint: str,
+        attrs: Mapping[str, Any],
+        rebuild: bool = False,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> "TileStore":
+        """Create the store with every array allocated up front, or reopen a compatible one.
+
+        ``rebuild=True`` accepts a store with another fingerprint by marking all its tiles
+        pending again (their chunks are overwritten tile by tile as the run proceeds).
+        """
+        if _exists(uri, storage_options):
+            store = cls.open(uri, kind, mode="r+", storage_options=storage_options)
+            store._validate_layout(tile_ids, arrays)
+            if store.fingerprint != fingerprint:
+                if not rebuild:
+                    raise StoreError(
+                        f"{kind} store {uri} was built with other settings "
+                        f"(fingerprint {store.fingerprint[:12]} != {fingerprint[:12]}: "
+                        f"{store._diff_settings(attrs)}). Nothing was changed. Materialize with "
+                        "rebuild (config `rebuild: true`) to replace it, or use another store root."
+                    )
+                store.group["status"][:] = STATUS_CODES["pending"]
+                store.group.attrs.update({"fingerprint": fingerprint, "settings": dict(attrs)})
+            return store
+
+        group = zarr.open_group(uri, mode="w-", storage_options=dict(storage_options or {}) or None)
+        n = len(tile_ids)
+        group.attrs.update(
+            {
+                "schema": f"rs_embed_pipeline.{kind}",
+                "schema_version": SCHEMA_VERSION,
+                "fingerprint": fingerprint,
+                "settings": dict(attrs),
+            }
+        )
+        ids = group.create_array("tile_id", shape=(n,), chunks=(max(n, 1),), dtype=str, dimension_names=["tile"])
+        if n:
+            ids[:] = np.asarray(list(tile_ids), dtype=str)
+        group.create_array("status", shape=(n,), chunks=(1,), dtype="int8", fill_value=0, dimension_names=["tile"],
+                           attributes={"flag_values": list(STATUS_NAMES), "flag_meanings": " ".join(STATUS_CODES)})
+        group.create_array("tile_meta", shape=(n,), chunks=(1,), dtype=str, dimension_names=["tile"])
+        for spec in arrays:
+            group.create_array(
+                spec.name,
+                shape=(n, *spec.tile_shape),
+                chunks=(1, *spec.tile_shape),
+                dtype=spec.dtype,
+                fill_value=spec.fill_value,
+                dimension_names=["tile", *spec.dims],
+            )
+        return cls(group, uri)
+
+    def _validate_kind(self, kind: str) -> None:
+        schema = self.group.attrs.get("schema")
+        if schema != f"rs_embed_pipeline.{kind}":
+            raise StoreError(
+                f"{self.uri} is not a {kind} store (schema={schema!r}); it was left untouched. "
+                "Point the pipeline at another store root or delete it."
+            )
+        missing = [name for name in ("tile_id", "status", "tile_meta") if name not in self.group]
+        if missing:
+            raise StoreError(f"{kind} store {self.uri} is corrupt: arrays {missing} are missing")
+
+    def _validate_layout(self, tile_ids: Sequence[str], arrays: Sequence[ArraySpec]) -> None:
+        existing = self.tile_ids
+        if existing != [str(t) for t in tile_ids]:
+            raise StoreError(
+                f"Store {self.uri} holds {len(existing)} tiles that differ from the tile grid's "
+                f"{len(tile_ids)}; the AOI or grid changed. Nothing was changed; use rebuild or a new store root."
+            )
+        for spec in arrays:
+            if spec.name not in self.group:
+                raise StoreError(f"Store {self.uri} is corrupt: array {spec.name!r} is missing")
+            shape = self.group[spec.name].shape
+            if tuple(shape) != (len(tile_ids), *spec.tile_shape):
+                raise StoreError(
+                    f"Store {self.uri}: array {spec.name!r} has shape {tuple(shape)}, expected "
+                    f"{(len(tile_ids), *spec.tile_shape)}. Nothing was changed."
+                )
+
+    def _diff_settings(self, attrs: Mapping[str, Any]) -> str:
+        old = self.settings
+        keys = sorted(set(old) | set(attrs))
+        diffs = [f"{k}: {old.get(k)!r} -> {attrs.get(k)!r}" for k in keys if old.get(k) != attrs.get(k)]
+        return "; ".join(diffs[:6]) or "code or input version changed"
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def fingerprint(self) -> str:
+        return str(self.group.attrs.get("fingerprint", ""))
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return dict(self.group.attrs.get("settings", {}))
+
+    @property
+    def tile_ids(self) -> list[str]:
+        return [str(t) for t in np.asarray(self.group["tile_id"][:]).tolist()]
+
+    def statuses(self) -> np.ndarray:
+        return np.asarray(self.group["status"][:], dtype=np.int8)
+
+    def status_counts(self) -> dict[str, int]:
+        codes = self.statuses()
+        return {name: int((codes == code).sum()) for name, code in STATUS_CODES.items()}
+
+    def indices_with_status(self, *names: str) -> np.ndarray:
+        codes = [STATUS_CODES[n] for n in names]
+        return np.flatnonzero(np.isin(self.statuses(), codes))
+
+    def tile_meta(self, index: int) -> dict[str, Any]:
+        raw = self.group["tile_meta"][index]
+        return json.loads(str(raw)) if raw else {}
+
+    def read(self, name: str, indices: Iterable[int]) -> np.ndarray:
+        idx = np.asarray(list(indices), dtype=np.int64)
+        if idx.size == 0:
+            return np.zeros((0, *self.group[name].shape[1:]), dtype=self.group[name].dtype)
+        # Contiguous runs read as slices (one request per chunk); others fall back to orthogonal indexing.
+        if np.all(np.diff(idx) == 1):
+            return np.asarray(self.group[name][int(idx[0]) : int(idx[-1]) + 1])
+        return np.asarray(self.group[name].get_orthogonal_selection((idx,)))
+
+    # ------------------------------------------------------------------ writing
+    def write_tile(self, index: int, status: str, meta: Mapping[str, Any], **arrays: np.ndarray) -> None:
+        """Write a tile's arrays, then its provenance, then (last) its status."""
+        if status not in STATUS_CODES or status == "pending":
+            raise ValueError(f"status {status!r} is not one of ok, no_data, failed")
+        for name, value in arrays.items():
+            self.group[name][index] = value
+        self.group["tile_meta"][index] = json.dumps(meta, default=str, sort_keys=True)
+        self.group["status"][index] = STATUS_CODES[status]

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): the model tests run in the worker environment, everything
+# else in the orchestrator environment. Prints both pytest summaries and one combined line, and
+# fails when either run fails or when no test ran at all (pytest exit code 5 is a failure here).
+set -u
+cd "$(dirname "$0")/.."
+results=.test-results
+rm -rf "$results" && mkdir -p "$results"
+
+.venv-worker/bin/python -m pytest rs_embed_pipeline_tests/models -m "not live_gee" \
+    --junitxml="$results/worker.xml" "$@"
+worker_rc=$?
+.venv/bin/python -m pytest rs_embed_pipeline_tests --ignore=rs_embed_pipeline_tests/models \
+    -m "not live_gee" --junitxml="$results/orchestrator.xml" "$@"
+orchestrator_rc=$?
+
+.venv/bin/python scripts/test_summary.py "$results/worker.xml" "$results/orchestrator.xml"
+summary_rc=$?
+for rc in $worker_rc $orchestrator_rc; do
+    if [ "$rc" -ne 0 ]; then
+        echo "pytest exited with $rc (5 means no tests ran)"; exit 1
+    fi
+done
+exit $summary_rc
