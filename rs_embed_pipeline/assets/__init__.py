@@ -1,0 +1,1 @@
+"""Asset factories: each module builds the assets of one stage from the pipeline configuration."""

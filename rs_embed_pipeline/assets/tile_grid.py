@@ -1,0 +1,80 @@
+"""The tile grid: which stable, UTM-aligned tiles cover each region, per tile size in use."""
+
+
+import io
+
+import dagster as dg
+import geopandas as gpd
+import pandas as pd
+
+from rs_embed_pipeline.grid import build_tile_grid
+from rs_embed_pipeline.partitions import region_windows
+from rs_embed_pipeline.regions import PipelineConfig
+from rs_embed_pipeline.resources import PipelineStore, TerraFMAdapter, ThorAdapter
+from rs_embed_pipeline.stores.files import read_bytes, write_bytes_atomic
+
+
+def read_tile_grid(store: PipelineStore, region: str, window: str) -> gpd.GeoDataFrame:
+    uri = store.layout.tile_grid(region, window)
+    try:
+        payload = read_bytes(uri, store.storage_options)
+    except FileNotFoundError as exc:
+        raise dg.Failure(f"Tile grid {uri} is missing; materialize tile_grid for {region}|{window} first") from exc
+    return gpd.read_parquet(io.BytesIO(payload))
+
+
+def tile_sizes(terrafm: TerraFMAdapter, thor: ThorAdapter) -> list[tuple[int, float]]:
+    """(size_px, scale_m) of every model's native tile; one grid per distinct size (DESIGN.md)."""
+    return sorted({(terrafm.tile_size_px, terrafm.scale_m), (thor.tile_size_px, thor.scale_m)})
+
+
+def build_tile_grid_asset(config: PipelineConfig, partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    @dg.asset(
+        name="tile_grid",
+        partitions_def=partitions_def,
+        backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=8),
+        group_name="inputs",
+        kinds={"geopandas", "parquet"},
+        owners=["team:embeddings"],
+        code_version="1",
+    )
+    def tile_grid(
+        context: dg.AssetExecutionContext,
+        store: PipelineStore,
+        terrafm: TerraFMAdapter,
+        thor: ThorAdapter,
+    ) -> dg.MaterializeResult:
+        """GeoParquet of the global, stable, UTM-aligned tiles covering the region's AOI.
+
+        One row per tile and tile size in use (TerraFM-B 224 px, THOR 288 px at 10 m): tile_id,
+        utm_epsg, x0/y0 (upper-left corner, metres, tile UTM CRS), size_px, scale_m and the
+        footprint in EPSG:4326. Tile ids depend only on the lattice, so overlapping regions share them.
+        """
+        rows = []
+        for part in region_windows(partitions_def, context.partition_keys):
+            region = config.region(part.region)
+            grids = [build_tile_grid(region.aoi, size, scale) for size, scale in tile_sizes(terrafm, thor)]
+            grid = gpd.GeoDataFrame(pd.concat(grids, ignore_index=True), crs="EPSG:4326")
+            if grid.empty:
+                raise dg.Failure(f"Region {part.region!r}: the AOI produced no tiles; check its geometry")
+            uri = store.layout.tile_grid(part.region, part.window)
+            buf = io.BytesIO()
+            grid.to_parquet(buf, index=False)
+            write_bytes_atomic(uri, buf.getvalue(), store.storage_options)
+            per_size = grid.groupby("size_px").size().to_dict()
+            rows.append({"partition": part.key, "uri": uri, "tiles": len(grid),
+                         "zones": sorted(int(z) for z in grid["utm_epsg"].unique()),
+                         "per_size": {int(k): int(v) for k, v in per_size.items()}})
+            context.log.info(f"{part.key}: {len(grid)} tiles {per_size} -> {uri}")
+        first = rows[0]
+        return dg.MaterializeResult(
+            metadata={
+                "tiles": sum(r["tiles"] for r in rows),
+                "tiles_per_size": dg.MetadataValue.json({str(k): v for k, v in first["per_size"].items()}),
+                "utm_zones": dg.MetadataValue.json(first["zones"]),
+                "partitions": dg.MetadataValue.json([r["partition"] for r in rows]),
+                "store_uri": dg.MetadataValue.path(first["uri"]) if "://" not in first["uri"] else dg.MetadataValue.url(first["uri"]),
+            }
+        )
+
+    return tile_grid

@@ -1,0 +1,73 @@
+"""The code location: assets, checks, jobs, schedules and the environment's resources."""
+
+from __future__ import annotations
+
+import warnings
+
+import dagster as dg
+
+from rs_embed_pipeline.assets.embeddings import EMBEDDING_SPECS, build_embedding_assets
+from rs_embed_pipeline.assets.patches import build_patches_asset
+from rs_embed_pipeline.assets.tile_grid import build_tile_grid_asset
+from rs_embed_pipeline.partitions import build_partitions
+from rs_embed_pipeline.regions import load_pipeline_config
+from rs_embed_pipeline.resources import (
+    EarthEngineImagery,
+    ImageryResource,
+    LocalStacImagery,
+    PipelineStore,
+    StacImagery,
+    TerraFMAdapter,
+    ThorAdapter,
+)
+from rs_embed_pipeline.schedules import build_embedding_job, build_latest_window_schedule
+from rs_embed_pipeline.settings import Settings
+
+# BackfillPolicy is marked beta, and it is exactly what the design asks for: say so once, here.
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
+
+
+def imagery_for(settings: Settings) -> ImageryResource:
+    if settings.provider == "gee":
+        return EarthEngineImagery(project=settings.ee_project)
+    if settings.provider == "stac":
+        return StacImagery(api_url=settings.stac_url)
+    return LocalStacImagery(catalog_path=settings.local_catalog)
+
+
+def resources_for(settings: Settings) -> dict[str, object]:
+    """The one place where the environment picks its resources."""
+    model_common = {
+        "worker_python": settings.worker_python,
+        "allow_random_weights": settings.allow_random_weights,
+        "device": settings.device,
+    }
+    return {
+        "store": PipelineStore(root=settings.store_root),
+        "imagery": imagery_for(settings),
+        "terrafm": TerraFMAdapter(**model_common),
+        "thor": ThorAdapter(**model_common),
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
+    }
+
+
+def build_definitions(settings: Settings, resources: dict[str, object] | None = None) -> dg.Definitions:
+    config = load_pipeline_config(settings.config_path)
+    partitions_def = build_partitions(config)
+    assets = [
+        build_tile_grid_asset(config, partitions_def),
+        build_patches_asset("s2", partitions_def),
+        build_patches_asset("s1", partitions_def),
+    ]
+    for spec in EMBEDDING_SPECS:
+        assets.extend(build_embedding_assets(spec, partitions_def))
+    job = build_embedding_job(partitions_def)
+    return dg.Definitions(
+        assets=assets,
+        jobs=[job],
+        schedules=[build_latest_window_schedule(config, partitions_def, job)],
+        resources=resources if resources is not None else resources_for(settings),
+    )
+
+
+defs = build_definitions(Settings.from_env())
