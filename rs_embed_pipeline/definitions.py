@@ -54,10 +54,11 @@ def resources_for(settings: Settings) -> dict[str, object]:
 def build_definitions(settings: Settings, resources: dict[str, object] | None = None) -> dg.Definitions:
     config = load_pipeline_config(settings.config_path)
     partitions_def = build_partitions(config)
+    fetch_pool = "earth_engine" if settings.provider == "gee" else None
     assets = [
         build_tile_grid_asset(config, partitions_def),
-        build_patches_asset("s2", partitions_def),
-        build_patches_asset("s1", partitions_def),
+        build_patches_asset("s2", partitions_def, pool=fetch_pool),
+        build_patches_asset("s1", partitions_def, pool=fetch_pool),
     ]
     for spec in EMBEDDING_SPECS:
         assets.extend(build_embedding_assets(spec, partitions_def))

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         md = mat.metadata
         random = md["random_weights"].value if "random_weights" in md else None
         weights = "RANDOM WEIGHTS (not pretrained)" if random else f"pretrained, sha256 {md['weights_sha256'].value[:12]}"
-        print(f"  {name:18s} {md['cube_uri'].value}  [{weights}]")
+        print(f"  {name:18s} {md['store_uri'].value}  [{weights}]")
     print("\nOpen a cube:  .venv/bin/python -c \"import xarray as xr; "
           "print(xr.open_datatree('data/cubes/terrafm_b_s2/demo.zarr', engine='zarr'))\"")
     print("Open the UI:  make ui   then browse http://127.0.0.1:3000 (Assets -> lineage)")

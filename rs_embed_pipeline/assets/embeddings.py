@@ -51,8 +51,9 @@ def _stores(spec: EmbeddingSpec, store: PipelineStore, adapter: ModelAdapterReso
     }
 
 
-def run_metadata(adapter_settings: dict[str, Any], patch_settings: dict[str, Any]) -> dict[str, Any]:
+def run_metadata(adapter_settings: dict[str, Any], patches: TileStore) -> dict[str, Any]:
     """The DESIGN.md run metadata shared by embeddings and cube materializations (same keys always)."""
+    patch_settings = patches.settings
     provider = patch_settings.get("provider", {})
     sensor = patch_settings.get("sensor_options", {})
     return {
@@ -69,10 +70,10 @@ def run_metadata(adapter_settings: dict[str, Any], patch_settings: dict[str, Any
                                 or patch_settings.get("size_px", 0) * patch_settings.get("scale_m", 0)),
         "s2_branch": adapter_settings.get("s2_branch") or "n/a",
         "provider": provider.get("provider") or provider.get("name") or "unknown",
-        "collection": json_value(provider.get("collections") or provider.get("collection") or {}),
+        "collection": _collection(provider, patch_settings.get("modality", "")),
         "composite": sensor.get("composite", "n/a"),
         "cloudy_pct": float(sensor.get("cloudy_pct", -1)),
-        "synthetic_imagery": bool(provider.get("synthetic", False)),
+        "synthetic_imagery": bool(patches.group.attrs.get("synthetic_imagery", False)),
     }
 
 
@@ -126,8 +127,7 @@ def build_embedding_assets(
             raise dg.Failure(f"The worker reported {len(messages)} of {len(parts)} partitions")
         results = [s for m in messages for s in m["stores"]]
         adapter_settings = messages[0]["adapter"]
-        patch_settings = TileStore.open(results[0]["patches_uri"], "patches",
-                                        storage_options=store.storage_options).settings
+        patches = TileStore.open(results[0]["patches_uri"], "patches", storage_options=store.storage_options)
         counts = {k: sum(r["counts"][k] for r in results) for k in ("ok", "no_data", "failed", "pending")}
         timings = {k: round(sum(r["timings"][k] for r in results), 3) for k in results[0]["timings"]}
         nonfinite = sum(int(r["nonfinite_values"]) for r in results)
@@ -135,7 +135,7 @@ def build_embedding_assets(
             context.log.warning(f"{embeddings_name}: computed with RANDOM WEIGHTS, not the pretrained model")
         return dg.MaterializeResult(
             metadata={
-                **run_metadata(adapter_settings, patch_settings),
+                **run_metadata(adapter_settings, patches),
                 "time_window": json_value([{"window": p.window, "start": p.start, "end": p.end} for p in parts]),
                 "tile_status": status_table([{"partition": m["partition"], **s["counts"]}
                                              for m in messages for s in m["stores"]]),
@@ -199,9 +199,8 @@ def build_embedding_assets(
             cube_uri = store.layout.cube(spec.model_id, spec.modality, part.region)
             cube_uris.append(cube_uri)
             settings = emb.settings
-            patch_settings = TileStore.open(uris["patches_uri"], "patches",
-                                            storage_options=store.storage_options).settings
-            meta = run_metadata(settings["adapter"], patch_settings)
+            patches = TileStore.open(uris["patches_uri"], "patches", storage_options=store.storage_options)
+            meta = run_metadata(settings["adapter"], patches)
             attrs = {
                 "title": f"{spec.title} embedding cube, region {part.region}",
                 "model_id": spec.model_id, "modality": spec.modality, "region": part.region,
@@ -248,7 +247,7 @@ def build_embedding_assets(
                 **meta,
                 "tile_status": status_table(rows),
                 "tiles_ok": sum(r["ok"] for r in rows),
-                "cube_uri": path_value(cube_uris[0]),
+                "store_uri": path_value(cube_uris[0]),
                 "preview": preview or dg.MetadataValue.md("No tile of this window has an embedding."),
             },
             check_results=[
@@ -261,6 +260,14 @@ def build_embedding_assets(
         )
 
     return [embeddings, cube]
+
+
+def _collection(provider: dict[str, Any], modality: str) -> str:
+    """The collection id the patches came from, whatever shape the provider's describe() has."""
+    per_modality = provider.get("collections", {}).get(modality)
+    if isinstance(per_modality, dict):
+        return str(per_modality.get("collection", "unknown"))
+    return str(per_modality or provider.get("collection") or "unknown")
 
 
 def _crs_epsg(ds: xr.Dataset) -> int | None:

@@ -48,17 +48,24 @@ def fetch_into_store(
     todo = set(store.indices_with_status("pending", "failed", "no_data").tolist())
     rows = tiles[tiles["tile_id"].map(index_of).isin(todo)]
     t0 = time.perf_counter()
+    synthetic = bool(store.group.attrs.get("synthetic_imagery", False))
     for patch in provider.fetch_patches(rows, start=start, end=end, modality=modality,
                                         bands=list(bands), **sensor_options):
         index = index_of[patch.tile_id]
         meta = dict(patch.meta)
         meta["valid_fraction"] = float(np.mean(patch.valid)) if patch.valid.size else 0.0
+        synthetic = synthetic or bool(meta.get("synthetic", False))
         store.write_tile(index, patch.status, meta,
                          data=patch.data.astype(np.float32, copy=False), valid=patch.valid)
-    return {"fetched": len(rows), "fetch_s": round(time.perf_counter() - t0, 3)}
+    # Any synthetic pixel labels the whole store (and everything built from it) synthetic.
+    store.group.attrs["synthetic_imagery"] = synthetic
+    return {"fetched": len(rows), "fetch_s": round(time.perf_counter() - t0, 3), "synthetic": synthetic}
 
 
-def build_patches_asset(modality: str, partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+def build_patches_asset(
+    modality: str, partitions_def: dg.PartitionsDefinition, pool: str | None = None
+) -> dg.AssetsDefinition:
+    """``pool="earth_engine"`` when the provider is Earth Engine: runs then share one project quota."""
     bands = BANDS[modality]
     name = f"{modality}_patches"
     coverage_check = dg.AssetCheckSpec(
@@ -74,7 +81,8 @@ def build_patches_asset(modality: str, partitions_def: dg.PartitionsDefinition) 
         retry_policy=dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL,
                                     jitter=dg.Jitter.PLUS_MINUS),
         group_name="patches",
-        kinds={"zarr", "sentinel"},
+        kinds={"zarr", "earth engine" if pool == "earth_engine" else "stac"},
+        pool=pool,
         owners=["team:embeddings"],
         code_version=CODE_VERSION,
         check_specs=[coverage_check],
@@ -98,6 +106,7 @@ def build_patches_asset(modality: str, partitions_def: dg.PartitionsDefinition) 
         provider_settings = provider.describe()
         rows: list[dict[str, Any]] = []
         fetch_s = 0.0
+        synthetic = False
         for part in region_windows(partitions_def, context.partition_keys):
             grid = read_tile_grid(store, part.region, part.window)
             for size in patch_sizes(modality, terrafm, thor):
@@ -123,6 +132,7 @@ def build_patches_asset(modality: str, partitions_def: dg.PartitionsDefinition) 
                 stats = fetch_into_store(provider, tile_store, tiles, start=part.start, end=part.end,
                                          modality=modality, bands=bands, sensor_options=sensor_options)
                 fetch_s += stats["fetch_s"]
+                synthetic = synthetic or stats["synthetic"]
                 counts = tile_store.status_counts()
                 rows.append({"partition": f"{part.key} p{size}", "uri": uri, **counts})
                 context.log.info(f"{part.key} p{size}: {counts} ({stats['fetched']} fetched in {stats['fetch_s']} s)")
@@ -142,7 +152,7 @@ def build_patches_asset(modality: str, partitions_def: dg.PartitionsDefinition) 
             "provider": provider_settings.get("provider", imagery.provider_name),
             "provider_settings": json_value(provider_settings),
             "sensor_options": json_value(sensor_options),
-            "synthetic_imagery": bool(provider_settings.get("synthetic", False)),
+            "synthetic_imagery": synthetic,
             "provider_stats": json_value(provider_stats),
             "store_uri": path_value(rows[0]["uri"]),
         }

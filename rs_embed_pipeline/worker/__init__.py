@@ -1,0 +1,1 @@
+"""The model worker (runs in .venv-worker; no Dagster beyond dagster-pipes)."""
