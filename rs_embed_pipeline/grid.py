@@ -1,0 +1,460 @@
+"""Global, stable, UTM-aligned tile grids (pure functions, no Dagster).
+
+Lattice
+-------
+For a tile size ``T = size_px * scale_m`` metres, the lattice of UTM zone ``Z`` and hemisphere
+``H`` (EPSG ``326ZZ`` north, ``327ZZ`` south; WGS 84 / UTM, false easting 500 000 m, false northing
+0 m north / 10 000 000 m south) is anchored at the projection origin::
+
+    tile (col, row) covers  x in [col*T, (col+1)*T]   y in [(row-1)*T, row*T]
+    upper-left corner       x0 = col*T                y0 = row*T
+
+so ``x0 % T == 0 == y0 % T`` for every tile, neighbouring regions share tiles, and a pixel of a
+tile is a pixel of the lattice ``scale_m`` (the grid of every tile size with the same ``scale_m``
+is pixel-aligned with every other).
+
+Tile ids
+--------
+``"{epsg}_p{size_px}_s{scale}_c{col:05d}_r{row:05d}"``, e.g. ``"32633_p224_s10_c00123_r05678"``.
+``scale`` is ``scale_m`` written without trailing zeros, ``.`` replaced by ``p``
+(``10.0 -> "10"``, ``2.5 -> "2p5"``). Columns / rows are zero padded to at least five digits and
+widen when needed (the id stays unambiguous because the fields are ``_``-delimited). The id is a
+pure function of (epsg, size_px, scale_m, col, row): the same AOI gives the same ids on every
+run, overlapping AOIs share the ids of their common tiles, and ids never depend on the AOI.
+
+Zones, hemispheres, the anti-meridian
+-------------------------------------
+* The AOI is cut into the standard 6 degree UTM strips (zone = floor((lon + 180) / 6) + 1; the
+  Norway / Svalbard exceptions are *not* applied) and at the equator; each piece is tiled in its
+  own zone / hemisphere and every tile carries its own ``utm_epsg``. Tiles on both sides of a zone
+  boundary (or of the equator) overlap on the ground: they belong to different CRSs and are all
+  kept, so each zone's piece is covered completely in its own CRS.
+* Coverage is the UTM domain, latitudes [-80, 84]; AOIs reaching beyond are rejected
+  (``ValueError``).
+* Accepted anti-meridian inputs: (a) a (Multi)Polygon split at +-180 into parts with longitudes
+  in [-180, 180] (RFC 7946 style), (b) a polygon given in *unwrapped* longitudes, i.e. crossing
+  180 with longitudes up to 360 (e.g. 170 .. 190), and (c) ``bbox_aoi(minlon > maxlon)``. All
+  longitudes must lie in [-180, 360]. Parts east of 180 are shifted by -360 before tiling.
+  Tile footprints that cross the anti-meridian (zone 60 / zone 1 edge tiles) are written as a
+  MultiPolygon split at +-180 so that every footprint has longitudes in [-180, 180].
+* AOI edges are straight lines in longitude / latitude (the GeoJSON convention); they are
+  densified before projection, so tile selection is exact to well under a pixel.
+
+Output rows are sorted by (utm_epsg, row descending = north to south, col), index 0..n-1.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import geopandas as gpd
+import numpy as np
+import pyproj
+import shapely
+import shapely.affinity
+from shapely.geometry import MultiPolygon, Polygon, box, shape
+from shapely.geometry.base import BaseGeometry
+
+__all__ = [
+    "GRID_COLUMNS",
+    "MIN_LAT",
+    "MAX_LAT",
+    "bbox_aoi",
+    "build_tile_grid",
+    "load_aoi",
+    "normalize_aoi",
+    "tile_bounds",
+    "tile_id",
+    "parse_tile_id",
+    "utm_epsg_for",
+    "utm_zone_for",
+]
+
+GRID_COLUMNS: tuple[str, ...] = (
+    "tile_id",
+    "utm_epsg",
+    "x0",
+    "y0",
+    "size_px",
+    "scale_m",
+    "geometry",
+)
+MIN_LAT = -80.0
+MAX_LAT = 84.0
+MIN_LON = -180.0
+MAX_LON = 360.0
+
+# Densification steps: AOI edges in degrees before projecting to UTM, tile edges as a fraction
+# of the tile side before projecting back to lon/lat.
+_AOI_SEGMENT_DEG = 0.01
+_TILE_EDGE_SEGMENTS = 4
+
+
+# --------------------------------------------------------------------------------------------
+# ids and zones
+# --------------------------------------------------------------------------------------------
+
+
+def _scale_token(scale_m: float) -> str:
+    return np.format_float_positional(float(scale_m), trim="-").replace(".", "p")
+
+
+def tile_id(utm_epsg: int, size_px: int, scale_m: float, col: int, row: int) -> str:
+    """The global id of lattice tile (col, row); see the module docstring for the scheme."""
+    return (
+        f"{int(utm_epsg)}_p{int(size_px)}_s{_scale_token(scale_m)}_c{int(col):05d}_r{int(row):05d}"
+    )
+
+
+def parse_tile_id(tid: str) -> dict[str, Any]:
+    """Inverse of :func:`tile_id`: ``{"utm_epsg", "size_px", "scale_m", "col", "row"}``."""
+    try:
+        epsg, p, s, c, r = tid.split("_")
+        if not (p[0] == "p" and s[0] == "s" and c[0] == "c" and r[0] == "r"):
+            raise ValueError
+        return {
+            "utm_epsg": int(epsg),
+            "size_px": int(p[1:]),
+            "scale_m": float(s[1:].replace("p", ".")),
+            "col": int(c[1:]),
+            "row": int(r[1:]),
+        }
+    except (ValueError, IndexError):
+        raise ValueError(f"not a tile id: {tid!r}") from None
+
+
+def utm_zone_for(lon: float) -> int:
+    """Standard UTM zone number (1..60) of a longitude (any value; wrapped to [-180, 180))."""
+    lon = ((float(lon) + 180.0) % 360.0) - 180.0
+    return min(int(math.floor((lon + 180.0) / 6.0)) + 1, 60)
+
+
+def utm_epsg_for(lon: float, lat: float) -> int:
+    """EPSG code of the WGS 84 / UTM zone of a point (326zz north, equator included; 327zz
+    south)."""
+    return (32600 if lat >= 0 else 32700) + utm_zone_for(lon)
+
+
+# --------------------------------------------------------------------------------------------
+# AOIs
+# --------------------------------------------------------------------------------------------
+
+
+def _check_polygonal(geom: BaseGeometry, what: str = "AOI") -> BaseGeometry:
+    if geom is None:
+        raise ValueError(f"{what} is missing (None)")
+    if not isinstance(geom, BaseGeometry):
+        raise ValueError(f"{what} is not a geometry: {type(geom).__name__}")
+    if geom.is_empty:
+        raise ValueError(f"{what} geometry is empty")
+    if geom.geom_type == "GeometryCollection":
+        parts = list(geom.geoms)
+        if not parts or not all(p.geom_type in ("Polygon", "MultiPolygon") for p in parts):
+            kinds = sorted({p.geom_type for p in parts})
+            raise ValueError(f"{what} is not polygonal: GeometryCollection of {kinds}")
+        geom = shapely.union_all(parts)
+    if geom.geom_type not in ("Polygon", "MultiPolygon"):
+        raise ValueError(
+            f"{what} is not polygonal: {geom.geom_type} (need Polygon or MultiPolygon)"
+        )
+    if not geom.is_valid:
+        raise ValueError(f"{what} geometry is invalid: {shapely.is_valid_reason(geom)}")
+    if geom.area <= 0:
+        raise ValueError(f"{what} geometry has zero area")
+    minx, miny, maxx, maxy = geom.bounds
+    if not all(math.isfinite(v) for v in (minx, miny, maxx, maxy)):
+        raise ValueError(f"{what} bbox has non-finite coordinates: {geom.bounds}")
+    if miny < -90 or maxy > 90:
+        raise ValueError(f"{what} bbox latitude out of range [-90, 90]: {miny}..{maxy}")
+    if minx < MIN_LON or maxx > MAX_LON:
+        raise ValueError(
+            f"{what} bbox longitude out of range [{MIN_LON}, {MAX_LON}]: {minx}..{maxx} "
+            "(longitudes > 180 are accepted only for polygons crossing the anti-meridian)"
+        )
+    if maxx - minx > 360:
+        raise ValueError(f"{what} bbox spans more than 360 degrees of longitude: {minx}..{maxx}")
+    if miny < MIN_LAT or maxy > MAX_LAT:
+        raise ValueError(
+            f"{what} bbox latitude {miny}..{maxy} is outside UTM coverage [{MIN_LAT}, {MAX_LAT}]"
+        )
+    return geom
+
+
+def _geojson_to_geometry(obj: Mapping[str, Any]) -> BaseGeometry:
+    kind = obj.get("type")
+    if kind == "FeatureCollection":
+        feats = obj.get("features") or []
+        if not feats:
+            raise ValueError("AOI FeatureCollection has no features")
+        geoms = [_geojson_to_geometry(f) for f in feats]
+        return shapely.union_all(geoms) if len(geoms) > 1 else geoms[0]
+    if kind == "Feature":
+        if obj.get("geometry") is None:
+            raise ValueError("AOI Feature has no geometry")
+        return _geojson_to_geometry(obj["geometry"])
+    if kind is None:
+        raise ValueError("AOI GeoJSON has no 'type'")
+    try:
+        return shape(obj)
+    except Exception as exc:  # shapely raises several types for malformed coordinates
+        raise ValueError(f"AOI GeoJSON geometry of type {kind!r} is malformed: {exc}") from exc
+
+
+def load_aoi(src: Any) -> BaseGeometry:
+    """Load and validate an AOI in EPSG:4326.
+
+    ``src`` is a shapely geometry, a GeoJSON mapping (Geometry / Feature / FeatureCollection,
+    features unioned), a GeoJSON string, or a path to a ``.json`` / ``.geojson`` file; other
+    file types (``.gpkg``, ``.shp``, ``.parquet`` ...) are read with geopandas and reprojected to
+    EPSG:4326. A 4-sequence ``(minlon, minlat, maxlon, maxlat)`` goes through :func:`bbox_aoi`.
+
+    Raises ``ValueError`` naming the problem for unreadable input, empty, invalid or
+    non-polygonal geometry, and coordinates out of range (see the module docstring).
+    """
+    geom: BaseGeometry
+    if isinstance(src, BaseGeometry):
+        geom = src
+    elif isinstance(src, Mapping):
+        geom = _geojson_to_geometry(src)
+    elif (
+        isinstance(src, (list, tuple))
+        and len(src) == 4
+        and all(isinstance(v, (int, float)) for v in src)
+    ):
+        return bbox_aoi(*src)
+    elif isinstance(src, (str, os.PathLike)):
+        text = str(src)
+        if isinstance(src, str) and text.lstrip().startswith("{"):
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"AOI string is not valid GeoJSON: {exc}") from exc
+            geom = _geojson_to_geometry(obj)
+        else:
+            path = Path(text)
+            if not path.exists():
+                raise ValueError(f"AOI file does not exist: {path}")
+            if path.suffix.lower() in (".json", ".geojson"):
+                try:
+                    obj = json.loads(path.read_text())
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"AOI file {path} is not valid JSON: {exc}") from exc
+                if not isinstance(obj, Mapping):
+                    raise ValueError(f"AOI file {path} does not hold a GeoJSON object")
+                geom = _geojson_to_geometry(obj)
+            else:
+                try:
+                    if path.suffix.lower() in (".parquet", ".geoparquet"):
+                        gdf = gpd.read_parquet(path)
+                    else:
+                        gdf = gpd.read_file(path)
+                except Exception as exc:
+                    raise ValueError(f"AOI file {path} could not be read: {exc}") from exc
+                if gdf.empty:
+                    raise ValueError(f"AOI file {path} has no features")
+                if gdf.crs is not None:
+                    gdf = gdf.to_crs(4326)
+                geom = shapely.union_all(gdf.geometry.values)
+    else:
+        raise ValueError(f"cannot read an AOI from {type(src).__name__}")
+    return _check_polygonal(geom)
+
+
+def bbox_aoi(minlon: float, minlat: float, maxlon: float, maxlat: float) -> BaseGeometry:
+    """A lon/lat box as an AOI. ``minlon > maxlon`` means the box crosses the anti-meridian and
+    yields a MultiPolygon split at +-180 (e.g. ``bbox_aoi(170, -20, -170, -10)``)."""
+    vals = [float(v) for v in (minlon, minlat, maxlon, maxlat)]
+    if not all(math.isfinite(v) for v in vals):
+        raise ValueError(f"bbox has non-finite values: {vals}")
+    minlon, minlat, maxlon, maxlat = vals
+    if minlat >= maxlat:
+        raise ValueError(f"bbox minlat {minlat} must be < maxlat {maxlat}")
+    if minlon == maxlon:
+        raise ValueError(f"bbox has zero width: minlon == maxlon == {minlon}")
+    if minlon > maxlon:
+        if not (-180 <= maxlon and minlon <= 180):
+            raise ValueError(
+                f"anti-meridian bbox needs longitudes in [-180, 180], got {minlon}..{maxlon}"
+            )
+        geom = MultiPolygon(
+            [box(minlon, minlat, 180.0, maxlat), box(-180.0, minlat, maxlon, maxlat)]
+        )
+    else:
+        geom = box(minlon, minlat, maxlon, maxlat)
+    return _check_polygonal(geom, "bbox")
+
+
+def normalize_aoi(aoi: BaseGeometry) -> BaseGeometry:
+    """The AOI with every part moved into longitudes [-180, 180] (parts east of 180 shifted by
+    -360); validated first."""
+    aoi = _check_polygonal(aoi)
+    minx, _, maxx, _ = aoi.bounds
+    if maxx <= 180:
+        return aoi
+    west = aoi.intersection(box(-180, -90, 180, 90))
+    east = shapely.affinity.translate(aoi.intersection(box(180, -90, 540, 90)), xoff=-360.0)
+    parts = [g for g in (west, east) if not g.is_empty and g.area > 0]
+    out = shapely.union_all(parts)
+    return _polygonal_only(out)
+
+
+def _polygonal_only(geom: BaseGeometry) -> BaseGeometry:
+    """Drop lines / points that intersections leave behind."""
+    if geom.is_empty or geom.geom_type in ("Polygon", "MultiPolygon"):
+        return geom
+    polys: list[Polygon] = []
+    for g in getattr(geom, "geoms", [geom]):
+        if g.geom_type == "Polygon":
+            polys.append(g)
+        elif g.geom_type == "MultiPolygon":
+            polys.extend(g.geoms)
+    return MultiPolygon(polys) if polys else Polygon()
+
+
+# --------------------------------------------------------------------------------------------
+# the grid
+# --------------------------------------------------------------------------------------------
+
+_TRANSFORMERS: dict[tuple[int, bool], pyproj.Transformer] = {}
+
+
+def _transformer(epsg: int, inverse: bool) -> pyproj.Transformer:
+    key = (epsg, inverse)
+    tr = _TRANSFORMERS.get(key)
+    if tr is None:
+        src, dst = ("EPSG:4326", f"EPSG:{epsg}") if not inverse else (f"EPSG:{epsg}", "EPSG:4326")
+        tr = pyproj.Transformer.from_crs(src, dst, always_xy=True)
+        _TRANSFORMERS[key] = tr
+    return tr
+
+
+def _project(geom: BaseGeometry, tr: pyproj.Transformer) -> BaseGeometry:
+    def fn(coords: np.ndarray) -> np.ndarray:
+        x, y = tr.transform(coords[:, 0], coords[:, 1])
+        return np.column_stack([x, y])
+
+    return shapely.transform(geom, fn)
+
+
+def _fix_antimeridian(poly: Polygon) -> BaseGeometry:
+    """A lon/lat polygon whose vertices jump across +-180 -> MultiPolygon split at +-180."""
+    xs = np.asarray(poly.exterior.coords)[:, 0]
+    if xs.max() - xs.min() <= 180:
+        return poly
+
+    def unwrap(coords: np.ndarray) -> np.ndarray:
+        out = coords.copy()
+        out[out[:, 0] < 0, 0] += 360.0
+        return out
+
+    shifted = shapely.transform(poly, unwrap)
+    below = shifted.intersection(box(-180, -90, 180, 90))
+    above = shapely.affinity.translate(shifted.intersection(box(180, -90, 540, 90)), xoff=-360.0)
+    parts: list[Polygon] = []
+    for g in (below, above):
+        g = _polygonal_only(g)
+        parts.extend(getattr(g, "geoms", [g]) if not g.is_empty else [])
+    return MultiPolygon(parts)
+
+
+def _zone_pieces(aoi: BaseGeometry):
+    """Yield (epsg, piece_in_lonlat) for every UTM zone / hemisphere the AOI touches with area."""
+    minx, miny, maxx, maxy = aoi.bounds
+    z0 = utm_zone_for(minx) if minx > -180 else 1
+    z1 = min(int(math.floor((maxx + 180.0) / 6.0)) + 1, 60)
+    for zone in range(z0, z1 + 1):
+        lon0 = -180.0 + 6.0 * (zone - 1)
+        for south in (False, True):
+            lat_lo, lat_hi = (-90.0, 0.0) if south else (0.0, 90.0)
+            if maxy <= lat_lo or miny >= lat_hi:
+                continue
+            piece = _polygonal_only(aoi.intersection(box(lon0, lat_lo, lon0 + 6.0, lat_hi)))
+            if piece.is_empty or piece.area <= 0:
+                continue
+            yield (32700 if south else 32600) + zone, piece
+
+
+def build_tile_grid(aoi: BaseGeometry, size_px: int, scale_m: float) -> gpd.GeoDataFrame:
+    """Every lattice tile (see module docstring) whose interior intersects the AOI.
+
+    ``aoi``: shapely (Multi)Polygon in EPSG:4326 (validated as in :func:`load_aoi`).
+    Returns a GeoDataFrame (CRS EPSG:4326) with columns ``tile_id, utm_epsg, x0, y0, size_px,
+    scale_m, geometry`` plus ``col``, ``row``; sorted by (utm_epsg, -row, col).
+    """
+    if isinstance(size_px, bool) or int(size_px) != size_px or int(size_px) <= 0:
+        raise ValueError(f"size_px must be a positive integer, got {size_px!r}")
+    size_px = int(size_px)
+    scale_m = float(scale_m)
+    if not math.isfinite(scale_m) or scale_m <= 0:
+        raise ValueError(f"scale_m must be a positive number, got {scale_m!r}")
+    T = size_px * scale_m
+    aoi = normalize_aoi(aoi)
+
+    records: dict[str, list] = {k: [] for k in ("tile_id", "utm_epsg", "x0", "y0", "col", "row")}
+    footprints: list[BaseGeometry] = []
+    for epsg, piece in _zone_pieces(aoi):
+        dense = shapely.segmentize(piece, _AOI_SEGMENT_DEG)
+        utm = _project(dense, _transformer(epsg, inverse=False))
+        if not utm.is_valid:
+            utm = shapely.make_valid(utm)
+        minx, miny, maxx, maxy = utm.bounds
+        cols = np.arange(math.floor(minx / T), math.floor(maxx / T) + 1, dtype=np.int64)
+        rows = np.arange(math.floor(miny / T) + 1, math.floor(maxy / T) + 2, dtype=np.int64)
+        cc, rr = np.meshgrid(cols, rows)
+        cc, rr = cc.ravel(), rr.ravel()
+        x0 = cc * T
+        y0 = rr * T
+        boxes = shapely.box(x0, y0 - T, x0 + T, y0)
+        shapely.prepare(utm)
+        hit = shapely.intersects(utm, boxes) & ~shapely.touches(utm, boxes)
+        if not hit.any():
+            continue
+        cc, rr, x0, y0, boxes = cc[hit], rr[hit], x0[hit], y0[hit], boxes[hit]
+        dense_boxes = shapely.segmentize(boxes, T / _TILE_EDGE_SEGMENTS)
+        ll = _project(dense_boxes, _transformer(epsg, inverse=True))
+        if epsg % 100 in (1, 60):
+            ll = np.array([_fix_antimeridian(p) for p in ll], dtype=object)
+        for c, r, x, y in zip(cc.tolist(), rr.tolist(), x0.tolist(), y0.tolist()):
+            records["tile_id"].append(tile_id(epsg, size_px, scale_m, c, r))
+            records["utm_epsg"].append(epsg)
+            records["x0"].append(float(x))
+            records["y0"].append(float(y))
+            records["col"].append(c)
+            records["row"].append(r)
+        footprints.extend(ll.tolist())
+
+    gdf = gpd.GeoDataFrame(
+        {
+            "tile_id": np.asarray(records["tile_id"], dtype=object),
+            "utm_epsg": np.asarray(records["utm_epsg"], dtype=np.int64),
+            "x0": np.asarray(records["x0"], dtype=np.float64),
+            "y0": np.asarray(records["y0"], dtype=np.float64),
+            "size_px": np.full(len(footprints), size_px, dtype=np.int64),
+            "scale_m": np.full(len(footprints), scale_m, dtype=np.float64),
+            "geometry": gpd.GeoSeries(footprints, crs="EPSG:4326"),
+            "col": np.asarray(records["col"], dtype=np.int64),
+            "row": np.asarray(records["row"], dtype=np.int64),
+        },
+        geometry="geometry",
+        crs="EPSG:4326",
+    )
+    if len(gdf):
+        gdf = (
+            gdf.assign(_neg_row=-gdf["row"])
+            .sort_values(["utm_epsg", "_neg_row", "col"], kind="mergesort")
+            .drop(columns="_neg_row")
+        )
+        if gdf["tile_id"].duplicated().any():  # cannot happen: one piece per (zone, hemisphere)
+            raise AssertionError("duplicate tile ids in grid")
+    return gdf.reset_index(drop=True)
+
+
+def tile_bounds(row: Mapping[str, Any]) -> tuple[float, float, float, float]:
+    """``(xmin, ymin, xmax, ymax)`` of a tile row in its UTM CRS."""
+    T = float(row["size_px"]) * float(row["scale_m"])
+    x0, y0 = float(row["x0"]), float(row["y0"])
+    return x0, y0 - T, x0 + T, y0
