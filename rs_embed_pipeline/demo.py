@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     os.environ.setdefault("RS_EMBED_ALLOW_RANDOM_WEIGHTS", "1")
+    # Offline by default: pretrained weights come from the Hugging Face cache only (HF_HUB_OFFLINE=0
+    # lets the workers download them), so a machine without network does not wait on timeouts.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     settings = Settings.from_env()
     if settings.provider != "local_stac":
         print(f"The demo runs on the synthetic local catalog; RS_EMBED_PROVIDER={settings.provider} is ignored.")

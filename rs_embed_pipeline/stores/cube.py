@@ -188,4 +188,6 @@ def write_cube_window(
             {"group": group_name, "epsg": epsg, "grid_shape": list(grid_group["embedding"].shape),
              "pooled_shape": list(pooled_group["embedding"].shape)}
         )
+    # Consolidated metadata lets xarray open the cube with one read instead of one per array.
+    zarr.consolidate_metadata(cube_uri, storage_options=dict(storage_options or {}) or None)
     return written

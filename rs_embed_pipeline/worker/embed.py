@@ -178,16 +178,34 @@ def embed_store(
     }
 
 
+def load_pretrained_or_random(model: str, options: dict[str, Any], warn: Callable[[str], None]) -> Any:
+    """Pretrained weights when they can be found; random ones only as the opted-in fallback.
+
+    The pipeline's ``allow_random_weights`` means "fall back to random weights when no pretrained
+    weights are found" (the Hugging Face cache, or the hub when online): the demo then runs
+    offline, and every output says RANDOM WEIGHTS.
+    """
+    from rs_embed_pipeline.models import load_adapter
+    from rs_embed_pipeline.models.errors import WeightsNotFoundError
+
+    if not options.get("allow_random_weights") or options.get("checkpoint"):
+        return load_adapter(model, **options)
+    try:
+        return load_adapter(model, **{**options, "allow_random_weights": False})
+    except WeightsNotFoundError as exc:
+        warn(f"{model}: no pretrained weights found ({exc}); falling back to RANDOM WEIGHTS "
+             "because allow_random_weights is set")
+        return load_adapter(model, **options)
+
+
 def main() -> None:
     from dagster_pipes import open_dagster_pipes
-
-    from rs_embed_pipeline.models import load_adapter
 
     with open_dagster_pipes() as pipes:
         job = pipes.extras
         options = dict(job.get("adapter_options") or {})
         pipes.log.info(f"loading {job['model']} with {json.dumps(options, default=str)}")
-        adapter = load_adapter(job["model"], **options)
+        adapter = load_pretrained_or_random(job["model"], options, pipes.log.warning)
         settings = adapter.describe()
         if settings.get("random_weights"):
             pipes.log.warning(
