@@ -1,0 +1,123 @@
+"""TerraTorch integration: register THOR v1 builders in terratorch's backbone registry.
+
+``register_terratorch_backbones()`` adds ``thor_v1_tiny``, ``thor_v1_small``, ``thor_v1_base`` and
+``thor_v1_large`` to ``terratorch.registry.TERRATORCH_BACKBONE_REGISTRY`` (so
+``BACKBONE_REGISTRY.build("thor_v1_base", ...)`` works) - but only when terratorch is importable and
+the upstream ``thor_terratorch_ext`` plugin is not installed (the plugin registers the same names with
+its own implementation, and wins). It is called lazily (never at package import: importing terratorch
+takes seconds); calling it again is a no-op.
+
+The registered builders return a ``ThorBackbone``: ``forward(x)`` takes a normalised
+``[B, C, H, W]`` batch of ``model_bands`` and returns a list of token tensors ``[B, N, D]`` (no final
+norm), one per ``out_indices`` entry; ``out_channels`` lists their widths, as terratorch expects. The
+ground cover is ``scale_m * H`` of each input (a 288 px tile at 10 m covers 2880 m). Its state dict
+carries the THOR checkpoint's ``encoder.`` prefix.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .errors import ModelInputError
+from .preprocessing import THOR_BAND_NAMES, THOR_S2_BANDS
+from .thor import BANDS, VARIANTS, ThorConfig, ThorEncoder
+
+log = logging.getLogger("rs_embed_pipeline.models")
+
+TERRATORCH_NAMES = tuple(f"thor_v1_{v}" for v in VARIANTS)
+
+
+class ThorBackbone(nn.Module):
+    def __init__(
+        self,
+        encoder: ThorEncoder,
+        model_bands: Sequence[str],
+        patch_size: int = 16,
+        scale_m: float = 10.0,
+        out_indices: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        bands = tuple(THOR_BAND_NAMES.get(b, b) for b in model_bands)
+        unknown = [b for b in bands if b not in BANDS]
+        if unknown:
+            raise ModelInputError(f"Unknown THOR bands {unknown}; use THOR names ({sorted(BANDS)}) or {list(THOR_BAND_NAMES)}")
+        self.model_bands = bands
+        self.patch_size = int(patch_size)
+        self.scale_m = float(scale_m)
+        self.out_indices = list(out_indices) if out_indices else [len(encoder.blocks) - 1]
+        self.out_channels = [encoder.embed_dim] * len(self.out_indices)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        outs, _ = self.encoder.forward_tokens(
+            x, self.model_bands, self.scale_m * x.shape[-1], self.patch_size, out_indices=self.out_indices
+        )
+        return outs
+
+
+def build_thor_backbone(
+    variant: str,
+    pretrained: bool = False,
+    ckpt_path: str | None = None,
+    model_bands: Sequence[str] | None = None,
+    patch_size: int = 16,
+    scale_m: float = 10.0,
+    out_indices: Sequence[int] | None = None,
+    arch: dict | None = None,
+    cache_dir: str | None = None,
+    **kwargs,
+) -> ThorBackbone:
+    """Build a THOR v1 backbone; weights from ``ckpt_path`` (or ``ckpt``) or, with ``pretrained``,
+    from the Hugging Face hub (cache first). Otherwise random init."""
+    from .weights import load_strict, read_checkpoint, resolve_weights, thor_encoder_state, unwrap_state_dict, expected_nbytes
+
+    ckpt_path = ckpt_path or kwargs.pop("ckpt", None)
+    if kwargs:
+        raise ModelInputError(f"Unknown THOR backbone argument(s) {sorted(kwargs)}")
+    cfg = ThorConfig.from_arch(arch, variant)
+    if ckpt_path is None and not pretrained:
+        encoder = ThorEncoder(cfg)
+    else:
+        found = resolve_weights(ckpt_path, f"FM4CS/THOR-1.0-{variant}", f"thor_v1_vit_{variant}.pt", cache_dir)
+        with torch.device("meta"):
+            encoder = ThorEncoder(cfg)
+        obj = read_checkpoint(found["path"], expected_nbytes(encoder), f"thor_v1_{variant}")
+        state, _ = thor_encoder_state(unwrap_state_dict(obj, found["path"]), found["path"])
+        load_strict(encoder, state, found["path"], f"thor_v1_{variant}")
+    return ThorBackbone(encoder, model_bands or [THOR_BAND_NAMES[b] for b in THOR_S2_BANDS], patch_size, scale_m, out_indices)
+
+
+def _builder(variant: str):
+    def build(**kwargs) -> ThorBackbone:
+        return build_thor_backbone(variant, **kwargs)
+
+    build.__name__ = build.__qualname__ = f"thor_v1_{variant}"
+    build.__doc__ = f"THOR v1 {variant} backbone (rs_embed_pipeline); see build_thor_backbone."
+    return build
+
+
+def register_terratorch_backbones() -> bool:
+    """Register ``thor_v1_*`` builders; True when they are in terratorch's registry afterwards and
+    are ours, False when skipped (terratorch not importable, or ``thor_terratorch_ext`` installed)."""
+    if importlib.util.find_spec("thor_terratorch_ext") is not None:
+        log.info("thor_terratorch_ext is installed; leaving thor_v1_* to it")
+        return False
+    try:
+        from terratorch.registry import TERRATORCH_BACKBONE_REGISTRY
+    except Exception as exc:  # noqa: BLE001 - ImportError, or a broken torchvision build
+        log.warning("terratorch is not importable (%s: %s); THOR not registered", type(exc).__name__, exc)
+        return False
+    for variant in VARIANTS:
+        name = f"thor_v1_{variant}"
+        if name not in TERRATORCH_BACKBONE_REGISTRY:
+            TERRATORCH_BACKBONE_REGISTRY.register(_builder(variant))
+    return True
+
+
+# Importing this module is the opt-in: register right away (idempotent; never at package import).
+register_terratorch_backbones()
