@@ -1,0 +1,145 @@
+"""GEEProvider authentication, project / endpoint resolution and secret hygiene (stand-in)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from rs_embed_pipeline.providers import ProviderError
+from rs_embed_pipeline.providers.gee import HIGH_VOLUME_URL, STANDARD_URL, GEEProvider, redact
+
+try:
+    from . import ee_standin as S
+except ImportError:  # rootdir-less layout: this folder is on sys.path
+    import ee_standin as S
+
+gee_env, standin, make_provider = S.gee_env, S.standin, S.make_provider
+
+pytestmark = pytest.mark.usefixtures("gee_env")
+
+Q1 = ("2024-01-01", "2024-04-01")
+
+
+@pytest.fixture
+def key_file(tmp_path, standin):
+    path = tmp_path / "sa-key.json"
+    info = S.make_service_account_key(str(path), token_uri=f"{standin.url}/token", project_id="sa-project")
+    standin.require_token = standin.access_token  # API calls without the token get 401
+    return path, info
+
+
+def _secrets(info: dict) -> list[str]:
+    pem_body = [line for line in info["private_key"].splitlines() if line and "-----" not in line]
+    return [S.ACCESS_TOKEN, info["private_key_id"], *pem_body[:3], pem_body[-1]]
+
+
+def test_service_account_key_file_end_to_end_without_leaking_secrets(standin, key_file, caplog):
+    path, info = key_file
+    rows = S.tile_rows(2, col_step=2)
+    leak_tile = rows[1]
+    # The server echoes the caller's credentials in an error for one tile (a worst case).
+    standin.fault_hook = S.fail_when(
+        lambda r: r.kind == "pixels" and S.grid_contains(r, leak_tile["x0"] + 1, leak_tile["y0"] - 1),
+        status=403,
+        message=("Permission denied. Authorization: Bearer " + S.ACCESS_TOKEN
+                 + ' key={"private_key": "' + info["private_key"].replace("\n", "\\n") + '"}'
+                 + "&access_token=" + S.ACCESS_TOKEN),
+    )
+    caplog.set_level(logging.DEBUG)
+    provider = GEEProvider(api_url=standin.url, credentials_file=str(path), backoff_base_s=0.001,
+                           backoff_max_s=0.01)
+    patches = {p.tile_id: p for p in provider.fetch_patches(rows, *Q1, "s2", bands=["B2"])}
+
+    assert patches[rows[0]["tile_id"]].status == "ok"
+    failed = patches[leak_tile["tile_id"]]
+    assert failed.status == "failed" and "Permission denied" in failed.meta["reason"]
+    assert "[REDACTED" in failed.meta["reason"]
+
+    # the service-account flow ran against the stand-in's token endpoint
+    assert standin.of_kind("token")
+    api = standin.value_requests + standin.pixel_requests
+    assert api and all(r.headers.get("authorization") == f"Bearer {S.ACCESS_TOKEN}" for r in api)
+    assert all(r.headers.get("x-goog-user-project") == "sa-project" for r in api)
+    assert all(r.path.startswith("/v1/projects/sa-project/") for r in api)
+
+    cfg = provider.stats()["config"]
+    assert cfg["auth"] == "service_account_key_file" and cfg["project"] == "sa-project"
+    exposed = "\n".join([
+        json.dumps(provider.describe()), json.dumps(provider.stats()),
+        json.dumps([p.meta for p in patches.values()], default=str), caplog.text,
+    ])
+    for secret in _secrets(info):
+        assert secret not in exposed
+    assert "PRIVATE KEY-----" not in exposed.replace("[REDACTED PRIVATE KEY]", "")
+
+
+def test_application_default_credentials(standin, key_file, monkeypatch):
+    path, _ = key_file
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(path))
+    provider = GEEProvider(api_url=standin.url, backoff_base_s=0.001)
+    [p] = provider.fetch_patches(S.tile_rows(1), *Q1, "s2", bands=["B2"])
+    assert p.status == "ok"
+    assert provider.stats()["config"]["auth"] == "application_default"
+    assert provider.project == "sa-project"  # ADC's project when neither project= nor EE_PROJECT
+
+
+def test_project_precedence(standin, key_file, monkeypatch):
+    path, _ = key_file
+    monkeypatch.setenv("EE_PROJECT", "env-project")
+    assert GEEProvider(credentials="anonymous").project == "env-project"
+    assert GEEProvider(project="explicit", credentials="anonymous").project == "explicit"
+    provider = GEEProvider(api_url=standin.url, credentials_file=str(path))
+    list(provider.fetch_patches(S.tile_rows(1), *Q1, "s2", bands=["B2"]))
+    assert {r.path.split("/")[3] for r in standin.value_requests} == {"env-project"}
+
+
+def test_no_project_is_a_clear_error(standin):
+    provider = GEEProvider(api_url=standin.url, credentials="anonymous")
+    with pytest.raises(ProviderError, match="EE_PROJECT"):
+        provider.fetch_patches(S.tile_rows(1), *Q1, "s2")
+
+
+def test_bad_key_file_errors_do_not_echo_the_file(tmp_path):
+    path = tmp_path / "broken.json"
+    path.write_text('{"type": "service_account", "private_key": "-----BEGIN PRIVATE KEY-----\\nSECRETSECRET')
+    provider = GEEProvider(project="p", api_url="http://127.0.0.1:9", credentials_file=str(path))
+    with pytest.raises(ProviderError) as err:
+        provider.fetch_patches(S.tile_rows(1), *Q1, "s2")
+    assert "SECRETSECRET" not in str(err.value) and "cannot read" in str(err.value)
+    path.write_text(json.dumps({"type": "service_account", "private_key": "not a key SECRETSECRET",
+                                "client_email": "a@b.c", "token_uri": "http://127.0.0.1:9/token"}))
+    with pytest.raises(ProviderError) as err:
+        GEEProvider(project="p", api_url="http://127.0.0.1:9",
+                    credentials_file=str(path)).fetch_patches(S.tile_rows(1), *Q1, "s2")
+    assert "SECRETSECRET" not in str(err.value)
+
+
+def test_endpoints():
+    assert GEEProvider(project="p", credentials="anonymous").config()["endpoint"] == HIGH_VOLUME_URL
+    cfg = GEEProvider(project="p", credentials="anonymous", use_high_volume=False).config()
+    assert cfg["endpoint"] == STANDARD_URL and cfg["high_volume"] is False
+    cfg = GEEProvider(project="p", credentials="anonymous",
+                      api_url="http://user:pw@127.0.0.1:8080/?key=abc").config()
+    assert cfg["endpoint"] == "http://127.0.0.1:8080" and "pw" not in json.dumps(cfg)
+
+
+def test_providers_on_two_endpoints_one_after_the_other(gee_env):
+    with S.EEStandIn() as a, S.EEStandIn() as b:
+        for s in (a, b, a):
+            provider = GEEProvider(project="test-project", api_url=s.url, credentials="anonymous")
+            [p] = provider.fetch_patches(S.tile_rows(1), *Q1, "s2", bands=["B2"])
+            assert p.status == "ok"
+        assert len(a.pixel_requests) == 2 and len(b.pixel_requests) == 1
+
+
+def test_redact():
+    text = ('Authorization: Bearer ya29.a0AfH6SMBxyz-123 and "private_key": "-----BEGIN PRIVATE KEY-----\\nMIIE'
+            '\\n-----END PRIVATE KEY-----\\n" url https://x/y?key=AIzaSyABC&alt=json '
+            'refresh_token=1//0gabc eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJ4In0.c2ln')
+    out = redact(text)
+    for secret in ("ya29.a0AfH6SMBxyz-123", "MIIE", "AIzaSyABC", "1//0gabc", "eyJpc3MiOiJ4In0"):
+        assert secret not in out
+    assert "alt=json" in out and "Authorization" in out
+    assert redact("token abcdefgh12345 here", ["abcdefgh12345"]) == "token [REDACTED] here"

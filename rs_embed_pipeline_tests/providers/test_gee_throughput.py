@@ -1,0 +1,306 @@
+"""GEEProvider throughput behaviour against the stand-in: batching under the 48 MiB limit,
+splitting on "too large" answers, concurrency and rate caps, backoff on 429 / 5xx, failures."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from rs_embed_pipeline.providers.gee import (
+    EE_MAX_REQUEST_BYTES,
+    TokenBucket,
+    _Tile,
+    plan_requests,
+)
+
+try:
+    from . import ee_standin as S
+except ImportError:  # rootdir-less layout: this folder is on sys.path
+    import ee_standin as S
+
+gee_env, standin, make_provider = S.gee_env, S.standin, S.make_provider
+
+pytestmark = pytest.mark.usefixtures("gee_env")
+
+Q1 = ("2024-01-01", "2024-04-01")
+
+
+def fetch(provider, rows, bands=("B2",), modality="s2", **options):
+    out = {p.tile_id: p for p in provider.fetch_patches(rows, *Q1, modality, bands=list(bands), **options)}
+    assert set(out) == {r["tile_id"] for r in rows}
+    return out
+
+
+def _tiles(rows):
+    return [_Tile.from_row(r) for r in rows]
+
+
+# ----------------------------------------------------------------------- the 48 MiB limit
+
+
+def test_plan_packs_twenty_224px_12band_tiles_under_48mib():
+    # 12 float32 bands + 1 validity byte + Earth Engine's 1 mask byte = 50 bytes per pixel
+    band_bytes = 12 * 4 + 1
+    per_tile = 224 * 224 * (band_bytes + 1)
+    assert 20 * per_tile <= EE_MAX_REQUEST_BYTES < 21 * per_tile
+    blocks = plan_requests(_tiles(S.tile_rows(50, size_px=224)), band_bytes=band_bytes)
+    assert [len(b.cells) for b in blocks] == [20, 20, 10]
+    for b in blocks:
+        assert b.window.pixels * (band_bytes + 1) <= EE_MAX_REQUEST_BYTES
+        assert b.window.height == 224 and b.window.width == 224 * len(b.cells)
+    # a 5-wide region: 5 x 4 blocks (full rectangles, no pixels outside the tiles)
+    blocks = plan_requests(_tiles(S.tile_rows(5, 9, size_px=224)), band_bytes=band_bytes)
+    assert [(b.nw, b.nh) for b in blocks] == [(5, 4), (5, 4), (5, 1)]
+    # THOR: 288 px, 10 bands -> 42 B/px -> 14 tiles
+    blocks = plan_requests(_tiles(S.tile_rows(30, size_px=288)), band_bytes=10 * 4 + 1)
+    assert [len(b.cells) for b in blocks] == [14, 14, 2]
+
+
+def test_plan_never_bridges_gaps_or_lattices():
+    rows = S.tile_rows(3, col0=2500) + S.tile_rows(2, col0=2510)
+    blocks = plan_requests(_tiles(rows), band_bytes=9)
+    assert sorted(len(b.cells) for b in blocks) == [2, 3]
+    shifted = [dict(r, x0=r["x0"] + 5.0, tile_id=r["tile_id"] + "s") for r in S.tile_rows(2)]
+    blocks = plan_requests(_tiles(S.tile_rows(2) + shifted), band_bytes=9)
+    assert sorted(len(b.cells) for b in blocks) == [2, 2]
+    assert len({(b.x0 % 160) for b in blocks}) == 2
+
+
+def test_distinct_tiles_at_the_same_place_are_all_fetched(standin, make_provider):
+    rows = S.tile_rows(3)
+    twin = dict(rows[1], tile_id="twin-of-" + rows[1]["tile_id"])
+    patches = fetch(make_provider(max_concurrent_requests=1), rows + [twin])
+    assert all(p.status == "ok" for p in patches.values())
+    np.testing.assert_array_equal(patches[twin["tile_id"]].data, patches[rows[1]["tile_id"]].data)
+
+
+def test_batched_224px_tiles_under_the_real_limit(standin, make_provider):
+    rows = S.tile_rows(21, size_px=224)
+    provider = make_provider(max_concurrent_requests=1)  # batching is limited by bytes only
+    patches = fetch(provider, rows, bands=S.S2_BANDS)
+    sizes = sorted(r.request_bytes for r in standin.pixel_requests)
+    assert len(sizes) == 2 and all(s <= EE_MAX_REQUEST_BYTES for s in sizes)
+    assert sizes[-1] == 20 * 224 * 224 * 50
+    assert all(r.status == 200 for r in standin.pixel_requests)
+    for row in (rows[0], rows[19], rows[20]):
+        p = patches[row["tile_id"]]
+        assert p.status == "ok" and p.data.shape == (12, 224, 224)
+        np.testing.assert_array_equal(p.data[11], S.expected_band(row, S.S2_BASE["B12"]))
+    st = provider.stats()
+    assert st["pixel_requests"] == 2 and st["value_requests"] == 2 and st["too_large"] == 0
+
+
+def test_too_large_answer_splits_the_block(standin, make_provider):
+    rows = S.tile_rows(4)
+    per_tile = 16 * 16 * (12 * 4 + 1 + 1)
+    standin.max_request_bytes = 2 * per_tile  # the server is stricter than the client's plan
+    provider = make_provider(max_concurrent_requests=1)
+    patches = fetch(provider, rows, bands=S.S2_BANDS)
+    widths = [r.grid["dimensions"]["width"] for r in standin.pixel_requests]
+    assert widths == [64, 32, 32]
+    assert [r.status for r in standin.pixel_requests] == [400, 200, 200]
+    assert "must be less than or equal to" in standin.pixel_requests[0].error
+    for row in rows:
+        assert patches[row["tile_id"]].status == "ok"
+        np.testing.assert_array_equal(patches[row["tile_id"]].data[3], S.expected_band(row, S.S2_BASE["B4"]))
+    st = provider.stats()
+    assert st["too_large"] == 1 and st["splits"] == 1 and st["failures"] == 0 and st["retries"] == 0
+
+
+def test_single_tile_too_large_is_split_in_pixels_and_stitched(standin, make_provider):
+    rows = S.tile_rows(1, size_px=24)
+    standin.max_request_bytes = 24 * 24 * (3 * 4 + 2) // 3  # a third of the tile fits
+    provider = make_provider()
+    [p] = fetch(provider, rows, bands=("B8", "B9", "B1")).values()
+    assert p.status == "ok" and p.valid.all()
+    for k, band in enumerate(("B8", "B9", "B1")):
+        np.testing.assert_array_equal(p.data[k], S.expected_band(rows[0], S.S2_BASE[band]))
+    ok = [r for r in standin.pixel_requests if r.status == 200]
+    assert sum(r.grid["dimensions"]["width"] * r.grid["dimensions"]["height"] for r in ok) == 24 * 24
+    assert p.meta["request"]["pixel_splits"] >= 2
+
+
+def test_client_limit_presplits_without_asking(standin, make_provider):
+    rows = S.tile_rows(1, size_px=32)
+    provider = make_provider(max_request_bytes=32 * 32 * 14 // 2)  # half a tile of 3 bands
+    [p] = fetch(provider, rows, bands=("B2", "B3", "B4")).values()
+    assert p.status == "ok"
+    assert all(r.status == 200 for r in standin.pixel_requests)
+    assert [r.grid["dimensions"] for r in standin.pixel_requests] == [{"width": 16, "height": 32}] * 2
+    np.testing.assert_array_equal(p.data[2], S.expected_band(rows[0], S.S2_BASE["B4"]))
+
+
+@pytest.mark.parametrize("message", ["User memory limit exceeded.", "Computation timed out."])
+def test_memory_and_timeout_answers_split(standin, make_provider, message):
+    standin.fault_hook = S.fail_when(
+        lambda r: r.kind == "pixels" and r.grid["dimensions"]["width"] > 16, status=400, message=message)
+    rows = S.tile_rows(4)
+    patches = fetch(make_provider(max_concurrent_requests=1), rows)
+    assert all(p.status == "ok" for p in patches.values())
+    assert [r.grid["dimensions"]["width"] for r in standin.pixel_requests if r.status == 200] == [16] * 4
+
+
+# ------------------------------------------------------------------ concurrency and rate
+
+
+def test_concurrency_cap_is_respected_server_side(standin, make_provider):
+    standin.latency_s = 0.03
+    rows = S.tile_rows(24, col_step=2)  # no two tiles adjacent: one request pair per tile
+    provider = make_provider(max_concurrent_requests=4, max_requests_per_second=1000)
+    fetch(provider, rows)
+    assert len(standin.pixel_requests) == 24
+    assert 2 <= standin.max_in_flight <= 4
+    assert provider.stats()["max_in_flight"] <= 4
+
+
+def test_concurrency_cap_is_shared_by_concurrent_fetches(standin, make_provider):
+    standin.latency_s = 0.03
+    provider = make_provider(max_concurrent_requests=3, max_requests_per_second=1000)
+    results: list[int] = []
+
+    def run(col0: int) -> None:
+        rows = S.tile_rows(8, col_step=2, col0=col0)
+        results.append(len(fetch(provider, rows)))
+
+    threads = [threading.Thread(target=run, args=(2500 + 100 * k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [8, 8, 8]
+    assert standin.max_in_flight <= 3
+
+
+def test_rate_limit(standin, make_provider):
+    rate = 100.0  # the default
+    rows = S.tile_rows(40, col_step=2)  # 80 requests
+    t_created = time.monotonic()  # the token bucket starts full (burst) at construction
+    provider = make_provider(max_concurrent_requests=40)
+    t0 = time.monotonic()
+    fetch(provider, rows)
+    elapsed = time.monotonic() - t0
+    # server-side arrival times (same clock: the stand-in runs in this process)
+    starts = sorted(r.t_start for r in standin.requests if r.kind in ("value", "pixels"))
+    assert len(starts) == 80
+    burst = provider.stats()["config"]["rate_burst"]
+    # Token bucket: by time t at most burst + rate * (t - t_created) requests have started.
+    # (Scheduling stalls can only delay a request after its token, never advance it.)
+    for j, t in enumerate(starts):
+        assert j + 1 <= burst + rate * (t - t_created) + 1, (j, t - t_created)
+    assert elapsed >= (80 - burst) / rate * 0.9
+    # and the rate is used, not just respected (generous bound for a loaded machine)
+    assert (80 - burst) / (starts[-1] - starts[0]) > rate / 4
+    assert provider.stats()["rate_limit_wait_s"] > 0
+
+
+def test_token_bucket_unit():
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+
+    bucket = TokenBucket(rate=10, burst=2, clock=lambda: now[0], sleep=sleep)
+    assert bucket.acquire() == 0 and bucket.acquire() == 0  # the burst
+    assert bucket.acquire() == pytest.approx(0.1)           # then one per 1/rate
+    assert bucket.acquire() == pytest.approx(0.2)           # reservations queue up
+    now[0] = 10.0
+    assert bucket.acquire() == 0                            # refilled, capped at burst
+    assert bucket.acquire() == 0
+    assert bucket.acquire() == pytest.approx(0.1)
+    with pytest.raises(ValueError):
+        TokenBucket(rate=0)
+
+
+# --------------------------------------------------------------------------- retries
+
+
+def test_429_storm_ends_in_success(standin, make_provider):
+    standin.fault_hook = S.fail_first(25, status=429, message="Too many concurrent aggregations.")
+    rows = S.tile_rows(6, col_step=2)
+    provider = make_provider(max_retries=30, max_concurrent_requests=6)
+    patches = fetch(provider, rows)
+    assert all(p.status == "ok" for p in patches.values())
+    st = provider.stats()
+    assert st["throttled"] == 25 and st["retries"] == 25 and st["failures"] == 0
+    assert st["requests"] == 12 + 25
+    assert sum(1 for r in standin.requests if r.status == 429) == 25
+
+
+def test_retry_after_is_honoured(standin, make_provider):
+    standin.fault_hook = S.fail_first(1, status=429, kinds=("value",), headers={"Retry-After": "0.3"})
+    provider = make_provider(backoff_max_s=5.0)
+    t0 = time.monotonic()
+    fetch(provider, S.tile_rows(1))
+    assert time.monotonic() - t0 >= 0.3
+
+
+def test_transient_5xx_are_retried(standin, make_provider):
+    standin.fault_hook = S.fail_first(3, status=503, kinds=("pixels",))
+    provider = make_provider(max_retries=5)
+    patches = fetch(provider, S.tile_rows(2, col_step=2))
+    assert all(p.status == "ok" for p in patches.values())
+    assert provider.stats()["server_errors"] == 3 and provider.stats()["retries"] == 3
+
+
+def test_persistent_5xx_fails_those_tiles_only(standin, make_provider):
+    rows = S.tile_rows(5, col_step=2)
+    bad = rows[2]
+    standin.fault_hook = S.fail_when(
+        lambda r: r.kind == "pixels" and S.grid_contains(r, bad["x0"] + 1, bad["y0"] - 1),
+        status=500, message="An internal error has occurred")
+    provider = make_provider(max_retries=2)
+    patches = fetch(provider, rows)
+    assert patches[bad["tile_id"]].status == "failed"
+    reason = patches[bad["tile_id"]].meta["reason"]
+    assert "HTTP 500" in reason and "after 3 attempt(s)" in reason and "internal error" in reason
+    assert not patches[bad["tile_id"]].valid.any()
+    assert all(patches[r["tile_id"]].status == "ok" for r in rows if r is not bad)
+    st = provider.stats()
+    assert st["tiles_failed"] == 1 and st["tiles_ok"] == 4 and st["failures"] == 1 and st["retries"] == 2
+
+
+def test_persistent_failure_of_a_batch_and_of_the_scene_query(standin, make_provider):
+    rows = S.tile_rows(3)
+    standin.fault_hook = S.fail_when(lambda r: r.kind == "value", status=503)
+    provider = make_provider(max_retries=1, max_concurrent_requests=1)
+    patches = fetch(provider, rows)
+    assert all(p.status == "failed" and "value request failed" in p.meta["reason"] for p in patches.values())
+    assert standin.pixel_requests == []
+
+
+def test_permanent_errors_are_not_retried(standin, make_provider):
+    standin.fault_hook = S.fail_when(lambda r: r.kind == "pixels", status=403,
+                                     message="Permission denied for this project.")
+    provider = make_provider(max_retries=5)
+    [p] = fetch(provider, S.tile_rows(1)).values()
+    assert p.status == "failed" and "not retryable" in p.meta["reason"] and "HTTP 403" in p.meta["reason"]
+    assert provider.stats()["retries"] == 0 and len(standin.pixel_requests) == 1
+
+
+def test_stats_counters(standin, make_provider):
+    rows = S.tile_rows(3) + S.tile_rows(1, col0=9000)
+    provider = make_provider(max_concurrent_requests=2)
+    fetch(provider, rows, bands=("B2", "B3"))
+    st = provider.stats()
+    assert st["requests"] == st["value_requests"] + st["pixel_requests"]
+    assert st["requests"] == len(standin.value_requests) + len(standin.pixel_requests)
+    assert st["bytes"] == sum(r.response_bytes for r in standin.pixel_requests)
+    assert st["tiles"] == 4 and st["tiles_ok"] == 4
+    assert st["requests_per_tile"] == pytest.approx(st["requests"] / 4)
+    provider.reset_stats()
+    assert provider.stats()["requests"] == 0
+
+
+def test_closing_the_generator_early_does_not_hang(standin, make_provider):
+    standin.latency_s = 0.02
+    gen = make_provider(max_concurrent_requests=2).fetch_patches(
+        S.tile_rows(10, col_step=2), *Q1, "s2", bands=["B2"])
+    first = next(gen)
+    assert first.status == "ok"
+    t0 = time.monotonic()
+    gen.close()
+    assert time.monotonic() - t0 < 5
