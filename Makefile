@@ -36,7 +36,7 @@ $(WORKER_VENV)/.installed: pyproject.toml
 # region for one window end to end, print where the cube is and how to open the UI.
 demo: setup
 	mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true
-	$(VENV)/bin/python -m rs_embed_pipeline.demo
+	$(VENV)/bin/python -m rs_embed_pipeline.demo $(DEMO_ARGS)
 
 test: setup
 	bash scripts/run_tests.sh

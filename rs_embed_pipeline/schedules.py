@@ -31,9 +31,10 @@ def build_latest_window_schedule(
                  default_status=dg.DefaultScheduleStatus.STOPPED)
     def latest_window_all_regions(context: dg.ScheduleEvaluationContext):
         """Every configured region, for the most recent complete time window."""
-        window = windows_def.get_last_partition_key(current_time=context.scheduled_execution_time)
-        if window is None:
+        windows = windows_def.get_partition_keys(current_time=context.scheduled_execution_time)
+        if not windows:
             return dg.SkipReason("No complete time window yet")
+        window = windows[-1]
         return [
             dg.RunRequest(
                 run_key=f"{region}|{window}",

@@ -106,6 +106,7 @@ def build_patches_asset(
         provider_settings = provider.describe()
         rows: list[dict[str, Any]] = []
         fetch_s = 0.0
+        fetched = 0
         synthetic = False
         for part in region_windows(partitions_def, context.partition_keys):
             grid = read_tile_grid(store, part.region, part.window)
@@ -128,10 +129,11 @@ def build_patches_asset(
                         storage_options=store.storage_options,
                     )
                 except StoreError as exc:
-                    raise dg.Failure(str(exc)) from exc
+                    raise dg.Failure(str(exc), allow_retries=False) from exc
                 stats = fetch_into_store(provider, tile_store, tiles, start=part.start, end=part.end,
                                          modality=modality, bands=bands, sensor_options=sensor_options)
                 fetch_s += stats["fetch_s"]
+                fetched += stats["fetched"]
                 synthetic = synthetic or stats["synthetic"]
                 counts = tile_store.status_counts()
                 rows.append({"partition": f"{part.key} p{size}", "uri": uri, **counts})
@@ -145,8 +147,9 @@ def build_patches_asset(
             "tile_status": status_table(rows),
             "tiles_ok": total["ok"], "tiles_no_data": total["no_data"], "tiles_failed": total["failed"],
             "failed_fraction": failed_fraction,
+            "tiles_fetched_now": fetched,
             "fetch_seconds": round(fetch_s, 3),
-            "tiles_per_second": round(n_tiles / fetch_s, 3) if fetch_s else 0.0,
+            "tiles_per_second": round(fetched / fetch_s, 3) if fetch_s else 0.0,
             "modality": modality,
             "bands": json_value(list(bands)),
             "provider": provider_settings.get("provider", imagery.provider_name),

@@ -130,7 +130,9 @@ def write_cube_window(
     model's tile size; ``pooled``: tile_id -> [D] for the tiles that have an embedding;
     ``grids``: callable tile_id -> [D', h, w] (read lazily, one tile in memory at a time).
     """
-    root = zarr.open_group(cube_uri, mode="a", storage_options=dict(storage_options or {}) or None)
+    # Consolidated metadata would hand back stale array shapes while this writer resizes them.
+    root = zarr.open_group(cube_uri, mode="a", use_consolidated=False,
+                           storage_options=dict(storage_options or {}) or None)
     root.attrs.update({"Conventions": "CF-1.8", **attrs})
     written: dict[str, Any] = {"groups": [], "tiles_written": 0}
     zones = sorted({int(t["utm_epsg"]) for t in tiles})
@@ -189,5 +191,5 @@ def write_cube_window(
              "pooled_shape": list(pooled_group["embedding"].shape)}
         )
     # Consolidated metadata lets xarray open the cube with one read instead of one per array.
-    zarr.consolidate_metadata(cube_uri, storage_options=dict(storage_options or {}) or None)
+    zarr.consolidate_metadata(root.store)
     return written

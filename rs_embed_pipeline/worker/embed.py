@@ -30,9 +30,15 @@ from rs_embed_pipeline.stores import ArraySpec, StoreError, TileStore
 log = logging.getLogger("rs_embed_pipeline.worker")
 
 
+# Adapter settings that do not change the numbers (or only within float noise): a store may be
+# resumed on another machine, device or batch size without being refused.
+NON_NUMERIC_SETTINGS = ("device", "batch_size", "weights_path", "hf_cache_dir")
+
+
 def embedding_fingerprint(patches_fingerprint: str, adapter_settings: dict[str, Any], code_version: str) -> str:
+    numeric = {k: v for k, v in adapter_settings.items() if k not in NON_NUMERIC_SETTINGS}
     payload = json.dumps(
-        {"patches": patches_fingerprint, "adapter": adapter_settings, "code_version": code_version},
+        {"patches": patches_fingerprint, "adapter": numeric, "code_version": code_version},
         sort_keys=True,
         default=str,
     )
