@@ -102,6 +102,9 @@ class EarthEngineImagery(ImageryResource):
     credentials_file: Optional[str] = None
     max_concurrent_requests: int = 40
     max_requests_per_second: float = 100
+    anonymous: bool = Field(
+        default=False, description="No credentials: only for a local Earth Engine stand-in (tests)."
+    )
     provider_name: str = "gee"
 
     def build(self) -> PatchProvider:
@@ -111,6 +114,7 @@ class EarthEngineImagery(ImageryResource):
             project=self.project,
             api_url=self.api_url,
             credentials_file=self.credentials_file,
+            credentials="anonymous" if self.anonymous else None,
             max_concurrent_requests=self.max_concurrent_requests,
             max_requests_per_second=self.max_requests_per_second,
         )

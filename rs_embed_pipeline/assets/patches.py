@@ -81,7 +81,7 @@ def build_patches_asset(
         retry_policy=dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL,
                                     jitter=dg.Jitter.PLUS_MINUS),
         group_name="patches",
-        kinds={"zarr", "earth engine" if pool == "earth_engine" else "stac"},
+        kinds={"zarr", "earthengine" if pool == "earth_engine" else "stac"},
         pool=pool,
         owners=["team:embeddings"],
         code_version=CODE_VERSION,

@@ -59,7 +59,8 @@ def reduced_model_resources(worker_python: str) -> dict:
     }
 
 
-def build_test_definitions(tmp: Path, catalog: Path, worker_python: str, regions: list[dict] | None = None):
+def build_test_definitions(tmp: Path, catalog: Path, worker_python: str, regions: list[dict] | None = None,
+                           imagery=None):
     """Definitions over a tiny region: a local store, the synthetic catalog, reduced models."""
     import dagster as dg
 
@@ -72,7 +73,7 @@ def build_test_definitions(tmp: Path, catalog: Path, worker_python: str, regions
     settings = Settings.from_env({"RS_EMBED_CONFIG": str(config), "RS_EMBED_STORE": str(store_root)})
     resources = {
         "store": PipelineStore(root=str(store_root)),
-        "imagery": LocalStacImagery(catalog_path=str(catalog)),
+        "imagery": imagery or LocalStacImagery(catalog_path=str(catalog)),
         "pipes_subprocess_client": dg.PipesSubprocessClient(),
         **reduced_model_resources(worker_python),
     }
