@@ -9,110 +9,327 @@ Layout of ``cubes/<model>_<modality>/<region>.zarr``::
 
 Each dataset carries CF metadata that xarray and rioxarray read: ``x``/``y`` cell-centre
 coordinates in metres of the tile CRS, a ``spatial_ref`` grid-mapping variable (CF attributes,
-``crs_wkt``, GDAL ``GeoTransform``), ``time`` as the window start (CF units), and
-``window_filled`` marking the windows that were written.
+``crs_wkt``, GDAL ``GeoTransform``), ``time`` as the window start (CF units),
+``window_filled`` (1 where a window was written completely) and ``window_provenance`` (JSON: the
+embedding store's fingerprint, tile counts, synthetic flag).
 
 Time index i is the i-th window of the partitions definition (not the order of writes), so a
-backfill may fill windows in any order, and appending a window resizes the time axis (metadata
-only) and writes that window's chunks; no chunk of another window is ever rewritten. Grid chunks
-hold exactly one tile of one window, so tile writes are chunk-aligned.
+backfill may fill windows in any order.
+
+Concurrent writers (different windows of one region, in separate processes or machines, on a
+local disk or on S3; no locks)
+-----------------------------------------------------------------------------------------------
+* **Nothing per window lives in metadata.** The time axis is allocated when a group is created,
+  for the partitions definition's whole current range plus a margin, rounded up to
+  :data:`TIME_BLOCK` windows; the per-window facts (``window_filled``, ``window_provenance``) are
+  arrays chunked one window per chunk. So a window write touches only its own chunks: grid
+  chunks hold exactly one tile of one window, pooled chunks one window.
+* **Creation is idempotent.** Every writer derives the same metadata from the same inputs (the
+  region's tiles, the model's output shape, the time axis), creates only what is missing, never
+  with ``overwrite`` (which would delete chunks), and writes coordinate values that are equal
+  whoever writes them.
+* **Growth is monotone and self-healing.** When a window lies beyond the allocated axis (years
+  later), the writer rewrites the time arrays' ``zarr.json`` with a larger shape (never deleting
+  a chunk) and re-consolidates. Two writers may race there and the slower one may write a stale,
+  smaller shape; so every writer ends with :func:`_settle`: it lists the ``window_filled`` chunk
+  keys (the windows written so far: they double as a ledger), re-reads every time array's shape
+  and the consolidated metadata, and repairs (grows, re-consolidates) until they agree. The last
+  metadata write of all is followed by its writer's own check, which sees every marker written
+  before it, so the cube always ends consistent. Listing and read-after-write are strongly
+  consistent on local disks and on S3.
+* **A window is marked last.** Its chunks are written, then ``window_provenance``, then
+  ``window_filled = 1``. A window being rewritten from other embeddings is first unmarked. So a
+  killed writer leaves ``window_filled = 0`` (or the same values, for an idempotent rewrite),
+  never a marked window with a hole. Tiles without an embedding are written as NaN (zarr then
+  deletes the chunk), so a rewrite never leaves a stale tile behind.
+
+``rebuild`` deletes the cube and starts again (other windows must then be re-materialized); it
+must not run while other writers write the same cube.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Mapping, Sequence
+import json
+from typing import Any, Callable, Mapping, Sequence
 
+import fsspec
 import numpy as np
 import zarr
 from pyproj import CRS
 
 from rs_embed_pipeline.grid import parse_tile_id
+from rs_embed_pipeline.stores.files import write_bytes_atomic
+from rs_embed_pipeline.stores.tile_store import (
+    StoreError, float_compressors, remove_tree, require_atomic_chunk_writes,
+)
 
 EPOCH = dt.date(1970, 1, 1)
+CUBE_SCHEMA = "rs_embed_pipeline.cube"
+CUBE_SCHEMA_VERSION = 2
+TIME_BLOCK = 16   # the time axis is allocated in blocks of this many windows
+TIME_MARGIN = 4   # windows allocated beyond the partitions definition's current range
+TIME_ARRAYS = ("embedding", "time", "window_filled", "window_provenance")
+SETTLE_ROUNDS = 50
+ROW_SEGMENT = 64  # tiles of a row written (and held in memory) together
+
+
+class CubeError(StoreError):
+    """A cube is not a cube, was built with other settings, or does not fit this window."""
 
 
 def _days(date: str) -> int:
     return (dt.date.fromisoformat(date) - EPOCH).days
 
 
-def _group_names(zone_epsgs: Sequence[int]) -> list[str]:
-    return [f"EPSG{int(e)}" for e in zone_epsgs]
+def time_capacity(need: int, available: int) -> int:
+    """Windows to allocate: ``need`` plus the margin, rounded up to a block, within ``available``."""
+    blocks = -(-(need + TIME_MARGIN) // TIME_BLOCK)
+    return max(need, min(blocks * TIME_BLOCK, available))
 
 
-def _ensure_dataset(
-    root: zarr.Group,
-    path: str,
-    *,
-    epsg: int,
-    x0: float,
-    y0: float,
-    cell_m: float,
-    ny: int,
-    nx: int,
-    n_feature: int,
-    chunk_yx: tuple[int, int],
-    attrs: Mapping[str, Any],
-) -> zarr.Group:
-    if path in root:
-        group = root[path]
-        emb = group["embedding"]
-        if emb.shape[1:] != (ny, nx, n_feature):
-            raise ValueError(
-                f"Cube group {path} has shape {emb.shape[1:]}, this window needs {(ny, nx, n_feature)}: "
-                "the region's tile grid or the model output changed. Nothing was written; rebuild the cube."
-            )
-        return group
-    group = root.require_group(path)
+def _read_grids(tids: Sequence[str], grids: Any, read_grids: Any, sample: str | None,
+                grid_sample: np.ndarray | None) -> list[np.ndarray]:
+    if read_grids is not None:
+        return list(np.asarray(read_grids(list(tids))))
+    return [grid_sample if tid == sample else np.asarray(grids(tid)) for tid in tids]
+
+
+def _write_block(array: zarr.Array, selection: tuple, value: np.ndarray) -> None:
+    """Every data write of a window goes through here (a row of tiles' grid chunks, the pooled plane)."""
+    array[selection] = value
+
+
+class _Cube:
+    """Raw access to a cube's keys (metadata documents and chunk listings) through fsspec."""
+
+    def __init__(self, uri: str, storage_options: Mapping[str, Any] | None):
+        self.uri = uri.rstrip("/")
+        self.storage_options = dict(storage_options or {})
+        self.fs, self.path = fsspec.core.url_to_fs(self.uri, **self.storage_options)
+
+    def _key(self, *parts: str) -> str:
+        return "/".join([self.path, *parts])
+
+    def read_json(self, *parts: str) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.fs.cat_file(self._key(*parts, "zarr.json")))
+        except FileNotFoundError:
+            return None
+
+    def write_json(self, doc: Mapping[str, Any], *parts: str) -> None:
+        payload = json.dumps(doc, indent=2).encode()
+        write_bytes_atomic("/".join([self.uri, *parts, "zarr.json"]), payload, self.storage_options)
+
+    def filled_windows(self, group: str) -> list[int]:
+        """Indices whose ``window_filled`` chunk exists: the windows written so far."""
+        try:
+            names = self.fs.ls(self._key(group, "window_filled", "c"), detail=False, refresh=True)
+        except FileNotFoundError:
+            return []
+        out = []
+        for name in names:
+            tail = str(name).rstrip("/").rsplit("/", 1)[-1]
+            if tail.isdigit():
+                out.append(int(tail))
+        return out
+
+    def open_root(self, mode: str = "r+", consolidated: bool | None = False) -> zarr.Group:
+        return zarr.open_group(self.uri, mode=mode, use_consolidated=consolidated, zarr_format=3,
+                               storage_options=self.storage_options or None)
+
+
+def _consolidated(root_doc: Mapping[str, Any] | None) -> dict[str, Any]:
+    return dict((((root_doc or {}).get("consolidated_metadata") or {}).get("metadata")) or {})
+
+
+# ------------------------------------------------------------------------------- root and groups
+def _open_or_create_root(
+    cube: _Cube, attrs: Mapping[str, Any], fingerprint: str | None, rebuild: bool, window_starts: Sequence[str]
+) -> dict[str, Any]:
+    """The root's metadata document (created when missing; validated when present)."""
+    head = list(window_starts[:3])
+    root_attrs = {"Conventions": "CF-1.8", **attrs, "schema": CUBE_SCHEMA, "schema_version": CUBE_SCHEMA_VERSION,
+                  "fingerprint": fingerprint or "", "time_axis_head": head}
+    doc = cube.read_json()
+    if doc is None and cube.fs.exists(cube.path) and cube.fs.ls(cube.path, detail=False):
+        if not rebuild:
+            raise CubeError(f"{cube.uri} exists but is not a Zarr group; it was left untouched. Point the "
+                            "pipeline at another store root, delete it, or materialize the cube with rebuild.")
+        remove_tree(cube.uri, cube.storage_options)  # asked for (e.g. a rebuild killed while deleting)
+    if doc is not None:
+        found = doc.get("attributes", {})
+        problem = None
+        if found.get("schema") != CUBE_SCHEMA or found.get("schema_version") != CUBE_SCHEMA_VERSION:
+            problem = (f"is not a cube of this version (schema={found.get('schema')!r}, "
+                       f"schema_version={found.get('schema_version')!r})")
+        elif fingerprint is not None and found.get("fingerprint") != fingerprint:
+            problem = (f"was built with other settings (fingerprint {str(found.get('fingerprint'))[:12]} "
+                       f"!= {fingerprint[:12]})")
+        elif list(found.get("time_axis_head") or [])[:len(head)] != head[:len(found.get("time_axis_head") or [])]:
+            problem = (f"has a time axis that differs from the partitions definition's windows (it starts "
+                       f"{found.get('time_axis_head')}, the windows start {head}: cadence or start changed)")
+        if problem is None:
+            return doc
+        if not rebuild:
+            raise CubeError(f"Cube {cube.uri} {problem}. Nothing was changed. Materialize the cube with "
+                            "rebuild (config `rebuild: true`: the cube is deleted and re-created, its other "
+                            "windows must be re-materialized), or use another store root.")
+        remove_tree(cube.uri, cube.storage_options)
+    try:
+        zarr.open_group(cube.uri, mode="w-", attributes=root_attrs, zarr_format=3,
+                        storage_options=cube.storage_options or None)
+    except (zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError, FileExistsError):
+        pass  # a concurrent creator won; its root is validated below
+    return _open_or_create_root(cube, attrs, fingerprint, False, window_starts)
+
+
+def _create_missing(parent: zarr.Group, name: str, create: Callable[[], Any]) -> None:
+    if name in parent:
+        return
+    try:
+        create()
+    except (zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError, FileExistsError):
+        pass  # another writer created the same node (with the same metadata)
+
+
+def _geo_transform(x0: float, y0: float, cell_m: float) -> str:
+    return f"{x0} {cell_m} 0.0 {y0} 0.0 {-cell_m}"
+
+
+def _dataset_specs(epsg: int, x0: float, y0: float, cell_m: float, ny: int, nx: int, n_feature: int,
+                   chunk_yx: tuple[int, int], capacity: int) -> dict[str, dict[str, Any]]:
     crs = CRS.from_epsg(epsg)
-    group.attrs.update({"Conventions": "CF-1.8", **attrs})
-    xs = x0 + cell_m * (np.arange(nx) + 0.5)
-    ys = y0 - cell_m * (np.arange(ny) + 0.5)
-    x = group.create_array("x", shape=(nx,), dtype="float64", dimension_names=["x"],
-                           attributes={"standard_name": "projection_x_coordinate", "units": "m",
-                                       "long_name": "x coordinate of cell centre"})
-    x[:] = xs
-    y = group.create_array("y", shape=(ny,), dtype="float64", dimension_names=["y"],
-                           attributes={"standard_name": "projection_y_coordinate", "units": "m",
-                                       "long_name": "y coordinate of cell centre"})
-    y[:] = ys
-    feature = group.create_array("feature", shape=(n_feature,), dtype="int32", dimension_names=["feature"],
-                                 attributes={"long_name": "embedding feature index"})
-    feature[:] = np.arange(n_feature, dtype=np.int32)
     cf = crs.to_cf()
-    cf.update({"crs_wkt": crs.to_wkt(), "spatial_ref": crs.to_wkt(),
-               "GeoTransform": f"{x0} {cell_m} 0.0 {y0} 0.0 {-cell_m}"})
-    spatial_ref = group.create_array("spatial_ref", shape=(), dtype="int32", dimension_names=[], attributes=cf)
-    spatial_ref[()] = 0
-    group.create_array("time", shape=(0,), chunks=(1,), dtype="int64", dimension_names=["time"],
-                       attributes={"standard_name": "time", "long_name": "time window start",
-                                   "units": "days since 1970-01-01", "calendar": "proleptic_gregorian"})
-    group.create_array("window_filled", shape=(0,), chunks=(1,), dtype="int8", fill_value=0,
-                       dimension_names=["time"], attributes={"long_name": "1 where this window was written"})
-    group.create_array(
-        "embedding",
-        shape=(0, ny, nx, n_feature),
-        chunks=(1, *chunk_yx, n_feature),
-        dtype="float32",
-        fill_value=np.nan,
-        dimension_names=["time", "y", "x", "feature"],
-        attributes={"grid_mapping": "spatial_ref", "coordinates": "spatial_ref",
-                    "long_name": "embedding", "units": "1"},
-    )
-    return group
+    cf.update({"crs_wkt": crs.to_wkt(), "spatial_ref": crs.to_wkt(), "GeoTransform": _geo_transform(x0, y0, cell_m)})
+    return {
+        "x": dict(shape=(nx,), dtype="float64", dimension_names=["x"],
+                  attributes={"standard_name": "projection_x_coordinate", "units": "m",
+                              "long_name": "x coordinate of cell centre"}),
+        "y": dict(shape=(ny,), dtype="float64", dimension_names=["y"],
+                  attributes={"standard_name": "projection_y_coordinate", "units": "m",
+                              "long_name": "y coordinate of cell centre"}),
+        "feature": dict(shape=(n_feature,), dtype="int32", dimension_names=["feature"],
+                        attributes={"long_name": "embedding feature index"}),
+        "spatial_ref": dict(shape=(), dtype="int32", dimension_names=[], attributes=cf),
+        "time": dict(shape=(capacity,), chunks=(TIME_BLOCK,), dtype="int64", dimension_names=["time"],
+                     attributes={"standard_name": "time", "long_name": "time window start",
+                                 "units": "days since 1970-01-01", "calendar": "proleptic_gregorian"}),
+        "window_filled": dict(shape=(capacity,), chunks=(1,), dtype="int8", fill_value=0,
+                              dimension_names=["time"],
+                              attributes={"long_name": "1 where this window was written completely"}),
+        "window_provenance": dict(shape=(capacity,), chunks=(1,), dtype=str, dimension_names=["time"],
+                                  attributes={"long_name": "JSON: the embeddings that filled this window"}),
+        "embedding": dict(shape=(capacity, ny, nx, n_feature), chunks=(1, *chunk_yx, n_feature),
+                          dtype="float32", fill_value=np.nan, dimension_names=["time", "y", "x", "feature"],
+                          compressors=float_compressors(),
+                          attributes={"grid_mapping": "spatial_ref", "coordinates": "spatial_ref",
+                                      "long_name": "embedding", "units": "1"}),
+    }
 
 
-def _ensure_time(group: zarr.Group, window_index: int, window_starts: Sequence[str]) -> None:
-    emb, time, filled = group["embedding"], group["time"], group["window_filled"]
-    n = window_index + 1
-    if emb.shape[0] < n:
-        old = emb.shape[0]
-        emb.resize((n, *emb.shape[1:]))
-        filled.resize((n,))
-        time.resize((n,))
-        time[old:n] = np.asarray([_days(s) for s in window_starts[old:n]], dtype=np.int64)
+def _check_layout(path: str, meta: Mapping[str, Any], ny: int, nx: int, n_feature: int, transform: str) -> None:
+    """The group's own metadata (from the consolidated view or fresh) fits this window's layout."""
+    shape = tuple((meta.get(f"{path}/embedding") or {}).get("shape", ())[1:])
+    if shape != (ny, nx, n_feature):
+        raise CubeError(
+            f"Cube group {path} has shape {shape}, this window needs {(ny, nx, n_feature)}: "
+            "the region's tile grid or the model output changed. Nothing was written; rebuild the cube."
+        )
+    found = ((meta.get(f"{path}/spatial_ref") or {}).get("attributes") or {}).get("GeoTransform")
+    if found != transform:
+        raise CubeError(f"Cube group {path}: its x / y coordinates differ from this window's tile grid "
+                        f"(GeoTransform {found!r}, this window: {transform!r}; the region changed). Nothing "
+                        "was written; rebuild the cube.")
 
 
+def _ensure_dataset(root: zarr.Group, zone: str, kind: str, *, epsg: int, specs: Mapping[str, dict],
+                    xs: np.ndarray, ys: np.ndarray, window_starts: Sequence[str], attrs: Mapping[str, Any]) -> None:
+    """Create what is missing of ``<zone>/<kind>`` (the slow path: a new or unfinished group)."""
+    _create_missing(root, zone, lambda: root.create_group(zone, attributes={"crs_epsg": epsg}))
+    zone_group = root[zone]
+    _create_missing(zone_group, kind, lambda: zone_group.create_group(
+        kind, attributes={"Conventions": "CF-1.8", **attrs}))
+    group = zone_group[kind]
+    for name, spec in specs.items():
+        _create_missing(group, name, lambda name=name, spec=spec: group.create_array(name, **spec))
+    group = root[zone][kind]  # fresh metadata
+    meta = {f"{zone}/{kind}/{name}": group[name].metadata.to_dict() for name in ("embedding", "spatial_ref")}
+    n_feature = specs["feature"]["shape"][0]
+    _check_layout(f"{zone}/{kind}", meta, len(ys), len(xs), n_feature, specs["spatial_ref"]["attributes"]["GeoTransform"])
+    # Coordinate values are the same whoever writes them: (re)writing them is idempotent. They are
+    # written here, before the group can appear in the consolidated metadata (the fast path).
+    for name, values in (("x", xs), ("y", ys), ("feature", np.arange(n_feature, dtype=np.int32))):
+        if not np.array_equal(np.asarray(group[name][:]), values):
+            group[name][:] = values
+    group["spatial_ref"][()] = 0
+    time = group["time"]
+    n = min(time.shape[0], len(window_starts))
+    expected = np.asarray([_days(s) for s in window_starts[:n]], dtype=np.int64)
+    if not np.array_equal(np.asarray(time[:n]), expected):
+        time[:n] = expected
+
+
+# ----------------------------------------------------------------------------------- time axis
+def _settle(cube: _Cube, groups: Sequence[str], need: int, window_starts: Sequence[str]) -> dict[str, Any]:
+    """Make every time array of ``groups`` at least ``need`` long and as long as the markers ask
+    (plus the margin), all of a group's time arrays equally long, and the consolidated metadata
+    equal to the arrays' own metadata. Idempotent; converges under concurrent writers (module
+    docstring). Returns the root document (with its consolidated metadata)."""
+    for _ in range(SETTLE_ROUNDS):
+        changed = False
+        docs: dict[str, dict[str, Any]] = {}
+        for group in groups:
+            wanted = max([need, *(i + 1 for i in cube.filled_windows(group))])
+            for name in TIME_ARRAYS:
+                doc = cube.read_json(group, name)
+                if doc is None:
+                    raise CubeError(f"Cube {cube.uri}: group {group} lacks its {name} array; rebuild the cube")
+                docs[f"{group}/{name}"] = doc
+            shapes = {name: int(docs[f"{group}/{name}"]["shape"][0]) for name in TIME_ARRAYS}
+            # The margin is kept beyond the last window written, so the final length depends only
+            # on the windows written, not on the order in which writers happened to grow it.
+            target = time_capacity(wanted, len(window_starts))
+            if min(shapes.values()) >= target and len(set(shapes.values())) == 1:
+                continue
+            capacity = max(target, *shapes.values())
+            for name in TIME_ARRAYS:
+                doc = docs[f"{group}/{name}"]
+                if shapes[name] != capacity:
+                    # Only the shape changes: no chunk is deleted (zarr's resize would delete the
+                    # chunks outside a smaller shape if a stale view made it shrink).
+                    doc["shape"] = [capacity, *doc["shape"][1:]]
+                    cube.write_json(doc, group, name)
+            time = zarr.open_array(cube.uri, path=f"{group}/time", mode="r+", zarr_format=3,
+                                   storage_options=cube.storage_options or None)
+            n = min(capacity, len(window_starts))
+            time[:n] = np.asarray([_days(s) for s in window_starts[:n]], dtype=np.int64)
+            changed = True
+        root = cube.read_json()
+        if not changed and _consolidated_current(root, docs):
+            return root
+        zarr.consolidate_metadata(cube.open_root().store)
+    raise CubeError(f"Cube {cube.uri}: the time axis did not settle after {SETTLE_ROUNDS} rounds")
+
+
+def _consolidated_current(root: Mapping[str, Any] | None, docs: Mapping[str, Mapping[str, Any]]) -> bool:
+    consolidated = _consolidated(root)
+    return all(list((consolidated.get(path) or {}).get("shape", [None])) == list(doc["shape"])
+               for path, doc in docs.items())
+
+
+def _listed(meta: Mapping[str, Any], paths: Sequence[str]) -> bool:
+    """The consolidated view lists every array of the zone's groups (so they were created and
+    their coordinates written)."""
+    return all(f"{path}/{name}" in meta for path in paths
+               for name in (*TIME_ARRAYS, "x", "y", "feature", "spatial_ref"))
+
+
+def _long_enough(meta: Mapping[str, Any], paths: Sequence[str], need: int) -> bool:
+    return all(int(meta[f"{path}/{name}"]["shape"][0]) >= need for path in paths for name in TIME_ARRAYS)
+
+
+# ------------------------------------------------------------------------------------- writing
 def write_cube_window(
     cube_uri: str,
     *,
@@ -123,20 +340,47 @@ def write_cube_window(
     window_starts: Sequence[str],
     attrs: Mapping[str, Any],
     storage_options: Mapping[str, Any] | None = None,
+    fingerprint: str | None = None,
+    provenance: Mapping[str, Any] | None = None,
+    windows_in_range: int | None = None,
+    grid_shape: Sequence[int] | None = None,
+    pooled_dim: int | None = None,
+    rebuild: bool = False,
+    read_grids: Callable[[Sequence[str]], np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Write one window of a region's embeddings into its cube.
+    """Write one window of a region's embeddings into its cube (idempotent; safe beside writers of
+    other windows).
 
     ``tiles``: tile_grid rows (tile_id, utm_epsg, x0, y0, size_px, scale_m) of the region at this
     model's tile size; ``pooled``: tile_id -> [D] for the tiles that have an embedding;
-    ``grids``: callable tile_id -> [D', h, w] (read lazily, one tile in memory at a time).
+    ``grids``: callable tile_id -> [D', h, w] (read lazily); ``read_grids``, optional: callable
+    [tile_id, ...] -> [N, D', h, w] (one read per row of tiles; at most a row in memory).
+    ``window_starts``: start dates of windows 0, 1, ... (at least up to ``window_index``; longer
+    lists, into the future, let the time axis be allocated with a margin); ``windows_in_range``:
+    how many of them the partitions definition has now (default: all). ``fingerprint``: a
+    digest of the settings every window of this cube shares (model, weights, adapter options,
+    provider settings, code version); a cube with another one is refused unless ``rebuild``.
+    ``provenance``: JSON facts about this window's source (stored in ``window_provenance``).
+    ``grid_shape`` (D', h, w) and ``pooled_dim`` (D) let a window without any embedding be
+    written (as NaN); without them such a window is skipped.
+
+    The common case (the cube and the window's slot exist) costs a handful of metadata reads: the
+    arrays are opened from the consolidated metadata, the window's chunks written, then the time
+    axis and the consolidated metadata checked (:func:`_settle`).
     """
-    # Consolidated metadata would hand back stale array shapes while this writer resizes them.
-    root = zarr.open_group(cube_uri, mode="a", use_consolidated=False,
-                           storage_options=dict(storage_options or {}) or None)
-    root.attrs.update({"Conventions": "CF-1.8", **attrs})
-    written: dict[str, Any] = {"groups": [], "tiles_written": 0}
+    if not 0 <= window_index < len(window_starts):
+        raise ValueError(f"window_index {window_index} is outside window_starts ({len(window_starts)} windows)")
+    require_atomic_chunk_writes(cube_uri)
+    cube = _Cube(cube_uri, storage_options)
+    root_doc = _open_or_create_root(cube, attrs, fingerprint, rebuild, window_starts)
+    in_range = len(window_starts) if windows_in_range is None else int(windows_in_range)
+    need = window_index + 1
+    capacity = time_capacity(max(need, in_range), len(window_starts))
+    source = json.dumps(dict(provenance or {}), sort_keys=True, default=str)
+    written: dict[str, Any] = {"groups": [], "tiles_written": 0, "tiles_empty": 0}
     zones = sorted({int(t["utm_epsg"]) for t in tiles})
-    for epsg, group_name in zip(zones, _group_names(zones)):
+    for epsg in zones:
+        zone = f"EPSG{epsg}"
         zone_tiles = [t for t in tiles if int(t["utm_epsg"]) == epsg]
         parsed = [parse_tile_id(str(t["tile_id"])) for t in zone_tiles]
         cols = [p["col"] for p in parsed]
@@ -151,45 +395,94 @@ def write_cube_window(
         top = max(float(t["y0"]) for t in zone_tiles)
 
         sample = next((tid for tid in (str(t["tile_id"]) for t in zone_tiles) if tid in pooled), None)
-        if sample is None:
-            continue
-        grid_sample = grids(sample)
-        d_grid, gh, gw = grid_sample.shape
-        d_pooled = int(np.asarray(pooled[sample]).shape[-1])
+        grid_sample = None
+        if sample is not None:
+            grid_sample = np.asarray(grids(sample))
+            d_grid, gh, gw = grid_sample.shape
+            d_pooled = int(np.asarray(pooled[sample]).shape[-1])
+        elif grid_shape is not None and pooled_dim is not None:
+            d_grid, gh, gw = (int(v) for v in grid_shape)
+            d_pooled = int(pooled_dim)
+        else:
+            continue  # nothing to write and no shape to create the group with
 
-        grid_group = _ensure_dataset(
-            root, f"{group_name}/grid", epsg=epsg, x0=left, y0=top, cell_m=tile_m / gw,
-            ny=nrow * gh, nx=ncol * gw, n_feature=d_grid, chunk_yx=(gh, gw),
-            attrs={**attrs, "cell_kind": "feature_map", "cells_per_tile": gw},
-        )
-        pooled_group = _ensure_dataset(
-            root, f"{group_name}/pooled", epsg=epsg, x0=left, y0=top, cell_m=tile_m,
-            ny=nrow, nx=ncol, n_feature=d_pooled, chunk_yx=(min(nrow, 64), min(ncol, 64)),
-            attrs={**attrs, "cell_kind": "tile", "cells_per_tile": 1},
-        )
+        layouts = {
+            "grid": dict(cell_m=tile_m / gw, ny=nrow * gh, nx=ncol * gw, n_feature=d_grid, chunk_yx=(gh, gw),
+                         attrs={**attrs, "cell_kind": "feature_map", "cells_per_tile": gw}),
+            "pooled": dict(cell_m=tile_m, ny=nrow, nx=ncol, n_feature=d_pooled,
+                           chunk_yx=(min(nrow, 64), min(ncol, 64)),
+                           attrs={**attrs, "cell_kind": "tile", "cells_per_tile": 1}),
+        }
+        paths = [f"{zone}/grid", f"{zone}/pooled"]
+        meta = _consolidated(root_doc)
+        if _listed(meta, paths):
+            for kind, lay in layouts.items():
+                _check_layout(f"{zone}/{kind}", meta, lay["ny"], lay["nx"], lay["n_feature"],
+                              _geo_transform(left, top, lay["cell_m"]))
+            if not _long_enough(meta, paths, need):
+                root_doc = _settle(cube, paths, need, window_starts)  # grow the time axis
+        else:
+            root = cube.open_root()
+            for kind, lay in layouts.items():
+                cell = lay["cell_m"]
+                specs = _dataset_specs(epsg, left, top, cell, lay["ny"], lay["nx"], lay["n_feature"],
+                                       lay["chunk_yx"], capacity)
+                _ensure_dataset(root, zone, kind, epsg=epsg, specs=specs,
+                                xs=left + cell * (np.arange(lay["nx"]) + 0.5),
+                                ys=top - cell * (np.arange(lay["ny"]) + 0.5),
+                                window_starts=window_starts, attrs=lay["attrs"])
+            root_doc = _settle(cube, paths, need, window_starts)
+        # The arrays, from the consolidated metadata: no further metadata reads.
+        view = cube.open_root(consolidated=None)
+        grid_group, pooled_group = view[paths[0]], view[paths[1]]
+
+        # A window filled from other embeddings is unmarked before any of its chunks change.
         for group in (grid_group, pooled_group):
-            _ensure_time(group, window_index, window_starts)
+            if int(group["window_filled"][window_index]) and str(group["window_provenance"][window_index]) != source:
+                group["window_filled"][window_index] = 0
 
         plane = np.full((nrow, ncol, d_pooled), np.nan, dtype=np.float32)
+        by_row: dict[int, list[tuple[int, str]]] = {}
         for tile, p in zip(zone_tiles, parsed):
-            tid = str(tile["tile_id"])
-            if tid not in pooled:
-                continue
-            r = row_max - p["row"]
-            c = p["col"] - col_min
-            plane[r, c] = pooled[tid]
-            grid = grid_sample if tid == sample else grids(tid)
-            grid_group["embedding"][window_index, r * gh : (r + 1) * gh, c * gw : (c + 1) * gw, :] = (
-                np.moveaxis(np.asarray(grid, dtype=np.float32), 0, -1)
-            )
-            written["tiles_written"] += 1
-        pooled_group["embedding"][window_index] = plane
+            by_row.setdefault(row_max - p["row"], []).append((p["col"] - col_min, str(tile["tile_id"])))
+        # A row of tiles (at most ROW_SEGMENT) per write: one call writes its chunks together.
+        # Cells without an embedding are NaN, the fill value: zarr deletes such a chunk, so no
+        # stale tile survives a rewrite.
+        for r in sorted(by_row):
+            cells = sorted(by_row[r])
+            for start in range(0, len(cells), ROW_SEGMENT):
+                segment = cells[start:start + ROW_SEGMENT]
+                c0, c1 = segment[0][0], segment[-1][0] + 1
+                block = np.full((gh, (c1 - c0) * gw, d_grid), np.nan, dtype=np.float32)
+                have = [(c, tid) for c, tid in segment if tid in pooled]
+                if have:
+                    stack = _read_grids([tid for _, tid in have], grids, read_grids, sample, grid_sample)
+                    for (c, tid), grid in zip(have, stack):
+                        plane[r, c] = pooled[tid]
+                        block[:, (c - c0) * gw:(c - c0 + 1) * gw, :] = np.moveaxis(grid.astype(np.float32), 0, -1)
+                written["tiles_written"] += len(have)
+                written["tiles_empty"] += len(segment) - len(have)
+                _write_block(grid_group["embedding"],
+                             (window_index, slice(r * gh, (r + 1) * gh), slice(c0 * gw, c1 * gw), slice(None)), block)
+        _write_block(pooled_group["embedding"], (window_index,), plane)
+        for group in (grid_group, pooled_group):
+            group["window_provenance"][window_index] = source
         for group in (grid_group, pooled_group):
             group["window_filled"][window_index] = 1
+        root_doc = _settle(cube, paths, need, window_starts)
+        meta = _consolidated(root_doc)
         written["groups"].append(
-            {"group": group_name, "epsg": epsg, "grid_shape": list(grid_group["embedding"].shape),
-             "pooled_shape": list(pooled_group["embedding"].shape)}
+            {"group": zone, "epsg": epsg,
+             "grid_shape": list(meta[f"{paths[0]}/embedding"]["shape"]),
+             "pooled_shape": list(meta[f"{paths[1]}/embedding"]["shape"])}
         )
-    # Consolidated metadata lets xarray open the cube with one read instead of one per array.
-    zarr.consolidate_metadata(root.store)
     return written
+
+
+def read_window_state(cube_uri: str, group: str, storage_options: Mapping[str, Any] | None = None
+                      ) -> dict[int, dict[str, Any]]:
+    """``{window index: provenance}`` of the windows marked filled in ``group`` (tests, checks)."""
+    root = _Cube(cube_uri, storage_options).open_root(mode="r")
+    g = root[group]  # fresh metadata (not the consolidated view)
+    filled = np.asarray(g["window_filled"][:])
+    return {int(i): json.loads(str(g["window_provenance"][int(i)]) or "{}") for i in np.flatnonzero(filled)}

@@ -9,7 +9,21 @@ different tiles never share a chunk, and a crash can only leave a tile whose sta
 A store records a *fingerprint* of everything that shaped its numbers (provider settings, model
 options, weights sha256, code version). Opening an existing store with another fingerprint is
 refused unless the caller asks to rebuild; a directory that exists but is not a store of the
-expected kind is never overwritten.
+expected kind is never overwritten. ``force`` redoes every tile of a store whose fingerprint
+matches (all statuses back to pending, then the run rewrites them tile by tile).
+
+Crash safety rests on three facts, each checked here or in the tests
+(``rs_embed_pipeline_tests/pipeline/test_crash_resume.py``):
+
+* every chunk is one object: on S3 a PUT is atomic; on a local disk zarr >= 3.1.3 writes each
+  chunk to a temporary file and renames it into place (zarr-python #3412), so a SIGKILL leaves
+  the old chunk or the new one, never half of one (a stray ``*.partial`` file at most, which
+  zarr never reads). :func:`require_atomic_chunk_writes` refuses older zarr versions;
+* a tile's arrays are written (and the write has returned) before its ``tile_meta``, which is
+  written before its ``status`` (:meth:`TileStore.write_tiles` does the same for a batch: every
+  array of the batch, then every provenance, then every status): a tile whose status says done
+  has every chunk complete;
+* ``status`` is chunked one tile per chunk, so marking one tile never rewrites another's flag.
 """
 
 from __future__ import annotations
@@ -21,10 +35,19 @@ from typing import Any, Iterable, Mapping, Sequence
 import fsspec
 import numpy as np
 import zarr
+from zarr.codecs import BloscCodec
 
 STATUS_CODES = {"pending": 0, "ok": 1, "no_data": 2, "failed": 3}
 STATUS_NAMES = {code: name for name, code in STATUS_CODES.items()}
 SCHEMA_VERSION = 1
+# The first zarr-python release whose LocalStore writes every key atomically (temp file + rename).
+ZARR_ATOMIC_LOCAL_WRITES = (3, 1, 3)
+
+
+def float_compressors() -> list:
+    """Float arrays (pixels, embeddings): Blosc zstd level 1 with byte shuffle - about 3x faster to
+    write than zarr's default zstd, and smaller for float32 rasters."""
+    return [BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")]
 
 
 class StoreError(RuntimeError):
@@ -51,6 +74,31 @@ def _exists(uri: str, storage_options: Mapping[str, Any] | None) -> bool:
     return fs.exists(path)
 
 
+def _version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for piece in version.split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def require_atomic_chunk_writes(uri: str) -> None:
+    """Refuse to write a local store with a zarr whose LocalStore can leave half-written chunks."""
+    if "://" in uri and not uri.startswith("file://"):
+        return  # object stores replace whole objects atomically
+    if _version_tuple(zarr.__version__) < ZARR_ATOMIC_LOCAL_WRITES:
+        raise StoreError(
+            f"zarr {zarr.__version__} writes local chunks in place, so a killed run could leave a "
+            f"half-written chunk in {uri}; install zarr>=" + ".".join(map(str, ZARR_ATOMIC_LOCAL_WRITES))
+        )
+
+
+def remove_tree(uri: str, storage_options: Mapping[str, Any] | None) -> None:
+    fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
 class TileStore:
     """Open with :meth:`create_or_open` (writers) or :meth:`open` (readers)."""
 
@@ -67,6 +115,7 @@ class TileStore:
         *,
         mode: str = "r",
         storage_options: Mapping[str, Any] | None = None,
+        allow_unfinished: bool = False,
     ) -> "TileStore":
         if not _exists(uri, storage_options):
             raise StoreError(f"{kind} store {uri} does not exist; materialize its asset first")
@@ -79,6 +128,9 @@ class TileStore:
             ) from exc
         store = cls(group, uri)
         store._validate_kind(kind)
+        if store.unfinished and not allow_unfinished:
+            raise StoreError(f"{kind} store {uri} was never finished (a run was killed while creating it); "
+                             "re-materialize its asset, which recreates it")
         return store
 
     @classmethod
@@ -92,16 +144,34 @@ class TileStore:
         fingerprint: str,
         attrs: Mapping[str, Any],
         rebuild: bool = False,
+        force: bool = False,
         storage_options: Mapping[str, Any] | None = None,
     ) -> "TileStore":
         """Create the store with every array allocated up front, or reopen a compatible one.
 
-        ``rebuild=True`` accepts a store with another fingerprint by marking all its tiles
-        pending again (their chunks are overwritten tile by tile as the run proceeds).
+        * same fingerprint: reopened as is; the caller redoes the tiles that are not done.
+        * other fingerprint: refused (:class:`StoreError`, nothing touched) unless ``rebuild``,
+          which marks every tile pending again under the new fingerprint (chunks are then
+          overwritten tile by tile as the run proceeds). A store whose tile list or array
+          shapes differ cannot be reused in place: ``rebuild`` deletes and recreates it.
+        * ``force``: every tile pending again even though the fingerprint matches.
+
+        A path that holds something other than a store of this kind is never touched.
         """
+        require_atomic_chunk_writes(uri)
         if _exists(uri, storage_options):
-            store = cls.open(uri, kind, mode="r+", storage_options=storage_options)
-            store._validate_layout(tile_ids, arrays)
+            store = cls.open(uri, kind, mode="r+", storage_options=storage_options, allow_unfinished=True)
+            if store.unfinished:
+                remove_tree(uri, storage_options)  # ours, killed while being created: nothing in it
+                return cls._create(uri, kind, tile_ids, arrays, fingerprint, attrs, storage_options)
+            try:
+                store._validate_layout(tile_ids, arrays)
+            except StoreError:
+                if not rebuild:
+                    raise
+                # Ours (the schema was checked by open), and the caller asked for a rebuild.
+                remove_tree(uri, storage_options)
+                return cls._create(uri, kind, tile_ids, arrays, fingerprint, attrs, storage_options)
             if store.fingerprint != fingerprint:
                 if not rebuild:
                     raise StoreError(
@@ -110,20 +180,34 @@ class TileStore:
                         f"{store._diff_settings(attrs)}). Nothing was changed. Materialize with "
                         "rebuild (config `rebuild: true`) to replace it, or use another store root."
                     )
-                store.group["status"][:] = STATUS_CODES["pending"]
+                # Statuses first, fingerprint last: a crash in between leaves the old fingerprint,
+                # so the next run is refused again (or rebuilds again), never trusts a stale tile.
+                store.reset_statuses()
                 store.group.attrs.update({"fingerprint": fingerprint, "settings": dict(attrs)})
+            elif force:
+                store.reset_statuses()
             return store
+        return cls._create(uri, kind, tile_ids, arrays, fingerprint, attrs, storage_options)
 
-        group = zarr.open_group(uri, mode="w-", storage_options=dict(storage_options or {}) or None)
-        n = len(tile_ids)
-        group.attrs.update(
-            {
-                "schema": f"rs_embed_pipeline.{kind}",
-                "schema_version": SCHEMA_VERSION,
-                "fingerprint": fingerprint,
-                "settings": dict(attrs),
-            }
+    @classmethod
+    def _create(
+        cls,
+        uri: str,
+        kind: str,
+        tile_ids: Sequence[str],
+        arrays: Sequence[ArraySpec],
+        fingerprint: str,
+        attrs: Mapping[str, Any],
+        storage_options: Mapping[str, Any] | None,
+    ) -> "TileStore":
+        # "state: creating" in the group's first write, the fingerprint last: a store killed while
+        # being created is recognised as ours and unfinished, and the next run recreates it.
+        group = zarr.open_group(
+            uri, mode="w-", storage_options=dict(storage_options or {}) or None,
+            attributes={"schema": f"rs_embed_pipeline.{kind}", "schema_version": SCHEMA_VERSION,
+                        "state": "creating"},
         )
+        n = len(tile_ids)
         ids = group.create_array("tile_id", shape=(n,), chunks=(max(n, 1),), dtype=str, dimension_names=["tile"])
         if n:
             ids[:] = np.asarray(list(tile_ids), dtype=str)
@@ -138,7 +222,9 @@ class TileStore:
                 dtype=spec.dtype,
                 fill_value=spec.fill_value,
                 dimension_names=["tile", *spec.dims],
+                compressors=float_compressors() if np.dtype(spec.dtype).kind == "f" else "auto",
             )
+        group.attrs.update({"fingerprint": fingerprint, "settings": dict(attrs), "state": "ready"})
         return cls(group, uri)
 
     def _validate_kind(self, kind: str) -> None:
@@ -148,6 +234,14 @@ class TileStore:
                 f"{self.uri} is not a {kind} store (schema={schema!r}); it was left untouched. "
                 "Point the pipeline at another store root or delete it."
             )
+        version = self.group.attrs.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise StoreError(
+                f"{kind} store {self.uri} has schema_version {version!r}; this code reads version "
+                f"{SCHEMA_VERSION}. It was left untouched: use the matching code version or another store root."
+            )
+        if self.unfinished:
+            return  # arrays may be missing: it is recreated, never read
         missing = [name for name in ("tile_id", "status", "tile_meta") if name not in self.group]
         if missing:
             raise StoreError(f"{kind} store {self.uri} is corrupt: arrays {missing} are missing")
@@ -176,6 +270,10 @@ class TileStore:
         return "; ".join(diffs[:6]) or "code or input version changed"
 
     # ------------------------------------------------------------------ reading
+    @property
+    def unfinished(self) -> bool:
+        return self.group.attrs.get("state") == "creating"
+
     @property
     def fingerprint(self) -> str:
         return str(self.group.attrs.get("fingerprint", ""))
@@ -213,6 +311,45 @@ class TileStore:
         return np.asarray(self.group[name].get_orthogonal_selection((idx,)))
 
     # ------------------------------------------------------------------ writing
+    def reset_statuses(self) -> None:
+        """Every tile back to pending (rebuild / force); the tiles' data is rewritten by the run."""
+        if self.group["status"].shape[0]:
+            self.group["status"][:] = STATUS_CODES["pending"]
+
+    def write_tiles(
+        self,
+        indices: Sequence[int],
+        statuses: Sequence[str],
+        metas: Sequence[Mapping[str, Any]],
+        **arrays: np.ndarray,
+    ) -> None:
+        """Write several tiles with one call per array (``arrays[name][j]`` is tile ``indices[j]``):
+        every tile's arrays first, then every provenance, then (last) every status - so a kill
+        leaves each tile either marked and whole, or unmarked. Much cheaper than one call per
+        tile and array (zarr writes the chunks of one call concurrently)."""
+        if not len(indices):
+            return
+        for status in statuses:
+            if status not in STATUS_CODES or status == "pending":
+                raise ValueError(f"status {status!r} is not one of ok, no_data, failed")
+        idx = np.asarray(indices, dtype=np.int64)
+        order = np.argsort(idx, kind="stable")
+        idx = idx[order]
+        if len(np.unique(idx)) != len(idx):
+            raise ValueError("write_tiles: an index appears twice")
+        contiguous = bool(np.all(np.diff(idx) == 1))
+
+        def put(name: str, values: np.ndarray) -> None:
+            if contiguous:
+                self.group[name][int(idx[0]) : int(idx[-1]) + 1] = values
+            else:
+                self.group[name].set_orthogonal_selection((idx,), values)
+
+        for name, value in arrays.items():
+            put(name, np.asarray(value)[order])
+        put("tile_meta", np.asarray([json.dumps(metas[j], default=str, sort_keys=True) for j in order], dtype=str))
+        put("status", np.asarray([STATUS_CODES[statuses[j]] for j in order], dtype=np.int8))
+
     def write_tile(self, index: int, status: str, meta: Mapping[str, Any], **arrays: np.ndarray) -> None:
         """Write a tile's arrays, then its provenance, then (last) its status."""
         if status not in STATUS_CODES or status == "pending":

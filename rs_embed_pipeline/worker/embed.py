@@ -11,7 +11,14 @@ a subprocess locally, a GPU pod or ECS task in production). It imports no Dagste
 and receives one custom message per partition with counts, timings and the store URIs.
 
 Memory is bounded by the batch: tiles stream store -> model -> store ``batch_size`` at a time; the
-next batch is read and the previous one written on background threads while the model runs.
+next batches are read on one background thread and the previous ones written on another while the
+model runs, each queue at most :data:`IO_DEPTH` batches deep (so a slow disk slows the run down,
+it never makes memory grow with the region).
+
+Resume: a tile is embedded when its patch is ``ok`` and its embedding is not. Batches are aligned
+on the list of ``ok`` patches (batch k is always the same tiles), and a batch with any missing
+tile is embedded whole, only its missing tiles being written: a resumed store holds exactly the
+numbers of an uninterrupted run even on devices whose kernels depend on the batch size.
 """
 
 from __future__ import annotations
@@ -25,18 +32,19 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from rs_embed_pipeline.fingerprint import NON_NUMERIC_ADAPTER_SETTINGS, numeric_adapter_settings
 from rs_embed_pipeline.stores import ArraySpec, StoreError, TileStore
 
 log = logging.getLogger("rs_embed_pipeline.worker")
 
 
-# Adapter settings that do not change the numbers (or only within float noise): a store may be
-# resumed on another machine, device or batch size without being refused.
-NON_NUMERIC_SETTINGS = ("device", "batch_size", "weights_path", "hf_cache_dir")
+NON_NUMERIC_SETTINGS = NON_NUMERIC_ADAPTER_SETTINGS  # what the fingerprint leaves out (fingerprint.py)
+IO_DEPTH = 2  # batches read ahead / waiting to be written
+RANDOM_WEIGHTS_SEED = 0
 
 
 def embedding_fingerprint(patches_fingerprint: str, adapter_settings: dict[str, Any], code_version: str) -> str:
-    numeric = {k: v for k, v in adapter_settings.items() if k not in NON_NUMERIC_SETTINGS}
+    numeric = numeric_adapter_settings(adapter_settings)
     payload = json.dumps(
         {"patches": patches_fingerprint, "adapter": numeric, "code_version": code_version},
         sort_keys=True,
@@ -50,6 +58,33 @@ def _batches(indices: np.ndarray, size: int) -> Iterator[np.ndarray]:
         yield indices[start : start + size]
 
 
+def model_state_sha256(adapter: Any) -> str | None:
+    """sha256 of the loaded model's parameters: identifies random weights, which have no file."""
+    model = getattr(adapter, "model", None)
+    if model is None or not hasattr(model, "state_dict"):
+        return None
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def fingerprint_settings(adapter: Any) -> dict[str, Any]:
+    """``adapter.describe()`` plus, for random weights, the sha256 of the random initialisation."""
+    settings = dict(adapter.describe())
+    if settings.get("random_weights") and not settings.get("weights_sha256"):
+        cached = getattr(adapter, "_random_init_sha256", None)
+        if cached is None:
+            cached = model_state_sha256(adapter)
+            try:
+                adapter._random_init_sha256 = cached  # once per loaded model, not per store
+            except AttributeError:
+                pass
+        settings["random_init_sha256"] = cached
+    return settings
+
+
 def embed_store(
     adapter: Any,
     modality: str,
@@ -59,10 +94,15 @@ def embed_store(
     batch_size: int,
     code_version: str,
     rebuild: bool = False,
+    force: bool = False,
     storage_options: dict[str, Any] | None = None,
     log_fn: Callable[[str], None] = log.info,
 ) -> dict[str, Any]:
-    """Embed every ok tile of one patch store that the embedding store does not hold yet."""
+    """Embed every ok tile of one patch store that the embedding store does not hold yet.
+
+    ``rebuild``: accept a store built with other settings (every tile redone); ``force``: redo
+    every tile even though the settings match.
+    """
     t_start = time.perf_counter()
     patches = TileStore.open(patches_uri, "patches", storage_options=storage_options)
     patch_settings = patches.settings
@@ -77,7 +117,7 @@ def embed_store(
     band_index = [store_bands.index(b) for b in wanted]
     adapter_settings = adapter.describe()
     d, gh, gw = adapter.grid_shape(modality)
-    fingerprint = embedding_fingerprint(patches.fingerprint, adapter_settings, code_version)
+    fingerprint = embedding_fingerprint(patches.fingerprint, fingerprint_settings(adapter), code_version)
     tile_ids = patches.tile_ids
     embeddings = TileStore.create_or_open(
         embeddings_uri,
@@ -100,6 +140,7 @@ def embed_store(
             "code_version": code_version,
         },
         rebuild=rebuild,
+        force=force,
         storage_options=storage_options,
     )
 
@@ -111,8 +152,15 @@ def embed_store(
         for index in np.flatnonzero((patch_status == code) & (done != code)):
             reason = patches.tile_meta(int(index)).get("reason", f"patch status {name}")
             embeddings.write_tile(int(index), name, {"reason": f"patch {name}: {reason}"})
-    todo = np.flatnonzero((patch_status == 1) & (done != 1))
-    skipped = int(((patch_status == 1) & (done == 1)).sum())
+    ok_tiles = np.flatnonzero(patch_status == 1)
+    todo_mask = done[ok_tiles] != 1
+    todo = ok_tiles[todo_mask]
+    skipped = int((~todo_mask).sum())
+    size = max(1, batch_size)
+    # Aligned batches: the same tiles go through the model together whether or not the run was
+    # interrupted; a batch is run whole when any of its tiles is missing.
+    batches = [(batch, done[batch] != 1) for batch in _batches(ok_tiles, size) if (done[batch] != 1).any()]
+    recomputed = int(sum(int((~m).sum()) for _, m in batches))
     log_fn(f"{embeddings_uri}: {len(todo)} tiles to embed, {skipped} already done")
 
     def read(batch: np.ndarray) -> tuple[np.ndarray, float]:
@@ -121,25 +169,27 @@ def embed_store(
         return np.ascontiguousarray(raw, dtype=np.float32), time.perf_counter() - t0
 
     def write(batch: np.ndarray, pooled: np.ndarray, grid: np.ndarray, meta: dict[str, Any]) -> float:
+        # One call per array for the batch: arrays, then provenance, then (last) the statuses.
         t0 = time.perf_counter()
-        for j, index in enumerate(batch):
-            embeddings.write_tile(int(index), "ok", meta, pooled=pooled[j], grid=grid[j])
+        embeddings.write_tiles([int(i) for i in batch], ["ok"] * len(batch), [meta] * len(batch),
+                               pooled=pooled, grid=grid)
         return time.perf_counter() - t0
 
     failures: dict[int, str] = {}
     nonfinite = 0
     embed_meta: dict[str, Any] = {}
-    wait_s = 0.0
-    with cf.ThreadPoolExecutor(max_workers=2, thread_name_prefix="embed-io") as io:
-        batches = list(_batches(todo, max(1, batch_size)))
-        pending_read = io.submit(read, batches[0]) if batches else None
-        pending_writes: list[cf.Future] = []
-        for i, batch in enumerate(batches):
+    wait_read_s = wait_write_s = drain_s = 0.0
+    with cf.ThreadPoolExecutor(1, thread_name_prefix="embed-read") as reader, \
+            cf.ThreadPoolExecutor(1, thread_name_prefix="embed-write") as writer:
+        reads: list[cf.Future] = [reader.submit(read, b) for b, _ in batches[:IO_DEPTH]]
+        writes: list[cf.Future] = []
+        for i, (batch, missing_mask) in enumerate(batches):
             t_wait = time.perf_counter()
-            raw, read_s = pending_read.result()
-            wait_s += time.perf_counter() - t_wait
+            raw, read_s = reads.pop(0).result()
+            wait_read_s += time.perf_counter() - t_wait
             timings["read_s"] += read_s
-            pending_read = io.submit(read, batches[i + 1]) if i + 1 < len(batches) else None
+            if i + IO_DEPTH < len(batches):
+                reads.append(reader.submit(read, batches[i + IO_DEPTH][0]))
             t0 = time.perf_counter()
             try:
                 out = adapter.embed(raw, modality=modality, output="both")
@@ -152,32 +202,48 @@ def embed_store(
                         single = adapter.embed(raw[j : j + 1], modality=modality, output="both")
                         results.append((batch[j : j + 1], single.pooled, single.grid, single.meta))
                     except ValueError as exc:
-                        failures[int(index)] = f"{type(exc).__name__}: {exc}"
+                        if missing_mask[j]:
+                            failures[int(index)] = f"{type(exc).__name__}: {exc}"
             timings["embed_s"] += time.perf_counter() - t0
+            del raw
             for b, pooled, grid, meta in results:
                 embed_meta = meta
+                keep = np.isin(b, batch[missing_mask])  # tiles already done are not rewritten
+                if not keep.any():
+                    continue
+                pooled, grid = np.asarray(pooled)[keep], np.asarray(grid)[keep]
                 nonfinite += int((~np.isfinite(pooled)).sum() + (~np.isfinite(grid)).sum())
-                pending_writes.append(io.submit(write, b, np.asarray(pooled), np.asarray(grid), {}))
+                # Back-pressure: at most IO_DEPTH batches wait to be written.
+                t_wait = time.perf_counter()
+                while len(writes) >= IO_DEPTH:
+                    timings["write_s"] += writes.pop(0).result()
+                wait_write_s += time.perf_counter() - t_wait
+                writes.append(writer.submit(write, b[keep], pooled, grid, {}))
         t_wait = time.perf_counter()
-        for future in pending_writes:
+        for future in writes:
             timings["write_s"] += future.result()
-        wait_s += time.perf_counter() - t_wait
+        drain_s = time.perf_counter() - t_wait
     for index, reason in failures.items():
         embeddings.write_tile(index, "failed", {"reason": reason})
 
     wall = time.perf_counter() - t_start
     counts = embeddings.status_counts()
+    embedded_now = int(len(todo) - len(failures))
     return {
         "embeddings_uri": embeddings_uri,
         "patches_uri": patches_uri,
         "size_px": int(patch_settings["size_px"]),
         "tiles_total": len(tile_ids),
-        "tiles_embedded_now": int(len(todo) - len(failures)),
+        "tiles_embedded_now": embedded_now,
         "tiles_skipped_done": skipped,
+        "tiles_recomputed_for_alignment": recomputed,
         "counts": counts,
         "timings": {**{k: round(v, 3) for k, v in timings.items()}, "wall_s": round(wall, 3),
-                    "embed_waiting_on_io_s": round(wait_s, 3)},
-        "tiles_per_s": round(len(todo) / wall, 3) if wall > 0 and len(todo) else 0.0,
+                    "embed_waiting_on_io_s": round(wait_read_s + wait_write_s, 3),
+                    "embed_waiting_on_read_s": round(wait_read_s, 3),
+                    "embed_waiting_on_write_s": round(wait_write_s, 3),
+                    "write_drain_s": round(drain_s, 3)},
+        "tiles_per_s": round(embedded_now / wall, 3) if wall > 0 and embedded_now else 0.0,
         "nonfinite_values": nonfinite,
         "embed_meta": embed_meta,
         "fingerprint": fingerprint,
@@ -191,17 +257,28 @@ def load_pretrained_or_random(model: str, options: dict[str, Any], warn: Callabl
     weights are found" (the Hugging Face cache, or the hub when online): the demo then runs
     offline, and every output says RANDOM WEIGHTS.
     """
-    from rs_embed_pipeline.models import load_adapter
     from rs_embed_pipeline.models.errors import WeightsNotFoundError
 
     if not options.get("allow_random_weights") or options.get("checkpoint"):
-        return load_adapter(model, **options)
+        return load_random(model, options)  # seeded, in case an option asks for a random init
     try:
-        return load_adapter(model, **{**options, "allow_random_weights": False})
+        return load_random(model, {**options, "allow_random_weights": False})
     except WeightsNotFoundError as exc:
         warn(f"{model}: no pretrained weights found ({exc}); falling back to RANDOM WEIGHTS "
              "because allow_random_weights is set")
-        return load_adapter(model, **options)
+        return load_random(model, options)
+
+
+def load_random(model: str, options: dict[str, Any]) -> Any:
+    """``load_adapter`` with torch's RNG seeded first: random weights (when asked for) come from a
+    fixed seed, so a resumed run continues with the same initialisation (the store fingerprint
+    also records its sha256, so a different one is refused)."""
+    import torch
+
+    from rs_embed_pipeline.models import load_adapter
+
+    torch.manual_seed(RANDOM_WEIGHTS_SEED)
+    return load_adapter(model, **options)
 
 
 def main() -> None:
@@ -222,8 +299,8 @@ def main() -> None:
         for part in job["partitions"]:
             results = []
             for stores in part["stores"]:
-                results.append(
-                    embed_store(
+                try:
+                    result = embed_store(
                         adapter,
                         job["modality"],
                         stores["patches_uri"],
@@ -231,10 +308,16 @@ def main() -> None:
                         batch_size=batch_size,
                         code_version=job.get("code_version", ""),
                         rebuild=bool(job.get("rebuild")),
+                        force=bool(job.get("force")),
                         storage_options=job.get("storage_options"),
                         log_fn=pipes.log.info,
                     )
-                )
+                except StoreError as exc:
+                    # A store that is not ours or was built with other settings: a clear message
+                    # for the orchestrator (which fails the step without retrying), nothing touched.
+                    pipes.report_custom_message({"store_error": str(exc), "key": part["key"]})
+                    return
+                results.append(result)
             pipes.report_custom_message({"partition": part["key"], "adapter": settings, "stores": results})
 
 

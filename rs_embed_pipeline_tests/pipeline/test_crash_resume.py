@@ -1,0 +1,253 @@
+"""A kill costs rework, never a corrupt store: SIGKILL the pipeline mid-fetch, mid-embedding and
+mid-cube write, resume, and compare with an uninterrupted run bit for bit. Also: two runs of
+different windows writing one cube at the same time, and a SIGKILL in the middle of chunk writes.
+
+The runs are separate processes (``crash_harness.py``: the S2 / TerraFM chain for one partition,
+reduced fixture models, pixels from the fast synthesizer in ``fakes.py``); a kill hook named by
+``RS_EMBED_TEST_KILL`` SIGKILLs the whole process group (orchestrator and model worker) at a
+deterministic point.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from rs_embed_pipeline.stores import STATUS_CODES, TileStore
+from rs_embed_pipeline.stores.cube import read_window_state, write_cube_window
+from rs_embed_pipeline_tests.pipeline.conftest import REPO
+
+BBOX = ["6.575", "46.48", "6.635", "46.528"]  # 9 tiles of 224 px, 7 of 288 px
+JAN, FEB = "2024-01-01", "2024-02-01"
+JAN_INDEX = 0
+PATCHES = ["patches/s2/crash/{w}/p224.zarr", "patches/s2/crash/{w}/p288.zarr"]
+EMBEDDINGS = "embeddings/terrafm_b_s2/crash/{w}.zarr"
+CUBE = "cubes/terrafm_b_s2/crash.zarr"
+CUBE_GROUPS = ["EPSG32632/grid", "EPSG32632/pooled"]
+
+
+@pytest.fixture(scope="module")
+def shim(tmp_path_factory, worker_python) -> str:
+    """The worker interpreter, via the harness (which installs the worker's kill hook)."""
+    path = tmp_path_factory.mktemp("shim") / "worker-python"
+    path.write_text(f'#!/bin/sh\nexec "{worker_python}" -m rs_embed_pipeline_tests.pipeline.crash_harness --worker "$@"\n')
+    path.chmod(0o755)
+    return str(path)
+
+
+def start(tmp: Path, window: str, shim: str, kill: str | None = None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore"}
+    env.pop("RS_EMBED_TEST_KILL", None)
+    if kill:
+        env["RS_EMBED_TEST_KILL"] = kill
+    log = open(tmp.parent / f"{tmp.name}-{window}-{kill or 'full'}.log".replace(":", "_"), "w")
+    return subprocess.Popen(
+        [sys.executable, "-m", "rs_embed_pipeline_tests.pipeline.crash_harness", "--tmp", str(tmp),
+         "--window", window, "--worker-python", shim, "--bbox", *BBOX],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def finish(proc: subprocess.Popen, expect_kill: bool) -> None:
+    try:
+        rc = proc.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    log = Path(proc.args[proc.args.index("--tmp") + 1]).parent.glob("*.log")
+    tail = "\n".join(p.read_text()[-3000:] for p in log)
+    if expect_kill:
+        assert rc == -signal.SIGKILL, f"expected the run to be killed, rc={rc}\n{tail}"
+    else:
+        assert rc == 0, f"run failed, rc={rc}\n{tail}"
+
+
+def run(tmp: Path, window: str, shim: str, kill: str | None = None) -> None:
+    finish(start(tmp, window, shim, kill), expect_kill=kill is not None)
+
+
+def _stores(root: Path, window: str) -> dict[str, Path]:
+    paths = {p.format(w=window): root / p.format(w=window) for p in PATCHES}
+    paths[EMBEDDINGS.format(w=window)] = root / EMBEDDINGS.format(w=window)
+    return paths
+
+
+def assert_done_tiles_whole(root: Path, ref: Path, window: str) -> int:
+    """Every tile marked done in ``root`` holds exactly the reference's values; returns how many."""
+    done = 0
+    for name, path in _stores(root, window).items():
+        if not path.exists():
+            continue
+        kind = "embeddings" if name.startswith("embeddings") else "patches"
+        store, expected = TileStore.open(str(path), kind), TileStore.open(str(ref / name), kind)
+        ok = np.flatnonzero(store.statuses() == STATUS_CODES["ok"])
+        arrays = ("pooled", "grid") if kind == "embeddings" else ("data", "valid")
+        for array in arrays:
+            assert np.array_equal(store.read(array, ok), expected.read(array, ok)), f"{name}/{array}"
+        done += len(ok)
+    return done
+
+
+def assert_same_as(root: Path, ref: Path, window: str) -> None:
+    for name, path in _stores(root, window).items():
+        kind = "embeddings" if name.startswith("embeddings") else "patches"
+        store, expected = TileStore.open(str(path), kind), TileStore.open(str(ref / name), kind)
+        assert store.fingerprint == expected.fingerprint, name
+        assert np.array_equal(store.statuses(), expected.statuses()), name
+        assert (store.statuses() == STATUS_CODES["ok"]).all(), name
+        for array in ("pooled", "grid") if kind == "embeddings" else ("data", "valid"):
+            assert np.array_equal(store.group[array][:], expected.group[array][:]), f"{name}/{array}"
+        assert [store.tile_meta(i) for i in range(len(store.tile_ids))] == \
+            [expected.tile_meta(i) for i in range(len(expected.tile_ids))], name
+        assert store.group.attrs.get("synthetic_imagery") == expected.group.attrs.get("synthetic_imagery")
+
+
+def assert_cube_window_same(root: Path, ref: Path, index: int) -> None:
+    got, want = zarr.open_group(str(root / CUBE), mode="r"), zarr.open_group(str(ref / CUBE), mode="r")
+    assert got.attrs["fingerprint"] == want.attrs["fingerprint"]
+    for group in CUBE_GROUPS:
+        for name in ("x", "y", "feature", "time"):
+            assert np.array_equal(got[group][name][:], want[group][name][:]), f"{group}/{name}"
+        a, b = got[group]["embedding"][index], want[group]["embedding"][index]
+        assert np.isfinite(a).any()
+        assert np.array_equal(a, b, equal_nan=True), group
+        assert read_window_state(str(root / CUBE), group)[index] == read_window_state(str(ref / CUBE), group)[index]
+
+
+@pytest.fixture(scope="module")
+def concurrent(tmp_path_factory, shim) -> Path:
+    """Two uninterrupted runs started together, January and February, one store root (so one
+    cube). January's stores are the reference of the kill test."""
+    tmp = tmp_path_factory.mktemp("concurrent") / "run"
+    procs = [start(tmp, JAN, shim), start(tmp, FEB, shim)]
+    for proc in procs:
+        finish(proc, expect_kill=False)
+    return tmp / "store"
+
+
+@pytest.fixture(scope="module")
+def reference(concurrent) -> Path:
+    return concurrent
+
+
+def test_kill_during_fetch_embedding_and_cube_write_then_resume(tmp_path, shim, reference):
+    tmp = tmp_path / "run"
+    root = tmp / "store"
+
+    # 1. Killed while fetching: patches are written in batches (8, then 1), two batches at a time;
+    #    the write that reaches the 9th tile dies after its arrays, before its statuses. Which of
+    #    the two batches that is depends on thread timing; either way some tiles are done, the
+    #    others pending, and every tile marked done is whole.
+    run(tmp, JAN, shim, kill="fetch:9")
+    p224 = TileStore.open(str(root / PATCHES[0].format(w=JAN)), "patches")
+    counts = p224.status_counts()
+    assert counts["ok"] in (1, 8) and counts["ok"] + counts["pending"] == 9, counts
+    assert assert_done_tiles_whole(root, reference, JAN) == counts["ok"]
+
+    # 2. The resumed run fetches the rest, then dies in the worker while writing the third batch
+    #    of embeddings (batches of 2: tiles 0-3 done, 4-5 written but not marked).
+    run(tmp, JAN, shim, kill="embed:6")
+    emb = TileStore.open(str(root / EMBEDDINGS.format(w=JAN)), "embeddings")
+    assert emb.status_counts()["ok"] == 4
+    assert TileStore.open(str(root / PATCHES[1].format(w=JAN)), "patches").status_counts()["ok"] == 7
+    assert assert_done_tiles_whole(root, reference, JAN) == 9 + 7 + 4
+
+    # 3. Resumed again: embeddings finish, then the cube write dies before its third row of
+    #    tiles: the window is not marked.
+    run(tmp, JAN, shim, kill="cube:3")
+    assert TileStore.open(str(root / EMBEDDINGS.format(w=JAN)), "embeddings").status_counts()["ok"] == 9
+    for group in CUBE_GROUPS:
+        assert JAN_INDEX not in read_window_state(str(root / CUBE), group)
+
+    # 4. The last run completes: every store and the cube equal the uninterrupted run's.
+    run(tmp, JAN, shim)
+    assert_same_as(root, reference, JAN)
+    assert_cube_window_same(root, reference, JAN_INDEX)
+
+
+def test_two_windows_written_concurrently(tmp_path, concurrent):
+    """Two runs (January, February) wrote one cube at the same time: each window equals what a
+    single writer writes from the same embeddings into a fresh cube, and the metadata that xarray
+    reads (consolidated) agrees with the arrays."""
+    import geopandas as gpd
+    import xarray as xr
+
+    root = concurrent
+    cube = zarr.open_group(str(root / CUBE), mode="r")
+    starts = _window_starts(cube)
+    assert starts[:2] == [JAN, FEB]
+    for index, window in enumerate((JAN, FEB)):
+        grid = gpd.read_parquet(root / f"tile_grid/crash/{window}.parquet")
+        tiles = grid[grid["size_px"] == 224][["tile_id", "utm_epsg", "x0", "y0", "size_px", "scale_m"]]
+        emb = TileStore.open(str(root / EMBEDDINGS.format(w=window)), "embeddings")
+        assert (emb.statuses() == STATUS_CODES["ok"]).all()
+        ids = emb.tile_ids
+        single = tmp_path / f"single-{window}.zarr"
+        write_cube_window(str(single), tiles=tiles.to_dict("records"),
+                          pooled=dict(zip(ids, emb.read("pooled", range(len(ids))))),
+                          grids=lambda tid: emb.read("grid", [ids.index(tid)])[0],
+                          window_index=index, window_starts=starts, attrs={},
+                          fingerprint=cube.attrs["fingerprint"],
+                          provenance=read_window_state(str(root / CUBE), CUBE_GROUPS[0])[index])
+        for group in CUBE_GROUPS:
+            a = cube[group]["embedding"][index]
+            b = zarr.open_group(str(single), mode="r")[group]["embedding"][index]
+            assert np.isfinite(a).all(), (group, window)
+            assert np.array_equal(a, b), (group, window)
+    for group in CUBE_GROUPS:
+        assert sorted(read_window_state(str(root / CUBE), group)) == [0, 1]
+        ds = xr.open_zarr(root / CUBE, group=group)  # consolidated metadata, as users open it
+        assert ds["window_filled"].values[:3].tolist() == [1, 1, 0]
+        assert ds.sizes["time"] == cube[group]["embedding"].shape[0] == cube[group]["time"].shape[0]
+    assert not np.array_equal(cube[CUBE_GROUPS[0]]["embedding"][0], cube[CUBE_GROUPS[0]]["embedding"][1])
+
+
+def _window_starts(cube: zarr.Group) -> list[str]:
+    import datetime as dt
+
+    days = cube[CUBE_GROUPS[0]]["time"][:]
+    return [(dt.date(1970, 1, 1) + dt.timedelta(days=int(d))).isoformat() for d in days]
+
+
+WRITER = """
+import sys, numpy as np
+from rs_embed_pipeline.stores import ArraySpec, TileStore
+uri = sys.argv[1]
+store = TileStore.create_or_open(uri, "patches", tile_ids=[f"t{i}" for i in range(64)],
+    arrays=[ArraySpec("data", (4, 256, 256), ("band", "y", "x"))], fingerprint="f", attrs={})
+todo = np.flatnonzero(store.statuses() != 1)
+print("ready", flush=True)
+for i in todo:
+    store.write_tile(int(i), "ok", {"i": int(i)}, data=np.random.default_rng(int(i)).random((4, 256, 256), dtype=np.float32))
+"""
+
+
+def test_sigkill_at_random_moments_never_leaves_a_half_written_tile(tmp_path):
+    """Real SIGKILLs at arbitrary moments while tiles (1 MiB chunks) are being written: a tile
+    marked ok always reads back whole and exact (atomic chunk writes + status written last)."""
+    uri = str(tmp_path / "kill.zarr")
+    rng = np.random.default_rng(0)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for attempt in range(4):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, uri], env=env, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(float(rng.uniform(0.05, 0.3)))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        store = TileStore.open(uri, "patches")
+        for i in np.flatnonzero(store.statuses() == 1):
+            expected = np.random.default_rng(int(i)).random((4, 256, 256), dtype=np.float32)
+            assert np.array_equal(store.read("data", [i])[0], expected), f"tile {i} after kill {attempt}"
+            assert store.tile_meta(int(i)) == {"i": int(i)}
+    # Finishing the job afterwards leaves every tile whole.
+    subprocess.run([sys.executable, "-c", WRITER, uri], env=env, check=True, capture_output=True)
+    store = TileStore.open(uri, "patches")
+    assert (store.statuses() == 1).all()
+    for i in range(64):
+        assert np.array_equal(store.read("data", [i])[0],
+                              np.random.default_rng(i).random((4, 256, 256), dtype=np.float32))
