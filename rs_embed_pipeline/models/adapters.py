@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from . import knobs
 from . import preprocessing as P
 from .errors import ModelInputError
 from .terrafm import TerraFM, TerraFMConfig
@@ -49,6 +51,8 @@ from .weights import (
 log = logging.getLogger("rs_embed_pipeline.models")
 
 RANDOM_WEIGHTS_LABEL = "RANDOM (allow_random_weights=True) - NOT PRETRAINED"
+NOT_PRETRAINED_LABEL = "RANDOM (pretrained=False) - NOT PRETRAINED"
+MODEL_SOURCE = "rs_embed_pipeline native PyTorch re-implementation (conformance-tested against rs-embed 0.3.1)"
 OUTPUTS = {
     "pooled": ("pooled",),
     "grid": ("grid",),
@@ -96,6 +100,7 @@ class _Adapter:
     family: str = ""
     modalities: tuple[str, ...] = ("s2", "s1")
     MODEL_OPTIONS: tuple[str, ...] = ()
+    pretrained: bool = True  # THOR's option; False with no checkpoint = random init, no hub lookup
 
     def __init__(self, *, checkpoint=None, arch=None, device="auto", **options: Any) -> None:
         unknown = sorted(set(options) - set(self.MODEL_OPTIONS) - set(COMMON_OPTIONS))
@@ -116,7 +121,7 @@ class _Adapter:
             self.precision = "fp32"
         bs = options.pop("batch_size", None)
         if bs is None:
-            bs = 32 if self.device.type == "cuda" else 8
+            bs = knobs.default_batch_size(self.family, self.device.type)
         if isinstance(bs, bool) or not isinstance(bs, (int, np.integer)) or bs < 1:
             raise ModelInputError(f"batch_size must be a positive integer, got {bs!r}")
         self.batch_size = int(bs)
@@ -149,20 +154,23 @@ class _Adapter:
     def _load_model(self) -> torch.nn.Module:
         repo, fname = self._hf_source()
         what = f"{self.model_id} ({self._arch_label()})"
-        if self.checkpoint is None and self.allow_random_weights:
+        if self.checkpoint is None and (self.allow_random_weights or not self.pretrained):
             model = self._build()
+            why = "allow_random_weights=True" if self.allow_random_weights else "pretrained=False"
             self.weights = {
-                "weights_source": RANDOM_WEIGHTS_LABEL,
+                "weights_source": RANDOM_WEIGHTS_LABEL if self.allow_random_weights else NOT_PRETRAINED_LABEL,
                 "random_weights": True,
                 "weights_path": None,
                 "weights_sha256": None,
+                "weights_size_bytes": None,
                 "hf_repo": repo,
                 "hf_file": fname,
                 "hf_cache_dir": None,
+                "model_source": MODEL_SOURCE,
             }
             log.warning(
-                "%s: RANDOM WEIGHTS (allow_random_weights=True) - embeddings are NOT from the pretrained "
-                "model %s/%s", self.model_id, repo, fname,
+                "%s: RANDOM WEIGHTS (%s) - embeddings are NOT from the pretrained model %s/%s",
+                self.model_id, why, repo, fname,
             )
         else:
             found = resolve_weights(self.checkpoint, repo, fname, self.cache_dir)
@@ -176,9 +184,11 @@ class _Adapter:
                 "random_weights": False,
                 "weights_path": found["path"],
                 "weights_sha256": file_sha256(found["path"]),
+                "weights_size_bytes": int(os.path.getsize(found["path"])),
                 "hf_repo": found["hf_repo"] or repo,
                 "hf_file": found["hf_file"] or fname,
                 "hf_cache_dir": found["hf_cache_dir"],
+                "model_source": MODEL_SOURCE,
                 **info,
             }
         model.requires_grad_(False)
@@ -242,6 +252,7 @@ class _Adapter:
             "modalities": list(self.modalities),
             "input_bands": {m: list(self.input_bands(m)) for m in self.modalities},
             "grid_shape": {m: self._safe_grid_shape(m) for m in self.modalities},
+            **self.output_kinds(),
             **self._settings(),
             "device": str(self.device),
             "precision": self.precision,
@@ -259,16 +270,28 @@ class _Adapter:
     def _settings(self) -> dict:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def output_kinds(self) -> dict:  # pragma: no cover - abstract
+        """rs-embed's metadata vocabulary for what the outputs are: ``model_key``, ``grid_type``,
+        ``grid_kind``, ``pooling``, ``cls_removed``, ``pretrained``."""
+        raise NotImplementedError
+
+    def channel_hint(self) -> str:
+        return (
+            f"{self.model_id} takes C={len(self.input_bands('s2'))} for S2 (bands {list(self.input_bands('s2'))}) "
+            f"or C={len(self.input_bands('s1'))} for S1 (VV, VH); pass modality='s1' for Sentinel-1"
+        )
+
     def embed(self, raw, modality: str = "s2", output: str = "pooled") -> EmbeddingOutput:
         """Embed a batch ``raw`` (``[B, C, H, W]`` provider units, bands ``input_bands(modality)``)."""
         modality = self._modality(modality)
         wanted = parse_output(output)
         bands = self.input_bands(modality)
         what = f"{self.model_id} {modality.upper()}"
-        x = P.as_bchw(raw, bands, what)
+        x = P.as_bchw(raw, bands, what, hint=self.channel_hint())
         if x.shape[0] == 0:
             raise ModelInputError(f"{what}: empty batch (B=0)")
         P.check_has_finite(x, what)
+        P.check_modality_units(x, modality, what)
         prepared, plan, meta = self._prepare(x, modality)
         chunks: dict[str, list[np.ndarray]] = {k: [] for k in wanted}
         extra: dict = {}
@@ -288,10 +311,14 @@ class _Adapter:
             "raw_input_shape": list(x.shape),
             "output": list(wanted),
             "embed_dim": self.embed_dim,
+            "source": None,  # the collection for provider data (the pipeline's run metadata); None for arrays
+            **self.output_kinds(),
             **meta,
             **self._runtime_meta(),
             "arch": self.cfg.as_dict(),
             **self.weights,
+            "weight_file": self.weights["weights_path"],
+            "weight_file_size": self.weights["weights_size_bytes"],
         }
         full_meta["output_shapes"] = {k: list(result[k].shape) for k in wanted}
         return EmbeddingOutput(
@@ -372,6 +399,16 @@ class TerraFMAdapter(_Adapter):
     def _settings(self) -> dict:
         return {"s2_branch": self.s2_branch, "patch_size": self.cfg.patch_size}
 
+    def output_kinds(self) -> dict:
+        return {
+            "model_key": self.model_id,
+            "grid_type": "feature_map",
+            "grid_kind": "final_normed_last_block_patch_tokens",
+            "pooling": "cls_token",  # the normed CLS token; rs-embed's mean/max only apply to ROI crops
+            "cls_removed": True,  # the grid is the patch tokens without the CLS token
+            "pretrained": True,
+        }
+
     def model_branch(self, modality: str) -> str:
         return "s1" if self._modality(modality) == "s1" else f"s2_{self.s2_branch}"
 
@@ -398,6 +435,7 @@ class TerraFMAdapter(_Adapter):
             model_branch=self.model_branch(modality),
             image_size=size,
             patch_size=p,
+            ground_cover_m=None,  # the input's own extent (TerraFM resizes any tile to 224 px)
             resize={
                 "applied": (h, w) != (size, size),
                 "from_hw": [h, w],
@@ -469,9 +507,10 @@ class ThorAdapter(_Adapter):
         "shape_tol_px",
         "max_native_side",
         "max_native_tokens",
+        "pretrained",
     )
-    RESIZE_MODES = ("fixed", "native_snap")
-    SHAPE_ADJUST = ("crop", "pad")
+    RESIZE_MODES = knobs.THOR_RESIZE_MODES
+    SHAPE_ADJUST = knobs.THOR_SHAPE_ADJUST
     S2_GSDS = (10.0, 20.0)
     S1_GSDS = (10.0,)
 
@@ -488,32 +527,32 @@ class ThorAdapter(_Adapter):
 
     def _configure(self, arch, options: dict) -> None:
         self.cfg = ThorConfig.from_arch(arch, self.variant)
-        norm = str(options.pop("normalization", "thor_stats")).strip().lower()
-        if norm not in P.THOR_S2_NORMALIZATIONS and norm not in P.THOR_S1_NORMALIZATIONS:
-            raise ModelInputError(
-                f"Unknown THOR normalization mode {norm!r}. Use one of: thor_stats, unit_scale, none "
-                f"(S2 aliases: {sorted(P.THOR_S2_NORMALIZATIONS)}; S1 aliases: {sorted(P.THOR_S1_NORMALIZATIONS)})"
-            )
-        self.normalization = norm
-        self.patch_size = self._positive_int("patch_size", options.pop("patch_size", 16))
-        self.image_size_ = self._positive_int("image_size", options.pop("image_size", 288))
+        d = lambda name: knobs.default("thor", name)  # noqa: E731 - defaults live in the knob table
+        self.normalization = knobs.canonical_thor_normalization(options.pop("normalization", d("normalization")))
+        pretrained = options.pop("pretrained", True)
+        if not isinstance(pretrained, (bool, np.bool_)):
+            raise ModelInputError(f"THOR pretrained must be a bool, got {pretrained!r}")
+        self.pretrained = bool(pretrained)
+        self.patch_size = self._positive_int("patch_size", options.pop("patch_size", d("patch_size")))
+        self.image_size_ = self._positive_int("image_size", options.pop("image_size", d("image_size")))
         scale = options.pop("scale_m", 10.0)
         if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating)) or not scale > 0:
             raise ModelInputError(f"THOR scale_m must be a positive number of metres, got {scale!r}")
         self.scale_m = float(scale)
-        self.group_merge = canonical_group_merge(options.pop("group_merge", "mean"))
-        mode = str(options.pop("resize_mode", "fixed")).strip().lower()
+        self.group_merge = canonical_group_merge(options.pop("group_merge", d("group_merge")))
+        mode = str(options.pop("resize_mode", d("resize_mode"))).strip().lower()
         if mode not in self.RESIZE_MODES:
             raise ModelInputError(f"Unknown THOR resize_mode {mode!r}; valid: {', '.join(self.RESIZE_MODES)}")
         self.resize_mode = mode
-        adjust = str(options.pop("shape_adjust", "crop")).strip().lower()
+        adjust = str(options.pop("shape_adjust", d("shape_adjust"))).strip().lower()
         if adjust not in self.SHAPE_ADJUST:
             raise ModelInputError(f"Unknown THOR shape_adjust {adjust!r}; valid: crop, pad")
         self.shape_adjust = adjust
         self.fill_value = float(options.pop("fill_value", 0.0))
-        self.shape_tol_px = self._positive_int("shape_tol_px", options.pop("shape_tol_px", 8), 0)
-        self.max_native_side = self._positive_int("max_native_side", options.pop("max_native_side", 384))
-        self.max_native_tokens = self._positive_int("max_native_tokens", options.pop("max_native_tokens", 3000))
+        self.shape_tol_px = self._positive_int("shape_tol_px", options.pop("shape_tol_px", d("shape_tol_px")), 0)
+        self.max_native_side = self._positive_int("max_native_side", options.pop("max_native_side", d("max_native_side")))
+        self.max_native_tokens = self._positive_int(
+            "max_native_tokens", options.pop("max_native_tokens", d("max_native_tokens")))
         # Fail early when the fixed geometry works for no modality at all.
         errors = []
         for m in self.modalities:
@@ -522,13 +561,26 @@ class ThorAdapter(_Adapter):
             except ModelInputError as exc:
                 errors.append(exc)
         if len(errors) == len(self.modalities):
-            raise ModelInputError(f"THOR image_size={self.image_size_}, scale_m={self.scale_m:g}: {errors[0]}")
+            raise ModelInputError(
+                f"THOR image_size={self.image_size_}, scale_m={self.scale_m:g}, patch_size={self.patch_size}: "
+                f"{errors[0]}"
+            )
 
     def _build(self) -> torch.nn.Module:
         return ThorEncoder(self.cfg)
 
     def _hf_source(self) -> tuple[str, str]:
-        return f"FM4CS/THOR-1.0-{self.variant}", f"thor_v1_vit_{self.variant}.pt"
+        return knobs.thor_hf_source(self.variant)
+
+    def output_kinds(self) -> dict:
+        return {
+            "model_key": knobs.thor_model_key(self.variant),
+            "grid_type": "feature_map",
+            "grid_kind": "thor_group_grid",
+            "pooling": "mean",  # over all tokens of all groups (not over the merged grid)
+            "cls_removed": False,  # THOR v1 has no CLS token
+            "pretrained": self.pretrained,
+        }
 
     def _extract_state(self, obj, path: str) -> tuple[dict, dict]:
         return thor_encoder_state(unwrap_state_dict(obj, path), path)
@@ -656,7 +708,8 @@ class ThorAdapter(_Adapter):
             "preprocess": plan,
             "group_merge": self.group_merge,
             "grid_kind": "thor_group_grid",
-            "pooling": "mean_over_all_tokens",
+            "pooling": "mean",
+            "pooled_kind": "mean_over_all_tokens",
             "final_norm_applied": False,
             "cls_token": False,
             **layout.describe(),

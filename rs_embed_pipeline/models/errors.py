@@ -23,3 +23,22 @@ class WeightsError(ModelError, RuntimeError):
 
 class WeightsNotFoundError(WeightsError, FileNotFoundError):
     """No weights could be found (local path missing, not in the HF cache, download impossible)."""
+
+
+class MissingDependencyError(ModelError, ImportError):
+    """An optional dependency (torch, huggingface_hub, terratorch, ...) cannot be imported."""
+
+
+def require(module: str, purpose: str, install: str = "pip install -e '.[worker]'"):
+    """Import ``module`` or raise :class:`MissingDependencyError` saying what needs it and how to
+    install it (the model code runs in the worker environment, ``.venv-worker``)."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"Missing dependency: {module!r} is needed for {purpose} but cannot be imported "
+            f"({type(exc).__name__}: {exc}). Install it with `{install}`, or run this in the model "
+            "worker environment (.venv-worker, built by `make setup`)."
+        ) from exc

@@ -128,8 +128,9 @@ def thor_normalization(mode: str, modality: str) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
-def as_bchw(raw, bands: Sequence[str], what: str) -> np.ndarray:
-    """Validate a raw batch and return it as a C-contiguous float32 ``[B, C, H, W]`` array."""
+def as_bchw(raw, bands: Sequence[str], what: str, hint: str = "") -> np.ndarray:
+    """Validate a raw batch and return it as a C-contiguous float32 ``[B, C, H, W]`` array.
+    ``hint`` is appended to the channel-count error (which channel counts the model takes)."""
     if hasattr(raw, "detach") and hasattr(raw, "cpu"):  # torch tensor
         raw = raw.detach().cpu().numpy()
     if not isinstance(raw, np.ndarray):
@@ -145,7 +146,7 @@ def as_bchw(raw, bands: Sequence[str], what: str) -> np.ndarray:
     if raw.shape[1] != len(bands):
         raise ModelInputError(
             f"{what} expects C={len(bands)} channels in band order {list(bands)}, got C={raw.shape[1]} "
-            f"(shape {raw.shape})"
+            f"(shape {raw.shape})" + (f". {hint}" if hint else "")
         )
     if raw.shape[2] < 1 or raw.shape[3] < 1:
         raise ModelInputError(f"{what} got an empty image, shape {raw.shape}")
@@ -162,6 +163,47 @@ def check_has_finite(x: np.ndarray, what: str) -> None:
         raise ModelInputError(
             f"{what}: image(s) at batch index {bad.tolist()} contain no finite value (all NaN/inf); "
             "such tiles have no data and must not be embedded"
+        )
+
+
+# Modality plausibility (provider units): S2 DN are reflectance x 10000, S1 linear sigma0 power is
+# mostly well below 1. Over half the finite nonzero values beyond these bounds means the data are
+# not in the configured modality's units.
+S2_UNIT_SCALED_MAX = 1.5  # an S2 image whose every finite value is within +-1.5 DN is unit-scaled
+S1_LINEAR_IMPLAUSIBLE = 100.0  # linear sigma0 power above 100 (+20 dB) on most pixels is not S1
+
+
+def check_modality_units(x: np.ndarray, modality: str, what: str) -> None:
+    """Reject data that do not match the configured modality's provider units: S2 that look
+    unit-scaled (reflectance 0..1, or S1 power) instead of DN; S1 that look dB-scaled (over half the
+    finite nonzero values negative) or like S2 DN (over half above 100). All-zero images pass (they are
+    fill, flagged by the input inspection, not a unit mismatch)."""
+    b = x.shape[0]
+    flat = x.reshape(b, -1)
+    finite = np.isfinite(flat)
+    nonzero = finite & (flat != 0)
+    n = nonzero.sum(axis=1)
+    if modality == "s2":
+        amax = np.where(finite, np.abs(flat), 0.0).max(axis=1) if flat.shape[1] else np.zeros(b)
+        bad = np.flatnonzero((n > 0) & (amax <= S2_UNIT_SCALED_MAX))
+        if bad.size:
+            raise ModelInputError(
+                f"{what} expects Sentinel-2 surface-reflectance DN (reflectance x 10000) but image(s) at "
+                f"batch index {bad.tolist()} have every value within +-{S2_UNIT_SCALED_MAX} (max |x| "
+                f"{float(amax[bad[0]]):.4g}): unit-scaled reflectance (multiply by 10000) or Sentinel-1 data "
+                "given as S2 (use modality='s1')?"
+            )
+        return
+    check_s1_linear(x, what)
+    high = (nonzero & (np.abs(np.where(finite, flat, 0.0)) > S1_LINEAR_IMPLAUSIBLE)).sum(axis=1)
+    frac = np.where(n > 0, high / np.maximum(n, 1), 0.0)
+    bad = np.flatnonzero(frac > 0.5)
+    if bad.size:
+        pct = ", ".join(f"{100 * frac[i]:.0f}%" for i in bad[:5])
+        raise ModelInputError(
+            f"{what} expects linear-scale S1 backscatter (sigma0 power, typically 0..1) but image(s) at "
+            f"batch index {bad.tolist()} have {pct} of finite nonzero values above {S1_LINEAR_IMPLAUSIBLE:g}: "
+            "Sentinel-2 DN given as S1 (use modality='s2'), or unscaled / uncalibrated DN?"
         )
 
 

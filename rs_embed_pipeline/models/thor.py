@@ -41,6 +41,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ModelInputError
+from .knobs import (  # noqa: F401 - re-exported: the THOR vocabulary lives in the torch-free knobs module
+    GROUP_MERGE_ALIASES,
+    GROUP_MERGES,
+    THOR_VARIANT_ALIASES,
+    THOR_VARIANTS,
+    canonical_group_merge,
+    canonical_thor_variant,
+)
 from .layers import Block, check_arch_keys
 
 # --------------------------------------------------------------------------------------------
@@ -101,18 +109,13 @@ VARIANTS: dict[str, dict] = {
     "base": dict(embed_dim=768, depth=12, num_heads=12, band_embed_dim=128),
     "large": dict(embed_dim=1024, depth=24, num_heads=16, band_embed_dim=256),
 }
-VARIANT_ALIASES = {"t": "tiny", "s": "small", "b": "base", "l": "large"}
+assert tuple(VARIANTS) == THOR_VARIANTS
+VARIANT_ALIASES = THOR_VARIANT_ALIASES
 
 
 def canonical_variant(variant: str) -> str:
-    v = str(variant).strip().lower()
-    for prefix in ("thor_v1_", "thor_1_0_", "thor-1.0-"):
-        if v.startswith(prefix):
-            v = v[len(prefix):]
-    v = VARIANT_ALIASES.get(v, v)
-    if v not in VARIANTS:
-        raise ModelInputError(f"Unknown THOR variant={variant!r} (expected one of: {', '.join(VARIANTS)})")
-    return v
+    """``tiny|small|base|large`` (see :func:`rs_embed_pipeline.models.knobs.canonical_thor_variant`)."""
+    return canonical_thor_variant(variant)
 
 
 def alibi_slopes(num_heads: int) -> list[float]:
@@ -300,9 +303,10 @@ def plan_layout(bands: tuple[str, ...], ground_cover_m: float, patch_size: int) 
             raise ModelInputError(
                 f"THOR cannot tile a {float(gc):g} m ground cover with patch_size={patch_size} for "
                 f"group{g} ({gsd:g} m bands {list(used)}): the ground cover (scale_m * image side) must "
-                f"be a positive multiple of patch_size * GSD = {float(cell):g} m. "
-                "Use a larger image, a smaller patch_size, or an image side that is a multiple of "
-                "patch_size * GSD / scale_m."
+                f"be a positive multiple of patch_size * GSD = {float(cell):g} m, so the THOR token "
+                "grid (grid and pooled output) is unavailable for this configuration. Use the default "
+                "model/input settings (image_size 288, patch_size 16, scale_m 10), a larger image, a "
+                "smaller patch_size, or an image side that is a multiple of patch_size * GSD / scale_m."
             )
         groups.append(
             GroupLayout(
@@ -500,20 +504,6 @@ class ThorEncoder(nn.Module):
 # --------------------------------------------------------------------------------------------
 # Outputs from tokens
 # --------------------------------------------------------------------------------------------
-
-GROUP_MERGES = ("mean", "sum", "concat")
-GROUP_MERGE_ALIASES = {"avg": "mean", "average": "mean"}
-
-
-def canonical_group_merge(value: str) -> str:
-    v = str(value).strip().lower()
-    v = GROUP_MERGE_ALIASES.get(v, v)
-    if v not in GROUP_MERGES:
-        raise ModelInputError(
-            f"Unknown THOR group_merge {value!r}; valid: {', '.join(GROUP_MERGES)} (aliases: avg, average)"
-        )
-    return v
-
 
 def pool_tokens(tokens: torch.Tensor) -> torch.Tensor:
     """Pooled THOR embedding: the mean over all tokens of all groups (not over the merged grid)."""

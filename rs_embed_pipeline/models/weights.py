@@ -38,11 +38,11 @@ def hf_cache_dir(cache_dir: str | os.PathLike | None = None) -> str:
     """The hub cache directory that will be used (see module doc for the precedence)."""
     if cache_dir:
         return str(Path(cache_dir).expanduser())
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if os.environ.get(var):
-            return str(Path(os.environ[var]).expanduser())
-    if os.environ.get("HF_HOME"):
-        return str(Path(os.environ["HF_HOME"]).expanduser() / "hub")
+    from .knobs import hf_cache_dir_from_env
+
+    from_env = hf_cache_dir_from_env()
+    if from_env:
+        return from_env
     xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return str(Path(xdg).expanduser() / "huggingface" / "hub")
 
@@ -52,8 +52,10 @@ def hub_offline() -> bool:
 
 
 def _how_to_supply(repo_id: str, filename: str, cache: str) -> str:
+    env_hint = " (or set RS_EMBED_THOR_CKPT=/path/to/that file)" if repo_id.startswith("FM4CS/THOR") else ""
     return (
-        f"To use a local copy pass checkpoint='/path/to/{filename}' to load_adapter, or place it in the "
+        f"To use a local copy pass checkpoint='/path/to/{filename}' to load_adapter{env_hint} or the "
+        "adapter resource's `checkpoint` field, or place it in the "
         f"hub cache as {cache}/models--{repo_id.replace('/', '--')}/snapshots/<revision>/{filename} "
         "(with refs/main naming <revision>), e.g. by running `huggingface-cli download "
         f"{repo_id} {filename}` on a machine with network access; allow_random_weights=True runs "
@@ -66,9 +68,12 @@ def download_from_hub(repo_id: str, filename: str, cache_dir: str | None = None)
     cache = hf_cache_dir(cache_dir)
     try:
         from huggingface_hub import hf_hub_download
-    except ImportError as exc:  # pragma: no cover - the worker env has it
+    except ImportError as exc:
         raise WeightsNotFoundError(
-            f"huggingface_hub is not installed, cannot fetch '{filename}' from {repo_id}. "
+            f"Missing dependency: huggingface_hub is not installed ({exc}), so '{filename}' cannot be "
+            f"fetched from Hugging Face repo {repo_id} (cache dir {cache}). Install it with "
+            "`pip install huggingface_hub` (it is part of the worker environment, .venv-worker / the "
+            "'worker' extra). "
             + _how_to_supply(repo_id, filename, cache)
         ) from exc
     try:

@@ -153,8 +153,8 @@ _SPLIT_RE = re.compile(
     re.IGNORECASE,
 )
 
-_S2_OPTIONS = ("composite", "cloudy_pct", "cloud_score_plus", "cs_threshold", "cs_band")
-_S1_OPTIONS = ("composite", "orbit", "use_float_linear", "require_iw", "relax_iw_on_empty")
+_S2_OPTIONS = ("composite", "cloudy_pct", "cloud_score_plus", "cs_threshold", "cs_band", "fill_value")
+_S1_OPTIONS = ("composite", "orbit", "use_float_linear", "require_iw", "relax_iw_on_empty", "fill_value")
 
 
 # --------------------------------------------------------------------------------------------
@@ -488,6 +488,7 @@ class _Sensor:
     modality: str
     bands: tuple[str, ...]
     composite: str
+    fill_value: float = 0.0  # data value of pixels without a valid observation
     # S2
     cloudy_pct: float | None = None
     cloud_score_plus: bool = False
@@ -567,6 +568,10 @@ def _parse_sensor(modality: str, bands: Iterable[str] | None, options: Mapping[s
     if composite not in COMPOSITES:
         raise ProviderError(f"GEE provider: unknown composite {opts.get('composite')!r}; "
                             f"valid: {list(COMPOSITES)}")
+    try:
+        fill = float(opts.get("fill_value", 0.0))
+    except (TypeError, ValueError):
+        raise ProviderError(f"GEE provider: fill_value must be a number, got {opts.get('fill_value')!r}") from None
 
     if modality == "s2":
         cloudy = opts.get("cloudy_pct", 30)
@@ -591,7 +596,7 @@ def _parse_sensor(modality: str, bands: Iterable[str] | None, options: Mapping[s
         if cs_band not in CLOUD_SCORE_PLUS_BANDS:
             raise ProviderError(f"GEE provider: cs_band {cs_band!r} is not one of "
                                 f"{list(CLOUD_SCORE_PLUS_BANDS)}")
-        return _Sensor("s2", band_list, composite, cloudy_pct=cloudy, cloud_score_plus=csp,
+        return _Sensor("s2", band_list, composite, fill_value=fill, cloudy_pct=cloudy, cloud_score_plus=csp,
                        cs_threshold=thr, cs_band=cs_band)
 
     orbit = opts.get("orbit")
@@ -601,7 +606,7 @@ def _parse_sensor(modality: str, bands: Iterable[str] | None, options: Mapping[s
             raise ProviderError(f"GEE provider: unknown S1 orbit {opts.get('orbit')!r}; "
                                 f"use 'ASCENDING' or 'DESCENDING' (or None for both)")
     return _Sensor(
-        "s1", band_list, composite, orbit=orbit,
+        "s1", band_list, composite, fill_value=fill, orbit=orbit,
         use_float_linear=_as_bool("use_float_linear", opts.get("use_float_linear", True)),
         require_iw=_as_bool("require_iw", opts.get("require_iw", True)),
         relax_iw_on_empty=_as_bool("relax_iw_on_empty", opts.get("relax_iw_on_empty", True)),
@@ -983,6 +988,7 @@ class GEEProvider:
         off), ``cloud_score_plus`` (bool), ``cs_threshold`` (0.6), ``cs_band`` (cs_cdf | cs).
         Sentinel-1: ``composite``, ``orbit`` (ASCENDING | DESCENDING | None),
         ``use_float_linear`` (True), ``require_iw`` (True), ``relax_iw_on_empty`` (True).
+        Both: ``fill_value`` (0.0): the data value of pixels without a valid observation.
 
         Misconfiguration (unknown option, band, composite, orbit, bad dates, no credentials)
         raises :class:`ProviderError` here, before any request; per-tile problems never raise.
@@ -1331,6 +1337,7 @@ class GEEProvider:
             "size_px": tile.size,
             "scale_m": tile.scale,
             "resampling": "none (tile's own UTM grid); Earth Engine nearest neighbour for coarser bands",
+            "fill_value": s.fill_value,
         }
         if s.modality == "s2":
             meta["cloudy_pct"] = s.cloudy_pct
@@ -1350,12 +1357,15 @@ class GEEProvider:
                 "s1_orbit_applied": s.orbit,
                 "s1_collection_used": s.collection,
                 "s1_db_to_linear": not s.use_float_linear,
+                "use_float_linear": s.use_float_linear,
             })
         if request is not None:
             meta["request"] = dict(request)
         if reason is not None:
             meta["reason"] = self._redact(reason)
         if status == "ok" and data is not None and valid is not None:
+            if s.fill_value != 0.0:  # masked pixels arrive as 0 (unmask(0)); give them the fill value
+                data = np.where(valid[None], data, np.float32(s.fill_value)).astype(np.float32)
             return Patch(tile.tile_id, data, valid, "ok", meta)
         return Patch(tile.tile_id, np.zeros((len(s.bands), tile.size, tile.size), np.float32),
                      np.zeros((tile.size, tile.size), bool), status, meta)  # type: ignore[arg-type]

@@ -10,19 +10,21 @@ Per tile (one row of the tile_grid GeoDataFrame) and time window ``[start, end)`
 1. items intersecting the tile footprint, datetime in ``[start, end)``; S2: ``eo:cloud_cover <=
    cloudy_pct`` (``cloudy_pct=None``: no filter); S1: ``sat:orbit_state`` == ``orbit``
    (ASCENDING | DESCENDING, None: both). Sensor options, as for the GEE provider: S2
-   ``composite``, ``cloudy_pct``; S1 ``composite``, ``orbit``;
+   ``composite``, ``cloudy_pct``, ``fill_value``; S1 ``composite``, ``orbit``, ``use_float_linear``,
+   ``fill_value``;
 2. ``odc.stac.load`` on the tile's exact pixel grid (UTM ``EPSG:utm_epsg``, ``scale_m`` pixels,
    upper-left ``(x0, y0)``, ``size_px x size_px``), ``groupby="solar_day"``; 10 m S2 bands and
    SCL nearest, 20 / 60 m S2 bands and S1 bilinear;
 3. harmonization to provider units per item from its ``raster:bands`` ``scale`` / ``offset``:
    S2 ``DN_out = (DN * scale + offset) * 10000`` (Earth Search C1: ``scale=0.0001``,
    ``offset=-0.1`` for processing baseline >= 04.00, read from each item, never hard-coded);
-   S1 ``DN * scale + offset`` (must already be linear sigma0 power);
+   S1 ``DN * scale + offset``: linear sigma0 power, or (``use_float_linear=False``) dB, converted per
+   observation to linear power ``10 ** (dB / 10)`` before compositing;
 4. invalid observations: raw value equal to the asset nodata or non-finite in any asked band,
    and for S2 SCL in {0 (nodata), 3 (cloud shadow), 8, 9 (cloud), 10 (cirrus)};
 5. composite over time of valid observations: ``median`` (per band nanmedian) or ``mosaic``
    (latest valid observation on top); ``valid`` = at least one valid observation; invalid
-   pixels are 0 in ``data``.
+   pixels are ``fill_value`` (default 0) in ``data``.
 
 A tile whose window has no item, or no valid pixel, is ``no_data``; an exception while loading a
 tile makes that tile ``failed`` (``meta["reason"]``) and the other tiles go on. Tiles are loaded
@@ -63,8 +65,8 @@ log = logging.getLogger(__name__)
 COMPOSITES: tuple[str, ...] = ("median", "mosaic")
 # per-modality sensor options (the GEE provider takes the same names)
 SENSOR_OPTIONS: dict[str, tuple[str, ...]] = {
-    "s2": ("composite", "cloudy_pct"),
-    "s1": ("composite", "orbit"),
+    "s2": ("composite", "cloudy_pct", "fill_value"),
+    "s1": ("composite", "orbit", "use_float_linear", "fill_value"),
 }
 ORBITS: tuple[str, ...] = ("ASCENDING", "DESCENDING")
 # SCL classes treated as invalid: 0 no data, 3 cloud shadow, 8 / 9 cloud, 10 thin cirrus
@@ -251,6 +253,8 @@ class _Filter:
     composite: str
     cloudy_pct: float | None  # S2 only; None: no cloud-cover filter
     orbit: str | None  # S1 only: ASCENDING | DESCENDING | None
+    fill_value: float = 0.0  # data value of pixels without a valid observation
+    use_float_linear: bool = True  # S1: False = the assets hold dB (converted to linear power)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -377,13 +381,22 @@ class _OdcStacProvider:
             )
         composite = sensor_options.get("composite", self.composite)
         self._check_composite(composite)
+        fill = sensor_options.get("fill_value", 0.0)
+        try:
+            fill = float(fill)
+        except (TypeError, ValueError):
+            raise ProviderError(f"fill_value must be a number, got {fill!r}") from None
         if modality != "s2":
             orbit = sensor_options.get("orbit")
             if orbit is not None:
                 if str(orbit).upper() not in ORBITS:
                     raise ProviderError(f"unknown orbit {orbit!r}; valid: {list(ORBITS)} or None")
                 orbit = str(orbit).upper()
-            return _Filter(composite=composite, cloudy_pct=None, orbit=orbit)
+            linear = sensor_options.get("use_float_linear", True)
+            if not isinstance(linear, (bool, np.bool_)):
+                raise ProviderError(f"use_float_linear must be true or false, got {linear!r}")
+            return _Filter(composite=composite, cloudy_pct=None, orbit=orbit, fill_value=fill,
+                           use_float_linear=bool(linear))
         cloudy = sensor_options.get("cloudy_pct", self.cloudy_pct)
         if cloudy is not None:
             try:
@@ -394,7 +407,7 @@ class _OdcStacProvider:
                 ) from None
             if not 0 <= cloudy <= 100:
                 raise ProviderError(f"cloudy_pct must be in [0, 100] or None, got {cloudy}")
-        return _Filter(composite=composite, cloudy_pct=cloudy, orbit=None)
+        return _Filter(composite=composite, cloudy_pct=cloudy, orbit=None, fill_value=fill)
 
     # ---- item discovery (subclasses) --------------------------------------------------------
 
@@ -465,8 +478,12 @@ class _OdcStacProvider:
                 f"{spec.mask_asset} not in {list(SCL_INVALID_CLASSES)}" if spec.mask_asset else None
             ),
             "orbit": flt.orbit,
+            "fill_value": flt.fill_value,
             "groupby": "solar_day",
         }
+        if modality == "s1":
+            base_meta["use_float_linear"] = flt.use_float_linear
+            base_meta["s1_source_units"] = "linear sigma0" if flt.use_float_linear else "dB (converted to linear)"
         return self._generate(rows, spec, band_list, t0, t1, flt, base_meta)
 
     def _generate(self, rows, spec, band_list, t0, t1, flt: _Filter, base_meta):
@@ -506,7 +523,7 @@ class _OdcStacProvider:
         prepared = [(it, shapely_shape(it.geometry) if it.geometry else None) for it in items]
 
         def work(tile: _Tile) -> Patch:
-            return self._fetch_tile(tile, prepared, spec, band_list, composite, base_meta)
+            return self._fetch_tile(tile, prepared, spec, band_list, composite, base_meta, flt)
 
         pool = cf.ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="stac-fetch")
         try:
@@ -545,7 +562,8 @@ class _OdcStacProvider:
     # ---- one tile ---------------------------------------------------------------------------
 
     def _fetch_tile(
-        self, tile: _Tile, prepared, spec: CollectionSpec, band_list, composite, base_meta
+        self, tile: _Tile, prepared, spec: CollectionSpec, band_list, composite, base_meta,
+        flt: _Filter | None = None,
     ) -> Patch:
         n = len(band_list)
         t_start = time.perf_counter()
@@ -574,7 +592,7 @@ class _OdcStacProvider:
         last_exc: Exception | None = None
         for attempt in range(self.tile_retries + 1):
             try:
-                data, valid, extra = self._load_composite(tile, items, spec, band_list, composite)
+                data, valid, extra = self._load_composite(tile, items, spec, band_list, composite, flt)
                 break
             except Exception as exc:
                 last_exc = exc
@@ -609,9 +627,12 @@ class _OdcStacProvider:
             return "nearest" if S2_NATIVE_RESOLUTION_M.get(band, 10) <= 10 else "bilinear"
         return "bilinear"
 
-    def _load_composite(self, tile: _Tile, items, spec: CollectionSpec, band_list, composite):
+    def _load_composite(self, tile: _Tile, items, spec: CollectionSpec, band_list, composite,
+                        flt: _Filter | None = None):
         import odc.stac
 
+        fill_value = flt.fill_value if flt is not None else 0.0
+        db_to_linear = spec.modality == "s1" and flt is not None and not flt.use_float_linear
         keys = [spec.assets[b] for b in band_list]
         load_keys = keys + ([spec.mask_asset] if spec.mask_asset else [])
         factor = _UNIT_FACTOR[spec.modality]
@@ -682,7 +703,10 @@ class _OdcStacProvider:
                 ok &= np.isfinite(rawf)
                 if nod is not None:
                     ok &= ~np.isnan(rawf) if math.isnan(nod) else rawf != nod
-                vals[:, i] = ((rawf * scale + offset) * factor).astype(np.float32)
+                harmonized = (rawf * scale + offset) * factor
+                if db_to_linear:  # dB -> linear sigma0 power, per observation, before compositing
+                    harmonized = np.power(10.0, harmonized / 10.0)
+                vals[:, i] = harmonized.astype(np.float32)
             if spec.mask_asset:
                 scl = np.asarray(ds[spec.mask_asset].values)
                 ok &= ~np.isin(scl, SCL_INVALID_CLASSES)
@@ -725,8 +749,8 @@ class _OdcStacProvider:
             data = np.zeros((len(keys), size, size), np.float32)
             for t in range(vals.shape[0]):
                 np.copyto(data, vals[t], where=ok[t][None])
-        data = np.where(valid[None], data, 0.0).astype(np.float32)
         data[~np.isfinite(data)] = 0.0
+        data = np.where(valid[None], data, np.float32(fill_value)).astype(np.float32)
         dates = sorted({str(np.datetime_as_string(t, unit="D")) for t in tcoord})
         extra = {
             "n_dates": int(vals.shape[0]),
@@ -738,11 +762,15 @@ class _OdcStacProvider:
         }
         return data, valid, extra
 
+    def stats(self) -> dict[str, Any]:
+        """Operational settings that do not shape the pixels (kept out of ``describe()``, which
+        feeds store fingerprints): the fetch thread pool size."""
+        return {"config": {"max_workers": self.max_workers, "tile_retries": self.tile_retries}}
+
     def describe(self) -> dict[str, Any]:
         return {
             "provider": self.name,
             "collections": {m: s.describe() for m, s in self.specs.items()},
-            "max_workers": self.max_workers,
             "cloudy_pct": self.cloudy_pct,
             "composite": self.composite,
             "composites": list(COMPOSITES),
