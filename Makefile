@@ -7,15 +7,22 @@ WORKER_VENV := .venv-worker
 DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export DAGSTER_HOME
 
-.PHONY: setup system-packages demo test test-orchestrator test-worker ui clean
+.PHONY: setup system-packages demo test test-orchestrator test-worker ui screenshots clean
 
 setup: $(VENV)/.installed $(WORKER_VENV)/.installed
 
+# apt packages: redis-server (distributed tests), chromium (the browser tests and `make screenshots`;
+# Playwright drives this Chromium, it never downloads one). Installs only what is missing; the stamp
+# depends on this Makefile so that a package added here is installed in existing checkouts too.
 system-packages: .system-packages.stamp
-.system-packages.stamp:
-	@if ! command -v redis-server >/dev/null 2>&1; then \
+.system-packages.stamp: Makefile
+	@missing=""; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; \
+		echo "apt-get install$$missing"; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 	@touch $@
 
@@ -44,6 +51,11 @@ test: setup
 ui: setup
 	mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true
 	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+# The README's UI screenshots (docs/screenshots/*.png): the demo region with the reduced fixture
+# models in a throw-away instance, `dagster dev`, Chromium (same helpers as the browser test).
+screenshots: setup
+	$(VENV)/bin/python scripts/screenshots.py --out docs/screenshots
 
 clean:
 	rm -rf $(VENV) $(WORKER_VENV) .system-packages.stamp data .dagster_home

@@ -29,6 +29,22 @@ def status_table(rows: Iterable[Mapping[str, Any]], label: str = "partition") ->
     return dg.MetadataValue.table(records=records, schema=schema)
 
 
+def add_partition_metadata(context: dg.AssetExecutionContext,
+                           per_partition: Mapping[str, Mapping[str, Any]]) -> None:
+    """Record values that belong to one partition on that partition's materialization only.
+
+    A backfill run covers several partitions (``BackfillPolicy.multi_run``) and Dagster copies the
+    metadata an asset returns onto every partition of the run. Values that are plotted over
+    partitions in the UI (tile counts, coverage, store URI, preview) are set here per partition
+    instead, and override returned keys of the same name. Every partition gets the same keys.
+    """
+    keysets = {tuple(sorted(md)) for md in per_partition.values()}
+    if len(keysets) > 1:
+        raise ValueError(f"per-partition metadata must have the same keys everywhere, got {keysets}")
+    for partition_key, md in per_partition.items():
+        context.add_asset_metadata(dict(md), partition_key=str(partition_key))
+
+
 def json_value(value: Any) -> dg.JsonMetadataValue:
     return dg.MetadataValue.json(json.loads(json.dumps(value, default=str)))
 

@@ -10,11 +10,18 @@ from rs_embed_pipeline.regions import PipelineConfig
 SCHEDULE_DELAY_DAYS = 2
 
 
-def build_embedding_job(partitions_def: dg.MultiPartitionsDefinition) -> "dg.JobDefinition":
+def build_embedding_job(
+    partitions_def: dg.MultiPartitionsDefinition,
+    name: str = "build_embeddings",
+    executor_def: "dg.ExecutorDefinition | None" = None,
+    description: str = "Tile grid -> patches -> embeddings -> cubes for one region and time window.",
+) -> "dg.UnresolvedAssetJobDefinition":
+    """The whole graph; the executor is chosen in definitions.py (see executors.py)."""
     return dg.define_asset_job(
-        name="build_embeddings",
+        name=name,
         selection=dg.AssetSelection.all(),
-        description="Tile grid -> patches -> embeddings -> cubes for one region and time window.",
+        description=description,
+        executor_def=executor_def,
     )
 
 

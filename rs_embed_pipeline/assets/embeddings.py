@@ -2,6 +2,7 @@
 
 
 import dataclasses
+import time
 from typing import Any
 
 import dagster as dg
@@ -9,10 +10,14 @@ import numpy as np
 import xarray as xr
 
 from rs_embed_pipeline.assets.tile_grid import read_tile_grid
-from rs_embed_pipeline.metadata import json_value, path_value, pca_rgb, preview_markdown, preview_png, status_table
+from rs_embed_pipeline.executors import GPU_STEP_TAGS
+from rs_embed_pipeline.metadata import (
+    add_partition_metadata, json_value, path_value, pca_rgb, preview_markdown, preview_png, status_table,
+)
 from rs_embed_pipeline.partitions import RegionWindow, region_windows
 from rs_embed_pipeline.resources import CODE_VERSION, ModelAdapterResource, PipelineStore, TerraFMAdapter, ThorAdapter
 from rs_embed_pipeline.stores import StoreError, TileStore
+from rs_embed_pipeline.fingerprint import cube_fingerprint
 from rs_embed_pipeline.stores.cube import write_cube_window
 
 # Grid previews read the whole feature-map mosaic; above this many tiles the pooled cube is used.
@@ -36,27 +41,79 @@ EMBEDDING_SPECS = (
     EmbeddingSpec("terrafm_s1", "terrafm", "terrafm_b", "s1", "TerraFM-B, Sentinel-1"),
     EmbeddingSpec("thor_s2", "thor", "thor_1_0_base", "s2", "THOR 1.0 base, Sentinel-2"),
 )
+# Built only when the model resource's ``modalities`` include it (THOR defaults to ["s2"]).
+OPTIONAL_EMBEDDING_SPECS = (
+    EmbeddingSpec("thor_s1", "thor", "thor_1_0_base", "s1", "THOR 1.0 base, Sentinel-1"),
+)
+
+
+def enabled_specs(resources: dict[str, Any] | None) -> list[EmbeddingSpec]:
+    """The (model, modality) pairs to build: every spec whose model resource embeds its modality
+    (``modalities``); resources without that field keep the default three."""
+    out = []
+    for spec in EMBEDDING_SPECS + OPTIONAL_EMBEDDING_SPECS:
+        modalities = getattr((resources or {}).get(spec.resource_key), "modalities", None)
+        if modalities is None:
+            if spec in EMBEDDING_SPECS:
+                out.append(spec)
+        elif spec.modality in modalities:
+            out.append(spec)
+    return out
 
 
 class EmbeddingsConfig(dg.Config):
     rebuild: bool = False
     """Accept an existing embedding store built with other settings and re-embed every tile."""
+    force: bool = False
+    """Re-embed every tile even though the store's settings match."""
+
+
+class CubeConfig(dg.Config):
+    rebuild: bool = False
+    """Replace a cube built with other settings (it is deleted: re-materialize its other windows)."""
+
+
+def _cube_time_axis(windows_def: Any, n_now: int) -> list[str]:
+    """Window starts from the first window into the future, so the cube's time axis can be
+    allocated with a margin (stores/cube.py): at least a block and a margin beyond today's windows."""
+    import datetime as dt
+
+    from rs_embed_pipeline.stores.cube import TIME_BLOCK, TIME_MARGIN
+
+    years = 1
+    while True:
+        later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=366 * years)
+        keys = windows_def.get_partition_keys(current_time=later)
+        if len(keys) >= n_now + 2 * TIME_BLOCK + TIME_MARGIN or years > 64:
+            return keys
+        years *= 2
+
+
+def _model_id(spec: EmbeddingSpec, adapter: ModelAdapterResource) -> str:
+    """Model id in store paths: the configured variant's (THOR model_key), spec's by default."""
+    return getattr(adapter, "store_model_id", None) or spec.model_id
 
 
 def _stores(spec: EmbeddingSpec, store: PipelineStore, adapter: ModelAdapterResource, part: RegionWindow) -> dict[str, str]:
     layout = store.layout
     return {
         "patches_uri": layout.patches(spec.modality, part.region, part.window, adapter.tile_size_px),
-        "embeddings_uri": layout.embeddings(spec.model_id, spec.modality, part.region, part.window),
+        "embeddings_uri": layout.embeddings(_model_id(spec, adapter), spec.modality, part.region, part.window),
     }
 
 
 def run_metadata(adapter_settings: dict[str, Any], patches: TileStore) -> dict[str, Any]:
-    """The DESIGN.md run metadata shared by embeddings and cube materializations (same keys always)."""
+    """The DESIGN.md run metadata shared by embeddings and cube materializations (same keys always),
+    plus every field rs-embed's TerraFM-B / THOR pages list (``source``, ``grid_type``, weight file,
+    ``model_key``, ``grid_kind``, ``cls_removed``, ``pooling``) and the sensor options; "n/a" where a
+    setting does not apply to the model or modality."""
     patch_settings = patches.settings
     provider = patch_settings.get("provider", {})
     sensor = patch_settings.get("sensor_options", {})
+    modality = patch_settings.get("modality", "")
+    collection = _collection(provider, modality)
     return {
+        **_parity_metadata(adapter_settings, patch_settings, sensor, collection),
         "model_id": adapter_settings.get("model_id"),
         "weights_source": adapter_settings.get("weights_source"),
         "weights_sha256": adapter_settings.get("weights_sha256") or "none",
@@ -94,6 +151,7 @@ def build_embedding_assets(
         kinds={"pytorch", "zarr"},
         owners=["team:embeddings"],
         pool="gpu",
+        op_tags=GPU_STEP_TAGS,  # GPU node pool under the k8s executors; inert elsewhere
         code_version=CODE_VERSION,
         check_specs=[dg.AssetCheckSpec(
             "all_values_finite", asset=embeddings_name, blocking=True,
@@ -113,15 +171,24 @@ def build_embedding_assets(
         thor: ThorAdapter,
     ) -> dg.MaterializeResult:
         adapter = terrafm if spec.resource_key == "terrafm" else thor
+        if spec.modality not in adapter.modalities:
+            raise dg.Failure(
+                f"{embeddings_name}: the {spec.resource_key} resource embeds modalities {adapter.modalities}, "
+                f"not {spec.modality!r}; add it to the resource's modalities", allow_retries=False)
         parts = region_windows(partitions_def, context.partition_keys)
         extras = {
             "modality": spec.modality,
             "rebuild": config.rebuild,
+            "force": config.force,
             "code_version": CODE_VERSION,
             "storage_options": store.storage_options,
             "partitions": [{"key": p.key, "stores": [_stores(spec, store, adapter, p)]} for p in parts],
         }
         invocation = adapter.run_worker(context, pipes_subprocess_client, extras)
+        store_errors = [m["store_error"] for m in invocation.get_custom_messages()
+                        if isinstance(m, dict) and "store_error" in m]
+        if store_errors:  # other settings / not a store: retrying cannot help (worker/embed.py)
+            raise dg.Failure("; ".join(store_errors), allow_retries=False)
         messages = [m for m in invocation.get_custom_messages() if isinstance(m, dict) and "partition" in m]
         if len(messages) != len(parts):
             raise dg.Failure(f"The worker reported {len(messages)} of {len(parts)} partitions")
@@ -133,20 +200,28 @@ def build_embedding_assets(
         nonfinite = sum(int(r["nonfinite_values"]) for r in results)
         if adapter_settings.get("random_weights"):
             context.log.warning(f"{embeddings_name}: computed with RANDOM WEIGHTS, not the pretrained model")
+        # Per partition (a backfill run covers several): its window, tile counts and store.
+        part_of = {p.key: p for p in parts}
+        add_partition_metadata(context, {m["partition"]: {
+            "time_window": json_value({"window": part_of[m["partition"]].window,
+                                       "start": part_of[m["partition"]].start, "end": part_of[m["partition"]].end}),
+            "tiles_ok": sum(s["counts"]["ok"] for s in m["stores"]),
+            "tiles_no_data": sum(s["counts"]["no_data"] for s in m["stores"]),
+            "tiles_failed": sum(s["counts"]["failed"] for s in m["stores"]),
+            "tiles_embedded_now": sum(s["tiles_embedded_now"] for s in m["stores"]),
+            "store_uri": path_value(m["stores"][0]["embeddings_uri"]),
+        } for m in messages})
         return dg.MaterializeResult(
             metadata={
                 **run_metadata(adapter_settings, patches),
-                "time_window": json_value([{"window": p.window, "start": p.start, "end": p.end} for p in parts]),
+                # The whole run (all its partitions): status table, timings, throughput.
                 "tile_status": status_table([{"partition": m["partition"], **s["counts"]}
                                              for m in messages for s in m["stores"]]),
-                "tiles_ok": counts["ok"], "tiles_no_data": counts["no_data"], "tiles_failed": counts["failed"],
-                "tiles_embedded_now": sum(r["tiles_embedded_now"] for r in results),
                 "timings_s": json_value(timings),
                 "wall_seconds": timings["wall_s"],
                 "tiles_per_second": round(sum(r["tiles_embedded_now"] for r in results) / timings["wall_s"], 3)
                 if timings["wall_s"] else 0.0,
                 "adapter_settings": json_value(adapter_settings),
-                "store_uri": path_value(results[0]["embeddings_uri"]),
             },
             check_results=[dg.AssetCheckResult(
                 check_name="all_values_finite", passed=nonfinite == 0,
@@ -177,14 +252,18 @@ def build_embedding_assets(
         ),
     )
     def cube(
-        context: dg.AssetExecutionContext, store: PipelineStore, terrafm: TerraFMAdapter, thor: ThorAdapter
+        context: dg.AssetExecutionContext, config: CubeConfig, store: PipelineStore, terrafm: TerraFMAdapter,
+        thor: ThorAdapter,
     ) -> dg.MaterializeResult:
         adapter = terrafm if spec.resource_key == "terrafm" else thor
         window_keys = windows_def.get_partition_keys()
-        rows, checks_ok, messages, coverage, cube_uris = [], [], [], [], []
-        preview = None
+        time_axis = _cube_time_axis(windows_def, len(window_keys))
+        t0 = time.perf_counter()
+        rows, checks_ok, messages, coverage = [], [], [], []
+        per_partition: dict[str, dict[str, Any]] = {}
         meta: dict[str, Any] = {}
         for part in region_windows(partitions_def, context.partition_keys):
+            preview = None
             uris = _stores(spec, store, adapter, part)
             try:
                 emb = TileStore.open(uris["embeddings_uri"], "embeddings", storage_options=store.storage_options)
@@ -196,28 +275,38 @@ def build_embedding_assets(
             index_of = {tid: i for i, tid in enumerate(tile_ids)}
             ok = emb.indices_with_status("ok")
             pooled = dict(zip([tile_ids[i] for i in ok], emb.read("pooled", ok)))
-            cube_uri = store.layout.cube(spec.model_id, spec.modality, part.region)
-            cube_uris.append(cube_uri)
+            cube_uri = store.layout.cube(_model_id(spec, adapter), spec.modality, part.region)
             settings = emb.settings
             patches = TileStore.open(uris["patches_uri"], "patches", storage_options=store.storage_options)
             meta = run_metadata(settings["adapter"], patches)
             attrs = {
                 "title": f"{spec.title} embedding cube, region {part.region}",
-                "model_id": spec.model_id, "modality": spec.modality, "region": part.region,
+                "model_id": meta["model_id"], "modality": spec.modality, "region": part.region,
                 "source": "rs_embed_pipeline", "random_weights": meta["random_weights"],
                 "weights_sha256": meta["weights_sha256"],
-                "synthetic_imagery": meta["synthetic_imagery"],
             }
-            written = write_cube_window(
-                cube_uri,
-                tiles=tiles[["tile_id", "utm_epsg", "x0", "y0", "size_px", "scale_m"]].to_dict("records"),
-                pooled=pooled,
-                grids=lambda tid: emb.read("grid", [index_of[tid]])[0],
-                window_index=window_keys.index(part.window),
-                window_starts=window_keys,
-                attrs=attrs,
-                storage_options=store.storage_options,
-            )
+            try:
+                written = write_cube_window(
+                    cube_uri,
+                    tiles=tiles[["tile_id", "utm_epsg", "x0", "y0", "size_px", "scale_m"]].to_dict("records"),
+                    pooled=pooled,
+                    grids=lambda tid: emb.read("grid", [index_of[tid]])[0],
+                    read_grids=lambda tids: _read_rows(emb, [index_of[t] for t in tids]),
+                    window_index=window_keys.index(part.window),
+                    window_starts=time_axis,
+                    windows_in_range=len(window_keys),
+                    attrs=attrs,
+                    storage_options=store.storage_options,
+                    # Shared by every window of the cube; per-window facts go to window_provenance.
+                    fingerprint=cube_fingerprint(part.region, settings, patches.settings),
+                    provenance={"embeddings_fingerprint": emb.fingerprint, "tiles_ok": len(pooled),
+                                "synthetic_imagery": meta["synthetic_imagery"]},
+                    grid_shape=emb.group["grid"].shape[1:],
+                    pooled_dim=emb.group["pooled"].shape[1],
+                    rebuild=config.rebuild,
+                )
+            except StoreError as exc:  # not a cube / other settings / other grid: retrying cannot help
+                raise dg.Failure(str(exc), allow_retries=False) from exc
             counts = emb.status_counts()
             rows.append({"partition": part.key, **counts})
             coverage.append(len(pooled) / max(1, len(tiles)))
@@ -229,7 +318,7 @@ def build_embedding_assets(
                 dims_ok = tuple(ds["embedding"].dims) == ("time", "y", "x", "feature")
                 checks_ok.append(dims_ok and crs_epsg == g["epsg"])
                 messages.append(f"{g['group']}: dims {tuple(ds['embedding'].dims)}, CRS EPSG:{crs_epsg}")
-                if preview is None:
+                if preview is None and pooled:
                     source = "grid" if len(pooled) <= GRID_PREVIEW_MAX_TILES else "pooled"
                     if source == "pooled":
                         ds = xr.open_zarr(cube_uri, group=f"{g['group']}/pooled", consolidated=False,
@@ -239,18 +328,24 @@ def build_embedding_assets(
                                f"{part.key}, {g['group']}"
                                + (" (RANDOM WEIGHTS)" if meta["random_weights"] else ""))
                     preview = preview_markdown(preview_png(pca_rgb(plane)), caption)
+            per_partition[part.key] = {
+                "tiles_ok": int(counts["ok"]),
+                "coverage": float(coverage[-1]),
+                "store_uri": path_value(cube_uri),
+                "preview": preview or dg.MetadataValue.md("No tile of this window has an embedding."),
+            }
             context.log.info(f"{part.key}: cube {cube_uri}: {written}")
         if not checks_ok:
             # Nothing written (no tile had imagery): nothing can be mis-georeferenced; coverage warns.
             messages.append("no tile had an embedding: nothing was written")
             checks_ok.append(True)
+        # Per partition (a backfill run covers several): tile count, coverage, cube, its own preview.
+        add_partition_metadata(context, per_partition)
         return dg.MaterializeResult(
             metadata={
                 **meta,
                 "tile_status": status_table(rows),
-                "tiles_ok": sum(r["ok"] for r in rows),
-                "store_uri": path_value(cube_uris[0]),
-                "preview": preview or dg.MetadataValue.md("No tile of this window has an embedding."),
+                "wall_seconds": round(time.perf_counter() - t0, 3),
             },
             check_results=[
                 dg.AssetCheckResult(check_name="dims_and_crs", passed=all(checks_ok),
@@ -262,6 +357,37 @@ def build_embedding_assets(
         )
 
     return [embeddings, cube]
+
+
+def _parity_metadata(adapter_settings: dict[str, Any], patch_settings: dict[str, Any],
+                     sensor: dict[str, Any], collection: str) -> dict[str, Any]:
+    s1 = patch_settings.get("modality") == "s1"
+    return {
+        "model_key": adapter_settings.get("model_key") or adapter_settings.get("model_id") or "unknown",
+        "source": collection,
+        "grid_type": adapter_settings.get("grid_type") or "feature_map",
+        "grid_kind": adapter_settings.get("grid_kind") or "unknown",
+        "pooling": adapter_settings.get("pooling") or "unknown",
+        "cls_removed": bool(adapter_settings.get("cls_removed", False)),
+        "pretrained": bool(adapter_settings.get("pretrained", True)),
+        "weight_file": adapter_settings.get("weights_path") or "none",
+        "weight_file_size": int(adapter_settings.get("weights_size_bytes") or 0),
+        "hf_repo": adapter_settings.get("hf_repo") or "n/a",
+        "hf_file": adapter_settings.get("hf_file") or "n/a",
+        "model_source": adapter_settings.get("model_source") or "n/a",
+        "device": str(adapter_settings.get("device") or "n/a"),
+        "scale_m": float(patch_settings.get("scale_m", 0.0)),
+        "fill_value": float(sensor.get("fill_value", 0.0)),
+        "orbit": (sensor.get("orbit") or "both") if s1 else "n/a",
+        "use_float_linear": bool(sensor.get("use_float_linear", True)) if s1 else "n/a",
+    }
+
+
+def _read_rows(emb: TileStore, indices: list[int]) -> np.ndarray:
+    """Grids of several tiles in the order asked (one store read)."""
+    order = np.argsort(indices)
+    out = emb.read("grid", np.asarray(indices)[order])
+    return out[np.argsort(order)]
 
 
 def _collection(provider: dict[str, Any], modality: str) -> str:

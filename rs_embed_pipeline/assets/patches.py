@@ -1,15 +1,31 @@
-"""Patches: provider pixels per tile, stored once so that no model run ever refetches."""
+"""Patches: provider pixels per tile, stored once so that no model run ever refetches.
+
+Resume and faults: a run fetches only the tiles that are ``pending`` (never fetched, or killed
+before their status was written) or ``failed``; ``ok`` and ``no_data`` tiles are done (``force``
+refetches every tile, e.g. to pick up scenes published late). A tile that fails is retried in
+the same run, ``tile_retries`` times with exponential backoff and jitter; what still fails is
+recorded as ``failed`` with its reason and attempt count, and the partition fails only when more
+than ``ImageryResource.max_failure_fraction`` of its tiles failed. The store fingerprint covers
+the inputs (tile ids, region, window), the provider settings that shape pixels (not its thread
+count or retry budget) and the code version.
+"""
 
 
+import collections
+import concurrent.futures as cf
+import hashlib
+import random
+import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import dagster as dg
 import numpy as np
 
 from rs_embed_pipeline.assets.tile_grid import read_tile_grid
-from rs_embed_pipeline.fingerprint import fingerprint
-from rs_embed_pipeline.metadata import json_value, path_value, status_table
+from rs_embed_pipeline.fingerprint import fingerprint, numeric_provider_settings
+from rs_embed_pipeline.inspection import inspect_patch, summarize
+from rs_embed_pipeline.metadata import add_partition_metadata, json_value, path_value, status_table
 from rs_embed_pipeline.partitions import region_windows
 from rs_embed_pipeline.providers.base import S1_BANDS, S2_BANDS
 from rs_embed_pipeline.resources import CODE_VERSION, ImageryResource, PipelineStore, TerraFMAdapter, ThorAdapter
@@ -19,17 +35,99 @@ BANDS = {"s2": S2_BANDS, "s1": S1_BANDS}
 UNITS = {"s2": "surface reflectance DN x 10000", "s1": "linear sigma0 power, VV and VH"}
 
 
+MAX_FAILED_TILES_IN_METADATA = 50
+WRITE_BATCH = 8  # patches written per store call
+WRITE_THREADS = 2  # batches inspected and written at the same time (different tiles: independent)
+WRITE_DEPTH = 2  # batches waiting beyond those, while the provider fetches the next ones
+
+
 class PatchesConfig(dg.Config):
     rebuild: bool = False
     """Accept an existing store built with other settings and refetch every tile."""
+    force: bool = False
+    """Refetch every tile even though the store's settings match (e.g. scenes published late)."""
+    tile_retries: int = 3
+    """Times a failed tile is requested again within the run (exponential backoff, jitter)."""
+    retry_backoff_s: float = 2.0
+    """Wait before the first retry round; doubles each round (x0.5-1.5 jitter)."""
+
+
+def patches_fingerprint(settings: dict[str, Any]) -> str:
+    """The digest of what shaped a patch store's pixels (operational provider settings left out)."""
+    return fingerprint({**settings, "provider": numeric_provider_settings(settings.get("provider") or {})})
+
+
+def tiles_sha256(tiles: Any) -> str:
+    """Digest of the tiles a store holds (ids encode zone, size, scale and lattice position)."""
+    return hashlib.sha256("\n".join(map(str, tiles["tile_id"])).encode()).hexdigest()
 
 
 def patch_sizes(modality: str, terrafm: TerraFMAdapter, thor: ThorAdapter) -> list[int]:
-    # THOR is wired for S2 only (issue scope); TerraFM-B embeds both modalities.
-    sizes = {terrafm.tile_size_px}
-    if modality == "s2":
-        sizes.add(thor.tile_size_px)
-    return sorted(sizes)
+    """Tile sizes of the models that embed ``modality`` (their ``modalities``; THOR: S2 by default)."""
+    sizes = {a.tile_size_px for a in (terrafm, thor) if modality in a.modalities}
+    return sorted(sizes or {terrafm.tile_size_px})
+
+
+def fetch_workers(modality: str, terrafm: TerraFMAdapter, thor: ThorAdapter) -> int:
+    """Fetch threads: the largest ``fetch_workers`` of the models that embed ``modality``."""
+    return max([a.fetch_workers for a in (terrafm, thor) if modality in a.modalities] or [terrafm.fetch_workers])
+
+
+class _PatchWriter:
+    """Inspects and writes patches on a background thread, :data:`WRITE_BATCH` at a time (one
+    store call per array per batch: arrays, then provenance, then statuses), while the provider
+    fetches the next ones; at most :data:`WRITE_DEPTH` batches wait, so memory stays bounded."""
+
+    def __init__(self, store: TileStore, modality: str, n_bands: int, inspect: bool, fill_value: float):
+        self.store, self.modality, self.n_bands = store, modality, n_bands
+        self.inspect, self.fill_value = inspect, fill_value
+        self.synthetic = bool(store.group.attrs.get("synthetic_imagery", False))
+        self.checks: list[dict[str, Any]] = []
+        self._items: list[tuple[int, Any, dict[str, Any]]] = []
+        self._futures: collections.deque = collections.deque()
+        self._pool = cf.ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="patch-write")
+        self._lock = threading.Lock()
+
+    def add(self, index: int, patch: Any, meta: dict[str, Any]) -> None:
+        self._items.append((index, patch, meta))
+        if len(self._items) >= WRITE_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._items:
+            self._futures.append(self._pool.submit(self._write, self._items))
+            self._items = []
+        while len(self._futures) > WRITE_THREADS + WRITE_DEPTH:
+            self._futures.popleft().result()
+
+    def close(self) -> None:
+        try:
+            self.flush()
+            while self._futures:
+                self._futures.popleft().result()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _write(self, items: list[tuple[int, Any, dict[str, Any]]]) -> None:
+        for _, patch, meta in items:
+            meta["valid_fraction"] = float(np.mean(patch.valid)) if patch.valid.size else 0.0
+            if self.inspect and patch.status == "ok":
+                meta["input_check"] = inspect_patch(patch.data, patch.valid, self.modality,
+                                                    expected_channels=self.n_bands, fill_value=self.fill_value)
+                with self._lock:
+                    self.checks.append({"tile_id": patch.tile_id, **meta["input_check"]})
+            if meta.get("synthetic"):
+                with self._lock:
+                    if not self.synthetic:
+                        # Any synthetic pixel labels the whole store (and everything built from
+                        # it) synthetic; the label is durable before a synthetic tile is marked.
+                        self.store.group.attrs["synthetic_imagery"] = True
+                        self.synthetic = True
+        self.store.write_tiles(
+            [i for i, _, _ in items], [p.status for _, p, _ in items], [m for _, _, m in items],
+            data=np.stack([p.data.astype(np.float32, copy=False) for _, p, _ in items]),
+            valid=np.stack([p.valid for _, p, _ in items]),
+        )
 
 
 def fetch_into_store(
@@ -42,24 +140,74 @@ def fetch_into_store(
     modality: str,
     bands: tuple[str, ...],
     sensor_options: dict[str, Any],
+    inspect: bool = False,
+    tile_retries: int = 0,
+    retry_backoff_s: float = 0.0,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any]:
-    """Fetch the tiles not yet ``ok`` (pending, failed, no_data) and write each as it arrives."""
+    """Fetch the tiles not done yet (``pending``, ``failed``) and write them as they arrive (in
+    small batches, on a background thread: :class:`_PatchWriter`).
+
+    A failed tile is not written until its last attempt: it is requested again, up to
+    ``tile_retries`` more times, ``retry_backoff_s * 2**round`` (x0.5-1.5 jitter) apart. A tile
+    the provider never answered for is recorded as failed (never left silently pending).
+    ``inspect``: run the input inspection on every ok patch (``tile_meta["input_check"]``)."""
     index_of = {tid: i for i, tid in enumerate(store.tile_ids)}
-    todo = set(store.indices_with_status("pending", "failed", "no_data").tolist())
+    todo = set(store.indices_with_status("pending", "failed").tolist())
     rows = tiles[tiles["tile_id"].map(index_of).isin(todo)]
     t0 = time.perf_counter()
-    synthetic = bool(store.group.attrs.get("synthetic_imagery", False))
-    for patch in provider.fetch_patches(rows, start=start, end=end, modality=modality,
-                                        bands=list(bands), **sensor_options):
-        index = index_of[patch.tile_id]
-        meta = dict(patch.meta)
-        meta["valid_fraction"] = float(np.mean(patch.valid)) if patch.valid.size else 0.0
-        synthetic = synthetic or bool(meta.get("synthetic", False))
-        store.write_tile(index, patch.status, meta,
-                         data=patch.data.astype(np.float32, copy=False), valid=patch.valid)
-    # Any synthetic pixel labels the whole store (and everything built from it) synthetic.
-    store.group.attrs["synthetic_imagery"] = synthetic
-    return {"fetched": len(rows), "fetch_s": round(time.perf_counter() - t0, 3), "synthetic": synthetic}
+    writer = _PatchWriter(store, modality, len(bands), inspect, float(sensor_options.get("fill_value", 0.0)))
+    attempts: dict[str, int] = {}
+    reasons: dict[str, str] = {}
+    answered: set[str] = set()
+    counters = {"retried": 0, "recovered": 0}
+    batch = rows
+    try:
+        _fetch_rounds(provider, writer, tiles, batch, index_of, attempts, reasons, answered, start=start, end=end,
+                      modality=modality, bands=bands, sensor_options=sensor_options, tile_retries=tile_retries,
+                      retry_backoff_s=retry_backoff_s, sleep=sleep, counters=counters)
+    finally:
+        writer.close()
+    retried, recovered = counters["retried"], counters["recovered"]
+    unanswered = [tid for tid in rows["tile_id"] if tid not in answered]
+    for tid in unanswered:
+        reasons[tid] = "the provider returned no patch for this tile"
+        store.write_tile(index_of[tid], "failed", {"reason": reasons[tid], "attempts": attempts.get(tid, 0)})
+    failed = [{"tile_id": tid, "reason": reason, "attempts": attempts.get(tid, 0)}
+              for tid, reason in reasons.items()]
+    return {"fetched": len(rows), "fetch_s": round(time.perf_counter() - t0, 3), "synthetic": writer.synthetic,
+            "inspection": summarize(writer.checks), "retries": retried, "recovered": recovered, "failed": failed}
+
+
+def _fetch_rounds(provider, writer, tiles, batch, index_of, attempts, reasons, answered, *, start, end, modality,
+                  bands, sensor_options, tile_retries, retry_backoff_s, sleep, counters) -> None:
+    """The first request of every tile, then retry rounds for the failed ones (backoff, jitter)."""
+    for round_ in range(max(0, int(tile_retries)) + 1):
+        last_round = round_ == max(0, int(tile_retries))
+        failed_now: list[str] = []
+        for patch in provider.fetch_patches(batch, start=start, end=end, modality=modality,
+                                            bands=list(bands), **sensor_options):
+            tid = patch.tile_id
+            attempts[tid] = attempts.get(tid, 0) + 1
+            answered.add(tid)
+            meta = dict(patch.meta)
+            if patch.status == "failed":
+                reasons[tid] = str(meta.get("reason", "failed"))
+                if not last_round:
+                    failed_now.append(tid)  # retried below; its status stays as it was
+                    continue
+                meta["attempts"] = attempts[tid]
+            elif tid in reasons:
+                counters["recovered"] += 1
+                meta["attempts"] = attempts[tid]
+                meta["earlier_failure"] = reasons.pop(tid)
+            writer.add(index_of[tid], patch, meta)
+        if not failed_now:
+            return
+        counters["retried"] += len(failed_now)
+        writer.flush()
+        sleep(retry_backoff_s * (2 ** round_) * random.uniform(0.5, 1.5))
+        batch = tiles[tiles["tile_id"].isin(failed_now)]
 
 
 def build_patches_asset(
@@ -71,6 +219,13 @@ def build_patches_asset(
     coverage_check = dg.AssetCheckSpec(
         name="valid_coverage", asset=name,
         description="Share of tiles with pixels (status ok) is at least 50%.",
+    )
+    inspection_check = dg.AssetCheckSpec(
+        name="input_inspection", asset=name, blocking=True,
+        description="Every patch fetched is what the models expect: channel count, value range of the "
+        "modality's units, fill / NaN fraction, not constant, no unit mismatch (dB where linear is "
+        "expected, ...). Per-tile flags in tile_meta['input_check']. Warns, or fails with ERROR severity "
+        "(blocking the embeddings) when the imagery resource's check_raise is set.",
     )
 
     @dg.asset(
@@ -85,7 +240,7 @@ def build_patches_asset(
         pool=pool,
         owners=["team:embeddings"],
         code_version=CODE_VERSION,
-        check_specs=[coverage_check],
+        check_specs=[coverage_check, inspection_check],
         description=(
             f"Sentinel-{modality[1]} patches fetched through the configured provider, one Zarr store per "
             f"tile size: data [tile, band, y, x] in provider units ({UNITS[modality]}), valid mask "
@@ -101,13 +256,16 @@ def build_patches_asset(
         terrafm: TerraFMAdapter,
         thor: ThorAdapter,
     ):
-        provider = imagery.build()
+        provider = imagery.build(fetch_workers=fetch_workers(modality, terrafm, thor))
         sensor_options = imagery.sensor_options(modality)
         provider_settings = provider.describe()
         rows: list[dict[str, Any]] = []
         fetch_s = 0.0
         fetched = 0
         synthetic = False
+        inspections: list[dict[str, Any]] = []
+        retries = recovered = 0
+        failed_tiles: list[dict[str, Any]] = []
         for part in region_windows(partitions_def, context.partition_keys):
             grid = read_tile_grid(store, part.region, part.window)
             for size in patch_sizes(modality, terrafm, thor):
@@ -116,6 +274,7 @@ def build_patches_asset(
                 settings = {
                     "modality": modality, "bands": list(bands), "size_px": size, "scale_m": scale_m,
                     "region": part.region, "window": part.window, "start": part.start, "end": part.end,
+                    "tiles_sha256": tiles_sha256(tiles),
                     "provider": provider_settings, "sensor_options": sensor_options,
                     "code_version": CODE_VERSION,
                 }
@@ -125,23 +284,37 @@ def build_patches_asset(
                         uri, "patches", tile_ids=list(tiles["tile_id"]),
                         arrays=[ArraySpec("data", (len(bands), size, size), ("band", "y", "x")),
                                 ArraySpec("valid", (size, size), ("y", "x"), dtype="bool", fill_value=False)],
-                        fingerprint=fingerprint(settings), attrs=settings, rebuild=config.rebuild,
-                        storage_options=store.storage_options,
+                        fingerprint=patches_fingerprint(settings), attrs=settings, rebuild=config.rebuild,
+                        force=config.force, storage_options=store.storage_options,
                     )
                 except StoreError as exc:
                     raise dg.Failure(str(exc), allow_retries=False) from exc
                 stats = fetch_into_store(provider, tile_store, tiles, start=part.start, end=part.end,
-                                         modality=modality, bands=bands, sensor_options=sensor_options)
+                                         modality=modality, bands=bands, sensor_options=sensor_options,
+                                         inspect=imagery.check_input, tile_retries=config.tile_retries,
+                                         retry_backoff_s=config.retry_backoff_s)
+                inspections.append(stats["inspection"])
+                retries += stats["retries"]
+                recovered += stats["recovered"]
+                failed_tiles.extend({"partition": part.key, "size_px": size, **f} for f in stats["failed"])
                 fetch_s += stats["fetch_s"]
                 fetched += stats["fetched"]
                 synthetic = synthetic or stats["synthetic"]
                 counts = tile_store.status_counts()
-                rows.append({"partition": f"{part.key} p{size}", "uri": uri, **counts})
+                rows.append({"partition": f"{part.key} p{size}", "key": part.key, "uri": uri, **counts})
                 context.log.info(f"{part.key} p{size}: {counts} ({stats['fetched']} fetched in {stats['fetch_s']} s)")
 
         total = {k: sum(r[k] for r in rows) for k in ("ok", "no_data", "failed", "pending")}
         n_tiles = sum(total.values())
         failed_fraction = total["failed"] / n_tiles if n_tiles else 0.0
+        # The failure budget holds per partition (over its stores of every tile size).
+        over_budget = {}
+        for key in dict.fromkeys(r["key"] for r in rows):
+            part_rows = [r for r in rows if r["key"] == key]
+            part_failed = sum(r["failed"] for r in part_rows)
+            part_total = sum(r[c] for r in part_rows for c in ("ok", "no_data", "failed", "pending"))
+            if part_total and part_failed / part_total > imagery.max_failure_fraction:
+                over_budget[key] = (part_failed, part_total)
         provider_stats = provider.stats() if hasattr(provider, "stats") else {}
         metadata = {
             "tile_status": status_table(rows),
@@ -157,16 +330,29 @@ def build_patches_asset(
             "sensor_options": json_value(sensor_options),
             "synthetic_imagery": synthetic,
             "provider_stats": json_value(provider_stats),
+            "tile_retries": retries,
+            "tiles_recovered_by_retry": recovered,
+            "failed_tiles": json_value(failed_tiles[:MAX_FAILED_TILES_IN_METADATA]),
             "store_uri": path_value(rows[0]["uri"]),
         }
-        if failed_fraction > imagery.max_failure_fraction:
+        if over_budget:
+            # No step retry: the tiles were already retried with backoff in this run. They are
+            # recorded (status failed, reason, attempts) and the next run fetches only them.
             raise dg.Failure(
-                f"{total['failed']} of {n_tiles} tiles failed ({failed_fraction:.1%} > "
-                f"max_failure_fraction {imagery.max_failure_fraction:.1%}); they are recorded in the "
-                "store and the next run retries only them.",
+                "; ".join(f"{key}: {f} of {n} tiles failed ({f / n:.1%})" for key, (f, n) in over_budget.items())
+                + f" > max_failure_fraction {imagery.max_failure_fraction:.1%} after "
+                f"{config.tile_retries} retries per tile; they are recorded in the store with their reason "
+                f"and the next run retries only them. First failures: "
+                + "; ".join(f"{t['tile_id']}: {t['reason']}" for t in failed_tiles[:3]),
                 metadata=metadata,
+                allow_retries=False,
             )
         coverage = total["ok"] / n_tiles if n_tiles else 0.0
+        # Per partition (a backfill run covers several), over its stores of every tile size.
+        add_partition_metadata(context, {key: {
+            **{f"tiles_{c}": sum(r[c] for r in rows if r["key"] == key) for c in ("ok", "no_data", "failed")},
+            "store_uri": path_value(next(r["uri"] for r in rows if r["key"] == key)),
+        } for key in dict.fromkeys(r["key"] for r in rows)})
         return dg.MaterializeResult(
             metadata=metadata,
             check_results=[
@@ -176,8 +362,35 @@ def build_patches_asset(
                     severity=dg.AssetCheckSeverity.WARN,
                     metadata={"coverage": coverage, "tiles": n_tiles},
                     description=None if coverage >= 0.5 else "Fewer than half the tiles have imagery in this window.",
-                )
+                ),
+                _inspection_result(inspections, imagery.check_input, imagery.check_raise),
             ],
         )
 
     return patches
+
+
+def _inspection_result(summaries: list[dict[str, Any]], enabled: bool, raise_: bool) -> dg.AssetCheckResult:
+    """The input_inspection check over the patches fetched in this run (resumed tiles were checked
+    when they were fetched; their flags stay in tile_meta)."""
+    inspected = sum(s["inspected"] for s in summaries)
+    flagged = sum(s["flagged"] for s in summaries)
+    kinds: dict[str, int] = {}
+    for s in summaries:
+        for k, v in s["issue_counts"].items():
+            kinds[k] = kinds.get(k, 0) + v
+    examples = [e for s in summaries for e in s["examples"]][:5]
+    if not enabled:
+        description = "input inspection disabled (imagery resource check_input: false)"
+    elif flagged:
+        description = "; ".join(f"{e['tile_id']}: {', '.join(e['issues'])}" for e in examples)
+    else:
+        description = f"{inspected} patches inspected, none flagged"
+    return dg.AssetCheckResult(
+        check_name="input_inspection",
+        passed=flagged == 0,
+        severity=dg.AssetCheckSeverity.ERROR if raise_ else dg.AssetCheckSeverity.WARN,
+        metadata={"enabled": enabled, "check_raise": raise_, "inspected": inspected, "flagged": flagged,
+                  "issue_counts": json_value(kinds), "examples": json_value(examples)},
+        description=description,
+    )

@@ -2,12 +2,14 @@
 
 
 import io
+import time
 
 import dagster as dg
 import geopandas as gpd
 import pandas as pd
 
 from rs_embed_pipeline.grid import build_tile_grid
+from rs_embed_pipeline.metadata import add_partition_metadata, json_value, path_value
 from rs_embed_pipeline.partitions import region_windows
 from rs_embed_pipeline.regions import PipelineConfig
 from rs_embed_pipeline.resources import PipelineStore, TerraFMAdapter, ThorAdapter
@@ -50,6 +52,7 @@ def build_tile_grid_asset(config: PipelineConfig, partitions_def: dg.PartitionsD
         utm_epsg, x0/y0 (upper-left corner, metres, tile UTM CRS), size_px, scale_m and the
         footprint in EPSG:4326. Tile ids depend only on the lattice, so overlapping regions share them.
         """
+        t0 = time.perf_counter()
         rows = []
         for part in region_windows(partitions_def, context.partition_keys):
             region = config.region(part.region)
@@ -66,14 +69,16 @@ def build_tile_grid_asset(config: PipelineConfig, partitions_def: dg.PartitionsD
                          "zones": sorted(int(z) for z in grid["utm_epsg"].unique()),
                          "per_size": {int(k): int(v) for k, v in per_size.items()}})
             context.log.info(f"{part.key}: {len(grid)} tiles {per_size} -> {uri}")
-        first = rows[0]
+        add_partition_metadata(context, {r["partition"]: {
+            "tiles": r["tiles"],
+            "tiles_per_size": json_value({str(k): v for k, v in r["per_size"].items()}),
+            "utm_zones": json_value(r["zones"]),
+            "store_uri": path_value(r["uri"]),
+        } for r in rows})
         return dg.MaterializeResult(
             metadata={
-                "tiles": sum(r["tiles"] for r in rows),
-                "tiles_per_size": dg.MetadataValue.json({str(k): v for k, v in first["per_size"].items()}),
-                "utm_zones": dg.MetadataValue.json(first["zones"]),
-                "partitions": dg.MetadataValue.json([r["partition"] for r in rows]),
-                "store_uri": dg.MetadataValue.path(first["uri"]) if "://" not in first["uri"] else dg.MetadataValue.url(first["uri"]),
+                "partitions_in_run": json_value([r["partition"] for r in rows]),
+                "wall_seconds": round(time.perf_counter() - t0, 3),
             }
         )
 

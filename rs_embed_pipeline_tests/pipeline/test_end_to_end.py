@@ -6,6 +6,7 @@ import pytest
 import xarray as xr
 from pyproj import CRS
 
+from rs_embed_pipeline.stores.cube import TIME_BLOCK
 from rs_embed_pipeline_tests.pipeline.conftest import WINDOW, build_test_definitions
 
 CUBES = {"terrafm_s2_cube": "terrafm_b_s2", "terrafm_s1_cube": "terrafm_b_s1", "thor_s2_cube": "thor_1_0_base_s2"}
@@ -41,9 +42,10 @@ def test_cube_opens_with_xarray_georeferenced(materialized, asset_name):
     ds = xr.open_zarr(cube_uri, group="EPSG32632/grid", consolidated=False)
     emb = ds["embedding"]
     assert emb.dims == ("time", "y", "x", "feature")
-    assert emb.sizes["time"] == 1 and emb.sizes["feature"] == 64
+    # The time axis is allocated for the partitions definition's range plus a margin (stores/cube.py).
+    assert emb.sizes["time"] % TIME_BLOCK == 0 and emb.sizes["feature"] == 64
     assert str(ds["time"].values[0])[:10] == WINDOW
-    assert int(ds["window_filled"].values[0]) == 1
+    assert ds["window_filled"].values.tolist() == [1] + [0] * (emb.sizes["time"] - 1)
     assert CRS.from_wkt(ds["spatial_ref"].attrs["crs_wkt"]).to_epsg() == 32632
     assert emb.attrs["grid_mapping"] == "spatial_ref"
     # cell size = tile side / feature-map cells: 224 px * 10 m / 14 for TerraFM, 288 * 10 / 18 for THOR
@@ -77,3 +79,31 @@ def test_metadata_recorded_on_instance(materialized):
     assert cube_md["ground_cover_m"].value == 2880.0
     tf_md = instance.get_latest_materialization_event(dg.AssetKey("terrafm_s2_cube")).asset_materialization.metadata
     assert tf_md["s2_branch"].value == "l2a" and tf_md["image_size"].value == 224
+
+
+# rs-embed's page fields (issue #6) next to the DESIGN.md ones, the same keys on every materialization.
+PARITY_KEYS = {
+    "modality", "source", "grid_type", "weight_file", "weight_file_size", "model_key", "normalization",
+    "group_merge", "patch_size", "ground_cover_m", "grid_kind", "cls_removed", "pooling", "scale_m",
+    "fill_value", "orbit", "use_float_linear", "composite", "cloudy_pct", "pretrained", "hf_repo",
+}
+
+
+def test_parity_metadata_same_keys_on_every_materialization(materialized):
+    from rs_embed_pipeline.assets.embeddings import run_metadata  # noqa: F401 - the one builder of these keys
+
+    instance = materialized["instance"]
+    key_sets = {}
+    for asset_name in list(CUBES) + ["terrafm_s2_embeddings", "terrafm_s1_embeddings", "thor_s2_embeddings"]:
+        md = instance.get_latest_materialization_event(dg.AssetKey(asset_name)).asset_materialization.metadata
+        assert PARITY_KEYS <= set(md), f"{asset_name} lacks {PARITY_KEYS - set(md)}"
+        key_sets[asset_name] = frozenset(k for k in md if k in PARITY_KEYS | RUN_METADATA_KEYS)
+    assert len(set(key_sets.values())) == 1, key_sets
+    thor = instance.get_latest_materialization_event(dg.AssetKey("thor_s2_cube")).asset_materialization.metadata
+    assert thor["model_key"].value == "thor_v1_base" and thor["grid_kind"].value == "thor_group_grid"
+    assert thor["pooling"].value == "mean" and thor["cls_removed"].value is False
+    assert thor["source"].value == thor["collection"].value == "synthetic-s2-l2a"
+    assert thor["weight_file"].value.endswith("weights.pt") and thor["weight_file_size"].value > 0
+    s1 = instance.get_latest_materialization_event(dg.AssetKey("terrafm_s1_embeddings")).asset_materialization.metadata
+    assert s1["use_float_linear"].value is True and s1["orbit"].value == "both"
+    assert s1["grid_type"].value == "feature_map" and s1["pooling"].value == "cls_token" and s1["cls_removed"].value

@@ -52,8 +52,27 @@ def test_backfill_batch_of_two_windows_one_without_imagery(env):
     assert {r.data["partition"] for r in table.records} == {str(Q1), str(Q2)}
 
     cube = xr.open_zarr(store / "cubes/terrafm_b_s2/tiny.zarr", group="EPSG32632/grid")
-    assert cube.sizes["time"] == 1, "the empty window writes no slice"
-    assert [str(t)[:10] for t in cube["time"].values] == ["2024-01-01"]
+    assert [str(t)[:10] for t in cube["time"].values[:2]] == ["2024-01-01", "2024-04-01"]
+    # Both windows were written; the one without imagery is all NaN (no chunk stored).
+    assert cube["window_filled"].values[:3].tolist() == [1, 1, 0]
+    assert np.isfinite(cube["embedding"].isel(time=0).values).all()
+    assert np.isnan(cube["embedding"].isel(time=1).values).all()
+
+    # The UI plots metadata over partitions: every partition of the batch has the same keys, and
+    # the per-partition values (tile counts, preview) are its own, not the batch's.
+    by_asset: dict = {}
+    for event in result.get_asset_materialization_events():
+        mat = event.materialization
+        by_asset.setdefault(mat.asset_key.to_user_string(), {})[str(mat.partition)] = mat.metadata
+    for name, per_partition in by_asset.items():
+        assert set(per_partition) == {str(Q1), str(Q2)}, name
+        assert set(per_partition[str(Q1)]) == set(per_partition[str(Q2)]), name
+    for name in S2_CHAIN[1:]:
+        assert by_asset[name][str(Q1)]["tiles_ok"].value >= 1, name
+        assert by_asset[name][str(Q2)]["tiles_ok"].value == 0, name
+    assert by_asset["tile_grid"][str(Q1)]["tiles"].value == by_asset["tile_grid"][str(Q2)]["tiles"].value >= 2
+    assert "data:image/png" in by_asset["terrafm_s2_cube"][str(Q1)]["preview"].value
+    assert "data:image/png" not in by_asset["terrafm_s2_cube"][str(Q2)]["preview"].value
 
 
 def test_appending_a_window_keeps_earlier_chunks(env, synthetic_catalog):
@@ -67,8 +86,10 @@ def test_appending_a_window_keeps_earlier_chunks(env, synthetic_catalog):
     # The synthetic catalog covers Q1 only, so window 2024-07-01 is written directly by the cube writer.
     from rs_embed_pipeline.stores.cube import write_cube_window
 
-    tiles = [{"tile_id": t, "utm_epsg": 32632, "x0": 0, "y0": 0, "size_px": 224, "scale_m": 10.0}
-             for t in TileStore.open(str(env["store"] / "patches/s2/tiny/2024-01-01/p224.zarr"), "patches").tile_ids]
+    import geopandas as gpd
+
+    grid = gpd.read_parquet(env["store"] / "tile_grid/tiny/2024-01-01.parquet")
+    tiles = grid[grid["size_px"] == 224][["tile_id", "utm_epsg", "x0", "y0", "size_px", "scale_m"]].to_dict("records")
     emb = TileStore.open(str(env["store"] / "embeddings/terrafm_b_s2/tiny/2024-01-01.zarr"), "embeddings")
     ids = emb.tile_ids
     pooled = dict(zip(ids, emb.read("pooled", range(len(ids)))))
@@ -78,8 +99,8 @@ def test_appending_a_window_keeps_earlier_chunks(env, synthetic_catalog):
     for path, (mtime, payload) in before.items():
         assert path.stat().st_mtime_ns == mtime and path.read_bytes() == payload, f"{path} was rewritten"
     cube = xr.open_zarr(cube_path, group="EPSG32632/grid")
-    assert [str(t)[:10] for t in cube["time"].values] == ["2024-01-01", "2024-04-01", "2024-07-01"]
-    assert cube["window_filled"].values.tolist() == [1, 0, 1]
+    assert [str(t)[:10] for t in cube["time"].values[:3]] == ["2024-01-01", "2024-04-01", "2024-07-01"]
+    assert cube["window_filled"].values[:3].tolist() == [1, 0, 1]
     assert np.isnan(cube["embedding"].isel(time=1).values).all()
     np.testing.assert_allclose(cube["embedding"].isel(time=2).values, 2 * cube["embedding"].isel(time=0).values)
 
