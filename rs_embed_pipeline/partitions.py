@@ -14,6 +14,9 @@ CADENCE_CRONS = {
     "yearly": "0 0 1 1 *",
 }
 WINDOW_FORMAT = "%Y-%m-%d"
+# Partitions per backfill run, for every asset: one run's batch fetches, embeds and writes together
+# (a single model load in the worker), small enough that a failed run costs little rework.
+BACKFILL_POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=4)
 
 
 def build_partitions(config: PipelineConfig) -> dg.MultiPartitionsDefinition:

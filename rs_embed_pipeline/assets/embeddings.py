@@ -14,7 +14,7 @@ from rs_embed_pipeline.executors import GPU_STEP_TAGS
 from rs_embed_pipeline.metadata import (
     add_partition_metadata, json_value, path_value, pca_rgb, preview_markdown, preview_png, status_table,
 )
-from rs_embed_pipeline.partitions import RegionWindow, region_windows
+from rs_embed_pipeline.partitions import BACKFILL_POLICY, RegionWindow, region_windows
 from rs_embed_pipeline.resources import CODE_VERSION, ModelAdapterResource, PipelineStore, TerraFMAdapter, ThorAdapter
 from rs_embed_pipeline.stores import StoreError, TileStore
 from rs_embed_pipeline.fingerprint import cube_fingerprint
@@ -146,7 +146,7 @@ def build_embedding_assets(
         name=embeddings_name,
         deps=[patches_name],
         partitions_def=partitions_def,
-        backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=4),
+        backfill_policy=BACKFILL_POLICY,
         group_name="embeddings",
         kinds={"pytorch", "zarr"},
         owners=["team:embeddings"],
@@ -233,7 +233,7 @@ def build_embedding_assets(
         name=cube_name,
         deps=[embeddings_name, "tile_grid"],
         partitions_def=partitions_def,
-        backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=4),
+        backfill_policy=BACKFILL_POLICY,
         group_name="cubes",
         kinds={"zarr", "xarray"},
         owners=["team:embeddings"],

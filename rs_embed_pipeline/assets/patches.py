@@ -26,7 +26,7 @@ from rs_embed_pipeline.assets.tile_grid import read_tile_grid
 from rs_embed_pipeline.fingerprint import fingerprint, numeric_provider_settings
 from rs_embed_pipeline.inspection import inspect_patch, summarize
 from rs_embed_pipeline.metadata import add_partition_metadata, json_value, path_value, status_table
-from rs_embed_pipeline.partitions import region_windows
+from rs_embed_pipeline.partitions import BACKFILL_POLICY, region_windows
 from rs_embed_pipeline.providers.base import S1_BANDS, S2_BANDS
 from rs_embed_pipeline.resources import CODE_VERSION, ImageryResource, PipelineStore, TerraFMAdapter, ThorAdapter
 from rs_embed_pipeline.stores import ArraySpec, StoreError, TileStore
@@ -232,7 +232,7 @@ def build_patches_asset(
         name=name,
         deps=["tile_grid"],
         partitions_def=partitions_def,
-        backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=4),
+        backfill_policy=BACKFILL_POLICY,
         retry_policy=dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL,
                                     jitter=dg.Jitter.PLUS_MINUS),
         group_name="patches",

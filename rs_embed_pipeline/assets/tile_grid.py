@@ -10,7 +10,7 @@ import pandas as pd
 
 from rs_embed_pipeline.grid import build_tile_grid
 from rs_embed_pipeline.metadata import add_partition_metadata, json_value, path_value
-from rs_embed_pipeline.partitions import region_windows
+from rs_embed_pipeline.partitions import BACKFILL_POLICY, region_windows
 from rs_embed_pipeline.regions import PipelineConfig
 from rs_embed_pipeline.resources import PipelineStore, TerraFMAdapter, ThorAdapter
 from rs_embed_pipeline.stores.files import read_bytes, write_bytes_atomic
@@ -34,7 +34,7 @@ def build_tile_grid_asset(config: PipelineConfig, partitions_def: dg.PartitionsD
     @dg.asset(
         name="tile_grid",
         partitions_def=partitions_def,
-        backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=8),
+        backfill_policy=BACKFILL_POLICY,
         group_name="inputs",
         kinds={"geopandas", "parquet"},
         owners=["team:embeddings"],

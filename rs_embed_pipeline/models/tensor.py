@@ -39,6 +39,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from rs_embed_pipeline.timeparse import parse_utc
+
 from .errors import ModelInputError
 
 
@@ -76,16 +78,10 @@ def temporal_to_range(temporal: Any) -> dict[str, Any]:
 
 
 def _parse_time(value: Any, how: str) -> dt.datetime:
-    if isinstance(value, dt.datetime):
-        t = value
-    elif isinstance(value, dt.date):
-        t = dt.datetime(value.year, value.month, value.day)
-    else:
-        try:
-            t = dt.datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
-        except ValueError:
-            raise ModelInputError(f"Time {value!r} is not an ISO date / datetime: {how}") from None
-    return t.replace(tzinfo=dt.timezone.utc) if t.tzinfo is None else t.astimezone(dt.timezone.utc)
+    try:
+        return parse_utc(value)
+    except ValueError as exc:
+        raise ModelInputError(f"Time {exc}: {how}") from None
 
 
 def _as_array(arrays: Any) -> tuple[np.ndarray, bool]:

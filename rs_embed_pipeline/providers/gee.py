@@ -95,6 +95,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
+from rs_embed_pipeline.timeparse import parse_utc
+
 from .base import S1_BANDS, S2_BANDS, Patch, ProviderError
 
 __all__ = [
@@ -614,19 +616,10 @@ def _parse_sensor(modality: str, bands: Iterable[str] | None, options: Mapping[s
 
 
 def _parse_time(value: Any, what: str) -> dt.datetime:
-    if isinstance(value, dt.datetime):
-        t = value
-    elif isinstance(value, dt.date):
-        t = dt.datetime(value.year, value.month, value.day)
-    else:
-        s = str(value).strip()
-        try:
-            t = dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
-        except ValueError:
-            raise ProviderError(f"GEE provider: {what} {value!r} is not an ISO date") from None
-    if t.tzinfo is not None:
-        t = t.astimezone(dt.timezone.utc).replace(tzinfo=None)
-    return t
+    try:
+        return parse_utc(value)
+    except ValueError as exc:
+        raise ProviderError(f"GEE provider: {what} {exc}") from None
 
 
 def _ee_time(t: dt.datetime) -> str:

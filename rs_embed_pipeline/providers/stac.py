@@ -48,6 +48,8 @@ import shapely
 from shapely.geometry import box as shapely_box
 from shapely.geometry import shape as shapely_shape
 
+from rs_embed_pipeline.timeparse import parse_utc
+
 from .base import MODALITIES, S1_BANDS, S2_BANDS, Patch, ProviderError
 
 __all__ = [
@@ -165,19 +167,10 @@ def s1_spec(collection: str, assets: Mapping[str, str] | None = None) -> Collect
 
 
 def _parse_time(v: Any, what: str) -> dt.datetime:
-    if isinstance(v, dt.datetime):
-        t = v
-    elif isinstance(v, dt.date):
-        t = dt.datetime(v.year, v.month, v.day)
-    else:
-        s = str(v).strip()
-        try:
-            t = dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
-        except ValueError:
-            raise ProviderError(f"{what} {v!r} is not an ISO date / datetime") from None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.timezone.utc)
-    return t.astimezone(dt.timezone.utc)
+    try:
+        return parse_utc(v)
+    except ValueError as exc:
+        raise ProviderError(f"{what} {exc}") from None
 
 
 def _item_time(item) -> dt.datetime | None:

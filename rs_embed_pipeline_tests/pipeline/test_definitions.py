@@ -43,7 +43,7 @@ def test_definitions_load_with_expected_graph():
     assert partitions.get_partitions_def_for_dimension("window").get_partition_keys()[:2] == ["2024-01-01", "2024-04-01"]
     for key in graph.get_all_asset_keys():
         policy = graph.get(key).backfill_policy
-        assert policy is not None and policy.max_partitions_per_run >= 1, key
+        assert policy is not None and policy.max_partitions_per_run == 4, key
     assert defs.resolve_schedule_def("latest_window_all_regions").cron_schedule == "0 0 3 1,4,7,10 *"
     assert graph.get(dg.AssetKey("thor_s2_embeddings")).pools == {"gpu"}
 

@@ -143,7 +143,7 @@ def test_backfill_of_two_windows_runs_batched_under_the_run_queue_limits(ui):
             break
         time.sleep(2)
     assert state["isAssetBackfill"] and state["numPartitions"] == 2, state
-    # BackfillPolicy.multi_run(max_partitions_per_run=8) on tile_grid: both windows in one run,
+    # BackfillPolicy.multi_run(max_partitions_per_run=4) (partitions.BACKFILL_POLICY): both windows in one run,
     # tagged as a backfill run (so the dagster/backfill run-queue limit applies to it).
     assert len(state["runs"]) == 1, state
     run = state["runs"][0]
