@@ -7,7 +7,7 @@ WORKER_VENV := .venv-worker
 DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export DAGSTER_HOME
 
-.PHONY: setup system-packages demo test test-orchestrator test-worker ui screenshots clean
+.PHONY: setup system-packages demo test ui screenshots clean
 
 setup: $(VENV)/.installed $(WORKER_VENV)/.installed
 
