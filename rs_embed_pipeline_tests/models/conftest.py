@@ -42,7 +42,9 @@ def _seed():
 
 def reference_dir() -> Path:
     env = os.environ.get(REFERENCE_ENV)
-    return Path(env).expanduser() if env else REPO_ROOT.parent / "shared" / "reference"
+    path = Path(env).expanduser() if env else REPO_ROOT.parent / "shared" / "reference"
+    # Resolved, as the weight loader reports resolved paths (../shared may be a symlink).
+    return path.resolve()
 
 
 @pytest.fixture(scope="session")
