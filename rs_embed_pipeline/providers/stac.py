@@ -161,6 +161,22 @@ def s1_spec(collection: str, assets: Mapping[str, str] | None = None) -> Collect
     )
 
 
+def collection_specs(
+    s2_collection: str | None,
+    s1_collection: str | None,
+    s2_assets: Mapping[str, str] | None = None,
+    s1_assets: Mapping[str, str] | None = None,
+    mask_asset: str | None = "scl",
+) -> dict[str, CollectionSpec]:
+    """The modality -> collection mapping of a provider; a modality without a collection is absent."""
+    specs: dict[str, CollectionSpec] = {}
+    if s2_collection:
+        specs["s2"] = s2_spec(s2_collection, s2_assets, mask_asset)
+    if s1_collection:
+        specs["s1"] = s1_spec(s1_collection, s1_assets)
+    return specs
+
+
 # --------------------------------------------------------------------------------------------
 # small helpers
 # --------------------------------------------------------------------------------------------
@@ -805,13 +821,8 @@ class LocalStacProvider(_OdcStacProvider):
         composite: str = "median",
         tile_retries: int = 0,
     ) -> None:
-        specs: dict[str, CollectionSpec] = {}
-        if s2_collection:
-            specs["s2"] = s2_spec(s2_collection, s2_assets, mask_asset)
-        if s1_collection:
-            specs["s1"] = s1_spec(s1_collection, s1_assets)
         super().__init__(
-            specs,
+            collection_specs(s2_collection, s1_collection, s2_assets, s1_assets, mask_asset),
             max_workers=max_workers,
             cloudy_pct=cloudy_pct,
             composite=composite,
@@ -896,13 +907,8 @@ class StacProvider(_OdcStacProvider):
         patch_url: Callable[[str], str] | None = None,
         rio_config: Mapping[str, Any] | None = None,
     ) -> None:
-        specs: dict[str, CollectionSpec] = {}
-        if collection:
-            specs["s2"] = s2_spec(collection, s2_assets, mask_asset)
-        if s1_collection:
-            specs["s1"] = s1_spec(s1_collection, s1_assets)
         super().__init__(
-            specs,
+            collection_specs(collection, s1_collection, s2_assets, s1_assets, mask_asset),
             max_workers=max_workers,
             cloudy_pct=cloudy_pct,
             composite=composite,
