@@ -1,7 +1,7 @@
 # Two environments (DESIGN.md): .venv (Dagster orchestrator) and .venv-worker (torch models).
 # `make demo` and `make test` each set up everything they need on a fresh machine.
 PYTHON      ?= python3.11
-TORCH_SPEC  ?= torch==2.13.0
+TORCH_SPEC  ?= torch==2.14.1 torchvision==0.29.1
 VENV        := .venv
 WORKER_VENV := .venv-worker
 DAGSTER_HOME ?= $(CURDIR)/.dagster_home
@@ -35,8 +35,8 @@ $(VENV)/.installed: pyproject.toml | system-packages
 $(WORKER_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(WORKER_VENV)
 	$(WORKER_VENV)/bin/pip install -q --upgrade pip
-	$(WORKER_VENV)/bin/pip install -q "$(TORCH_SPEC)"
-	$(WORKER_VENV)/bin/pip install -q -e ".[worker,test]" "$(TORCH_SPEC)"
+	$(WORKER_VENV)/bin/pip install -q $(TORCH_SPEC)
+	$(WORKER_VENV)/bin/pip install -q -e ".[worker,test]" $(TORCH_SPEC)
 	@touch $@
 
 # One command: build both environments, generate the synthetic demo catalog, materialize the demo
