@@ -1,4 +1,4 @@
-# Two environments (DESIGN.md): .venv (Dagster orchestrator) and .venv-worker (torch models).
+# Two environments (docs/architecture.md): .venv (Dagster orchestrator) and .venv-worker (torch models).
 # `make demo` and `make test` each set up everything they need on a fresh machine.
 PYTHON      ?= python3.11
 TORCH_SPEC  ?= torch==2.14.1 torchvision==0.29.1
@@ -12,13 +12,15 @@ export DAGSTER_HOME
 setup: $(VENV)/.installed $(WORKER_VENV)/.installed
 
 # apt packages: redis-server (distributed tests), chromium (the browser tests and `make screenshots`;
-# Playwright drives this Chromium, it never downloads one). Installs only what is missing; the stamp
+# Playwright drives this Chromium, it never downloads one), nginx-light (benchmarks/bench_fetch.py
+# --http serves a COG archive with it). Installs only what is missing; the stamp
 # depends on this Makefile so that a package added here is installed in existing checkouts too.
 system-packages: .system-packages.stamp
 .system-packages.stamp: Makefile
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	[ -x /usr/sbin/nginx ] || missing="$$missing nginx-light"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		echo "apt-get install$$missing"; \
@@ -37,6 +39,9 @@ $(WORKER_VENV)/.installed: pyproject.toml
 	$(WORKER_VENV)/bin/pip install -q --upgrade pip
 	$(WORKER_VENV)/bin/pip install -q $(TORCH_SPEC)
 	$(WORKER_VENV)/bin/pip install -q -e ".[worker,test]" $(TORCH_SPEC)
+	@# CUDA torch + the matching torchvision (they run on CPU too); a mismatched pair breaks
+	@# `import terratorch` ("operator torchvision::nms does not exist"): fail here, not in the tests.
+	$(WORKER_VENV)/bin/python -c "import terratorch, torch, torchvision; print('worker env: torch', torch.__version__, 'torchvision', torchvision.__version__, 'terratorch ok')"
 	@touch $@
 
 # One command: build both environments, generate the synthetic demo catalog, materialize the demo

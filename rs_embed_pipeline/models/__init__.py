@@ -78,7 +78,16 @@ __all__ = [
     "build_model",
     "load_adapter",
     "resolve_model_id",
-    *_LAZY,
+    # the lazily imported names of _LAZY, spelled out so that linters and readers see them
+    "EmbeddingOutput",
+    "TerraFM",
+    "TerraFMAdapter",
+    "TerraFMConfig",
+    "ThorAdapter",
+    "ThorConfig",
+    "ThorEncoder",
+    "embed_arrays",
+    "register_terratorch_backbones",
 ]
 
 
@@ -108,7 +117,8 @@ def load_adapter(
     ``arch``: a reference fixture's ``case.json`` "arch" object (reduced test models), else None.
     ``options``: TerraFM ``s2_branch``; THOR ``normalization``, ``patch_size``, ``image_size``,
     ``group_merge``, ``scale_m``, ``resize_mode``, ``variant``, ``pretrained``...; both ``batch_size``,
-    ``precision`` ("fp32"|"bf16"), ``allow_random_weights`` (with ``checkpoint=None``: random init,
+    ``precision`` ("fp32"|"bf16": autocast on CUDA and on CPUs with native bf16), ``compile`` (bool:
+    ``torch.compile`` the transformer blocks), ``allow_random_weights`` (with ``checkpoint=None``: random init,
     no download, loudly labelled), ``cache_dir``. Unknown options raise ``ModelInputError``.
 
     ``use_env`` (default True): options left unset (or None) take their value from rs-embed's

@@ -8,14 +8,22 @@ Batching: ``embed()`` takes a whole ``[B, C, H, W]`` batch, normalises it image 
 runs the model on chunks of ``batch_size`` images (true batched forwards for both models). Results
 equal the one-image-at-a-time results within float32 noise.
 
-Precision: ``fp32`` (default) or ``bf16``; bf16 is CUDA autocast only - on a CPU device the adapter
-warns and runs fp32, and ``meta["precision"]`` says what ran. On CUDA, TF32 follows torch's global
-flags, which are recorded in the metadata.
+Precision: ``fp32`` (default) or ``bf16``: autocast to bfloat16 on CUDA, and on CPUs with native bf16
+(``avx512_bf16`` / AMX, see ``runtime.py``); on other CPUs the adapter warns and runs fp32.
+``meta["precision"]`` and ``meta["autocast"]`` say what ran, and ``describe()["precision"]`` (so the
+store fingerprint) follows what ran. The residual stream, layer norms, pooling and THOR's kernel
+resize stay float32 under autocast. On CUDA, TF32 follows torch's global flags, which are recorded
+in the metadata.
+
+Two steps: ``prepare(raw, modality)`` (validation and numpy preprocessing, thread-safe, no model)
+and ``run(prepared, output)`` (the forward pass); ``embed()`` is both. The worker prepares the next
+batch on a reader thread while the model runs. On CUDA, batches reach the device through pinned
+memory on a side stream, one chunk ahead (``runtime.DeviceFeeder``). ``compile=True`` compiles the
+transformer blocks with ``torch.compile`` (first batches slower; recorded in the metadata).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -26,6 +34,7 @@ import torch
 
 from . import knobs
 from . import preprocessing as P
+from . import runtime
 from .errors import ModelInputError
 from .terrafm import TerraFM, TerraFMConfig
 from .thor import (
@@ -60,7 +69,7 @@ OUTPUTS = {
     "tokens": ("tokens",),
     "all": ("pooled", "grid", "tokens"),
 }
-COMMON_OPTIONS = ("batch_size", "precision", "allow_random_weights", "cache_dir")
+COMMON_OPTIONS = ("batch_size", "precision", "allow_random_weights", "cache_dir", "compile")
 PRECISIONS = {"fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16"}
 
 
@@ -73,6 +82,20 @@ class EmbeddingOutput:
     grid: np.ndarray | None
     meta: dict = field(default_factory=dict)
     tokens: np.ndarray | None = None
+
+
+@dataclass
+class PreparedBatch:
+    """``prepare()``'s result: the normalised numpy batch and what ``run()`` needs to embed it."""
+
+    x: np.ndarray
+    modality: str
+    plan: Any
+    meta: dict
+    raw_shape: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -115,10 +138,12 @@ class _Adapter:
         if prec not in PRECISIONS:
             raise ModelInputError(f"Unknown precision {prec!r}; valid: fp32, bf16")
         self.precision_requested = PRECISIONS[prec]
-        self.precision = self.precision_requested
-        if self.precision == "bf16" and self.device.type != "cuda":
-            log.warning("%s: precision='bf16' is CUDA-only; running fp32 on %s", self.model_id, self.device)
-            self.precision = "fp32"
+        self.precision, self.autocast, self.precision_fallback = runtime.resolve_precision(
+            self.precision_requested, self.device, self.model_id)
+        compile_ = options.pop("compile", False)
+        if not isinstance(compile_, (bool, np.bool_)):
+            raise ModelInputError(f"compile must be a bool, got {compile_!r}")
+        self.compile = bool(compile_)
         bs = options.pop("batch_size", None)
         if bs is None:
             bs = knobs.default_batch_size(self.family, self.device.type)
@@ -134,6 +159,10 @@ class _Adapter:
         self.arch = arch
         self._configure(arch, options)  # model-specific options; builds self.cfg
         self.model = self._load_model()
+        self.bf16_linear_layers = runtime.cast_linear_weights(self.model, self.autocast)
+        if self.compile:
+            runtime.compile_blocks(self.model)
+        self._feeder = runtime.DeviceFeeder(self.device)
 
     # -- model-specific hooks ------------------------------------------------------------------
 
@@ -225,18 +254,27 @@ class _Adapter:
         return m
 
     def _autocast(self):
-        if self.precision == "bf16" and self.device.type == "cuda":
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return runtime.autocast(self.autocast)
 
     def _runtime_meta(self) -> dict:
         meta = {
             "device": str(self.device),
             "precision": self.precision,
             "precision_requested": self.precision_requested,
+            "autocast": self.autocast,
+            "compile": self.compile,
             "batch_size": self.batch_size,
             "torch_version": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
         }
+        if self.precision_fallback:
+            meta["precision_fallback"] = self.precision_fallback
+        if self.bf16_linear_layers:
+            meta["bf16_weights"] = f"{self.bf16_linear_layers} linear layers stored in bf16 (the values autocast uses)"
+        if self.device.type == "cpu":
+            support = runtime.cpu_bf16_support()
+            meta["cpu_capability"] = support["cpu_capability"]
+            meta["cpu_bf16_native"] = support["supported"]
         if self.device.type == "cuda":
             meta["cuda_tf32_matmul"] = bool(torch.backends.cuda.matmul.allow_tf32)
             meta["cudnn_tf32"] = bool(torch.backends.cudnn.allow_tf32)
@@ -283,8 +321,11 @@ class _Adapter:
 
     def embed(self, raw, modality: str = "s2", output: str = "pooled") -> EmbeddingOutput:
         """Embed a batch ``raw`` (``[B, C, H, W]`` provider units, bands ``input_bands(modality)``)."""
+        return self.run(self.prepare(raw, modality), output)
+
+    def prepare(self, raw, modality: str = "s2") -> PreparedBatch:
+        """Validate and normalise ``raw`` (numpy only, no model: safe on another thread)."""
         modality = self._modality(modality)
-        wanted = parse_output(output)
         bands = self.input_bands(modality)
         what = f"{self.model_id} {modality.upper()}"
         x = P.as_bchw(raw, bands, what, hint=self.channel_hint())
@@ -293,10 +334,19 @@ class _Adapter:
         P.check_has_finite(x, what)
         P.check_modality_units(x, modality, what)
         prepared, plan, meta = self._prepare(x, modality)
+        return PreparedBatch(np.ascontiguousarray(prepared, dtype=np.float32), modality, plan, meta, tuple(x.shape))
+
+    def run(self, prepared: PreparedBatch, output: str = "pooled") -> EmbeddingOutput:
+        """The forward pass over a prepared batch, in chunks of ``batch_size``."""
+        wanted = parse_output(output)
+        modality, plan = prepared.modality, prepared.plan
+        bands = self.input_bands(modality)
+        meta = dict(prepared.meta)
         chunks: dict[str, list[np.ndarray]] = {k: [] for k in wanted}
         extra: dict = {}
-        for start in range(0, prepared.shape[0], self.batch_size):
-            batch = torch.from_numpy(prepared[start : start + self.batch_size]).to(self.device)
+        n = len(prepared)
+        host_chunks = (prepared.x[s : s + self.batch_size] for s in range(0, n, self.batch_size))
+        for batch in self._feeder.feed(host_chunks):
             with torch.inference_mode(), self._autocast():
                 outs, extra = self._forward(batch, modality, wanted, plan)
             for k in wanted:
@@ -308,7 +358,7 @@ class _Adapter:
             "model_family": self.family,
             "modality": modality,
             "input_bands": list(bands),
-            "raw_input_shape": list(x.shape),
+            "raw_input_shape": list(prepared.raw_shape),
             "output": list(wanted),
             "embed_dim": self.embed_dim,
             "source": None,  # the collection for provider data (the pipeline's run metadata); None for arrays
@@ -724,7 +774,7 @@ class ThorAdapter(_Adapter):
         )
         outs = {}
         if "pooled" in wanted:
-            outs["pooled"] = pool_tokens(tokens)
+            outs["pooled"] = pool_tokens(tokens.float())  # fp32 mean, also under bf16 autocast
         if "grid" in wanted:
             outs["grid"] = self.tokens_to_grid(tokens, layout2)
         if "tokens" in wanted:

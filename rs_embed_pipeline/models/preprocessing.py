@@ -1,6 +1,6 @@
 """Input preparation for TerraFM-B and THOR: plain numpy functions on ``[B, C, H, W]`` batches.
 
-Inputs are in provider units (DESIGN.md): Sentinel-2 surface-reflectance DN (reflectance x 10000),
+Inputs are in provider units (docs/architecture.md): Sentinel-2 surface-reflectance DN (reflectance x 10000),
 Sentinel-1 linear sigma0 power (VV, VH). Every function works image by image (no batch statistics),
 so a batch gives the same numbers as its items one at a time.
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from functools import reduce
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

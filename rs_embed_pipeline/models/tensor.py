@@ -18,7 +18,7 @@ out = embed_arrays(thor, bchw, modality="s2", output="grid", temporal=("2024-01-
 out.grid.shape                                # (2, 768, 18, 18): BCHW gives batched outputs
 ```
 
-Inputs are in provider units (DESIGN.md): S2 surface-reflectance DN in the adapter's band order
+Inputs are in provider units (docs/architecture.md): S2 surface-reflectance DN in the adapter's band order
 (``adapter.input_bands("s2")``), S1 linear sigma0 power ``VV, VH``. The arrays go through exactly
 the adapter's ``embed`` (same normalisation, resize, checks and metadata) plus:
 
@@ -35,7 +35,8 @@ the adapter's ``embed`` (same normalisation, resize, checks and metadata) plus:
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import numpy as np
 

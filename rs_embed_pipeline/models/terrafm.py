@@ -23,6 +23,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import ModelInputError
@@ -55,7 +56,7 @@ class TerraFMConfig:
         return self.img_size // self.patch_size
 
     @classmethod
-    def from_arch(cls, arch: dict | None) -> "TerraFMConfig":
+    def from_arch(cls, arch: dict | None) -> TerraFMConfig:
         """Build from a fixture ``case.json`` "arch" object (or ``None`` for the released size)."""
         if arch is None:
             return cls()
@@ -68,6 +69,17 @@ class TerraFMConfig:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def patchify_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """A stride = kernel patch convolution as one matmul: ``[B, C, H, W]`` -> ``[B, h*w, out]``
+    (row-major). The same sums as ``conv(x).flatten(2).transpose(1, 2)`` (float32 noise apart),
+    several times faster on CPU for TerraFM's 12 -> 2304 channel 16x16 kernel."""
+    b, c, h, w = x.shape
+    p = conv.kernel_size[0]
+    gh, gw = h // p, w // p
+    patches = x[:, :, : gh * p, : gw * p].reshape(b, c, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5)
+    return F.linear(patches.reshape(b, gh * gw, c * p * p), conv.weight.reshape(conv.out_channels, -1), conv.bias)
 
 
 class TokenProjection(nn.Module):
@@ -108,7 +120,7 @@ class TerraFMPatchEmbed(nn.Module):
             raise ModelInputError(
                 f"TerraFM branch {branch!r} expects {conv.in_channels} channels, got {x.shape[1]}"
             )
-        tokens = conv(x).flatten(2).transpose(1, 2)  # [B, h*w, attn_dim], row-major
+        tokens = patchify_conv(x, conv)  # [B, h*w, attn_dim], row-major
         return self.projection(tokens + vec)
 
 

@@ -8,28 +8,37 @@ its own implementation, and wins). It is called lazily (never at package import:
 takes seconds); calling it again is a no-op.
 
 The registered builders return a ``ThorBackbone``: ``forward(x)`` takes a normalised
-``[B, C, H, W]`` batch of ``model_bands`` and returns a list of token tensors ``[B, N, D]`` (no final
-norm), one per ``out_indices`` entry; ``out_channels`` lists their widths, as terratorch expects. The
-ground cover is ``scale_m * H`` of each input (a 288 px tile at 10 m covers 2880 m). Its state dict
-carries the THOR checkpoint's ``encoder.`` prefix.
+``[B, C, H, W]`` batch of ``model_bands`` (alias ``bands``; default the 10 S2 bands B2, B3, B4, B5,
+B6, B7, B8, B8A, B11, B12) and returns one tensor per ``out_indices`` entry; ``out_channels`` lists
+their widths, as terratorch expects. ``output_format="tokens"`` (default) gives the block's tokens
+``[B, N, D]`` (no final norm; group0 first, each group row-major); ``output_format="grid"`` gives the
+group-aware feature map ``[B, D, S, S]`` (coarser groups bilinearly upsampled, merged by
+``group_merge``), which TerraTorch's decoders take directly - THOR's token count (18x18 + 9x9 for S2
+at patch 16) is not a square, so ``ReshapeTokensToImage`` cannot fold the tokens. The ground cover
+is ``scale_m * H`` of each input (a 288 px tile at 10 m covers 2880 m). Its state dict carries the
+THOR checkpoint's ``encoder.`` prefix.
+
+Pretrained weights: ``pretrained=True`` (Hugging Face ``FM4CS/THOR-1.0-{size}``, cache first) or
+``ckpt_path="thor_v1_vit_base.pt"``; loaded strictly (every key and shape must match).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from .errors import ModelInputError
 from .preprocessing import THOR_BAND_NAMES, THOR_S2_BANDS
-from .thor import BANDS, VARIANTS, ThorConfig, ThorEncoder
+from .thor import BANDS, VARIANTS, ThorConfig, ThorEncoder, canonical_group_merge, group_grid
 
 log = logging.getLogger("rs_embed_pipeline.models")
 
 TERRATORCH_NAMES = tuple(f"thor_v1_{v}" for v in VARIANTS)
+OUTPUT_FORMATS = ("tokens", "grid")
 
 
 class ThorBackbone(nn.Module):
@@ -40,6 +49,8 @@ class ThorBackbone(nn.Module):
         patch_size: int = 16,
         scale_m: float = 10.0,
         out_indices: Sequence[int] | None = None,
+        output_format: str = "tokens",
+        group_merge: str = "mean",
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -51,12 +62,22 @@ class ThorBackbone(nn.Module):
         self.patch_size = int(patch_size)
         self.scale_m = float(scale_m)
         self.out_indices = list(out_indices) if out_indices else [len(encoder.blocks) - 1]
-        self.out_channels = [encoder.embed_dim] * len(self.out_indices)
+        fmt = str(output_format).strip().lower()
+        if fmt not in OUTPUT_FORMATS:
+            raise ModelInputError(f"Unknown THOR backbone output_format {output_format!r}; valid: {', '.join(OUTPUT_FORMATS)}")
+        self.output_format = fmt
+        self.group_merge = canonical_group_merge(group_merge)
+        width = encoder.embed_dim
+        if fmt == "grid" and self.group_merge == "concat":
+            width *= len({BANDS[b].group for b in bands})
+        self.out_channels = [width] * len(self.out_indices)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        outs, _ = self.encoder.forward_tokens(
+        outs, layout = self.encoder.forward_tokens(
             x, self.model_bands, self.scale_m * x.shape[-1], self.patch_size, out_indices=self.out_indices
         )
+        if self.output_format == "grid":
+            return [group_grid(t, layout, self.group_merge) for t in outs]
         return outs
 
 
@@ -70,15 +91,25 @@ def build_thor_backbone(
     out_indices: Sequence[int] | None = None,
     arch: dict | None = None,
     cache_dir: str | None = None,
+    output_format: str = "tokens",
+    group_merge: str = "mean",
     **kwargs,
 ) -> ThorBackbone:
     """Build a THOR v1 backbone; weights from ``ckpt_path`` (or ``ckpt``) or, with ``pretrained``,
-    from the Hugging Face hub (cache first). Otherwise random init."""
+    from the Hugging Face hub (cache first). Otherwise random init. ``bands`` is an alias of
+    ``model_bands`` (TerraTorch's ``backbone_bands``)."""
     from .weights import load_strict, read_checkpoint, resolve_weights, thor_encoder_state, unwrap_state_dict, expected_nbytes
 
     ckpt_path = ckpt_path or kwargs.pop("ckpt", None)
+    if "bands" in kwargs:
+        bands = kwargs.pop("bands")
+        if model_bands is not None and list(model_bands) != list(bands):
+            raise ModelInputError(f"THOR backbone got both model_bands={model_bands} and bands={bands}; give one")
+        model_bands = bands
     if kwargs:
-        raise ModelInputError(f"Unknown THOR backbone argument(s) {sorted(kwargs)}")
+        raise ModelInputError(
+            f"Unknown THOR backbone argument(s) {sorted(kwargs)}; valid: pretrained, ckpt_path, model_bands "
+            "(or bands), patch_size, scale_m, out_indices, arch, cache_dir, output_format, group_merge")
     cfg = ThorConfig.from_arch(arch, variant)
     if ckpt_path is None and not pretrained:
         encoder = ThorEncoder(cfg)
@@ -89,7 +120,8 @@ def build_thor_backbone(
         obj = read_checkpoint(found["path"], expected_nbytes(encoder), f"thor_v1_{variant}")
         state, _ = thor_encoder_state(unwrap_state_dict(obj, found["path"]), found["path"])
         load_strict(encoder, state, found["path"], f"thor_v1_{variant}")
-    return ThorBackbone(encoder, model_bands or [THOR_BAND_NAMES[b] for b in THOR_S2_BANDS], patch_size, scale_m, out_indices)
+    return ThorBackbone(encoder, model_bands or [THOR_BAND_NAMES[b] for b in THOR_S2_BANDS], patch_size, scale_m,
+                        out_indices, output_format, group_merge)
 
 
 def _builder(variant: str):

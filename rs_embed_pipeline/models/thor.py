@@ -33,7 +33,7 @@ import math
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, fields
 from fractions import Fraction
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -174,12 +174,12 @@ class ThorConfig:
         return alibi_slopes(self.num_heads)
 
     @classmethod
-    def for_variant(cls, variant: str = "base") -> "ThorConfig":
+    def for_variant(cls, variant: str = "base") -> ThorConfig:
         v = canonical_variant(variant)
         return cls(**VARIANTS[v], variant=v)
 
     @classmethod
-    def from_arch(cls, arch: dict | None, variant: str = "base") -> "ThorConfig":
+    def from_arch(cls, arch: dict | None, variant: str = "base") -> ThorConfig:
         """Build from a fixture ``case.json`` "arch" object; ``None`` gives the released ``variant``.
 
         Fixed facts of the released models given in ``arch`` (46 kernels, 10 groups, no CLS, the
@@ -360,6 +360,7 @@ class ThorEncoder(nn.Module):
     stripped, decoder keys excluded), in the same key order."""
 
     _CACHE_SIZE = 8
+    _BIAS_CACHE_SIZE = 4
 
     def __init__(self, cfg: ThorConfig | None = None) -> None:
         super().__init__()
@@ -376,7 +377,8 @@ class ThorEncoder(nn.Module):
         )
         self.norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)  # loaded, never applied (see module doc)
         self._pinv_cache: dict[tuple[int, str], torch.Tensor] = {}
-        self._dist_cache: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
+        self._dist_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._bias_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self.reset_parameters()
 
     @property
@@ -428,10 +430,22 @@ class ThorEncoder(nn.Module):
                 self._dist_cache.popitem(last=False)
         return dist
 
-    def alibi_bias(self, layout: ThorLayout, device: torch.device) -> torch.Tensor:
-        """``[1, heads, N, N]`` additive attention bias ``-slope_h * distance``."""
-        dist = self._distances(layout, device)
-        return (-self.encoder_slopes.to(device=device, dtype=torch.float32)[:, None, None] * dist).unsqueeze(0)
+    def alibi_bias(self, layout: ThorLayout, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``[1, heads, N, N]`` additive attention bias ``-slope_h * distance``, computed in float32
+        and cached per geometry and ``dtype`` (the attention's: bf16 under autocast, so that the
+        12 blocks do not each cast a 12 x 1620 x 1620 matrix at patch 8)."""
+        key = (tuple((g.num_patch, g.patch_size, g.gsd) for g in layout.groups), str(device), dtype,
+               self.encoder_slopes._version)  # a reloaded slopes buffer invalidates the entry
+        bias = self._bias_cache.get(key)
+        if bias is None:
+            dist = self._distances(layout, device)
+            with torch.inference_mode(False), torch.no_grad():
+                slopes = self.encoder_slopes.detach().to(device=device, dtype=torch.float32)
+                bias = (-slopes[:, None, None] * dist).unsqueeze(0).to(dtype)
+            self._bias_cache[key] = bias
+            while len(self._bias_cache) > self._BIAS_CACHE_SIZE:
+                self._bias_cache.popitem(last=False)
+        return bias
 
     def group_kernel(self, group: GroupLayout) -> tuple[torch.Tensor, torch.Tensor]:
         """One ``[D, k, p, p]`` kernel and ``[D]`` bias computing the mean of the group's ``k``
@@ -444,7 +458,9 @@ class ThorEncoder(nn.Module):
         if p != kern:
             pinv = self._pinv(p, weight.device).to(weight.dtype)
             d = weight.shape[0]
-            weight = (weight.reshape(d * k, kern * kern) @ pinv.T).reshape(d, k, p, p)
+            # float32 even under bf16 autocast: the pinv resize amplifies rounding errors
+            with torch.autocast(device_type=weight.device.type, enabled=False):
+                weight = (weight.reshape(d * k, kern * kern) @ pinv.T).reshape(d, k, p, p)
         return weight / k, bias
 
     # -- forward -------------------------------------------------------------------------------
@@ -464,7 +480,7 @@ class ThorEncoder(nn.Module):
             pse = torch.from_numpy(sincos_1d(np.array([value]), pse_dim)[0].astype(np.float32))
             aux = torch.cat([pse.to(tok.device), self.band_embed[g.name].to(torch.float32)])
             assert aux.shape[0] == d
-            parts.append(tok + aux.to(tok.dtype))
+            parts.append(tok.float() + aux)  # the residual stream stays float32 under autocast
         return torch.cat(parts, dim=1)
 
     def forward_tokens(
@@ -486,7 +502,9 @@ class ThorEncoder(nn.Module):
             raise ModelInputError(f"THOR expects square images, got {x.shape[-2]}x{x.shape[-1]}")
         layout = plan_layout(tuple(bands), float(ground_cover_m), int(patch_size))
         h = self.embed_tokens(x, bands, layout)
-        bias = self.alibi_bias(layout, h.device)
+        dev = h.device.type
+        attn_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
+        bias = self.alibi_bias(layout, h.device, attn_dtype)
         wanted = None
         if out_indices is not None:
             wanted = {i % len(self.blocks) for i in out_indices}

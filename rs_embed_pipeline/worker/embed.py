@@ -8,12 +8,18 @@ a subprocess locally, a GPU pod or ECS task in production). It imports no Dagste
      "code_version": "...", "partitions": [{"key": "demo|2024-01-01",
          "stores": [{"patches_uri": ..., "embeddings_uri": ...}]}]}
 
-and receives one custom message per partition with counts, timings and the store URIs.
+and receives one custom message per partition with counts, timings and the store URIs, and
+progress while it runs: every ``progress_every`` batches (extras, default
+:data:`PROGRESS_EVERY`) a Pipes log line (in the Dagster run's event log) and a custom message
+``{"progress": {"tiles_done", "tiles_total", "tiles_per_s", "eta_s", ...}}``.
 
-Memory is bounded by the batch: tiles stream store -> model -> store ``batch_size`` at a time; the
-next batches are read on one background thread and the previous ones written on another while the
-model runs, each queue at most :data:`IO_DEPTH` batches deep (so a slow disk slows the run down,
-it never makes memory grow with the region).
+The model is kept busy: tiles stream store -> model -> store ``batch_size`` at a time; the next
+batches are read *and preprocessed* (``adapter.prepare``: validation, normalisation) on one
+background thread and the previous ones written on another while the model runs
+(``adapter.run``), each queue at most :data:`IO_DEPTH` batches deep, so memory is bounded by the
+batch (a slow disk slows the run down, it never makes memory grow with the region). The result
+reports ``model_busy_fraction`` = time in the forward pass / wall time of the store
+(``benchmarks/bench_embed_loop.py`` measures it).
 
 Resume: a tile is embedded when its patch is ``ok`` and its embedding is not. Batches are aligned
 on the list of ``ok`` patches (batch k is always the same tiles), and a batch with any missing
@@ -28,7 +34,8 @@ import hashlib
 import json
 import logging
 import time
-from typing import Any, Callable, Iterator
+from typing import Any
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -40,6 +47,7 @@ log = logging.getLogger("rs_embed_pipeline.worker")
 
 NON_NUMERIC_SETTINGS = NON_NUMERIC_ADAPTER_SETTINGS  # what the fingerprint leaves out (fingerprint.py)
 IO_DEPTH = 2  # batches read ahead / waiting to be written
+PROGRESS_EVERY = 10  # batches between progress reports
 RANDOM_WEIGHTS_SEED = 0
 
 
@@ -60,13 +68,16 @@ def _batches(indices: np.ndarray, size: int) -> Iterator[np.ndarray]:
 
 def model_state_sha256(adapter: Any) -> str | None:
     """sha256 of the loaded model's parameters: identifies random weights, which have no file."""
+    import torch
+
     model = getattr(adapter, "model", None)
     if model is None or not hasattr(model, "state_dict"):
         return None
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update((t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -97,12 +108,17 @@ def embed_store(
     force: bool = False,
     storage_options: dict[str, Any] | None = None,
     log_fn: Callable[[str], None] = log.info,
+    progress_fn: Callable[[dict[str, Any]], None] | None = None,
+    progress_every: int = PROGRESS_EVERY,
 ) -> dict[str, Any]:
     """Embed every ok tile of one patch store that the embedding store does not hold yet.
 
     ``rebuild``: accept a store built with other settings (every tile redone); ``force``: redo
-    every tile even though the settings match.
+    every tile even though the settings match. ``progress_fn`` gets a progress dict every
+    ``progress_every`` batches and after the last one.
     """
+    if isinstance(progress_every, bool) or not isinstance(progress_every, int) or progress_every < 1:
+        raise ValueError(f"progress_every must be a positive number of batches, got {progress_every!r}")
     t_start = time.perf_counter()
     patches = TileStore.open(patches_uri, "patches", storage_options=storage_options)
     patch_settings = patches.settings
@@ -146,7 +162,7 @@ def embed_store(
 
     patch_status = patches.statuses()
     done = embeddings.statuses()
-    timings = {"read_s": 0.0, "embed_s": 0.0, "write_s": 0.0}
+    timings = {"read_s": 0.0, "prepare_s": 0.0, "embed_s": 0.0, "write_s": 0.0}
     # Tiles without pixels are recorded as such; they never reach the model.
     for name, code in (("no_data", 2), ("failed", 3)):
         for index in np.flatnonzero((patch_status == code) & (done != code)):
@@ -163,10 +179,28 @@ def embed_store(
     recomputed = int(sum(int((~m).sum()) for _, m in batches))
     log_fn(f"{embeddings_uri}: {len(todo)} tiles to embed, {skipped} already done")
 
-    def read(batch: np.ndarray) -> tuple[np.ndarray, float]:
+    prepare = getattr(adapter, "prepare", None)
+
+    def read(batch: np.ndarray) -> tuple[np.ndarray, Any, float, float]:
+        """Read a batch and preprocess it (background thread): ``(raw, prepared or the
+        ValueError that preprocessing raised, read_s, prepare_s)``."""
         t0 = time.perf_counter()
-        raw = patches.read("data", batch)[:, band_index]
-        return np.ascontiguousarray(raw, dtype=np.float32), time.perf_counter() - t0
+        raw = np.ascontiguousarray(patches.read("data", batch)[:, band_index], dtype=np.float32)
+        t1 = time.perf_counter()
+        prepared: Any = None
+        if prepare is not None:
+            try:
+                prepared = prepare(raw, modality)
+            except ValueError as exc:  # a bad tile: the main loop retries tile by tile
+                prepared = exc
+        return raw, prepared, t1 - t0, time.perf_counter() - t1
+
+    def embed_batch(raw: np.ndarray, prepared: Any):
+        if prepared is None:  # an adapter without the two-step API
+            return adapter.embed(raw, modality=modality, output="both")
+        if isinstance(prepared, ValueError):
+            raise prepared
+        return adapter.run(prepared, "both")
 
     def write(batch: np.ndarray, pooled: np.ndarray, grid: np.ndarray, meta: dict[str, Any]) -> float:
         # One call per array for the batch: arrays, then provenance, then (last) the statuses.
@@ -179,20 +213,42 @@ def embed_store(
     nonfinite = 0
     embed_meta: dict[str, Any] = {}
     wait_read_s = wait_write_s = drain_s = 0.0
+    n_todo = len(todo)
+    done_now = 0
+    t_loop = time.perf_counter()
+
+    def report(i: int) -> None:
+        if progress_fn is None:
+            return
+        elapsed = time.perf_counter() - t_loop
+        rate = done_now / elapsed if elapsed > 0 else 0.0
+        left = n_todo - done_now - len(failures)
+        progress_fn({
+            "embeddings_uri": embeddings_uri,
+            "batches_done": i + 1,
+            "batches_total": len(batches),
+            "tiles_done": done_now,
+            "tiles_total": n_todo,
+            "tiles_failed": len(failures),
+            "tiles_per_s": round(rate, 3),
+            "eta_s": left / rate if rate > 0 else None,  # unrounded: tiny test stores finish in ms
+            "elapsed_s": round(elapsed, 3),
+        })
     with cf.ThreadPoolExecutor(1, thread_name_prefix="embed-read") as reader, \
             cf.ThreadPoolExecutor(1, thread_name_prefix="embed-write") as writer:
         reads: list[cf.Future] = [reader.submit(read, b) for b, _ in batches[:IO_DEPTH]]
         writes: list[cf.Future] = []
         for i, (batch, missing_mask) in enumerate(batches):
             t_wait = time.perf_counter()
-            raw, read_s = reads.pop(0).result()
+            raw, prepared, read_s, prepare_s = reads.pop(0).result()
             wait_read_s += time.perf_counter() - t_wait
             timings["read_s"] += read_s
+            timings["prepare_s"] += prepare_s
             if i + IO_DEPTH < len(batches):
                 reads.append(reader.submit(read, batches[i + IO_DEPTH][0]))
             t0 = time.perf_counter()
             try:
-                out = adapter.embed(raw, modality=modality, output="both")
+                out = embed_batch(raw, prepared)
                 results = [(batch, out.pooled, out.grid, out.meta)]
             except ValueError:
                 # One bad tile must not sink its batch: retry one by one to name the culprit.
@@ -205,7 +261,7 @@ def embed_store(
                         if missing_mask[j]:
                             failures[int(index)] = f"{type(exc).__name__}: {exc}"
             timings["embed_s"] += time.perf_counter() - t0
-            del raw
+            del raw, prepared
             for b, pooled, grid, meta in results:
                 embed_meta = meta
                 keep = np.isin(b, batch[missing_mask])  # tiles already done are not rewritten
@@ -219,6 +275,9 @@ def embed_store(
                     timings["write_s"] += writes.pop(0).result()
                 wait_write_s += time.perf_counter() - t_wait
                 writes.append(writer.submit(write, b[keep], pooled, grid, {}))
+                done_now += int(keep.sum())
+            if (i + 1) % progress_every == 0 or i + 1 == len(batches):
+                report(i)
         t_wait = time.perf_counter()
         for future in writes:
             timings["write_s"] += future.result()
@@ -243,6 +302,8 @@ def embed_store(
                     "embed_waiting_on_read_s": round(wait_read_s, 3),
                     "embed_waiting_on_write_s": round(wait_write_s, 3),
                     "write_drain_s": round(drain_s, 3)},
+        # The forward pass's share of the store's wall time (the rest: setup, pipeline fill, drain).
+        "model_busy_fraction": round(timings["embed_s"] / wall, 4) if wall > 0 else 0.0,
         "tiles_per_s": round(embedded_now / wall, 3) if wall > 0 and embedded_now else 0.0,
         "nonfinite_values": nonfinite,
         "embed_meta": embed_meta,
@@ -296,6 +357,14 @@ def main() -> None:
                 "from the pretrained model"
             )
         batch_size = int(settings.get("batch_size") or options.get("batch_size") or 8)
+        progress_every = int(job.get("progress_every") or PROGRESS_EVERY)
+
+        def progress(p: dict[str, Any]) -> None:
+            eta = "n/a" if p["eta_s"] is None else f"{p['eta_s']:.0f} s"
+            pipes.log.info(f"progress {part['key']}: {p['tiles_done']}/{p['tiles_total']} tiles, "
+                           f"{p['tiles_per_s']:.2f} tiles/s, ETA {eta} ({p['embeddings_uri']})")
+            pipes.report_custom_message({"progress": {"partition": part["key"], **p}})
+
         for part in job["partitions"]:
             results = []
             for stores in part["stores"]:
@@ -311,6 +380,8 @@ def main() -> None:
                         force=bool(job.get("force")),
                         storage_options=job.get("storage_options"),
                         log_fn=pipes.log.info,
+                        progress_fn=progress,
+                        progress_every=progress_every,
                     )
                 except StoreError as exc:
                     # A store that is not ours or was built with other settings: a clear message

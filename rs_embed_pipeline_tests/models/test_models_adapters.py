@@ -228,7 +228,12 @@ def test_thor_s1_normalization_aliases_and_none():
     assert out.meta["normalization"] == "none" and not np.allclose(out.pooled, ref.pooled)
 
 
-def test_bf16_on_cpu_falls_back_to_fp32(caplog):
+def test_bf16_on_cpu_falls_back_to_fp32(caplog, monkeypatch):
+    """On a CPU without native bf16 (simulated here; test_models_bf16.py covers the CPUs with it)."""
+    from rs_embed_pipeline.models import runtime
+
+    monkeypatch.setattr(runtime, "cpu_bf16_support", lambda: {
+        "supported": False, "cpu_capability": "AVX2", "cpu_bf16_flags": [], "onednn_bf16": False})
     a = load_adapter("terrafm_b", arch=TERRAFM_TINY, device="cpu", allow_random_weights=True, precision="bf16")
     assert a.precision == "fp32" and a.precision_requested == "bf16"
     out = a.embed(_s2(12, b=1), "s2", "pooled")

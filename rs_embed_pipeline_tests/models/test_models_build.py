@@ -108,3 +108,11 @@ def test_fixture_arch_builds_and_fixed_tensors_match_weights(cases):
     for i in range(10):
         torch.testing.assert_close(model.band_embed[f"group{i}"].detach(), state[f"encoder.band_embed.group{i}"],
                                    rtol=0, atol=1e-7)
+
+
+def test_every_lazy_name_is_exported_and_resolves():
+    import rs_embed_pipeline.models as models
+
+    assert set(models._LAZY) <= set(models.__all__)
+    for name in models._LAZY:
+        assert getattr(models, name) is not None, name
