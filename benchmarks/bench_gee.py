@@ -25,7 +25,7 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from rs_embed_pipeline.providers.gee import GEEProvider  # noqa: E402
+from rs_embed_pipeline.providers.gee import EE_MAX_REQUEST_BYTES, GEEProvider  # noqa: E402
 from rs_embed_pipeline_tests.providers import ee_standin  # noqa: E402
 
 
@@ -84,6 +84,9 @@ def main() -> None:
               f"(tiles per pixel request {n / max(1, st['pixel_requests']):.1f})")
         print(f"  bytes              {st['bytes']:10d}   ({st['bytes'] / 1e6:.1f} MB NPY, "
               f"{st['bytes'] / max(1, st['pixel_requests']) / 2**20:.1f} MiB per pixel request)")
+        print(f"  size errors (400)  {server_stats['size_errors']:10d}   (must be 0; the stand-in counts as Earth "
+              f"Engine: pixels x sum over bands of (bytes + 1); largest request "
+              f"{server_stats['max_request_bytes']} <= {EE_MAX_REQUEST_BYTES} bytes)")
         print(f"  retries            {st['retries']:10d}   (429: {st['throttled']}, 5xx: "
               f"{st['server_errors']}, too large: {st['too_large']}, failures: {st['failures']})")
         print(f"  in flight (max)    {st['max_in_flight']:10d}   (server saw {server_stats['max_in_flight']}); "

@@ -17,12 +17,14 @@ import hashlib
 import random
 import threading
 import time
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import dagster as dg
 import numpy as np
 
 from rs_embed_pipeline.assets.tile_grid import read_tile_grid
+from rs_embed_pipeline.executors import STEP_RETRY_POLICY
 from rs_embed_pipeline.fingerprint import fingerprint, numeric_provider_settings
 from rs_embed_pipeline.inspection import inspect_patch, summarize
 from rs_embed_pipeline.metadata import add_partition_metadata, json_value, path_value, status_table
@@ -145,73 +147,136 @@ def fetch_into_store(
     retry_backoff_s: float = 0.0,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any]:
-    """Fetch the tiles not done yet (``pending``, ``failed``) and write them as they arrive (in
-    small batches, on a background thread: :class:`_PatchWriter`).
+    """:func:`fetch_into_stores` for one store (one tile size)."""
+    size = int(tiles["size_px"].iloc[0]) if len(tiles) else 0
+    stats = fetch_into_stores(provider, {size: store}, tiles, start=start, end=end, modality=modality,
+                              bands=bands, sensor_options=sensor_options, inspect=inspect,
+                              tile_retries=tile_retries, retry_backoff_s=retry_backoff_s, sleep=sleep)
+    return {**stats, **stats["per_size"][size]}
 
-    A failed tile is not written until its last attempt: it is requested again, up to
-    ``tile_retries`` more times, ``retry_backoff_s * 2**round`` (x0.5-1.5 jitter) apart. A tile
-    the provider never answered for is recorded as failed (never left silently pending).
-    ``inspect``: run the input inspection on every ok patch (``tile_meta["input_check"]``)."""
-    index_of = {tid: i for i, tid in enumerate(store.tile_ids)}
-    todo = set(store.indices_with_status("pending", "failed").tolist())
-    rows = tiles[tiles["tile_id"].map(index_of).isin(todo)]
+
+def fetch_into_stores(
+    provider: Any,
+    stores: dict[int, TileStore],
+    tiles: Any,
+    *,
+    start: str,
+    end: str,
+    modality: str,
+    bands: tuple[str, ...],
+    sensor_options: dict[str, Any],
+    inspect: bool = False,
+    tile_retries: int = 0,
+    retry_backoff_s: float = 0.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
+    """Fetch the tiles not done yet (``pending``, ``failed``) of every tile size in ONE provider
+    call per round (block-reading providers then read each scene pixel once for all sizes), and
+    write each patch into the store of its size as it arrives (small batches, on background
+    threads: :class:`_PatchWriter`).
+
+    ``stores``: tile size -> store; ``tiles``: tile_grid rows of those sizes. A failed tile is not
+    written until its last attempt: it is requested again, up to ``tile_retries`` more times,
+    ``retry_backoff_s * 2**round`` (x0.5-1.5 jitter) apart. A tile the provider never answered for
+    is recorded as failed (never left silently pending). ``inspect``: run the input inspection on
+    every ok patch (``tile_meta["input_check"]``). Returns the totals and ``per_size`` stats."""
+    run = _FetchRun(provider, stores, tiles, modality=modality, bands=bands, inspect=inspect,
+                    fill_value=float(sensor_options.get("fill_value", 0.0)))
     t0 = time.perf_counter()
-    writer = _PatchWriter(store, modality, len(bands), inspect, float(sensor_options.get("fill_value", 0.0)))
-    attempts: dict[str, int] = {}
-    reasons: dict[str, str] = {}
-    answered: set[str] = set()
-    counters = {"retried": 0, "recovered": 0}
-    batch = rows
     try:
-        _fetch_rounds(provider, writer, tiles, batch, index_of, attempts, reasons, answered, start=start, end=end,
-                      modality=modality, bands=bands, sensor_options=sensor_options, tile_retries=tile_retries,
-                      retry_backoff_s=retry_backoff_s, sleep=sleep, counters=counters)
+        run.rounds(start=start, end=end, sensor_options=sensor_options, tile_retries=tile_retries,
+                   retry_backoff_s=retry_backoff_s, sleep=sleep)
     finally:
-        writer.close()
-    retried, recovered = counters["retried"], counters["recovered"]
-    unanswered = [tid for tid in rows["tile_id"] if tid not in answered]
-    for tid in unanswered:
-        reasons[tid] = "the provider returned no patch for this tile"
-        store.write_tile(index_of[tid], "failed", {"reason": reasons[tid], "attempts": attempts.get(tid, 0)})
-    failed = [{"tile_id": tid, "reason": reason, "attempts": attempts.get(tid, 0)}
-              for tid, reason in reasons.items()]
-    return {"fetched": len(rows), "fetch_s": round(time.perf_counter() - t0, 3), "synthetic": writer.synthetic,
-            "inspection": summarize(writer.checks), "retries": retried, "recovered": recovered, "failed": failed}
+        run.close()
+    run.record_unanswered()
+    fetch_s = round(time.perf_counter() - t0, 3)
+    per_size = {size: run.size_stats(size) for size in stores}
+    return {"fetched": sum(p["fetched"] for p in per_size.values()), "fetch_s": fetch_s,
+            "synthetic": any(p["synthetic"] for p in per_size.values()),
+            "retries": run.retried, "recovered": run.recovered, "per_size": per_size}
 
 
-def _fetch_rounds(provider, writer, tiles, batch, index_of, attempts, reasons, answered, *, start, end, modality,
-                  bands, sensor_options, tile_retries, retry_backoff_s, sleep, counters) -> None:
-    """The first request of every tile, then retry rounds for the failed ones (backoff, jitter)."""
-    for round_ in range(max(0, int(tile_retries)) + 1):
-        last_round = round_ == max(0, int(tile_retries))
-        failed_now: list[str] = []
-        for patch in provider.fetch_patches(batch, start=start, end=end, modality=modality,
-                                            bands=list(bands), **sensor_options):
-            tid = patch.tile_id
-            attempts[tid] = attempts.get(tid, 0) + 1
-            answered.add(tid)
-            meta = dict(patch.meta)
-            if patch.status == "failed":
-                reasons[tid] = str(meta.get("reason", "failed"))
-                if not last_round:
-                    failed_now.append(tid)  # retried below; its status stays as it was
-                    continue
-                meta["attempts"] = attempts[tid]
-            elif tid in reasons:
-                counters["recovered"] += 1
-                meta["attempts"] = attempts[tid]
-                meta["earlier_failure"] = reasons.pop(tid)
-            writer.add(index_of[tid], patch, meta)
-        if not failed_now:
-            return
-        counters["retried"] += len(failed_now)
-        writer.flush()
-        sleep(retry_backoff_s * (2 ** round_) * random.uniform(0.5, 1.5))
-        batch = tiles[tiles["tile_id"].isin(failed_now)]
+class _FetchRun:
+    """The state of one fetch over the stores of every tile size: what is to do, attempts and
+    last failure reasons per tile, the tiles the provider answered, the writers."""
+
+    def __init__(self, provider: Any, stores: dict[int, TileStore], tiles: Any, *, modality: str,
+                 bands: tuple[str, ...], inspect: bool, fill_value: float):
+        self.provider, self.stores, self.tiles = provider, stores, tiles
+        self.modality, self.bands = modality, tuple(bands)
+        self.where = {tid: (size, i) for size, st in stores.items() for i, tid in enumerate(st.tile_ids)}
+        todo = {(size, int(i)) for size, st in stores.items()
+                for i in st.indices_with_status("pending", "failed").tolist()}
+        self.rows = tiles[tiles["tile_id"].map(self.where).isin(todo)]
+        self.writers = {size: _PatchWriter(st, modality, len(bands), inspect, fill_value)
+                        for size, st in stores.items()}
+        self.attempts: dict[str, int] = {}
+        self.reasons: dict[str, str] = {}
+        self.answered: set[str] = set()
+        self.retried = self.recovered = 0
+
+    def rounds(self, *, start, end, sensor_options, tile_retries, retry_backoff_s, sleep) -> None:
+        """The first request of every tile, then retry rounds for the failed ones (backoff, jitter)."""
+        batch = self.rows
+        last = max(0, int(tile_retries))
+        for round_ in range(last + 1):
+            failed_now: list[str] = []
+            for patch in self.provider.fetch_patches(batch, start=start, end=end, modality=self.modality,
+                                                     bands=list(self.bands), **sensor_options):
+                tid = patch.tile_id
+                self.attempts[tid] = self.attempts.get(tid, 0) + 1
+                self.answered.add(tid)
+                meta = dict(patch.meta)
+                if patch.status == "failed":
+                    self.reasons[tid] = str(meta.get("reason", "failed"))
+                    if round_ < last:
+                        failed_now.append(tid)  # retried below; its status stays as it was
+                        continue
+                    meta["attempts"] = self.attempts[tid]
+                elif tid in self.reasons:
+                    self.recovered += 1
+                    meta["attempts"] = self.attempts[tid]
+                    meta["earlier_failure"] = self.reasons.pop(tid)
+                size, index = self.where[tid]
+                self.writers[size].add(index, patch, meta)
+            if not failed_now:
+                return
+            self.retried += len(failed_now)
+            for w in self.writers.values():
+                w.flush()
+            sleep(retry_backoff_s * (2 ** round_) * random.uniform(0.5, 1.5))
+            batch = self.tiles[self.tiles["tile_id"].isin(failed_now)]
+
+    def close(self) -> None:
+        errors = []
+        for w in self.writers.values():
+            try:
+                w.close()
+            except Exception as exc:  # close every writer, then raise the first error
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def record_unanswered(self) -> None:
+        for tid in self.rows["tile_id"]:
+            if tid not in self.answered:
+                self.reasons[tid] = "the provider returned no patch for this tile"
+                size, index = self.where[tid]
+                self.stores[size].write_tile(index, "failed", {"reason": self.reasons[tid],
+                                                               "attempts": self.attempts.get(tid, 0)})
+
+    def size_stats(self, size: int) -> dict[str, Any]:
+        w = self.writers[size]
+        mine = {tid for tid, (s, _) in self.where.items() if s == size}
+        return {"fetched": int(self.rows["tile_id"].isin(mine).sum()), "synthetic": w.synthetic,
+                "inspection": summarize(w.checks),
+                "failed": [{"tile_id": tid, "reason": r, "attempts": self.attempts.get(tid, 0)}
+                           for tid, r in self.reasons.items() if tid in mine]}
 
 
 def build_patches_asset(
-    modality: str, partitions_def: dg.PartitionsDefinition, pool: str | None = None
+    modality: str, partitions_def: dg.PartitionsDefinition, pool: str | None = None,
+    retry_policy: dg.RetryPolicy | None = None,
 ) -> dg.AssetsDefinition:
     """``pool="earth_engine"`` when the provider is Earth Engine: runs then share one project quota."""
     bands = BANDS[modality]
@@ -233,8 +298,7 @@ def build_patches_asset(
         deps=["tile_grid"],
         partitions_def=partitions_def,
         backfill_policy=BACKFILL_POLICY,
-        retry_policy=dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL,
-                                    jitter=dg.Jitter.PLUS_MINUS),
+        retry_policy=retry_policy or STEP_RETRY_POLICY,  # executors.step_retry_policy
         group_name="patches",
         kinds={"zarr", "earthengine" if pool == "earth_engine" else "stac"},
         pool=pool,
@@ -268,7 +332,10 @@ def build_patches_asset(
         failed_tiles: list[dict[str, Any]] = []
         for part in region_windows(partitions_def, context.partition_keys):
             grid = read_tile_grid(store, part.region, part.window)
-            for size in patch_sizes(modality, terrafm, thor):
+            sizes = patch_sizes(modality, terrafm, thor)
+            tile_stores: dict[int, TileStore] = {}
+            uris: dict[int, str] = {}
+            for size in sizes:
                 tiles = grid[grid["size_px"] == size].reset_index(drop=True)
                 scale_m = float(tiles["scale_m"].iloc[0])
                 settings = {
@@ -278,10 +345,10 @@ def build_patches_asset(
                     "provider": provider_settings, "sensor_options": sensor_options,
                     "code_version": CODE_VERSION,
                 }
-                uri = store.layout.patches(modality, part.region, part.window, size)
+                uris[size] = store.layout.patches(modality, part.region, part.window, size)
                 try:
-                    tile_store = TileStore.create_or_open(
-                        uri, "patches", tile_ids=list(tiles["tile_id"]),
+                    tile_stores[size] = TileStore.create_or_open(
+                        uris[size], "patches", tile_ids=list(tiles["tile_id"]),
                         arrays=[ArraySpec("data", (len(bands), size, size), ("band", "y", "x")),
                                 ArraySpec("valid", (size, size), ("y", "x"), dtype="bool", fill_value=False)],
                         fingerprint=patches_fingerprint(settings), attrs=settings, rebuild=config.rebuild,
@@ -289,20 +356,25 @@ def build_patches_asset(
                     )
                 except StoreError as exc:
                     raise dg.Failure(str(exc), allow_retries=False) from exc
-                stats = fetch_into_store(provider, tile_store, tiles, start=part.start, end=part.end,
-                                         modality=modality, bands=bands, sensor_options=sensor_options,
-                                         inspect=imagery.check_input, tile_retries=config.tile_retries,
-                                         retry_backoff_s=config.retry_backoff_s)
-                inspections.append(stats["inspection"])
-                retries += stats["retries"]
-                recovered += stats["recovered"]
-                failed_tiles.extend({"partition": part.key, "size_px": size, **f} for f in stats["failed"])
-                fetch_s += stats["fetch_s"]
-                fetched += stats["fetched"]
-                synthetic = synthetic or stats["synthetic"]
-                counts = tile_store.status_counts()
-                rows.append({"partition": f"{part.key} p{size}", "key": part.key, "uri": uri, **counts})
-                context.log.info(f"{part.key} p{size}: {counts} ({stats['fetched']} fetched in {stats['fetch_s']} s)")
+            # One fetch for every tile size: block-reading providers read each scene pixel once.
+            stats = fetch_into_stores(provider, tile_stores, grid[grid["size_px"].isin(sizes)].reset_index(drop=True),
+                                      start=part.start, end=part.end, modality=modality, bands=bands,
+                                      sensor_options=sensor_options, inspect=imagery.check_input,
+                                      tile_retries=config.tile_retries, retry_backoff_s=config.retry_backoff_s)
+            retries += stats["retries"]
+            recovered += stats["recovered"]
+            fetch_s += stats["fetch_s"]
+            fetched += stats["fetched"]
+            synthetic = synthetic or stats["synthetic"]
+            for size in sizes:
+                per = stats["per_size"][size]
+                inspections.append(per["inspection"])
+                failed_tiles.extend({"partition": part.key, "size_px": size, **f} for f in per["failed"])
+                counts = tile_stores[size].status_counts()
+                rows.append({"partition": f"{part.key} p{size}", "key": part.key, "uri": uris[size], **counts})
+                context.log.info(f"{part.key} p{size}: {counts} ({per['fetched']} fetched)")
+            context.log.info(f"{part.key}: {stats['fetched']} tiles of sizes {sizes} fetched in one pass "
+                             f"in {stats['fetch_s']} s")
 
         total = {k: sum(r[k] for r in rows) for k in ("ok", "no_data", "failed", "pending")}
         n_tiles = sum(total.values())
@@ -356,18 +428,40 @@ def build_patches_asset(
         return dg.MaterializeResult(
             metadata=metadata,
             check_results=[
-                dg.AssetCheckResult(
-                    check_name="valid_coverage",
-                    passed=coverage >= 0.5,
-                    severity=dg.AssetCheckSeverity.WARN,
-                    metadata={"coverage": coverage, "tiles": n_tiles},
-                    description=None if coverage >= 0.5 else "Fewer than half the tiles have imagery in this window.",
-                ),
+                _coverage_result(rows, coverage, n_tiles),
                 _inspection_result(inspections, imagery.check_input, imagery.check_raise),
             ],
         )
 
     return patches
+
+
+MIN_VALID_COVERAGE = 0.5
+
+
+def _coverage_result(rows: list[dict[str, Any]], coverage: float, n_tiles: int) -> dg.AssetCheckResult:
+    """valid_coverage per partition (a backfill run covers several): it fails when any partition
+    of the run has fewer than half its tiles with imagery, and names those partitions."""
+    per_partition: dict[str, dict[str, int]] = {}
+    for r in rows:
+        agg = per_partition.setdefault(r["key"], {"ok": 0, "tiles": 0})
+        agg["ok"] += r["ok"]
+        agg["tiles"] += sum(r[c] for c in ("ok", "no_data", "failed", "pending"))
+    cover = {key: (a["ok"] / a["tiles"] if a["tiles"] else 0.0) for key, a in per_partition.items()}
+    failing = sorted(key for key, c in cover.items() if c < MIN_VALID_COVERAGE)
+    return dg.AssetCheckResult(
+        check_name="valid_coverage",
+        passed=not failing,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "failing_partitions": json_value(failing),
+            "min_coverage": float(min(cover.values(), default=0.0)),
+            "coverage_per_partition": json_value({k: round(c, 4) for k, c in cover.items()}),
+            "coverage": coverage, "tiles": n_tiles,  # the whole run
+        },
+        description=None if not failing else
+        f"Fewer than {MIN_VALID_COVERAGE:.0%} of the tiles have imagery in: {', '.join(failing)}.",
+    )
 
 
 def _inspection_result(summaries: list[dict[str, Any]], enabled: bool, raise_: bool) -> dg.AssetCheckResult:

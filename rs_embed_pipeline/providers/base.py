@@ -1,6 +1,6 @@
 """What every imagery provider returns, and the units it returns them in.
 
-Provider units (DESIGN.md), identical for every provider:
+Provider units (docs/architecture.md), identical for every provider:
 
 * Sentinel-2: harmonized surface-reflectance DN (reflectance x 10000, no offset), bands in the
   order the caller asked for.
@@ -14,7 +14,8 @@ why), and goes on with the other tiles.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, Iterator, Literal, Protocol
+from typing import Any, Literal, Protocol
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -66,7 +67,7 @@ class Patch:
         size_px: int,
         status: PatchStatus,
         **meta: Any,
-    ) -> "Patch":
+    ) -> Patch:
         return cls(
             tile_id=tile_id,
             data=np.zeros((n_bands, size_px, size_px), dtype=np.float32),
@@ -77,7 +78,7 @@ class Patch:
 
 
 class PatchProvider(Protocol):
-    """The one method every provider shares (DESIGN.md, "Providers")."""
+    """The one method every provider shares (docs/architecture.md, "Layers and their contracts")."""
 
     name: str
 

@@ -12,9 +12,15 @@ Per tile (one row of the tile_grid GeoDataFrame) and time window ``[start, end)`
    (ASCENDING | DESCENDING, None: both). Sensor options, as for the GEE provider: S2
    ``composite``, ``cloudy_pct``, ``fill_value``; S1 ``composite``, ``orbit``, ``use_float_linear``,
    ``fill_value``;
-2. ``odc.stac.load`` on the tile's exact pixel grid (UTM ``EPSG:utm_epsg``, ``scale_m`` pixels,
-   upper-left ``(x0, y0)``, ``size_px x size_px``), ``groupby="solar_day"``; 10 m S2 bands and
-   SCL nearest, 20 / 60 m S2 bands and S1 bilinear;
+2. block reads (:mod:`.blocks`): the tiles of a call are grouped into blocks of adjacent tiles of
+   one pixel lattice (UTM ``EPSG:utm_epsg``, ``scale_m`` pixels), whatever their sizes; every
+   asset of every scene is read once per block on the block's grid -- windowed rasterio reads at
+   native resolution when the grids nest (:mod:`.rio_read`, a thread pool of ``max_workers``),
+   else ``odc.stac.load`` -- planes grouped by solar day (as ``groupby="solar_day"``); every
+   band and SCL **nearest** (Earth Engine's default, so every provider resamples alike: 20 / 60
+   m bands were bilinear before the block reads); the composite is computed once per block and
+   each tile is cut out of it (a tile whose pixels a scene outside its footprint touches is
+   composited from its own scenes, as a single-tile read);
 3. harmonization to provider units per item from its ``raster:bands`` ``scale`` / ``offset``:
    S2 ``DN_out = (DN * scale + offset) * 10000`` (Earth Search C1: ``scale=0.0001``,
    ``offset=-0.1`` for processing baseline >= 04.00, read from each item, never hard-coded);
@@ -22,13 +28,16 @@ Per tile (one row of the tile_grid GeoDataFrame) and time window ``[start, end)`
    observation to linear power ``10 ** (dB / 10)`` before compositing;
 4. invalid observations: raw value equal to the asset nodata or non-finite in any asked band,
    and for S2 SCL in {0 (nodata), 3 (cloud shadow), 8, 9 (cloud), 10 (cirrus)};
-5. composite over time of valid observations: ``median`` (per band nanmedian) or ``mosaic``
+5. composite over time of valid observations (:mod:`.composite`): ``median`` (per band, equal
+   to ``np.nanmedian`` bit for bit, without it) or ``mosaic``
    (latest valid observation on top); ``valid`` = at least one valid observation; invalid
    pixels are ``fill_value`` (default 0) in ``data``.
 
 A tile whose window has no item, or no valid pixel, is ``no_data``; an exception while loading a
-tile makes that tile ``failed`` (``meta["reason"]``) and the other tiles go on. Tiles are loaded
-concurrently on a small thread pool (``max_workers``) and yielded as they complete.
+block makes the tiles of that block ``failed`` (``meta["reason"]``) and the other blocks go on.
+Blocks are read one after the other (memory: one block, at most ``max_block_px`` + one tile a
+side, x bands x dates); tiles are yielded block by block. GDAL's options for cloud reads are set in
+one place (:mod:`.gdal_env`) and reported by ``stats()``.
 """
 
 from __future__ import annotations
@@ -41,7 +50,8 @@ import math
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import shapely
@@ -51,6 +61,11 @@ from shapely.geometry import shape as shapely_shape
 from rs_embed_pipeline.timeparse import parse_utc
 
 from .base import MODALITIES, S1_BANDS, S2_BANDS, Patch, ProviderError
+from .blocks import DEFAULT_MAX_BLOCK_PX, Block, plan_blocks
+from .catalogs import S2_DEFAULT_SCALE, check_s1_collection, s2_offset
+from .composite import MedianPlan, mosaic_composite
+from .gdal_env import gdal_options
+from .rio_read import read_nested
 
 __all__ = [
     "COMPOSITES",
@@ -71,8 +86,9 @@ SENSOR_OPTIONS: dict[str, tuple[str, ...]] = {
     "s1": ("composite", "orbit", "use_float_linear", "fill_value"),
 }
 ORBITS: tuple[str, ...] = ("ASCENDING", "DESCENDING")
-# SCL classes treated as invalid: 0 no data, 3 cloud shadow, 8 / 9 cloud, 10 thin cirrus
-SCL_INVALID_CLASSES: tuple[int, ...] = (0, 3, 8, 9, 10)
+# SCL classes treated as invalid: 0 no data, 1 saturated / defective, 3 cloud shadow,
+# 8 / 9 cloud, 10 thin cirrus
+SCL_INVALID_CLASSES: tuple[int, ...] = (0, 1, 3, 8, 9, 10)
 
 EARTH_SEARCH_S2_ASSETS: dict[str, str] = {
     "B1": "coastal",
@@ -144,12 +160,16 @@ def s2_spec(
         modality="s2",
         assets=dict(assets or EARTH_SEARCH_S2_ASSETS),
         mask_asset=mask_asset,
-        default_scale=0.0001,
+        default_scale=S2_DEFAULT_SCALE,
         default_offset=0.0,
     )
 
 
 def s1_spec(collection: str, assets: Mapping[str, str] | None = None) -> CollectionSpec:
+    try:
+        check_s1_collection(collection)
+    except ValueError as exc:
+        raise ProviderError(str(exc)) from None
     return CollectionSpec(
         collection=collection,
         modality="s1",
@@ -197,7 +217,7 @@ def _item_time(item) -> dt.datetime | None:
             return None
         t = _parse_time(s, "start_datetime")
     if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.timezone.utc)
+        t = t.replace(tzinfo=dt.UTC)
     return t
 
 
@@ -222,6 +242,16 @@ def _raster_meta(asset) -> dict[str, Any]:
         "offset": ef.get("raster:offset"),
         "nodata": ef.get("nodata"),
     }
+
+
+def _raster_dtype(asset) -> str | None:
+    """``data_type`` of a single-band asset as declared (raster v1 or STAC 1.1), or None."""
+    ef = asset.extra_fields
+    for key in ("raster:bands", "bands"):
+        rb = ef.get(key)
+        if isinstance(rb, list) and rb and isinstance(rb[0], Mapping) and rb[0].get("data_type"):
+            return str(rb[0]["data_type"])
+    return ef.get("data_type")
 
 
 def _nodata_value(v: Any) -> float | None:
@@ -277,7 +307,7 @@ class _Tile:
     footprint: Any  # shapely geometry in EPSG:4326
 
     @classmethod
-    def from_row(cls, row: Any) -> "_Tile":
+    def from_row(cls, row: Any) -> _Tile:
         tid = str(row["tile_id"])
         epsg, size, scale = int(row["utm_epsg"]), int(row["size_px"]), float(row["scale_m"])
         x0, y0 = float(row["x0"]), float(row["y0"])
@@ -317,6 +347,105 @@ def _search_bboxes(footprints: Sequence[Any]) -> list[tuple[float, float, float,
     ]
 
 
+#: ``patch_url`` names that resolve to a signing function
+PATCH_URL_SIGNERS: dict[str, tuple[str, str, str]] = {
+    # name: (module, function, pip package)
+    "planetary_computer": ("planetary_computer", "sign", "planetary-computer"),
+}
+
+
+def _resolve_patch_url(patch_url: Any) -> Callable[[str], str] | None:
+    """A callable as is; a name of :data:`PATCH_URL_SIGNERS` -> that signing function."""
+    if patch_url is None or callable(patch_url):
+        return patch_url
+    if isinstance(patch_url, str) and patch_url in PATCH_URL_SIGNERS:
+        module, fn, package = PATCH_URL_SIGNERS[patch_url]
+        try:
+            import importlib
+
+            return getattr(importlib.import_module(module), fn)
+        except ImportError:
+            raise ProviderError(
+                f"patch_url {patch_url!r} needs the {package!r} package (pip install {package})"
+            ) from None
+    raise ProviderError(
+        f"patch_url must be a callable or one of {sorted(PATCH_URL_SIGNERS)}, got {patch_url!r}"
+    )
+
+
+def _valid_values(raw: np.ndarray, nodata: float | None) -> np.ndarray:
+    """Finite and not ``nodata`` (compared in the raw dtype when the value fits it exactly)."""
+    if np.issubdtype(raw.dtype, np.integer):
+        if nodata is None or math.isnan(nodata):
+            return np.ones(raw.shape, bool)
+        info = np.iinfo(raw.dtype)
+        if float(nodata).is_integer() and info.min <= nodata <= info.max:
+            return raw != raw.dtype.type(int(nodata))
+        return np.ones(raw.shape, bool)
+    ok = np.isfinite(raw)
+    if nodata is not None:
+        ok &= ~np.isnan(raw) if math.isnan(nodata) else raw != nodata
+    return ok
+
+
+class _Stack:
+    """One block's loaded scenes: ``raw[asset] [T, H, W]`` in the assets' dtype, planes in time
+    order (``slices``: (time, signature group, item ids) per plane), ``ok [T, H, W]``."""
+
+    def __init__(self, spec, band_list, keys, sigs, resampling, flt) -> None:
+        self.spec, self.band_list, self.keys, self.sigs = spec, list(band_list), keys, sigs
+        self.resampling, self.flt = resampling, flt
+        self.slices: list[tuple[Any, int, frozenset]] = []
+        self.raw: dict[str, np.ndarray] = {}
+        self.ok: np.ndarray | None = None
+        self.nobs: np.ndarray | None = None  # valid observations per pixel (computed once)
+        self.reader = "none"
+
+    def lut(self, band: int, sel: Sequence[int]) -> np.ndarray | None:
+        """Provider value of every raw level of band ``band`` (float32, indexed by the raw value)
+        when the planes ``sel`` share one harmonization, the asset is 8 / 16-bit unsigned and the
+        mapping is non-decreasing (scale >= 0, no dB conversion); else None."""
+        raw = self.raw[self.keys[band]]
+        if raw.dtype not in (np.uint8, np.uint16):
+            return None
+        if self.spec.modality == "s1" and not self.flt.use_float_linear:
+            return None
+        sigs = {self.sigs[self.slices[t][1]][band][:2] for t in sel}
+        if len(sigs) != 1:
+            return None
+        scale, offset = sigs.pop()
+        if scale < 0:
+            return None
+        levels = np.arange(np.iinfo(raw.dtype).max + 1, dtype=np.float64)
+        return ((levels * scale + offset) * _UNIT_FACTOR[self.spec.modality]).astype(np.float32)
+
+    def harmonized(self, band: int, sel: Sequence[int], rows: slice, cols: slice) -> np.ndarray:
+        """Provider units ``(DN * scale + offset) * unit_factor`` (S1 dB -> linear power) of
+        band ``band`` for the planes ``sel``, float32 ``[len(sel), h, w]``; the arithmetic is
+        float64 per value, as a lookup table for 8 / 16-bit integer assets (same numbers)."""
+        factor = _UNIT_FACTOR[self.spec.modality]
+        db = self.spec.modality == "s1" and not self.flt.use_float_linear
+        raw = self.raw[self.keys[band]]
+        first = raw[sel[0], rows, cols]
+        out = np.empty((len(sel),) + first.shape, np.float32)
+        luts: dict[int, np.ndarray] = {}
+        for j, t in enumerate(sel):
+            gi = self.slices[t][1]
+            scale, offset, _ = self.sigs[gi][band]
+            plane = raw[t, rows, cols]
+            if raw.dtype in (np.uint8, np.uint16) and not db:
+                if gi not in luts:
+                    levels = np.arange(np.iinfo(raw.dtype).max + 1, dtype=np.float64)
+                    luts[gi] = ((levels * scale + offset) * factor).astype(np.float32)
+                np.take(luts[gi], plane, out=out[j])
+            else:
+                h = (plane.astype(np.float64) * scale + offset) * factor
+                if db:  # dB -> linear sigma0 power, per observation, before compositing
+                    h = np.power(10.0, h / 10.0)
+                out[j] = h.astype(np.float32)
+        return out
+
+
 # --------------------------------------------------------------------------------------------
 # the shared odc-stac path
 # --------------------------------------------------------------------------------------------
@@ -335,9 +464,18 @@ class _OdcStacProvider:
         cloudy_pct: float | None = 30.0,
         composite: str = "median",
         tile_retries: int = 1,
-        patch_url: Callable[[str], str] | None = None,
+        patch_url: Callable[[str], str] | str | None = None,
+        max_block_px: int = DEFAULT_MAX_BLOCK_PX,
+        rio_config: Mapping[str, Any] | None = None,
     ) -> None:
         self.specs = dict(specs)
+        patch_url = _resolve_patch_url(patch_url)
+        self.max_block_px = int(max_block_px)
+        if self.max_block_px < 1:
+            raise ProviderError(f"max_block_px must be a positive pixel count, got {max_block_px!r}")
+        self.gdal_options = gdal_options(rio_config)
+        self._rio_lock = threading.Lock()
+        self._rio_configured = False
         self.max_workers = max(1, int(max_workers))
         self.cloudy_pct = None if cloudy_pct is None else float(cloudy_pct)
         self.composite = composite
@@ -360,6 +498,14 @@ class _OdcStacProvider:
             raise ProviderError(
                 f"{type(self).__name__} has no collection configured for modality {modality!r}; "
                 f"configured: {sorted(self.specs)}"
+                + (
+                    ". S1 through STAC needs a collection of calibrated linear sigma0 "
+                    "(s1_collection); Earth Search has none and Planetary Computer's "
+                    "sentinel-1-rtc is gamma0: use the Earth Engine provider for S1, or no model "
+                    "that embeds S1"
+                    if modality == "s1"
+                    else ""
+                )
             )
         return spec
 
@@ -496,7 +642,6 @@ class _OdcStacProvider:
         return self._generate(rows, spec, band_list, t0, t1, flt, base_meta)
 
     def _generate(self, rows, spec, band_list, t0, t1, flt: _Filter, base_meta):
-        composite = flt.composite
         n = len(band_list)
         tiles: list[_Tile] = []
         for i, row in enumerate(rows):
@@ -529,127 +674,136 @@ class _OdcStacProvider:
                     reason=f"item search failed: {type(exc).__name__}: {exc}",
                 )
             return
+        items, dropped = self._usable_items(items, spec, band_list)
+        items = sorted(items, key=lambda it: (_item_time(it), it.id))
         prepared = [(it, shapely_shape(it.geometry) if it.geometry else None) for it in items]
+        # Blocks one after the other (memory: one block's stack at a time); the reads inside a
+        # block run on the thread pool (odc-stac ``pool``).
+        for block in plan_blocks(tiles, self.max_block_px):
+            yield from self._fetch_block(block, prepared, spec, band_list, flt, base_meta, dropped)
 
-        def work(tile: _Tile) -> Patch:
-            return self._fetch_tile(tile, prepared, spec, band_list, composite, base_meta, flt)
+    # ---- one block --------------------------------------------------------------------------
 
-        pool = cf.ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="stac-fetch")
-        try:
-            pending: dict[cf.Future, _Tile] = {}
-            queue = iter(tiles)
-            window = 2 * self.max_workers
-
-            def fill() -> None:
-                while len(pending) < window:
-                    t = next(queue, None)
-                    if t is None:
-                        return
-                    pending[pool.submit(work, t)] = t
-
-            fill()
-            while pending:
-                done, _ = cf.wait(list(pending), return_when=cf.FIRST_COMPLETED)
-                for fut in done:
-                    tile = pending.pop(fut)
-                    try:
-                        patch = fut.result()
-                    except Exception as exc:  # pragma: no cover - _fetch_tile catches
-                        patch = _empty(
-                            tile.tile_id,
-                            n,
-                            tile.size_px,
-                            "failed",
-                            base_meta,
-                            reason=f"{type(exc).__name__}: {exc}",
-                        )
-                    yield patch
-                fill()
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-
-    # ---- one tile ---------------------------------------------------------------------------
-
-    def _fetch_tile(
-        self, tile: _Tile, prepared, spec: CollectionSpec, band_list, composite, base_meta,
-        flt: _Filter | None = None,
-    ) -> Patch:
+    def _fetch_block(
+        self, block: Block, prepared, spec: CollectionSpec, band_list, flt: _Filter, base_meta,
+        dropped: Sequence[tuple[Any, dict[str, str]]] = (),
+    ) -> Iterator[Patch]:
+        """Read the block once, composite it once, cut its tiles (see :mod:`.blocks`)."""
         n = len(band_list)
         t_start = time.perf_counter()
-        meta = dict(base_meta)
-        meta.update(
-            {
-                "crs": f"EPSG:{tile.epsg}",
-                "transform": [tile.scale_m, 0.0, tile.x0, 0.0, -tile.scale_m, tile.y0],
-                "size_px": tile.size_px,
-                "scale_m": tile.scale_m,
-            }
-        )
-        fp = tile.footprint
-        items = [it for it, g in prepared if g is None or g.intersects(fp)]
-        items.sort(key=lambda it: (_item_time(it), it.id))
-        meta["scene_ids"] = [it.id for it in items]
-        meta["image_count"] = len(items)
-        meta["synthetic"] = bool(items) and all(
-            bool(it.properties.get("synthetic", False)) for it in items
-        )
-        if not items:
-            meta["elapsed_s"] = round(time.perf_counter() - t_start, 4)
-            return _empty(
-                tile.tile_id, n, tile.size_px, "no_data", meta, reason="no item in the window"
+        fp_block = shapely.union_all([t.footprint for t in block.tiles])
+        block_items = [it for it, g in prepared if g is None or g.intersects(fp_block)]
+        tile_items: dict[str, list[Any]] = {}
+        for t in block.tiles:
+            tile_items[t.tile_id] = [
+                it for it, g in prepared if (g is None or g.intersects(t.footprint))
+            ]
+
+        def tile_meta(tile: _Tile) -> dict[str, Any]:
+            its = tile_items[tile.tile_id]
+            meta = dict(base_meta)
+            meta.update(
+                {
+                    "crs": f"EPSG:{tile.epsg}",
+                    "transform": [tile.scale_m, 0.0, tile.x0, 0.0, -tile.scale_m, tile.y0],
+                    "size_px": tile.size_px,
+                    "scale_m": tile.scale_m,
+                    "scene_ids": [it.id for it in its],
+                    "image_count": len(its),
+                    "synthetic": bool(its)
+                    and all(bool(it.properties.get("synthetic", False)) for it in its),
+                    "block": block.describe(),
+                }
             )
+            gone = [d for it, d in dropped if it.geometry is None
+                    or shapely_shape(it.geometry).intersects(tile.footprint)]
+            if gone:
+                meta["dropped_items"] = gone
+            return meta
+
+        with_items = [t for t in block.tiles if tile_items[t.tile_id]]
+        for t in block.tiles:
+            if not tile_items[t.tile_id]:
+                meta = tile_meta(t)
+                meta["elapsed_s"] = round(time.perf_counter() - t_start, 4)
+                yield _empty(t.tile_id, n, t.size_px, "no_data", meta, reason="no item in the window")
+        if not with_items:
+            return
         last_exc: Exception | None = None
         for attempt in range(self.tile_retries + 1):
             try:
-                data, valid, extra = self._load_composite(tile, items, spec, band_list, composite, flt)
+                stack = self._load_block(block, block_items, spec, band_list, flt)
+                # tiles that a scene outside their footprint touches get their own composite,
+                # first: the block's composite then sorts the raw planes in place
+                own = {}
+                for t in with_items:
+                    mine = self._own_planes(stack, block, t, tile_items[t.tile_id])
+                    if mine is not None:
+                        rows, cols = block.window(t)
+                        own[t.tile_id] = self._composite(stack, flt, rows, cols, mine)
+                composite = self._composite(stack, flt, rows=slice(None), cols=slice(None),
+                                            in_place=True)
                 break
             except Exception as exc:
                 last_exc = exc
-                log.warning("tile %s attempt %d failed: %s", tile.tile_id, attempt + 1, exc)
+                log.warning("block %s attempt %d failed: %s", block.describe(), attempt + 1, exc, exc_info=True)
                 if attempt < self.tile_retries:
                     time.sleep(0.2 * (attempt + 1))
         else:
-            meta["elapsed_s"] = round(time.perf_counter() - t_start, 4)
-            return _empty(
-                tile.tile_id,
-                n,
-                tile.size_px,
-                "failed",
-                meta,
-                reason=f"{type(last_exc).__name__}: {last_exc}",
-            )
-        meta.update(extra)
-        meta["elapsed_s"] = round(time.perf_counter() - t_start, 4)
-        if not valid.any():
-            return _empty(
-                tile.tile_id,
-                n,
-                tile.size_px,
-                "no_data",
-                meta,
-                reason="no valid pixel (all masked or nodata)",
-            )
-        return Patch(tile.tile_id, data, valid, "ok", meta)
+            for t in with_items:
+                meta = tile_meta(t)
+                meta["elapsed_s"] = round(time.perf_counter() - t_start, 4)
+                yield _empty(
+                    t.tile_id, n, t.size_px, "failed", meta,
+                    reason=f"{type(last_exc).__name__}: {last_exc}",
+                )
+            return
+        elapsed = (time.perf_counter() - t_start) / len(with_items)
+        for t in with_items:
+            meta = tile_meta(t)
+            data, valid, extra = self._cut_tile(stack, composite, block, t, tile_items[t.tile_id],
+                                                own.get(t.tile_id))
+            meta.update(extra)
+            meta["elapsed_s"] = round(elapsed, 4)
+            if not valid.any():
+                yield _empty(
+                    t.tile_id, n, t.size_px, "no_data", meta,
+                    reason="no valid pixel (all masked or nodata)",
+                )
+                continue
+            yield Patch(t.tile_id, data, valid, "ok", meta)
 
-    def _resampling(self, spec: CollectionSpec, band: str) -> str:
-        if spec.modality == "s2":
-            return "nearest" if S2_NATIVE_RESOLUTION_M.get(band, 10) <= 10 else "bilinear"
-        return "bilinear"
+    # ---- grouping: items that share harmonization, and their dates ------------------------
 
-    def _load_composite(self, tile: _Tile, items, spec: CollectionSpec, band_list, composite,
-                        flt: _Filter | None = None):
-        import odc.stac
+    @staticmethod
+    def _usable_items(items, spec: CollectionSpec, band_list) -> tuple[list, list[tuple[Any, dict[str, str]]]]:
+        """Items holding every asked asset (and the mask); an item missing one is dropped (logged,
+        listed in the ``dropped_items`` of the tiles it covers), not the tiles."""
+        need = [spec.assets[b] for b in band_list] + ([spec.mask_asset] if spec.mask_asset else [])
+        keep, dropped = [], []
+        for it in items:
+            missing = [k for k in need if k not in it.assets]
+            if missing:
+                log.warning("item %s has no asset(s) %s: dropped", it.id, missing)
+                dropped.append((it, {"id": it.id, "reason": f"no asset(s) {missing}"}))
+            else:
+                keep.append(it)
+        return keep, dropped
 
-        fill_value = flt.fill_value if flt is not None else 0.0
-        db_to_linear = spec.modality == "s1" and flt is not None and not flt.use_float_linear
+    @staticmethod
+    def _signature_groups(items, spec: CollectionSpec, band_list) -> list[tuple[tuple, list]]:
+        """Items grouped by identical per-band (scale, offset, nodata), in order of first item
+        (items sorted by time, id), so that the planes of a group share them. S2 offsets follow
+        :func:`.catalogs.s2_offset`; an undeclared nodata is 0 for integer assets and an error for
+        float ones (0 is a valid float value)."""
         keys = [spec.assets[b] for b in band_list]
-        load_keys = keys + ([spec.mask_asset] if spec.mask_asset else [])
-        factor = _UNIT_FACTOR[spec.modality]
-
-        # per-item harmonisation (scale / offset / nodata), grouped by identical signature so that
-        # one odc-stac load (grouped by solar day) only mixes items that share them
         groups: dict[tuple, list] = {}
         for it in items:
+            if spec.modality == "s1":
+                try:
+                    check_s1_collection(spec.collection, it)
+                except ValueError as exc:
+                    raise ProviderError(str(exc)) from None
             sig = []
             for b, k in zip(band_list, keys):
                 asset = it.assets.get(k)
@@ -657,18 +811,127 @@ class _OdcStacProvider:
                     raise ProviderError(f"item {it.id} has no asset {k!r} (band {b})")
                 rm = _raster_meta(asset)
                 scale = spec.default_scale if rm["scale"] is None else float(rm["scale"])
-                offset = spec.default_offset if rm["offset"] is None else float(rm["offset"])
+                if spec.modality == "s2":
+                    try:
+                        offset, _ = s2_offset(it, None if rm["offset"] is None else float(rm["offset"]))
+                    except ValueError as exc:
+                        raise ProviderError(str(exc)) from None
+                else:
+                    offset = spec.default_offset if rm["offset"] is None else float(rm["offset"])
                 nod = _nodata_value(rm["nodata"])
                 if nod is None:
+                    dtype = str(_raster_dtype(asset) or "")
+                    if dtype.startswith(("float", "cfloat")):
+                        raise ProviderError(
+                            f"item {it.id} asset {k!r} (band {b}): {dtype} data without a declared "
+                            "nodata (raster:bands nodata); declare it (e.g. \"nan\") instead of "
+                            "letting 0 mean no data"
+                        )
                     nod = _DEFAULT_NODATA[spec.modality]
                 sig.append((scale, offset, nod))
             if spec.mask_asset and spec.mask_asset not in it.assets:
                 raise ProviderError(f"item {it.id} has no mask asset {spec.mask_asset!r}")
             groups.setdefault(tuple(sig), []).append(it)
+        return list(groups.items())
 
-        resampling = {k: self._resampling(spec, b) for b, k in zip(band_list, keys)}
-        if spec.mask_asset:
-            resampling[spec.mask_asset] = "nearest"
+    # ---- loading: every scene asset once per block ------------------------------------------
+
+    def _plan_slices(self, block: Block, items, spec: CollectionSpec, band_list):
+        """Signature groups and the planes of the block's stack: one per (group, solar day) as
+        odc-stac's ``groupby="solar_day"`` (nominal time + whole hours of the block centre's
+        longitude), items of a plane in (time, id) order, planes in time order."""
+        groups = self._signature_groups(items, spec, band_list)
+        lon = float(shapely.union_all([t.footprint for t in block.tiles]).centroid.x)
+        shift = dt.timedelta(seconds=int(lon / 15) * 3600)
+        day_of = {it.id: (_item_time(it) + shift).date() for it in items}
+        planes = []
+        for gi, (_, group) in enumerate(groups):
+            for day in sorted({day_of[it.id] for it in group}):
+                members = [it for it in group if day_of[it.id] == day]
+                t = min(_item_time(it) for it in members).astimezone(dt.UTC).replace(tzinfo=None)
+                planes.append((np.datetime64(t, "ns"), gi, members))
+        order = sorted(range(len(planes)), key=lambda i: planes[i][0])  # stable
+        return [sig for sig, _ in groups], [planes[i] for i in order], day_of
+
+    def _load_block(self, block: Block, items, spec: CollectionSpec, band_list, flt: _Filter) -> _Stack:
+        """Every asset of every scene once over the block: windowed rasterio reads when the grids
+        nest (:mod:`.rio_read`), else one odc-stac load per signature group; nearest everywhere."""
+        self._configure_rio()
+        keys = [spec.assets[b] for b in band_list]
+        load_keys = keys + ([spec.mask_asset] if spec.mask_asset else [])
+        resampling = {k: "nearest" for k in load_keys}
+        sigs, planes, day_of = self._plan_slices(block, items, spec, band_list)
+        stack = _Stack(spec, band_list, keys, sigs, resampling, flt)
+        if not planes:
+            return stack
+        raw = self._read_nested(block, planes, spec, keys, load_keys, sigs)
+        if raw is None:
+            raw = self._read_odc(block, planes, spec, load_keys, sigs, day_of)
+            stack.reader = "odc-stac"
+        else:
+            stack.reader = "rasterio windows"
+        stack.slices = [(t, gi, frozenset(it.id for it in members)) for t, gi, members in planes]
+        stack.raw = raw
+        stack.ok = self._valid_mask(stack)
+        return stack
+
+    def _fill(self, spec: CollectionSpec, key: str, keys, sig) -> float:
+        """The raw value of block pixels that no scene covers: the asset's nodata (SCL: 0)."""
+        if key in keys:
+            return sig[keys.index(key)][2]
+        return 0.0
+
+    def _read_nested(self, block: Block, planes, spec, keys, load_keys, sigs):
+        """raw[key] [T, H, W] by windowed reads (thread pool), or None when an asset does not nest."""
+        import rasterio
+
+        def href(it, k):
+            h = it.assets[k].href
+            return self.patch_url(h) if self.patch_url else h
+
+        jobs = [(t, k, members) for t, (_, _, members) in enumerate(planes) for k in load_keys]
+        raw: dict[str, np.ndarray] = {}
+        lock = threading.Lock()
+
+        def one(job) -> bool:
+            t, k, members = job
+            fill = self._fill(spec, k, keys, sigs[planes[t][1]])
+            with rasterio.Env(**self.gdal_options):
+                with lock:
+                    target = raw.get(k)
+                if target is None:  # the first plane read of this asset decides the dtype
+                    first = read_nested(href(members[0], k), block, fill)
+                    if first is None:
+                        return False
+                    with lock:
+                        if k not in raw:
+                            raw[k] = np.empty((len(planes), block.height, block.width), first.dtype)
+                        target = raw[k]
+                    if target.dtype != first.dtype:
+                        raise ProviderError(f"asset {k!r} has dtype {first.dtype} in one scene and "
+                                            f"{target.dtype} in another of the same window")
+                    target[t] = first
+                elif read_nested(href(members[0], k), block, fill, out=target[t]) is None:
+                    return False
+                for it in members[1:]:  # several scenes of one solar day: first valid value wins
+                    arr = read_nested(href(it, k), block, fill, dtype=target.dtype)
+                    if arr is None:
+                        return False
+                    holes = ~_valid_values(target[t], fill)
+                    target[t][holes] = arr[holes]
+            return True
+
+        if self.max_workers > 1:
+            with cf.ThreadPoolExecutor(self.max_workers, thread_name_prefix="stac-read") as pool:
+                ok = all(pool.map(one, jobs))
+        else:
+            ok = all(map(one, jobs))
+        return raw if ok else None
+
+    def _read_odc(self, block: Block, planes, spec, load_keys, sigs, day_of):
+        """raw[key] [T, H, W] through odc-stac (a warp): one load per signature group."""
+        import odc.stac
+
         fallback = (
             {"data_type": "uint16", "nodata": 0}
             if spec.modality == "s2"
@@ -677,104 +940,191 @@ class _OdcStacProvider:
         stac_cfg = {"*": {"assets": {"*": fallback}}}
         if spec.mask_asset:
             stac_cfg["*"]["assets"][spec.mask_asset] = {"data_type": "uint8", "nodata": 0}
-        gbox = tile.geobox()
 
-        times: list[np.ndarray] = []
-        stacks: list[np.ndarray] = []
-        valids: list[np.ndarray] = []
-        harmonization = []
-        for sig, group in groups.items():
+        def solar_day(item, parsed, idx):
+            return day_of[item.id]
+
+        raw: dict[str, np.ndarray] = {}
+        for gi in range(len(sigs)):
+            index = [t for t, (_, g, _) in enumerate(planes) if g == gi]
+            if not index:
+                continue
+            group = [it for t in index for it in planes[t][2]]
             ds = odc.stac.load(
                 group,
                 bands=load_keys,
-                geobox=gbox,
-                groupby="solar_day",
-                resampling=resampling,
+                geobox=block.geobox(),
+                groupby=solar_day,
+                resampling={k: "nearest" for k in load_keys},
                 chunks=None,
-                pool=None,
+                pool=self.max_workers if self.max_workers > 1 else None,
                 stac_cfg=stac_cfg,
                 patch_url=self.patch_url,
                 fail_on_error=True,
             )
             nt = ds.sizes.get("time", 0)
-            if nt == 0:
-                continue
-            ok = np.ones((nt, tile.size_px, tile.size_px), dtype=bool)
-            vals = np.empty((nt, len(keys), tile.size_px, tile.size_px), dtype=np.float32)
-            for i, (k, (scale, offset, nod)) in enumerate(zip(keys, sig)):
-                raw = np.asarray(ds[k].values)
-                if raw.shape[1:] != (tile.size_px, tile.size_px):
+            if nt != len(index):
+                raise ProviderError(
+                    f"odc-stac returned {nt} dates for items {[it.id for it in group]}, "
+                    f"expected {len(index)} solar days"
+                )
+            for k in load_keys:
+                vals = np.asarray(ds[k].values)
+                if vals.shape[1:] != (block.height, block.width):
                     raise ProviderError(
-                        f"odc-stac returned {raw.shape} for {k}, expected "
-                        f"{(tile.size_px, tile.size_px)}"
+                        f"odc-stac returned {vals.shape} for {k}, expected {(block.height, block.width)}"
                     )
-                rawf = raw.astype(np.float64)
-                ok &= np.isfinite(rawf)
-                if nod is not None:
-                    ok &= ~np.isnan(rawf) if math.isnan(nod) else rawf != nod
-                harmonized = (rawf * scale + offset) * factor
-                if db_to_linear:  # dB -> linear sigma0 power, per observation, before compositing
-                    harmonized = np.power(10.0, harmonized / 10.0)
-                vals[:, i] = harmonized.astype(np.float32)
-            if spec.mask_asset:
-                scl = np.asarray(ds[spec.mask_asset].values)
+                if k not in raw:
+                    raw[k] = np.empty((len(planes), block.height, block.width), vals.dtype)
+                raw[k][index] = vals
+        return raw
+
+    # ---- masking ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _valid_mask(stack: _Stack) -> np.ndarray:
+        """Per observation: raw value not the asset nodata and finite in every asked band, and
+        for S2 the SCL class not in :data:`SCL_INVALID_CLASSES`."""
+        spec = stack.spec
+        first = stack.raw[stack.keys[0]]
+        ok = np.ones(first.shape, dtype=bool)
+        for t, (_, gi, _) in enumerate(stack.slices):
+            for i, k in enumerate(stack.keys):
+                nod = stack.sigs[gi][i][2]
+                ok[t] &= _valid_values(stack.raw[k][t], nod)
+        if spec.mask_asset:
+            scl = stack.raw[spec.mask_asset]
+            lut = np.ones(256, dtype=bool)
+            lut[list(SCL_INVALID_CLASSES)] = False
+            if scl.dtype == np.uint8:
+                ok &= lut[scl]
+            else:
                 ok &= ~np.isin(scl, SCL_INVALID_CLASSES)
-            times.append(np.asarray(ds["time"].values))
-            stacks.append(vals)
-            valids.append(ok)
-            harmonization.append(
-                {
-                    "items": [it.id for it in group],
+        return ok
+
+    # ---- compositing ------------------------------------------------------------------------
+
+    def _composite(self, stack: _Stack, flt: _Filter, rows: slice, cols: slice,
+                   slice_ids: Sequence[int] | None = None, in_place: bool = False) -> np.ndarray:
+        """``[C, h, w]`` composite of the window over the chosen planes (all by default).
+        ``in_place``: the median may sort the stack's raw planes in place (last use of them)."""
+        sel = list(range(len(stack.slices))) if slice_ids is None else list(slice_ids)
+        whole = in_place and slice_ids is None and rows == slice(None) and cols == slice(None)
+        if stack.ok is None or not sel:
+            raise ProviderError("no scene plane loaded for this block")
+        ok = stack.ok[sel][:, rows, cols]
+        out = np.empty((len(stack.keys),) + ok.shape[1:], np.float32)
+        invalid = ~ok.any(axis=0)
+        plan = MedianPlan(ok) if flt.composite == "median" else None
+        for i in range(len(stack.keys)):
+            lut = stack.lut(i, sel) if plan is not None else None
+            if lut is not None:  # median of raw integers, converted at the two middle values
+                raw = stack.raw[stack.keys[i]]
+                raw = raw if whole else raw[sel][:, rows, cols]
+                band = plan.median_raw(raw, lut, flt.fill_value)
+                if np.isfinite(lut).all():  # finite levels: the median's empty pixels hold fill
+                    out[i] = band
+                    continue
+            elif plan is not None:
+                band = plan.median(stack.harmonized(i, sel, rows, cols), flt.fill_value)
+            else:
+                band = mosaic_composite(stack.harmonized(i, sel, rows, cols), ok, flt.fill_value)
+            np.putmask(band, ~np.isfinite(band), np.float32(0))
+            np.putmask(band, invalid, np.float32(flt.fill_value))
+            out[i] = band
+        return out
+
+    @staticmethod
+    def _own_planes(stack: _Stack, block: Block, tile: _Tile, items) -> list[int] | None:
+        """The tile's planes when a plane of scenes outside its footprint has valid pixels in
+        its window (the tile is then composited from its own planes), else None."""
+        ids = {it.id for it in items}
+        mine = [t for t, (_, _, s) in enumerate(stack.slices) if s & ids]
+        others = [t for t, (_, _, s) in enumerate(stack.slices) if not s & ids]
+        if not mine or not others:
+            return None
+        rows, cols = block.window(tile)
+        return mine if stack.ok[others][:, rows, cols].any() else None
+
+    def _cut_tile(self, stack: _Stack, composite, block: Block, tile: _Tile, items,
+                  own: np.ndarray | None = None):
+        n, size = len(stack.keys), tile.size_px
+        ids = {it.id for it in items}
+        mine = [t for t, (_, _, s) in enumerate(stack.slices) if s & ids]
+        extra_meta: dict[str, Any] = {"resampling": stack.resampling, "reader": stack.reader}
+        if not mine:
+            extra_meta.update({"n_dates": 0, "harmonization": self._harmonization(stack, items)})
+            return np.zeros((n, size, size), np.float32), np.zeros((size, size), bool), extra_meta
+        rows, cols = block.window(tile)
+        if own is not None:
+            # a scene outside this tile's footprint has pixels here: the tile's composite comes
+            # from its own scenes only (what a single-tile read would give)
+            data = own
+            nobs = stack.ok[mine][:, rows, cols].sum(axis=0)
+        else:  # the block's composite and observation counts hold for this tile as they are
+            data = composite[:, rows, cols].copy()
+            if stack.nobs is None:
+                stack.nobs = stack.ok.sum(axis=0, dtype=np.int32)
+            nobs = stack.nobs[rows, cols]
+        valid = nobs > 0
+        times = [stack.slices[t][0] for t in mine]
+        extra_meta.update(
+            {
+                "n_dates": len(mine),
+                "dates": sorted({str(np.datetime_as_string(t, unit="D")) for t in times}),
+                "valid_fraction": float(valid.mean()),
+                "valid_obs_mean": float(nobs.mean()),
+                "harmonization": self._harmonization(stack, items),
+            }
+        )
+        return data, valid, extra_meta
+
+    @staticmethod
+    def _harmonization(stack: _Stack, items) -> list[dict[str, Any]]:
+        """Per signature group holding some of ``items``: its items and per-band scale / offset /
+        nodata (groups in order of their first item)."""
+        group_of = {i: gi for _, gi, ids in stack.slices for i in ids}
+        out: dict[int, dict[str, Any]] = {}
+        for it in items:
+            gi = group_of.get(it.id)
+            if gi is None:
+                continue
+            if gi not in out:
+                out[gi] = {
+                    "items": [],
                     "bands": {
                         b: {
                             "scale": s,
                             "offset": o,
                             "nodata": nd if nd is None or not math.isnan(nd) else "nan",
                         }
-                        for b, (s, o, nd) in zip(band_list, sig)
+                        for b, (s, o, nd) in zip(stack.band_list, stack.sigs[gi])
                     },
-                    "unit_factor": factor,
+                    "unit_factor": _UNIT_FACTOR[stack.spec.modality],
                 }
-            )
+            out[gi]["items"].append(it.id)
+        return list(out.values())
 
-        size = tile.size_px
-        if not stacks:
-            return (
-                np.zeros((len(keys), size, size), np.float32),
-                np.zeros((size, size), bool),
-                {"n_dates": 0, "harmonization": harmonization, "resampling": resampling},
-            )
-        tcoord = np.concatenate(times)
-        order = np.argsort(tcoord, kind="stable")
-        vals = np.concatenate(stacks)[order]
-        ok = np.concatenate(valids)[order]
-        valid = ok.any(axis=0)
-        if composite == "median":
-            # NaN for invalid observations; pixels without any valid one keep their raw values
-            # (zeroed below) so that nanmedian never sees an all-NaN slice
-            masked = np.where((ok | ~valid[None])[:, None], vals, np.nan)
-            data = np.nanmedian(masked, axis=0).astype(np.float32)
-        else:  # mosaic: latest valid observation on top
-            data = np.zeros((len(keys), size, size), np.float32)
-            for t in range(vals.shape[0]):
-                np.copyto(data, vals[t], where=ok[t][None])
-        data[~np.isfinite(data)] = 0.0
-        data = np.where(valid[None], data, np.float32(fill_value)).astype(np.float32)
-        dates = sorted({str(np.datetime_as_string(t, unit="D")) for t in tcoord})
-        extra = {
-            "n_dates": int(vals.shape[0]),
-            "dates": dates,
-            "valid_fraction": float(valid.mean()),
-            "valid_obs_mean": float(ok.sum(axis=0).mean()),
-            "harmonization": harmonization,
-            "resampling": resampling,
-        }
-        return data, valid, extra
+    def _configure_rio(self) -> None:
+        """GDAL options of :mod:`.gdal_env` (+ ``rio_config`` overrides), once per provider."""
+        with self._rio_lock:
+            if not self._rio_configured:
+                import odc.stac
+
+                odc.stac.configure_rio(cloud_defaults=True, **self.gdal_options)
+                self._rio_configured = True
 
     def stats(self) -> dict[str, Any]:
         """Operational settings that do not shape the pixels (kept out of ``describe()``, which
-        feeds store fingerprints): the fetch thread pool size."""
-        return {"config": {"max_workers": self.max_workers, "tile_retries": self.tile_retries}}
+        feeds store fingerprints): thread pool size, retries, block size and the GDAL options."""
+        return {
+            "config": {
+                "max_workers": self.max_workers,
+                "tile_retries": self.tile_retries,
+                "max_block_px": self.max_block_px,
+                "gdal": dict(self.gdal_options),
+            }
+        }
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -785,7 +1135,8 @@ class _OdcStacProvider:
             "composites": list(COMPOSITES),
             "groupby": "solar_day",
             "scl_invalid_classes": list(SCL_INVALID_CLASSES),
-            "resampling": "nearest for 10 m S2 bands and SCL, bilinear for 20/60 m S2 and S1",
+            "resampling": "nearest for every band and SCL (as Earth Engine's default)",
+            "block_reads": "tiles of every size cut from one read and composite per block",
             "tile_retries": self.tile_retries,
             "units": {"s2": "(DN*scale+offset)*10000", "s1": "linear sigma0 (DN*scale+offset)"},
         }
@@ -820,6 +1171,7 @@ class LocalStacProvider(_OdcStacProvider):
         cloudy_pct: float | None = 30.0,
         composite: str = "median",
         tile_retries: int = 0,
+        max_block_px: int = DEFAULT_MAX_BLOCK_PX,
     ) -> None:
         super().__init__(
             collection_specs(s2_collection, s1_collection, s2_assets, s1_assets, mask_asset),
@@ -827,6 +1179,7 @@ class LocalStacProvider(_OdcStacProvider):
             cloudy_pct=cloudy_pct,
             composite=composite,
             tile_retries=tile_retries,
+            max_block_px=max_block_px,
         )
         self.catalog_path = Path(catalog_path)
         self._items: dict[str, list[Any]] | None = None
@@ -879,8 +1232,10 @@ class StacProvider(_OdcStacProvider):
     offset from each item's ``raster:bands``). ``s1_collection`` (+ ``s1_assets``) enables S1;
     that collection must serve linear sigma0 power (Earth Search's ``sentinel-1-grd`` is
     uncalibrated DN and therefore not a default). ``patch_url`` signs / rewrites asset hrefs
-    (e.g. ``planetary_computer.sign``). ``rio_config`` goes to ``odc.stac.configure_rio``
-    (cloud defaults on). Searches use ``bbox`` (one around all tiles of the call, two across the
+    (e.g. ``planetary_computer.sign``, or the name ``"planetary_computer"``). ``rio_config``:
+    GDAL option overrides (upper-case keys) over :data:`.gdal_env.GDAL_HTTP_OPTIONS`, used by the
+    windowed reads and ``odc.stac.configure_rio``. ``max_block_px``: block size (see
+    :mod:`.blocks`). Searches use ``bbox`` (one around all tiles of the call, two across the
     anti-meridian), ``datetime`` ``start/end`` made end-exclusive (end - 1 microsecond, then a
     strict filter in Python), and for S2 ``query={"eo:cloud_cover": {"lte": cloudy_pct}}``.
     """
@@ -904,8 +1259,9 @@ class StacProvider(_OdcStacProvider):
         page_size: int = 100,
         headers: Mapping[str, str] | None = None,
         timeout: float = 60.0,
-        patch_url: Callable[[str], str] | None = None,
+        patch_url: Callable[[str], str] | str | None = None,
         rio_config: Mapping[str, Any] | None = None,
+        max_block_px: int = DEFAULT_MAX_BLOCK_PX,
     ) -> None:
         super().__init__(
             collection_specs(collection, s1_collection, s2_assets, s1_assets, mask_asset),
@@ -914,6 +1270,8 @@ class StacProvider(_OdcStacProvider):
             composite=composite,
             tile_retries=tile_retries,
             patch_url=patch_url,
+            max_block_px=max_block_px,
+            rio_config=rio_config,
         )
         self.api_url = api_url
         self.search_retries = max(0, int(search_retries))
@@ -923,15 +1281,10 @@ class StacProvider(_OdcStacProvider):
         self.rio_config = dict(rio_config or {})
         self._client = None
         self._lock = threading.Lock()
-        self._rio_configured = False
 
     def _get_client(self):
+        self._configure_rio()
         with self._lock:
-            if not self._rio_configured:
-                import odc.stac
-
-                odc.stac.configure_rio(cloud_defaults=True, **self.rio_config)
-                self._rio_configured = True
             if self._client is None:
                 import pystac_client
 

@@ -44,7 +44,7 @@ import datetime as dt
 import math
 import shutil
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pyproj
@@ -277,7 +277,7 @@ _SAR_EXT = "https://stac-extensions.github.io/sar/v1.0.0/schema.json"
 def _acq_time(day: dt.date, lon: float, local_hour: float) -> dt.datetime:
     utc_hour = min(max(local_hour - lon / 15.0, 0.5), 23.0)
     secs = int(round(utc_hour * 3600))
-    return dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc) + dt.timedelta(
+    return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC) + dt.timedelta(
         seconds=secs
     )
 
@@ -295,12 +295,20 @@ def generate_synthetic_catalog(
     s1: bool = True,
     pad_m: float = 0.0,
     overwrite: bool = True,
+    planted: Sequence[dict] | None = None,
 ) -> Path:
     """Write the synthetic catalog; return the path to ``catalog.json``.
 
     ``bbox`` = (minlon, minlat, maxlon, maxlat) in EPSG:4326 (keep it small: a few km);
     acquisitions on ``start + k * revisit`` (S2 from day 0, S1 from day 3) up to ``end``
     (exclusive). ``pad_m`` widens the rasters beyond the bbox.
+
+    ``planted`` (opt-in; default none, and then nothing changes): Sentinel-2 squares with a known,
+    uniform spectrum, for tests that must find them again (similarity twins, change). Each is a
+    dict ``{"lon", "lat", "half_size_m", "start" (optional, first day it is there), "end"
+    (optional, exclusive), "reflectance" (optional, band -> reflectance x 10000; default
+    :data:`PLANTED_FIELD`)}``. Planted pixels replace the pattern where no cloud is; items list
+    the planted squares they show in ``synthetic:planted``.
     """
     minlon, minlat, maxlon, maxlat = (float(v) for v in bbox)
     if not (minlon < maxlon and minlat < maxlat):
@@ -317,6 +325,7 @@ def generate_synthetic_catalog(
     if npx > 25e6:
         raise ValueError(f"bbox too large for the synthetic generator ({npx:.0f} px at 10 m)")
     geom, item_bbox = _footprint(extent, epsg)
+    plants = _planted_utm(planted or (), epsg)
 
     out = Path(out_dir)
     if overwrite:
@@ -328,8 +337,8 @@ def generate_synthetic_catalog(
                 p.unlink()
     out.mkdir(parents=True, exist_ok=True)
 
-    t_start = dt.datetime(d0.year, d0.month, d0.day, tzinfo=dt.timezone.utc)
-    t_end = dt.datetime(d1.year, d1.month, d1.day, tzinfo=dt.timezone.utc)
+    t_start = dt.datetime(d0.year, d0.month, d0.day, tzinfo=dt.UTC)
+    t_end = dt.datetime(d1.year, d1.month, d1.day, tzinfo=dt.UTC)
     spatial = pystac.SpatialExtent([item_bbox])
     temporal = pystac.TemporalExtent([[t_start, t_end]])
 
@@ -362,7 +371,7 @@ def generate_synthetic_catalog(
         )
         catalog.add_child(coll)
         for k, day in enumerate(day_list(0, s2_revisit_days)):
-            coll.add_item(_s2_item(out, day, k, seed, epsg, extent, geom, item_bbox, clon))
+            coll.add_item(_s2_item(out, day, k, seed, epsg, extent, geom, item_bbox, clon, plants))
     if s1:
         coll = pystac.Collection(
             id=S1_COLLECTION,
@@ -393,7 +402,38 @@ def _raster_grid(extent, res: float):
     return w, h, Affine(res, 0.0, x0, 0.0, -res, y1)
 
 
-def _s2_item(out: Path, day, k, seed, epsg, extent, geom, item_bbox, clon) -> pystac.Item:
+# A bright, uniform "field" (vegetation-like: low red, high NIR): far from the smooth pattern.
+PLANTED_FIELD: dict[str, int] = {"B1": 300, "B2": 400, "B3": 900, "B4": 300, "B5": 1500, "B6": 4000,
+                                 "B7": 4800, "B8": 5200, "B8A": 5300, "B9": 5000, "B11": 2200, "B12": 1000}
+
+
+def _planted_utm(planted: Sequence[dict], epsg: int) -> list[dict]:
+    tr = pyproj.Transformer.from_crs("EPSG:4326", f"EPSG:{epsg}", always_xy=True)
+    out = []
+    for p in planted:
+        unknown = set(p) - {"lon", "lat", "half_size_m", "start", "end", "reflectance"}
+        if unknown or "lon" not in p or "lat" not in p:
+            raise ValueError(f"a planted square needs lon, lat (and optional half_size_m, start, end, "
+                             f"reflectance); got keys {sorted(p)}")
+        cx, cy = tr.transform(float(p["lon"]), float(p["lat"]))
+        refl = {**PLANTED_FIELD, **dict(p.get("reflectance") or {})}
+        out.append({"cx": cx, "cy": cy, "half": float(p.get("half_size_m", 200.0)),
+                    "start": _parse_date(p["start"]) if p.get("start") else None,
+                    "end": _parse_date(p["end"]) if p.get("end") else None, "refl": refl,
+                    "spec": {k: (str(v) if k in ("start", "end") else v) for k, v in p.items()}})
+    return out
+
+
+def _plant(refl: np.ndarray, band: str, x, y, day, plants: Sequence[dict]) -> np.ndarray:
+    for p in plants:
+        if (p["start"] and day < p["start"]) or (p["end"] and day >= p["end"]):
+            continue
+        inside = (np.abs(x - p["cx"]) <= p["half"]) & (np.abs(y - p["cy"]) <= p["half"]) & (refl < 8000)
+        refl = np.where(inside, np.uint16(p["refl"][band]), refl)
+    return refl
+
+
+def _s2_item(out: Path, day, k, seed, epsg, extent, geom, item_bbox, clon, plants=()) -> pystac.Item:
     item_id = f"synthetic_S2_{epsg}_{day.strftime('%Y%m%d')}"
     item_dir = out / S2_COLLECTION / item_id
     item_dir.mkdir(parents=True, exist_ok=True)
@@ -405,6 +445,8 @@ def _s2_item(out: Path, day, k, seed, epsg, extent, geom, item_bbox, clon) -> py
         w, h, tf = _raster_grid(extent, res)
         x, y = _centres(extent[0], extent[3], w, h, res)
         refl = _s2_band(bi, x, y, seed, ordinal, doy, blobs)
+        if plants:
+            refl = _plant(refl, band, x, y, day, plants)
         dn = (refl.astype(np.int64) + S2_DN_OFFSET).clip(1, 65535).astype(np.uint16)
         fname = f"{item_id}_{key}.tif"
         _write_cog(item_dir / fname, dn, tf, epsg, 0)
@@ -458,6 +500,9 @@ def _s2_item(out: Path, day, k, seed, epsg, extent, geom, item_bbox, clon) -> py
             "instruments": ["msi"],
             "eo:cloud_cover": round(cloud_cover, 4),
             "s2:processing_baseline": "05.10",
+            **({"synthetic:planted": [p["spec"] for p in plants
+                                      if not ((p["start"] and day < p["start"]) or (p["end"] and day >= p["end"]))]}
+               if plants else {}),
             "proj:code": f"EPSG:{epsg}",
             "proj:epsg": epsg,
         },

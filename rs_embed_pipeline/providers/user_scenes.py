@@ -22,8 +22,9 @@ Naming and band convention (one file per scene; anything else in the folder is i
   imagery resource's ``use_float_linear: false`` (the provider then converts 10**(dB/10));
 * nodata: the file's nodata value (else 0); an S2 ``SCL`` band masks clouds / shadows when every S2
   file has one;
-* any CRS and resolution: odc-stac reads each tile on its own UTM grid (10 m S2 bands nearest
-  neighbour, the others bilinear), exactly as for the synthetic and Earth Search catalogs.
+* any CRS and resolution: the STAC providers read each block of tiles on its UTM grid (windowed
+  reads where the grids nest, odc-stac otherwise), every band nearest neighbour, exactly as for the
+  synthetic and Earth Search catalogs.
 
 The catalog (``<out>/catalog.json``, collections ``user-s2`` / ``user-s1``) does not copy pixels:
 each band is a small GDAL VRT pointing at its band of your file (relative paths: keep the scenes and
@@ -43,7 +44,8 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 from xml.sax.saxutils import escape
 
 import numpy as np
@@ -100,7 +102,7 @@ def parse_scene_name(name: str) -> dict[str, Any] | None:
         return None
     when = m["date"] + (m["time"] or "000000")
     try:
-        t = dt.datetime.strptime(when, "%Y%m%d%H%M%S").replace(tzinfo=dt.timezone.utc)
+        t = dt.datetime.strptime(when, "%Y%m%d%H%M%S").replace(tzinfo=dt.UTC)
     except ValueError:
         raise ProviderError(f"{name}: {m['date']}{'T' + m['time'] if m['time'] else ''} is not a valid date") from None
     orbit = None

@@ -8,7 +8,8 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 from urllib.parse import parse_qs, urlparse
 
 import pystac
@@ -69,7 +70,7 @@ CONFORMANCE = [
 
 def _parse_dt(s: str) -> dt.datetime:
     t = dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
-    return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
 def _bbox_hit(item_bbox, q) -> bool:
@@ -129,7 +130,7 @@ class StacApiServer:
             target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
 
-    def __enter__(self) -> "StacApiServer":
+    def __enter__(self) -> StacApiServer:
         self._thread.start()
         return self
 

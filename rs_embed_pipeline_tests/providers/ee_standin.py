@@ -11,7 +11,8 @@ What it serves (enough of the Cloud API v1 for ``GEEProvider``):
 * ``POST /v1/projects/{p}/image:computePixels``  evaluates the image on the requested grid and
                                             answers NPY (structured array [H, W], one field per
                                             band, masked pixels 0), enforcing the 48 MiB size
-                                            limit (bands' bytes + 1 mask byte per pixel);
+                                            limit (pixels x sum over bands of (bytes + 1
+                                            mask byte), Earth Engine's rule);
 * ``POST /token``                           an OAuth token endpoint for service-account keys;
 * ``GET  /_standin/stats``                  request counters (benchmarks in a subprocess).
 
@@ -48,7 +49,8 @@ import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
@@ -110,7 +112,7 @@ class FakeImage:
     def time_ms(self) -> int:
         t = dt.datetime.fromisoformat(self.date)
         if t.tzinfo is None:
-            t = t.replace(tzinfo=dt.timezone.utc)
+            t = t.replace(tzinfo=dt.UTC)
         return int(t.timestamp() * 1000)
 
 
@@ -145,7 +147,7 @@ class Catalog:
             k: list(v) for k, v in (collections or {}).items()
         }
 
-    def add(self, collection: str, *images: FakeImage) -> "Catalog":
+    def add(self, collection: str, *images: FakeImage) -> Catalog:
         self.collections.setdefault(collection, []).extend(images)
         return self
 
@@ -359,7 +361,7 @@ class SGeometry:
 class SFunction:
     names: list[str]
     body: Mapping[str, Any]
-    evaluator: "Evaluator"
+    evaluator: Evaluator
     env: dict[str, Any]
 
     def __call__(self, *args: Any) -> Any:
@@ -630,7 +632,7 @@ def _parse_ms(value: Any) -> int:
         return int(value)
     t = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.timezone.utc)
+        t = t.replace(tzinfo=dt.UTC)
     return int(t.timestamp() * 1000)
 
 
@@ -979,7 +981,7 @@ class EEStandIn:
         self._thread: threading.Thread | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------------
-    def start(self) -> "EEStandIn":
+    def start(self) -> EEStandIn:
         standin = self
 
         class Handler(_Handler):
@@ -990,6 +992,14 @@ class EEStandIn:
             daemon_threads = True
             allow_reuse_address = True
             request_queue_size = 256
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                # a client that gave up (its deadline) closed the socket: not a stand-in error
+                import sys  # noqa: PLC0415
+
+                if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+                    return
+                super().handle_error(request, client_address)
 
         self._server = Server(("127.0.0.1", self._port), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
@@ -1006,7 +1016,7 @@ class EEStandIn:
             self._thread.join(timeout=5)
             self._thread = None
 
-    def __enter__(self) -> "EEStandIn":
+    def __enter__(self) -> EEStandIn:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -1045,9 +1055,14 @@ class EEStandIn:
             kinds: dict[str, int] = {}
             for r in self.requests:
                 kinds[r.kind] = kinds.get(r.kind, 0) + 1
+            size_errors = sum(1 for r in self.requests
+                              if r.kind == "pixels" and (r.error or "").startswith("Total request size"))
             return {"requests": len(self.requests), "api_requests": self.api_requests,
                     "max_in_flight": self.max_in_flight, "by_kind": kinds,
-                    "response_bytes": sum(r.response_bytes for r in self.requests)}
+                    "response_bytes": sum(r.response_bytes for r in self.requests),
+                    "size_errors": size_errors,
+                    "max_request_bytes": max((r.request_bytes or 0 for r in self.requests
+                                              if r.kind == "pixels"), default=0)}
 
     def _record(self, rec: Recorded) -> None:
         with self._lock:
@@ -1078,8 +1093,8 @@ class EEStandIn:
                 raise EvalError(f"Band(s) {missing} not found in the image.")
         if not names:
             raise EvalError("Image has no bands.")
-        band_bytes = sum(image.bands[n].dtype.itemsize for n in names)
-        size = width * height * (band_bytes + 1)
+        # Earth Engine's rule: one mask byte per band per pixel (google/Xee#50)
+        size = width * height * sum(image.bands[n].dtype.itemsize + 1 for n in names)
         rec.request_bytes = size
         rec.band_names = names
         if size > self.max_request_bytes:

@@ -96,9 +96,9 @@ def test_band_order_and_npy_conversion(standin, make_provider):
     patches = fetch(make_provider(), rows, bands=bands)
     for req in standin.pixel_requests:
         assert req.band_names == bands + [VALID_BAND]
-        # float32 per band + uint8 validity + Earth Engine's mask byte
+        # Earth Engine's rule: (float32 + 1 mask byte) per band, (uint8 validity + 1 mask byte)
         w, h = req.grid["dimensions"]["width"], req.grid["dimensions"]["height"]
-        assert req.request_bytes == w * h * (4 * len(bands) + 1 + 1)
+        assert req.request_bytes == w * h * ((4 + 1) * len(bands) + 1 + 1)
         assert S.find_calls(req.tree, "Image.toFloat")
     for row in rows:
         p = patches[row["tile_id"]]

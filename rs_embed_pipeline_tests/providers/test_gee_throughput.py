@@ -41,30 +41,36 @@ def _tiles(rows):
 # ----------------------------------------------------------------------- the 48 MiB limit
 
 
-def test_plan_packs_twenty_224px_12band_tiles_under_48mib():
-    # 12 float32 bands + 1 validity byte + Earth Engine's 1 mask byte = 50 bytes per pixel
-    band_bytes = 12 * 4 + 1
-    per_tile = 224 * 224 * (band_bytes + 1)
-    assert 20 * per_tile <= EE_MAX_REQUEST_BYTES < 21 * per_tile
-    blocks = plan_requests(_tiles(S.tile_rows(50, size_px=224)), band_bytes=band_bytes)
-    assert [len(b.cells) for b in blocks] == [20, 20, 10]
+def test_plan_packs_sixteen_224px_12band_tiles_under_48mib():
+    # Earth Engine's rule (google/Xee#50): one mask byte per band per pixel:
+    # 12 float32 bands x (4 + 1) + the uint8 validity band x (1 + 1) = 62 bytes per pixel
+    band_bytes = (4,) * 12 + (1,)
+    per_tile = 224 * 224 * 62
+    assert 16 * per_tile <= EE_MAX_REQUEST_BYTES < 17 * per_tile
+    blocks = plan_requests(_tiles(S.tile_rows(40, size_px=224)), band_bytes=band_bytes)
+    assert [len(b.cells) for b in blocks] == [16, 16, 8]
     for b in blocks:
-        assert b.window.pixels * (band_bytes + 1) <= EE_MAX_REQUEST_BYTES
+        assert b.window.pixels * 62 <= EE_MAX_REQUEST_BYTES
         assert b.window.height == 224 and b.window.width == 224 * len(b.cells)
-    # a 5-wide region: 5 x 4 blocks (full rectangles, no pixels outside the tiles)
-    blocks = plan_requests(_tiles(S.tile_rows(5, 9, size_px=224)), band_bytes=band_bytes)
-    assert [(b.nw, b.nh) for b in blocks] == [(5, 4), (5, 4), (5, 1)]
-    # THOR: 288 px, 10 bands -> 42 B/px -> 14 tiles
-    blocks = plan_requests(_tiles(S.tile_rows(30, size_px=288)), band_bytes=10 * 4 + 1)
-    assert [len(b.cells) for b in blocks] == [14, 14, 2]
+    # a 4-wide region: 4 x 4 blocks (full rectangles, no pixels outside the tiles)
+    blocks = plan_requests(_tiles(S.tile_rows(4, 9, size_px=224)), band_bytes=band_bytes)
+    assert [(b.nw, b.nh) for b in blocks] == [(4, 4), (4, 4), (4, 1)]
+    # a mosaic travels as uint16: 12 x 3 + 2 = 38 B/px -> 26 tiles
+    blocks = plan_requests(_tiles(S.tile_rows(30, size_px=224)), band_bytes=(2,) * 12 + (1,))
+    assert [len(b.cells) for b in blocks] == [26, 4]
+    # THOR: 288 px, 10 float32 bands -> 52 B/px -> 11 tiles
+    blocks = plan_requests(_tiles(S.tile_rows(30, size_px=288)), band_bytes=(4,) * 10 + (1,))
+    assert [len(b.cells) for b in blocks] == [11, 11, 8]
+    with pytest.raises(TypeError, match="each band"):
+        plan_requests(_tiles(S.tile_rows(2)), band_bytes=49)
 
 
 def test_plan_never_bridges_gaps_or_lattices():
     rows = S.tile_rows(3, col0=2500) + S.tile_rows(2, col0=2510)
-    blocks = plan_requests(_tiles(rows), band_bytes=9)
+    blocks = plan_requests(_tiles(rows), band_bytes=(4, 4, 1))
     assert sorted(len(b.cells) for b in blocks) == [2, 3]
     shifted = [dict(r, x0=r["x0"] + 5.0, tile_id=r["tile_id"] + "s") for r in S.tile_rows(2)]
-    blocks = plan_requests(_tiles(S.tile_rows(2) + shifted), band_bytes=9)
+    blocks = plan_requests(_tiles(S.tile_rows(2) + shifted), band_bytes=(4, 4, 1))
     assert sorted(len(b.cells) for b in blocks) == [2, 2]
     assert len({(b.x0 % 160) for b in blocks}) == 2
 
@@ -78,14 +84,14 @@ def test_distinct_tiles_at_the_same_place_are_all_fetched(standin, make_provider
 
 
 def test_batched_224px_tiles_under_the_real_limit(standin, make_provider):
-    rows = S.tile_rows(21, size_px=224)
+    rows = S.tile_rows(17, size_px=224)
     provider = make_provider(max_concurrent_requests=1)  # batching is limited by bytes only
     patches = fetch(provider, rows, bands=S.S2_BANDS)
     sizes = sorted(r.request_bytes for r in standin.pixel_requests)
     assert len(sizes) == 2 and all(s <= EE_MAX_REQUEST_BYTES for s in sizes)
-    assert sizes[-1] == 20 * 224 * 224 * 50
+    assert sizes[-1] == 16 * 224 * 224 * 62  # the stand-in counts as Earth Engine does
     assert all(r.status == 200 for r in standin.pixel_requests)
-    for row in (rows[0], rows[19], rows[20]):
+    for row in (rows[0], rows[15], rows[16]):
         p = patches[row["tile_id"]]
         assert p.status == "ok" and p.data.shape == (12, 224, 224)
         np.testing.assert_array_equal(p.data[11], S.expected_band(row, S.S2_BASE["B12"]))
@@ -95,7 +101,7 @@ def test_batched_224px_tiles_under_the_real_limit(standin, make_provider):
 
 def test_too_large_answer_splits_the_block(standin, make_provider):
     rows = S.tile_rows(4)
-    per_tile = 16 * 16 * (12 * 4 + 1 + 1)
+    per_tile = 16 * 16 * (12 * (4 + 1) + 1 + 1)
     standin.max_request_bytes = 2 * per_tile  # the server is stricter than the client's plan
     provider = make_provider(max_concurrent_requests=1)
     patches = fetch(provider, rows, bands=S.S2_BANDS)
@@ -112,7 +118,7 @@ def test_too_large_answer_splits_the_block(standin, make_provider):
 
 def test_single_tile_too_large_is_split_in_pixels_and_stitched(standin, make_provider):
     rows = S.tile_rows(1, size_px=24)
-    standin.max_request_bytes = 24 * 24 * (3 * 4 + 2) // 3  # a third of the tile fits
+    standin.max_request_bytes = 24 * 24 * (3 * 5 + 2) // 3  # a third of the tile fits
     provider = make_provider()
     [p] = fetch(provider, rows, bands=("B8", "B9", "B1")).values()
     assert p.status == "ok" and p.valid.all()
@@ -125,7 +131,7 @@ def test_single_tile_too_large_is_split_in_pixels_and_stitched(standin, make_pro
 
 def test_client_limit_presplits_without_asking(standin, make_provider):
     rows = S.tile_rows(1, size_px=32)
-    provider = make_provider(max_request_bytes=32 * 32 * 14 // 2)  # half a tile of 3 bands
+    provider = make_provider(max_request_bytes=32 * 32 * 17 // 2)  # half a tile of 3 bands
     [p] = fetch(provider, rows, bands=("B2", "B3", "B4")).values()
     assert p.status == "ok"
     assert all(r.status == 200 for r in standin.pixel_requests)

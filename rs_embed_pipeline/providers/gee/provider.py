@@ -1,816 +1,69 @@
-"""Google Earth Engine provider: Sentinel-2 / Sentinel-1 patches through ``image:computePixels``.
-
-What it does, per ``fetch_patches`` call
-----------------------------------------
-1. **Plan.** Tiles (rows of the ``tile_grid`` GeoDataFrame) are grouped by UTM zone, pixel size
-   and tile size, and adjacent tiles are packed into rectangular *blocks* (one larger grid, split
-   into tiles afterwards). A block holds as many tiles as fit under Earth Engine's request limit
-   (48 MiB = 50,331,648 bytes, counted as ``width * height * (bytes of every band + 1 mask
-   byte)``), at most 32,768 px a side, and -- so that all ``max_concurrent_requests`` slots
-   have work in small runs -- at most ``ceil(tiles / max_concurrent_requests)`` tiles. With the
-   defaults, 224 px tiles with 12 float32 bands (+1 validity byte +1 mask byte = 50 B/px) go 20
-   to a request.
-2. **Scene query.** One ``ee.data.computeValue`` per block returns the image ids of every tile
-   (``aggregate_array('system:index')`` after all filters; Sentinel-1 also the list without the
-   IW filter for the relaxed retry). Tiles without images are ``no_data`` with no pixel request.
-3. **Pixels.** One ``ee.data.computePixels`` (``fileFormat: NPY``) per block, on the tiles'
-   own UTM grid: ``crsCode EPSG:<utm_epsg>``, ``affineTransform {scaleX: scale_m, shearX: 0,
-   translateX: x0, shearY: 0, scaleY: -scale_m, translateY: y0}``, ``dimensions`` = block size.
-   No Web Mercator reprojection (rs-embed 0.3.1 resampled to EPSG:3857 and sampled JSON through
-   ``sampleRectangle``; this provider does neither). Bands coarser than ``scale_m`` (S2 20/60 m)
-   are resampled by Earth Engine's default, nearest neighbour; nothing else is resampled.
-   The image sent is ``composite.select(bands).toFloat()`` plus one uint8 band ``rsep_valid``
-   (1 where every asked band is unmasked), then ``unmask(0)``: NPY carries no mask, so the mask
-   travels as data; masked pixels are 0 and ``valid`` False.
-4. **Too large / memory / timeout answers** split the block in two (along tile boundaries; a
-   single tile is split in pixel halves and stitched), recursively.
-5. **Retries.** 429 and 5xx (and connection errors) are retried with exponential backoff and
-   jitter (``backoff_base_s * 2**attempt``, capped at ``backoff_max_s``, at least the server's
-   ``Retry-After``), up to ``max_retries`` times; other errors are final. A tile whose request
-   fails for good is yielded ``failed`` with ``meta["reason"]``; the other tiles go on.
-
-Memory: a pixel request holds its NPY answer (up to 48 MiB) until its tiles are cut out (one
-float32 copy per tile); with ``max_concurrent_requests`` requests in flight plus as many finished
-blocks waiting for the consumer, peak memory is roughly ``2 x max_concurrent_requests x 48 MiB``
-(about 4 GB at the defaults). Lower ``max_tiles_per_request`` or the concurrency on small machines.
-
-Throughput limits are per provider instance and shared by every tile and every concurrent
-``fetch_patches`` call of it: at most ``max_concurrent_requests`` requests in flight (a
-semaphore; the thread pool has the same size) and a token bucket of ``max_requests_per_second``
-(burst ``rate_burst``, default a tenth of a second's worth). ``stats()`` returns the counters.
-
-Collections and filters
------------------------
-* Sentinel-2: ``COPERNICUS/S2_SR_HARMONIZED``, ``filterBounds`` (tile / block rectangle in its
-  UTM CRS), ``filterDate(start, end)`` (end exclusive), ``CLOUDY_PIXEL_PERCENTAGE <= cloudy_pct``
-  (default 30; ``None`` disables), optional Cloud Score+ masking (``cloud_score_plus=True``:
-  ``linkCollection(GOOGLE/CLOUD_SCORE_PLUS/V1/S2_HARMONIZED, [cs_band])`` and
-  ``updateMask(cs_band >= cs_threshold)``, defaults ``cs_cdf`` / 0.6). Units: DN (reflectance
-  x 10000), bands in the asked order.
-* Sentinel-1: ``COPERNICUS/S1_GRD_FLOAT`` (linear sigma0), ``instrumentMode == IW``,
-  ``transmitterReceiverPolarisation`` contains VV and VH, optional
-  ``orbitProperties_pass == orbit`` (ASCENDING / DESCENDING). If no IW image exists for a tile
-  and ``relax_iw_on_empty`` (default), the tile is fetched without the IW filter
-  (``meta["iw_relaxed"]``). ``use_float_linear=False`` uses ``COPERNICUS/S1_GRD`` (dB) and
-  converts every image to linear power, ``10 ** (dB / 10)``, before compositing.
-* Composites: ``median`` (default) or ``mosaic`` (sorted by ``system:time_start``, latest on top).
-
-Authentication and configuration
---------------------------------
-Credentials, in order: ``credentials=`` (a ``google.auth`` credentials object, or
-``"anonymous"`` for REST stand-ins), ``credentials_file=`` (a service-account JSON key, through
-``ee.ServiceAccountCredentials``), else Application Default Credentials (``google.auth.default``).
-The project is ``project=``, else the environment variable ``EE_PROJECT`` -- read in one place
-only, :func:`_project_from_env`, when the provider is constructed --, else the project of the
-credentials. The endpoint is ``api_url`` when given, else the high-volume endpoint
-(``https://earthengine-highvolume.googleapis.com``, ``use_high_volume=True``, meant for batch
-work) or the standard one. Earth Engine's client keeps one configuration per process: the
-provider initialises it lazily on first use and refuses to re-point it while another provider
-with a different configuration is fetching. It sets the client's own retries to 0 (this
-provider retries, counted) and ``request_timeout_s`` as the client deadline.
-
-Secrets (key material, access tokens) never reach logs, ``describe()``, ``stats()`` or patch
-metadata: every error text goes through :func:`redact`. ``describe()`` holds only what shapes
-the pixels (it feeds store fingerprints); the operational settings (endpoint, project, auth
-kind, limits) are in ``stats()["config"]``.
-"""
+"""``GEEProvider``: authentication, retries and splitting, blocks to patches."""
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
-import datetime as dt
 import io
 import json
 import logging
 import math
 import os
 import random
-import re
 import threading
 import time
 from collections import defaultdict
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from rs_embed_pipeline.timeparse import parse_utc
-
-from .base import S1_BANDS, S2_BANDS, Patch, ProviderError
-
-__all__ = [
-    "COMPOSITES",
-    "EE_MAX_GRID_PX",
-    "EE_MAX_REQUEST_BYTES",
-    "GEEProvider",
-    "HIGH_VOLUME_URL",
-    "S1_DB_COLLECTION",
-    "S1_FLOAT_COLLECTION",
-    "S2_CLOUD_SCORE_PLUS_COLLECTION",
-    "S2_COLLECTION",
-    "STANDARD_URL",
-    "TokenBucket",
-    "VALID_BAND",
-    "plan_requests",
-    "redact",
-]
-
-log = logging.getLogger(__name__)
-
-S2_COLLECTION = "COPERNICUS/S2_SR_HARMONIZED"
-S2_CLOUD_SCORE_PLUS_COLLECTION = "GOOGLE/CLOUD_SCORE_PLUS/V1/S2_HARMONIZED"
-S1_FLOAT_COLLECTION = "COPERNICUS/S1_GRD_FLOAT"
-S1_DB_COLLECTION = "COPERNICUS/S1_GRD"
-HIGH_VOLUME_URL = "https://earthengine-highvolume.googleapis.com"
-STANDARD_URL = "https://earthengine.googleapis.com"
-
-#: computePixels limits: 48 MiB of uncompressed data (bands' bytes + 1 mask byte per pixel),
-#: 32K pixels a side.
-EE_MAX_REQUEST_BYTES = 48 * 1024 * 1024
-EE_MAX_GRID_PX = 32768
-#: Bytes per pixel Earth Engine adds for the mask when it sizes a request.
-EE_MASK_BYTES_PER_PIXEL = 1
-
-COMPOSITES: tuple[str, ...] = ("median", "mosaic")
-S1_ORBITS: tuple[str, ...] = ("ASCENDING", "DESCENDING")
-CLOUD_SCORE_PLUS_BANDS: tuple[str, ...] = ("cs_cdf", "cs")
-#: The uint8 band carrying the validity mask through NPY (which has no mask of its own).
-VALID_BAND = "rsep_valid"
-ENV_PROJECT = "EE_PROJECT"
-EE_SCOPES: tuple[str, ...] = (
-    "https://www.googleapis.com/auth/earthengine",
-    "https://www.googleapis.com/auth/cloud-platform",
+from ..base import Patch, ProviderError
+from .client import (
+    _EE_CONFIG,
+    _EE_LOCK,
+    _RETRY_RE,
+    _SPLIT_RE,
+    _TIMEOUTS_BEFORE_SPLIT,
+    EE_SCOPES,
+    HIGH_VOLUME_URL,
+    STANDARD_URL,
+    TokenBucket,
+    _ee,
+    _http_details,
+    _is_network_error,
+    _is_timeout,
+    _project_from_env,
+    _RequestFailed,
+    _safe_url,
+    _SplitNeeded,
+    _Stats,
+    redact,
 )
+from .expressions import (
+    COMPOSITES,
+    S1_DB_COLLECTION,
+    S1_FLOAT_COLLECTION,
+    S2_CLOUD_SCORE_PLUS_COLLECTION,
+    S2_COLLECTION,
+    VALID_BAND,
+    _ee_time,
+    _parse_sensor,
+    _parse_time,
+    _Run,
+    _Sensor,
+    _tile_rows,
+)
+from .plan import EE_MAX_GRID_PX, EE_MAX_REQUEST_BYTES, _Block, _request_bytes, _Tile, _Window, plan_requests
 
-_FLOAT32_BYTES = 4
-_VALID_BAND_BYTES = 1
+log = logging.getLogger("rs_embed_pipeline.providers.gee")
+
+
 _MAX_PIXEL_SPLIT_DEPTH = 10
-_LN10_OVER_10 = math.log(10.0) / 10.0
-
-# "too large" / "memory" / "timed out" answers: retry smaller.
-_SPLIT_RE = re.compile(
-    r"too large|too many pixels|must be less than or equal to|request size|payload size"
-    r"|memory limit|memory capacity|out of memory|timed out|time out|deadline exceeded",
-    re.IGNORECASE,
-)
-
-_S2_OPTIONS = ("composite", "cloudy_pct", "cloud_score_plus", "cs_threshold", "cs_band", "fill_value")
-_S1_OPTIONS = ("composite", "orbit", "use_float_linear", "require_iw", "relax_iw_on_empty", "fill_value")
-
-
-# --------------------------------------------------------------------------------------------
-# secrets
-# --------------------------------------------------------------------------------------------
-
-_REDACTIONS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|$)",
-                re.DOTALL), "[REDACTED PRIVATE KEY]"),
-    (re.compile(r"(?i)(\"?(?:private_key|private_key_id|client_secret|refresh_token|"
-                r"access_token|id_token|assertion)\"?\s*[:=]\s*)(\"[^\"]*\"|'[^']*'|[^\s,&}]+)"),
-     r"\1[REDACTED]"),
-    (re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]+"), r"\1 [REDACTED]"),
-    (re.compile(r"\bya29\.[A-Za-z0-9._-]+"), "[REDACTED TOKEN]"),
-    (re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), "[REDACTED JWT]"),
-    (re.compile(r"(?i)([?&](?:key|api_key|access_token|token|sig|signature)=)[^&\s]+"),
-     r"\1[REDACTED]"),
-)
-
-
-def redact(text: Any, extra_secrets: Iterable[str] = ()) -> str:
-    """``str(text)`` without key material, bearer / access tokens, JWTs or key query parameters.
-
-    ``extra_secrets``: literal strings (e.g. the current access token) to blank as well.
-    """
-    s = str(text)
-    for secret in extra_secrets:
-        if secret and len(secret) >= 8:
-            s = s.replace(secret, "[REDACTED]")
-    for pattern, repl in _REDACTIONS:
-        s = pattern.sub(repl, s)
-    return s
-
-
-def _safe_url(url: str) -> str:
-    """scheme://host[:port][/path] without user info, query or fragment."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", ""))
-
-
-def _project_from_env() -> str | None:
-    """The only place this module reads the environment: ``EE_PROJECT`` (empty = unset)."""
-    value = os.environ.get(ENV_PROJECT, "").strip()
-    return value or None
-
-
-# --------------------------------------------------------------------------------------------
-# rate limit and counters
-# --------------------------------------------------------------------------------------------
-
-
-class TokenBucket:
-    """Thread-safe token bucket: ``rate`` tokens per second, at most ``burst`` stored.
-
-    ``acquire()`` reserves a token (the balance may go negative: later callers wait longer, in
-    arrival order) and sleeps until it is due; it returns the seconds waited. Over any interval
-    of ``T`` seconds at most ``burst + rate * T`` acquisitions return.
-    """
-
-    def __init__(self, rate: float, burst: float | None = None,
-                 clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
-        if not rate > 0:
-            raise ValueError(f"rate must be > 0, got {rate!r}")
-        self.rate = float(rate)
-        self.burst = float(burst) if burst is not None else max(1.0, self.rate / 10.0)
-        if self.burst < 1:
-            raise ValueError(f"burst must be >= 1, got {burst!r}")
-        self._clock = clock
-        self._sleep = sleep
-        self._lock = threading.Lock()
-        self._tokens = self.burst
-        self._last = clock()
-
-    def acquire(self) -> float:
-        with self._lock:
-            now = self._clock()
-            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
-            self._last = now
-            self._tokens -= 1.0
-            wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
-        if wait > 0:
-            self._sleep(wait)
-        return wait
-
-
-class _Stats:
-    """Thread-safe counters of one provider instance (``GEEProvider.stats()``)."""
-
-    COUNTERS = (
-        "requests", "value_requests", "pixel_requests", "bytes", "pixel_bytes", "value_bytes",
-        "retries", "throttled", "server_errors", "too_large", "splits", "failures",
-        "tiles", "tiles_ok", "tiles_no_data", "tiles_failed",
-    )
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.reset()
-
-    def reset(self) -> None:
-        with getattr(self, "_lock", threading.Lock()):
-            self._c: dict[str, float] = {k: 0 for k in self.COUNTERS}
-            self._in_flight = 0
-            self._max_in_flight = 0
-            self._rate_wait_s = 0.0
-            self._fetch_s = 0.0
-
-    def add(self, name: str, n: float = 1) -> None:
-        with self._lock:
-            self._c[name] = self._c.get(name, 0) + n
-
-    def enter(self, waited_s: float) -> None:
-        with self._lock:
-            self._in_flight += 1
-            self._max_in_flight = max(self._max_in_flight, self._in_flight)
-            self._rate_wait_s += waited_s
-
-    def leave(self) -> None:
-        with self._lock:
-            self._in_flight -= 1
-
-    def add_fetch_time(self, seconds: float) -> None:
-        with self._lock:
-            self._fetch_s += seconds
-
-    def snapshot(self) -> dict[str, Any]:
-        with self._lock:
-            out: dict[str, Any] = {k: int(v) for k, v in self._c.items()}
-            out["max_in_flight"] = self._max_in_flight
-            out["rate_limit_wait_s"] = round(self._rate_wait_s, 4)
-            out["fetch_seconds"] = round(self._fetch_s, 4)
-        tiles = out["tiles"]
-        out["requests_per_tile"] = round(out["requests"] / tiles, 4) if tiles else 0.0
-        out["tiles_per_second"] = round(tiles / out["fetch_seconds"], 3) if out["fetch_seconds"] else 0.0
-        return out
-
-
-# --------------------------------------------------------------------------------------------
-# tiles, blocks, windows
-# --------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class _Tile:
-    tile_id: str
-    epsg: int
-    x0: float
-    y0: float
-    size: int
-    scale: float
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> "_Tile":
-        missing = [k for k in ("tile_id", "utm_epsg", "x0", "y0", "size_px", "scale_m") if k not in row]
-        if missing:
-            raise ValueError(f"tile row lacks column(s) {missing}")
-        tile = cls(str(row["tile_id"]), int(row["utm_epsg"]), float(row["x0"]), float(row["y0"]),
-                   int(row["size_px"]), float(row["scale_m"]))
-        if tile.size <= 0 or not tile.scale > 0:
-            raise ValueError(f"size_px ({tile.size}) and scale_m ({tile.scale}) must be > 0")
-        if not (math.isfinite(tile.x0) and math.isfinite(tile.y0)):
-            raise ValueError("x0 / y0 must be finite")
-        return tile
-
-    @property
-    def transform(self) -> list[float]:
-        return [self.scale, 0.0, self.x0, 0.0, -self.scale, self.y0]
-
-
-@dataclasses.dataclass(frozen=True)
-class _Window:
-    """A pixel rectangle of one UTM lattice: upper-left (x0, y0), width x height pixels."""
-
-    epsg: int
-    scale: float
-    x0: float
-    y0: float
-    width: int
-    height: int
-
-    @property
-    def pixels(self) -> int:
-        return self.width * self.height
-
-    def grid(self) -> dict[str, Any]:
-        return {
-            "dimensions": {"width": int(self.width), "height": int(self.height)},
-            "affineTransform": {
-                "scaleX": float(self.scale), "shearX": 0.0, "translateX": float(self.x0),
-                "shearY": 0.0, "scaleY": -float(self.scale), "translateY": float(self.y0),
-            },
-            "crsCode": f"EPSG:{self.epsg}",
-        }
-
-    def bounds(self) -> list[float]:
-        """[xmin, ymin, xmax, ymax] in the window's CRS."""
-        return [self.x0, self.y0 - self.height * self.scale,
-                self.x0 + self.width * self.scale, self.y0]
-
-    def halves(self) -> tuple["_Window", "_Window", int]:
-        """Two halves along the longer axis; the axis (1: columns, 0: rows) to concatenate on."""
-        if self.width >= self.height:
-            w1 = self.width // 2
-            return (dataclasses.replace(self, width=w1),
-                    dataclasses.replace(self, x0=self.x0 + w1 * self.scale, width=self.width - w1),
-                    1)
-        h1 = self.height // 2
-        return (dataclasses.replace(self, height=h1),
-                dataclasses.replace(self, y0=self.y0 - h1 * self.scale, height=self.height - h1),
-                0)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Block:
-    """A full rectangle of ``nw x nh`` adjacent tiles of one lattice (one request)."""
-
-    epsg: int
-    scale: float
-    size: int
-    x0: float
-    y0: float
-    nw: int
-    nh: int
-    cells: tuple[tuple[_Tile, int, int], ...]  # (tile, column offset, row offset) in tiles
-
-    @property
-    def tiles(self) -> list[_Tile]:
-        return [c[0] for c in self.cells]
-
-    @property
-    def window(self) -> _Window:
-        return _Window(self.epsg, self.scale, self.x0, self.y0, self.nw * self.size, self.nh * self.size)
-
-    def split(self) -> tuple["_Block", "_Block"]:
-        """Two full rectangles along the longer side (in tiles). Needs at least 2 tiles."""
-        step = self.size * self.scale
-        if self.nw >= self.nh:
-            k = self.nw // 2
-            a = [(t, c, r) for t, c, r in self.cells if c < k]
-            b = [(t, c - k, r) for t, c, r in self.cells if c >= k]
-            return (dataclasses.replace(self, nw=k, cells=tuple(a)),
-                    dataclasses.replace(self, x0=self.x0 + k * step, nw=self.nw - k, cells=tuple(b)))
-        k = self.nh // 2
-        a = [(t, c, r) for t, c, r in self.cells if r < k]
-        b = [(t, c, r - k) for t, c, r in self.cells if r >= k]
-        return (dataclasses.replace(self, nh=k, cells=tuple(a)),
-                dataclasses.replace(self, y0=self.y0 - k * step, nh=self.nh - k, cells=tuple(b)))
-
-
-def _request_bytes(pixels: int, band_bytes: int) -> int:
-    """Earth Engine's size of a computePixels request: pixels x (band bytes + 1 mask byte)."""
-    return pixels * (band_bytes + EE_MASK_BYTES_PER_PIXEL)
-
-
-def plan_requests(
-    tiles: Sequence[_Tile],
-    *,
-    band_bytes: int,
-    max_request_bytes: int = EE_MAX_REQUEST_BYTES,
-    max_tiles: int | None = None,
-    max_grid_px: int = EE_MAX_GRID_PX,
-) -> list[_Block]:
-    """Pack tiles into rectangular blocks of adjacent tiles, one computePixels request each.
-
-    ``band_bytes``: bytes per pixel of all bands sent (Earth Engine adds one mask byte). Tiles of
-    one (zone, scale, tile size, lattice phase) are packed greedily row by row: a block grows
-    east while tiles are adjacent, then south while whole rows of the same width are present,
-    under ``max_request_bytes``, ``max_tiles`` and ``max_grid_px`` a side. Blocks are always full
-    rectangles (never pixels outside the asked tiles). A tile too large on its own is a block of
-    one (the fetch splits its pixels).
-    """
-    groups: dict[tuple, list[_Tile]] = defaultdict(list)
-    for t in tiles:
-        step = t.size * t.scale
-        phase = (round((t.x0 % step) / t.scale, 3) % t.size, round((t.y0 % step) / t.scale, 3) % t.size)
-        groups[(t.epsg, t.scale, t.size, phase)].append(t)
-
-    blocks: list[_Block] = []
-    for (epsg, scale, size, _phase), members in groups.items():
-        step = size * scale
-        ref_x = min(t.x0 for t in members)
-        ref_y = max(t.y0 for t in members)
-        cells: dict[tuple[int, int], _Tile] = {}
-        overflow: list[_Tile] = []  # another tile id at an occupied place: planned separately
-        for t in members:
-            cell = (int(round((t.x0 - ref_x) / step)), int(round((ref_y - t.y0) / step)))
-            if cell in cells:
-                overflow.append(t)
-            else:
-                cells[cell] = t
-        tile_bytes = _request_bytes(size * size, band_bytes)
-        cap = max(1, max_request_bytes // tile_bytes)
-        if max_tiles is not None:
-            cap = max(1, min(cap, int(max_tiles)))
-        max_side = max(1, max_grid_px // size)
-        taken: set[tuple[int, int]] = set()
-        for (ci, cj) in sorted(cells, key=lambda c: (c[1], c[0])):
-            if (ci, cj) in taken:
-                continue
-            w = 1
-            while (w < min(cap, max_side) and (ci + w, cj) in cells and (ci + w, cj) not in taken):
-                w += 1
-            h = 1
-            while (h < max_side and (h + 1) * w <= cap
-                   and all((ci + k, cj + h) in cells and (ci + k, cj + h) not in taken
-                           for k in range(w))):
-                h += 1
-            block_cells = []
-            for dj in range(h):
-                for di in range(w):
-                    taken.add((ci + di, cj + dj))
-                    block_cells.append((cells[(ci + di, cj + dj)], di, dj))
-            first = cells[(ci, cj)]
-            blocks.append(_Block(epsg, scale, size, first.x0, first.y0, w, h, tuple(block_cells)))
-        if overflow:
-            blocks.extend(plan_requests(overflow, band_bytes=band_bytes, max_request_bytes=max_request_bytes,
-                                        max_tiles=max_tiles, max_grid_px=max_grid_px))
-    return blocks
-
-
-# --------------------------------------------------------------------------------------------
-# sensor options
-# --------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class _Sensor:
-    modality: str
-    bands: tuple[str, ...]
-    composite: str
-    fill_value: float = 0.0  # data value of pixels without a valid observation
-    # S2
-    cloudy_pct: float | None = None
-    cloud_score_plus: bool = False
-    cs_threshold: float = 0.6
-    cs_band: str = "cs_cdf"
-    # S1
-    orbit: str | None = None
-    use_float_linear: bool = True
-    require_iw: bool = True
-    relax_iw_on_empty: bool = True
-
-    @property
-    def collection(self) -> str:
-        if self.modality == "s2":
-            return S2_COLLECTION
-        return S1_FLOAT_COLLECTION if self.use_float_linear else S1_DB_COLLECTION
-
-    @property
-    def band_bytes(self) -> int:
-        return len(self.bands) * _FLOAT32_BYTES + _VALID_BAND_BYTES
-
-    def composite_description(self) -> str:
-        if self.composite == "mosaic":
-            return "mosaic (sorted by system:time_start, latest on top)"
-        return "median"
-
-    def filters(self, start: str, end: str, *, iw: bool | None = None) -> dict[str, Any]:
-        """The filters applied, for provenance (``iw``: the IW filter for this tile, S1)."""
-        f: dict[str, Any] = {"bounds": "tile rectangle in its UTM CRS",
-                             "date": [start, end], "date_end_exclusive": True}
-        if self.modality == "s2":
-            f["CLOUDY_PIXEL_PERCENTAGE_lte"] = self.cloudy_pct
-            f["cloud_score_plus"] = (
-                {"collection": S2_CLOUD_SCORE_PLUS_COLLECTION, "band": self.cs_band,
-                 "threshold": self.cs_threshold, "rule": f"{self.cs_band} >= threshold"}
-                if self.cloud_score_plus else None
-            )
-        else:
-            f["transmitterReceiverPolarisation_contains"] = ["VV", "VH"]
-            f["instrumentMode"] = "IW" if (self.require_iw if iw is None else iw) else None
-            f["orbitProperties_pass"] = self.orbit
-        return f
-
-
-def _as_bool(name: str, value: Any) -> bool:
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    raise ProviderError(f"sensor option {name!r} must be true or false, got {value!r}")
-
-
-def _parse_sensor(modality: str, bands: Iterable[str] | None, options: Mapping[str, Any],
-                  defaults: Mapping[str, Any]) -> _Sensor:
-    modality = str(modality).lower().strip()
-    if modality not in ("s2", "s1"):
-        raise ProviderError(f"GEE provider: unknown modality {modality!r}; use 's2' or 's1'")
-    valid_opts = _S2_OPTIONS if modality == "s2" else _S1_OPTIONS
-    unknown = sorted(set(options) - set(valid_opts))
-    if unknown:
-        raise ProviderError(
-            f"GEE provider: unknown {modality} sensor option(s) {unknown}; valid: {list(valid_opts)}"
-        )
-    opts = {k: v for k, v in defaults.items() if k in valid_opts}
-    opts.update(options)
-
-    allowed = S2_BANDS if modality == "s2" else S1_BANDS
-    band_list = tuple(str(b) for b in (bands if bands is not None else allowed))
-    if not band_list:
-        raise ProviderError("GEE provider: empty band list")
-    bad = [b for b in band_list if b not in allowed]
-    if bad:
-        raise ProviderError(f"GEE provider: band(s) {bad} not available for {modality}; "
-                            f"valid: {list(allowed)}")
-    if len(set(band_list)) != len(band_list):
-        raise ProviderError(f"GEE provider: duplicate bands in {list(band_list)}")
-
-    composite = str(opts.get("composite", "median") or "median").lower().strip()
-    if composite not in COMPOSITES:
-        raise ProviderError(f"GEE provider: unknown composite {opts.get('composite')!r}; "
-                            f"valid: {list(COMPOSITES)}")
-    try:
-        fill = float(opts.get("fill_value", 0.0))
-    except (TypeError, ValueError):
-        raise ProviderError(f"GEE provider: fill_value must be a number, got {opts.get('fill_value')!r}") from None
-
-    if modality == "s2":
-        cloudy = opts.get("cloudy_pct", 30)
-        if cloudy is not None:
-            try:
-                cloudy = float(cloudy)
-            except (TypeError, ValueError):
-                raise ProviderError(f"GEE provider: cloudy_pct must be a number or None, got {cloudy!r}") from None
-            if not 0 <= cloudy <= 100:
-                raise ProviderError(f"GEE provider: cloudy_pct must be within [0, 100], got {cloudy}")
-            if cloudy == int(cloudy):
-                cloudy = int(cloudy)
-        csp = _as_bool("cloud_score_plus", opts.get("cloud_score_plus", False))
-        thr = opts.get("cs_threshold", 0.6)
-        try:
-            thr = float(thr)
-        except (TypeError, ValueError):
-            raise ProviderError(f"GEE provider: cs_threshold must be a number, got {thr!r}") from None
-        if not 0 <= thr <= 1:
-            raise ProviderError(f"GEE provider: cs_threshold must be within [0, 1], got {thr}")
-        cs_band = str(opts.get("cs_band", "cs_cdf"))
-        if cs_band not in CLOUD_SCORE_PLUS_BANDS:
-            raise ProviderError(f"GEE provider: cs_band {cs_band!r} is not one of "
-                                f"{list(CLOUD_SCORE_PLUS_BANDS)}")
-        return _Sensor("s2", band_list, composite, fill_value=fill, cloudy_pct=cloudy, cloud_score_plus=csp,
-                       cs_threshold=thr, cs_band=cs_band)
-
-    orbit = opts.get("orbit")
-    if orbit is not None:
-        orbit = str(orbit).upper().strip()
-        if orbit not in S1_ORBITS:
-            raise ProviderError(f"GEE provider: unknown S1 orbit {opts.get('orbit')!r}; "
-                                f"use 'ASCENDING' or 'DESCENDING' (or None for both)")
-    return _Sensor(
-        "s1", band_list, composite, fill_value=fill, orbit=orbit,
-        use_float_linear=_as_bool("use_float_linear", opts.get("use_float_linear", True)),
-        require_iw=_as_bool("require_iw", opts.get("require_iw", True)),
-        relax_iw_on_empty=_as_bool("relax_iw_on_empty", opts.get("relax_iw_on_empty", True)),
-    )
-
-
-def _parse_time(value: Any, what: str) -> dt.datetime:
-    try:
-        return parse_utc(value)
-    except ValueError as exc:
-        raise ProviderError(f"GEE provider: {what} {exc}") from None
-
-
-def _ee_time(t: dt.datetime) -> str:
-    if t.time() == dt.time(0, 0):
-        return t.strftime("%Y-%m-%d")
-    return t.strftime("%Y-%m-%dT%H:%M:%S")
-
-
-def _tile_rows(tiles: Any) -> list[Any]:
-    if tiles is None:
-        return []
-    if hasattr(tiles, "columns") and hasattr(tiles, "to_dict"):  # (Geo)DataFrame
-        return list(tiles.to_dict("records"))
-    if isinstance(tiles, Mapping):
-        return [tiles]
-    if hasattr(tiles, "to_dict") and hasattr(tiles, "index"):  # one pandas Series
-        return [tiles.to_dict()]
-    rows = []
-    for row in tiles:
-        if isinstance(row, Mapping):
-            rows.append(row)
-        elif hasattr(row, "_asdict"):
-            rows.append(row._asdict())
-        elif hasattr(row, "to_dict"):
-            rows.append(row.to_dict())
-        else:
-            rows.append(vars(row))
-    return rows
-
-
-# --------------------------------------------------------------------------------------------
-# errors
-# --------------------------------------------------------------------------------------------
-
-
-class _SplitNeeded(Exception):
-    """Earth Engine answered "too large" / "memory limit" / "timed out": ask for less."""
-
-
-class _RequestFailed(Exception):
-    """A request failed for good (permanent error, or retries exhausted)."""
-
-
-def _error_chain(exc: BaseException) -> Iterator[BaseException]:
-    seen = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        yield e
-        e = e.__cause__ or e.__context__
-
-
-def _http_details(exc: BaseException) -> tuple[int | None, float | None]:
-    """(HTTP status, Retry-After seconds) of the googleapiclient HttpError behind ``exc``."""
-    for e in _error_chain(exc):
-        resp = getattr(e, "resp", None)
-        status = getattr(resp, "status", None)
-        if status is not None and type(e).__name__ == "HttpError":
-            retry_after = None
-            try:
-                ra = resp.get("retry-after") if hasattr(resp, "get") else None
-                retry_after = float(ra) if ra is not None else None
-            except (TypeError, ValueError):
-                retry_after = None
-            try:
-                return int(status), retry_after
-            except (TypeError, ValueError):
-                return None, retry_after
-    return None, None
-
-
-def _is_network_error(exc: BaseException) -> bool:
-    for e in _error_chain(exc):
-        if isinstance(e, (ConnectionError, TimeoutError)):
-            return True
-        mod = type(e).__module__
-        if mod.startswith(("requests", "urllib3", "http.client", "httplib2", "socket", "ssl")):
-            return True
-    return False
-
-
-# --------------------------------------------------------------------------------------------
-# the process-wide Earth Engine client configuration
-# --------------------------------------------------------------------------------------------
-
-_EE_LOCK = threading.Lock()
-_EE_CONFIG: dict[str, Any] = {"key": None, "active": 0}
-
-
-def _ee():
-    try:
-        import ee  # noqa: PLC0415 - lazy: the orchestrator environment has it, other code may not
-    except ImportError as exc:  # pragma: no cover - environment problem
-        raise ProviderError("GEE provider needs earthengine-api (pip install earthengine-api)") from exc
-    return ee
-
-
-# --------------------------------------------------------------------------------------------
-# the provider
-# --------------------------------------------------------------------------------------------
-
-
-class _Run:
-    """Settings and ee expression builders of one ``fetch_patches`` call."""
-
-    def __init__(self, sensor: _Sensor, start: str, end: str, max_tiles: int) -> None:
-        self.ee = _ee()
-        self.sensor = sensor
-        self.start = start
-        self.end = end
-        self.max_tiles = max_tiles
-
-    # ---- geometry -----------------------------------------------------------------------------
-    def rect(self, window: _Window):
-        return self.ee.Geometry.Rectangle(window.bounds(), f"EPSG:{window.epsg}", False)
-
-    # ---- collections --------------------------------------------------------------------------
-    def _s1_base(self, region):
-        ee = self.ee
-        s = self.sensor
-        coll = ee.ImageCollection(s.collection).filterBounds(region).filterDate(self.start, self.end)
-        if s.orbit:
-            coll = coll.filter(ee.Filter.eq("orbitProperties_pass", s.orbit))
-        coll = coll.filter(ee.Filter.listContains("transmitterReceiverPolarisation", "VV"))
-        coll = coll.filter(ee.Filter.listContains("transmitterReceiverPolarisation", "VH"))
-        return coll
-
-    def scene_collections(self, region) -> list:
-        """Collections whose ids the scene query returns (S1: [IW, without IW] as needed)."""
-        ee = self.ee
-        s = self.sensor
-        if s.modality == "s2":
-            coll = ee.ImageCollection(s.collection).filterBounds(region).filterDate(self.start, self.end)
-            if s.cloudy_pct is not None:
-                coll = coll.filter(ee.Filter.lte("CLOUDY_PIXEL_PERCENTAGE", s.cloudy_pct))
-            return [coll]
-        dual = self._s1_base(region)
-        if not s.require_iw:
-            return [dual]
-        iw = dual.filter(ee.Filter.eq("instrumentMode", "IW"))
-        return [iw, dual] if s.relax_iw_on_empty else [iw]
-
-    def pixel_collection(self, region, variant: str):
-        """The collection composited for a block; ``variant``: "ok" (S2), "iw" / "any" (S1)."""
-        ee = self.ee
-        s = self.sensor
-        if s.modality == "s2":
-            coll = self.scene_collections(region)[0]
-        else:
-            coll = self._s1_base(region)
-            if variant == "iw":
-                coll = coll.filter(ee.Filter.eq("instrumentMode", "IW"))
-        if s.composite == "mosaic":
-            # Sort before any per-image arithmetic (which drops image properties); map keeps order.
-            coll = coll.sort("system:time_start")
-        if s.modality == "s2":
-            if s.cloud_score_plus:
-                threshold = s.cs_threshold
-                band = s.cs_band
-                coll = coll.linkCollection(ee.ImageCollection(S2_CLOUD_SCORE_PLUS_COLLECTION), [band])
-                coll = coll.map(lambda img: img.updateMask(img.select(band).gte(threshold)))
-            coll = coll.select(list(s.bands))
-        else:
-            bands = list(s.bands)
-            if s.use_float_linear:
-                coll = coll.select(bands)
-            else:
-                # dB -> linear power per image, before compositing: 10 ** (dB / 10) = exp(dB * ln10 / 10).
-                coll = coll.map(lambda img: img.select(bands).multiply(_LN10_OVER_10).exp())
-        return coll
-
-    def pixel_image(self, window: _Window, variant: str):
-        ee = self.ee
-        coll = self.pixel_collection(self.rect(window), variant)
-        composite = coll.mosaic() if self.sensor.composite == "mosaic" else coll.median()
-        img = composite.select(list(self.sensor.bands)).toFloat()
-        valid = img.mask().reduce(ee.Reducer.min()).gt(0).toUint8().rename(VALID_BAND)
-        return img.addBands(valid).unmask(0, False)
-
-    def scene_query(self, tiles: Sequence[_Tile]):
-        ee = self.ee
-        per_tile = []
-        for t in tiles:
-            region = self.rect(_Window(t.epsg, t.scale, t.x0, t.y0, t.size, t.size))
-            lists = [c.aggregate_array("system:index") for c in self.scene_collections(region)]
-            per_tile.append(ee.List(lists))
-        return ee.List(per_tile)
 
 
 class GEEProvider:
-    """Sentinel-2 / Sentinel-1 patches from Google Earth Engine (see the module docstring).
+    """Sentinel-2 / Sentinel-1 patches from Google Earth Engine (see the ``rs_embed_pipeline.providers.gee`` package docstring).
 
     Args:
         project: Google Cloud project for Earth Engine; default ``EE_PROJECT``, else the
@@ -1120,6 +373,7 @@ class GEEProvider:
         Returns (result, attempts). Raises _SplitNeeded or _RequestFailed.
         """
         attempt = 0
+        timeouts = 0
         while True:
             attempt += 1
             with self._slots:
@@ -1139,6 +393,16 @@ class GEEProvider:
             transient = False
             if status == 429:
                 self._stats.add("throttled")
+                transient = True
+            elif _RETRY_RE.search(message):  # busy backend, whatever the status: retry the same size
+                self._stats.add("throttled")
+                transient = True
+            elif status is None and _is_timeout(error):
+                # the same size timed out again on our side: smaller requests, not more retries
+                timeouts += 1
+                if timeouts >= _TIMEOUTS_BEFORE_SPLIT:
+                    self._stats.add("too_large")
+                    raise _SplitNeeded(f"client timeout {timeouts} times in a row: {message}")
                 transient = True
             elif status is not None and _SPLIT_RE.search(message):
                 self._stats.add("too_large")
@@ -1331,6 +595,7 @@ class GEEProvider:
             "scale_m": tile.scale,
             "resampling": "none (tile's own UTM grid); Earth Engine nearest neighbour for coarser bands",
             "fill_value": s.fill_value,
+            "request_dtype": s.send_dtype,
         }
         if s.modality == "s2":
             meta["cloudy_pct"] = s.cloudy_pct

@@ -1,0 +1,194 @@
+"""Rules of real STAC catalogs of Sentinel-2 / Sentinel-1: asset keys, offsets, what S1 holds.
+
+Sentinel-2 L2A offset (provider units are harmonized DN = reflectance x 10000, no offset), per item:
+
+1. ``earthsearch:boa_offset_applied`` true: the COGs already hold harmonized DN -> offset 0, even
+   when ``raster:bands`` still declares -0.1 (the older Earth Search ``sentinel-2-l2a``);
+2. else the asset's ``raster:bands`` ``offset`` (Earth Search C1: -0.1 from baseline 04.00 on);
+3. else -0.1 (x 10000 = -1000 DN) when ``s2:processing_baseline`` >= "04.00" (Planetary Computer
+   ``sentinel-2-l2a``: no ``raster:bands``, not harmonized);
+4. else 0.
+
+Scale: the asset's ``raster:bands`` ``scale``, else 0.0001. The same scene thus gives the same DN
+from Earth Search C1, the older Earth Search collection and Planetary Computer.
+
+Sentinel-1: the models take linear sigma0 power (VV, VH). Planetary Computer's ``sentinel-1-rtc``
+is radiometrically terrain-corrected *gamma0* (nodata -32768) and Earth Search's
+``sentinel-1-grd`` holds uncalibrated DN: both are refused with an error naming the collection
+(:func:`check_s1_collection`), never silently embedded as sigma0. S1 through STAC therefore needs
+a collection of calibrated linear sigma0 (the synthetic catalog's, or your own); Earth Engine's
+``COPERNICUS/S1_GRD_FLOAT`` is the production source of S1.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from collections.abc import Mapping
+
+__all__ = [
+    "CATALOG_PRESETS",
+    "PATCH_URL_CHOICES",
+    "CatalogConfigError",
+    "resolve_catalog",
+    "PLANETARY_COMPUTER_S2_ASSETS",
+    "S2_DEFAULT_SCALE",
+    "check_s1_collection",
+    "s2_offset",
+]
+
+S2_DEFAULT_SCALE = 0.0001
+_BASELINE_OFFSET = -0.1  # reflectance offset of processing baseline >= 04.00
+
+# Planetary Computer sentinel-2-l2a: asset keys are the band names, two digits
+PLANETARY_COMPUTER_S2_ASSETS: dict[str, str] = {
+    "B1": "B01", "B2": "B02", "B3": "B03", "B4": "B04", "B5": "B05", "B6": "B06", "B7": "B07",
+    "B8": "B08", "B8A": "B8A", "B9": "B09", "B11": "B11", "B12": "B12",
+}
+_EARTH_SEARCH_ASSETS: dict[str, str] = {
+    "B1": "coastal", "B2": "blue", "B3": "green", "B4": "red", "B5": "rededge1",
+    "B6": "rededge2", "B7": "rededge3", "B8": "nir", "B8A": "nir08", "B9": "nir09",
+    "B11": "swir16", "B12": "swir22",
+}
+
+#: Settings of the imagery resource per known catalog (``s2_assets`` / ``mask_asset`` /
+#: ``s1_collection`` of the STAC providers); Planetary Computer hrefs need signing
+#: (``StacProvider(patch_url="planetary_computer")``, package ``planetary-computer``).
+CATALOG_PRESETS: dict[str, dict[str, Any]] = {
+    "earth-search-c1": {
+        "api_url": "https://earth-search.aws.element84.com/v1",
+        "collection": "sentinel-2-c1-l2a", "s2_assets": _EARTH_SEARCH_ASSETS, "mask_asset": "scl",
+        "s1_collection": None, "sign": None,
+    },
+    "earth-search-l2a": {
+        "api_url": "https://earth-search.aws.element84.com/v1",
+        "collection": "sentinel-2-l2a", "s2_assets": _EARTH_SEARCH_ASSETS, "mask_asset": "scl",
+        "s1_collection": None, "sign": None,
+    },
+    "planetary-computer": {
+        "api_url": "https://planetarycomputer.microsoft.com/api/stac/v1",
+        "collection": "sentinel-2-l2a", "s2_assets": PLANETARY_COMPUTER_S2_ASSETS,
+        "mask_asset": "SCL", "s1_collection": None, "sign": "planetary_computer",
+    },
+}
+
+#: ``patch_url`` values of the imagery resources: no signing, or Planetary Computer's SAS tokens
+PATCH_URL_CHOICES: tuple[str, ...] = ("none", "planetary_computer")
+
+
+class CatalogConfigError(ValueError):
+    """An invalid catalog setting of an imagery resource; ``field`` names the resource field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def resolve_catalog(
+    preset: str | None,
+    *,
+    api_url: str | None = None,
+    s2_collection: str | None = None,
+    s1_collection: str | None = None,
+    s2_assets: Mapping[str, str] | None = None,
+    mask_asset: str | None = None,
+    patch_url: str | None = None,
+) -> dict[str, Any]:
+    """The catalog settings of an imagery resource: each field given wins over the preset's
+    (:data:`CATALOG_PRESETS`); ``s2_assets`` entries are laid over the preset's band -> asset map;
+    ``mask_asset="none"`` disables SCL masking; ``patch_url="none"`` disables signing.
+
+    Returns ``api_url, collection, s1_collection, s2_assets, mask_asset, patch_url`` (None where
+    neither the preset nor the field sets one). Raises :class:`CatalogConfigError` naming the
+    field and its valid values."""
+    from .base import S2_BANDS
+
+    if preset is None:
+        base: dict[str, Any] = {"api_url": None, "collection": None, "s2_assets": None, "mask_asset": None,
+                                "s1_collection": None, "sign": None}
+    elif preset in CATALOG_PRESETS:
+        base = CATALOG_PRESETS[preset]
+    else:
+        raise CatalogConfigError("catalog_preset", f"catalog_preset {preset!r} is not a known catalog; valid: "
+                                 f"{', '.join(CATALOG_PRESETS)}")
+    if api_url is not None and not str(api_url).startswith(("http://", "https://")):
+        raise CatalogConfigError("api_url", f"api_url {api_url!r} is not an http(s) URL of a STAC API")
+    for field, value in (("s2_collection", s2_collection), ("s1_collection", s1_collection),
+                         ("mask_asset", mask_asset)):
+        if value is not None and not str(value).strip():
+            raise CatalogConfigError(field, f"{field} is empty; give an id, or leave it unset for the "
+                                     + ("preset's" if preset else "catalog's own"))
+    assets = dict(base["s2_assets"] or {})
+    if s2_assets:
+        bad = sorted(set(s2_assets) - set(S2_BANDS))
+        if bad:
+            raise CatalogConfigError("s2_assets", f"s2_assets maps unknown band(s) {bad}; valid bands: "
+                                     f"{', '.join(S2_BANDS)} (band -> asset key)")
+        empty = sorted(b for b, k in s2_assets.items() if not isinstance(k, str) or not k.strip())
+        if empty:
+            raise CatalogConfigError("s2_assets", f"s2_assets gives no asset key for band(s) {empty}")
+        assets.update(s2_assets)
+    sign = base["sign"] if patch_url is None else patch_url
+    if sign is not None and sign not in PATCH_URL_CHOICES:
+        raise CatalogConfigError("patch_url", f"patch_url {patch_url!r} is not a known URL signing; valid: "
+                                 f"{', '.join(PATCH_URL_CHOICES)}")
+    s1 = s1_collection if s1_collection is not None else base["s1_collection"]
+    if s1:
+        try:
+            check_s1_collection(s1)
+        except ValueError as exc:
+            raise CatalogConfigError("s1_collection", str(exc)) from None
+    mask = mask_asset if mask_asset is not None else base["mask_asset"]
+    return {
+        "api_url": api_url or base["api_url"],
+        "collection": s2_collection or base["collection"],
+        "s1_collection": s1 or None,
+        "s2_assets": assets or None,
+        "mask_asset": mask,
+        "patch_url": None if sign in (None, "none") else sign,
+    }
+
+
+# S1 collections known not to hold linear sigma0, and what they hold
+_NOT_SIGMA0: dict[str, str] = {
+    "sentinel-1-rtc": "radiometrically terrain-corrected gamma0 (Planetary Computer RTC)",
+    "sentinel-1-grd": "uncalibrated GRD digital numbers (Earth Search)",
+}
+
+
+def s2_offset(item: Any, declared: float | None) -> tuple[float, str]:
+    """The reflectance offset of an S2 item's spectral asset and the rule that chose it (see the
+    module docstring); ``declared``: the asset's ``raster:bands`` offset or None."""
+    props: Mapping[str, Any] = getattr(item, "properties", {}) or {}
+    applied = props.get("earthsearch:boa_offset_applied")
+    if applied is True or (isinstance(applied, str) and applied.lower() == "true"):
+        return 0.0, "earthsearch:boa_offset_applied"
+    if declared is not None:
+        return float(declared), "raster:bands"
+    baseline = props.get("s2:processing_baseline")
+    if baseline is not None:
+        try:
+            major, minor = (int(p) for p in str(baseline).split(".")[:2])
+        except ValueError:
+            raise ValueError(
+                f"item {getattr(item, 'id', '?')}: s2:processing_baseline {baseline!r} is not "
+                "'MM.mm'; cannot tell the reflectance offset"
+            ) from None
+        if (major, minor) >= (4, 0):
+            return _BASELINE_OFFSET, "s2:processing_baseline >= 04.00"
+        return 0.0, "s2:processing_baseline < 04.00"
+    return 0.0, "none declared"
+
+
+def check_s1_collection(collection: str, item: Any = None) -> None:
+    """Raise ``ValueError`` when an S1 collection (or item) does not hold linear sigma0."""
+    what = _NOT_SIGMA0.get(collection)
+    props = getattr(item, "properties", {}) or {}
+    if what is None and str(props.get("sar:product_type", "")).upper() == "RTC":
+        what = "radiometrically terrain-corrected gamma0 (sar:product_type RTC)"
+    if what is not None:
+        where = f"item {item.id} of " if item is not None else ""
+        raise ValueError(
+            f"{where}S1 collection {collection!r} holds {what}, not the linear sigma0 power the "
+            "models take; supported: a STAC collection of calibrated linear sigma0 (VV, VH), or "
+            "the Earth Engine provider (COPERNICUS/S1_GRD_FLOAT)"
+        )

@@ -1,0 +1,161 @@
+"""Google Earth Engine provider: Sentinel-2 / Sentinel-1 patches through ``image:computePixels``.
+
+What it does, per ``fetch_patches`` call
+----------------------------------------
+1. **Plan.** Tiles (rows of the ``tile_grid`` GeoDataFrame) are grouped by UTM zone, pixel size
+   and tile size, and adjacent tiles are packed into rectangular *blocks* (one larger grid, split
+   into tiles afterwards). A block holds as many tiles as fit under Earth Engine's request limit
+   (48 MiB = 50,331,648 bytes, counted as Earth Engine counts it: ``width * height * sum over
+   bands of (bytes of the band + 1 mask byte)``, google/Xee#50), at most 32,768 px a side, and --
+   so that all ``max_concurrent_requests`` slots have work in small runs -- at most
+   ``ceil(tiles / max_concurrent_requests)`` tiles. Bands travel in the smallest dtype that keeps
+   the numbers exact: S2 ``mosaic`` as uint16 (DN are integers), S2 ``median`` as float32 (the
+   median of an even count is a half DN), S1 as float32, plus the uint8 validity band. 224 px S2
+   tiles of 12 bands then go 16 to a request as float32 (12 x (4 + 1) + (1 + 1) = 62 B/px) and 26
+   as uint16 (38 B/px).
+2. **Scene query.** One ``ee.data.computeValue`` per block returns the image ids of every tile
+   (``aggregate_array('system:index')`` after all filters; Sentinel-1 also the list without the
+   IW filter for the relaxed retry). Tiles without images are ``no_data`` with no pixel request.
+3. **Pixels.** One ``ee.data.computePixels`` (``fileFormat: NPY``) per block, on the tiles'
+   own UTM grid: ``crsCode EPSG:<utm_epsg>``, ``affineTransform {scaleX: scale_m, shearX: 0,
+   translateX: x0, shearY: 0, scaleY: -scale_m, translateY: y0}``, ``dimensions`` = block size.
+   No Web Mercator reprojection (rs-embed 0.3.1 resampled to EPSG:3857 and sampled JSON through
+   ``sampleRectangle``; this provider does neither). Bands coarser than ``scale_m`` (S2 20/60 m)
+   are resampled by Earth Engine's default, nearest neighbour; nothing else is resampled.
+   The image sent is ``composite.select(bands).toFloat()`` plus one uint8 band ``rsep_valid``
+   (1 where every asked band is unmasked), then ``unmask(0)``: NPY carries no mask, so the mask
+   travels as data; masked pixels are 0 and ``valid`` False.
+4. **Too large / memory / timeout answers** split the block in two (along tile boundaries; a
+   single tile is split in pixel halves and stitched), recursively.
+5. **Retries.** 429 and 5xx (and connection errors) are retried with exponential backoff and
+   jitter (``backoff_base_s * 2**attempt``, capped at ``backoff_max_s``, at least the server's
+   ``Retry-After``), up to ``max_retries`` times; other errors are final. A tile whose request
+   fails for good is yielded ``failed`` with ``meta["reason"]``; the other tiles go on.
+
+Memory: a pixel request holds its NPY answer (up to 48 MiB) until its tiles are cut out (one
+float32 copy per tile); with ``max_concurrent_requests`` requests in flight plus as many finished
+blocks waiting for the consumer, peak memory is roughly ``2 x max_concurrent_requests x 48 MiB``
+(about 4 GB at the defaults). Lower ``max_tiles_per_request`` or the concurrency on small machines.
+
+Throughput limits are per provider instance and shared by every tile and every concurrent
+``fetch_patches`` call of it: at most ``max_concurrent_requests`` requests in flight (a
+semaphore; the thread pool has the same size) and a token bucket of ``max_requests_per_second``
+(burst ``rate_burst``, default a tenth of a second's worth). ``stats()`` returns the counters.
+
+Collections and filters
+-----------------------
+* Sentinel-2: ``COPERNICUS/S2_SR_HARMONIZED``, ``filterBounds`` (tile / block rectangle in its
+  UTM CRS), ``filterDate(start, end)`` (end exclusive), ``CLOUDY_PIXEL_PERCENTAGE <= cloudy_pct``
+  (default 30; ``None`` disables), optional Cloud Score+ masking (``cloud_score_plus=True``:
+  ``linkCollection(GOOGLE/CLOUD_SCORE_PLUS/V1/S2_HARMONIZED, [cs_band])`` and
+  ``updateMask(cs_band >= cs_threshold)``, defaults ``cs_cdf`` / 0.6). Units: DN (reflectance
+  x 10000), bands in the asked order.
+* Sentinel-1: ``COPERNICUS/S1_GRD_FLOAT`` (linear sigma0), ``instrumentMode == IW``,
+  ``transmitterReceiverPolarisation`` contains VV and VH, optional
+  ``orbitProperties_pass == orbit`` (ASCENDING / DESCENDING). If no IW image exists for a tile
+  and ``relax_iw_on_empty`` (default), the tile is fetched without the IW filter
+  (``meta["iw_relaxed"]``). ``use_float_linear=False`` uses ``COPERNICUS/S1_GRD`` (dB) and
+  converts every image to linear power, ``10 ** (dB / 10)``, before compositing.
+* Composites: ``median`` (default) or ``mosaic`` (sorted by ``system:time_start``, latest on top).
+
+Authentication and configuration
+--------------------------------
+Credentials, in order: ``credentials=`` (a ``google.auth`` credentials object, or
+``"anonymous"`` for REST stand-ins), ``credentials_file=`` (a service-account JSON key, through
+``ee.ServiceAccountCredentials``), else Application Default Credentials (``google.auth.default``).
+The project is ``project=``, else the environment variable ``EE_PROJECT`` -- read in one place
+only, :func:`_project_from_env`, when the provider is constructed --, else the project of the
+credentials. The endpoint is ``api_url`` when given, else the high-volume endpoint
+(``https://earthengine-highvolume.googleapis.com``, ``use_high_volume=True``, meant for batch
+work) or the standard one. Earth Engine's client keeps one configuration per process: the
+provider initialises it lazily on first use and refuses to re-point it while another provider
+with a different configuration is fetching. It sets the client's own retries to 0 (this
+provider retries, counted) and ``request_timeout_s`` as the client deadline.
+
+Secrets (key material, access tokens) never reach logs, ``describe()``, ``stats()`` or patch
+metadata: every error text goes through :func:`redact`. ``describe()`` holds only what shapes
+the pixels (it feeds store fingerprints); the operational settings (endpoint, project, auth
+kind, limits) are in ``stats()["config"]``.
+"""
+
+from __future__ import annotations
+
+from .client import (  # noqa: F401 - the package's names, private ones for tests
+    _EE_CONFIG,
+    _EE_LOCK,
+    _REDACTIONS,
+    _RETRY_RE,
+    _SPLIT_RE,
+    _TIMEOUTS_BEFORE_SPLIT,
+    EE_SCOPES,
+    ENV_PROJECT,
+    HIGH_VOLUME_URL,
+    STANDARD_URL,
+    TokenBucket,
+    _ee,
+    _error_chain,
+    _http_details,
+    _is_network_error,
+    _is_timeout,
+    _project_from_env,
+    _RequestFailed,
+    _safe_url,
+    _SplitNeeded,
+    _Stats,
+    redact,
+)
+from .expressions import (  # noqa: F401 - the package's names, private ones for tests
+    _FLOAT32_BYTES,
+    _LN10_OVER_10,
+    _S1_OPTIONS,
+    _S2_OPTIONS,
+    _VALID_BAND_BYTES,
+    CLOUD_SCORE_PLUS_BANDS,
+    COMPOSITES,
+    S1_DB_COLLECTION,
+    S1_FLOAT_COLLECTION,
+    S1_ORBITS,
+    S2_CLOUD_SCORE_PLUS_COLLECTION,
+    S2_COLLECTION,
+    VALID_BAND,
+    _as_bool,
+    _ee_time,
+    _parse_sensor,
+    _parse_time,
+    _Run,
+    _Sensor,
+    _tile_rows,
+)
+from .plan import (  # noqa: F401 - the package's names, private ones for tests
+    EE_MASK_BYTES_PER_PIXEL,
+    EE_MAX_GRID_PX,
+    EE_MAX_REQUEST_BYTES,
+    _Block,
+    _request_bytes,
+    _Tile,
+    _Window,
+    plan_requests,
+)
+from .provider import (  # noqa: F401 - the package's names, private ones for tests
+    _MAX_PIXEL_SPLIT_DEPTH,
+    GEEProvider,
+    _read_npy,
+    _tile_arrays,
+)
+
+__all__ = [
+    "COMPOSITES",
+    "EE_MAX_GRID_PX",
+    "EE_MAX_REQUEST_BYTES",
+    "GEEProvider",
+    "HIGH_VOLUME_URL",
+    "S1_DB_COLLECTION",
+    "S1_FLOAT_COLLECTION",
+    "S2_CLOUD_SCORE_PLUS_COLLECTION",
+    "S2_COLLECTION",
+    "STANDARD_URL",
+    "TokenBucket",
+    "VALID_BAND",
+    "plan_requests",
+    "redact",
+]

@@ -1,0 +1,244 @@
+"""The Earth Engine client side: secret redaction, the token bucket and counters, error
+classification (retry / split / final) and the process-wide ee configuration."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+from ..base import ProviderError
+
+HIGH_VOLUME_URL = "https://earthengine-highvolume.googleapis.com"
+
+
+STANDARD_URL = "https://earthengine.googleapis.com"
+
+
+ENV_PROJECT = "EE_PROJECT"
+
+
+EE_SCOPES: tuple[str, ...] = (
+    "https://www.googleapis.com/auth/earthengine",
+    "https://www.googleapis.com/auth/cloud-platform",
+)
+
+
+# "too large" / "memory" / "timed out" answers: retry smaller.
+_SPLIT_RE = re.compile(
+    r"too large|too many pixels|must be less than or equal to|request size|payload size"
+    r"|memory limit|memory capacity|out of memory|timed out|time out|deadline exceeded",
+    re.IGNORECASE,
+)
+
+
+# Earth Engine's answers for a busy backend: transient whatever the HTTP status (often 400).
+_RETRY_RE = re.compile(r"too many concurrent aggregations|capacity exceeded", re.IGNORECASE)
+
+
+#: Client timeouts of one request in a row after which it is split instead of retried again.
+_TIMEOUTS_BEFORE_SPLIT = 2
+
+
+_REDACTIONS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|$)",
+                re.DOTALL), "[REDACTED PRIVATE KEY]"),
+    (re.compile(r"(?i)(\"?(?:private_key|private_key_id|client_secret|refresh_token|"
+                r"access_token|id_token|assertion)\"?\s*[:=]\s*)(\"[^\"]*\"|'[^']*'|[^\s,&}]+)"),
+     r"\1[REDACTED]"),
+    (re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]+"), r"\1 [REDACTED]"),
+    (re.compile(r"\bya29\.[A-Za-z0-9._-]+"), "[REDACTED TOKEN]"),
+    (re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), "[REDACTED JWT]"),
+    (re.compile(r"(?i)([?&](?:key|api_key|access_token|token|sig|signature)=)[^&\s]+"),
+     r"\1[REDACTED]"),
+)
+
+
+def redact(text: Any, extra_secrets: Iterable[str] = ()) -> str:
+    """``str(text)`` without key material, bearer / access tokens, JWTs or key query parameters.
+
+    ``extra_secrets``: literal strings (e.g. the current access token) to blank as well.
+    """
+    s = str(text)
+    for secret in extra_secrets:
+        if secret and len(secret) >= 8:
+            s = s.replace(secret, "[REDACTED]")
+    for pattern, repl in _REDACTIONS:
+        s = pattern.sub(repl, s)
+    return s
+
+
+def _safe_url(url: str) -> str:
+    """scheme://host[:port][/path] without user info, query or fragment."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", ""))
+
+
+def _project_from_env() -> str | None:
+    """The only place this module reads the environment: ``EE_PROJECT`` (empty = unset)."""
+    value = os.environ.get(ENV_PROJECT, "").strip()
+    return value or None
+
+
+class TokenBucket:
+    """Thread-safe token bucket: ``rate`` tokens per second, at most ``burst`` stored.
+
+    ``acquire()`` reserves a token (the balance may go negative: later callers wait longer, in
+    arrival order) and sleeps until it is due; it returns the seconds waited. Over any interval
+    of ``T`` seconds at most ``burst + rate * T`` acquisitions return.
+    """
+
+    def __init__(self, rate: float, burst: float | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        if not rate > 0:
+            raise ValueError(f"rate must be > 0, got {rate!r}")
+        self.rate = float(rate)
+        self.burst = float(burst) if burst is not None else max(1.0, self.rate / 10.0)
+        if self.burst < 1:
+            raise ValueError(f"burst must be >= 1, got {burst!r}")
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._tokens = self.burst
+        self._last = clock()
+
+    def acquire(self) -> float:
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+            self._last = now
+            self._tokens -= 1.0
+            wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
+        if wait > 0:
+            self._sleep(wait)
+        return wait
+
+
+class _Stats:
+    """Thread-safe counters of one provider instance (``GEEProvider.stats()``)."""
+
+    COUNTERS = (
+        "requests", "value_requests", "pixel_requests", "bytes", "pixel_bytes", "value_bytes",
+        "retries", "throttled", "server_errors", "too_large", "splits", "failures",
+        "tiles", "tiles_ok", "tiles_no_data", "tiles_failed",
+    )
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        with getattr(self, "_lock", threading.Lock()):
+            self._c: dict[str, float] = {k: 0 for k in self.COUNTERS}
+            self._in_flight = 0
+            self._max_in_flight = 0
+            self._rate_wait_s = 0.0
+            self._fetch_s = 0.0
+
+    def add(self, name: str, n: float = 1) -> None:
+        with self._lock:
+            self._c[name] = self._c.get(name, 0) + n
+
+    def enter(self, waited_s: float) -> None:
+        with self._lock:
+            self._in_flight += 1
+            self._max_in_flight = max(self._max_in_flight, self._in_flight)
+            self._rate_wait_s += waited_s
+
+    def leave(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+
+    def add_fetch_time(self, seconds: float) -> None:
+        with self._lock:
+            self._fetch_s += seconds
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            out: dict[str, Any] = {k: int(v) for k, v in self._c.items()}
+            out["max_in_flight"] = self._max_in_flight
+            out["rate_limit_wait_s"] = round(self._rate_wait_s, 4)
+            out["fetch_seconds"] = round(self._fetch_s, 4)
+        tiles = out["tiles"]
+        out["requests_per_tile"] = round(out["requests"] / tiles, 4) if tiles else 0.0
+        out["tiles_per_second"] = round(tiles / out["fetch_seconds"], 3) if out["fetch_seconds"] else 0.0
+        return out
+
+
+class _SplitNeeded(Exception):
+    """Earth Engine answered "too large" / "memory limit" / "timed out": ask for less."""
+
+
+class _RequestFailed(Exception):
+    """A request failed for good (permanent error, or retries exhausted)."""
+
+
+def _error_chain(exc: BaseException) -> Iterator[BaseException]:
+    seen = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
+
+
+def _http_details(exc: BaseException) -> tuple[int | None, float | None]:
+    """(HTTP status, Retry-After seconds) of the googleapiclient HttpError behind ``exc``."""
+    for e in _error_chain(exc):
+        resp = getattr(e, "resp", None)
+        status = getattr(resp, "status", None)
+        if status is not None and type(e).__name__ == "HttpError":
+            retry_after = None
+            try:
+                ra = resp.get("retry-after") if hasattr(resp, "get") else None
+                retry_after = float(ra) if ra is not None else None
+            except (TypeError, ValueError):
+                retry_after = None
+            try:
+                return int(status), retry_after
+            except (TypeError, ValueError):
+                return None, retry_after
+    return None, None
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    """A client-side deadline (socket / urllib3 / httplib2 timeout), not a server answer."""
+    for e in _error_chain(exc):
+        if isinstance(e, TimeoutError) or "timeout" in type(e).__name__.lower():
+            return True
+        if "timed out" in str(e).lower() and type(e).__module__.startswith(
+                ("socket", "urllib3", "requests", "httplib2", "http.client", "ssl", "builtins")):
+            return True
+    return False
+
+
+def _is_network_error(exc: BaseException) -> bool:
+    for e in _error_chain(exc):
+        if isinstance(e, (ConnectionError, TimeoutError)):
+            return True
+        mod = type(e).__module__
+        if mod.startswith(("requests", "urllib3", "http.client", "httplib2", "socket", "ssl")):
+            return True
+    return False
+
+
+_EE_LOCK = threading.Lock()
+
+
+_EE_CONFIG: dict[str, Any] = {"key": None, "active": 0}
+
+
+def _ee():
+    try:
+        import ee  # noqa: PLC0415 - lazy: the orchestrator environment has it, other code may not
+    except ImportError as exc:  # pragma: no cover - environment problem
+        raise ProviderError("GEE provider needs earthengine-api (pip install earthengine-api)") from exc
+    return ee

@@ -1,0 +1,322 @@
+"""Sensor options and the ee expression graphs of one fetch (collections, filters,
+composites, the validity band)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from rs_embed_pipeline.timeparse import parse_utc
+
+from ..base import S1_BANDS, S2_BANDS, ProviderError
+from .client import _ee
+from .plan import _Tile, _Window
+
+S2_COLLECTION = "COPERNICUS/S2_SR_HARMONIZED"
+
+
+S2_CLOUD_SCORE_PLUS_COLLECTION = "GOOGLE/CLOUD_SCORE_PLUS/V1/S2_HARMONIZED"
+
+
+S1_FLOAT_COLLECTION = "COPERNICUS/S1_GRD_FLOAT"
+
+
+S1_DB_COLLECTION = "COPERNICUS/S1_GRD"
+
+
+COMPOSITES: tuple[str, ...] = ("median", "mosaic")
+
+
+S1_ORBITS: tuple[str, ...] = ("ASCENDING", "DESCENDING")
+
+
+CLOUD_SCORE_PLUS_BANDS: tuple[str, ...] = ("cs_cdf", "cs")
+
+
+#: The uint8 band carrying the validity mask through NPY (which has no mask of its own).
+VALID_BAND = "rsep_valid"
+
+
+_FLOAT32_BYTES = 4
+
+
+_VALID_BAND_BYTES = 1
+
+
+_LN10_OVER_10 = math.log(10.0) / 10.0
+
+
+_S2_OPTIONS = ("composite", "cloudy_pct", "cloud_score_plus", "cs_threshold", "cs_band", "fill_value")
+
+
+_S1_OPTIONS = ("composite", "orbit", "use_float_linear", "require_iw", "relax_iw_on_empty", "fill_value")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sensor:
+    modality: str
+    bands: tuple[str, ...]
+    composite: str
+    fill_value: float = 0.0  # data value of pixels without a valid observation
+    # S2
+    cloudy_pct: float | None = None
+    cloud_score_plus: bool = False
+    cs_threshold: float = 0.6
+    cs_band: str = "cs_cdf"
+    # S1
+    orbit: str | None = None
+    use_float_linear: bool = True
+    require_iw: bool = True
+    relax_iw_on_empty: bool = True
+
+    @property
+    def collection(self) -> str:
+        if self.modality == "s2":
+            return S2_COLLECTION
+        return S1_FLOAT_COLLECTION if self.use_float_linear else S1_DB_COLLECTION
+
+    @property
+    def send_dtype(self) -> str:
+        """The smallest dtype that carries the composite exactly: S2 DN are integers in uint16,
+        so a mosaic (one scene's DN per pixel) travels as uint16 (when the fill value is one too);
+        a median of an even count is a half DN, and S1 is linear power: float32."""
+        exact_fill = float(self.fill_value).is_integer() and 0 <= self.fill_value <= 65535
+        if self.modality == "s2" and self.composite == "mosaic" and exact_fill:
+            return "uint16"
+        return "float32"
+
+    @property
+    def band_bytes(self) -> tuple[int, ...]:
+        """Bytes per pixel of each band sent: the asked bands, then the validity band."""
+        per_band = np.dtype(self.send_dtype).itemsize
+        return (per_band,) * len(self.bands) + (_VALID_BAND_BYTES,)
+
+    def composite_description(self) -> str:
+        if self.composite == "mosaic":
+            return "mosaic (sorted by system:time_start, latest on top)"
+        return "median"
+
+    def filters(self, start: str, end: str, *, iw: bool | None = None) -> dict[str, Any]:
+        """The filters applied, for provenance (``iw``: the IW filter for this tile, S1)."""
+        f: dict[str, Any] = {"bounds": "tile rectangle in its UTM CRS",
+                             "date": [start, end], "date_end_exclusive": True}
+        if self.modality == "s2":
+            f["CLOUDY_PIXEL_PERCENTAGE_lte"] = self.cloudy_pct
+            f["cloud_score_plus"] = (
+                {"collection": S2_CLOUD_SCORE_PLUS_COLLECTION, "band": self.cs_band,
+                 "threshold": self.cs_threshold, "rule": f"{self.cs_band} >= threshold"}
+                if self.cloud_score_plus else None
+            )
+        else:
+            f["transmitterReceiverPolarisation_contains"] = ["VV", "VH"]
+            f["instrumentMode"] = "IW" if (self.require_iw if iw is None else iw) else None
+            f["orbitProperties_pass"] = self.orbit
+        return f
+
+
+def _as_bool(name: str, value: Any) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise ProviderError(f"sensor option {name!r} must be true or false, got {value!r}")
+
+
+def _parse_sensor(modality: str, bands: Iterable[str] | None, options: Mapping[str, Any],
+                  defaults: Mapping[str, Any]) -> _Sensor:
+    modality = str(modality).lower().strip()
+    if modality not in ("s2", "s1"):
+        raise ProviderError(f"GEE provider: unknown modality {modality!r}; use 's2' or 's1'")
+    valid_opts = _S2_OPTIONS if modality == "s2" else _S1_OPTIONS
+    unknown = sorted(set(options) - set(valid_opts))
+    if unknown:
+        raise ProviderError(
+            f"GEE provider: unknown {modality} sensor option(s) {unknown}; valid: {list(valid_opts)}"
+        )
+    opts = {k: v for k, v in defaults.items() if k in valid_opts}
+    opts.update(options)
+
+    allowed = S2_BANDS if modality == "s2" else S1_BANDS
+    band_list = tuple(str(b) for b in (bands if bands is not None else allowed))
+    if not band_list:
+        raise ProviderError("GEE provider: empty band list")
+    bad = [b for b in band_list if b not in allowed]
+    if bad:
+        raise ProviderError(f"GEE provider: band(s) {bad} not available for {modality}; "
+                            f"valid: {list(allowed)}")
+    if len(set(band_list)) != len(band_list):
+        raise ProviderError(f"GEE provider: duplicate bands in {list(band_list)}")
+
+    composite = str(opts.get("composite", "median") or "median").lower().strip()
+    if composite not in COMPOSITES:
+        raise ProviderError(f"GEE provider: unknown composite {opts.get('composite')!r}; "
+                            f"valid: {list(COMPOSITES)}")
+    try:
+        fill = float(opts.get("fill_value", 0.0))
+    except (TypeError, ValueError):
+        raise ProviderError(f"GEE provider: fill_value must be a number, got {opts.get('fill_value')!r}") from None
+
+    if modality == "s2":
+        cloudy = opts.get("cloudy_pct", 30)
+        if cloudy is not None:
+            try:
+                cloudy = float(cloudy)
+            except (TypeError, ValueError):
+                raise ProviderError(f"GEE provider: cloudy_pct must be a number or None, got {cloudy!r}") from None
+            if not 0 <= cloudy <= 100:
+                raise ProviderError(f"GEE provider: cloudy_pct must be within [0, 100], got {cloudy}")
+            if cloudy == int(cloudy):
+                cloudy = int(cloudy)
+        csp = _as_bool("cloud_score_plus", opts.get("cloud_score_plus", False))
+        thr = opts.get("cs_threshold", 0.6)
+        try:
+            thr = float(thr)
+        except (TypeError, ValueError):
+            raise ProviderError(f"GEE provider: cs_threshold must be a number, got {thr!r}") from None
+        if not 0 <= thr <= 1:
+            raise ProviderError(f"GEE provider: cs_threshold must be within [0, 1], got {thr}")
+        cs_band = str(opts.get("cs_band", "cs_cdf"))
+        if cs_band not in CLOUD_SCORE_PLUS_BANDS:
+            raise ProviderError(f"GEE provider: cs_band {cs_band!r} is not one of "
+                                f"{list(CLOUD_SCORE_PLUS_BANDS)}")
+        return _Sensor("s2", band_list, composite, fill_value=fill, cloudy_pct=cloudy, cloud_score_plus=csp,
+                       cs_threshold=thr, cs_band=cs_band)
+
+    orbit = opts.get("orbit")
+    if orbit is not None:
+        orbit = str(orbit).upper().strip()
+        if orbit not in S1_ORBITS:
+            raise ProviderError(f"GEE provider: unknown S1 orbit {opts.get('orbit')!r}; "
+                                f"use 'ASCENDING' or 'DESCENDING' (or None for both)")
+    return _Sensor(
+        "s1", band_list, composite, fill_value=fill, orbit=orbit,
+        use_float_linear=_as_bool("use_float_linear", opts.get("use_float_linear", True)),
+        require_iw=_as_bool("require_iw", opts.get("require_iw", True)),
+        relax_iw_on_empty=_as_bool("relax_iw_on_empty", opts.get("relax_iw_on_empty", True)),
+    )
+
+
+def _parse_time(value: Any, what: str) -> dt.datetime:
+    try:
+        return parse_utc(value)
+    except ValueError as exc:
+        raise ProviderError(f"GEE provider: {what} {exc}") from None
+
+
+def _ee_time(t: dt.datetime) -> str:
+    if t.time() == dt.time(0, 0):
+        return t.strftime("%Y-%m-%d")
+    return t.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def _tile_rows(tiles: Any) -> list[Any]:
+    if tiles is None:
+        return []
+    if hasattr(tiles, "columns") and hasattr(tiles, "to_dict"):  # (Geo)DataFrame
+        return list(tiles.to_dict("records"))
+    if isinstance(tiles, Mapping):
+        return [tiles]
+    if hasattr(tiles, "to_dict") and hasattr(tiles, "index"):  # one pandas Series
+        return [tiles.to_dict()]
+    rows = []
+    for row in tiles:
+        if isinstance(row, Mapping):
+            rows.append(row)
+        elif hasattr(row, "_asdict"):
+            rows.append(row._asdict())
+        elif hasattr(row, "to_dict"):
+            rows.append(row.to_dict())
+        else:
+            rows.append(vars(row))
+    return rows
+
+
+class _Run:
+    """Settings and ee expression builders of one ``fetch_patches`` call."""
+
+    def __init__(self, sensor: _Sensor, start: str, end: str, max_tiles: int) -> None:
+        self.ee = _ee()
+        self.sensor = sensor
+        self.start = start
+        self.end = end
+        self.max_tiles = max_tiles
+
+    # ---- geometry -----------------------------------------------------------------------------
+    def rect(self, window: _Window):
+        return self.ee.Geometry.Rectangle(window.bounds(), f"EPSG:{window.epsg}", False)
+
+    # ---- collections --------------------------------------------------------------------------
+    def _s1_base(self, region):
+        ee = self.ee
+        s = self.sensor
+        coll = ee.ImageCollection(s.collection).filterBounds(region).filterDate(self.start, self.end)
+        if s.orbit:
+            coll = coll.filter(ee.Filter.eq("orbitProperties_pass", s.orbit))
+        coll = coll.filter(ee.Filter.listContains("transmitterReceiverPolarisation", "VV"))
+        coll = coll.filter(ee.Filter.listContains("transmitterReceiverPolarisation", "VH"))
+        return coll
+
+    def scene_collections(self, region) -> list:
+        """Collections whose ids the scene query returns (S1: [IW, without IW] as needed)."""
+        ee = self.ee
+        s = self.sensor
+        if s.modality == "s2":
+            coll = ee.ImageCollection(s.collection).filterBounds(region).filterDate(self.start, self.end)
+            if s.cloudy_pct is not None:
+                coll = coll.filter(ee.Filter.lte("CLOUDY_PIXEL_PERCENTAGE", s.cloudy_pct))
+            return [coll]
+        dual = self._s1_base(region)
+        if not s.require_iw:
+            return [dual]
+        iw = dual.filter(ee.Filter.eq("instrumentMode", "IW"))
+        return [iw, dual] if s.relax_iw_on_empty else [iw]
+
+    def pixel_collection(self, region, variant: str):
+        """The collection composited for a block; ``variant``: "ok" (S2), "iw" / "any" (S1)."""
+        ee = self.ee
+        s = self.sensor
+        if s.modality == "s2":
+            coll = self.scene_collections(region)[0]
+        else:
+            coll = self._s1_base(region)
+            if variant == "iw":
+                coll = coll.filter(ee.Filter.eq("instrumentMode", "IW"))
+        if s.composite == "mosaic":
+            # Sort before any per-image arithmetic (which drops image properties); map keeps order.
+            coll = coll.sort("system:time_start")
+        if s.modality == "s2":
+            if s.cloud_score_plus:
+                threshold = s.cs_threshold
+                band = s.cs_band
+                coll = coll.linkCollection(ee.ImageCollection(S2_CLOUD_SCORE_PLUS_COLLECTION), [band])
+                coll = coll.map(lambda img: img.updateMask(img.select(band).gte(threshold)))
+            coll = coll.select(list(s.bands))
+        else:
+            bands = list(s.bands)
+            if s.use_float_linear:
+                coll = coll.select(bands)
+            else:
+                # dB -> linear power per image, before compositing: 10 ** (dB / 10) = exp(dB * ln10 / 10).
+                coll = coll.map(lambda img: img.select(bands).multiply(_LN10_OVER_10).exp())
+        return coll
+
+    def pixel_image(self, window: _Window, variant: str):
+        ee = self.ee
+        coll = self.pixel_collection(self.rect(window), variant)
+        composite = coll.mosaic() if self.sensor.composite == "mosaic" else coll.median()
+        img = composite.select(list(self.sensor.bands))
+        img = img.toUint16() if self.sensor.send_dtype == "uint16" else img.toFloat()
+        valid = img.mask().reduce(ee.Reducer.min()).gt(0).toUint8().rename(VALID_BAND)
+        return img.addBands(valid).unmask(0, False)
+
+    def scene_query(self, tiles: Sequence[_Tile]):
+        ee = self.ee
+        per_tile = []
+        for t in tiles:
+            region = self.rect(_Window(t.epsg, t.scale, t.x0, t.y0, t.size, t.size))
+            lists = [c.aggregate_array("system:index") for c in self.scene_collections(region)]
+            per_tile.append(ee.List(lists))
+        return ee.List(per_tile)
