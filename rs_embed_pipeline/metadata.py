@@ -8,7 +8,8 @@ from __future__ import annotations
 import base64
 import io
 import json
-from typing import Any, Iterable, Mapping
+from typing import Any
+from collections.abc import Iterable, Mapping
 
 import dagster as dg
 import numpy as np
@@ -75,15 +76,36 @@ def pca_rgb(features: np.ndarray) -> np.ndarray:
     return rgb.reshape(*shape, 3)
 
 
-def preview_png(rgb: np.ndarray, min_side: int = 256) -> bytes:
+# The preview is stored in the event log with every materialization: small regions are enlarged
+# (whole pixels, no smoothing) to be visible, large ones shrunk so that no side exceeds this.
+PREVIEW_MAX_SIDE = 512
+
+
+def preview_png(rgb: np.ndarray, min_side: int = 256, max_side: int = PREVIEW_MAX_SIDE) -> bytes:
+    """``[h, w, 3]`` uint8 as a PNG whose longer side is at most ``max_side`` pixels: enlarged by
+    a whole factor towards ``min_side`` (nearest neighbour), or shrunk (box filter) to fit."""
     from PIL import Image
 
     image = Image.fromarray(rgb, mode="RGB")
-    factor = max(1, int(np.ceil(min_side / max(1, min(rgb.shape[:2])))))
-    image = image.resize((rgb.shape[1] * factor, rgb.shape[0] * factor), Image.Resampling.NEAREST)
+    h, w = rgb.shape[:2]
+    factor = max(1, int(np.ceil(min_side / max(1, min(h, w)))))
+    factor = max(1, min(factor, max_side // max(1, h, w)))
+    if max(h, w) > max_side:
+        scale = max_side / max(h, w)
+        image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BOX)
+    elif factor > 1:
+        image = image.resize((w * factor, h * factor), Image.Resampling.NEAREST)
     buf = io.BytesIO()
-    image.save(buf, format="PNG")
+    image.save(buf, format="PNG", optimize=True)
     return buf.getvalue()
+
+
+def ordered_for_people(metadata: Mapping[str, Any], first: Iterable[str]) -> dict[str, Any]:
+    """The same entries, the ones a person looks for first (``first``, in that order: outcome,
+    then the settings that vary between runs), then the rest as they came. The UI shows metadata
+    in this order; the keys stay the same on every materialization."""
+    head = [k for k in first if k in metadata]
+    return {**{k: metadata[k] for k in head}, **{k: v for k, v in metadata.items() if k not in head}}
 
 
 def preview_markdown(png: bytes, caption: str) -> dg.MarkdownMetadataValue:

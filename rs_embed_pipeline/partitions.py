@@ -1,4 +1,4 @@
-"""Partitions: region x time window (DESIGN.md). Tiles live inside a run, never as partitions."""
+"""Partitions: region x time window (docs/architecture.md). Tiles live inside a run, never as partitions."""
 
 from __future__ import annotations
 

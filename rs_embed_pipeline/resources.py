@@ -6,10 +6,11 @@ Which provider, store root and worker are used in a deployment is chosen in one 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import dagster as dg
 from pydantic import Field
@@ -28,16 +29,63 @@ class PipelineStore(dg.ConfigurableResource):
     """Root of the patch, embedding and cube stores: a local directory or ``s3://bucket/prefix``."""
 
     root: str = Field(description="Directory or s3://bucket/prefix holding every store.")
-    storage_options_json: Optional[str] = Field(
+    storage_options_json: str | None = Field(
         default=None,
         description="JSON fsspec storage options (e.g. an S3 endpoint_url); credentials come "
         "from the standard AWS environment (keys, AWS_PROFILE, IRSA, ECS task role), never from "
         "here: options holding credentials are refused.",
     )
 
+    lease_wait_s: float = Field(
+        default=600.0, description="A step waits this long for another run writing the same region x "
+        "window (leases.py), then fails naming that run; 0: fail at once.")
+    lease_ttl_s: float = Field(
+        default=120.0, description="A writer's lease lapses this long after its last heartbeat (a killed "
+        "step); a retried step of the same run re-enters at once.")
+    regions_config: str | None = Field(
+        default=None, description="The regions / time-window YAML (RS_EMBED_CONFIG), to resolve a run's "
+        "partitions for the leases; None: no leases (set by definitions.py).")
+
     @property
     def layout(self) -> StoreLayout:
         return StoreLayout(self.root)
+
+    @contextlib.contextmanager
+    def yield_for_execution(self, context: dg.InitResourceContext):
+        """Hold the lease of every region x window of the run while a step uses the store (one
+        writer per partition: rs_embed_pipeline.leases)."""
+        run = context.run
+        parts = self._run_partitions(run) if run is not None and self.regions_config else []
+        if not parts:
+            yield self
+            return
+        from rs_embed_pipeline.leases import LeaseBusy, partition_leases
+
+        steps = list(run.step_keys_to_execute or [])
+        log = context.log.info if context.log else print
+        try:
+            with partition_leases(self.root, parts, run_id=run.run_id,
+                                  step=",".join(steps) if 0 < len(steps) <= 3 else "run", wait_s=self.lease_wait_s,
+                                  ttl_s=self.lease_ttl_s, storage_options=self.storage_options, log=log):
+                yield self
+        except LeaseBusy as busy:
+            raise dg.Failure(
+                f"{busy}. One run writes a region x window at a time: this step waited {self.lease_wait_s:.0f} s "
+                f"(PipelineStore.lease_wait_s). Wait for run {busy.run_id} to finish, or terminate it; a killed "
+                f"run's lease lapses {self.lease_ttl_s:.0f} s after its last heartbeat.",
+                metadata={"running_run_id": str(busy.run_id), "partition": busy.key},
+            ) from None
+
+    def _run_partitions(self, run: Any) -> list[tuple[str, str]]:
+        from rs_embed_pipeline.partitions import build_partitions, region_windows
+        from rs_embed_pipeline.regions import load_pipeline_config
+
+        partitions_def = build_partitions(load_pipeline_config(Path(self.regions_config)))
+        subset = run.get_resolved_partitions_subset_for_events(partitions_def)
+        if subset is None:
+            return []
+        keys = list(subset.get_partition_keys())
+        return [(p.region, p.window) for p in region_windows(partitions_def, keys)]
 
     @property
     def storage_options(self) -> dict[str, Any] | None:
@@ -54,7 +102,7 @@ class ImageryResource(dg.ConfigurableResource):
 
     cloudy_pct: float = Field(default=30, description="S2 scenes with more cloud (%) are dropped.")
     composite: str = Field(default="median", description="median | mosaic (latest valid on top).")
-    s1_orbit: Optional[str] = Field(default=None, description="ASCENDING | DESCENDING | None (both).")
+    s1_orbit: str | None = Field(default=None, description="ASCENDING | DESCENDING | None (both).")
     fill_value: float = Field(
         default=0.0, description="Value written to pixels without a valid observation (S2 and S1; the "
         "valid mask still marks them).")
@@ -77,6 +125,10 @@ class ImageryResource(dg.ConfigurableResource):
         """The provider; ``fetch_workers``: the models' fetch_workers (threads), where it applies."""
         raise NotImplementedError
 
+    def validate_settings(self) -> None:
+        """Check the provider-specific fields (at code-location load, :func:`definitions.validate_resources`,
+        and again in :meth:`build`); raises ``ValueError`` with a ``field`` attribute naming the field."""
+
     def sensor_options(self, modality: str) -> dict[str, Any]:
         """Options for ``fetch_patches``; invalid values raise with the valid ones (rs-embed's messages)."""
         if self.composite not in COMPOSITES:
@@ -97,59 +149,123 @@ class ImageryResource(dg.ConfigurableResource):
 
 
 class LocalStacImagery(ImageryResource):
-    """A static STAC catalog of COGs: the synthetic demo catalog, or one built from your own GeoTIFF
-    scenes (``python -m rs_embed_pipeline.providers.user_scenes``)."""
+    """A static STAC catalog of COGs: the synthetic demo catalog, one built from your own GeoTIFF
+    scenes (``python -m rs_embed_pipeline.providers.user_scenes``), or a local mirror laid out like
+    a real catalog (``catalog_preset``)."""
 
     catalog_path: str
-    max_workers: Optional[int] = Field(
+    max_workers: int | None = Field(
         default=None, description="Fetch threads; None: the fetch_workers of the model adapters.")
-    s2_collection: Optional[str] = Field(
-        default=None, description="S2 collection id; None: the catalog's own (user-scene catalogs record "
-        "theirs), else synthetic-s2-l2a.")
-    s1_collection: Optional[str] = Field(
+    catalog_preset: str | None = Field(
+        default=None, description="The catalog's layout: earth-search-c1 | earth-search-l2a | planetary-computer "
+        "(S2 collection, band -> asset keys, SCL key: providers/catalogs.py CATALOG_PRESETS); None: the "
+        "catalog's own (user-scene catalogs record theirs), else the synthetic layout.")
+    s2_collection: str | None = Field(
+        default=None, description="S2 collection id; None: the preset's, else the catalog's own (user-scene "
+        "catalogs record theirs), else synthetic-s2-l2a.")
+    s1_collection: str | None = Field(
         default=None, description="S1 collection id; None: the catalog's own, else synthetic-s1-grd.")
-    mask_asset: Optional[str] = Field(
-        default=None, description="S2 SCL asset key; None: the catalog's own choice, else 'scl'; "
-        "'none' disables SCL masking.")
+    s2_assets: dict[str, str] | None = Field(
+        default=None, description="S2 band -> asset key (e.g. {'B8A': 'B8A'}), laid over the preset's map "
+        "(else Earth Search C1's keys).")
+    mask_asset: str | None = Field(
+        default=None, description="S2 SCL asset key; None: the preset's, else the catalog's own choice, else "
+        "'scl'; 'none' disables SCL masking.")
     provider_name: str = "local_stac"
+
+    def catalog(self) -> dict[str, Any]:
+        """The resolved catalog settings (fields over the preset; providers/catalogs.py)."""
+        from rs_embed_pipeline.providers.catalogs import resolve_catalog
+
+        return resolve_catalog(self.catalog_preset, s2_collection=self.s2_collection,
+                               s1_collection=self.s1_collection, s2_assets=self.s2_assets,
+                               mask_asset=self.mask_asset)
+
+    def validate_settings(self) -> None:
+        self.catalog()
 
     def build(self, fetch_workers: int | None = None) -> PatchProvider:
         from rs_embed_pipeline.providers import LocalStacProvider
         from rs_embed_pipeline.providers.user_scenes import catalog_collections
 
+        cat = self.catalog()
         found = catalog_collections(self.catalog_path)
-        mask = self.mask_asset if self.mask_asset is not None else found["mask_asset"]
+        mask = cat["mask_asset"] if cat["mask_asset"] is not None else found["mask_asset"]
         return LocalStacProvider(
             self.catalog_path,
-            s2_collection=self.s2_collection or found["s2_collection"],
-            s1_collection=self.s1_collection or found["s1_collection"],
+            s2_collection=cat["collection"] or found["s2_collection"],
+            s1_collection=cat["s1_collection"] or found["s1_collection"],
+            s2_assets=cat["s2_assets"],
             mask_asset=None if str(mask).lower() == "none" else mask,
             max_workers=self.max_workers or fetch_workers or DEFAULT_FETCH_WORKERS,
         )
 
 
 class StacImagery(ImageryResource):
-    """A STAC API, by default Earth Search Sentinel-2 L2A collection 1."""
+    """A STAC API: Earth Search Sentinel-2 L2A collection 1 by default, or another known catalog
+    (``catalog_preset``); each catalog field set here wins over the preset's."""
 
-    api_url: str = "https://earth-search.aws.element84.com/v1"
-    collection: str = "sentinel-2-c1-l2a"
-    max_workers: Optional[int] = Field(
+    catalog_preset: str = Field(
+        default="earth-search-c1", description="earth-search-c1 | earth-search-l2a (the older Earth Search "
+        "collection) | planetary-computer: the catalog's API URL, S2 collection, band -> asset keys, SCL key "
+        "and URL signing (providers/catalogs.py CATALOG_PRESETS).")
+    api_url: str | None = Field(
+        default=None, description="STAC API URL; None: the preset's (RS_EMBED_STAC_URL sets it).")
+    collection: str | None = Field(default=None, description="S2 collection id; None: the preset's.")
+    s1_collection: str | None = Field(
+        default=None, description="S1 collection of calibrated linear sigma0 (VV, VH); None: none (S1 from Earth "
+        "Engine). Gamma0 (Planetary Computer sentinel-1-rtc) and uncalibrated DN (Earth Search sentinel-1-grd) "
+        "are refused.")
+    s2_assets: dict[str, str] | None = Field(
+        default=None, description="S2 band -> asset key (e.g. {'B8A': 'nir08'}), laid over the preset's map.")
+    mask_asset: str | None = Field(
+        default=None, description="S2 SCL asset key; None: the preset's; 'none' disables SCL masking.")
+    patch_url: str | None = Field(
+        default=None, description="Asset href signing: none | planetary_computer (SAS tokens, package "
+        "planetary-computer); None: the preset's.")
+    max_workers: int | None = Field(
         default=None, description="Fetch threads; None: the fetch_workers of the model adapters.")
     provider_name: str = "stac"
+
+    def catalog(self) -> dict[str, Any]:
+        """The resolved catalog settings (fields over the preset; providers/catalogs.py)."""
+        from rs_embed_pipeline.providers.catalogs import resolve_catalog
+
+        return resolve_catalog(self.catalog_preset, api_url=self.api_url, s2_collection=self.collection,
+                               s1_collection=self.s1_collection, s2_assets=self.s2_assets,
+                               mask_asset=self.mask_asset, patch_url=self.patch_url)
+
+    def validate_settings(self) -> None:
+        from rs_embed_pipeline.providers.catalogs import CatalogConfigError
+        from rs_embed_pipeline.providers.stac import PATCH_URL_SIGNERS
+
+        sign = self.catalog()["patch_url"]
+        if sign is not None:  # the signing package must be installed where the fetch runs
+            import importlib.util
+
+            module, _, package = PATCH_URL_SIGNERS[sign]
+            if importlib.util.find_spec(module) is None:
+                raise CatalogConfigError("patch_url", f"patch_url {sign!r} needs the {package!r} package "
+                                         f"(pip install {package}), or patch_url 'none'")
 
     def build(self, fetch_workers: int | None = None) -> PatchProvider:
         from rs_embed_pipeline.providers import StacProvider
 
-        return StacProvider(api_url=self.api_url, collection=self.collection,
+        self.validate_settings()
+        cat = self.catalog()
+        mask = cat["mask_asset"]
+        return StacProvider(api_url=cat["api_url"], collection=cat["collection"], s1_collection=cat["s1_collection"],
+                            s2_assets=cat["s2_assets"], mask_asset=None if str(mask).lower() == "none" else mask,
+                            patch_url=cat["patch_url"],
                             max_workers=self.max_workers or fetch_workers or DEFAULT_FETCH_WORKERS)
 
 
 class EarthEngineImagery(ImageryResource):
-    """Google Earth Engine through computePixels; quota-aware (see providers/gee.py)."""
+    """Google Earth Engine through computePixels; quota-aware (see the providers/gee/ package)."""
 
-    project: Optional[str] = None
-    api_url: Optional[str] = None
-    credentials_file: Optional[str] = None
+    project: str | None = None
+    api_url: str | None = None
+    credentials_file: str | None = None
     max_concurrent_requests: int = 40
     max_requests_per_second: float = 100
     anonymous: bool = Field(
@@ -185,18 +301,18 @@ class EarthEngineImagery(ImageryResource):
 class ModelAdapterResource(dg.ConfigurableResource):
     """A model adapter: its settings, and how to run it in the worker environment via Pipes."""
 
-    checkpoint: Optional[str] = Field(
+    checkpoint: str | None = Field(
         default=None, description="Local weights file; None: Hugging Face hub (cache first)."
     )
     allow_random_weights: bool = Field(
         default=False, description="Explicit opt-in to random weights (labelled in logs and metadata)."
     )
     device: str = Field(default="auto", description="auto (cuda > cpu) | cpu | cuda")
-    batch_size: Optional[int] = Field(
+    batch_size: int | None = Field(
         default=None, description="Tiles per forward pass; None: 8 on CPU, 64 (TerraFM) / 32 (THOR) on CUDA.")
-    precision: str = Field(default="fp32", description="fp32 | bf16 (autocast, CUDA only)")
-    cache_dir: Optional[str] = Field(default=None, description="Hugging Face cache directory.")
-    arch_json: Optional[str] = Field(
+    precision: str = Field(default="fp32", description="fp32 | bf16 (autocast on CUDA, and on CPUs with native bf16; otherwise fp32 with a warning)")
+    cache_dir: str | None = Field(default=None, description="Hugging Face cache directory.")
+    arch_json: str | None = Field(
         default=None, description="Reduced architecture (a fixture's case.json 'arch'); tests only."
     )
     worker_python: str = Field(description="Python interpreter of the worker environment.")

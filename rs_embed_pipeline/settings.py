@@ -13,9 +13,13 @@ Everything else receives these values through resources (definitions.py), never 
 | ``RS_EMBED_WORKER_PYTHON`` | interpreter of the model environment | ``<repo>/.venv-worker/bin/python`` |
 | ``RS_EMBED_ALLOW_RANDOM_WEIGHTS`` | ``1``: run models on random weights when no checkpoint is found (labelled everywhere) | ``0`` |
 | ``RS_EMBED_DEVICE`` | ``auto`` / ``cpu`` / ``cuda`` | ``auto`` |
-| ``RS_EMBED_EXECUTOR`` | executor of ``build_embeddings``: ``multiprocess`` / ``k8s`` (executors.py) | ``multiprocess`` |
-| ``RS_EMBED_CELERY_BROKER`` | broker of ``build_embeddings_celery`` (e.g. ``redis://host:6379/0``) | run config |
+| ``RS_EMBED_EXECUTOR`` | executor of every job, UI materializations and backfills included: ``multiprocess`` / ``k8s`` / ``celery`` (executors.py) | ``multiprocess`` |
+| ``RS_EMBED_CELERY_BROKER`` | broker of ``build_embeddings_celery`` and of ``RS_EMBED_EXECUTOR=celery`` (e.g. ``redis://host:6379/0``) | run config |
 | ``RS_EMBED_CELERY_BACKEND`` | its result backend | the broker |
+| ``RS_EMBED_STEP_RETRIES`` | retries of a failed or killed asset step (exponential backoff) | ``2`` |
+| ``RS_EMBED_STEP_RETRY_DELAY_S`` | wait before the first step retry, seconds (doubles, +-50 % jitter) | ``30`` |
+| ``RS_EMBED_LEASE_WAIT_S`` | how long a step waits for another run writing the same region x window (leases.py) | ``600`` |
+| ``RS_EMBED_LEASE_TTL_S`` | a writer's lease lapses this long after its last heartbeat (a killed writer) | ``120`` |
 
 Model tuning knobs with rs-embed 0.3.1's names (``RS_EMBED_TERRAFM_BATCH_SIZE``,
 ``RS_EMBED_TERRAFM_FETCH_WORKERS``, ``RS_EMBED_THOR_MODEL_KEY``, ``RS_EMBED_THOR_CKPT``,
@@ -37,18 +41,34 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
 DEFAULT_CONFIG = PACKAGE_DIR / "config" / "pipeline.yaml"
 PROVIDER_NAMES = ("local_stac", "stac", "gee")
 EARTH_SEARCH_URL = "https://earth-search.aws.element84.com/v1"
-EXECUTOR_NAMES = ("multiprocess", "k8s")  # of build_embeddings; see executors.py
+EXECUTOR_NAMES = ("multiprocess", "k8s", "celery")  # of every job; see executors.py
 
 
-def _flag(value: str | None) -> bool:
-    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+DEVICES = ("auto", "cpu", "cuda")  # and cuda:<index>
+
+
+def _flag(value: str | None, name: str = "flag") -> bool:
+    v = (value or "").strip().lower()
+    if v in {"", "0", "false", "no", "off"}:
+        return False
+    if v in {"1", "true", "yes", "on"}:
+        return True
+    raise ValueError(f"{name}={value!r} is invalid; valid values: 1/0, true/false, yes/no, on/off")
+
+
+def _device(value: str | None) -> str:
+    v = (value or "auto").strip().lower()
+    if v in DEVICES or (v.startswith("cuda:") and v[5:].isdigit()):
+        return v
+    raise ValueError(f"RS_EMBED_DEVICE={value!r} is invalid; valid values: {', '.join(DEVICES)}, cuda:<index>")
 
 
 def _executor(value: str | None) -> str:
@@ -56,6 +76,21 @@ def _executor(value: str | None) -> str:
     if name not in EXECUTOR_NAMES:
         raise ValueError(f"RS_EMBED_EXECUTOR={name!r} is not one of {', '.join(EXECUTOR_NAMES)}")
     return name
+
+
+def _number(env: Mapping[str, str], name: str, default: float, minimum: float, kind: type = int) -> Any:
+    """A numeric setting; an invalid value is an error naming the variable and the valid values."""
+    raw = env.get(name)
+    if raw is None or not str(raw).strip():
+        return kind(default)
+    try:
+        value = kind(str(raw).strip())
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        what = "an integer" if kind is int else "a number"
+        raise ValueError(f"{name}={raw!r} is invalid; valid values: {what} >= {minimum}")
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,13 +107,17 @@ class Settings:
     executor: str = "multiprocess"
     celery_broker: str | None = None
     celery_backend: str | None = None
+    step_retries: int = 2
+    step_retry_delay_s: float = 30.0
+    lease_wait_s: float = 600.0
+    lease_ttl_s: float = 120.0
     # Resource fields set by the rs-embed knob variables: {"terrafm"|"thor"|"imagery": {field: value}}.
     knobs: Mapping[str, Mapping[str, Any]] = dataclasses.field(
         default_factory=lambda: {"terrafm": {}, "thor": {}, "imagery": {}}
     )
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         from rs_embed_pipeline.models.knobs import resource_values  # torch-free knob table
 
@@ -99,10 +138,35 @@ class Settings:
             ee_project=env.get("EE_PROJECT") or None,
             worker_python=env.get("RS_EMBED_WORKER_PYTHON")
             or str(REPO_DIR / ".venv-worker" / "bin" / "python"),
-            allow_random_weights=_flag(env.get("RS_EMBED_ALLOW_RANDOM_WEIGHTS")),
-            device=env.get("RS_EMBED_DEVICE") or "auto",
+            allow_random_weights=_flag(env.get("RS_EMBED_ALLOW_RANDOM_WEIGHTS"), "RS_EMBED_ALLOW_RANDOM_WEIGHTS"),
+            device=_device(env.get("RS_EMBED_DEVICE")),
             executor=_executor(env.get("RS_EMBED_EXECUTOR")),
             celery_broker=env.get("RS_EMBED_CELERY_BROKER") or None,
             celery_backend=env.get("RS_EMBED_CELERY_BACKEND") or None,
+            step_retries=_number(env, "RS_EMBED_STEP_RETRIES", 2, 0),
+            step_retry_delay_s=_number(env, "RS_EMBED_STEP_RETRY_DELAY_S", 30, 0, float),
+            lease_wait_s=_number(env, "RS_EMBED_LEASE_WAIT_S", 600, 0, float),
+            lease_ttl_s=_number(env, "RS_EMBED_LEASE_TTL_S", 120, 5, float),
             knobs=knobs,
         )
+
+
+class _ReadRecorder(dict):
+    """A mapping that records every variable asked for and holds none."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.names.append(key)
+        return default
+
+
+def environment_variables() -> list[str]:
+    """Every variable :meth:`Settings.from_env` reads (settings, model knobs, Hugging Face cache),
+    found by letting it read an empty environment: the list that a deployment must forward to run
+    and step processes (deploy/ecs/dagster.yaml, deploy/k8s/settings-configmap.yaml; a test checks)."""
+    recorder = _ReadRecorder()
+    Settings.from_env(recorder)
+    return sorted(set(recorder.names))

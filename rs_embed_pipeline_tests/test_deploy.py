@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -34,6 +35,7 @@ HELM_KEYS = {
                    "postgresqlPassword": ANY, "postgresqlDatabase": ANY, "postgresqlParams": ANY,
                    "postgresqlScheme": ANY, "service": {"port": ANY}},
     "generatePostgresqlPasswordSecret": ANY,
+    "pythonLogs": {"pythonLogLevel": ANY, "managedPythonLoggers": ANY, "dagsterHandlerConfig": ANY},
     "computeLogManager": {"type": ANY, "config": {"s3ComputeLogManager": {
         "localDir": ANY, "prefix": ANY, "useSsl": ANY, "verify": ANY, "verifyCertPath": ANY,
         "endpointUrl": ANY, "skipEmptyFiles": ANY, "uploadInterval": ANY, "uploadExtraArgs": ANY,
@@ -117,7 +119,10 @@ def test_helm_code_location_runs_the_k8s_executor_on_s3():
     from rs_embed_pipeline.settings import EXECUTOR_NAMES, Settings
 
     (deployment,) = _yaml(DEPLOY / "helm" / "values.yaml")["dagster-user-deployments"]["deployments"]
-    assert deployment["dagsterApiGrpcArgs"] == ["-m", "rs_embed_pipeline.definitions"]
+    # `dagster code-server start` (reloadable; issue 11) instead of `dagster api grpc`: the chart
+    # prefers dagsterApiGrpcArgs when both are set, so it must be absent.
+    assert deployment["codeServerArgs"] == ["-m", "rs_embed_pipeline.definitions"]
+    assert "dagsterApiGrpcArgs" not in deployment
     assert deployment["includeConfigInLaunchedRuns"]["enabled"] is True
     env = deployment["env"]
     assert env["RS_EMBED_EXECUTOR"] in EXECUTOR_NAMES
@@ -211,3 +216,151 @@ def test_executor_is_chosen_from_settings(tmp_path):
 
     with pytest.raises(ValueError, match="RS_EMBED_EXECUTOR"):
         _defs(tmp_path, RS_EMBED_EXECUTOR="spark")
+
+
+# ------------------------------------------------------------------------------ issue 11
+# HF_HOME decides the cache in every deployment; its two alternatives are left unset on purpose.
+HF_ALTERNATIVES = {"HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"}
+
+
+def _k8s_model(kind: str, manifest: dict):
+    """A manifest (camelCase, as kubectl reads it) as a strict kubernetes client model: unknown
+    keys anywhere fail."""
+    import kubernetes.client as k8s
+    from dagster_k8s.models import k8s_model_from_dict, k8s_snake_case_dict
+
+    cls = getattr(k8s, kind)
+    return k8s_model_from_dict(cls, k8s_snake_case_dict(cls, manifest))
+
+
+def _env_file(path: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if line and not line.startswith("#"))
+
+
+def test_every_setting_and_knob_is_forwarded_to_runs():
+    """The variables the code reads (found by letting Settings.from_env read them) reach ECS run
+    tasks and Kubernetes run and step pods; nothing is forwarded that the code does not read."""
+    from rs_embed_pipeline.settings import Settings, environment_variables
+
+    read = set(environment_variables())
+    assert {"RS_EMBED_STORE", "RS_EMBED_THOR_NORMALIZE", "RS_EMBED_CONFIG", "HF_HOME"} <= read
+    needed = read - HF_ALTERNATIVES
+
+    # ECS: the services' environment file sets each; the launcher forwards each to run tasks.
+    env_file = _env_file(DEPLOY / "ecs" / "rs-embed.env")
+    assert set(env_file) == needed
+    forwarded = set(_yaml(DEPLOY / "ecs" / "dagster.yaml")["run_launcher"]["config"]["env_vars"])
+    assert forwarded == needed | {"AWS_REGION"}
+    Settings.from_env(env_file)  # the file's values are valid
+
+    # Kubernetes: the values' env plus the settings ConfigMap, both passed on to runs.
+    (deployment,) = _yaml(DEPLOY / "helm" / "values.yaml")["dagster-user-deployments"]["deployments"]
+    assert deployment["includeConfigInLaunchedRuns"]["enabled"] is True
+    assert {"name": "rs-embed-settings"} in deployment["envConfigMaps"]
+    configmap = _k8s_model("V1ConfigMap", _yaml(DEPLOY / "k8s" / "settings-configmap.yaml"))
+    assert configmap.metadata.name == "rs-embed-settings"
+    env = {k: v for k, v in deployment["env"].items() if k != "AWS_REGION"}
+    assert not set(env) & set(configmap.data), "set once: the values' env or the ConfigMap"
+    assert set(env) | set(configmap.data) == needed
+    assert not HF_ALTERNATIVES & (set(env) | set(configmap.data) | set(env_file))
+    settings = Settings.from_env({**configmap.data, **env})
+    assert settings.executor == "k8s" and str(settings.config_path) == "/opt/dagster/config/pipeline.yaml"
+
+
+def test_k8s_manifests_are_valid_kubernetes_objects():
+    from rs_embed_pipeline.executors import HF_CACHE_CLAIM
+
+    regions = _k8s_model("V1ConfigMap", _yaml(DEPLOY / "k8s" / "regions-configmap.yaml"))
+    assert regions.metadata.name == "rs-embed-regions"
+    pvc = _k8s_model("V1PersistentVolumeClaim", _yaml(DEPLOY / "k8s" / "hf-cache-pvc.yaml"))
+    assert pvc.metadata.name == HF_CACHE_CLAIM and pvc.spec.access_modes == ["ReadWriteMany"]
+    assert _k8s_model("V1ConfigMap", _yaml(DEPLOY / "k8s" / "settings-configmap.yaml")).data
+
+
+def test_regions_configmap_is_a_valid_regions_file(tmp_path):
+    from rs_embed_pipeline.regions import load_pipeline_config
+
+    data = _yaml(DEPLOY / "k8s" / "regions-configmap.yaml")["data"]["pipeline.yaml"]
+    (tmp_path / "pipeline.yaml").write_text(data)
+    assert load_pipeline_config(tmp_path / "pipeline.yaml").region_names == ["demo"]
+
+
+def _rendered_job(user_config: dict | None, run_k8s: dict | None = None):
+    """The Kubernetes Job that dagster-k8s builds for a run pod or a step pod of this deployment:
+    the code location's container context (the values' env, envConfigMaps, volumes, volumeMounts,
+    as includeConfigInLaunchedRuns passes them on), plus the step's or run's own config."""
+    import kubernetes.client as k8s
+    from dagster_k8s.job import DagsterK8sJobConfig, UserDefinedDagsterK8sConfig, construct_dagster_k8s_job
+
+    (deployment,) = _yaml(DEPLOY / "helm" / "values.yaml")["dagster-user-deployments"]["deployments"]
+    job_config = DagsterK8sJobConfig(
+        job_image="rs-embed:test", dagster_home="/opt/dagster/dagster_home",
+        env_config_maps=[m["name"] for m in deployment["envConfigMaps"]],
+        env_vars=[f"{k}={v}" for k, v in deployment["env"].items()],
+        volumes=deployment["volumes"], volume_mounts=deployment["volumeMounts"])
+    config = dict(user_config or {})
+    for camel, snake in (("containerConfig", "container_config"), ("podSpecConfig", "pod_spec_config")):
+        if run_k8s and camel in run_k8s:
+            config[snake] = run_k8s[camel]
+    job = construct_dagster_k8s_job(job_config, args=["dagster", "api", "execute_step"], job_name="rs-embed-test",
+                                    user_defined_k8s_config=UserDefinedDagsterK8sConfig.from_dict(config))
+    # Round trip through the API's JSON and back into strict models: the spec is valid Kubernetes.
+    return _k8s_model("V1Job", k8s.ApiClient().sanitize_for_serialization(job))
+
+
+def test_rendered_gpu_step_pod_mounts_the_hf_cache_and_the_regions():
+    from rs_embed_pipeline.executors import GPU_STEP_TAGS, HF_CACHE_CLAIM, HF_CACHE_MOUNT
+
+    user = json.loads(GPU_STEP_TAGS["dagster-k8s/config"])
+    pod = _rendered_job(user).spec.template.spec
+    (container,) = pod.containers
+    assert pod.node_selector == {"rs-embed/node-pool": "gpu"}
+    assert container.resources.limits["nvidia.com/gpu"] == "1"
+    volumes = {v.name: v for v in pod.volumes}
+    assert volumes["hf-cache"].persistent_volume_claim.claim_name == HF_CACHE_CLAIM
+    assert volumes["regions"].config_map.name == "rs-embed-regions"
+    mounts = {m.mount_path: m.name for m in container.volume_mounts}
+    assert mounts[HF_CACHE_MOUNT] == "hf-cache" and mounts["/opt/dagster/config"] == "regions"
+    env = {e.name: e.value for e in container.env}
+    assert env["RS_EMBED_DEVICE"] == "cuda" and env["HF_HOME"] == HF_CACHE_MOUNT
+    assert env["RS_EMBED_CONFIG"] == "/opt/dagster/config/pipeline.yaml"
+    assert [e.config_map_ref.name for e in container.env_from if e.config_map_ref] == ["rs-embed-settings"]
+
+
+def test_rendered_run_pod_is_small_and_on_the_cpu_pool():
+    values = _yaml(DEPLOY / "helm" / "values.yaml")
+    run_k8s = values["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]
+    pod = _rendered_job(None, run_k8s).spec.template.spec
+    (container,) = pod.containers
+    assert pod.node_selector == {"rs-embed/node-pool": "cpu"}
+    assert not pod.tolerations and "nvidia.com/gpu" not in (container.resources.limits or {})
+    assert {v.name for v in pod.volumes} == {"regions"}
+
+
+def test_run_monitoring_and_python_logs_are_on_everywhere(tmp_path):
+    from dagster._core.instance.config import dagster_instance_config
+
+    repo = _yaml(REPO / "dagster.yaml")
+    ecs = _yaml(DEPLOY / "ecs" / "dagster.yaml")
+    helm = _yaml(DEPLOY / "helm" / "values.yaml")
+    for config in (repo, ecs):
+        assert config["run_monitoring"]["enabled"] is True
+        assert config["run_retries"]["retry_on_asset_or_op_failure"] is False
+        assert "rs_embed_pipeline.providers" in config["python_logs"]["managed_python_loggers"]
+    (tmp_path / "dagster.yaml").write_text(yaml.safe_dump(repo))
+    validated, _ = dagster_instance_config(str(tmp_path))
+    assert validated["run_monitoring"]["enabled"] is True
+    assert helm["dagsterDaemon"]["runMonitoring"]["enabled"] is True
+    assert "rs_embed_pipeline.providers" in helm["pythonLogs"]["managedPythonLoggers"]
+    # The misleading claim is gone: crashed runs are noticed because run monitoring is on.
+    text = (REPO / "dagster.yaml").read_text()
+    assert "run_monitoring:\n  enabled: true" in text
+
+
+def test_celery_routes_gpu_steps_to_the_gpu_queue(tmp_path):
+    from rs_embed_pipeline.executors import GPU_QUEUE
+
+    job = _defs(tmp_path).resolve_job_def("build_embeddings_celery")
+    queues = {name: node.definition.tags.get("dagster-celery/queue") for name, node in job.graph.node_dict.items()}
+    assert {n for n, q in queues.items() if q == GPU_QUEUE} == {n for n in queues if n.endswith("_embeddings")}
+    assert all(q is None for n, q in queues.items() if not n.endswith("_embeddings"))

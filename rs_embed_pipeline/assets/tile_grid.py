@@ -8,6 +8,7 @@ import dagster as dg
 import geopandas as gpd
 import pandas as pd
 
+from rs_embed_pipeline.executors import STEP_RETRY_POLICY
 from rs_embed_pipeline.grid import build_tile_grid
 from rs_embed_pipeline.metadata import add_partition_metadata, json_value, path_value
 from rs_embed_pipeline.partitions import BACKFILL_POLICY, region_windows
@@ -26,19 +27,37 @@ def read_tile_grid(store: PipelineStore, region: str, window: str) -> gpd.GeoDat
 
 
 def tile_sizes(terrafm: TerraFMAdapter, thor: ThorAdapter) -> list[tuple[int, float]]:
-    """(size_px, scale_m) of every model's native tile; one grid per distinct size (DESIGN.md)."""
+    """(size_px, scale_m) of every model's native tile; one grid per distinct size (docs/architecture.md)."""
     return sorted({(terrafm.tile_size_px, terrafm.scale_m), (thor.tile_size_px, thor.scale_m)})
 
 
-def build_tile_grid_asset(config: PipelineConfig, partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+# The GeoParquet's columns (docs/architecture.md), shown on the asset's page ("Columns").
+TILE_GRID_SCHEMA = dg.TableSchema(columns=[
+    dg.TableColumn("tile_id", "string", description="Global, stable id: UTM zone, tile size, scale and "
+                   "lattice position; overlapping regions share ids."),
+    dg.TableColumn("utm_epsg", "int", description="EPSG code of the tile's UTM zone."),
+    dg.TableColumn("x0", "float", description="Upper-left corner easting, metres, in utm_epsg."),
+    dg.TableColumn("y0", "float", description="Upper-left corner northing, metres, in utm_epsg."),
+    dg.TableColumn("size_px", "int", description="Tile side in pixels (one grid per model tile size)."),
+    dg.TableColumn("scale_m", "float", description="Pixel size in metres."),
+    dg.TableColumn("geometry", "polygon", description="Footprint in EPSG:4326 (GeoParquet geometry)."),
+    dg.TableColumn("col", "int", description="Lattice column of the tile in its UTM zone (encoded in tile_id)."),
+    dg.TableColumn("row", "int", description="Lattice row of the tile in its UTM zone (encoded in tile_id)."),
+])
+
+
+def build_tile_grid_asset(config: PipelineConfig, partitions_def: dg.PartitionsDefinition,
+                          retry_policy: dg.RetryPolicy | None = None) -> dg.AssetsDefinition:
     @dg.asset(
         name="tile_grid",
         partitions_def=partitions_def,
         backfill_policy=BACKFILL_POLICY,
+        retry_policy=retry_policy or STEP_RETRY_POLICY,
         group_name="inputs",
         kinds={"geopandas", "parquet"},
         owners=["team:embeddings"],
         code_version="1",
+        metadata={"dagster/column_schema": TILE_GRID_SCHEMA},
     )
     def tile_grid(
         context: dg.AssetExecutionContext,
@@ -71,6 +90,9 @@ def build_tile_grid_asset(config: PipelineConfig, partitions_def: dg.PartitionsD
             context.log.info(f"{part.key}: {len(grid)} tiles {per_size} -> {uri}")
         add_partition_metadata(context, {r["partition"]: {
             "tiles": r["tiles"],
+            "dagster/row_count": r["tiles"],
+            "dagster/uri": str(r["uri"]),
+            "dagster/column_schema": TILE_GRID_SCHEMA,
             "tiles_per_size": json_value({str(k): v for k, v in r["per_size"].items()}),
             "utm_zones": json_value(r["zones"]),
             "store_uri": path_value(r["uri"]),

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 BIN = Path(sys.executable).parent
 
@@ -131,11 +131,16 @@ class CeleryWorkers:
 
 @contextlib.contextmanager
 def celery_workers(names: list[str], config_yaml: Path, env: dict[str, str], log_dir: Path,
-                   broker: str, cwd: Path, wait: bool = True) -> Iterator[CeleryWorkers]:
+                   broker: str, cwd: Path, wait: bool = True,
+                   queues: dict[str, list[str]] | None = None) -> Iterator[CeleryWorkers]:
     """``dagster-celery worker start`` once per name, one task at a time each (prefork, concurrency 1).
 
-    ``wait``: return once every worker answers a ping; otherwise call ``wait_ready()`` later (tasks
-    sent before then wait in the broker).
+    ``queues``: the queues each worker listens on (``-q``), by name; default: dagster-celery's
+    default queue ``dagster``. ``wait``: return once every worker answers a ping; otherwise call
+    ``wait_ready()`` later (tasks sent before then wait in the broker). Whatever the workers share
+    (the Dagster instance in ``DAGSTER_HOME``, the stores) must exist before this is entered: the
+    workers start at once, and two processes creating one SQLite schema race (alembic "more than
+    one head").
     """
     with contextlib.ExitStack() as stack:
         procs, logs = [], []
@@ -143,6 +148,7 @@ def celery_workers(names: list[str], config_yaml: Path, env: dict[str, str], log
             log = log_dir / f"celery-{name}.log"
             args = [str(BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app",
                     "-y", str(config_yaml), "-n", name, "-l", "INFO",
+                    *(arg for queue in (queues or {}).get(name, []) for arg in ("-q", queue)),
                     "--", "--concurrency", "1", "-O", "fair",
                     "--without-gossip", "--without-mingle", "--without-heartbeat"]
             procs.append(stack.enter_context(_process(args, log, env=env, cwd=cwd)))

@@ -41,15 +41,19 @@ def shim(tmp_path_factory, worker_python) -> str:
     return str(path)
 
 
-def start(tmp: Path, window: str, shim: str, kill: str | None = None) -> subprocess.Popen:
+def start(tmp: Path, window: str, shim: str, kill: str | None = None, env_extra: dict[str, str] | None = None,
+          result: Path | None = None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore"}
     env.pop("RS_EMBED_TEST_KILL", None)
     if kill:
         env["RS_EMBED_TEST_KILL"] = kill
-    log = open(tmp.parent / f"{tmp.name}-{window}-{kill or 'full'}.log".replace(":", "_"), "w")
+    env.update(env_extra or {})
+    label = f"{tmp.name}-{window}-{kill or 'full'}" + (f"-{result.stem}" if result else "")
+    log = open(tmp.parent / f"{label}.log".replace(":", "_"), "w")
     return subprocess.Popen(
         [sys.executable, "-m", "rs_embed_pipeline_tests.pipeline.crash_harness", "--tmp", str(tmp),
-         "--window", window, "--worker-python", shim, "--bbox", *BBOX],
+         "--window", window, "--worker-python", shim, "--bbox", *BBOX,
+         *(["--result", str(result)] if result else [])],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -124,7 +128,7 @@ def concurrent(tmp_path_factory, shim) -> Path:
     """Two uninterrupted runs started together, January and February, one store root (so one
     cube). January's stores are the reference of the kill test."""
     tmp = tmp_path_factory.mktemp("concurrent") / "run"
-    procs = [start(tmp, JAN, shim), start(tmp, FEB, shim)]
+    procs = [start(tmp, JAN, shim, result=tmp.parent / "jan.json"), start(tmp, FEB, shim)]
     for proc in procs:
         finish(proc, expect_kill=False)
     return tmp / "store"
@@ -170,6 +174,79 @@ def test_kill_during_fetch_embedding_and_cube_write_then_resume(tmp_path, shim, 
     assert_cube_window_same(root, reference, JAN_INDEX)
 
 
+def test_sigkilled_model_worker_is_retried_and_the_run_ends_like_an_uninterrupted_one(tmp_path, shim, reference):
+    """One real run (its own process; the model worker a Pipes subprocess): the worker of the
+    embeddings step is SIGKILLed alone, mid-write (an OOM kill). The step's RetryPolicy retries it in
+    the same run, the store resumes, and the run succeeds with the numbers and stores of an
+    uninterrupted run."""
+    import json
+
+    tmp, marker, result = tmp_path / "run", tmp_path / "killed", tmp_path / "result.json"
+    finish(start(tmp, JAN, shim, kill="worker:6", result=result,
+                 env_extra={"RS_EMBED_TEST_KILL_ONCE": str(marker), "RS_EMBED_STEP_RETRY_DELAY_S": "1"}),
+           expect_kill=False)
+    # The kill landed mid-write: batches of 2, tiles 0-3 marked ok, 4-5 written but not marked.
+    killed = json.loads(marker.read_text())
+    assert killed["status_counts"]["ok"] == 4 and killed["status_counts"]["pending"] == 5, killed
+    assert killed["arrays_written_unmarked"] == [4, 5], killed
+    outcome = json.loads(result.read_text())
+    assert outcome["success"] is True
+    assert outcome["step_retries"] == {"terrafm_s2_embeddings": 1}, outcome["step_retries"]
+    uninterrupted = json.loads((reference.parent.parent / "jan.json").read_text())
+    assert uninterrupted["step_retries"] == {}
+    assert outcome["counts"] == uninterrupted["counts"]
+    assert outcome["counts"]["terrafm_s2_embeddings"] == {"tiles_ok": 9, "tiles_no_data": 0, "tiles_failed": 0}
+    root = tmp / "store"
+    assert_same_as(root, reference, JAN)
+    assert_cube_window_same(root, reference, JAN_INDEX)
+
+
+def test_two_runs_of_one_partition_at_once_write_one_after_the_other(tmp_path, shim, reference):
+    """Two runs of the same region x window started together: one holds the partition's lease, the
+    other waits for it (logging which run writes), then finds every store done. Both succeed, and
+    every store equals a single run's."""
+    import json
+
+    tmp = tmp_path / "run"
+    procs = [start(tmp, JAN, shim, result=tmp_path / f"{name}.json") for name in ("a", "b")]
+    for proc in procs:
+        finish(proc, expect_kill=False)
+    outcomes = {name: json.loads((tmp_path / f"{name}.json").read_text()) for name in ("a", "b")}
+    assert all(o["success"] for o in outcomes.values())
+    logs = {name: next(tmp_path.glob(f"run-{JAN}-full-{name}.log")).read_text() for name in ("a", "b")}
+    waited = [name for name, text in logs.items() if "is being written by run" in text]
+    assert len(waited) == 1, "exactly one run waited for the other"
+    other = outcomes["b" if waited == ["a"] else "a"]["run_id"]
+    assert f"crash|{JAN} is being written by run {other}" in logs[waited[0]]
+    # The run that waited found everything done: it fetched and embedded nothing.
+    first = "b" if waited == ["a"] else "a"
+    assert outcomes[waited[0]]["work"]["s2_patches"] == {"tiles_fetched_now": 0}
+    assert outcomes[waited[0]]["work"]["terrafm_s2_embeddings"] == {"tiles_embedded_now": 0}
+    assert outcomes[first]["work"]["s2_patches"] == {"tiles_fetched_now": 9 + 7}
+    assert outcomes[first]["work"]["terrafm_s2_embeddings"] == {"tiles_embedded_now": 9}
+    assert outcomes["a"]["counts"] == outcomes["b"]["counts"]
+    assert_same_as(tmp / "store", reference, JAN)
+    assert_cube_window_same(tmp / "store", reference, JAN_INDEX)
+
+
+def test_second_run_of_a_running_partition_fails_naming_the_running_run(tmp_path, shim):
+    """With RS_EMBED_LEASE_WAIT_S=0 the second run does not wait: it fails at once, and its error
+    names the run that holds the partition and what to do."""
+    import json
+
+    tmp = tmp_path / "run"
+    env = {"RS_EMBED_LEASE_WAIT_S": "0"}
+    procs = [start(tmp, JAN, shim, result=tmp_path / f"{name}.json", env_extra=env) for name in ("a", "b")]
+    rcs = [proc.wait(timeout=300) for proc in procs]
+    outcomes = {name: json.loads((tmp_path / f"{name}.json").read_text()) for name in ("a", "b")}
+    assert sorted(o["success"] for o in outcomes.values()) == [False, True], rcs
+    (loser,) = [n for n, o in outcomes.items() if not o["success"]]
+    winner = outcomes["b" if loser == "a" else "a"]["run_id"]
+    errors = " ".join(outcomes[loser]["errors"])
+    assert f"crash|{JAN} is being written by run {winner}" in errors, errors
+    assert "One run writes a region x window at a time" in errors and f"Wait for run {winner}" in errors
+
+
 def test_two_windows_written_concurrently(tmp_path, concurrent):
     """Two runs (January, February) wrote one cube at the same time: each window equals what a
     single writer writes from the same embeddings into a fresh cube, and the metadata that xarray
@@ -190,7 +267,7 @@ def test_two_windows_written_concurrently(tmp_path, concurrent):
         single = tmp_path / f"single-{window}.zarr"
         write_cube_window(str(single), tiles=tiles.to_dict("records"),
                           pooled=dict(zip(ids, emb.read("pooled", range(len(ids))))),
-                          grids=lambda tid: emb.read("grid", [ids.index(tid)])[0],
+                          grids=lambda tid, emb=emb, ids=ids: emb.read("grid", [ids.index(tid)])[0],
                           window_index=index, window_starts=starts, attrs={},
                           fingerprint=cube.attrs["fingerprint"],
                           provenance=read_window_state(str(root / CUBE), CUBE_GROUPS[0])[index])

@@ -22,11 +22,19 @@ EXPECTED_ASSETS = {
     "tile_grid", "s2_patches", "s1_patches",
     "terrafm_s2_embeddings", "terrafm_s1_embeddings", "thor_s2_embeddings",
     "terrafm_s2_cube", "terrafm_s1_cube", "thor_s2_cube",
+    # Products (assets/products.py) and answers (assets/answers.py), one of each per model x modality.
+    *(f"{spec}_{kind}" for spec in ("terrafm_s2", "terrafm_s1", "thor_s2")
+      for kind in ("geoparquet", "cog", "stac", "search_index", "change")),
 }
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a Dagster CLI process, with its instance already created: `dagster dev`
+    starts a webserver, a daemon and a code server at once, and processes that create one SQLite
+    schema at the same time race (alembic "more than one head")."""
     (tmp_path / "home").mkdir(exist_ok=True)
+    with dg.DagsterInstance.from_config(str(tmp_path / "home")):
+        pass
     return {**os.environ, "RS_EMBED_STORE": str(tmp_path / "store"), "DAGSTER_HOME": str(tmp_path / "home")}
 
 
@@ -127,7 +135,160 @@ def test_dagster_dev_serves_the_code_location(tmp_path):
         os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=30)
+            killed = False
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert proc.returncode is not None
+            killed = True
+    # `dagster dev` stops on SIGTERM by itself, and takes its webserver and code server with it.
+    assert not killed, "dagster dev ignored SIGTERM for 30 s"
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            os.killpg(proc.pid, 0)  # anyone left in the process group?
+        except ProcessLookupError:
+            break
+        time.sleep(0.5)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError("a webserver or code server process outlived dagster dev")
+
+
+# ------------------------------------------------------------------------------ issue 11
+@pytest.mark.parametrize(("executor", "expected"), [("multiprocess", "multiprocess"), ("k8s", "k8s"),
+                                                    ("celery", "celery"), (None, "multiprocess")])
+def test_every_job_runs_on_the_configured_executor(executor, expected):
+    """UI materializations and backfills run the implicit asset job: it gets the same executor as
+    build_embeddings (Definitions(executor=...)); build_embeddings_celery stays on Celery."""
+    env = {"RS_EMBED_STORE": "/tmp/unused-store", "RS_EMBED_CELERY_BROKER": "redis://127.0.0.1:1/0"}
+    if executor:
+        env["RS_EMBED_EXECUTOR"] = executor
+    defs = build_definitions(Settings.from_env(env))
+    implicit = defs.resolve_implicit_global_asset_job_def()
+    assert set(implicit.asset_layer.executable_asset_keys) == set(defs.resolve_asset_graph().get_all_asset_keys())
+    assert EXPECTED_ASSETS <= {k.to_user_string() for k in implicit.asset_layer.executable_asset_keys}
+    executors = {job.name: job.executor_def.name for job in defs.resolve_all_job_defs()}
+    assert executors == {implicit.name: expected, "build_embeddings": expected, "build_embeddings_celery": "celery"}
+    if expected == "celery":  # the broker comes from the settings, no run config needed
+        assert not implicit.executor_def.config_schema.as_field().is_required
+    # A job that names an asset subset (the UI's "Materialize selected") runs there too.
+    subset = implicit.get_subset(asset_selection={dg.AssetKey("thor_s2_embeddings")})
+    assert subset.executor_def.name == expected
+
+
+def test_every_asset_step_retries_with_backoff():
+    defs = build_definitions(Settings.from_env({"RS_EMBED_STORE": "/tmp/unused-store",
+                                                "RS_EMBED_STEP_RETRIES": "3", "RS_EMBED_STEP_RETRY_DELAY_S": "5"}))
+    for key in defs.resolve_asset_graph().get_all_asset_keys():
+        policy = defs.resolve_assets_def(key).op.retry_policy
+        assert policy is not None, key
+        assert (policy.max_retries, policy.delay, policy.backoff, policy.jitter) == (
+            3, 5, dg.Backoff.EXPONENTIAL, dg.Jitter.PLUS_MINUS), key
+    default = build_definitions(Settings.from_env({"RS_EMBED_STORE": "/tmp/unused-store"}))
+    policy = default.resolve_assets_def("thor_s2_cube").op.retry_policy
+    assert (policy.max_retries, policy.delay) == (2, 30)
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"RS_EMBED_THOR_NORMALIZE": "zscored"},
+     r"RS_EMBED_THOR_NORMALIZE='zscored' is invalid; valid values: thor_stats, unit_scale, none"),
+    ({"RS_EMBED_THOR_GROUP_MERGE": "max"}, r"RS_EMBED_THOR_GROUP_MERGE='max' is invalid; valid values: mean, sum, concat"),
+    ({"RS_EMBED_TERRAFM_BATCH_SIZE": "0"}, r"RS_EMBED_TERRAFM_BATCH_SIZE='0' is invalid; valid values: an integer >= 1"),
+    ({"RS_EMBED_EXECUTOR": "spark"}, r"RS_EMBED_EXECUTOR='spark' is not one of multiprocess, k8s, celery"),
+    ({"RS_EMBED_DEVICE": "tpu"}, r"RS_EMBED_DEVICE='tpu' is invalid; valid values: auto, cpu, cuda, cuda:<index>"),
+    ({"RS_EMBED_ALLOW_RANDOM_WEIGHTS": "maybe"},
+     r"RS_EMBED_ALLOW_RANDOM_WEIGHTS='maybe' is invalid; valid values: 1/0, true/false"),
+    ({"RS_EMBED_STEP_RETRIES": "-1"}, r"RS_EMBED_STEP_RETRIES='-1' is invalid; valid values: an integer >= 0"),
+    ({"RS_EMBED_LEASE_WAIT_S": "soon"}, r"RS_EMBED_LEASE_WAIT_S='soon' is invalid; valid values: a number >= 0"),
+])
+def test_invalid_setting_fails_the_load_naming_variable_and_valid_values(env, message):
+    with pytest.raises(ValueError, match=message):
+        build_definitions(Settings.from_env({"RS_EMBED_STORE": "/tmp/unused-store", **env}))
+
+
+def test_invalid_resource_field_fails_the_load_naming_it(tmp_path):
+    """Values valid in general but not for this configuration fail the load too, naming the field
+    (or the variable that set it) and the valid values, instead of failing in the worker."""
+    from rs_embed_pipeline.definitions import resources_for
+
+    settings = Settings.from_env({"RS_EMBED_STORE": "/tmp/unused-store", "RS_EMBED_THOR_NORMALIZE": "unit_scale"})
+    resources = resources_for(settings)
+    from rs_embed_pipeline.resources import LocalStacImagery, ThorAdapter
+
+    # unit_scale, and rs-embed's S2 alias zscore, are valid for S2 only: with S1 embedded too, the
+    # load fails (it used to fail in the S1 worker, after the fetch).
+    for normalization in ("unit_scale", "zscore"):
+        thor = ThorAdapter(worker_python="python", normalization=normalization, modalities=["s2", "s1"])
+        with pytest.raises(ValueError, match=rf"Invalid RS_EMBED_THOR_NORMALIZE \(thor.normalization\): "
+                                             rf".*{normalization}.* Use one of: thor_stats .*none"):
+            build_definitions(settings, resources={**resources, "thor": thor})
+    with pytest.raises(ValueError, match=r"Invalid resource field imagery.composite: Unknown composite='max'. "
+                                         r"Use 'median' or 'mosaic'"):
+        build_definitions(settings, resources={**resources, "imagery": LocalStacImagery(catalog_path="x", composite="max")})
+    with pytest.raises(ValueError, match=r"Invalid resource field thor.precision: 'fp8'; valid values: fp32, bf16"):
+        build_definitions(settings, resources={**resources, "thor": ThorAdapter(worker_python="python", precision="fp8")})
+
+
+def _graphql(port: int, query: str) -> dict:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.load(resp)["data"]
+
+
+REGION_KEYS = ('{ assetNodeOrError(assetKey: {path: ["tile_grid"]}) { ... on AssetNode { '
+               'partitionKeysByDimension { name partitionKeys } } } }')
+
+
+def test_a_region_added_to_the_mounted_file_appears_after_a_reload(tmp_path):
+    """The deployed code server (`dagster code-server start`, as in the image and the Helm values)
+    and a webserver on it: a region added to the regions file (the mounted ConfigMap) is a partition
+    after "Reload" in the UI (the GraphQL mutation the button sends), without restarting anything."""
+    config = write_config(tmp_path / "pipeline.yaml", [{"name": "demo", "bbox": [6.6, 46.5, 6.64, 46.528]}])
+    env = {**_env(tmp_path), "RS_EMBED_CONFIG": str(config)}
+    bin_dir = Path(sys.executable).parent
+    grpc_port, web_port = _free_port(), _free_port()
+    (tmp_path / "workspace.yaml").write_text(
+        f"load_from:\n  - grpc_server:\n      host: 127.0.0.1\n      port: {grpc_port}\n"
+        f"      location_name: rs_embed_pipeline\n")
+    procs = []  # their instance exists already (_env)
+    try:
+        procs.append(subprocess.Popen(
+            [str(bin_dir / "dagster"), "code-server", "start", "-m", "rs_embed_pipeline.definitions",
+             "-h", "127.0.0.1", "-p", str(grpc_port)],
+            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        procs.append(subprocess.Popen(
+            [str(bin_dir / "dagster-webserver"), "-w", str(tmp_path / "workspace.yaml"), "-h", "127.0.0.1",
+             "-p", str(web_port)],
+            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+
+        def regions() -> list[str] | None:
+            try:
+                node = _graphql(web_port, REGION_KEYS)["assetNodeOrError"]
+            except (OSError, KeyError, TypeError, ValueError):
+                return None
+            dims = {d["name"]: d["partitionKeys"] for d in (node or {}).get("partitionKeysByDimension") or []}
+            return dims.get("region")
+
+        deadline = time.time() + 180
+        while regions() is None and time.time() < deadline:
+            time.sleep(2)
+        assert regions() == ["demo"]
+
+        write_config(config, [{"name": "demo", "bbox": [6.6, 46.5, 6.64, 46.528]},
+                              {"name": "alps-east", "bbox": [10.0, 46.0, 10.1, 46.1]}])
+        assert regions() == ["demo"], "nothing changes until the location is reloaded"
+        reloaded = _graphql(web_port, 'mutation { reloadRepositoryLocation(repositoryLocationName: '
+                                      '"rs_embed_pipeline") { __typename ... on WorkspaceLocationEntry { '
+                                      'locationOrLoadError { __typename ... on PythonError { message } } } } }')["reloadRepositoryLocation"]
+        assert reloaded["locationOrLoadError"]["__typename"] == "RepositoryLocation", reloaded
+        assert regions() == ["demo", "alps-east"]
+    finally:
+        for proc in procs:
+            os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()

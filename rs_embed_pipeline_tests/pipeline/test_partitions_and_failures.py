@@ -74,6 +74,22 @@ def test_backfill_batch_of_two_windows_one_without_imagery(env):
     assert "data:image/png" in by_asset["terrafm_s2_cube"][str(Q1)]["preview"].value
     assert "data:image/png" not in by_asset["terrafm_s2_cube"][str(Q2)]["preview"].value
 
+    # The checks speak per partition: Q2 has no imagery, so coverage fails and names Q2 alone,
+    # although over the whole batch half the tiles have imagery (which used to pass).
+    checks = {(e.asset_check_evaluation_data.asset_check_key.asset_key.to_user_string(),
+               e.asset_check_evaluation_data.asset_check_key.name): e.asset_check_evaluation_data
+              for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
+    for asset, check in (("s2_patches", "valid_coverage"), ("terrafm_s2_cube", "coverage")):
+        evaluation = checks[(asset, check)]
+        assert not evaluation.passed, (asset, check)
+        assert evaluation.metadata["failing_partitions"].value == [str(Q2)], (asset, check)
+        assert evaluation.metadata["coverage_per_partition"].value == {str(Q1): 1.0, str(Q2): 0.0}, (asset, check)
+        assert evaluation.metadata["min_coverage"].value == 0.0
+        assert str(Q2) in evaluation.description and str(Q1) not in evaluation.description
+    finite = checks[("terrafm_s2_embeddings", "all_values_finite")]
+    assert finite.passed and finite.metadata["failing_partitions"].value == []
+    assert finite.metadata["nonfinite_per_partition"].value == {str(Q1): 0, str(Q2): 0}
+
 
 def test_appending_a_window_keeps_earlier_chunks(env, synthetic_catalog):
     job = _job(env["defs"], S2_CHAIN)
@@ -157,7 +173,7 @@ def test_schedule_requests_latest_complete_window_for_every_region(tmp_path, syn
     schedule = defs.resolve_schedule_def("latest_window_all_regions")
     with dg.instance_for_test() as instance:
         context = dg.build_schedule_context(
-            instance=instance, scheduled_execution_time=dt.datetime(2024, 7, 3, tzinfo=dt.timezone.utc),
+            instance=instance, scheduled_execution_time=dt.datetime(2024, 7, 3, tzinfo=dt.UTC),
             repository_def=defs.get_repository_def())
         requests = schedule.evaluate_tick(context).run_requests
     assert sorted(str(r.partition_key) for r in requests) == ["other|2024-04-01", "tiny|2024-04-01"]

@@ -34,6 +34,8 @@ KEY_TAGS = dg.MultiPartitionsDefinition({  # run tags of that partition, for dg.
 ACCESS_KEY = "AKIA" + secrets.token_hex(8).upper()
 SECRET_KEY = "rs-embed-" + secrets.token_urlsafe(24)
 CELERY_RUN_TIMEOUT_S = 300
+# w1 takes the CPU steps (dagster-celery's default queue), w2 the GPU steps (executors.GPU_QUEUE).
+CELERY_QUEUES = {"w1": ["dagster"], "w2": ["gpu"]}
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +119,11 @@ def runs(aws, tmp_path_factory, synthetic_catalog, worker_python):
         env = {**os.environ, "DAGSTER_HOME": str(home),
                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
                "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")])}
-        with celery_workers(["w1", "w2"], worker_yaml, env, logs, broker, cwd=REPO, wait=False) as workers, \
-                dg.DagsterInstance.from_config(str(home)) as instance_c:
+        # The instance (its SQLite schemas) exists before any worker process starts: the workers
+        # and this process must never create it at the same time (alembic "more than one head").
+        with dg.DagsterInstance.from_config(str(home)) as instance_c, \
+                celery_workers(["w1", "w2"], worker_yaml, env, logs, broker, cwd=REPO, wait=False,
+                               queues=CELERY_QUEUES) as workers:
             outcome: dict = {}
 
             def run_celery() -> None:
@@ -237,7 +242,7 @@ def test_store_refuses_credentials_in_storage_options():
     store = PipelineStore(root="s3://bucket/prefix",
                           storage_options_json=json.dumps({"client_kwargs": {"aws_secret_access_key": "x"}}))
     with pytest.raises(ValueError, match="must not hold credentials"):
-        store.storage_options
+        _ = store.storage_options
     ok = PipelineStore(root="s3://bucket/prefix", storage_options_json=json.dumps({"endpoint_url": "http://h"}))
     assert ok.storage_options == {"endpoint_url": "http://h"}
 
@@ -263,6 +268,23 @@ def test_celery_steps_ran_in_separate_worker_processes(celery_run, inprocess):
              if e.dagster_event and e.dagster_event.event_type_value == "ENGINE_EVENT"
              and "Celery worker" in (getattr(e.dagster_event.event_specific_data, "metadata", None) or {})}
     assert {h.split("@")[0] for h in hosts} == {"w1", "w2"}, hosts
+
+
+def test_celery_gpu_steps_went_to_the_gpu_queue_worker(celery_run):
+    """Embedding steps (tag dagster-celery/queue=gpu) ran on w2, which listens only on ``gpu``;
+    every other step on w1, which listens only on the default queue."""
+    from rs_embed_pipeline.executors import GPU_QUEUE
+
+    assert GPU_QUEUE == "gpu"
+    worker_of = {e.dagster_event.step_key: e.dagster_event.event_specific_data.metadata["Celery worker"].value
+                 for e in celery_run["events"]
+                 if e.dagster_event and e.dagster_event.event_type_value == "ENGINE_EVENT"
+                 and "Celery worker" in (getattr(e.dagster_event.event_specific_data, "metadata", None) or {})}
+    on = {step: host.split("@")[0] for step, host in worker_of.items()}
+    gpu_steps = {step for step in on if step.endswith("_embeddings")}
+    assert gpu_steps == {"terrafm_s2_embeddings", "terrafm_s1_embeddings", "thor_s2_embeddings"}, on
+    assert {on[s] for s in gpu_steps} == {"w2"}, on
+    assert {on[s] for s in set(on) - gpu_steps} == {"w1"}, on
 
 
 @pytest.mark.parametrize("asset_name", sorted(CUBES))
