@@ -31,6 +31,17 @@ DEMO_WINDOW = "2024-01-01"
 DEMO_WINDOW_END = "2024-04-01"
 # The synthetic rasters reach one THOR tile beyond the AOI so that edge tiles are fully covered.
 CATALOG_PAD_M = 3000.0
+# Answers (README "Asking the cubes"): a second window for the change asset, with a new pond planted
+# in the SYNTHETIC imagery from its first day on (window 1's imagery is unchanged); the THOR cube is
+# stored as int8 to show compact cubes next to float32 ones.
+CHANGE_WINDOW = "2024-04-01"
+CATALOG_END = "2024-07-01"
+DEMO_POND = {"lon": 6.62, "lat": 46.514, "half_size_m": 300.0, "start": CHANGE_WINDOW,
+             "reflectance": {"B1": 200, "B2": 400, "B3": 300, "B4": 150, "B5": 120, "B6": 100, "B7": 100,
+                             "B8": 80, "B8A": 80, "B9": 50, "B11": 30, "B12": 20}}
+INT8_CUBE = ("thor_s2_cube", "int8_per_cell")
+CHANGE_CHAIN = ["tile_grid", "s2_patches", "terrafm_s2_embeddings", "terrafm_s2_cube", "terrafm_s2_search_index",
+                "terrafm_s2_change"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,10 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     region = config.region(DEMO_REGION)
 
     catalog = Path(settings.local_catalog)
-    if args.regenerate_catalog or not catalog.exists():
+    if args.regenerate_catalog or not catalog.exists() or not _catalog_reaches(catalog, CATALOG_END):
         print(f"Generating the synthetic demo catalog (SYNTHETIC imagery) at {catalog.parent} ...")
-        generate_synthetic_catalog(catalog.parent, region.aoi.bounds, DEMO_WINDOW, DEMO_WINDOW_END,
-                                   seed=0, pad_m=CATALOG_PAD_M)
+        generate_synthetic_catalog(catalog.parent, region.aoi.bounds, DEMO_WINDOW, CATALOG_END,
+                                   seed=0, pad_m=CATALOG_PAD_M, planted=[DEMO_POND])
 
     from rs_embed_pipeline.definitions import build_definitions, resources_for
 
@@ -69,9 +80,20 @@ def main(argv: list[str] | None = None) -> int:
     partition = dg.MultiPartitionKey({"region": DEMO_REGION, "window": DEMO_WINDOW})
     instance = dg.DagsterInstance.get()
     print(f"Materializing {partition} (Dagster instance: {os.environ.get('DAGSTER_HOME')}) ...")
-    result = job.execute_in_process(partition_key=partition, instance=instance, raise_on_error=False)
+    result = job.execute_in_process(partition_key=partition, instance=instance, raise_on_error=False,
+                                    run_config=_int8_run_config(settings))
     if not result.success:
         print("The demo run FAILED; see the log above or the run in the UI (make ui).")
+        return 1
+    change_job = dg.Definitions.merge(defs, dg.Definitions(jobs=[dg.define_asset_job(
+        "demo_change_window", selection=CHANGE_CHAIN,
+        description="The demo's second window for terrafm_s2 (search index and change vs the first)")])
+    ).resolve_job_def("demo_change_window")
+    window2 = dg.MultiPartitionKey({"region": DEMO_REGION, "window": CHANGE_WINDOW})
+    print(f"Materializing {window2} for terrafm_s2 (change between windows) ...")
+    result2 = change_job.execute_in_process(partition_key=window2, instance=instance, raise_on_error=False)
+    if not result2.success:
+        print("The demo's second window FAILED; see the log above or the run in the UI (make ui).")
         return 1
 
     print("\n=== rs_embed_pipeline demo: done ===")
@@ -86,10 +108,79 @@ def main(argv: list[str] | None = None) -> int:
         random = md["random_weights"].value if "random_weights" in md else None
         weights = "RANDOM WEIGHTS (not pretrained)" if random else f"pretrained, sha256 {md['weights_sha256'].value[:12]}"
         print(f"  {name:18s} {md['store_uri'].value}  [{weights}]")
+    print_products(result)
+    print_answers(result, result2, settings.store_root)
     print("\nOpen a cube:  .venv/bin/python -c \"import xarray as xr; "
           "print(xr.open_datatree('data/cubes/terrafm_b_s2/demo.zarr', engine='zarr'))\"")
     print("Open the UI:  make ui   then browse http://127.0.0.1:3000 (Assets -> lineage)")
     return 0
+
+
+def print_products(result) -> None:
+    """Where the GeoParquet, COG and STAC products of the run are (README: Using the embeddings anywhere)."""
+    products = [(e.materialization.asset_key.to_user_string(), e.materialization.metadata)
+                for e in result.get_asset_materialization_events()
+                if e.materialization.asset_key.to_user_string().endswith(("_geoparquet", "_cog", "_stac"))]
+    if not products:
+        return
+    print("Products (GeoParquet for DuckDB / GeoPandas, COGs for GIS, STAC catalog):")
+    for name, md in sorted(products, key=lambda p: p[0]):
+        where = md["catalog"].value if "catalog" in md else md["store_uri"].value
+        print(f"  {name:22s} {where}")
+
+
+def _catalog_reaches(catalog: Path, end: str) -> bool:
+    """Whether an existing demo catalog covers the windows up to ``end`` (older ones stop at Q1)."""
+    import json
+
+    try:
+        doc = json.loads((catalog.parent / "synthetic-s2-l2a" / "collection.json").read_text())
+        return str(doc["extent"]["temporal"]["interval"][0][1])[:10] >= end
+    except (OSError, KeyError, ValueError, IndexError):
+        return False
+
+
+def _int8_run_config(settings: Settings) -> dict:
+    """The int8 cube's config; rebuild when an earlier demo stored that cube otherwise (float32)."""
+    import json
+
+    from rs_embed_pipeline.stores.layout import StoreLayout
+
+    asset, scheme = INT8_CUBE
+    cube = Path(StoreLayout(settings.store_root).cube("thor_1_0_base", "s2", DEMO_REGION))
+    rebuild = False
+    for doc in cube.glob("EPSG*/grid/embedding/zarr.json"):
+        rebuild = rebuild or json.loads(doc.read_text()).get("attributes", {}).get("quantization", "none") != scheme
+    return {"ops": {asset: {"config": {"quantization": scheme, "rebuild": rebuild}}}}
+
+
+def print_answers(result, result2, store_root: str) -> None:
+    """One similarity search, the change between the two windows, the int8 cube's accuracy."""
+    from rs_embed_pipeline.products.search import index_uri, load_index, search
+
+    for event in result.get_asset_materialization_events():
+        md = event.materialization.metadata
+        if event.materialization.asset_key.to_user_string() == INT8_CUBE[0] and "quantization" in md:
+            print(f"Compact cube: {INT8_CUBE[0]} stored as {md['quantization'].value}; lowest cosine of a cell "
+                  f"to its float32 embedding 1 - {1 - md['quantization_min_cosine'].value:.1e}")
+    index = load_index(index_uri(store_root, "terrafm_b", "s2", DEMO_REGION, DEMO_WINDOW, "grid"))
+    centre = int(((index.cells["x"] - index.cells["x"].mean()) ** 2
+                  + (index.cells["y"] - index.cells["y"].mean()) ** 2).to_numpy().argmin())
+    lon, lat = index.footprints([centre]).iloc[0].centroid.coords[0]
+    hits = search(index, lon=lon, lat=lat, k=5)
+    print(f"Similarity search (python -m rs_embed_pipeline.search --model terrafm_b --modality s2 --region "
+          f"{DEMO_REGION} --window {DEMO_WINDOW} --lon {lon:.5f} --lat {lat:.5f} --k 5): "
+          f"{index.method} search over {len(index)} cells, {hits.attrs['query_ms']:.2f} ms")
+    for row in hits.itertuples():
+        print(f"  {row.rank}  {row.score:.6f}  {row.cell_id}")
+    for event in result2.get_asset_materialization_events():
+        md = event.materialization.metadata
+        if event.materialization.asset_key.to_user_string() == "terrafm_s2_change":
+            print(f"Change {CHANGE_WINDOW} vs {md['baseline_window'].value} (terrafm_s2; a pond was planted in the "
+                  f"SYNTHETIC imagery at {DEMO_POND['lon']}, {DEMO_POND['lat']}): {md['changed_cells'].value} of "
+                  f"{md['cells_compared'].value} cells above the threshold, median distance "
+                  f"{md['median_distance'].value:.5f}, p99 {md['p99_distance'].value:.5f}; "
+                  f"{md['store_uri'].value}")
 
 
 if __name__ == "__main__":

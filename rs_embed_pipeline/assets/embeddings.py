@@ -10,9 +10,10 @@ import numpy as np
 import xarray as xr
 
 from rs_embed_pipeline.assets.tile_grid import read_tile_grid
-from rs_embed_pipeline.executors import GPU_STEP_TAGS
+from rs_embed_pipeline.executors import GPU_STEP_TAGS, STEP_RETRY_POLICY
 from rs_embed_pipeline.metadata import (
-    add_partition_metadata, json_value, path_value, pca_rgb, preview_markdown, preview_png, status_table,
+    add_partition_metadata, json_value, ordered_for_people, path_value, pca_rgb, preview_png,
+    status_table,
 )
 from rs_embed_pipeline.partitions import BACKFILL_POLICY, RegionWindow, region_windows
 from rs_embed_pipeline.resources import CODE_VERSION, ModelAdapterResource, PipelineStore, TerraFMAdapter, ThorAdapter
@@ -20,6 +21,14 @@ from rs_embed_pipeline.stores import StoreError, TileStore
 from rs_embed_pipeline.fingerprint import cube_fingerprint
 from rs_embed_pipeline.stores.cube import write_cube_window
 
+# The UI shows metadata in this order: the run's outcome, then the settings that differ between
+# models, modalities and runs; provenance and the rest (same keys everywhere) after them.
+METADATA_ORDER = (
+    "tile_status", "tiles_per_second", "wall_seconds", "model_id", "modality", "random_weights",
+    "synthetic_imagery", "normalization", "group_merge", "image_size", "patch_size", "ground_cover_m",
+    "s2_branch", "orbit", "composite", "cloudy_pct", "provider", "collection", "quantization",
+    "weights_source", "weights_sha256",
+)
 # Grid previews read the whole feature-map mosaic; above this many tiles the pooled cube is used.
 GRID_PREVIEW_MAX_TILES = 64
 MIN_CUBE_COVERAGE = 0.5
@@ -71,6 +80,10 @@ class EmbeddingsConfig(dg.Config):
 class CubeConfig(dg.Config):
     rebuild: bool = False
     """Replace a cube built with other settings (it is deleted: re-materialize its other windows)."""
+    quantization: str = "none"
+    """Cube storage: "none" (float32), "int8_per_cell" (int8 + a float32 scale per cell, as TESSERA)
+    or "int8_per_feature" (int8 + a scale and offset per feature and window). Part of the cube's
+    identity: changing it needs `rebuild`. Readers (products.open_cube) de-quantize transparently."""
 
 
 def _cube_time_axis(windows_def: Any, n_now: int) -> list[str]:
@@ -82,7 +95,7 @@ def _cube_time_axis(windows_def: Any, n_now: int) -> list[str]:
 
     years = 1
     while True:
-        later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=366 * years)
+        later = dt.datetime.now(dt.UTC) + dt.timedelta(days=366 * years)
         keys = windows_def.get_partition_keys(current_time=later)
         if len(keys) >= n_now + 2 * TIME_BLOCK + TIME_MARGIN or years > 64:
             return keys
@@ -103,7 +116,7 @@ def _stores(spec: EmbeddingSpec, store: PipelineStore, adapter: ModelAdapterReso
 
 
 def run_metadata(adapter_settings: dict[str, Any], patches: TileStore) -> dict[str, Any]:
-    """The DESIGN.md run metadata shared by embeddings and cube materializations (same keys always),
+    """The docs/architecture.md run metadata shared by embeddings and cube materializations (same keys always),
     plus every field rs-embed's TerraFM-B / THOR pages list (``source``, ``grid_type``, weight file,
     ``model_key``, ``grid_kind``, ``cls_removed``, ``pooling``) and the sensor options; "n/a" where a
     setting does not apply to the model or modality."""
@@ -135,7 +148,7 @@ def run_metadata(adapter_settings: dict[str, Any], patches: TileStore) -> dict[s
 
 
 def build_embedding_assets(
-    spec: EmbeddingSpec, partitions_def: dg.MultiPartitionsDefinition
+    spec: EmbeddingSpec, partitions_def: dg.MultiPartitionsDefinition, retry_policy: dg.RetryPolicy | None = None,
 ) -> list[dg.AssetsDefinition]:
     embeddings_name = f"{spec.name}_embeddings"
     cube_name = f"{spec.name}_cube"
@@ -151,6 +164,7 @@ def build_embedding_assets(
         kinds={"pytorch", "zarr"},
         owners=["team:embeddings"],
         pool="gpu",
+        retry_policy=retry_policy or STEP_RETRY_POLICY,  # a killed worker: the store resumes
         op_tags=GPU_STEP_TAGS,  # GPU node pool under the k8s executors; inert elsewhere
         code_version=CODE_VERSION,
         check_specs=[dg.AssetCheckSpec(
@@ -210,9 +224,10 @@ def build_embedding_assets(
             "tiles_failed": sum(s["counts"]["failed"] for s in m["stores"]),
             "tiles_embedded_now": sum(s["tiles_embedded_now"] for s in m["stores"]),
             "store_uri": path_value(m["stores"][0]["embeddings_uri"]),
+            "dagster/uri": str(m["stores"][0]["embeddings_uri"]),
         } for m in messages})
         return dg.MaterializeResult(
-            metadata={
+            metadata=ordered_for_people({
                 **run_metadata(adapter_settings, patches),
                 # The whole run (all its partitions): status table, timings, throughput.
                 "tile_status": status_table([{"partition": m["partition"], **s["counts"]}
@@ -222,11 +237,8 @@ def build_embedding_assets(
                 "tiles_per_second": round(sum(r["tiles_embedded_now"] for r in results) / timings["wall_s"], 3)
                 if timings["wall_s"] else 0.0,
                 "adapter_settings": json_value(adapter_settings),
-            },
-            check_results=[dg.AssetCheckResult(
-                check_name="all_values_finite", passed=nonfinite == 0,
-                metadata={"nonfinite_values": nonfinite, "tiles_checked": counts["ok"]},
-            )],
+            }, METADATA_ORDER),
+            check_results=[_finite_result(messages, nonfinite, counts["ok"])],
         )
 
     @dg.asset(
@@ -235,6 +247,7 @@ def build_embedding_assets(
         partitions_def=partitions_def,
         backfill_policy=BACKFILL_POLICY,
         group_name="cubes",
+        retry_policy=retry_policy or STEP_RETRY_POLICY,  # windows are marked filled last: resumable
         kinds={"zarr", "xarray"},
         owners=["team:embeddings"],
         code_version=CODE_VERSION,
@@ -256,6 +269,13 @@ def build_embedding_assets(
         thor: ThorAdapter,
     ) -> dg.MaterializeResult:
         adapter = terrafm if spec.resource_key == "terrafm" else thor
+        from rs_embed_pipeline.products.quantize import QuantizationError, check_scheme
+
+        try:
+            check_scheme(config.quantization)
+        except QuantizationError as exc:
+            raise dg.Failure(f"{cube_name} config: {exc}", allow_retries=False) from exc
+        min_cosines: list[float] = []
         window_keys = windows_def.get_partition_keys()
         time_axis = _cube_time_axis(windows_def, len(window_keys))
         t0 = time.perf_counter()
@@ -290,8 +310,8 @@ def build_embedding_assets(
                     cube_uri,
                     tiles=tiles[["tile_id", "utm_epsg", "x0", "y0", "size_px", "scale_m"]].to_dict("records"),
                     pooled=pooled,
-                    grids=lambda tid: emb.read("grid", [index_of[tid]])[0],
-                    read_grids=lambda tids: _read_rows(emb, [index_of[t] for t in tids]),
+                    grids=lambda tid, emb=emb, index_of=index_of: emb.read("grid", [index_of[tid]])[0],
+                    read_grids=lambda tids, emb=emb, index_of=index_of: _read_rows(emb, [index_of[t] for t in tids]),
                     window_index=window_keys.index(part.window),
                     window_starts=time_axis,
                     windows_in_range=len(window_keys),
@@ -304,12 +324,15 @@ def build_embedding_assets(
                     grid_shape=emb.group["grid"].shape[1:],
                     pooled_dim=emb.group["pooled"].shape[1],
                     rebuild=config.rebuild,
+                    quantization=config.quantization,
                 )
             except StoreError as exc:  # not a cube / other settings / other grid: retrying cannot help
                 raise dg.Failure(str(exc), allow_retries=False) from exc
             counts = emb.status_counts()
             rows.append({"partition": part.key, **counts})
             coverage.append(len(pooled) / max(1, len(tiles)))
+            min_cosines.extend(v for k, v in (written.get("quantization") or {}).items()
+                               if k.startswith("min_cosine") and v is not None)
             window_index = window_keys.index(part.window)
             for g in written["groups"]:
                 ds = xr.open_zarr(cube_uri, group=f"{g['group']}/grid", consolidated=False,
@@ -327,11 +350,13 @@ def build_embedding_assets(
                     caption = (f"First three principal components of {spec.name} {source} embeddings, "
                                f"{part.key}, {g['group']}"
                                + (" (RANDOM WEIGHTS)" if meta["random_weights"] else ""))
-                    preview = preview_markdown(preview_png(pca_rgb(plane)), caption)
+                    preview = _preview_with_input(plane, caption, patches, tiles, g["epsg"], source,
+                                                  spec, part.key)
             per_partition[part.key] = {
                 "tiles_ok": int(counts["ok"]),
                 "coverage": float(coverage[-1]),
                 "store_uri": path_value(cube_uri),
+                "dagster/uri": str(cube_uri),
                 "preview": preview or dg.MetadataValue.md("No tile of this window has an embedding."),
             }
             context.log.info(f"{part.key}: cube {cube_uri}: {written}")
@@ -342,21 +367,75 @@ def build_embedding_assets(
         # Per partition (a backfill run covers several): tile count, coverage, cube, its own preview.
         add_partition_metadata(context, per_partition)
         return dg.MaterializeResult(
-            metadata={
+            metadata=ordered_for_people({
                 **meta,
                 "tile_status": status_table(rows),
                 "wall_seconds": round(time.perf_counter() - t0, 3),
-            },
+                # int8 cubes: the lowest cosine of a stored cell to its float32 embedding (1.0: float32).
+                "quantization": config.quantization,
+                "quantization_min_cosine": float(min(min_cosines)) if min_cosines else 1.0,
+            }, METADATA_ORDER),
             check_results=[
                 dg.AssetCheckResult(check_name="dims_and_crs", passed=all(checks_ok),
                                     description="; ".join(messages)),
-                dg.AssetCheckResult(check_name="coverage", passed=min(coverage) >= MIN_CUBE_COVERAGE,
-                                    severity=dg.AssetCheckSeverity.WARN,
-                                    metadata={"min_coverage": float(min(coverage))}),
+                _coverage_result({key: md["coverage"] for key, md in per_partition.items()}),
             ],
         )
 
     return [embeddings, cube]
+
+
+def _preview_with_input(plane: np.ndarray, caption: str, patches: TileStore, tiles: Any, epsg: int, source: str,
+                        spec: EmbeddingSpec, partition: str) -> dg.MarkdownMetadataValue:
+    """The PCA picture, and next to it the window's input imagery (RGB) over the same extent."""
+    from rs_embed_pipeline.products import pictures
+
+    pca = pca_rgb(plane)
+    images = [(preview_png(pca), caption)]
+    zone_tiles = tiles[tiles["utm_epsg"] == epsg][["tile_id", "utm_epsg"]].to_dict("records")
+    # Grid previews: 4 picture pixels per feature-map cell; pooled (large regions): 4 per tile.
+    rows = [int(str(t["tile_id"]).rsplit("_r", 1)[1]) for t in zone_tiles] or [0]
+    side = 4 * (pca.shape[0] // (max(rows) - min(rows) + 1)) if source == "grid" else 4
+    rgb = None
+    if len(zone_tiles) <= 4 * GRID_PREVIEW_MAX_TILES:
+        try:
+            rgb = pictures.patches_rgb(patches, zone_tiles, max(4, side))
+        except Exception as exc:  # a picture must never fail the cube
+            rgb = None
+            caption += f" (no input picture: {type(exc).__name__}: {exc})"
+    if rgb is not None:
+        what = "true colour B4/B3/B2" if spec.modality == "s2" else "VV, VH, VV/VH dB"
+        images.append((preview_png(rgb), f"Input imagery ({what}), {partition}, same extent"))
+        caption += f" | right: the window's input imagery ({what}), same extent"
+    return dg.MetadataValue.md(pictures.markdown(images, caption))
+
+
+def _finite_result(messages: list[dict[str, Any]], nonfinite: int, tiles_ok: int) -> dg.AssetCheckResult:
+    """all_values_finite per partition: fails when any partition of the run has a non-finite value,
+    and names those partitions."""
+    per_partition = {m["partition"]: sum(int(s["nonfinite_values"]) for s in m["stores"]) for m in messages}
+    failing = sorted(key for key, n in per_partition.items() if n)
+    return dg.AssetCheckResult(
+        check_name="all_values_finite", passed=not failing,
+        metadata={"failing_partitions": json_value(failing),
+                  "nonfinite_per_partition": json_value(per_partition),
+                  "nonfinite_values": nonfinite, "tiles_checked": tiles_ok},
+        description=f"Non-finite values in: {', '.join(failing)}." if failing else None,
+    )
+
+
+def _coverage_result(coverage: dict[str, float]) -> dg.AssetCheckResult:
+    """The cube's coverage per partition: fails (warning) when any partition of the run has fewer
+    than MIN_CUBE_COVERAGE of its tiles embedded, and names those partitions."""
+    failing = sorted(key for key, c in coverage.items() if c < MIN_CUBE_COVERAGE)
+    return dg.AssetCheckResult(
+        check_name="coverage", passed=not failing, severity=dg.AssetCheckSeverity.WARN,
+        metadata={"failing_partitions": json_value(failing),
+                  "min_coverage": float(min(coverage.values(), default=0.0)),
+                  "coverage_per_partition": json_value({k: round(float(c), 4) for k, c in coverage.items()})},
+        description=(f"Fewer than {MIN_CUBE_COVERAGE:.0%} of the tiles have an embedding in: {', '.join(failing)}."
+                     if failing else None),
+    )
 
 
 def _parity_metadata(adapter_settings: dict[str, Any], patch_settings: dict[str, Any],

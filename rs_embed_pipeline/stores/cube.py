@@ -16,6 +16,11 @@ embedding store's fingerprint, tile counts, synthetic flag).
 Time index i is the i-th window of the partitions definition (not the order of writes), so a
 backfill may fill windows in any order.
 
+int8 cubes (``quantization``, products/quantize.py): ``embedding`` is int8 (fill -128 = no
+embedding) with ``embedding_scale`` (per cell, or per feature and window) and ``embedding_offset``
+(per feature and window) beside it, all chunked one window per chunk and grown with the time axis
+like the other per-window arrays; ``products.open_cube`` returns float32.
+
 Concurrent writers (different windows of one region, in separate processes or machines, on a
 local disk or on S3; no locks)
 -----------------------------------------------------------------------------------------------
@@ -50,8 +55,10 @@ must not run while other writers write the same cube.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
+from collections.abc import Callable, Mapping, Sequence
 
 import fsspec
 import numpy as np
@@ -197,8 +204,113 @@ def _geo_transform(x0: float, y0: float, cell_m: float) -> str:
     return f"{x0} {cell_m} 0.0 {y0} 0.0 {-cell_m}"
 
 
+# geoemb: Zarr convention v1 (github.com/geo-embeddings/embeddings-zarr-convention, tag v1), on
+# every cube group next to the CF attributes. Groups are ``EPSG<code>/<kind>`` (one per UTM zone and
+# hemisphere), not the convention's ``utm<NN>`` names: existing cubes and readers rely on them.
+GEOEMB_CONVENTION = {
+    "schema_url": "https://raw.githubusercontent.com/geo-embeddings/embeddings-zarr-convention/refs/tags/v1/schema.json",
+    "spec_url": "https://github.com/geo-embeddings/embeddings-zarr-convention/blob/v1/README.md",
+    "uuid": "61c12cc5-0e28-4056-999a-480cf3fb7e4c",
+    "name": "geoemb:",
+    "description": "Geoembeddings convention for geospatial embedding arrays with model provenance",
+}
+MODEL_URLS = {"terrafm_b": "https://huggingface.co/MBZUAI/TerraFM"}
+SOURCE_DATA_URLS = {
+    "s2": "https://dataspace.copernicus.eu/explore-data/data-collections/sentinel-data/sentinel-2",
+    "s1": "https://dataspace.copernicus.eu/explore-data/data-collections/sentinel-data/sentinel-1",
+}
+
+
+def model_url(model_id: str) -> str:
+    """The encoder's page (Hugging Face); a URN for a model this table does not know."""
+    if model_id in MODEL_URLS:
+        return MODEL_URLS[model_id]
+    if model_id.startswith("thor_1_0_"):
+        return f"https://huggingface.co/FM4CS/THOR-1.0-{model_id[len('thor_1_0_'):]}"
+    return f"urn:rs-embed-pipeline:model:{model_id}"
+
+
+def geoemb_attributes(attrs: Mapping[str, Any], *, n_feature: int, chip_px: int, gsd_m: float) -> dict[str, Any]:
+    """The ``geoemb:`` attributes of one cube group. ``attrs`` (the cube's attributes) may carry
+    ``source_data`` (URIs of the source collections), ``data_type`` and ``quantization`` (a
+    geoemb quantization object, e.g. for int8 cubes); defaults: the modality's Copernicus
+    collection, float32, none. The model reference carries the weights' sha256 as a fragment."""
+    model = model_url(str(attrs.get("model_id", "unknown")))
+    sha = str(attrs.get("weights_sha256") or "")
+    out = {
+        "zarr_conventions": [dict(GEOEMB_CONVENTION)],
+        "geoemb:type": "chip",
+        "geoemb:dimensions": int(n_feature),
+        "geoemb:model": f"{model}#sha256={sha}" if len(sha) == 64 else model,
+        "geoemb:source_data": list(attrs.get("source_data")
+                                   or [SOURCE_DATA_URLS.get(str(attrs.get("modality")), "urn:rs-embed-pipeline:unknown")]),
+        "geoemb:data_type": str(attrs.get("data_type") or "float32"),
+        "geoemb:gsd": float(gsd_m),
+        "geoemb:chip_layout": {"layout_type": "regular_grid", "chip_size": [int(chip_px), int(chip_px)],
+                               "stride": [int(chip_px), int(chip_px)]},
+        "geoemb:spatial_layout": "utm_zones",
+        "geoemb:build_version": f"rs_embed_pipeline cube schema {CUBE_SCHEMA_VERSION}",
+    }
+    if attrs.get("quantization"):
+        out["geoemb:quantization"] = _geoemb_quantization(attrs["quantization"])
+    return out
+
+
+def _geoemb_quantization(q: Mapping[str, Any]) -> dict[str, Any]:
+    """The convention's quantization object (only its fields: method, original_dtype,
+    quantized_dtype, scale, link) from the cube's own description, which stays whole in the group's
+    ``quantization`` attribute."""
+    out: dict[str, Any] = {"method": str(q.get("method") or q.get("scheme") or "unknown"),
+                           "original_dtype": str(q.get("original_dtype") or q.get("original_data_type") or "float32")}
+    quantized = q.get("quantized_dtype") or q.get("data_type")
+    if quantized:
+        out["quantized_dtype"] = str(quantized)
+    if isinstance(q.get("scale"), Mapping):
+        out["scale"] = dict(q["scale"])
+    elif q.get("scale_variable") and {"y", "x"} <= set(q.get("scale_dimensions") or []):
+        out["scale"] = {"type": "array", "array_name": str(q["scale_variable"])}  # one scale per cell
+    if q.get("link"):
+        out["link"] = str(q["link"])
+    return out
+
+
 def _dataset_specs(epsg: int, x0: float, y0: float, cell_m: float, ny: int, nx: int, n_feature: int,
-                   chunk_yx: tuple[int, int], capacity: int) -> dict[str, dict[str, Any]]:
+                   chunk_yx: tuple[int, int], capacity: int, quantization: str = "none") -> dict[str, dict[str, Any]]:
+    specs = _float_specs(epsg, x0, y0, cell_m, ny, nx, n_feature, chunk_yx, capacity)
+    if quantization != "none":
+        specs.update(_quantized_specs(specs["embedding"], ny, nx, n_feature, chunk_yx, capacity, quantization))
+    return specs
+
+
+def _quantized_specs(embedding: Mapping[str, Any], ny: int, nx: int, n_feature: int, chunk_yx: tuple[int, int],
+                     capacity: int, quantization: str) -> dict[str, dict[str, Any]]:
+    """int8 ``embedding`` (fill -128: no embedding) plus its float32 scale (and offset) arrays, all
+    chunked one window per chunk like the rest (products/quantize.py has the schemes)."""
+    from rs_embed_pipeline.products.quantize import INT8_FILL, OFFSET_VAR, SCALE_VAR
+
+    out = {"embedding": {**embedding, "dtype": "int8", "fill_value": INT8_FILL,
+                         "attributes": {**embedding["attributes"], "quantization": quantization,
+                                        "long_name": f"embedding ({quantization}; read with open_cube)"}}}
+    float_attrs = {"grid_mapping": "spatial_ref", "coordinates": "spatial_ref", "units": "1"}
+    if quantization == "int8_per_cell":
+        out[SCALE_VAR] = dict(shape=(capacity, ny, nx), chunks=(1, *chunk_yx), dtype="float32", fill_value=np.nan,
+                              dimension_names=["time", "y", "x"], compressors=float_compressors(),
+                              attributes={**float_attrs, "long_name": "per-cell scale: embedding = q * scale + offset"})
+        out[OFFSET_VAR] = dict(shape=(capacity, n_feature), chunks=(1, n_feature), dtype="float32", fill_value=np.nan,
+                               dimension_names=["time", "feature"], compressors=float_compressors(),
+                               attributes={"units": "1", "long_name": "per-feature mean of the window: "
+                                                                      "embedding = q * scale + offset"})
+    else:
+        for name, what in ((SCALE_VAR, "scale"), (OFFSET_VAR, "offset")):
+            out[name] = dict(shape=(capacity, n_feature), chunks=(1, n_feature), dtype="float32", fill_value=np.nan,
+                             dimension_names=["time", "feature"], compressors=float_compressors(),
+                             attributes={"units": "1", "long_name": f"per-feature {what} of the window: "
+                                                                    "embedding = q * scale + offset"})
+    return out
+
+
+def _float_specs(epsg: int, x0: float, y0: float, cell_m: float, ny: int, nx: int, n_feature: int,
+                 chunk_yx: tuple[int, int], capacity: int) -> dict[str, dict[str, Any]]:
     crs = CRS.from_epsg(epsg)
     cf = crs.to_cf()
     cf.update({"crs_wkt": crs.to_wkt(), "spatial_ref": crs.to_wkt(), "GeoTransform": _geo_transform(x0, y0, cell_m)})
@@ -228,8 +340,14 @@ def _dataset_specs(epsg: int, x0: float, y0: float, cell_m: float, ny: int, nx: 
     }
 
 
-def _check_layout(path: str, meta: Mapping[str, Any], ny: int, nx: int, n_feature: int, transform: str) -> None:
+def _check_layout(path: str, meta: Mapping[str, Any], ny: int, nx: int, n_feature: int, transform: str,
+                  quantization: str = "none") -> None:
     """The group's own metadata (from the consolidated view or fresh) fits this window's layout."""
+    found_q = _scheme(meta.get(f"{path}/embedding") or {})
+    if found_q != quantization:
+        raise CubeError(f"Cube group {path} stores embeddings as {found_q!r} ('none' = float32), this write asks "
+                        f"for {quantization!r}. Nothing was written; materialize the cube with rebuild (config "
+                        "`rebuild: true`) to change its storage, or keep its quantization setting.")
     shape = tuple((meta.get(f"{path}/embedding") or {}).get("shape", ())[1:])
     if shape != (ny, nx, n_feature):
         raise CubeError(
@@ -256,7 +374,8 @@ def _ensure_dataset(root: zarr.Group, zone: str, kind: str, *, epsg: int, specs:
     group = root[zone][kind]  # fresh metadata
     meta = {f"{zone}/{kind}/{name}": group[name].metadata.to_dict() for name in ("embedding", "spatial_ref")}
     n_feature = specs["feature"]["shape"][0]
-    _check_layout(f"{zone}/{kind}", meta, len(ys), len(xs), n_feature, specs["spatial_ref"]["attributes"]["GeoTransform"])
+    _check_layout(f"{zone}/{kind}", meta, len(ys), len(xs), n_feature, specs["spatial_ref"]["attributes"]["GeoTransform"],
+                  _scheme(specs["embedding"]))
     # Coordinate values are the same whoever writes them: (re)writing them is idempotent. They are
     # written here, before the group can appear in the consolidated metadata (the fast path).
     for name, values in (("x", xs), ("y", ys), ("feature", np.arange(n_feature, dtype=np.int32))):
@@ -281,19 +400,22 @@ def _settle(cube: _Cube, groups: Sequence[str], need: int, window_starts: Sequen
         docs: dict[str, dict[str, Any]] = {}
         for group in groups:
             wanted = max([need, *(i + 1 for i in cube.filled_windows(group))])
-            for name in TIME_ARRAYS:
+            names = list(TIME_ARRAYS)
+            for name in names:
                 doc = cube.read_json(group, name)
                 if doc is None:
                     raise CubeError(f"Cube {cube.uri}: group {group} lacks its {name} array; rebuild the cube")
                 docs[f"{group}/{name}"] = doc
-            shapes = {name: int(docs[f"{group}/{name}"]["shape"][0]) for name in TIME_ARRAYS}
+                if name == "embedding":  # int8 cubes: their scale (offset) arrays have a time axis too
+                    names.extend(_quantized_names(doc))
+            shapes = {name: int(docs[f"{group}/{name}"]["shape"][0]) for name in names}
             # The margin is kept beyond the last window written, so the final length depends only
             # on the windows written, not on the order in which writers happened to grow it.
             target = time_capacity(wanted, len(window_starts))
             if min(shapes.values()) >= target and len(set(shapes.values())) == 1:
                 continue
             capacity = max(target, *shapes.values())
-            for name in TIME_ARRAYS:
+            for name in names:
                 doc = docs[f"{group}/{name}"]
                 if shapes[name] != capacity:
                     # Only the shape changes: no chunk is deleted (zarr's resize would delete the
@@ -318,15 +440,29 @@ def _consolidated_current(root: Mapping[str, Any] | None, docs: Mapping[str, Map
                for path, doc in docs.items())
 
 
-def _listed(meta: Mapping[str, Any], paths: Sequence[str]) -> bool:
+def _listed(meta: Mapping[str, Any], paths: Sequence[str], extra: Sequence[str] = ()) -> bool:
     """The consolidated view lists every array of the zone's groups (so they were created and
     their coordinates written)."""
     return all(f"{path}/{name}" in meta for path in paths
-               for name in (*TIME_ARRAYS, "x", "y", "feature", "spatial_ref"))
+               for name in (*TIME_ARRAYS, *extra, "x", "y", "feature", "spatial_ref"))
 
 
-def _long_enough(meta: Mapping[str, Any], paths: Sequence[str], need: int) -> bool:
-    return all(int(meta[f"{path}/{name}"]["shape"][0]) >= need for path in paths for name in TIME_ARRAYS)
+def _long_enough(meta: Mapping[str, Any], paths: Sequence[str], need: int, extra: Sequence[str] = ()) -> bool:
+    return all(int(meta[f"{path}/{name}"]["shape"][0]) >= need for path in paths for name in (*TIME_ARRAYS, *extra))
+
+
+def _scheme(embedding_doc: Mapping[str, Any]) -> str:
+    """The quantization of a group's ``embedding`` array from its metadata ("none": float32)."""
+    return str((embedding_doc.get("attributes") or {}).get("quantization") or "none")
+
+
+def _quantized_names(embedding_doc: Mapping[str, Any]) -> list[str]:
+    scheme = _scheme(embedding_doc)
+    if scheme == "none":
+        return []
+    from rs_embed_pipeline.products.quantize import quantized_arrays
+
+    return list(quantized_arrays(scheme))
 
 
 # ------------------------------------------------------------------------------------- writing
@@ -347,6 +483,7 @@ def write_cube_window(
     pooled_dim: int | None = None,
     rebuild: bool = False,
     read_grids: Callable[[Sequence[str]], np.ndarray] | None = None,
+    quantization: str = "none",
 ) -> dict[str, Any]:
     """Write one window of a region's embeddings into its cube (idempotent; safe beside writers of
     other windows).
@@ -362,7 +499,10 @@ def write_cube_window(
     provider settings, code version); a cube with another one is refused unless ``rebuild``.
     ``provenance``: JSON facts about this window's source (stored in ``window_provenance``).
     ``grid_shape`` (D', h, w) and ``pooled_dim`` (D) let a window without any embedding be
-    written (as NaN); without them such a window is skipped.
+    written (as NaN); without them such a window is skipped. ``quantization``: ``"none"`` (float32),
+    ``"int8_per_cell"`` or ``"int8_per_feature"`` (products/quantize.py); part of the cube's identity
+    (a cube stored otherwise is refused unless ``rebuild``). Int8 writes report the accuracy of the
+    window's values against the float32 input in ``written["quantization"]``.
 
     The common case (the cube and the window's slot exist) costs a handful of metadata reads: the
     arrays are opened from the consolidated metadata, the window's chunks written, then the time
@@ -371,6 +511,17 @@ def write_cube_window(
     if not 0 <= window_index < len(window_starts):
         raise ValueError(f"window_index {window_index} is outside window_starts ({len(window_starts)} windows)")
     require_atomic_chunk_writes(cube_uri)
+    from rs_embed_pipeline.products import quantize as Q
+
+    Q.check_scheme(quantization)
+    extra = Q.quantized_arrays(quantization)
+    if quantization != "none":
+        # int8 storage is part of the cube's identity (float32 cubes keep their fingerprint), and
+        # it is recorded for geoemb / STAC readers.
+        if fingerprint is not None:
+            fingerprint = hashlib.sha256(f"{fingerprint}|{quantization}".encode()).hexdigest()
+        attrs = {**attrs, "data_type": "int8", "quantization": Q.geoemb_quantization(quantization)}
+    qstats: dict[str, list[float]] = {"grid": [], "pooled": []}
     cube = _Cube(cube_uri, storage_options)
     root_doc = _open_or_create_root(cube, attrs, fingerprint, rebuild, window_starts)
     in_range = len(window_starts) if windows_in_range is None else int(windows_in_range)
@@ -408,25 +559,27 @@ def write_cube_window(
 
         layouts = {
             "grid": dict(cell_m=tile_m / gw, ny=nrow * gh, nx=ncol * gw, n_feature=d_grid, chunk_yx=(gh, gw),
-                         attrs={**attrs, "cell_kind": "feature_map", "cells_per_tile": gw}),
+                         attrs={**attrs, "cell_kind": "feature_map", "cells_per_tile": gw,
+                                **geoemb_attributes(attrs, n_feature=d_grid, chip_px=size_px // gw, gsd_m=scale_m)}),
             "pooled": dict(cell_m=tile_m, ny=nrow, nx=ncol, n_feature=d_pooled,
                            chunk_yx=(min(nrow, 64), min(ncol, 64)),
-                           attrs={**attrs, "cell_kind": "tile", "cells_per_tile": 1}),
+                           attrs={**attrs, "cell_kind": "tile", "cells_per_tile": 1,
+                                  **geoemb_attributes(attrs, n_feature=d_pooled, chip_px=size_px, gsd_m=scale_m)}),
         }
         paths = [f"{zone}/grid", f"{zone}/pooled"]
         meta = _consolidated(root_doc)
-        if _listed(meta, paths):
+        if _listed(meta, paths, extra):
             for kind, lay in layouts.items():
                 _check_layout(f"{zone}/{kind}", meta, lay["ny"], lay["nx"], lay["n_feature"],
-                              _geo_transform(left, top, lay["cell_m"]))
-            if not _long_enough(meta, paths, need):
+                              _geo_transform(left, top, lay["cell_m"]), quantization)
+            if not _long_enough(meta, paths, need, extra):
                 root_doc = _settle(cube, paths, need, window_starts)  # grow the time axis
         else:
             root = cube.open_root()
             for kind, lay in layouts.items():
                 cell = lay["cell_m"]
                 specs = _dataset_specs(epsg, left, top, cell, lay["ny"], lay["nx"], lay["n_feature"],
-                                       lay["chunk_yx"], capacity)
+                                       lay["chunk_yx"], capacity, quantization)
                 _ensure_dataset(root, zone, kind, epsg=epsg, specs=specs,
                                 xs=left + cell * (np.arange(lay["nx"]) + 0.5),
                                 ys=top - cell * (np.arange(lay["ny"]) + 0.5),
@@ -445,26 +598,53 @@ def write_cube_window(
         by_row: dict[int, list[tuple[int, str]]] = {}
         for tile, p in zip(zone_tiles, parsed):
             by_row.setdefault(row_max - p["row"], []).append((p["col"] - col_min, str(tile["tile_id"])))
-        # A row of tiles (at most ROW_SEGMENT) per write: one call writes its chunks together.
-        # Cells without an embedding are NaN, the fill value: zarr deletes such a chunk, so no
-        # stale tile survives a rewrite.
-        for r in sorted(by_row):
-            cells = sorted(by_row[r])
-            for start in range(0, len(cells), ROW_SEGMENT):
-                segment = cells[start:start + ROW_SEGMENT]
-                c0, c1 = segment[0][0], segment[-1][0] + 1
-                block = np.full((gh, (c1 - c0) * gw, d_grid), np.nan, dtype=np.float32)
-                have = [(c, tid) for c, tid in segment if tid in pooled]
-                if have:
-                    stack = _read_grids([tid for _, tid in have], grids, read_grids, sample, grid_sample)
-                    for (c, tid), grid in zip(have, stack):
-                        plane[r, c] = pooled[tid]
-                        block[:, (c - c0) * gw:(c - c0 + 1) * gw, :] = np.moveaxis(grid.astype(np.float32), 0, -1)
-                written["tiles_written"] += len(have)
-                written["tiles_empty"] += len(segment) - len(have)
-                _write_block(grid_group["embedding"],
-                             (window_index, slice(r * gh, (r + 1) * gh), slice(c0 * gw, c1 * gw), slice(None)), block)
-        _write_block(pooled_group["embedding"], (window_index,), plane)
+
+        # segments() is consumed inside this zone's iteration, so its loop variables are current.
+        def segments():
+            """A row of tiles (at most ROW_SEGMENT) at a time: (row, first col, end col, [gh, w, D'] block)."""
+            for r in sorted(by_row):  # noqa: B023 - consumed within this zone
+                cells = sorted(by_row[r])  # noqa: B023 - consumed within this zone
+                for start in range(0, len(cells), ROW_SEGMENT):
+                    segment = cells[start:start + ROW_SEGMENT]
+                    c0, c1 = segment[0][0], segment[-1][0] + 1
+                    block = np.full((gh, (c1 - c0) * gw, d_grid), np.nan, dtype=np.float32)  # noqa: B023 - consumed within this zone
+                    have = [(c, tid) for c, tid in segment if tid in pooled]
+                    if have:
+                        stack = _read_grids([tid for _, tid in have], grids, read_grids, sample, grid_sample)  # noqa: B023 - consumed within this zone
+                        for (c, tid), grid in zip(have, stack):
+                            plane[r, c] = pooled[tid]  # noqa: B023 - consumed within this zone
+                            block[:, (c - c0) * gw:(c - c0 + 1) * gw, :] = np.moveaxis(grid.astype(np.float32), 0, -1)  # noqa: B023 - consumed within this zone
+                    yield r, c0, c1, block, len(have), len(segment)
+
+        grid_params = None
+        if quantization != "none":
+            # The window's per-feature statistics first (one extra read of the window), then the values.
+            lo = np.full(d_grid, np.inf, dtype=np.float32)
+            hi = np.full(d_grid, -np.inf, dtype=np.float32)
+            total, count = np.zeros(d_grid), 0
+            for *_, block, _n, _m in segments():
+                blo, bhi = Q.feature_range(block)
+                lo, hi = np.fmin(lo, blo), np.fmax(hi, bhi)
+                s, c = Q.feature_sum(block)
+                total, count = total + s, count + c
+            grid_params = _window_params(quantization, lo, hi, total, count)
+            _write_block(grid_group[Q.OFFSET_VAR], (window_index,), grid_params[1])
+            if quantization == "int8_per_feature":
+                _write_block(grid_group[Q.SCALE_VAR], (window_index,), grid_params[0])
+        # One call writes a row's chunks together. Cells without an embedding are NaN (int8 cubes:
+        # -128), the fill value: zarr deletes such a chunk, so no stale tile survives a rewrite.
+        for r, c0, c1, block, n_have, n_segment in segments():
+            written["tiles_written"] += n_have
+            written["tiles_empty"] += n_segment - n_have
+            cells_sel = (window_index, slice(r * gh, (r + 1) * gh), slice(c0 * gw, c1 * gw))
+            _write_values(grid_group, cells_sel, block, quantization, grid_params, qstats["grid"])
+        pooled_params = None
+        if quantization != "none":
+            pooled_params = _window_params(quantization, *Q.feature_range(plane), *Q.feature_sum(plane))
+            _write_block(pooled_group[Q.OFFSET_VAR], (window_index,), pooled_params[1])
+            if quantization == "int8_per_feature":
+                _write_block(pooled_group[Q.SCALE_VAR], (window_index,), pooled_params[0])
+        _write_values(pooled_group, (window_index,), plane, quantization, pooled_params, qstats["pooled"])
         for group in (grid_group, pooled_group):
             group["window_provenance"][window_index] = source
         for group in (grid_group, pooled_group):
@@ -476,7 +656,46 @@ def write_cube_window(
              "grid_shape": list(meta[f"{paths[0]}/embedding"]["shape"]),
              "pooled_shape": list(meta[f"{paths[1]}/embedding"]["shape"])}
         )
+    if quantization != "none":
+        written["quantization"] = {
+            "scheme": quantization,
+            **{f"min_cosine_{kind}": float(min(v)) if v else None for kind, v in qstats.items()},
+        }
     return written
+
+
+def _window_params(quantization: str, lo: np.ndarray, hi: np.ndarray, total: np.ndarray, count: int
+                   ) -> tuple[np.ndarray | None, np.ndarray]:
+    """(per-feature scale or None, per-feature offset) of a window: int8_per_feature from the
+    range, int8_per_cell's offset is the mean (products/quantize.py)."""
+    from rs_embed_pipeline.products import quantize as Q
+
+    if quantization == "int8_per_feature":
+        return Q.per_feature_params(lo, hi)
+    mean = (total / count).astype(np.float32) if count else np.zeros(len(total), dtype=np.float32)
+    return None, mean
+
+
+def _write_values(group: zarr.Group, cells: tuple, values: np.ndarray, quantization: str,
+                  params: tuple[np.ndarray, np.ndarray] | None, cosines: list[float]) -> None:
+    """Write float32 ``values [..., D]`` at ``cells`` of ``group``'s embedding, quantized as asked
+    (and the per-cell scales); the lowest cosine to the float32 input is appended to ``cosines``."""
+    if quantization == "none":
+        _write_block(group["embedding"], (*cells, slice(None)), values)
+        return
+    from rs_embed_pipeline.products import quantize as Q
+
+    if quantization == "int8_per_cell":
+        q, scale = Q.quantize_per_cell(values, params[1])
+        back = Q.dequantize_array(q, scale, params[1])
+        _write_block(group[Q.SCALE_VAR], cells, scale)
+    else:
+        q = Q.quantize_per_feature(values, *params)
+        back = Q.dequantize_array(q, params[0], params[1], per_cell=False)
+    _write_block(group["embedding"], (*cells, slice(None)), q)
+    cos = Q.cosine_per_cell(values, back)
+    if np.isfinite(cos).any():
+        cosines.append(float(np.nanmin(cos)))
 
 
 def read_window_state(cube_uri: str, group: str, storage_options: Mapping[str, Any] | None = None
