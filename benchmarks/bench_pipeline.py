@@ -74,7 +74,7 @@ class Peaks:
                 pass
             time.sleep(self.interval)
 
-    def __enter__(self) -> "Peaks":
+    def __enter__(self) -> Peaks:
         self._thread.start()
         return self
 

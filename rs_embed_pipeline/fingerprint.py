@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 # Adapter settings that do not change the numbers (or only within float noise): a store may be
 # resumed on another machine, device or batch size, or with the same weights found elsewhere

@@ -22,7 +22,8 @@ it to the embedding metadata (``input_checks``) and raises on issues when ``chec
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Any
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 

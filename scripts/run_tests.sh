@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): the model tests run in the worker environment, everything
 # else in the orchestrator environment. Prints both pytest summaries and one combined line, and
-# fails when either run fails or when no test ran at all (pytest exit code 5 is a failure here).
+# fails when either run fails, when ruff finds a problem, or when no test ran at all (pytest exit
+# code 5 is a failure here).
 set -u
 cd "$(dirname "$0")/.."
 results=.test-results
 rm -rf "$results" && mkdir -p "$results"
+
+# Lint first (pyproject.toml [tool.ruff]): a finding fails the command, after the tests have run.
+.venv/bin/ruff check rs_embed_pipeline rs_embed_pipeline_tests benchmarks scripts
+lint_rc=$?
 
 .venv-worker/bin/python -m pytest rs_embed_pipeline_tests/models -m "not live_gee" \
     --junitxml="$results/worker.xml" "$@"
@@ -16,6 +21,9 @@ orchestrator_rc=$?
 
 .venv/bin/python scripts/test_summary.py "$results/worker.xml" "$results/orchestrator.xml"
 summary_rc=$?
+if [ "$lint_rc" -ne 0 ]; then
+    echo "ruff found problems (see above)"; exit 1
+fi
 for rc in $worker_rc $orchestrator_rc; do
     if [ "$rc" -ne 0 ]; then
         echo "pytest exited with $rc (5 means no tests ran)"; exit 1

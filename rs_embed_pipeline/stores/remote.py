@@ -19,7 +19,8 @@ looks like a credential is refused.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 # fsspec / s3fs / botocore spellings of secrets. Matching is on lower-cased keys, recursively.
 CREDENTIAL_KEYS = frozenset({

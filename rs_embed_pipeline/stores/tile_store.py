@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
 
 import fsspec
 import numpy as np
@@ -116,7 +117,7 @@ class TileStore:
         mode: str = "r",
         storage_options: Mapping[str, Any] | None = None,
         allow_unfinished: bool = False,
-    ) -> "TileStore":
+    ) -> TileStore:
         if not _exists(uri, storage_options):
             raise StoreError(f"{kind} store {uri} does not exist; materialize its asset first")
         try:
@@ -146,7 +147,7 @@ class TileStore:
         rebuild: bool = False,
         force: bool = False,
         storage_options: Mapping[str, Any] | None = None,
-    ) -> "TileStore":
+    ) -> TileStore:
         """Create the store with every array allocated up front, or reopen a compatible one.
 
         * same fingerprint: reopened as is; the caller redoes the tiles that are not done.
@@ -199,7 +200,7 @@ class TileStore:
         fingerprint: str,
         attrs: Mapping[str, Any],
         storage_options: Mapping[str, Any] | None,
-    ) -> "TileStore":
+    ) -> TileStore:
         # "state: creating" in the group's first write, the fingerprint last: a store killed while
         # being created is recognised as ours and unfinished, and the next run recreates it.
         group = zarr.open_group(

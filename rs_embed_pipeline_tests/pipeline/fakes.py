@@ -16,7 +16,8 @@ from __future__ import annotations
 import threading
 import time
 import zlib
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 from pydantic import Field
@@ -131,7 +132,7 @@ class FaultyProvider:
 
 
 class FaultyImagery(ImageryResource):
-    catalog_path: Optional[str] = Field(default=None, description="LocalStac catalog; None: synthesized pixels.")
+    catalog_path: str | None = Field(default=None, description="LocalStac catalog; None: synthesized pixels.")
     transient_failure_rate: float = 0.0
     permanent_failures: list[str] = Field(default_factory=list)
     seed: int = 0

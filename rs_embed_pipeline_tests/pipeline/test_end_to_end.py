@@ -81,7 +81,7 @@ def test_metadata_recorded_on_instance(materialized):
     assert tf_md["s2_branch"].value == "l2a" and tf_md["image_size"].value == 224
 
 
-# rs-embed's page fields (issue #6) next to the DESIGN.md ones, the same keys on every materialization.
+# rs-embed's page fields (issue #6) next to the docs/architecture.md ones, the same keys on every materialization.
 PARITY_KEYS = {
     "modality", "source", "grid_type", "weight_file", "weight_file_size", "model_key", "normalization",
     "group_merge", "patch_size", "ground_cover_m", "grid_kind", "cls_removed", "pooling", "scale_m",

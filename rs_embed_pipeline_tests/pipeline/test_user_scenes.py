@@ -12,7 +12,7 @@ import rasterio
 from rasterio.transform import Affine
 
 from rs_embed_pipeline.grid import bbox_aoi, build_tile_grid
-from rs_embed_pipeline.providers import LocalStacProvider, ProviderError
+from rs_embed_pipeline.providers import ProviderError
 from rs_embed_pipeline.providers.synthetic import _utm_extent
 from rs_embed_pipeline.providers.user_scenes import build_user_catalog, catalog_collections, main, parse_scene_name
 from rs_embed_pipeline.resources import EarthEngineImagery, LocalStacImagery, PipelineStore

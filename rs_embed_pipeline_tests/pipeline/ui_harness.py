@@ -28,7 +28,8 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 from rs_embed_pipeline_tests.pipeline.conftest import REPO, WINDOW, build_test_definitions
 
@@ -230,7 +231,7 @@ def stop_process_group(proc: subprocess.Popen, grace_s: float = 3) -> None:
 # UI preferences the Dagster UI keeps in localStorage, set before each page loads: no "join the
 # community" dialog, navigation collapsed, lineage drawn top to bottom (fits the groups best).
 UI_PREFERENCES = {"communityNux": "1", "dagster-nav-collapsed": True, "asset-graph-direction": "vertical"}
-GROUPS = ("inputs", "patches", "embeddings", "cubes")
+GROUPS = ("inputs", "patches", "embeddings", "cubes", "products", "answers")
 EDGES = "svg path[marker-end]"  # lineage edges: arrows between asset nodes
 
 
@@ -270,6 +271,15 @@ def open_lineage(page: Any, base_url: str, min_edges: int) -> None:
     page.locator(EDGES).nth(min_edges - 1).wait_for(state="attached", timeout=30_000)
     wait_until_gone(page, page.get_by_text(re.compile(r"^Loading")))  # node statuses arrive
     page.wait_for_timeout(500)  # the zoom settles
+
+
+def open_group_lineage(page: Any, base_url: str, group: str) -> None:
+    """The lineage with only ``group`` expanded (the others are group nodes): few enough nodes that
+    the fitted graph draws them in full, with kind tags and check summaries."""
+    page.goto(f"{base_url}/asset-groups?expanded=global@global:{group}")
+    page.locator("[class*=AssetNode_assetName]").first.wait_for(timeout=60_000)
+    wait_until_gone(page, page.get_by_text(re.compile(r"^Loading")))
+    page.wait_for_timeout(800)  # the zoom settles
 
 
 def wait_until_gone(page: Any, locator: Any, timeout_s: float = 30) -> None:
