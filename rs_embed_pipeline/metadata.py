@@ -100,12 +100,25 @@ def preview_png(rgb: np.ndarray, min_side: int = 256, max_side: int = PREVIEW_MA
     return buf.getvalue()
 
 
+NOT_APPLICABLE = "n/a"
+
+
+def _is_not_applicable(value: Any) -> bool:
+    return (value.value if isinstance(value, dg.MetadataValue) else value) == NOT_APPLICABLE
+
+
 def ordered_for_people(metadata: Mapping[str, Any], first: Iterable[str]) -> dict[str, Any]:
     """The same entries, the ones a person looks for first (``first``, in that order: outcome,
-    then the settings that vary between runs), then the rest as they came. The UI shows metadata
-    in this order; the keys stay the same on every materialization."""
-    head = [k for k in first if k in metadata]
-    return {**{k: metadata[k] for k in head}, **{k: v for k, v in metadata.items() if k not in head}}
+    then the settings that vary between runs), then the rest as they came, and the settings that do
+    not apply to this model or modality (value ``"n/a"``) last. The UI shows metadata in this order.
+
+    The n/a entries stay: every materialization of every model carries the same keys (the rs-embed
+    parity contract, and Dagster's metadata plots over partitions need them); they only move out of
+    a person's way to the bottom of the table."""
+    tail = [k for k in metadata if _is_not_applicable(metadata[k])]
+    head = [k for k in first if k in metadata and k not in tail]
+    body = [k for k in metadata if k not in head and k not in tail]
+    return {k: metadata[k] for k in head + body + tail}
 
 
 def preview_markdown(png: bytes, caption: str) -> dg.MarkdownMetadataValue:

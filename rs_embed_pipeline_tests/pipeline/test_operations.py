@@ -60,6 +60,18 @@ def test_metadata_order_puts_outcome_and_varying_settings_first():
     assert out == md
 
 
+def test_metadata_order_puts_settings_that_do_not_apply_last_and_keeps_them():
+    from rs_embed_pipeline.assets.embeddings import METADATA_ORDER
+    from rs_embed_pipeline.metadata import ordered_for_people
+
+    md = {"orbit": "n/a", "weight_file": dg.MetadataValue.text("n/a"), "model_id": "thor", "scale_m": 10.0,
+          "s2_branch": dg.MetadataValue.text("l2a")}
+    out = ordered_for_people(md, METADATA_ORDER)
+    # orbit is in METADATA_ORDER but does not apply: it goes with the other n/a entries, in their order
+    assert list(out) == ["model_id", "s2_branch", "scale_m", "orbit", "weight_file"]
+    assert out == md
+
+
 def test_tile_grid_has_standard_metadata(tmp_path, synthetic_catalog, worker_python):
     from rs_embed_pipeline.assets.tile_grid import TILE_GRID_SCHEMA
     from rs_embed_pipeline_tests.pipeline.conftest import build_test_definitions
