@@ -83,7 +83,7 @@ def main(argv=None) -> int:
                                precision=args.precision, batch_size=args.batch_size)
         progress = []
         result = embed_store(adapter, "s2", patches, embeddings, batch_size=args.batch_size, code_version="bench",
-                             progress_fn=progress.append, progress_every=8)
+                             progress_fn=progress.append, progress_every=8).to_dict()
         tm = result["timings"]
         n = result["tiles_embedded_now"]
         summary = {

@@ -1,4 +1,11 @@
-"""Embeddings and cubes: one pair of assets per (model, modality)."""
+"""Embeddings and cubes: one pair of assets per (model, modality).
+
+``<model>_<modality>_embeddings`` sends one request for every partition of the run to the model
+worker (``worker/embed.py``; request and results: ``worker/protocol.py``) and shapes its results
+into metadata (``metadata.py``). ``<model>_<modality>_cube`` writes each partition's embeddings
+as one window of its region's cube (``stores/cube.py``), checks what was written and previews it
+(``products/preview.py``).
+"""
 
 
 import dataclasses
@@ -6,20 +13,20 @@ import time
 from typing import Any
 
 import dagster as dg
-import numpy as np
-import xarray as xr
 
 from rs_embed_pipeline.assets.tile_grid import read_tile_grid
 from rs_embed_pipeline.executors import GPU_STEP_TAGS, STEP_RETRY_POLICY
+from rs_embed_pipeline.fingerprint import cube_fingerprint
 from rs_embed_pipeline.metadata import (
-    add_partition_metadata, json_value, ordered_for_people, path_value, pca_rgb, preview_png,
-    status_table,
+    add_partition_metadata, coverage_check, embedding_partition_metadata, embedding_run_metadata, finite_check,
+    georeferencing_check, json_value, ordered_for_people, path_value, run_metadata, status_table,
 )
 from rs_embed_pipeline.partitions import BACKFILL_POLICY, RegionWindow, region_windows
+from rs_embed_pipeline.products.preview import cube_window_preview
 from rs_embed_pipeline.resources import CODE_VERSION, ModelAdapterResource, PipelineStore, TerraFMAdapter, ThorAdapter
 from rs_embed_pipeline.stores import StoreError, TileStore
-from rs_embed_pipeline.fingerprint import cube_fingerprint
-from rs_embed_pipeline.stores.cube import write_cube_window
+from rs_embed_pipeline.stores.cube import TileStoreGrids, check_georeferencing, write_cube_window
+from rs_embed_pipeline.worker.protocol import PartitionJob
 
 # The UI shows metadata in this order: the run's outcome, then the settings that differ between
 # models, modalities and runs; provenance and the rest (same keys everywhere) after them.
@@ -29,8 +36,6 @@ METADATA_ORDER = (
     "s2_branch", "orbit", "composite", "cloudy_pct", "provider", "collection", "quantization",
     "weights_source", "weights_sha256",
 )
-# Grid previews read the whole feature-map mosaic; above this many tiles the pooled cube is used.
-GRID_PREVIEW_MAX_TILES = 64
 MIN_CUBE_COVERAGE = 0.5
 
 
@@ -56,18 +61,14 @@ OPTIONAL_EMBEDDING_SPECS = (
 )
 
 
-def enabled_specs(resources: dict[str, Any] | None) -> list[EmbeddingSpec]:
+def enabled_specs(resources: dict[str, Any]) -> list[EmbeddingSpec]:
     """The (model, modality) pairs to build: every spec whose model resource embeds its modality
-    (``modalities``); resources without that field keep the default three."""
-    out = []
-    for spec in EMBEDDING_SPECS + OPTIONAL_EMBEDDING_SPECS:
-        modalities = getattr((resources or {}).get(spec.resource_key), "modalities", None)
-        if modalities is None:
-            if spec in EMBEDDING_SPECS:
-                out.append(spec)
-        elif spec.modality in modalities:
-            out.append(spec)
-    return out
+    (``modalities``)."""
+    missing = sorted({s.resource_key for s in EMBEDDING_SPECS} - set(resources))
+    if missing:
+        raise ValueError(f"the embedding assets need the model resources {missing}; got {sorted(resources)}")
+    return [spec for spec in EMBEDDING_SPECS + OPTIONAL_EMBEDDING_SPECS
+            if spec.modality in resources[spec.resource_key].modalities]
 
 
 class EmbeddingsConfig(dg.Config):
@@ -103,48 +104,28 @@ def _cube_time_axis(windows_def: Any, n_now: int) -> list[str]:
 
 
 def _model_id(spec: EmbeddingSpec, adapter: ModelAdapterResource) -> str:
-    """Model id in store paths: the configured variant's (THOR model_key), spec's by default."""
-    return getattr(adapter, "store_model_id", None) or spec.model_id
+    """Model id in store paths: the configured variant's (THOR model_key)."""
+    return adapter.store_model_id
+
+
+def _job(spec: EmbeddingSpec, store: PipelineStore, adapter: ModelAdapterResource, part: RegionWindow) -> PartitionJob:
+    """The partition's patch store (at the model's tile size) and embedding store."""
+    layout = store.layout
+    return PartitionJob(
+        key=part.key,
+        patches_uri=layout.patches(spec.modality, part.region, part.window, adapter.tile_size_px),
+        embeddings_uri=layout.embeddings(_model_id(spec, adapter), spec.modality, part.region, part.window),
+    )
 
 
 def _stores(spec: EmbeddingSpec, store: PipelineStore, adapter: ModelAdapterResource, part: RegionWindow) -> dict[str, str]:
-    layout = store.layout
-    return {
-        "patches_uri": layout.patches(spec.modality, part.region, part.window, adapter.tile_size_px),
-        "embeddings_uri": layout.embeddings(_model_id(spec, adapter), spec.modality, part.region, part.window),
-    }
+    """The partition's store URIs by name (the products assets read them)."""
+    job = _job(spec, store, adapter, part)
+    return {"patches_uri": job.patches_uri, "embeddings_uri": job.embeddings_uri}
 
 
-def run_metadata(adapter_settings: dict[str, Any], patches: TileStore) -> dict[str, Any]:
-    """The docs/architecture.md run metadata shared by embeddings and cube materializations (same keys always),
-    plus every field rs-embed's TerraFM-B / THOR pages list (``source``, ``grid_type``, weight file,
-    ``model_key``, ``grid_kind``, ``cls_removed``, ``pooling``) and the sensor options; "n/a" where a
-    setting does not apply to the model or modality."""
-    patch_settings = patches.settings
-    provider = patch_settings.get("provider", {})
-    sensor = patch_settings.get("sensor_options", {})
-    modality = patch_settings.get("modality", "")
-    collection = _collection(provider, modality)
-    return {
-        **_parity_metadata(adapter_settings, patch_settings, sensor, collection),
-        "model_id": adapter_settings.get("model_id"),
-        "weights_source": adapter_settings.get("weights_source"),
-        "weights_sha256": adapter_settings.get("weights_sha256") or "none",
-        "random_weights": bool(adapter_settings.get("random_weights", False)),
-        "modality": patch_settings.get("modality"),
-        "normalization": adapter_settings.get("normalization") or "none",
-        "group_merge": adapter_settings.get("group_merge") or "n/a",
-        "image_size": adapter_settings.get("image_size") or 0,
-        "patch_size": adapter_settings.get("patch_size") or 0,
-        "ground_cover_m": float(adapter_settings.get("ground_cover_m")
-                                or patch_settings.get("size_px", 0) * patch_settings.get("scale_m", 0)),
-        "s2_branch": adapter_settings.get("s2_branch") or "n/a",
-        "provider": provider.get("provider") or provider.get("name") or "unknown",
-        "collection": _collection(provider, patch_settings.get("modality", "")),
-        "composite": sensor.get("composite", "n/a"),
-        "cloudy_pct": float(sensor.get("cloudy_pct", -1)),
-        "synthetic_imagery": bool(patches.group.attrs.get("synthetic_imagery", False)),
-    }
+def _model(spec: EmbeddingSpec, terrafm: TerraFMAdapter, thor: ThorAdapter) -> ModelAdapterResource:
+    return terrafm if spec.resource_key == "terrafm" else thor
 
 
 def build_embedding_assets(
@@ -184,61 +165,37 @@ def build_embedding_assets(
         terrafm: TerraFMAdapter,
         thor: ThorAdapter,
     ) -> dg.MaterializeResult:
-        adapter = terrafm if spec.resource_key == "terrafm" else thor
+        adapter = _model(spec, terrafm, thor)
         if spec.modality not in adapter.modalities:
             raise dg.Failure(
                 f"{embeddings_name}: the {spec.resource_key} resource embeds modalities {adapter.modalities}, "
                 f"not {spec.modality!r}; add it to the resource's modalities", allow_retries=False)
-        parts = region_windows(partitions_def, context.partition_keys)
-        extras = {
-            "modality": spec.modality,
-            "rebuild": config.rebuild,
-            "force": config.force,
-            "code_version": CODE_VERSION,
-            "storage_options": store.storage_options,
-            "partitions": [{"key": p.key, "stores": [_stores(spec, store, adapter, p)]} for p in parts],
-        }
-        invocation = adapter.run_worker(context, pipes_subprocess_client, extras)
-        store_errors = [m["store_error"] for m in invocation.get_custom_messages()
-                        if isinstance(m, dict) and "store_error" in m]
-        if store_errors:  # other settings / not a store: retrying cannot help (worker/embed.py)
-            raise dg.Failure("; ".join(store_errors), allow_retries=False)
-        messages = [m for m in invocation.get_custom_messages() if isinstance(m, dict) and "partition" in m]
-        if len(messages) != len(parts):
-            raise dg.Failure(f"The worker reported {len(messages)} of {len(parts)} partitions")
-        results = [s for m in messages for s in m["stores"]]
-        adapter_settings = messages[0]["adapter"]
-        patches = TileStore.open(results[0]["patches_uri"], "patches", storage_options=store.storage_options)
-        counts = {k: sum(r["counts"][k] for r in results) for k in ("ok", "no_data", "failed", "pending")}
-        timings = {k: round(sum(r["timings"][k] for r in results), 3) for k in results[0]["timings"]}
-        nonfinite = sum(int(r["nonfinite_values"]) for r in results)
+        parts = {p.key: p for p in region_windows(partitions_def, context.partition_keys)}
+        # One worker process embeds every partition of the run (worker/embed.py, worker/protocol.py).
+        report = adapter.run_worker(
+            context, pipes_subprocess_client, modality=spec.modality,
+            partitions=[_job(spec, store, adapter, p) for p in parts.values()],
+            rebuild=config.rebuild, force=config.force, storage_options=store.storage_options)
+        if report.failures:  # other settings / not a store: retrying cannot help
+            raise dg.Failure("; ".join(f.message for f in report.failures), allow_retries=False)
+        if len(report.results) != len(parts):
+            raise dg.Failure(f"The worker reported {len(report.results)} of {len(parts)} partitions")
+        results = report.results
+        adapter_settings = results[0].adapter
         if adapter_settings.get("random_weights"):
             context.log.warning(f"{embeddings_name}: computed with RANDOM WEIGHTS, not the pretrained model")
+        patches = TileStore.open(results[0].store.patches_uri, "patches", storage_options=store.storage_options)
         # Per partition (a backfill run covers several): its window, tile counts and store.
-        part_of = {p.key: p for p in parts}
-        add_partition_metadata(context, {m["partition"]: {
-            "time_window": json_value({"window": part_of[m["partition"]].window,
-                                       "start": part_of[m["partition"]].start, "end": part_of[m["partition"]].end}),
-            "tiles_ok": sum(s["counts"]["ok"] for s in m["stores"]),
-            "tiles_no_data": sum(s["counts"]["no_data"] for s in m["stores"]),
-            "tiles_failed": sum(s["counts"]["failed"] for s in m["stores"]),
-            "tiles_embedded_now": sum(s["tiles_embedded_now"] for s in m["stores"]),
-            "store_uri": path_value(m["stores"][0]["embeddings_uri"]),
-            "dagster/uri": str(m["stores"][0]["embeddings_uri"]),
-        } for m in messages})
+        add_partition_metadata(context, {r.partition: embedding_partition_metadata(
+            r, {"window": parts[r.partition].window, "start": parts[r.partition].start,
+                "end": parts[r.partition].end}) for r in results})
         return dg.MaterializeResult(
             metadata=ordered_for_people({
                 **run_metadata(adapter_settings, patches),
-                # The whole run (all its partitions): status table, timings, throughput.
-                "tile_status": status_table([{"partition": m["partition"], **s["counts"]}
-                                             for m in messages for s in m["stores"]]),
-                "timings_s": json_value(timings),
-                "wall_seconds": timings["wall_s"],
-                "tiles_per_second": round(sum(r["tiles_embedded_now"] for r in results) / timings["wall_s"], 3)
-                if timings["wall_s"] else 0.0,
+                **embedding_run_metadata(results),  # the whole run: status table, timings, throughput
                 "adapter_settings": json_value(adapter_settings),
             }, METADATA_ORDER),
-            check_results=[_finite_result(messages, nonfinite, counts["ok"])],
+            check_results=[finite_check(results)],
         )
 
     @dg.asset(
@@ -268,217 +225,113 @@ def build_embedding_assets(
         context: dg.AssetExecutionContext, config: CubeConfig, store: PipelineStore, terrafm: TerraFMAdapter,
         thor: ThorAdapter,
     ) -> dg.MaterializeResult:
-        adapter = terrafm if spec.resource_key == "terrafm" else thor
         from rs_embed_pipeline.products.quantize import QuantizationError, check_scheme
 
         try:
             check_scheme(config.quantization)
         except QuantizationError as exc:
             raise dg.Failure(f"{cube_name} config: {exc}", allow_retries=False) from exc
-        min_cosines: list[float] = []
+        adapter = _model(spec, terrafm, thor)
         window_keys = windows_def.get_partition_keys()
         time_axis = _cube_time_axis(windows_def, len(window_keys))
         t0 = time.perf_counter()
-        rows, checks_ok, messages, coverage = [], [], [], []
-        per_partition: dict[str, dict[str, Any]] = {}
-        meta: dict[str, Any] = {}
+        windows = []
         for part in region_windows(partitions_def, context.partition_keys):
-            preview = None
-            uris = _stores(spec, store, adapter, part)
-            try:
-                emb = TileStore.open(uris["embeddings_uri"], "embeddings", storage_options=store.storage_options)
-            except StoreError as exc:
-                raise dg.Failure(str(exc), allow_retries=False) from exc
-            grid_df = read_tile_grid(store, part.region, part.window)
-            tiles = grid_df[grid_df["size_px"] == adapter.tile_size_px]
-            tile_ids = list(emb.tile_ids)
-            index_of = {tid: i for i, tid in enumerate(tile_ids)}
-            ok = emb.indices_with_status("ok")
-            pooled = dict(zip([tile_ids[i] for i in ok], emb.read("pooled", ok)))
-            cube_uri = store.layout.cube(_model_id(spec, adapter), spec.modality, part.region)
-            settings = emb.settings
-            patches = TileStore.open(uris["patches_uri"], "patches", storage_options=store.storage_options)
-            meta = run_metadata(settings["adapter"], patches)
-            attrs = {
-                "title": f"{spec.title} embedding cube, region {part.region}",
-                "model_id": meta["model_id"], "modality": spec.modality, "region": part.region,
-                "source": "rs_embed_pipeline", "random_weights": meta["random_weights"],
-                "weights_sha256": meta["weights_sha256"],
-            }
-            try:
-                written = write_cube_window(
-                    cube_uri,
-                    tiles=tiles[["tile_id", "utm_epsg", "x0", "y0", "size_px", "scale_m"]].to_dict("records"),
-                    pooled=pooled,
-                    grids=lambda tid, emb=emb, index_of=index_of: emb.read("grid", [index_of[tid]])[0],
-                    read_grids=lambda tids, emb=emb, index_of=index_of: _read_rows(emb, [index_of[t] for t in tids]),
-                    window_index=window_keys.index(part.window),
-                    window_starts=time_axis,
-                    windows_in_range=len(window_keys),
-                    attrs=attrs,
-                    storage_options=store.storage_options,
-                    # Shared by every window of the cube; per-window facts go to window_provenance.
-                    fingerprint=cube_fingerprint(part.region, settings, patches.settings),
-                    provenance={"embeddings_fingerprint": emb.fingerprint, "tiles_ok": len(pooled),
-                                "synthetic_imagery": meta["synthetic_imagery"]},
-                    grid_shape=emb.group["grid"].shape[1:],
-                    pooled_dim=emb.group["pooled"].shape[1],
-                    rebuild=config.rebuild,
-                    quantization=config.quantization,
-                )
-            except StoreError as exc:  # not a cube / other settings / other grid: retrying cannot help
-                raise dg.Failure(str(exc), allow_retries=False) from exc
-            counts = emb.status_counts()
-            rows.append({"partition": part.key, **counts})
-            coverage.append(len(pooled) / max(1, len(tiles)))
-            min_cosines.extend(v for k, v in (written.get("quantization") or {}).items()
-                               if k.startswith("min_cosine") and v is not None)
-            window_index = window_keys.index(part.window)
-            for g in written["groups"]:
-                ds = xr.open_zarr(cube_uri, group=f"{g['group']}/grid", consolidated=False,
-                                  storage_options=store.storage_options)
-                crs_epsg = _crs_epsg(ds)
-                dims_ok = tuple(ds["embedding"].dims) == ("time", "y", "x", "feature")
-                checks_ok.append(dims_ok and crs_epsg == g["epsg"])
-                messages.append(f"{g['group']}: dims {tuple(ds['embedding'].dims)}, CRS EPSG:{crs_epsg}")
-                if preview is None and pooled:
-                    source = "grid" if len(pooled) <= GRID_PREVIEW_MAX_TILES else "pooled"
-                    if source == "pooled":
-                        ds = xr.open_zarr(cube_uri, group=f"{g['group']}/pooled", consolidated=False,
-                                          storage_options=store.storage_options)
-                    plane = ds["embedding"].isel(time=window_index).values
-                    caption = (f"First three principal components of {spec.name} {source} embeddings, "
-                               f"{part.key}, {g['group']}"
-                               + (" (RANDOM WEIGHTS)" if meta["random_weights"] else ""))
-                    preview = _preview_with_input(plane, caption, patches, tiles, g["epsg"], source,
-                                                  spec, part.key)
-            per_partition[part.key] = {
-                "tiles_ok": int(counts["ok"]),
-                "coverage": float(coverage[-1]),
-                "store_uri": path_value(cube_uri),
-                "dagster/uri": str(cube_uri),
-                "preview": preview or dg.MetadataValue.md("No tile of this window has an embedding."),
-            }
-            context.log.info(f"{part.key}: cube {cube_uri}: {written}")
-        if not checks_ok:
-            # Nothing written (no tile had imagery): nothing can be mis-georeferenced; coverage warns.
-            messages.append("no tile had an embedding: nothing was written")
-            checks_ok.append(True)
+            windows.append(_cube_window(spec, store, adapter, part, window_keys, time_axis, config))
+            context.log.info(f"{part.key}: cube {windows[-1].cube_uri}: {windows[-1].written}")
         # Per partition (a backfill run covers several): tile count, coverage, cube, its own preview.
-        add_partition_metadata(context, per_partition)
+        add_partition_metadata(context, {w.partition: w.partition_metadata() for w in windows})
+        cosines = [c for w in windows for c in w.min_cosines]
         return dg.MaterializeResult(
             metadata=ordered_for_people({
-                **meta,
-                "tile_status": status_table(rows),
+                **(windows[-1].run_metadata if windows else {}),
+                "tile_status": status_table([{"partition": w.partition, **w.counts} for w in windows]),
                 "wall_seconds": round(time.perf_counter() - t0, 3),
                 # int8 cubes: the lowest cosine of a stored cell to its float32 embedding (1.0: float32).
                 "quantization": config.quantization,
-                "quantization_min_cosine": float(min(min_cosines)) if min_cosines else 1.0,
+                "quantization_min_cosine": float(min(cosines)) if cosines else 1.0,
             }, METADATA_ORDER),
-            check_results=[
-                dg.AssetCheckResult(check_name="dims_and_crs", passed=all(checks_ok),
-                                    description="; ".join(messages)),
-                _coverage_result({key: md["coverage"] for key, md in per_partition.items()}),
-            ],
+            check_results=[georeferencing_check([g for w in windows for g in w.georeferencing]),
+                           coverage_check({w.partition: w.coverage for w in windows}, MIN_CUBE_COVERAGE)],
         )
 
     return [embeddings, cube]
 
 
-def _preview_with_input(plane: np.ndarray, caption: str, patches: TileStore, tiles: Any, epsg: int, source: str,
-                        spec: EmbeddingSpec, partition: str) -> dg.MarkdownMetadataValue:
-    """The PCA picture, and next to it the window's input imagery (RGB) over the same extent."""
-    from rs_embed_pipeline.products import pictures
+@dataclasses.dataclass
+class CubeWindow:
+    """What writing one partition's window into its region's cube did."""
 
-    pca = pca_rgb(plane)
-    images = [(preview_png(pca), caption)]
-    zone_tiles = tiles[tiles["utm_epsg"] == epsg][["tile_id", "utm_epsg"]].to_dict("records")
-    # Grid previews: 4 picture pixels per feature-map cell; pooled (large regions): 4 per tile.
-    rows = [int(str(t["tile_id"]).rsplit("_r", 1)[1]) for t in zone_tiles] or [0]
-    side = 4 * (pca.shape[0] // (max(rows) - min(rows) + 1)) if source == "grid" else 4
-    rgb = None
-    if len(zone_tiles) <= 4 * GRID_PREVIEW_MAX_TILES:
-        try:
-            rgb = pictures.patches_rgb(patches, zone_tiles, max(4, side))
-        except Exception as exc:  # a picture must never fail the cube
-            rgb = None
-            caption += f" (no input picture: {type(exc).__name__}: {exc})"
-    if rgb is not None:
-        what = "true colour B4/B3/B2" if spec.modality == "s2" else "VV, VH, VV/VH dB"
-        images.append((preview_png(rgb), f"Input imagery ({what}), {partition}, same extent"))
-        caption += f" | right: the window's input imagery ({what}), same extent"
-    return dg.MetadataValue.md(pictures.markdown(images, caption))
+    partition: str
+    cube_uri: str
+    written: dict[str, Any]                      # write_cube_window's report
+    counts: dict[str, int]                       # the embedding store's tiles per status
+    coverage: float                              # tiles with an embedding / the region's tiles
+    run_metadata: dict[str, Any]
+    georeferencing: list[tuple[bool, str]]       # dims_and_crs per zone group written
+    preview: str | None                          # markdown; None when no tile has an embedding
+
+    @property
+    def min_cosines(self) -> list[float]:
+        return [v for k, v in (self.written.get("quantization") or {}).items()
+                if k.startswith("min_cosine") and v is not None]
+
+    def partition_metadata(self) -> dict[str, Any]:
+        return {
+            "tiles_ok": int(self.counts["ok"]),
+            "coverage": float(self.coverage),
+            "store_uri": path_value(self.cube_uri),
+            "dagster/uri": str(self.cube_uri),
+            "preview": dg.MetadataValue.md(self.preview or "No tile of this window has an embedding."),
+        }
 
 
-def _finite_result(messages: list[dict[str, Any]], nonfinite: int, tiles_ok: int) -> dg.AssetCheckResult:
-    """all_values_finite per partition: fails when any partition of the run has a non-finite value,
-    and names those partitions."""
-    per_partition = {m["partition"]: sum(int(s["nonfinite_values"]) for s in m["stores"]) for m in messages}
-    failing = sorted(key for key, n in per_partition.items() if n)
-    return dg.AssetCheckResult(
-        check_name="all_values_finite", passed=not failing,
-        metadata={"failing_partitions": json_value(failing),
-                  "nonfinite_per_partition": json_value(per_partition),
-                  "nonfinite_values": nonfinite, "tiles_checked": tiles_ok},
-        description=f"Non-finite values in: {', '.join(failing)}." if failing else None,
+def _cube_window(spec: EmbeddingSpec, store: PipelineStore, adapter: ModelAdapterResource, part: RegionWindow,
+                 window_keys: list[str], time_axis: list[str], config: CubeConfig) -> CubeWindow:
+    """Write one partition's embeddings into its region's cube; check and preview what was written."""
+    job = _job(spec, store, adapter, part)
+    options = store.storage_options
+    try:
+        emb = TileStore.open(job.embeddings_uri, "embeddings", storage_options=options)
+    except StoreError as exc:
+        raise dg.Failure(str(exc), allow_retries=False) from exc
+    grid_df = read_tile_grid(store, part.region, part.window)
+    tiles = grid_df[grid_df["size_px"] == adapter.tile_size_px]
+    ok = emb.indices_with_status("ok")
+    pooled = dict(zip([emb.tile_ids[i] for i in ok], emb.read("pooled", ok)))
+    cube_uri = store.layout.cube(_model_id(spec, adapter), spec.modality, part.region)
+    patches = TileStore.open(job.patches_uri, "patches", storage_options=options)
+    meta = run_metadata(emb.settings["adapter"], patches)
+    window_index = window_keys.index(part.window)
+    try:
+        written = write_cube_window(
+            cube_uri,
+            tiles=tiles[["tile_id", "utm_epsg", "x0", "y0", "size_px", "scale_m"]].to_dict("records"),
+            pooled=pooled, reader=TileStoreGrids(emb),
+            window_index=window_index, window_starts=time_axis, windows_in_range=len(window_keys),
+            attrs={"title": f"{spec.title} embedding cube, region {part.region}", "model_id": meta["model_id"],
+                   "modality": spec.modality, "region": part.region, "source": "rs_embed_pipeline",
+                   "random_weights": meta["random_weights"], "weights_sha256": meta["weights_sha256"]},
+            storage_options=options,
+            # Shared by every window of the cube; per-window facts go to window_provenance.
+            fingerprint=cube_fingerprint(part.region, emb.settings, patches.settings),
+            provenance={"embeddings_fingerprint": emb.fingerprint, "tiles_ok": len(pooled),
+                        "synthetic_imagery": meta["synthetic_imagery"]},
+            grid_shape=emb.group["grid"].shape[1:], pooled_dim=emb.group["pooled"].shape[1],
+            rebuild=config.rebuild, quantization=config.quantization,
+        )
+    except StoreError as exc:  # not a cube / other settings / other grid: retrying cannot help
+        raise dg.Failure(str(exc), allow_retries=False) from exc
+    groups = written["groups"]
+    preview = None
+    if pooled and groups:  # the first zone's picture
+        preview = cube_window_preview(
+            cube_uri, groups[0]["group"], groups[0]["epsg"], window_index, n_tiles=len(pooled), name=spec.name,
+            partition=part.key, modality=spec.modality, random_weights=meta["random_weights"], patches=patches,
+            tiles=tiles, storage_options=options)
+    return CubeWindow(
+        partition=part.key, cube_uri=cube_uri, written=written, counts=emb.status_counts(),
+        coverage=len(pooled) / max(1, len(tiles)), run_metadata=meta,
+        georeferencing=[check_georeferencing(cube_uri, g["group"], g["epsg"], options) for g in groups],
+        preview=preview,
     )
-
-
-def _coverage_result(coverage: dict[str, float]) -> dg.AssetCheckResult:
-    """The cube's coverage per partition: fails (warning) when any partition of the run has fewer
-    than MIN_CUBE_COVERAGE of its tiles embedded, and names those partitions."""
-    failing = sorted(key for key, c in coverage.items() if c < MIN_CUBE_COVERAGE)
-    return dg.AssetCheckResult(
-        check_name="coverage", passed=not failing, severity=dg.AssetCheckSeverity.WARN,
-        metadata={"failing_partitions": json_value(failing),
-                  "min_coverage": float(min(coverage.values(), default=0.0)),
-                  "coverage_per_partition": json_value({k: round(float(c), 4) for k, c in coverage.items()})},
-        description=(f"Fewer than {MIN_CUBE_COVERAGE:.0%} of the tiles have an embedding in: {', '.join(failing)}."
-                     if failing else None),
-    )
-
-
-def _parity_metadata(adapter_settings: dict[str, Any], patch_settings: dict[str, Any],
-                     sensor: dict[str, Any], collection: str) -> dict[str, Any]:
-    s1 = patch_settings.get("modality") == "s1"
-    return {
-        "model_key": adapter_settings.get("model_key") or adapter_settings.get("model_id") or "unknown",
-        "source": collection,
-        "grid_type": adapter_settings.get("grid_type") or "feature_map",
-        "grid_kind": adapter_settings.get("grid_kind") or "unknown",
-        "pooling": adapter_settings.get("pooling") or "unknown",
-        "cls_removed": bool(adapter_settings.get("cls_removed", False)),
-        "pretrained": bool(adapter_settings.get("pretrained", True)),
-        "weight_file": adapter_settings.get("weights_path") or "none",
-        "weight_file_size": int(adapter_settings.get("weights_size_bytes") or 0),
-        "hf_repo": adapter_settings.get("hf_repo") or "n/a",
-        "hf_file": adapter_settings.get("hf_file") or "n/a",
-        "model_source": adapter_settings.get("model_source") or "n/a",
-        "device": str(adapter_settings.get("device") or "n/a"),
-        "scale_m": float(patch_settings.get("scale_m", 0.0)),
-        "fill_value": float(sensor.get("fill_value", 0.0)),
-        "orbit": (sensor.get("orbit") or "both") if s1 else "n/a",
-        "use_float_linear": bool(sensor.get("use_float_linear", True)) if s1 else "n/a",
-    }
-
-
-def _read_rows(emb: TileStore, indices: list[int]) -> np.ndarray:
-    """Grids of several tiles in the order asked (one store read)."""
-    order = np.argsort(indices)
-    out = emb.read("grid", np.asarray(indices)[order])
-    return out[np.argsort(order)]
-
-
-def _collection(provider: dict[str, Any], modality: str) -> str:
-    """The collection id the patches came from, whatever shape the provider's describe() has."""
-    per_modality = provider.get("collections", {}).get(modality)
-    if isinstance(per_modality, dict):
-        return str(per_modality.get("collection", "unknown"))
-    return str(per_modality or provider.get("collection") or "unknown")
-
-
-def _crs_epsg(ds: xr.Dataset) -> int | None:
-    from pyproj import CRS
-
-    wkt = ds["spatial_ref"].attrs.get("crs_wkt") if "spatial_ref" in ds.variables else None
-    return CRS.from_wkt(wkt).to_epsg() if wkt else None

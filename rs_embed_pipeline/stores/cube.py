@@ -54,11 +54,12 @@ must not run while other writers write the same cube.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
-from typing import Any
-from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import fsspec
 import numpy as np
@@ -93,13 +94,6 @@ def time_capacity(need: int, available: int) -> int:
     """Windows to allocate: ``need`` plus the margin, rounded up to a block, within ``available``."""
     blocks = -(-(need + TIME_MARGIN) // TIME_BLOCK)
     return max(need, min(blocks * TIME_BLOCK, available))
-
-
-def _read_grids(tids: Sequence[str], grids: Any, read_grids: Any, sample: str | None,
-                grid_sample: np.ndarray | None) -> list[np.ndarray]:
-    if read_grids is not None:
-        return list(np.asarray(read_grids(list(tids))))
-    return [grid_sample if tid == sample else np.asarray(grids(tid)) for tid in tids]
 
 
 def _write_block(array: zarr.Array, selection: tuple, value: np.ndarray) -> None:
@@ -466,15 +460,99 @@ def _quantized_names(embedding_doc: Mapping[str, Any]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------- writing
+class GridReader(Protocol):
+    """Reads the feature maps of tiles that have an embedding: ``[N, D', h, w]`` in the order asked."""
+
+    def read_grids(self, tile_ids: Sequence[str]) -> np.ndarray: ...
+
+
+class TileStoreGrids:
+    """A :class:`GridReader` over an embedding tile store (one store read per call)."""
+
+    def __init__(self, store: Any):
+        self.store = store
+        self.index_of = {tid: i for i, tid in enumerate(store.tile_ids)}
+
+    def read_grids(self, tile_ids: Sequence[str]) -> np.ndarray:
+        indices = np.asarray([self.index_of[t] for t in tile_ids])
+        order = np.argsort(indices)  # the store reads in index order; the caller's order is restored
+        return self.store.read("grid", indices[order])[np.argsort(order)]
+
+
+@dataclasses.dataclass(frozen=True)
+class CallableGrids:
+    """A :class:`GridReader` from callables: ``read_grids`` (several tiles at once) when given,
+    otherwise ``grids`` one tile at a time."""
+
+    grids: Callable[[str], np.ndarray] | None = None
+    read: Callable[[Sequence[str]], np.ndarray] | None = None
+
+    def read_grids(self, tile_ids: Sequence[str]) -> np.ndarray:
+        if self.read is not None:
+            return np.asarray(self.read(list(tile_ids)))
+        if self.grids is None:
+            raise ValueError("write_cube_window needs a reader, or grids / read_grids callables")
+        return np.stack([np.asarray(self.grids(t)) for t in tile_ids])
+
+
+@dataclasses.dataclass(frozen=True)
+class _Window:
+    """The window being written: its slot on the time axis and its provenance."""
+
+    index: int
+    starts: Sequence[str]        # window starts 0, 1, ... (into the future: a margin)
+    need: int                    # the time axis must be at least this long
+    capacity: int                # time-axis length of a group created now
+    source: str                  # JSON provenance (window_provenance)
+    quantization: str
+
+
+@dataclasses.dataclass(frozen=True)
+class _Zone:
+    """A UTM zone's tiles laid out on the cube's grid (rows count northwards in the tile id)."""
+
+    epsg: int
+    tiles: list[Mapping[str, Any]]
+    cells: list[tuple[int, int, str]]   # (row from the top, column from the left, tile id)
+    nrow: int
+    ncol: int
+    size_px: int
+    scale_m: float
+    left: float                         # upper-left corner of the zone's tile block
+    top: float
+
+    @property
+    def name(self) -> str:
+        return f"EPSG{self.epsg}"
+
+    @property
+    def paths(self) -> list[str]:
+        return [f"{self.name}/grid", f"{self.name}/pooled"]
+
+    @classmethod
+    def of(cls, epsg: int, tiles: Sequence[Mapping[str, Any]]) -> _Zone:
+        zone_tiles = [t for t in tiles if int(t["utm_epsg"]) == epsg]
+        parsed = [parse_tile_id(str(t["tile_id"])) for t in zone_tiles]
+        cols, rows = [p["col"] for p in parsed], [p["row"] for p in parsed]
+        col_min, row_max = min(cols), max(rows)
+        return cls(epsg=epsg, tiles=zone_tiles,
+                   cells=[(row_max - p["row"], p["col"] - col_min, str(t["tile_id"])) for t, p in zip(zone_tiles, parsed)],
+                   nrow=row_max - min(rows) + 1, ncol=max(cols) - col_min + 1,
+                   size_px=int(zone_tiles[0]["size_px"]), scale_m=float(zone_tiles[0]["scale_m"]),
+                   left=min(float(t["x0"]) for t in zone_tiles), top=max(float(t["y0"]) for t in zone_tiles))
+
+
 def write_cube_window(
     cube_uri: str,
     *,
     tiles: Sequence[Mapping[str, Any]],
     pooled: Mapping[str, np.ndarray],
-    grids: Any,
     window_index: int,
     window_starts: Sequence[str],
     attrs: Mapping[str, Any],
+    reader: GridReader | None = None,
+    grids: Callable[[str], np.ndarray] | None = None,
+    read_grids: Callable[[Sequence[str]], np.ndarray] | None = None,
     storage_options: Mapping[str, Any] | None = None,
     fingerprint: str | None = None,
     provenance: Mapping[str, Any] | None = None,
@@ -482,7 +560,6 @@ def write_cube_window(
     grid_shape: Sequence[int] | None = None,
     pooled_dim: int | None = None,
     rebuild: bool = False,
-    read_grids: Callable[[Sequence[str]], np.ndarray] | None = None,
     quantization: str = "none",
 ) -> dict[str, Any]:
     """Write one window of a region's embeddings into its cube (idempotent; safe beside writers of
@@ -490,8 +567,10 @@ def write_cube_window(
 
     ``tiles``: tile_grid rows (tile_id, utm_epsg, x0, y0, size_px, scale_m) of the region at this
     model's tile size; ``pooled``: tile_id -> [D] for the tiles that have an embedding;
-    ``grids``: callable tile_id -> [D', h, w] (read lazily); ``read_grids``, optional: callable
-    [tile_id, ...] -> [N, D', h, w] (one read per row of tiles; at most a row in memory).
+    ``reader``: a :class:`GridReader` (e.g. :class:`TileStoreGrids` over the embedding store) that
+    reads the feature maps of those tiles, one row of tiles at a time (at most a row in memory).
+    Instead of a reader, ``grids`` (callable tile_id -> [D', h, w]) and optionally ``read_grids``
+    (callable [tile_id, ...] -> [N, D', h, w]) may be given (:class:`CallableGrids`).
     ``window_starts``: start dates of windows 0, 1, ... (at least up to ``window_index``; longer
     lists, into the future, let the time axis be allocated with a margin); ``windows_in_range``:
     how many of them the partitions definition has now (default: all). ``fingerprint``: a
@@ -511,157 +590,188 @@ def write_cube_window(
     if not 0 <= window_index < len(window_starts):
         raise ValueError(f"window_index {window_index} is outside window_starts ({len(window_starts)} windows)")
     require_atomic_chunk_writes(cube_uri)
-    from rs_embed_pipeline.products import quantize as Q
-
-    Q.check_scheme(quantization)
-    extra = Q.quantized_arrays(quantization)
-    if quantization != "none":
-        # int8 storage is part of the cube's identity (float32 cubes keep their fingerprint), and
-        # it is recorded for geoemb / STAC readers.
-        if fingerprint is not None:
-            fingerprint = hashlib.sha256(f"{fingerprint}|{quantization}".encode()).hexdigest()
-        attrs = {**attrs, "data_type": "int8", "quantization": Q.geoemb_quantization(quantization)}
-    qstats: dict[str, list[float]] = {"grid": [], "pooled": []}
+    reader = reader or CallableGrids(grids, read_grids)
+    fingerprint, attrs = _storage_identity(quantization, fingerprint, attrs)
     cube = _Cube(cube_uri, storage_options)
     root_doc = _open_or_create_root(cube, attrs, fingerprint, rebuild, window_starts)
     in_range = len(window_starts) if windows_in_range is None else int(windows_in_range)
-    need = window_index + 1
-    capacity = time_capacity(max(need, in_range), len(window_starts))
-    source = json.dumps(dict(provenance or {}), sort_keys=True, default=str)
+    window = _Window(index=window_index, starts=window_starts, need=window_index + 1,
+                     capacity=time_capacity(max(window_index + 1, in_range), len(window_starts)),
+                     source=json.dumps(dict(provenance or {}), sort_keys=True, default=str), quantization=quantization)
     written: dict[str, Any] = {"groups": [], "tiles_written": 0, "tiles_empty": 0}
-    zones = sorted({int(t["utm_epsg"]) for t in tiles})
-    for epsg in zones:
-        zone = f"EPSG{epsg}"
-        zone_tiles = [t for t in tiles if int(t["utm_epsg"]) == epsg]
-        parsed = [parse_tile_id(str(t["tile_id"])) for t in zone_tiles]
-        cols = [p["col"] for p in parsed]
-        rows = [p["row"] for p in parsed]
-        size_px = int(zone_tiles[0]["size_px"])
-        scale_m = float(zone_tiles[0]["scale_m"])
-        tile_m = size_px * scale_m
-        col_min, row_max = min(cols), max(rows)
-        ncol, nrow = max(cols) - col_min + 1, row_max - min(rows) + 1
-        # Upper-left corner of the zone's tile block (rows count northwards in the tile id).
-        left = min(float(t["x0"]) for t in zone_tiles)
-        top = max(float(t["y0"]) for t in zone_tiles)
-
-        sample = next((tid for tid in (str(t["tile_id"]) for t in zone_tiles) if tid in pooled), None)
-        grid_sample = None
-        if sample is not None:
-            grid_sample = np.asarray(grids(sample))
-            d_grid, gh, gw = grid_sample.shape
-            d_pooled = int(np.asarray(pooled[sample]).shape[-1])
-        elif grid_shape is not None and pooled_dim is not None:
-            d_grid, gh, gw = (int(v) for v in grid_shape)
-            d_pooled = int(pooled_dim)
-        else:
+    cosines: dict[str, list[float]] = {"grid": [], "pooled": []}
+    for epsg in sorted({int(t["utm_epsg"]) for t in tiles}):
+        zone = _Zone.of(epsg, tiles)
+        shapes = _zone_shapes(zone, pooled, reader, grid_shape, pooled_dim)
+        if shapes is None:
             continue  # nothing to write and no shape to create the group with
-
-        layouts = {
-            "grid": dict(cell_m=tile_m / gw, ny=nrow * gh, nx=ncol * gw, n_feature=d_grid, chunk_yx=(gh, gw),
-                         attrs={**attrs, "cell_kind": "feature_map", "cells_per_tile": gw,
-                                **geoemb_attributes(attrs, n_feature=d_grid, chip_px=size_px // gw, gsd_m=scale_m)}),
-            "pooled": dict(cell_m=tile_m, ny=nrow, nx=ncol, n_feature=d_pooled,
-                           chunk_yx=(min(nrow, 64), min(ncol, 64)),
-                           attrs={**attrs, "cell_kind": "tile", "cells_per_tile": 1,
-                                  **geoemb_attributes(attrs, n_feature=d_pooled, chip_px=size_px, gsd_m=scale_m)}),
-        }
-        paths = [f"{zone}/grid", f"{zone}/pooled"]
-        meta = _consolidated(root_doc)
-        if _listed(meta, paths, extra):
-            for kind, lay in layouts.items():
-                _check_layout(f"{zone}/{kind}", meta, lay["ny"], lay["nx"], lay["n_feature"],
-                              _geo_transform(left, top, lay["cell_m"]), quantization)
-            if not _long_enough(meta, paths, need, extra):
-                root_doc = _settle(cube, paths, need, window_starts)  # grow the time axis
-        else:
-            root = cube.open_root()
-            for kind, lay in layouts.items():
-                cell = lay["cell_m"]
-                specs = _dataset_specs(epsg, left, top, cell, lay["ny"], lay["nx"], lay["n_feature"],
-                                       lay["chunk_yx"], capacity, quantization)
-                _ensure_dataset(root, zone, kind, epsg=epsg, specs=specs,
-                                xs=left + cell * (np.arange(lay["nx"]) + 0.5),
-                                ys=top - cell * (np.arange(lay["ny"]) + 0.5),
-                                window_starts=window_starts, attrs=lay["attrs"])
-            root_doc = _settle(cube, paths, need, window_starts)
-        # The arrays, from the consolidated metadata: no further metadata reads.
-        view = cube.open_root(consolidated=None)
-        grid_group, pooled_group = view[paths[0]], view[paths[1]]
-
-        # A window filled from other embeddings is unmarked before any of its chunks change.
-        for group in (grid_group, pooled_group):
-            if int(group["window_filled"][window_index]) and str(group["window_provenance"][window_index]) != source:
-                group["window_filled"][window_index] = 0
-
-        plane = np.full((nrow, ncol, d_pooled), np.nan, dtype=np.float32)
-        by_row: dict[int, list[tuple[int, str]]] = {}
-        for tile, p in zip(zone_tiles, parsed):
-            by_row.setdefault(row_max - p["row"], []).append((p["col"] - col_min, str(tile["tile_id"])))
-
-        # segments() is consumed inside this zone's iteration, so its loop variables are current.
-        def segments():
-            """A row of tiles (at most ROW_SEGMENT) at a time: (row, first col, end col, [gh, w, D'] block)."""
-            for r in sorted(by_row):  # noqa: B023 - consumed within this zone
-                cells = sorted(by_row[r])  # noqa: B023 - consumed within this zone
-                for start in range(0, len(cells), ROW_SEGMENT):
-                    segment = cells[start:start + ROW_SEGMENT]
-                    c0, c1 = segment[0][0], segment[-1][0] + 1
-                    block = np.full((gh, (c1 - c0) * gw, d_grid), np.nan, dtype=np.float32)  # noqa: B023 - consumed within this zone
-                    have = [(c, tid) for c, tid in segment if tid in pooled]
-                    if have:
-                        stack = _read_grids([tid for _, tid in have], grids, read_grids, sample, grid_sample)  # noqa: B023 - consumed within this zone
-                        for (c, tid), grid in zip(have, stack):
-                            plane[r, c] = pooled[tid]  # noqa: B023 - consumed within this zone
-                            block[:, (c - c0) * gw:(c - c0 + 1) * gw, :] = np.moveaxis(grid.astype(np.float32), 0, -1)  # noqa: B023 - consumed within this zone
-                    yield r, c0, c1, block, len(have), len(segment)
-
-        grid_params = None
-        if quantization != "none":
-            # The window's per-feature statistics first (one extra read of the window), then the values.
-            lo = np.full(d_grid, np.inf, dtype=np.float32)
-            hi = np.full(d_grid, -np.inf, dtype=np.float32)
-            total, count = np.zeros(d_grid), 0
-            for *_, block, _n, _m in segments():
-                blo, bhi = Q.feature_range(block)
-                lo, hi = np.fmin(lo, blo), np.fmax(hi, bhi)
-                s, c = Q.feature_sum(block)
-                total, count = total + s, count + c
-            grid_params = _window_params(quantization, lo, hi, total, count)
-            _write_block(grid_group[Q.OFFSET_VAR], (window_index,), grid_params[1])
-            if quantization == "int8_per_feature":
-                _write_block(grid_group[Q.SCALE_VAR], (window_index,), grid_params[0])
-        # One call writes a row's chunks together. Cells without an embedding are NaN (int8 cubes:
-        # -128), the fill value: zarr deletes such a chunk, so no stale tile survives a rewrite.
-        for r, c0, c1, block, n_have, n_segment in segments():
-            written["tiles_written"] += n_have
-            written["tiles_empty"] += n_segment - n_have
-            cells_sel = (window_index, slice(r * gh, (r + 1) * gh), slice(c0 * gw, c1 * gw))
-            _write_values(grid_group, cells_sel, block, quantization, grid_params, qstats["grid"])
-        pooled_params = None
-        if quantization != "none":
-            pooled_params = _window_params(quantization, *Q.feature_range(plane), *Q.feature_sum(plane))
-            _write_block(pooled_group[Q.OFFSET_VAR], (window_index,), pooled_params[1])
-            if quantization == "int8_per_feature":
-                _write_block(pooled_group[Q.SCALE_VAR], (window_index,), pooled_params[0])
-        _write_values(pooled_group, (window_index,), plane, quantization, pooled_params, qstats["pooled"])
-        for group in (grid_group, pooled_group):
-            group["window_provenance"][window_index] = source
-        for group in (grid_group, pooled_group):
-            group["window_filled"][window_index] = 1
-        root_doc = _settle(cube, paths, need, window_starts)
+        root_doc = _ensure_zone(cube, root_doc, zone, shapes, attrs, window)
+        n_have, n_empty = _write_zone(cube, zone, shapes, pooled, reader, window, cosines)
+        written["tiles_written"] += n_have
+        written["tiles_empty"] += n_empty
+        root_doc = _settle(cube, zone.paths, window.need, window_starts)
         meta = _consolidated(root_doc)
         written["groups"].append(
-            {"group": zone, "epsg": epsg,
-             "grid_shape": list(meta[f"{paths[0]}/embedding"]["shape"]),
-             "pooled_shape": list(meta[f"{paths[1]}/embedding"]["shape"])}
+            {"group": zone.name, "epsg": epsg,
+             "grid_shape": list(meta[f"{zone.paths[0]}/embedding"]["shape"]),
+             "pooled_shape": list(meta[f"{zone.paths[1]}/embedding"]["shape"])}
         )
     if quantization != "none":
         written["quantization"] = {
             "scheme": quantization,
-            **{f"min_cosine_{kind}": float(min(v)) if v else None for kind, v in qstats.items()},
+            **{f"min_cosine_{kind}": float(min(v)) if v else None for kind, v in cosines.items()},
         }
     return written
+
+
+def _storage_identity(quantization: str, fingerprint: str | None, attrs: Mapping[str, Any]
+                      ) -> tuple[str | None, Mapping[str, Any]]:
+    """The cube's fingerprint and attributes for its storage: int8 storage is part of the cube's
+    identity (float32 cubes keep their fingerprint), and it is recorded for geoemb / STAC readers."""
+    from rs_embed_pipeline.products import quantize as Q
+
+    Q.check_scheme(quantization)
+    if quantization == "none":
+        return fingerprint, attrs
+    if fingerprint is not None:
+        fingerprint = hashlib.sha256(f"{fingerprint}|{quantization}".encode()).hexdigest()
+    return fingerprint, {**attrs, "data_type": "int8", "quantization": Q.geoemb_quantization(quantization)}
+
+
+def _zone_shapes(zone: _Zone, pooled: Mapping[str, np.ndarray], reader: GridReader,
+                 grid_shape: Sequence[int] | None, pooled_dim: int | None) -> tuple[int, int, int, int] | None:
+    """``(D', h, w, D)`` of the zone's embeddings: from a tile that has one, else from the given
+    shapes; None when neither (the zone is skipped)."""
+    sample = next((tid for _, _, tid in zone.cells if tid in pooled), None)
+    if sample is not None:
+        d_grid, gh, gw = np.asarray(reader.read_grids([sample])[0]).shape
+        return int(d_grid), int(gh), int(gw), int(np.asarray(pooled[sample]).shape[-1])
+    if grid_shape is not None and pooled_dim is not None:
+        d_grid, gh, gw = (int(v) for v in grid_shape)
+        return d_grid, gh, gw, int(pooled_dim)
+    return None
+
+
+def _ensure_zone(cube: _Cube, root_doc: dict[str, Any], zone: _Zone, shapes: tuple[int, int, int, int],
+                 attrs: Mapping[str, Any], window: _Window) -> dict[str, Any]:
+    """The zone's two groups exist, fit this window's layout and reach its slot on the time axis
+    (fast path: checked against the consolidated metadata). Returns the current root document."""
+    d_grid, gh, gw, d_pooled = shapes
+    tile_m = zone.size_px * zone.scale_m
+    layouts = {
+        "grid": dict(cell_m=tile_m / gw, ny=zone.nrow * gh, nx=zone.ncol * gw, n_feature=d_grid, chunk_yx=(gh, gw),
+                     attrs={**attrs, "cell_kind": "feature_map", "cells_per_tile": gw,
+                            **geoemb_attributes(attrs, n_feature=d_grid, chip_px=zone.size_px // gw,
+                                                gsd_m=zone.scale_m)}),
+        "pooled": dict(cell_m=tile_m, ny=zone.nrow, nx=zone.ncol, n_feature=d_pooled,
+                       chunk_yx=(min(zone.nrow, 64), min(zone.ncol, 64)),
+                       attrs={**attrs, "cell_kind": "tile", "cells_per_tile": 1,
+                              **geoemb_attributes(attrs, n_feature=d_pooled, chip_px=zone.size_px, gsd_m=zone.scale_m)}),
+    }
+    from rs_embed_pipeline.products.quantize import quantized_arrays
+
+    extra = quantized_arrays(window.quantization)
+    meta = _consolidated(root_doc)
+    if _listed(meta, zone.paths, extra):
+        for kind, lay in layouts.items():
+            _check_layout(f"{zone.name}/{kind}", meta, lay["ny"], lay["nx"], lay["n_feature"],
+                          _geo_transform(zone.left, zone.top, lay["cell_m"]), window.quantization)
+        if not _long_enough(meta, zone.paths, window.need, extra):
+            root_doc = _settle(cube, zone.paths, window.need, window.starts)  # grow the time axis
+        return root_doc
+    root = cube.open_root()
+    for kind, lay in layouts.items():
+        cell = lay["cell_m"]
+        specs = _dataset_specs(zone.epsg, zone.left, zone.top, cell, lay["ny"], lay["nx"], lay["n_feature"],
+                               lay["chunk_yx"], window.capacity, window.quantization)
+        _ensure_dataset(root, zone.name, kind, epsg=zone.epsg, specs=specs,
+                        xs=zone.left + cell * (np.arange(lay["nx"]) + 0.5),
+                        ys=zone.top - cell * (np.arange(lay["ny"]) + 0.5),
+                        window_starts=window.starts, attrs=lay["attrs"])
+    return _settle(cube, zone.paths, window.need, window.starts)
+
+
+def _segments(zone: _Zone, shapes: tuple[int, int, int, int], pooled: Mapping[str, np.ndarray],
+              reader: GridReader, plane: np.ndarray) -> Iterator[tuple[int, int, int, np.ndarray, int, int]]:
+    """A row of tiles (at most ROW_SEGMENT) at a time: ``(row, first col, end col, [gh, w, D']
+    block, tiles with an embedding, tiles)``; the pooled ``plane`` is filled on the way."""
+    d_grid, gh, gw, _ = shapes
+    by_row: dict[int, list[tuple[int, str]]] = {}
+    for r, c, tid in zone.cells:
+        by_row.setdefault(r, []).append((c, tid))
+    for r in sorted(by_row):
+        cells = sorted(by_row[r])
+        for start in range(0, len(cells), ROW_SEGMENT):
+            segment = cells[start:start + ROW_SEGMENT]
+            c0, c1 = segment[0][0], segment[-1][0] + 1
+            block = np.full((gh, (c1 - c0) * gw, d_grid), np.nan, dtype=np.float32)
+            have = [(c, tid) for c, tid in segment if tid in pooled]
+            if have:
+                stack = reader.read_grids([tid for _, tid in have])
+                for (c, tid), grid in zip(have, stack):
+                    plane[r, c] = pooled[tid]
+                    block[:, (c - c0) * gw:(c - c0 + 1) * gw, :] = np.moveaxis(np.asarray(grid).astype(np.float32), 0, -1)
+            yield r, c0, c1, block, len(have), len(segment)
+
+
+def _write_zone(cube: _Cube, zone: _Zone, shapes: tuple[int, int, int, int], pooled: Mapping[str, np.ndarray],
+                reader: GridReader, window: _Window, cosines: dict[str, list[float]]) -> tuple[int, int]:
+    """Write the window into the zone's groups: unmark, the values (int8: their parameters
+    first), provenance, and the filled marker last. Returns (tiles written, tiles empty)."""
+    from rs_embed_pipeline.products import quantize as Q
+
+    d_grid, gh, gw, d_pooled = shapes
+    quantization, index = window.quantization, window.index
+    # The arrays, from the consolidated metadata: no further metadata reads.
+    view = cube.open_root(consolidated=None)
+    grid_group, pooled_group = view[zone.paths[0]], view[zone.paths[1]]
+    # A window filled from other embeddings is unmarked before any of its chunks change.
+    for group in (grid_group, pooled_group):
+        if int(group["window_filled"][index]) and str(group["window_provenance"][index]) != window.source:
+            group["window_filled"][index] = 0
+
+    plane = np.full((zone.nrow, zone.ncol, d_pooled), np.nan, dtype=np.float32)
+    grid_params = None
+    if quantization != "none":
+        # The window's per-feature statistics first (one extra read of the window), then the values.
+        lo = np.full(d_grid, np.inf, dtype=np.float32)
+        hi = np.full(d_grid, -np.inf, dtype=np.float32)
+        total, count = np.zeros(d_grid), 0
+        for *_, block, _n, _m in _segments(zone, shapes, pooled, reader, plane):
+            blo, bhi = Q.feature_range(block)
+            lo, hi = np.fmin(lo, blo), np.fmax(hi, bhi)
+            s, c = Q.feature_sum(block)
+            total, count = total + s, count + c
+        grid_params = _window_params(quantization, lo, hi, total, count)
+        _write_params(grid_group, index, quantization, grid_params)
+    # One call writes a row's chunks together. Cells without an embedding are NaN (int8 cubes:
+    # -128), the fill value: zarr deletes such a chunk, so no stale tile survives a rewrite.
+    n_have = n_empty = 0
+    for r, c0, c1, block, have, n_segment in _segments(zone, shapes, pooled, reader, plane):
+        n_have += have
+        n_empty += n_segment - have
+        cells_sel = (index, slice(r * gh, (r + 1) * gh), slice(c0 * gw, c1 * gw))
+        _write_values(grid_group, cells_sel, block, quantization, grid_params, cosines["grid"])
+    pooled_params = None
+    if quantization != "none":
+        pooled_params = _window_params(quantization, *Q.feature_range(plane), *Q.feature_sum(plane))
+        _write_params(pooled_group, index, quantization, pooled_params)
+    _write_values(pooled_group, (index,), plane, quantization, pooled_params, cosines["pooled"])
+    for group in (grid_group, pooled_group):
+        group["window_provenance"][index] = window.source
+    for group in (grid_group, pooled_group):
+        group["window_filled"][index] = 1
+    return n_have, n_empty
+
+
+def _write_params(group: zarr.Group, index: int, quantization: str,
+                  params: tuple[np.ndarray | None, np.ndarray]) -> None:
+    """An int8 window's per-feature offset (and, per feature, scale)."""
+    from rs_embed_pipeline.products import quantize as Q
+
+    _write_block(group[Q.OFFSET_VAR], (index,), params[1])
+    if quantization == "int8_per_feature":
+        _write_block(group[Q.SCALE_VAR], (index,), params[0])
 
 
 def _window_params(quantization: str, lo: np.ndarray, hi: np.ndarray, total: np.ndarray, count: int
@@ -705,3 +815,15 @@ def read_window_state(cube_uri: str, group: str, storage_options: Mapping[str, A
     g = root[group]  # fresh metadata (not the consolidated view)
     filled = np.asarray(g["window_filled"][:])
     return {int(i): json.loads(str(g["window_provenance"][int(i)]) or "{}") for i in np.flatnonzero(filled)}
+
+
+def check_georeferencing(cube_uri: str, group: str, epsg: int, storage_options: Mapping[str, Any] | None = None
+                         ) -> tuple[bool, str]:
+    """Does ``<group>/grid`` open with xarray as (time, y, x, feature) in EPSG ``epsg``? ``(ok, what was found)``."""
+    import xarray as xr
+
+    ds = xr.open_zarr(cube_uri, group=f"{group}/grid", consolidated=False, storage_options=storage_options)
+    wkt = ds["spatial_ref"].attrs.get("crs_wkt") if "spatial_ref" in ds.variables else None
+    crs_epsg = CRS.from_wkt(wkt).to_epsg() if wkt else None
+    dims = tuple(ds["embedding"].dims)
+    return dims == ("time", "y", "x", "feature") and crs_epsg == epsg, f"{group}: dims {dims}, CRS EPSG:{crs_epsg}"

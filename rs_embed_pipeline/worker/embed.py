@@ -2,16 +2,14 @@
 
 Launched by the embedding assets through Dagster Pipes (``python -m rs_embed_pipeline.worker.embed``;
 a subprocess locally, a GPU pod or ECS task in production). It imports no Dagster beyond the
-``dagster-pipes`` protocol package. The orchestrator sends, as Pipes extras::
+``dagster-pipes`` protocol package. The request (Pipes extras) and the messages it sends back are
+the dataclasses of :mod:`rs_embed_pipeline.worker.protocol`: an :class:`EmbedRequest` in, one
+:class:`PartitionResult` per partition out (counts, timings, store URIs), and progress while it
+runs: every ``progress_every`` batches a Pipes log line (in the Dagster run's event log) and a
+progress message (``tiles_done``, ``tiles_total``, ``tiles_per_s``, ``eta_s``, ...).
 
-    {"model": "terrafm_b", "modality": "s2", "adapter_options": {...}, "rebuild": false,
-     "code_version": "...", "partitions": [{"key": "demo|2024-01-01",
-         "stores": [{"patches_uri": ..., "embeddings_uri": ...}]}]}
-
-and receives one custom message per partition with counts, timings and the store URIs, and
-progress while it runs: every ``progress_every`` batches (extras, default
-:data:`PROGRESS_EVERY`) a Pipes log line (in the Dagster run's event log) and a custom message
-``{"progress": {"tiles_done", "tiles_total", "tiles_per_s", "eta_s", ...}}``.
+A store is embedded in three steps: :func:`plan_store` (open the stores, record the tiles without
+pixels, batch the rest), :class:`EmbedPipeline` (read / embed / write) and :func:`store_result`.
 
 The model is kept busy: tiles stream store -> model -> store ``batch_size`` at a time; the next
 batches are read *and preprocessed* (``adapter.prepare``: validation, normalisation) on one
@@ -30,6 +28,7 @@ numbers of an uninterrupted run even on devices whose kernels depend on the batc
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import hashlib
 import json
 import logging
@@ -39,26 +38,24 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from rs_embed_pipeline.fingerprint import NON_NUMERIC_ADAPTER_SETTINGS, numeric_adapter_settings
+from rs_embed_pipeline.fingerprint import fingerprint as settings_fingerprint
+from rs_embed_pipeline.fingerprint import numeric_adapter_settings
 from rs_embed_pipeline.stores import ArraySpec, StoreError, TileStore
+from rs_embed_pipeline.vocabulary import STATUS_CODES, STATUS_OK
+from rs_embed_pipeline.worker.protocol import (
+    PROGRESS_EVERY, EmbedRequest, PartitionResult, StoreFailure, StoreResult, progress_message,
+)
 
 log = logging.getLogger("rs_embed_pipeline.worker")
 
 
-NON_NUMERIC_SETTINGS = NON_NUMERIC_ADAPTER_SETTINGS  # what the fingerprint leaves out (fingerprint.py)
 IO_DEPTH = 2  # batches read ahead / waiting to be written
-PROGRESS_EVERY = 10  # batches between progress reports
 RANDOM_WEIGHTS_SEED = 0
 
 
 def embedding_fingerprint(patches_fingerprint: str, adapter_settings: dict[str, Any], code_version: str) -> str:
-    numeric = numeric_adapter_settings(adapter_settings)
-    payload = json.dumps(
-        {"patches": patches_fingerprint, "adapter": numeric, "code_version": code_version},
-        sort_keys=True,
-        default=str,
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()
+    return settings_fingerprint({"patches": patches_fingerprint, "adapter": numeric_adapter_settings(adapter_settings),
+                                 "code_version": code_version})
 
 
 def _batches(indices: np.ndarray, size: int) -> Iterator[np.ndarray]:
@@ -110,7 +107,7 @@ def embed_store(
     log_fn: Callable[[str], None] = log.info,
     progress_fn: Callable[[dict[str, Any]], None] | None = None,
     progress_every: int = PROGRESS_EVERY,
-) -> dict[str, Any]:
+) -> StoreResult:
     """Embed every ok tile of one patch store that the embedding store does not hold yet.
 
     ``rebuild``: accept a store built with other settings (every tile redone); ``force``: redo
@@ -120,9 +117,67 @@ def embed_store(
     if isinstance(progress_every, bool) or not isinstance(progress_every, int) or progress_every < 1:
         raise ValueError(f"progress_every must be a positive number of batches, got {progress_every!r}")
     t_start = time.perf_counter()
+    plan = plan_store(adapter, modality, patches_uri, embeddings_uri, batch_size=batch_size,
+                      code_version=code_version, rebuild=rebuild, force=force, storage_options=storage_options)
+    log_fn(f"{embeddings_uri}: {plan.tiles_todo} tiles to embed, {plan.tiles_skipped} already done")
+    run = EmbedPipeline(adapter, modality, plan, progress_fn, progress_every).run()
+    for index, reason in run.failures.items():
+        plan.embeddings.write_tile(index, "failed", {"reason": reason})
+    return store_result(plan, run, time.perf_counter() - t_start)
+
+
+# ---------------------------------------------------------------------------------------- plan
+@dataclasses.dataclass
+class StorePlan:
+    """Which tiles of one store pair to embed, in which batches."""
+
+    patches_uri: str
+    embeddings_uri: str
+    patches: TileStore
+    embeddings: TileStore
+    band_index: list[int]                               # the adapter's bands in the patch store
+    batches: list[tuple[np.ndarray, np.ndarray]]        # (tile indices, which of them are missing)
+    tiles_todo: int
+    tiles_skipped: int                                  # ok tiles already embedded
+    tiles_recomputed: int                               # embedded again to keep batches aligned
+    fingerprint: str                                    # the embedding store's
+
+
+def plan_store(adapter: Any, modality: str, patches_uri: str, embeddings_uri: str, *, batch_size: int,
+               code_version: str, rebuild: bool = False, force: bool = False,
+               storage_options: dict[str, Any] | None = None) -> StorePlan:
+    """Open (or create) the stores, record the tiles without pixels, and batch the rest."""
     patches = TileStore.open(patches_uri, "patches", storage_options=storage_options)
-    patch_settings = patches.settings
-    store_bands = list(patch_settings["bands"])
+    band_index = _band_index(adapter, modality, patches, patches_uri)
+    fingerprint = embedding_fingerprint(patches.fingerprint, fingerprint_settings(adapter), code_version)
+    embeddings = _open_embeddings(adapter, modality, patches, patches_uri, embeddings_uri, fingerprint=fingerprint,
+                                  code_version=code_version, rebuild=rebuild, force=force,
+                                  storage_options=storage_options)
+    patch_status = patches.statuses()
+    done = embeddings.statuses()
+    # Tiles without pixels are recorded as such; they never reach the model.
+    for name in ("no_data", "failed"):
+        code = STATUS_CODES[name]
+        for index in np.flatnonzero((patch_status == code) & (done != code)):
+            reason = patches.tile_meta(int(index)).get("reason", f"patch status {name}")
+            embeddings.write_tile(int(index), name, {"reason": f"patch {name}: {reason}"})
+    ok_tiles = np.flatnonzero(patch_status == STATUS_OK)
+    todo_mask = done[ok_tiles] != STATUS_OK
+    # Aligned batches: the same tiles go through the model together whether or not the run was
+    # interrupted; a batch is run whole when any of its tiles is missing.
+    batches = [(batch, done[batch] != STATUS_OK) for batch in _batches(ok_tiles, max(1, batch_size))
+               if (done[batch] != STATUS_OK).any()]
+    return StorePlan(
+        patches_uri=patches_uri, embeddings_uri=embeddings_uri, patches=patches, embeddings=embeddings,
+        band_index=band_index, batches=batches, tiles_todo=int(todo_mask.sum()),
+        tiles_skipped=int((~todo_mask).sum()),
+        tiles_recomputed=int(sum(int((~m).sum()) for _, m in batches)), fingerprint=fingerprint,
+    )
+
+
+def _band_index(adapter: Any, modality: str, patches: TileStore, patches_uri: str) -> list[int]:
+    """Where the adapter's input bands lie in the patch store (StoreError naming what is missing)."""
+    store_bands = list(patches.settings["bands"])
     wanted = list(adapter.input_bands(modality))
     missing = [b for b in wanted if b not in store_bands]
     if missing:
@@ -130,15 +185,19 @@ def embed_store(
             f"Patch store {patches_uri} lacks bands {missing} that {adapter.model_id} needs "
             f"(store has {store_bands}); re-fetch the patches with those bands."
         )
-    band_index = [store_bands.index(b) for b in wanted]
-    adapter_settings = adapter.describe()
+    return [store_bands.index(b) for b in wanted]
+
+
+def _open_embeddings(adapter: Any, modality: str, patches: TileStore, patches_uri: str, embeddings_uri: str, *,
+                     fingerprint: str, code_version: str, rebuild: bool, force: bool,
+                     storage_options: dict[str, Any] | None) -> TileStore:
+    """The embedding store for these patches and this adapter (refused when built otherwise)."""
+    patch_settings = patches.settings
     d, gh, gw = adapter.grid_shape(modality)
-    fingerprint = embedding_fingerprint(patches.fingerprint, fingerprint_settings(adapter), code_version)
-    tile_ids = patches.tile_ids
-    embeddings = TileStore.create_or_open(
+    return TileStore.create_or_open(
         embeddings_uri,
         "embeddings",
-        tile_ids=tile_ids,
+        tile_ids=patches.tile_ids,
         arrays=[
             ArraySpec("pooled", (adapter.embed_dim,), ("feature",), fill_value=np.nan),
             ArraySpec("grid", (d, gh, gw), ("feature", "gy", "gx"), fill_value=np.nan),
@@ -147,12 +206,12 @@ def embed_store(
         attrs={
             "model": adapter.model_id,
             "modality": modality,
-            "bands": wanted,
+            "bands": list(adapter.input_bands(modality)),
             "patches_uri": patches_uri,
             "patches_fingerprint": patches.fingerprint,
             "size_px": int(patch_settings["size_px"]),
             "scale_m": float(patch_settings["scale_m"]),
-            "adapter": adapter_settings,
+            "adapter": adapter.describe(),
             "code_version": code_version,
         },
         rebuild=rebuild,
@@ -160,155 +219,170 @@ def embed_store(
         storage_options=storage_options,
     )
 
-    patch_status = patches.statuses()
-    done = embeddings.statuses()
-    timings = {"read_s": 0.0, "prepare_s": 0.0, "embed_s": 0.0, "write_s": 0.0}
-    # Tiles without pixels are recorded as such; they never reach the model.
-    for name, code in (("no_data", 2), ("failed", 3)):
-        for index in np.flatnonzero((patch_status == code) & (done != code)):
-            reason = patches.tile_meta(int(index)).get("reason", f"patch status {name}")
-            embeddings.write_tile(int(index), name, {"reason": f"patch {name}: {reason}"})
-    ok_tiles = np.flatnonzero(patch_status == 1)
-    todo_mask = done[ok_tiles] != 1
-    todo = ok_tiles[todo_mask]
-    skipped = int((~todo_mask).sum())
-    size = max(1, batch_size)
-    # Aligned batches: the same tiles go through the model together whether or not the run was
-    # interrupted; a batch is run whole when any of its tiles is missing.
-    batches = [(batch, done[batch] != 1) for batch in _batches(ok_tiles, size) if (done[batch] != 1).any()]
-    recomputed = int(sum(int((~m).sum()) for _, m in batches))
-    log_fn(f"{embeddings_uri}: {len(todo)} tiles to embed, {skipped} already done")
 
-    prepare = getattr(adapter, "prepare", None)
+# ------------------------------------------------------------------------------------ pipeline
+@dataclasses.dataclass
+class PipelineRun:
+    """What the read / embed / write pipeline did (seconds; failures by tile index)."""
 
-    def read(batch: np.ndarray) -> tuple[np.ndarray, Any, float, float]:
+    timings: dict[str, float] = dataclasses.field(
+        default_factory=lambda: {"read_s": 0.0, "prepare_s": 0.0, "embed_s": 0.0, "write_s": 0.0})
+    wait_read_s: float = 0.0
+    wait_write_s: float = 0.0
+    drain_s: float = 0.0
+    failures: dict[int, str] = dataclasses.field(default_factory=dict)
+    nonfinite: int = 0
+    embed_meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    tiles_done: int = 0
+
+
+class EmbedPipeline:
+    """Store -> model -> store, ``batch`` tiles at a time: the next batches are read and prepared
+    (``adapter.prepare``) on one background thread and the previous ones written on another while
+    the model runs (``adapter.run``) on this one; each queue is at most :data:`IO_DEPTH` batches deep."""
+
+    def __init__(self, adapter: Any, modality: str, plan: StorePlan,
+                 progress_fn: Callable[[dict[str, Any]], None] | None = None, progress_every: int = PROGRESS_EVERY):
+        self.adapter, self.modality, self.plan = adapter, modality, plan
+        self.progress_fn, self.progress_every = progress_fn, progress_every
+        self.prepare = getattr(adapter, "prepare", None)
+        self.stats = PipelineRun()
+        self.t_loop = time.perf_counter()
+
+    def run(self) -> PipelineRun:
+        batches, stats = self.plan.batches, self.stats
+        self.t_loop = time.perf_counter()
+        with cf.ThreadPoolExecutor(1, thread_name_prefix="embed-read") as reader, \
+                cf.ThreadPoolExecutor(1, thread_name_prefix="embed-write") as writer:
+            reads: list[cf.Future] = [reader.submit(self.read, b) for b, _ in batches[:IO_DEPTH]]
+            writes: list[cf.Future] = []
+            for i, (batch, missing_mask) in enumerate(batches):
+                t_wait = time.perf_counter()
+                raw, prepared, read_s, prepare_s = reads.pop(0).result()
+                stats.wait_read_s += time.perf_counter() - t_wait
+                stats.timings["read_s"] += read_s
+                stats.timings["prepare_s"] += prepare_s
+                if i + IO_DEPTH < len(batches):
+                    reads.append(reader.submit(self.read, batches[i + IO_DEPTH][0]))
+                results = self.embed(batch, missing_mask, raw, prepared)
+                del raw, prepared
+                for b, pooled, grid, meta in results:
+                    stats.embed_meta = meta
+                    keep = np.isin(b, batch[missing_mask])  # tiles already done are not rewritten
+                    if not keep.any():
+                        continue
+                    pooled, grid = np.asarray(pooled)[keep], np.asarray(grid)[keep]
+                    stats.nonfinite += int((~np.isfinite(pooled)).sum() + (~np.isfinite(grid)).sum())
+                    # Back-pressure: at most IO_DEPTH batches wait to be written.
+                    t_wait = time.perf_counter()
+                    while len(writes) >= IO_DEPTH:
+                        stats.timings["write_s"] += writes.pop(0).result()
+                    stats.wait_write_s += time.perf_counter() - t_wait
+                    writes.append(writer.submit(self.write, b[keep], pooled, grid))
+                    stats.tiles_done += int(keep.sum())
+                if (i + 1) % self.progress_every == 0 or i + 1 == len(batches):
+                    self.report(i)
+            t_wait = time.perf_counter()
+            for future in writes:
+                stats.timings["write_s"] += future.result()
+            stats.drain_s = time.perf_counter() - t_wait
+        return stats
+
+    def read(self, batch: np.ndarray) -> tuple[np.ndarray, Any, float, float]:
         """Read a batch and preprocess it (background thread): ``(raw, prepared or the
         ValueError that preprocessing raised, read_s, prepare_s)``."""
         t0 = time.perf_counter()
-        raw = np.ascontiguousarray(patches.read("data", batch)[:, band_index], dtype=np.float32)
+        data = self.plan.patches.read("data", batch)[:, self.plan.band_index]
+        raw = np.ascontiguousarray(data, dtype=np.float32)
         t1 = time.perf_counter()
         prepared: Any = None
-        if prepare is not None:
+        if self.prepare is not None:
             try:
-                prepared = prepare(raw, modality)
+                prepared = self.prepare(raw, self.modality)
             except ValueError as exc:  # a bad tile: the main loop retries tile by tile
                 prepared = exc
         return raw, prepared, t1 - t0, time.perf_counter() - t1
 
-    def embed_batch(raw: np.ndarray, prepared: Any):
+    def embed(self, batch: np.ndarray, missing_mask: np.ndarray, raw: np.ndarray, prepared: Any
+              ) -> list[tuple[np.ndarray, Any, Any, dict[str, Any]]]:
+        """The model on one batch: ``[(tile indices, pooled, grid, meta)]``; one bad tile must not
+        sink its batch, so a ValueError retries the batch tile by tile to name the culprit."""
+        t0 = time.perf_counter()
+        try:
+            out = self._forward(raw, prepared)
+            results = [(batch, out.pooled, out.grid, out.meta)]
+        except ValueError:
+            results = []
+            for j, index in enumerate(batch):
+                try:
+                    single = self.adapter.embed(raw[j : j + 1], modality=self.modality, output="both")
+                    results.append((batch[j : j + 1], single.pooled, single.grid, single.meta))
+                except ValueError as exc:
+                    if missing_mask[j]:
+                        self.stats.failures[int(index)] = f"{type(exc).__name__}: {exc}"
+        self.stats.timings["embed_s"] += time.perf_counter() - t0
+        return results
+
+    def _forward(self, raw: np.ndarray, prepared: Any) -> Any:
         if prepared is None:  # an adapter without the two-step API
-            return adapter.embed(raw, modality=modality, output="both")
+            return self.adapter.embed(raw, modality=self.modality, output="both")
         if isinstance(prepared, ValueError):
             raise prepared
-        return adapter.run(prepared, "both")
+        return self.adapter.run(prepared, "both")
 
-    def write(batch: np.ndarray, pooled: np.ndarray, grid: np.ndarray, meta: dict[str, Any]) -> float:
-        # One call per array for the batch: arrays, then provenance, then (last) the statuses.
+    def write(self, batch: np.ndarray, pooled: np.ndarray, grid: np.ndarray) -> float:
+        """One call per array for the batch: arrays, then provenance, then (last) the statuses."""
         t0 = time.perf_counter()
-        embeddings.write_tiles([int(i) for i in batch], ["ok"] * len(batch), [meta] * len(batch),
-                               pooled=pooled, grid=grid)
+        self.plan.embeddings.write_tiles([int(i) for i in batch], ["ok"] * len(batch), [{}] * len(batch),
+                                         pooled=pooled, grid=grid)
         return time.perf_counter() - t0
 
-    failures: dict[int, str] = {}
-    nonfinite = 0
-    embed_meta: dict[str, Any] = {}
-    wait_read_s = wait_write_s = drain_s = 0.0
-    n_todo = len(todo)
-    done_now = 0
-    t_loop = time.perf_counter()
-
-    def report(i: int) -> None:
-        if progress_fn is None:
+    def report(self, i: int) -> None:
+        if self.progress_fn is None:
             return
-        elapsed = time.perf_counter() - t_loop
-        rate = done_now / elapsed if elapsed > 0 else 0.0
-        left = n_todo - done_now - len(failures)
-        progress_fn({
-            "embeddings_uri": embeddings_uri,
+        stats, plan = self.stats, self.plan
+        elapsed = time.perf_counter() - self.t_loop
+        rate = stats.tiles_done / elapsed if elapsed > 0 else 0.0
+        left = plan.tiles_todo - stats.tiles_done - len(stats.failures)
+        self.progress_fn({
+            "embeddings_uri": plan.embeddings_uri,
             "batches_done": i + 1,
-            "batches_total": len(batches),
-            "tiles_done": done_now,
-            "tiles_total": n_todo,
-            "tiles_failed": len(failures),
+            "batches_total": len(plan.batches),
+            "tiles_done": stats.tiles_done,
+            "tiles_total": plan.tiles_todo,
+            "tiles_failed": len(stats.failures),
             "tiles_per_s": round(rate, 3),
             "eta_s": left / rate if rate > 0 else None,  # unrounded: tiny test stores finish in ms
             "elapsed_s": round(elapsed, 3),
         })
-    with cf.ThreadPoolExecutor(1, thread_name_prefix="embed-read") as reader, \
-            cf.ThreadPoolExecutor(1, thread_name_prefix="embed-write") as writer:
-        reads: list[cf.Future] = [reader.submit(read, b) for b, _ in batches[:IO_DEPTH]]
-        writes: list[cf.Future] = []
-        for i, (batch, missing_mask) in enumerate(batches):
-            t_wait = time.perf_counter()
-            raw, prepared, read_s, prepare_s = reads.pop(0).result()
-            wait_read_s += time.perf_counter() - t_wait
-            timings["read_s"] += read_s
-            timings["prepare_s"] += prepare_s
-            if i + IO_DEPTH < len(batches):
-                reads.append(reader.submit(read, batches[i + IO_DEPTH][0]))
-            t0 = time.perf_counter()
-            try:
-                out = embed_batch(raw, prepared)
-                results = [(batch, out.pooled, out.grid, out.meta)]
-            except ValueError:
-                # One bad tile must not sink its batch: retry one by one to name the culprit.
-                results = []
-                for j, index in enumerate(batch):
-                    try:
-                        single = adapter.embed(raw[j : j + 1], modality=modality, output="both")
-                        results.append((batch[j : j + 1], single.pooled, single.grid, single.meta))
-                    except ValueError as exc:
-                        if missing_mask[j]:
-                            failures[int(index)] = f"{type(exc).__name__}: {exc}"
-            timings["embed_s"] += time.perf_counter() - t0
-            del raw, prepared
-            for b, pooled, grid, meta in results:
-                embed_meta = meta
-                keep = np.isin(b, batch[missing_mask])  # tiles already done are not rewritten
-                if not keep.any():
-                    continue
-                pooled, grid = np.asarray(pooled)[keep], np.asarray(grid)[keep]
-                nonfinite += int((~np.isfinite(pooled)).sum() + (~np.isfinite(grid)).sum())
-                # Back-pressure: at most IO_DEPTH batches wait to be written.
-                t_wait = time.perf_counter()
-                while len(writes) >= IO_DEPTH:
-                    timings["write_s"] += writes.pop(0).result()
-                wait_write_s += time.perf_counter() - t_wait
-                writes.append(writer.submit(write, b[keep], pooled, grid, {}))
-                done_now += int(keep.sum())
-            if (i + 1) % progress_every == 0 or i + 1 == len(batches):
-                report(i)
-        t_wait = time.perf_counter()
-        for future in writes:
-            timings["write_s"] += future.result()
-        drain_s = time.perf_counter() - t_wait
-    for index, reason in failures.items():
-        embeddings.write_tile(index, "failed", {"reason": reason})
 
-    wall = time.perf_counter() - t_start
-    counts = embeddings.status_counts()
-    embedded_now = int(len(todo) - len(failures))
-    return {
-        "embeddings_uri": embeddings_uri,
-        "patches_uri": patches_uri,
-        "size_px": int(patch_settings["size_px"]),
-        "tiles_total": len(tile_ids),
-        "tiles_embedded_now": embedded_now,
-        "tiles_skipped_done": skipped,
-        "tiles_recomputed_for_alignment": recomputed,
-        "counts": counts,
-        "timings": {**{k: round(v, 3) for k, v in timings.items()}, "wall_s": round(wall, 3),
-                    "embed_waiting_on_io_s": round(wait_read_s + wait_write_s, 3),
-                    "embed_waiting_on_read_s": round(wait_read_s, 3),
-                    "embed_waiting_on_write_s": round(wait_write_s, 3),
-                    "write_drain_s": round(drain_s, 3)},
+
+# -------------------------------------------------------------------------------------- result
+def store_result(plan: StorePlan, run: PipelineRun, wall: float) -> StoreResult:
+    """The store's counts, timings and throughput, as reported to the orchestrator."""
+    embedded_now = int(plan.tiles_todo - len(run.failures))
+    timings = {k: round(v, 3) for k, v in run.timings.items()}
+    return StoreResult(
+        embeddings_uri=plan.embeddings_uri,
+        patches_uri=plan.patches_uri,
+        size_px=int(plan.patches.settings["size_px"]),
+        tiles_total=len(plan.patches.tile_ids),
+        tiles_embedded_now=embedded_now,
+        tiles_skipped_done=plan.tiles_skipped,
+        tiles_recomputed_for_alignment=plan.tiles_recomputed,
+        counts=plan.embeddings.status_counts(),
+        timings={**timings, "wall_s": round(wall, 3),
+                 "embed_waiting_on_io_s": round(run.wait_read_s + run.wait_write_s, 3),
+                 "embed_waiting_on_read_s": round(run.wait_read_s, 3),
+                 "embed_waiting_on_write_s": round(run.wait_write_s, 3),
+                 "write_drain_s": round(run.drain_s, 3)},
         # The forward pass's share of the store's wall time (the rest: setup, pipeline fill, drain).
-        "model_busy_fraction": round(timings["embed_s"] / wall, 4) if wall > 0 else 0.0,
-        "tiles_per_s": round(embedded_now / wall, 3) if wall > 0 and embedded_now else 0.0,
-        "nonfinite_values": nonfinite,
-        "embed_meta": embed_meta,
-        "fingerprint": fingerprint,
-    }
+        model_busy_fraction=round(run.timings["embed_s"] / wall, 4) if wall > 0 else 0.0,
+        tiles_per_s=round(embedded_now / wall, 3) if wall > 0 and embedded_now else 0.0,
+        nonfinite_values=run.nonfinite,
+        embed_meta=run.embed_meta,
+        fingerprint=plan.fingerprint,
+    )
 
 
 def load_pretrained_or_random(model: str, options: dict[str, Any], warn: Callable[[str], None]) -> Any:
@@ -346,50 +420,41 @@ def main() -> None:
     from dagster_pipes import open_dagster_pipes
 
     with open_dagster_pipes() as pipes:
-        job = pipes.extras
-        options = dict(job.get("adapter_options") or {})
-        pipes.log.info(f"loading {job['model']} with {json.dumps(options, default=str)}")
-        adapter = load_pretrained_or_random(job["model"], options, pipes.log.warning)
+        request = EmbedRequest.from_extras(pipes.extras)
+        options = dict(request.adapter_options)
+        pipes.log.info(f"loading {request.model} with {json.dumps(options, default=str)}")
+        adapter = load_pretrained_or_random(request.model, options, pipes.log.warning)
         settings = adapter.describe()
         if settings.get("random_weights"):
             pipes.log.warning(
-                f"{job['model']}: RANDOM WEIGHTS (allow_random_weights=True) - embeddings are NOT "
+                f"{request.model}: RANDOM WEIGHTS (allow_random_weights=True) - embeddings are NOT "
                 "from the pretrained model"
             )
         batch_size = int(settings.get("batch_size") or options.get("batch_size") or 8)
-        progress_every = int(job.get("progress_every") or PROGRESS_EVERY)
 
-        def progress(p: dict[str, Any]) -> None:
-            eta = "n/a" if p["eta_s"] is None else f"{p['eta_s']:.0f} s"
-            pipes.log.info(f"progress {part['key']}: {p['tiles_done']}/{p['tiles_total']} tiles, "
-                           f"{p['tiles_per_s']:.2f} tiles/s, ETA {eta} ({p['embeddings_uri']})")
-            pipes.report_custom_message({"progress": {"partition": part["key"], **p}})
+        def progress_to(key: str) -> Callable[[dict[str, Any]], None]:
+            def progress(p: dict[str, Any]) -> None:
+                eta = "n/a" if p["eta_s"] is None else f"{p['eta_s']:.0f} s"
+                pipes.log.info(f"progress {key}: {p['tiles_done']}/{p['tiles_total']} tiles, "
+                               f"{p['tiles_per_s']:.2f} tiles/s, ETA {eta} ({p['embeddings_uri']})")
+                pipes.report_custom_message(progress_message(key, p))
+            return progress
 
-        for part in job["partitions"]:
-            results = []
-            for stores in part["stores"]:
-                try:
-                    result = embed_store(
-                        adapter,
-                        job["modality"],
-                        stores["patches_uri"],
-                        stores["embeddings_uri"],
-                        batch_size=batch_size,
-                        code_version=job.get("code_version", ""),
-                        rebuild=bool(job.get("rebuild")),
-                        force=bool(job.get("force")),
-                        storage_options=job.get("storage_options"),
-                        log_fn=pipes.log.info,
-                        progress_fn=progress,
-                        progress_every=progress_every,
-                    )
-                except StoreError as exc:
-                    # A store that is not ours or was built with other settings: a clear message
-                    # for the orchestrator (which fails the step without retrying), nothing touched.
-                    pipes.report_custom_message({"store_error": str(exc), "key": part["key"]})
-                    return
-                results.append(result)
-            pipes.report_custom_message({"partition": part["key"], "adapter": settings, "stores": results})
+        for part in request.partitions:
+            try:
+                result = embed_store(
+                    adapter, request.modality, part.patches_uri, part.embeddings_uri,
+                    batch_size=batch_size, code_version=request.code_version, rebuild=request.rebuild,
+                    force=request.force,
+                    storage_options=dict(request.storage_options) if request.storage_options else None,
+                    log_fn=pipes.log.info, progress_fn=progress_to(part.key), progress_every=request.progress_every,
+                )
+            except StoreError as exc:
+                # A store that is not ours or was built with other settings: a clear message
+                # for the orchestrator (which fails the step without retrying), nothing touched.
+                pipes.report_custom_message(StoreFailure(part.key, str(exc)).to_message())
+                return
+            pipes.report_custom_message(PartitionResult(part.key, settings, result).to_message())
 
 
 if __name__ == "__main__":

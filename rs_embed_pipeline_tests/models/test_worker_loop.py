@@ -16,6 +16,7 @@ import pytest
 from rs_embed_pipeline.models import load_adapter
 from rs_embed_pipeline.stores import ArraySpec, TileStore
 from rs_embed_pipeline.worker.embed import embed_store
+from rs_embed_pipeline.worker.protocol import EmbedRequest, PartitionJob, progress_of, read_messages
 
 from .conftest import REPO_ROOT, THOR_TINY
 
@@ -64,9 +65,9 @@ def test_embed_loop_overlaps_preprocessing_and_reports_progress(tmp_path, adapte
     assert [p["tiles_done"] for p in progress] == [4, 7, 9]  # tile 4 (all NaN) failed, alone
     assert progress[-1]["tiles_failed"] == 1 and progress[-1]["eta_s"] == 0.0
     assert all(p["tiles_per_s"] > 0 for p in progress)
-    assert result["counts"] == {"pending": 0, "ok": 9, "no_data": 1, "failed": 1}
-    assert result["timings"]["prepare_s"] > 0 and result["timings"]["embed_s"] > 0
-    assert 0 < result["model_busy_fraction"] <= 1
+    assert result.counts == {"pending": 0, "ok": 9, "no_data": 1, "failed": 1}
+    assert result.timings["prepare_s"] > 0 and result.timings["embed_s"] > 0
+    assert 0 < result.model_busy_fraction <= 1
     emb = TileStore.open(str(tmp_path / "e.zarr"), "embeddings")
     assert "all values are NaN" in emb.tile_meta(4)["reason"] or "finite" in emb.tile_meta(4)["reason"]
     # The two-step path (prepare on the reader thread, run on the main one) = adapter.embed.
@@ -93,10 +94,10 @@ def test_worker_reports_progress_through_pipes(tmp_path):
         "asset_keys": ["thor_s2_embeddings"], "code_version_by_asset_key": None, "provenance_by_asset_key": None,
         "partition_key": None, "partition_key_range": None, "partition_time_window": None,
         "run_id": "test-run", "job_name": "test", "retry_number": 0,
-        "extras": {"model": "thor_1_0_base", "modality": "s2", "adapter_options": options, "code_version": "t",
-                   "progress_every": 2,
-                   "partitions": [{"key": "demo|2024-01-01", "stores": [
-                       {"patches_uri": str(tmp_path / "p.zarr"), "embeddings_uri": str(tmp_path / "e.zarr")}]}]},
+        "extras": EmbedRequest(
+            model="thor_1_0_base", modality="s2", adapter_options=options, code_version="t", progress_every=2,
+            partitions=(PartitionJob("demo|2024-01-01", str(tmp_path / "p.zarr"), str(tmp_path / "e.zarr")),),
+        ).to_extras(),
     }
     (tmp_path / "context.json").write_text(json.dumps(context))
     messages = tmp_path / "messages.jsonl"
@@ -109,13 +110,14 @@ def test_worker_reports_progress_through_pipes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(line) for line in messages.read_text().splitlines()]
     custom = [m["params"]["payload"] for m in lines if m["method"] == "report_custom_message"]
-    progress = [c["progress"] for c in custom if "progress" in c]
+    progress = [p for p in map(progress_of, custom) if p is not None]
     # 7 tiles, batch 2 -> 4 batches: reports after batch 2 and after the last.
     assert [(p["tiles_done"], p["tiles_total"], p["batches_done"]) for p in progress] == [(4, 7, 2), (7, 7, 4)]
     assert all(p["partition"] == "demo|2024-01-01" and p["tiles_per_s"] > 0 for p in progress)
     assert progress[0]["eta_s"] > 0 and progress[-1]["eta_s"] == 0.0
     logs = [m["params"]["message"] for m in lines if m["method"] == "log"]
     assert any(msg.startswith("progress demo|2024-01-01: 4/7 tiles, ") and "tiles/s, ETA " in msg for msg in logs)
-    final = [c for c in custom if "partition" in c and "stores" in c]
-    assert len(final) == 1 and final[0]["stores"][0]["counts"]["ok"] == 7
-    assert 0 < final[0]["stores"][0]["model_busy_fraction"] <= 1
+    final = read_messages(custom)
+    assert not final.failures and len(final.results) == 1 and final.results[0].store.counts["ok"] == 7
+    assert final.results[0].partition == "demo|2024-01-01"
+    assert 0 < final.results[0].store.model_busy_fraction <= 1
