@@ -31,7 +31,8 @@ NON_NUMERIC_PROVIDER_SETTINGS = ("max_workers", "tile_retries", "search_retries"
 CUBE_FINGERPRINT_VERSION = 1
 
 
-def fingerprint(settings: dict[str, Any]) -> str:
+def fingerprint(settings: Mapping[str, Any]) -> str:
+    """sha256 of the settings as sorted-key JSON (values JSON cannot hold are written as ``str``)."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -41,6 +42,13 @@ def numeric_adapter_settings(adapter_settings: Mapping[str, Any]) -> dict[str, A
 
 def numeric_provider_settings(provider_settings: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in dict(provider_settings or {}).items() if k not in NON_NUMERIC_PROVIDER_SETTINGS}
+
+
+def embedding_fingerprint(patches_fingerprint: str, adapter_settings: Mapping[str, Any], code_version: str) -> str:
+    """An embedding store's fingerprint: its patch store's fingerprint, the adapter settings that
+    shape the numbers and the code version (the worker computes it; the orchestrator may too)."""
+    return fingerprint({"patches": patches_fingerprint, "adapter": numeric_adapter_settings(adapter_settings),
+                        "code_version": code_version})
 
 
 def cube_fingerprint(region: str, embedding_settings: Mapping[str, Any], patch_settings: Mapping[str, Any]) -> str:

@@ -27,9 +27,11 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
+from rs_embed_pipeline.vocabulary import MODALITIES, PROVIDER_UNITS
+
 EXPECTED_CHANNELS: dict[str, tuple[int, ...]] = {"s2": (12, 10), "s1": (2,)}
 VALUE_RANGE: dict[str, tuple[float, float]] = {"s2": (0.0, 10000.0), "s1": (0.0, 100.0)}
-UNITS: dict[str, str] = {"s2": "surface reflectance DN (x 10000)", "s1": "linear sigma0 power"}
+UNITS: dict[str, str] = PROVIDER_UNITS
 DEFAULT_THRESHOLDS: dict[str, float] = {
     "max_nonfinite_fraction": 0.0,
     "max_fill_fraction": 0.5,
@@ -53,8 +55,8 @@ def inspect_patch(
 ) -> dict[str, Any]:
     """Measurements and flags of one ``[C, H, W]`` patch (see the module docstring)."""
     m = str(modality).strip().lower()
-    if m not in EXPECTED_CHANNELS:
-        raise ValueError(f"modality must be 's2' or 's1', got {modality!r}")
+    if m not in MODALITIES:
+        raise ValueError(f"modality must be {' or '.join(map(repr, MODALITIES))}, got {modality!r}")
     th = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
     x = np.asarray(data)
     if x.ndim != 3:
@@ -78,7 +80,7 @@ def inspect_patch(
     use = finite & ~fill_pixel[None]  # the real observations
     vals = x[use]
     lo, hi = VALUE_RANGE[m]
-    out = {
+    out: dict[str, Any] = {
         "check_version": CHECK_VERSION,
         "modality": m,
         "units": UNITS[m],
@@ -146,7 +148,7 @@ def summarize(checks: Iterable[Mapping[str, Any]], examples: int = 5) -> dict[st
     first ``examples`` flagged tiles (``tile_id`` when the dicts carry one)."""
     inspected = flagged = 0
     kinds: dict[str, int] = {}
-    shown = []
+    shown: list[dict[str, Any]] = []
     for chk in checks:
         inspected += 1
         if chk.get("ok", True):

@@ -10,18 +10,21 @@ import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 from pydantic import Field
 
 from rs_embed_pipeline.providers.base import PatchProvider
 from rs_embed_pipeline.stores import StoreLayout
+from rs_embed_pipeline.vocabulary import MODALITIES
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from rs_embed_pipeline.worker.protocol import PartitionJob, WorkerReport
 
 CODE_VERSION = "1"  # bump when a change alters stored numbers; it is part of every store fingerprint
-COMPOSITES = ("median", "mosaic")
-S1_ORBITS = ("ASCENDING", "DESCENDING")
-MODALITIES = ("s2", "s1")
 DEFAULT_FETCH_WORKERS = 8
 
 
@@ -130,22 +133,38 @@ class ImageryResource(dg.ConfigurableResource):
         and again in :meth:`build`); raises ``ValueError`` with a ``field`` attribute naming the field."""
 
     def sensor_options(self, modality: str) -> dict[str, Any]:
-        """Options for ``fetch_patches``; invalid values raise with the valid ones (rs-embed's messages)."""
-        if self.composite not in COMPOSITES:
-            raise ValueError(f"Unknown composite={self.composite!r}. Use 'median' or 'mosaic'.")
-        if not 0 <= float(self.cloudy_pct) <= 100:
-            raise ValueError(f"cloudy_pct must be within [0, 100], got {self.cloudy_pct}")
+        """Options for ``fetch_patches``, checked by the providers' own parser
+        (:class:`~rs_embed_pipeline.providers.sensor_options.SensorOptions`); invalid values raise
+        ``ValueError`` naming the valid ones (rs-embed's messages)."""
+        from rs_embed_pipeline.providers.sensor_options import SensorOptionError, SensorOptions, parse_cloudy_pct
+
         options: dict[str, Any] = {"composite": self.composite, "fill_value": float(self.fill_value)}
         if modality == "s2":
-            options["cloudy_pct"] = self.cloudy_pct
-            return options
-        if self.s1_orbit:
-            orbit = str(self.s1_orbit).strip().upper()
-            if orbit not in S1_ORBITS:
-                raise ValueError(f"Unknown S1 orbit={self.s1_orbit!r}. Use 'ASCENDING' or 'DESCENDING'.")
-            options["orbit"] = orbit
-        options["use_float_linear"] = bool(self.use_float_linear)
+            options["cloudy_pct"] = self.cloudy_pct  # as configured: it is part of the store fingerprints
+        elif self.s1_orbit:
+            options["orbit"] = self.s1_orbit
+        try:
+            parsed = SensorOptions.parse(modality, options)
+            parse_cloudy_pct(self.cloudy_pct)  # shared by both modalities' settings: checked for S1 too
+        except SensorOptionError as exc:
+            raise ValueError(_rs_embed_message(exc)) from None
+        if modality == "s1":
+            if parsed.orbit is not None:
+                options["orbit"] = parsed.orbit
+            options["use_float_linear"] = bool(self.use_float_linear)
         return options
+
+
+def _rs_embed_message(exc: Any) -> str:
+    """rs-embed's wording of an invalid sensor option (users find these messages in its docs)."""
+    use = " or ".join(repr(v) for v in (exc.valid or []) if v is not None)
+    if exc.option == "composite":
+        return f"Unknown composite={exc.value!r}. Use {use}."
+    if exc.option == "orbit":
+        return f"Unknown S1 orbit={exc.value!r}. Use {use}."
+    if exc.option == "cloudy_pct":
+        return f"cloudy_pct must be within [0, 100], got {exc.value}"
+    return str(exc)
 
 
 class LocalStacImagery(ImageryResource):
@@ -372,20 +391,32 @@ class ModelAdapterResource(dg.ConfigurableResource):
         self,
         context: dg.AssetExecutionContext,
         pipes_client: dg.PipesSubprocessClient,
-        extras: dict[str, Any],
-    ) -> dg.PipesClientCompletedInvocation:
+        *,
+        modality: str,
+        partitions: Sequence[PartitionJob],
+        rebuild: bool = False,
+        force: bool = False,
+        storage_options: dict[str, Any] | None = None,
+    ) -> WorkerReport:
+        """Embed ``partitions`` in the worker environment (Pipes); its results and store failures."""
+        from rs_embed_pipeline.worker.protocol import EmbedRequest, read_messages
+
+        request = EmbedRequest(model=self.model_id, modality=modality, partitions=tuple(partitions),
+                               adapter_options=self.adapter_options(), code_version=CODE_VERSION,
+                               rebuild=rebuild, force=force, storage_options=storage_options)
         # From a source checkout the worker imports this very tree (its venv may lack an install).
         # From an installed package the parent dir is site-packages: never put that on the worker's path.
         source_root = Path(__file__).resolve().parent.parent
         env = {}
         if (source_root / "pyproject.toml").exists():
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source_root), os.environ.get("PYTHONPATH")]))
-        return pipes_client.run(
+        invocation = pipes_client.run(
             context=context,
             command=[self.worker_python, "-m", "rs_embed_pipeline.worker.embed"],
-            extras={"model": self.model_id, "adapter_options": self.adapter_options(), **extras},
+            extras=request.to_extras(),
             env=env,
         )
+        return read_messages(invocation.get_custom_messages())
 
 
 class TerraFMAdapter(ModelAdapterResource):

@@ -14,7 +14,6 @@ count or retry budget) and the code version.
 import collections
 import concurrent.futures as cf
 import hashlib
-import random
 import threading
 import time
 from typing import Any
@@ -29,12 +28,13 @@ from rs_embed_pipeline.fingerprint import fingerprint, numeric_provider_settings
 from rs_embed_pipeline.inspection import inspect_patch, summarize
 from rs_embed_pipeline.metadata import add_partition_metadata, json_value, path_value, status_table
 from rs_embed_pipeline.partitions import BACKFILL_POLICY, region_windows
-from rs_embed_pipeline.providers.base import S1_BANDS, S2_BANDS
+from rs_embed_pipeline.providers.base import backoff_s
 from rs_embed_pipeline.resources import CODE_VERSION, ImageryResource, PipelineStore, TerraFMAdapter, ThorAdapter
 from rs_embed_pipeline.stores import ArraySpec, StoreError, TileStore
+from rs_embed_pipeline.vocabulary import MODALITY_BANDS, PATCH_STATUSES, PROVIDER_UNITS, S1_POLARISATIONS, TILE_STATUSES
 
-BANDS = {"s2": S2_BANDS, "s1": S1_BANDS}
-UNITS = {"s2": "surface reflectance DN x 10000", "s1": "linear sigma0 power, VV and VH"}
+BANDS = MODALITY_BANDS
+UNITS = {"s2": PROVIDER_UNITS["s2"], "s1": f"{PROVIDER_UNITS['s1']}, {' and '.join(S1_POLARISATIONS)}"}
 
 
 MAX_FAILED_TILES_IN_METADATA = 50
@@ -132,29 +132,6 @@ class _PatchWriter:
         )
 
 
-def fetch_into_store(
-    provider: Any,
-    store: TileStore,
-    tiles: Any,
-    *,
-    start: str,
-    end: str,
-    modality: str,
-    bands: tuple[str, ...],
-    sensor_options: dict[str, Any],
-    inspect: bool = False,
-    tile_retries: int = 0,
-    retry_backoff_s: float = 0.0,
-    sleep: Callable[[float], None] = time.sleep,
-) -> dict[str, Any]:
-    """:func:`fetch_into_stores` for one store (one tile size)."""
-    size = int(tiles["size_px"].iloc[0]) if len(tiles) else 0
-    stats = fetch_into_stores(provider, {size: store}, tiles, start=start, end=end, modality=modality,
-                              bands=bands, sensor_options=sensor_options, inspect=inspect,
-                              tile_retries=tile_retries, retry_backoff_s=retry_backoff_s, sleep=sleep)
-    return {**stats, **stats["per_size"][size]}
-
-
 def fetch_into_stores(
     provider: Any,
     stores: dict[int, TileStore],
@@ -244,7 +221,7 @@ class _FetchRun:
             self.retried += len(failed_now)
             for w in self.writers.values():
                 w.flush()
-            sleep(retry_backoff_s * (2 ** round_) * random.uniform(0.5, 1.5))
+            sleep(backoff_s(retry_backoff_s, round_))
             batch = self.tiles[self.tiles["tile_id"].isin(failed_now)]
 
     def close(self) -> None:
@@ -376,7 +353,7 @@ def build_patches_asset(
             context.log.info(f"{part.key}: {stats['fetched']} tiles of sizes {sizes} fetched in one pass "
                              f"in {stats['fetch_s']} s")
 
-        total = {k: sum(r[k] for r in rows) for k in ("ok", "no_data", "failed", "pending")}
+        total = {k: sum(r[k] for r in rows) for k in TILE_STATUSES}
         n_tiles = sum(total.values())
         failed_fraction = total["failed"] / n_tiles if n_tiles else 0.0
         # The failure budget holds per partition (over its stores of every tile size).
@@ -384,10 +361,10 @@ def build_patches_asset(
         for key in dict.fromkeys(r["key"] for r in rows):
             part_rows = [r for r in rows if r["key"] == key]
             part_failed = sum(r["failed"] for r in part_rows)
-            part_total = sum(r[c] for r in part_rows for c in ("ok", "no_data", "failed", "pending"))
+            part_total = sum(r[c] for r in part_rows for c in TILE_STATUSES)
             if part_total and part_failed / part_total > imagery.max_failure_fraction:
                 over_budget[key] = (part_failed, part_total)
-        provider_stats = provider.stats() if hasattr(provider, "stats") else {}
+        provider_stats = provider.stats()
         metadata = {
             "tile_status": status_table(rows),
             "tiles_ok": total["ok"], "tiles_no_data": total["no_data"], "tiles_failed": total["failed"],
@@ -422,7 +399,7 @@ def build_patches_asset(
         coverage = total["ok"] / n_tiles if n_tiles else 0.0
         # Per partition (a backfill run covers several), over its stores of every tile size.
         add_partition_metadata(context, {key: {
-            **{f"tiles_{c}": sum(r[c] for r in rows if r["key"] == key) for c in ("ok", "no_data", "failed")},
+            **{f"tiles_{c}": sum(r[c] for r in rows if r["key"] == key) for c in PATCH_STATUSES},
             "store_uri": path_value(next(r["uri"] for r in rows if r["key"] == key)),
         } for key in dict.fromkeys(r["key"] for r in rows)})
         return dg.MaterializeResult(
@@ -446,7 +423,7 @@ def _coverage_result(rows: list[dict[str, Any]], coverage: float, n_tiles: int) 
     for r in rows:
         agg = per_partition.setdefault(r["key"], {"ok": 0, "tiles": 0})
         agg["ok"] += r["ok"]
-        agg["tiles"] += sum(r[c] for c in ("ok", "no_data", "failed", "pending"))
+        agg["tiles"] += sum(r[c] for c in TILE_STATUSES)
     cover = {key: (a["ok"] / a["tiles"] if a["tiles"] else 0.0) for key, a in per_partition.items()}
     failing = sorted(key for key, c in cover.items() if c < MIN_VALID_COVERAGE)
     return dg.AssetCheckResult(

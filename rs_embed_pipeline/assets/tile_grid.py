@@ -13,7 +13,7 @@ from rs_embed_pipeline.grid import build_tile_grid
 from rs_embed_pipeline.metadata import add_partition_metadata, json_value, path_value
 from rs_embed_pipeline.partitions import BACKFILL_POLICY, region_windows
 from rs_embed_pipeline.regions import PipelineConfig
-from rs_embed_pipeline.resources import PipelineStore, TerraFMAdapter, ThorAdapter
+from rs_embed_pipeline.resources import CODE_VERSION, PipelineStore, TerraFMAdapter, ThorAdapter
 from rs_embed_pipeline.stores.files import read_bytes, write_bytes_atomic
 
 
@@ -56,7 +56,7 @@ def build_tile_grid_asset(config: PipelineConfig, partitions_def: dg.PartitionsD
         group_name="inputs",
         kinds={"geopandas", "parquet"},
         owners=["team:embeddings"],
-        code_version="1",
+        code_version=CODE_VERSION,  # the tile lattice is part of every stored number
         metadata={"dagster/column_schema": TILE_GRID_SCHEMA},
     )
     def tile_grid(

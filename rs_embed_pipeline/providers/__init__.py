@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from rs_embed_pipeline.vocabulary import COMPOSITES
+
 from .base import (
     MODALITIES,
     PATCH_STATUSES,
@@ -18,7 +20,8 @@ from .base import (
     PatchStatus,
     ProviderError,
 )
-from .stac import COMPOSITES, SCL_INVALID_CLASSES, CollectionSpec, LocalStacProvider, StacProvider
+from .sensor_options import SENSOR_OPTIONS, SensorOptionError, SensorOptions
+from .stac import SCL_INVALID_CLASSES, CollectionSpec, LocalStacProvider, StacProvider
 from .synthetic import generate_synthetic_catalog
 
 __all__ = [
@@ -35,6 +38,9 @@ __all__ = [
     "S1_BANDS",
     "S2_BANDS",
     "SCL_INVALID_CLASSES",
+    "SENSOR_OPTIONS",
+    "SensorOptionError",
+    "SensorOptions",
     "StacProvider",
     "generate_synthetic_catalog",
 ]

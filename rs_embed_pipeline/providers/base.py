@@ -14,20 +14,17 @@ why), and goes on with the other tiles.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal, Protocol
-from collections.abc import Iterable, Iterator
+import random
+from typing import Any, Protocol
+from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 
-PatchStatus = Literal["ok", "no_data", "failed"]
-PATCH_STATUSES: tuple[str, ...] = ("ok", "no_data", "failed")
+from rs_embed_pipeline.vocabulary import MODALITIES, PATCH_STATUSES, S1_BANDS, S2_BANDS, PatchStatus
 
-# Sentinel-2 bands as Earth Engine / the models name them; B10 (cirrus) is not in L2A products.
-S2_BANDS: tuple[str, ...] = (
-    "B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B11", "B12",
-)
-S1_BANDS: tuple[str, ...] = ("VV", "VH")
-MODALITIES: tuple[str, ...] = ("s2", "s1")
+# The shared words live in rs_embed_pipeline.vocabulary; re-exported here for provider code.
+__all__ = ["MODALITIES", "PATCH_STATUSES", "S1_BANDS", "S2_BANDS", "Patch", "PatchProvider", "PatchStatus",
+           "ProviderError", "backoff_s", "tile_rows"]
 
 
 class ProviderError(RuntimeError):
@@ -97,3 +94,43 @@ class PatchProvider(Protocol):
     def describe(self) -> dict[str, Any]:
         """Settings that shaped the pixels (for metadata and fingerprints); never secrets."""
         ...
+
+    def stats(self) -> dict[str, Any]:
+        """Operational settings and counters that do not shape the pixels (threads, retries,
+        requests): patch metadata only, never fingerprints; ``{}`` when there are none."""
+        ...
+
+
+def backoff_s(base_s: float, attempt: int, rng: random.Random | None = None) -> float:
+    """Seconds to wait before retry ``attempt + 1`` (``attempt`` counts from 0): exponential,
+    ``base_s * 2**attempt``, with x0.5-1.5 jitter so that parallel callers do not retry in step.
+    Every retry owner of docs/architecture.md ("Who owns each failure") waits this way."""
+    return float(base_s) * (2 ** int(attempt)) * (rng or random).uniform(0.5, 1.5)
+
+
+def tile_rows(tiles: Any) -> list[Any]:
+    """The rows of ``tiles`` as mappings (``row["tile_id"]`` ...): a (Geo)DataFrame, one row (a
+    mapping or a pandas Series), or an iterable of mappings / namedtuples / Series / objects;
+    ``None`` is no rows. Rows that are none of these are passed on as they are (they then fail
+    alone in the provider, as a tile with a bad row)."""
+    if tiles is None:
+        return []
+    if hasattr(tiles, "columns") and hasattr(tiles, "to_dict"):  # (Geo)DataFrame
+        return list(tiles.to_dict("records"))
+    if isinstance(tiles, Mapping):
+        return [tiles]
+    if hasattr(tiles, "to_dict") and hasattr(tiles, "index"):  # one pandas Series
+        return [tiles.to_dict()]
+    rows: list[Any] = []
+    for row in tiles:
+        if isinstance(row, Mapping):
+            rows.append(row)
+        elif hasattr(row, "_asdict"):
+            rows.append(row._asdict())
+        elif hasattr(row, "to_dict"):
+            rows.append(row.to_dict())
+        elif hasattr(row, "__dict__"):
+            rows.append(vars(row))
+        else:
+            rows.append(row)
+    return rows

@@ -25,6 +25,8 @@ from __future__ import annotations
 from typing import Any
 from collections.abc import Mapping
 
+from rs_embed_pipeline.vocabulary import S1_POLARISATIONS
+
 __all__ = [
     "CATALOG_PRESETS",
     "PATCH_URL_CHOICES",
@@ -44,11 +46,16 @@ PLANETARY_COMPUTER_S2_ASSETS: dict[str, str] = {
     "B1": "B01", "B2": "B02", "B3": "B03", "B4": "B04", "B5": "B05", "B6": "B06", "B7": "B07",
     "B8": "B08", "B8A": "B8A", "B9": "B09", "B11": "B11", "B12": "B12",
 }
-_EARTH_SEARCH_ASSETS: dict[str, str] = {
+#: Earth Search C1 asset keys: the default S2 asset map of the STAC providers and the synthetic /
+#: user-scene catalogs.
+EARTH_SEARCH_S2_ASSETS: dict[str, str] = {
     "B1": "coastal", "B2": "blue", "B3": "green", "B4": "red", "B5": "rededge1",
     "B6": "rededge2", "B7": "rededge3", "B8": "nir", "B8A": "nir08", "B9": "nir09",
     "B11": "swir16", "B12": "swir22",
 }
+_EARTH_SEARCH_ASSETS = EARTH_SEARCH_S2_ASSETS
+#: S1 asset keys of every catalog the pipeline writes or reads by default (``vv``, ``vh``).
+S1_ASSETS: dict[str, str] = {p: p.lower() for p in S1_POLARISATIONS}
 
 #: Settings of the imagery resource per known catalog (``s2_assets`` / ``mask_asset`` /
 #: ``s1_collection`` of the STAC providers); Planetary Computer hrefs need signing

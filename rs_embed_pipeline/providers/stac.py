@@ -35,6 +35,9 @@ Per tile (one row of the tile_grid GeoDataFrame) and time window ``[start, end)`
 
 A tile whose window has no item, or no valid pixel, is ``no_data``; an exception while loading a
 block makes the tiles of that block ``failed`` (``meta["reason"]``) and the other blocks go on.
+A block is read once per call: the patches asset owns tile retries (docs/architecture.md, "Who
+owns each failure"); the STAC API client retries only its search requests (``search_retries``,
+exponential backoff with jitter). Sensor options are parsed by :mod:`.sensor_options`.
 Blocks are read one after the other (memory: one block, at most ``max_block_px`` + one tile a
 side, x bands x dates); tiles are yielded block by block. GDAL's options for cloud reads are set in
 one place (:mod:`.gdal_env`) and reported by ``stats()``.
@@ -60,12 +63,15 @@ from shapely.geometry import shape as shapely_shape
 
 from rs_embed_pipeline.timeparse import parse_utc
 
-from .base import MODALITIES, S1_BANDS, S2_BANDS, Patch, ProviderError
+from rs_embed_pipeline.vocabulary import COMPOSITES, MODALITIES, S1_BANDS, S2_BANDS, UNIT_FACTOR
+
+from .base import Patch, ProviderError, backoff_s, tile_rows
 from .blocks import DEFAULT_MAX_BLOCK_PX, Block, plan_blocks
-from .catalogs import S2_DEFAULT_SCALE, check_s1_collection, s2_offset
+from .catalogs import EARTH_SEARCH_S2_ASSETS, S1_ASSETS, S2_DEFAULT_SCALE, check_s1_collection, s2_offset
 from .composite import MedianPlan, mosaic_composite
 from .gdal_env import gdal_options
 from .rio_read import read_nested
+from .sensor_options import SensorOptions, parse_composite
 
 __all__ = [
     "COMPOSITES",
@@ -78,33 +84,13 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+SEARCH_BACKOFF_S = 0.5  # first wait before a STAC API search is retried (then x2 per attempt, jitter)
 
-COMPOSITES: tuple[str, ...] = ("median", "mosaic")
-# per-modality sensor options (the GEE provider takes the same names)
-SENSOR_OPTIONS: dict[str, tuple[str, ...]] = {
-    "s2": ("composite", "cloudy_pct", "fill_value"),
-    "s1": ("composite", "orbit", "use_float_linear", "fill_value"),
-}
-ORBITS: tuple[str, ...] = ("ASCENDING", "DESCENDING")
 # SCL classes treated as invalid: 0 no data, 1 saturated / defective, 3 cloud shadow,
 # 8 / 9 cloud, 10 thin cirrus
 SCL_INVALID_CLASSES: tuple[int, ...] = (0, 1, 3, 8, 9, 10)
 
-EARTH_SEARCH_S2_ASSETS: dict[str, str] = {
-    "B1": "coastal",
-    "B2": "blue",
-    "B3": "green",
-    "B4": "red",
-    "B5": "rededge1",
-    "B6": "rededge2",
-    "B7": "rededge3",
-    "B8": "nir",
-    "B8A": "nir08",
-    "B9": "nir09",
-    "B11": "swir16",
-    "B12": "swir22",
-}
-DEFAULT_S1_ASSETS: dict[str, str] = {"VV": "vv", "VH": "vh"}
+DEFAULT_S1_ASSETS = S1_ASSETS
 S2_NATIVE_RESOLUTION_M: dict[str, int] = {
     "B1": 60,
     "B2": 10,
@@ -119,7 +105,6 @@ S2_NATIVE_RESOLUTION_M: dict[str, int] = {
     "B11": 20,
     "B12": 20,
 }
-_UNIT_FACTOR = {"s2": 10000.0, "s1": 1.0}
 # nodata assumed when an asset declares none (matches the odc-stac fallback config below)
 _DEFAULT_NODATA = {"s2": 0.0, "s1": 0.0}
 
@@ -279,23 +264,6 @@ def _empty(
     return p
 
 
-def _tile_rows(tiles: Any) -> list[Any]:
-    if hasattr(tiles, "iterrows"):  # (Geo)DataFrame
-        return [r for _, r in tiles.iterrows()]
-    if isinstance(tiles, Mapping) or (hasattr(tiles, "index") and hasattr(tiles, "to_dict")):
-        return [tiles]  # a single row (dict / pandas Series)
-    return list(tiles)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Filter:
-    composite: str
-    cloudy_pct: float | None  # S2 only; None: no cloud-cover filter
-    orbit: str | None  # S1 only: ASCENDING | DESCENDING | None
-    fill_value: float = 0.0  # data value of pixels without a valid observation
-    use_float_linear: bool = True  # S1: False = the assets hold dB (converted to linear power)
-
-
 @dataclasses.dataclass(frozen=True)
 class _Tile:
     tile_id: str
@@ -417,13 +385,13 @@ class _Stack:
         if scale < 0:
             return None
         levels = np.arange(np.iinfo(raw.dtype).max + 1, dtype=np.float64)
-        return ((levels * scale + offset) * _UNIT_FACTOR[self.spec.modality]).astype(np.float32)
+        return ((levels * scale + offset) * UNIT_FACTOR[self.spec.modality]).astype(np.float32)
 
     def harmonized(self, band: int, sel: Sequence[int], rows: slice, cols: slice) -> np.ndarray:
         """Provider units ``(DN * scale + offset) * unit_factor`` (S1 dB -> linear power) of
         band ``band`` for the planes ``sel``, float32 ``[len(sel), h, w]``; the arithmetic is
         float64 per value, as a lookup table for 8 / 16-bit integer assets (same numbers)."""
-        factor = _UNIT_FACTOR[self.spec.modality]
+        factor = UNIT_FACTOR[self.spec.modality]
         db = self.spec.modality == "s1" and not self.flt.use_float_linear
         raw = self.raw[self.keys[band]]
         first = raw[sel[0], rows, cols]
@@ -463,7 +431,6 @@ class _OdcStacProvider:
         max_workers: int = 4,
         cloudy_pct: float | None = 30.0,
         composite: str = "median",
-        tile_retries: int = 1,
         patch_url: Callable[[str], str] | str | None = None,
         max_block_px: int = DEFAULT_MAX_BLOCK_PX,
         rio_config: Mapping[str, Any] | None = None,
@@ -479,7 +446,6 @@ class _OdcStacProvider:
         self.max_workers = max(1, int(max_workers))
         self.cloudy_pct = None if cloudy_pct is None else float(cloudy_pct)
         self.composite = composite
-        self.tile_retries = max(0, int(tile_retries))
         self.patch_url = patch_url
         self._check_composite(composite)
 
@@ -487,8 +453,7 @@ class _OdcStacProvider:
 
     @staticmethod
     def _check_composite(composite: str) -> None:
-        if composite not in COMPOSITES:
-            raise ProviderError(f"unknown composite {composite!r}; valid: {list(COMPOSITES)}")
+        parse_composite(composite)
 
     def _spec(self, modality: str) -> CollectionSpec:
         if modality not in MODALITIES:
@@ -527,42 +492,9 @@ class _OdcStacProvider:
             )
         return out
 
-    def _options(self, modality: str, sensor_options: Mapping[str, Any]) -> _Filter:
-        valid = SENSOR_OPTIONS[modality]
-        unknown = sorted(set(sensor_options) - set(valid))
-        if unknown:
-            raise ProviderError(
-                f"unknown {modality} sensor option(s) {unknown}; valid: {list(valid)}"
-            )
-        composite = sensor_options.get("composite", self.composite)
-        self._check_composite(composite)
-        fill = sensor_options.get("fill_value", 0.0)
-        try:
-            fill = float(fill)
-        except (TypeError, ValueError):
-            raise ProviderError(f"fill_value must be a number, got {fill!r}") from None
-        if modality != "s2":
-            orbit = sensor_options.get("orbit")
-            if orbit is not None:
-                if str(orbit).upper() not in ORBITS:
-                    raise ProviderError(f"unknown orbit {orbit!r}; valid: {list(ORBITS)} or None")
-                orbit = str(orbit).upper()
-            linear = sensor_options.get("use_float_linear", True)
-            if not isinstance(linear, (bool, np.bool_)):
-                raise ProviderError(f"use_float_linear must be true or false, got {linear!r}")
-            return _Filter(composite=composite, cloudy_pct=None, orbit=orbit, fill_value=fill,
-                           use_float_linear=bool(linear))
-        cloudy = sensor_options.get("cloudy_pct", self.cloudy_pct)
-        if cloudy is not None:
-            try:
-                cloudy = float(cloudy)
-            except (TypeError, ValueError):
-                raise ProviderError(
-                    f"cloudy_pct must be a number in [0, 100] or None, got {cloudy!r}"
-                ) from None
-            if not 0 <= cloudy <= 100:
-                raise ProviderError(f"cloudy_pct must be in [0, 100] or None, got {cloudy}")
-        return _Filter(composite=composite, cloudy_pct=cloudy, orbit=None, fill_value=fill)
+    def _options(self, modality: str, sensor_options: Mapping[str, Any]) -> SensorOptions:
+        return SensorOptions.parse(modality, sensor_options,
+                                   defaults={"composite": self.composite, "cloudy_pct": self.cloudy_pct})
 
     # ---- item discovery (subclasses) --------------------------------------------------------
 
@@ -572,12 +504,12 @@ class _OdcStacProvider:
         tiles: Sequence[_Tile],
         start: dt.datetime,
         end: dt.datetime,
-        flt: _Filter,
+        flt: SensorOptions,
     ) -> list[Any]:
         raise NotImplementedError
 
     @staticmethod
-    def _keep_item(item, spec: CollectionSpec, start, end, flt: _Filter) -> bool:
+    def _keep_item(item, spec: CollectionSpec, start, end, flt: SensorOptions) -> bool:
         """Window ``[start, end)``, cloud cover (items without the property are kept) and orbit
         direction (``sat:orbit_state``; items without it are dropped when an orbit is asked)."""
         t = _item_time(item)
@@ -613,7 +545,7 @@ class _OdcStacProvider:
         t0, t1 = _parse_time(start, "start"), _parse_time(end, "end")
         if t1 <= t0:
             raise ProviderError(f"end {end!r} must be after start {start!r} (end is exclusive)")
-        rows = _tile_rows(tiles)
+        rows = tile_rows(tiles)
         base_meta = {
             "provider": self.name,
             "collection": spec.collection,
@@ -641,7 +573,7 @@ class _OdcStacProvider:
             base_meta["s1_source_units"] = "linear sigma0" if flt.use_float_linear else "dB (converted to linear)"
         return self._generate(rows, spec, band_list, t0, t1, flt, base_meta)
 
-    def _generate(self, rows, spec, band_list, t0, t1, flt: _Filter, base_meta):
+    def _generate(self, rows, spec, band_list, t0, t1, flt: SensorOptions, base_meta):
         n = len(band_list)
         tiles: list[_Tile] = []
         for i, row in enumerate(rows):
@@ -685,7 +617,7 @@ class _OdcStacProvider:
     # ---- one block --------------------------------------------------------------------------
 
     def _fetch_block(
-        self, block: Block, prepared, spec: CollectionSpec, band_list, flt: _Filter, base_meta,
+        self, block: Block, prepared, spec: CollectionSpec, band_list, flt: SensorOptions, base_meta,
         dropped: Sequence[tuple[Any, dict[str, str]]] = (),
     ) -> Iterator[Patch]:
         """Read the block once, composite it once, cut its tiles (see :mod:`.blocks`)."""
@@ -729,34 +661,25 @@ class _OdcStacProvider:
                 yield _empty(t.tile_id, n, t.size_px, "no_data", meta, reason="no item in the window")
         if not with_items:
             return
-        last_exc: Exception | None = None
-        for attempt in range(self.tile_retries + 1):
-            try:
-                stack = self._load_block(block, block_items, spec, band_list, flt)
-                # tiles that a scene outside their footprint touches get their own composite,
-                # first: the block's composite then sorts the raw planes in place
-                own = {}
-                for t in with_items:
-                    mine = self._own_planes(stack, block, t, tile_items[t.tile_id])
-                    if mine is not None:
-                        rows, cols = block.window(t)
-                        own[t.tile_id] = self._composite(stack, flt, rows, cols, mine)
-                composite = self._composite(stack, flt, rows=slice(None), cols=slice(None),
-                                            in_place=True)
-                break
-            except Exception as exc:
-                last_exc = exc
-                log.warning("block %s attempt %d failed: %s", block.describe(), attempt + 1, exc, exc_info=True)
-                if attempt < self.tile_retries:
-                    time.sleep(0.2 * (attempt + 1))
-        else:
+        # One attempt: a failed block fails its tiles, and the patches asset (the one owner of
+        # tile failures, docs/architecture.md) requests them again with backoff and jitter.
+        try:
+            stack = self._load_block(block, block_items, spec, band_list, flt)
+            # tiles that a scene outside their footprint touches get their own composite,
+            # first: the block's composite then sorts the raw planes in place
+            own = {}
+            for t in with_items:
+                mine = self._own_planes(stack, block, t, tile_items[t.tile_id])
+                if mine is not None:
+                    rows, cols = block.window(t)
+                    own[t.tile_id] = self._composite(stack, flt, rows, cols, mine)
+            composite = self._composite(stack, flt, rows=slice(None), cols=slice(None), in_place=True)
+        except Exception as exc:
+            log.warning("block %s failed: %s", block.describe(), exc, exc_info=True)
             for t in with_items:
                 meta = tile_meta(t)
                 meta["elapsed_s"] = round(time.perf_counter() - t_start, 4)
-                yield _empty(
-                    t.tile_id, n, t.size_px, "failed", meta,
-                    reason=f"{type(last_exc).__name__}: {last_exc}",
-                )
+                yield _empty(t.tile_id, n, t.size_px, "failed", meta, reason=f"{type(exc).__name__}: {exc}")
             return
         elapsed = (time.perf_counter() - t_start) / len(with_items)
         for t in with_items:
@@ -853,7 +776,7 @@ class _OdcStacProvider:
         order = sorted(range(len(planes)), key=lambda i: planes[i][0])  # stable
         return [sig for sig, _ in groups], [planes[i] for i in order], day_of
 
-    def _load_block(self, block: Block, items, spec: CollectionSpec, band_list, flt: _Filter) -> _Stack:
+    def _load_block(self, block: Block, items, spec: CollectionSpec, band_list, flt: SensorOptions) -> _Stack:
         """Every asset of every scene once over the block: windowed rasterio reads when the grids
         nest (:mod:`.rio_read`), else one odc-stac load per signature group; nearest everywhere."""
         self._configure_rio()
@@ -1004,7 +927,7 @@ class _OdcStacProvider:
 
     # ---- compositing ------------------------------------------------------------------------
 
-    def _composite(self, stack: _Stack, flt: _Filter, rows: slice, cols: slice,
+    def _composite(self, stack: _Stack, flt: SensorOptions, rows: slice, cols: slice,
                    slice_ids: Sequence[int] | None = None, in_place: bool = False) -> np.ndarray:
         """``[C, h, w]`` composite of the window over the chosen planes (all by default).
         ``in_place``: the median may sort the stack's raw planes in place (last use of them)."""
@@ -1100,7 +1023,7 @@ class _OdcStacProvider:
                         }
                         for b, (s, o, nd) in zip(stack.band_list, stack.sigs[gi])
                     },
-                    "unit_factor": _UNIT_FACTOR[stack.spec.modality],
+                    "unit_factor": UNIT_FACTOR[stack.spec.modality],
                 }
             out[gi]["items"].append(it.id)
         return list(out.values())
@@ -1116,11 +1039,10 @@ class _OdcStacProvider:
 
     def stats(self) -> dict[str, Any]:
         """Operational settings that do not shape the pixels (kept out of ``describe()``, which
-        feeds store fingerprints): thread pool size, retries, block size and the GDAL options."""
+        feeds store fingerprints): thread pool size, block size and the GDAL options."""
         return {
             "config": {
                 "max_workers": self.max_workers,
-                "tile_retries": self.tile_retries,
                 "max_block_px": self.max_block_px,
                 "gdal": dict(self.gdal_options),
             }
@@ -1137,7 +1059,6 @@ class _OdcStacProvider:
             "scl_invalid_classes": list(SCL_INVALID_CLASSES),
             "resampling": "nearest for every band and SCL (as Earth Engine's default)",
             "block_reads": "tiles of every size cut from one read and composite per block",
-            "tile_retries": self.tile_retries,
             "units": {"s2": "(DN*scale+offset)*10000", "s1": "linear sigma0 (DN*scale+offset)"},
         }
 
@@ -1170,7 +1091,6 @@ class LocalStacProvider(_OdcStacProvider):
         max_workers: int = 4,
         cloudy_pct: float | None = 30.0,
         composite: str = "median",
-        tile_retries: int = 0,
         max_block_px: int = DEFAULT_MAX_BLOCK_PX,
     ) -> None:
         super().__init__(
@@ -1178,7 +1098,6 @@ class LocalStacProvider(_OdcStacProvider):
             max_workers=max_workers,
             cloudy_pct=cloudy_pct,
             composite=composite,
-            tile_retries=tile_retries,
             max_block_px=max_block_px,
         )
         self.catalog_path = Path(catalog_path)
@@ -1254,7 +1173,6 @@ class StacProvider(_OdcStacProvider):
         max_workers: int = 4,
         cloudy_pct: float | None = 30.0,
         composite: str = "median",
-        tile_retries: int = 1,
         search_retries: int = 2,
         page_size: int = 100,
         headers: Mapping[str, str] | None = None,
@@ -1268,7 +1186,6 @@ class StacProvider(_OdcStacProvider):
             max_workers=max_workers,
             cloudy_pct=cloudy_pct,
             composite=composite,
-            tile_retries=tile_retries,
             patch_url=patch_url,
             max_block_px=max_block_px,
             rio_config=rio_config,
@@ -1321,10 +1238,15 @@ class StacProvider(_OdcStacProvider):
                     last = exc
                     log.warning("STAC search attempt %d failed: %s", attempt + 1, exc)
                     if attempt < self.search_retries:
-                        time.sleep(0.5 * (attempt + 1))
+                        time.sleep(backoff_s(SEARCH_BACKOFF_S, attempt))
             if last is not None:
                 raise last
         return [it for it in found.values() if self._keep_item(it, spec, start, end, flt)]
+
+    def stats(self) -> dict[str, Any]:
+        out = super().stats()
+        out["config"]["search_retries"] = self.search_retries  # the client's retries of one search request
+        return out
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()

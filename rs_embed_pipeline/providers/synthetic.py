@@ -54,6 +54,10 @@ import rasterio.shutil
 from rasterio.io import MemoryFile
 from rasterio.transform import Affine
 
+from rs_embed_pipeline.vocabulary import S1_POLARISATIONS
+
+from .catalogs import S1_ASSETS
+
 __all__ = [
     "S1_COLLECTION",
     "S2_COLLECTION",
@@ -84,7 +88,6 @@ S2_ASSETS: dict[str, tuple[str, int, float]] = {
     "B11": ("swir16", 20, 1.610),
     "B12": ("swir22", 20, 2.190),
 }
-S1_ASSETS: dict[str, str] = {"VV": "vv", "VH": "vh"}
 S2_BAND_BASE_DN: dict[str, int] = {b: 800 * (i + 1) for i, b in enumerate(S2_ASSETS)}
 S2_BAND_HALF_RANGE_DN = 300  # |value - base| < this on cloud-free pixels
 S2_DN_OFFSET = 1000  # stored DN = reflectance * 10000 + S2_DN_OFFSET (raster:bands offset -0.1)
@@ -533,7 +536,7 @@ def _s1_item(out: Path, day, k, seed, epsg, extent, geom, item_bbox, clon) -> py
             "instruments": ["c-sar"],
             "sar:instrument_mode": "IW",
             "sar:frequency_band": "C",
-            "sar:polarizations": ["VV", "VH"],
+            "sar:polarizations": list(S1_POLARISATIONS),
             "sar:product_type": "GRD",
             "sat:orbit_state": "descending" if k % 2 else "ascending",
             "proj:code": f"EPSG:{epsg}",

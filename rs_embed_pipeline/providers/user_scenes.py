@@ -50,7 +50,10 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
+from rs_embed_pipeline.vocabulary import S1_POLARISATIONS, S2_BANDS
+
 from .base import ProviderError
+from .catalogs import EARTH_SEARCH_S2_ASSETS, S1_ASSETS
 
 __all__ = [
     "S1_USER_COLLECTION",
@@ -65,15 +68,11 @@ S2_USER_COLLECTION = "user-s2"
 S1_USER_COLLECTION = "user-s1"
 SYNTHETIC_DEFAULTS = {"s2_collection": "synthetic-s2-l2a", "s1_collection": "synthetic-s1-grd", "mask_asset": "scl"}
 
-S2_ORDER_12 = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B11", "B12")
+S2_ORDER_12 = S2_BANDS
 S2_ORDER_10 = ("B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12")
-S1_ORDER = ("VV", "VH")
-# Earth Search C1 asset keys (the default S2 asset map of the STAC providers)
-S2_ASSET_KEYS = {
-    "B1": "coastal", "B2": "blue", "B3": "green", "B4": "red", "B5": "rededge1", "B6": "rededge2",
-    "B7": "rededge3", "B8": "nir", "B8A": "nir08", "B9": "nir09", "B11": "swir16", "B12": "swir22",
-}
-S1_ASSET_KEYS = {"VV": "vv", "VH": "vh"}
+S1_ORDER = S1_POLARISATIONS
+S2_ASSET_KEYS = EARTH_SEARCH_S2_ASSETS  # the default S2 asset map of the STAC providers
+S1_ASSET_KEYS = S1_ASSETS
 _NAME_RE = re.compile(
     r"^(?P<sensor>S2|S1)[_-](?P<date>\d{8})(?:T(?P<time>\d{6}))?(?:[_-](?P<rest>.*))?\.tiff?$", re.IGNORECASE
 )
@@ -121,7 +120,7 @@ def _band_name(desc: str | None) -> str | None:
     m = re.fullmatch(r"B0?(\d{1,2})(A?)", d)
     if m:
         return f"B{int(m[1])}{m[2]}"
-    return d if d in ("VV", "VH", "SCL") else None
+    return d if d in (*S1_POLARISATIONS, "SCL") else None
 
 
 def _bands_of(path: Path, modality: str, descriptions: Sequence[str | None]) -> list[str]:
@@ -276,7 +275,7 @@ def build_user_catalog(
                 "proj:code": f"EPSG:{epsg}" if epsg else None,
             }
             if modality == "s1":
-                props.update({"sar:polarizations": ["VV", "VH"], "rs_embed:s1_units": s1_units})
+                props.update({"sar:polarizations": list(S1_POLARISATIONS), "rs_embed:s1_units": s1_units})
                 if info["orbit"]:
                     props["sat:orbit_state"] = info["orbit"]
             item = pystac.Item(id=item_id, geometry={"type": "Polygon", "coordinates": [ring]},

@@ -38,8 +38,9 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-STATUS_CODES = {"pending": 0, "ok": 1, "no_data": 2, "failed": 3}
-STATUS_NAMES = {code: name for name, code in STATUS_CODES.items()}
+# status codes stored in every ``status`` array (rs_embed_pipeline.vocabulary; importers use these names)
+from rs_embed_pipeline.vocabulary import STATUS_CODES, STATUS_NAMES
+
 SCHEMA_VERSION = 1
 # The first zarr-python release whose LocalStore writes every key atomically (temp file + rename).
 ZARR_ATOMIC_LOCAL_WRITES = (3, 1, 3)

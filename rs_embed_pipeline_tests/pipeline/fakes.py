@@ -71,6 +71,9 @@ class SyntheticPixelsProvider:
         return {"provider": self.name, "collections": {"s2": "synthetic-pixels-s2", "s1": "synthetic-pixels-s1"},
                 "units": {"s2": "DN (reflectance x 10000)", "s1": "linear sigma0 power"}}
 
+    def stats(self) -> dict[str, Any]:
+        return {}  # no threads, retries or requests to report (PatchProvider.stats)
+
 
 class SyntheticPixelsImagery(ImageryResource):
     delay_s: float = Field(default=0.0, description="Sleep per tile (emulates a slow provider).")

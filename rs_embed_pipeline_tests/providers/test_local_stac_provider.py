@@ -290,3 +290,21 @@ def test_package_exports():
     assert "GEEProvider" in P.__all__
     with pytest.raises(AttributeError):
         P.NoSuchThing  # noqa: B018
+
+
+def test_a_failed_block_is_read_once_the_asset_owns_tile_retries(synthetic_catalog, inner_tiles, monkeypatch):
+    """One retry owner per failure class (docs/architecture.md): the provider reads a block once and
+    returns its tiles failed with the reason; the patches asset requests them again."""
+    p = LocalStacProvider(synthetic_catalog, max_workers=1)
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise OSError("read refused")
+
+    monkeypatch.setattr(p, "_load_block", broken)
+    got = list(p.fetch_patches(inner_tiles.iloc[:2], START, END, "s2", bands=["B4"]))
+    assert [x.status for x in got] == ["failed", "failed"]
+    assert all(x.meta["reason"] == "OSError: read refused" for x in got)
+    assert len(calls) == 1  # the two adjacent tiles share one block, read once, not retried here
+    assert "tile_retries" not in p.describe() and "tile_retries" not in p.stats()["config"]

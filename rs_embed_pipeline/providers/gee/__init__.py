@@ -80,6 +80,8 @@ kind, limits) are in ``stats()["config"]``.
 
 from __future__ import annotations
 
+from rs_embed_pipeline.vocabulary import COMPOSITES, S1_ORBITS  # noqa: F401 - defined once there
+
 from .client import (  # noqa: F401 - the package's names, private ones for tests
     _EE_CONFIG,
     _EE_LOCK,
@@ -111,10 +113,8 @@ from .expressions import (  # noqa: F401 - the package's names, private ones for
     _S2_OPTIONS,
     _VALID_BAND_BYTES,
     CLOUD_SCORE_PLUS_BANDS,
-    COMPOSITES,
     S1_DB_COLLECTION,
     S1_FLOAT_COLLECTION,
-    S1_ORBITS,
     S2_CLOUD_SCORE_PLUS_COLLECTION,
     S2_COLLECTION,
     VALID_BAND,

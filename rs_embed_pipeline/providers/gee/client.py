@@ -198,7 +198,7 @@ def _http_details(exc: BaseException) -> tuple[int | None, float | None]:
         if status is not None and type(e).__name__ == "HttpError":
             retry_after = None
             try:
-                ra = resp.get("retry-after") if hasattr(resp, "get") else None
+                ra = resp.get("retry-after") if resp is not None and hasattr(resp, "get") else None
                 retry_after = float(ra) if ra is not None else None
             except (TypeError, ValueError):
                 retry_after = None

@@ -12,8 +12,18 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 from rs_embed_pipeline.timeparse import parse_utc
+from rs_embed_pipeline.vocabulary import (
+    COMPOSITES,
+    DEFAULT_COMPOSITE,
+    MODALITIES,
+    S1_BANDS,
+    S1_ORBITS,
+    S1_POLARISATIONS,
+    S2_BANDS,
+)
 
-from ..base import S1_BANDS, S2_BANDS, ProviderError
+from ..base import ProviderError
+from ..base import tile_rows as _tile_rows  # noqa: F401 - one reader of tile rows for every provider
 from .client import _ee
 from .plan import _Tile, _Window
 
@@ -27,12 +37,6 @@ S1_FLOAT_COLLECTION = "COPERNICUS/S1_GRD_FLOAT"
 
 
 S1_DB_COLLECTION = "COPERNICUS/S1_GRD"
-
-
-COMPOSITES: tuple[str, ...] = ("median", "mosaic")
-
-
-S1_ORBITS: tuple[str, ...] = ("ASCENDING", "DESCENDING")
 
 
 CLOUD_SCORE_PLUS_BANDS: tuple[str, ...] = ("cs_cdf", "cs")
@@ -113,7 +117,7 @@ class _Sensor:
                 if self.cloud_score_plus else None
             )
         else:
-            f["transmitterReceiverPolarisation_contains"] = ["VV", "VH"]
+            f["transmitterReceiverPolarisation_contains"] = list(S1_POLARISATIONS)
             f["instrumentMode"] = "IW" if (self.require_iw if iw is None else iw) else None
             f["orbitProperties_pass"] = self.orbit
         return f
@@ -128,7 +132,7 @@ def _as_bool(name: str, value: Any) -> bool:
 def _parse_sensor(modality: str, bands: Iterable[str] | None, options: Mapping[str, Any],
                   defaults: Mapping[str, Any]) -> _Sensor:
     modality = str(modality).lower().strip()
-    if modality not in ("s2", "s1"):
+    if modality not in MODALITIES:
         raise ProviderError(f"GEE provider: unknown modality {modality!r}; use 's2' or 's1'")
     valid_opts = _S2_OPTIONS if modality == "s2" else _S1_OPTIONS
     unknown = sorted(set(options) - set(valid_opts))
@@ -150,7 +154,7 @@ def _parse_sensor(modality: str, bands: Iterable[str] | None, options: Mapping[s
     if len(set(band_list)) != len(band_list):
         raise ProviderError(f"GEE provider: duplicate bands in {list(band_list)}")
 
-    composite = str(opts.get("composite", "median") or "median").lower().strip()
+    composite = str(opts.get("composite", DEFAULT_COMPOSITE) or DEFAULT_COMPOSITE).lower().strip()
     if composite not in COMPOSITES:
         raise ProviderError(f"GEE provider: unknown composite {opts.get('composite')!r}; "
                             f"valid: {list(COMPOSITES)}")
@@ -210,28 +214,6 @@ def _ee_time(t: dt.datetime) -> str:
     if t.time() == dt.time(0, 0):
         return t.strftime("%Y-%m-%d")
     return t.strftime("%Y-%m-%dT%H:%M:%S")
-
-
-def _tile_rows(tiles: Any) -> list[Any]:
-    if tiles is None:
-        return []
-    if hasattr(tiles, "columns") and hasattr(tiles, "to_dict"):  # (Geo)DataFrame
-        return list(tiles.to_dict("records"))
-    if isinstance(tiles, Mapping):
-        return [tiles]
-    if hasattr(tiles, "to_dict") and hasattr(tiles, "index"):  # one pandas Series
-        return [tiles.to_dict()]
-    rows = []
-    for row in tiles:
-        if isinstance(row, Mapping):
-            rows.append(row)
-        elif hasattr(row, "_asdict"):
-            rows.append(row._asdict())
-        elif hasattr(row, "to_dict"):
-            rows.append(row.to_dict())
-        else:
-            rows.append(vars(row))
-    return rows
 
 
 class _Run:

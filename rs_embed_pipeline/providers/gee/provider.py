@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from rs_embed_pipeline.vocabulary import COMPOSITES, DEFAULT_COMPOSITE
+
 from ..base import Patch, ProviderError
 from .client import (
     _EE_CONFIG,
@@ -41,7 +43,6 @@ from .client import (
     redact,
 )
 from .expressions import (
-    COMPOSITES,
     S1_DB_COLLECTION,
     S1_FLOAT_COLLECTION,
     S2_CLOUD_SCORE_PLUS_COLLECTION,
@@ -87,6 +88,9 @@ class GEEProvider:
         cloud_score_plus, cs_threshold, cs_band: Sentinel-2 Cloud Score+ masking defaults
             (per-call sensor options override them).
         workload_tag: Earth Engine workload tag sent with every request.
+        clock, sleep: the time source and sleep of the rate limiter, the retry backoff and the
+            fetch timer (tests inject a fake clock: no test measures wall-clock time).
+        rng: jitter source of the backoff (default: the ``random`` module).
     """
 
     name = "gee"
@@ -112,6 +116,9 @@ class GEEProvider:
         cs_threshold: float = 0.6,
         cs_band: str = "cs_cdf",
         workload_tag: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
     ) -> None:
         if int(max_concurrent_requests) < 1:
             raise ProviderError("max_concurrent_requests must be >= 1")
@@ -147,7 +154,10 @@ class GEEProvider:
         # Validate the defaults once (the same checks as per-call options).
         _parse_sensor("s2", None, {}, self._sensor_defaults)
 
-        self._bucket = TokenBucket(self.max_requests_per_second, rate_burst)
+        self._clock = clock
+        self._sleep = sleep
+        self._uniform = (rng or random).uniform
+        self._bucket = TokenBucket(self.max_requests_per_second, rate_burst, clock=clock, sleep=sleep)
         self._slots = threading.BoundedSemaphore(self.max_concurrent_requests)
         self._stats = _Stats()
         self._init_lock = threading.Lock()
@@ -178,8 +188,8 @@ class GEEProvider:
             "valid_mask": f"all asked bands unmasked in the composite (uint8 band {VALID_BAND})",
             "composites": list(COMPOSITES),
             "defaults": {
-                "s2": {"composite": "median", "cloudy_pct": 30, **self._sensor_defaults},
-                "s1": {"composite": "median", "orbit": None, "use_float_linear": True,
+                "s2": {"composite": DEFAULT_COMPOSITE, "cloudy_pct": 30, **self._sensor_defaults},
+                "s1": {"composite": DEFAULT_COMPOSITE, "orbit": None, "use_float_linear": True,
                        "require_iw": True, "relax_iw_on_empty": True},
             },
         }
@@ -271,7 +281,7 @@ class GEEProvider:
             creds = self._credentials_arg
             return creds, kind, getattr(creds, "project_id", None)
         if kind == "service_account_key_file":
-            path = self.credentials_file
+            path = str(self.credentials_file)  # set: that is what made the kind
             try:
                 with open(path, encoding="utf-8") as fh:
                     info = json.load(fh)
@@ -362,7 +372,7 @@ class GEEProvider:
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         delay = min(self.backoff_max_s, self.backoff_base_s * (2 ** (attempt - 1)))
-        delay = random.uniform(delay / 2.0, delay) if delay > 0 else 0.0
+        delay = self._uniform(delay / 2.0, delay) if delay > 0 else 0.0
         if retry_after is not None and retry_after > 0:
             delay = max(delay, min(retry_after, self.backoff_max_s))
         return delay
@@ -418,7 +428,7 @@ class GEEProvider:
                 log.debug("%s request: %s; retry %d/%d in %.3f s", kind, what, attempt,
                           self.max_retries, delay)
                 if delay > 0:
-                    time.sleep(delay)
+                    self._sleep(delay)
                 continue
             self._stats.add("failures")
             tries = f"after {attempt} attempt(s)" if transient else "(not retryable)"
@@ -631,7 +641,7 @@ class GEEProvider:
     # ---- the run --------------------------------------------------------------------------------
 
     def _generate(self, rows: list[Any], sensor: _Sensor, start: str, end: str) -> Iterator[Patch]:
-        t_start = time.perf_counter()
+        t_start = self._clock()
         n_bands = len(sensor.bands)
         tiles: list[_Tile] = []
         copies: dict[str, int] = defaultdict(int)
@@ -672,7 +682,7 @@ class GEEProvider:
         finally:
             with _EE_LOCK:
                 _EE_CONFIG["active"] -= 1
-            self._stats.add_fetch_time(time.perf_counter() - t_start)
+            self._stats.add_fetch_time(self._clock() - t_start)
             snap = self._stats.snapshot()
             log.info("GEE fetch: tiles ok %d / no_data %d / failed %d; requests %d, retries %d, "
                      "%.1f MB", snap["tiles_ok"], snap["tiles_no_data"], snap["tiles_failed"],
