@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): the model tests run in the worker environment, everything
 # else in the orchestrator environment. Prints both pytest summaries and one combined line, and
-# fails when either run fails, when ruff finds a problem, or when no test ran at all (pytest exit
-# code 5 is a failure here).
+# fails when either run fails, when ruff or mypy finds a problem, or when no test ran at all
+# (pytest exit code 5 is a failure here).
 set -u
 cd "$(dirname "$0")/.."
 results=.test-results
@@ -11,6 +11,9 @@ rm -rf "$results" && mkdir -p "$results"
 # Lint first (pyproject.toml [tool.ruff]): a finding fails the command, after the tests have run.
 .venv/bin/ruff check rs_embed_pipeline rs_embed_pipeline_tests benchmarks scripts
 lint_rc=$?
+# Types (pyproject.toml [tool.mypy]: its `files` are the checked scope); same rule as ruff.
+.venv/bin/mypy
+types_rc=$?
 
 .venv-worker/bin/python -m pytest rs_embed_pipeline_tests/models -m "not live_gee" \
     --junitxml="$results/worker.xml" "$@"
@@ -23,6 +26,9 @@ orchestrator_rc=$?
 summary_rc=$?
 if [ "$lint_rc" -ne 0 ]; then
     echo "ruff found problems (see above)"; exit 1
+fi
+if [ "$types_rc" -ne 0 ]; then
+    echo "mypy found problems (see above)"; exit 1
 fi
 for rc in $worker_rc $orchestrator_rc; do
     if [ "$rc" -ne 0 ]; then

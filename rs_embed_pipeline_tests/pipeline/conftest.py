@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+# The Earth Engine REST stand-in fixtures (test_gee_pipeline.py), defined once for both folders.
+from rs_embed_pipeline_tests.providers.conftest import gee_env, standin  # noqa: F401
+
 REPO = Path(__file__).resolve().parents[2]
 TINY_BBOX = (6.600, 46.500, 6.612, 46.510)  # about 0.9 x 1.1 km: 1-4 tiles per tile size
 WINDOW = "2024-01-01"

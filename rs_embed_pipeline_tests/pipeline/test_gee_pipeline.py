@@ -8,13 +8,12 @@ from rs_embed_pipeline.resources import EarthEngineImagery
 from rs_embed_pipeline.stores import TileStore
 from rs_embed_pipeline_tests.pipeline.conftest import build_test_definitions
 from rs_embed_pipeline_tests.providers import ee_standin as S
-from rs_embed_pipeline_tests.providers.ee_standin import gee_env, standin  # noqa: F401 (fixtures)
 
 KEY = dg.MultiPartitionKey({"region": "tiny", "window": "2024-01-01"})
 
 
 @pytest.fixture
-def gee_defs(tmp_path, synthetic_catalog, worker_python, standin):  # noqa: F811
+def gee_defs(tmp_path, synthetic_catalog, worker_python, standin):
     imagery = EarthEngineImagery(project="test-project", api_url=standin.url, anonymous=True)
     defs, store_root = build_test_definitions(tmp_path, synthetic_catalog, worker_python, imagery=imagery)
     job = dg.define_asset_job("fetch", selection=["tile_grid", "s2_patches", "s1_patches"])
@@ -22,7 +21,7 @@ def gee_defs(tmp_path, synthetic_catalog, worker_python, standin):  # noqa: F811
     return merged, store_root
 
 
-def test_patches_from_earth_engine_standin(gee_defs, standin):  # noqa: F811
+def test_patches_from_earth_engine_standin(gee_defs, standin):
     defs, store_root = gee_defs
     with dg.instance_for_test() as instance:
         result = defs.resolve_job_def("fetch").execute_in_process(partition_key=KEY, instance=instance)

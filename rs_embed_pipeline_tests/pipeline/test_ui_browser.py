@@ -136,7 +136,8 @@ def test_cube_materialization_shows_metadata_table_paths_and_preview_picture(ui)
     from PIL import Image
 
     pixels = Image.open(io.BytesIO(img.screenshot())).convert("RGB")
-    assert len(set(pixels.getdata())) > 16, "the preview picture is blank"
+    flat = getattr(pixels, "get_flattened_data", pixels.getdata)  # getdata: deprecated in Pillow 12
+    assert len(set(flat())) > 16, "the preview picture is blank"
     assert dialog.get_by_text("First three principal components", exact=False).is_visible()
     page.screenshot(path=str(ui["shots"] / "materialization.png"))
     page.keyboard.press("Escape")

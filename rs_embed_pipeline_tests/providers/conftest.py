@@ -1,7 +1,9 @@
-"""Fixtures for the provider tests: a small synthetic catalog and a tiny STAC API on 127.0.0.1."""
+"""Fixtures for the provider tests: a small synthetic catalog, a tiny STAC API on 127.0.0.1 and
+the Earth Engine REST stand-in with a provider on a fake clock."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as dt
 import json
@@ -9,7 +11,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from urllib.parse import parse_qs, urlparse
 
 import pystac
@@ -17,6 +19,8 @@ import pytest
 
 from rs_embed_pipeline.grid import bbox_aoi, build_tile_grid
 from rs_embed_pipeline.providers.synthetic import generate_synthetic_catalog
+
+from . import ee_standin as S
 
 # ~1.1 km x 1.1 km near 45 N / 15 E (UTM 33N); S2 every 15 days in Q1 2024 (6 dates, the 4th
 # overcast), S1 every 12 days
@@ -363,9 +367,56 @@ def es_items(synthetic_catalog):
 
 
 # --------------------------------------------------------------------------------------------
-# GEE provider tests (test_gee*.py): their fixtures live in ee_standin.py (imported by those
-# modules); only the live marker is registered here.
+# GEE provider tests (test_gee*.py, pipeline/test_gee_pipeline.py): the Earth Engine REST
+# stand-in (ee_standin.py) and a provider against it
 # --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def gee_env(monkeypatch) -> Iterator[None]:
+    """Offline ee client (no deprecation fetch, no connection but 127.0.0.1), fresh state."""
+    S.patch_ee_offline(monkeypatch)
+    monkeypatch.delenv("EE_PROJECT", raising=False)
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    # google-auth looks up a service account's "regional access boundary" on
+    # iamcredentials.googleapis.com in a background thread: not in tests.
+    with contextlib.suppress(ImportError, AttributeError):
+        from google.auth import _regional_access_boundary_utils as rab  # noqa: PLC0415
+
+        monkeypatch.setattr(rab._RegionalAccessBoundaryManager, "maybe_start_refresh",
+                            lambda self, credentials, request: None)
+    S.reset_ee()
+    with S.forbid_external_network():
+        yield
+    S.reset_ee()
+
+
+@pytest.fixture
+def standin(gee_env: None) -> Iterator[S.EEStandIn]:
+    with S.EEStandIn() as s:
+        yield s
+
+
+@pytest.fixture
+def fake_clock() -> S.FakeClock:
+    """A clock whose sleeps return at once (recorded in ``fake_clock.sleeps``)."""
+    return S.FakeClock()
+
+
+@pytest.fixture
+def make_provider(standin: S.EEStandIn, fake_clock: S.FakeClock) -> Callable[..., Any]:
+    """GEEProvider against ``standin`` on ``fake_clock`` (rate-limit and backoff sleeps return
+    at once and are recorded), tiny backoff delays; keyword overrides."""
+    from rs_embed_pipeline.providers.gee import GEEProvider  # noqa: PLC0415
+
+    def make(**kw: Any) -> Any:
+        opts: dict[str, Any] = {"project": "test-project", "api_url": standin.url,
+                                "credentials": "anonymous", "backoff_base_s": 0.001,
+                                "backoff_max_s": 0.01, "request_timeout_s": 30,
+                                "clock": fake_clock, "sleep": fake_clock.sleep}
+        opts.update(kw)
+        return GEEProvider(**opts)
+    return make
 
 
 def pytest_configure(config) -> None:

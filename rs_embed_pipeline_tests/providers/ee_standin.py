@@ -1395,51 +1395,62 @@ def tile_rows(n_cols: int, n_rows: int = 1, *, size_px: int = 16, scale_m: float
 
 
 # ============================================================================================
-# pytest fixtures (imported by the test_gee*.py modules)
+# a fake clock for the provider (rate limiter, backoff): no test measures wall-clock time
 # ============================================================================================
 
-try:
-    import pytest
-except ImportError:  # pragma: no cover - the benchmark runs without pytest
-    pytest = None  # type: ignore[assignment]
 
-if pytest is not None:
+class FakeClock:
+    """``clock()`` / ``sleep(s)`` for ``GEEProvider(clock=..., sleep=...)``; thread-safe.
 
-    @pytest.fixture
-    def gee_env(monkeypatch: Any) -> Iterator[None]:
-        """Offline ee client (no deprecation fetch, no connection but 127.0.0.1), fresh state."""
-        patch_ee_offline(monkeypatch)
-        monkeypatch.delenv("EE_PROJECT", raising=False)
-        monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
-        # google-auth looks up a service account's "regional access boundary" on
-        # iamcredentials.googleapis.com in a background thread: not in tests.
-        with contextlib.suppress(ImportError, AttributeError):
-            from google.auth import _regional_access_boundary_utils as rab  # noqa: PLC0415
+    ``sleep`` returns at once and records the seconds asked (``sleeps``, in call order). With
+    ``advance=True`` it also moves the clock forward (one sleeper at a time: exact for a single
+    fetch thread); with ``advance=False`` the clock stands still, so that concurrent callers'
+    token-bucket reservations are exact.
+    """
 
-            monkeypatch.setattr(rab._RegionalAccessBoundaryManager, "maybe_start_refresh",
-                                lambda self, credentials, request: None)
-        reset_ee()
-        with forbid_external_network():
-            yield
-        reset_ee()
+    def __init__(self, start: float = 1000.0, advance: bool = True) -> None:
+        self.now = float(start)
+        self.advance = advance
+        self.sleeps: list[float] = []
+        self._lock = threading.Lock()
 
-    @pytest.fixture
-    def standin(gee_env: None) -> Iterator[EEStandIn]:
-        with EEStandIn() as s:
-            yield s
+    def __call__(self) -> float:
+        with self._lock:
+            return self.now
 
-    @pytest.fixture
-    def make_provider(standin: EEStandIn) -> Callable[..., Any]:
-        """GEEProvider against ``standin`` with tiny backoff delays; keyword overrides."""
-        from rs_embed_pipeline.providers.gee import GEEProvider  # noqa: PLC0415
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.sleeps.append(seconds)
+            if self.advance:
+                self.now += seconds
 
-        def make(**kw: Any) -> Any:
-            opts: dict[str, Any] = {"project": "test-project", "api_url": standin.url,
-                                    "credentials": "anonymous", "backoff_base_s": 0.001,
-                                    "backoff_max_s": 0.01, "request_timeout_s": 30}
-            opts.update(kw)
-            return GEEProvider(**opts)
-        return make
+
+class MaxUpperRandom:
+    """``rng`` without jitter: ``uniform(a, b)`` returns ``b`` (the full backoff delay)."""
+
+    @staticmethod
+    def uniform(a: float, b: float) -> float:
+        return b
+
+
+def hold_until_in_flight(standin: EEStandIn, n: int, linger_s: float = 0.1,
+                         timeout_s: float = 30.0) -> Callable[[Recorded], Fault | None]:
+    """Fault hook: the first ``n`` API requests wait in the stand-in until all ``n`` are in
+    flight at once, then stay ``linger_s`` longer (a request beyond a cap of ``n`` would
+    arrive meanwhile and raise ``max_in_flight`` above ``n``). The others pass."""
+    barrier = threading.Barrier(n, timeout=timeout_s)
+    lock = threading.Lock()
+    seen = [0]
+
+    def hook(rec: Recorded) -> Fault | None:
+        with lock:
+            seen[0] += 1
+            held = seen[0] <= n
+        if held:
+            barrier.wait()
+            time.sleep(linger_s)
+        return None
+    return hook
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -21,8 +21,6 @@ from rs_embed_pipeline.providers.stac import S2_NATIVE_RESOLUTION_M, _Tile
 from .conftest import BBOX
 
 pytestmark = [
-    pytest.mark.filterwarnings("ignore::PendingDeprecationWarning"),
-    pytest.mark.filterwarnings("ignore:The 'shapely.ops.transform:DeprecationWarning"),
     pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning"),
 ]
 

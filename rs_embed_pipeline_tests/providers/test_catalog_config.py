@@ -20,8 +20,6 @@ from .conftest import earth_search_items
 from .test_catalogs import _day, _static
 
 pytestmark = [
-    pytest.mark.filterwarnings("ignore::PendingDeprecationWarning"),
-    pytest.mark.filterwarnings("ignore:The 'shapely.ops.transform:DeprecationWarning"),
     pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning"),
     pytest.mark.filterwarnings("ignore:Support for class-based `config` is deprecated"),  # planetary-computer 1.0
 ]

@@ -22,8 +22,6 @@ from rs_embed_pipeline.providers.catalogs import (
 from .conftest import earth_search_items
 
 pytestmark = [
-    pytest.mark.filterwarnings("ignore::PendingDeprecationWarning"),
-    pytest.mark.filterwarnings("ignore:The 'shapely.ops.transform:DeprecationWarning"),
     pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning"),
 ]
 

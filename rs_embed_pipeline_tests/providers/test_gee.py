@@ -17,12 +17,7 @@ from rs_embed_pipeline.providers.gee import (
     VALID_BAND,
 )
 
-try:
-    from . import ee_standin as S
-except ImportError:  # rootdir-less layout: this folder is on sys.path
-    import ee_standin as S
-
-gee_env, standin, make_provider = S.gee_env, S.standin, S.make_provider
+from . import ee_standin as S
 
 pytestmark = pytest.mark.usefixtures("gee_env")
 

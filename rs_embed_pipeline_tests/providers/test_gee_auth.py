@@ -10,12 +10,7 @@ import pytest
 from rs_embed_pipeline.providers import ProviderError
 from rs_embed_pipeline.providers.gee import HIGH_VOLUME_URL, STANDARD_URL, GEEProvider, redact
 
-try:
-    from . import ee_standin as S
-except ImportError:  # rootdir-less layout: this folder is on sys.path
-    import ee_standin as S
-
-gee_env, standin, make_provider = S.gee_env, S.standin, S.make_provider
+from . import ee_standin as S
 
 pytestmark = pytest.mark.usefixtures("gee_env")
 

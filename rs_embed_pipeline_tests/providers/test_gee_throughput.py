@@ -1,10 +1,12 @@
 """GEEProvider throughput behaviour against the stand-in: batching under the 48 MiB limit,
-splitting on "too large" answers, concurrency and rate caps, backoff on 429 / 5xx, failures."""
+splitting on "too large" answers, concurrency and rate caps, backoff on 429 / 5xx, failures.
+
+The provider runs on a fake clock (``fake_clock``: its rate-limit and backoff sleeps return at
+once and are recorded), so rates and backoff sequences are asserted exactly, never timed."""
 
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -16,12 +18,7 @@ from rs_embed_pipeline.providers.gee import (
     plan_requests,
 )
 
-try:
-    from . import ee_standin as S
-except ImportError:  # rootdir-less layout: this folder is on sys.path
-    import ee_standin as S
-
-gee_env, standin, make_provider = S.gee_env, S.standin, S.make_provider
+from . import ee_standin as S
 
 pytestmark = pytest.mark.usefixtures("gee_env")
 
@@ -153,17 +150,19 @@ def test_memory_and_timeout_answers_split(standin, make_provider, message):
 
 
 def test_concurrency_cap_is_respected_server_side(standin, make_provider):
-    standin.latency_s = 0.03
+    # the first 4 requests meet in the stand-in: the cap is reached, and a 5th would show
+    standin.fault_hook = S.hold_until_in_flight(standin, 4)
     rows = S.tile_rows(24, col_step=2)  # no two tiles adjacent: one request pair per tile
     provider = make_provider(max_concurrent_requests=4, max_requests_per_second=1000)
     fetch(provider, rows)
     assert len(standin.pixel_requests) == 24
-    assert 2 <= standin.max_in_flight <= 4
-    assert provider.stats()["max_in_flight"] <= 4
+    assert standin.max_in_flight == 4
+    assert provider.stats()["max_in_flight"] == 4
 
 
 def test_concurrency_cap_is_shared_by_concurrent_fetches(standin, make_provider):
-    standin.latency_s = 0.03
+    # three fetches with three pool threads each share 3 slots: 3 requests meet, no 4th joins
+    standin.fault_hook = S.hold_until_in_flight(standin, 3)
     provider = make_provider(max_concurrent_requests=3, max_requests_per_second=1000)
     results: list[int] = []
 
@@ -177,31 +176,29 @@ def test_concurrency_cap_is_shared_by_concurrent_fetches(standin, make_provider)
     for t in threads:
         t.join()
     assert results == [8, 8, 8]
-    assert standin.max_in_flight <= 3
+    assert standin.max_in_flight == 3
+    assert provider.stats()["max_in_flight"] == 3
 
 
 def test_rate_limit(standin, make_provider):
     assert make_provider().max_requests_per_second == 100.0  # the default (the per-project quota)
-    # Well below what the stand-in serves even on a loaded 2-core machine, so the bucket must bind.
     rate = 25.0
-    rows = S.tile_rows(40, col_step=2)  # 80 requests
-    t_created = time.monotonic()  # the token bucket starts full (burst) at construction
-    provider = make_provider(max_concurrent_requests=40, max_requests_per_second=rate)
-    t0 = time.monotonic()
+    rows = S.tile_rows(40, col_step=2)  # 80 requests, 40 at once: the bucket alone orders them
+    clock = S.FakeClock(advance=False)  # time stands still: every token is reserved ahead
+    provider = make_provider(max_concurrent_requests=40, max_requests_per_second=rate,
+                             clock=clock, sleep=clock.sleep)
     fetch(provider, rows)
-    elapsed = time.monotonic() - t0
-    # server-side arrival times (same clock: the stand-in runs in this process)
-    starts = sorted(r.t_start for r in standin.requests if r.kind in ("value", "pixels"))
-    assert len(starts) == 80
+    n = len([r for r in standin.requests if r.kind in ("value", "pixels")])
+    assert n == 80
     burst = provider.stats()["config"]["rate_burst"]
-    # Token bucket: by time t at most burst + rate * (t - t_created) requests have started.
-    # (Scheduling stalls can only delay a request after its token, never advance it.)
-    for j, t in enumerate(starts):
-        assert j + 1 <= burst + rate * (t - t_created) + 1, (j, t - t_created)
-    assert elapsed >= (80 - burst) / rate * 0.9
-    # and the rate is used, not just respected (generous bound for a loaded machine)
-    assert (80 - burst) / (starts[-1] - starts[0]) > rate / 4
-    assert provider.stats()["rate_limit_wait_s"] > 0
+    assert burst == 2.5  # default: a tenth of a second of the rate
+    # Token bucket: the k-th request (1-based) waits until (k - burst) / rate after the start,
+    # i.e. by time t at most burst + rate * t requests have started; the burst goes at once.
+    expected = [(k - burst) / rate for k in range(3, n + 1)]
+    assert sorted(clock.sleeps) == expected
+    assert provider.stats()["rate_limit_wait_s"] == round(sum(expected), 4)
+    # every request but the burst waited: 78 / 25 s = 3.12 s for the last one
+    assert max(clock.sleeps) == (n - burst) / rate == 3.1
 
 
 def test_token_bucket_unit():
@@ -238,12 +235,36 @@ def test_429_storm_ends_in_success(standin, make_provider):
     assert sum(1 for r in standin.requests if r.status == 429) == 25
 
 
-def test_retry_after_is_honoured(standin, make_provider):
+def test_retry_after_is_honoured(standin, make_provider, fake_clock):
     standin.fault_hook = S.fail_first(1, status=429, kinds=("value",), headers={"Retry-After": "0.3"})
     provider = make_provider(backoff_max_s=5.0)
-    t0 = time.monotonic()
     fetch(provider, S.tile_rows(1))
-    assert time.monotonic() - t0 >= 0.3
+    assert fake_clock.sleeps == [0.3]  # the server's delay, not the (1 ms) backoff
+    # capped by backoff_max_s
+    standin.fault_hook = S.fail_first(1, status=429, kinds=("value",), headers={"Retry-After": "30"})
+    fetch(make_provider(backoff_max_s=5.0), S.tile_rows(1))
+    assert fake_clock.sleeps == [0.3, 5.0]
+
+
+def test_backoff_sequence_is_exponential_and_capped(standin, make_provider, fake_clock):
+    standin.fault_hook = S.fail_first(6, status=503, kinds=("value",))
+    provider = make_provider(backoff_base_s=1.0, backoff_max_s=8.0, max_retries=6,
+                             rng=S.MaxUpperRandom())
+    [p] = fetch(provider, S.tile_rows(1)).values()
+    assert p.status == "ok"
+    assert fake_clock.sleeps == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]  # base * 2**(attempt-1), capped
+    st = provider.stats()
+    assert st["retries"] == 6 and st["server_errors"] == 6 and st["failures"] == 0
+    # the jitter draws from [delay / 2, delay]
+    class Low:
+        @staticmethod
+        def uniform(a: float, b: float) -> float:
+            return a
+
+    fake_clock.sleeps.clear()
+    standin.fault_hook = S.fail_first(3, status=503, kinds=("value",))
+    fetch(make_provider(backoff_base_s=1.0, backoff_max_s=8.0, rng=Low()), S.tile_rows(1))
+    assert fake_clock.sleeps == [0.5, 1.0, 2.0]
 
 
 def test_transient_5xx_are_retried(standin, make_provider):
@@ -309,6 +330,9 @@ def test_closing_the_generator_early_does_not_hang(standin, make_provider):
         S.tile_rows(10, col_step=2), *Q1, "s2", bands=["B2"])
     first = next(gen)
     assert first.status == "ok"
-    t0 = time.monotonic()
-    gen.close()
-    assert time.monotonic() - t0 < 5
+    closer = threading.Thread(target=gen.close)
+    closer.start()
+    closer.join(timeout=60)  # a safety net, not a measurement: a hang fails here
+    assert not closer.is_alive()
+    # the blocks not started were cancelled: at most the submitted window (2 slots + 2) ran
+    assert len(standin.pixel_requests) <= 2 + 2 < 10

@@ -21,8 +21,6 @@ from .conftest import earth_search_items
 from .test_catalogs import _day
 
 pytestmark = [
-    pytest.mark.filterwarnings("ignore::PendingDeprecationWarning"),
-    pytest.mark.filterwarnings("ignore:The 'shapely.ops.transform:DeprecationWarning"),
     pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning"),
 ]
 

@@ -12,11 +12,9 @@ from rasterio.windows import from_bounds
 
 from rs_embed_pipeline.providers import LocalStacProvider, ProviderError, StacProvider
 
-# third-party noise from odc-geo / rasterio internals (affine `*`, shapely.ops.transform, and a
-# spurious cross-thread NotGeoreferencedWarning from rasterio.warp; results are checked exactly)
+# a spurious cross-thread NotGeoreferencedWarning from rasterio.warp (results are checked exactly);
+# affine's and shapely's deprecations inside odc-geo / rasterio: pyproject.toml filterwarnings
 pytestmark = [
-    pytest.mark.filterwarnings("ignore::PendingDeprecationWarning"),
-    pytest.mark.filterwarnings("ignore:The 'shapely.ops.transform:DeprecationWarning"),
     pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning"),
 ]
 
