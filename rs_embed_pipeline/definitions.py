@@ -16,6 +16,7 @@ import dagster as dg
 from rs_embed_pipeline.assets.answers import build_answer_assets
 from rs_embed_pipeline.assets.embeddings import build_embedding_assets, enabled_specs
 from rs_embed_pipeline.assets.patches import build_patches_asset
+from rs_embed_pipeline.vocabulary import MODALITIES
 from rs_embed_pipeline.assets.products import build_product_assets
 from rs_embed_pipeline.assets.tile_grid import build_tile_grid_asset
 from rs_embed_pipeline.executors import celery_executor, executor_for, step_retry_policy
@@ -147,12 +148,14 @@ def _build_definitions(settings: Settings, resources: dict[str, object] | None =
     resources["store"] = _with_regions(resources.get("store"), settings)
     validate_resources(resources)
     retry = step_retry_policy(settings)  # every asset: a killed step resumes from its stores
+    specs = enabled_specs(resources)  # each model resource's modalities
+    # Patches only for the modalities some model embeds (no S1 fetch when no model embeds S1).
+    fetched = [m for m in MODALITIES if any(spec.modality == m for spec in specs)]
     assets = [
         build_tile_grid_asset(config, partitions_def, retry_policy=retry),
-        build_patches_asset("s2", partitions_def, pool=fetch_pool, retry_policy=retry),
-        build_patches_asset("s1", partitions_def, pool=fetch_pool, retry_policy=retry),
+        *(build_patches_asset(m, partitions_def, pool=fetch_pool, retry_policy=retry) for m in fetched),
     ]
-    for spec in enabled_specs(resources):  # each model resource's modalities
+    for spec in specs:
         assets.extend(build_embedding_assets(spec, partitions_def, retry_policy=retry))
         assets.extend(build_product_assets(spec, partitions_def, retry_policy=retry))  # GeoParquet, COGs, STAC
         assets.extend(build_answer_assets(spec, partitions_def, retry_policy=retry))  # search index, change

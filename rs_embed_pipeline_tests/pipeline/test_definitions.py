@@ -229,6 +229,25 @@ def test_invalid_resource_field_fails_the_load_naming_it(tmp_path):
         build_definitions(settings, resources={**resources, "thor": ThorAdapter(worker_python="python", precision="fp8")})
 
 
+def test_patch_assets_only_for_the_modalities_a_model_embeds():
+    from rs_embed_pipeline.definitions import resources_for
+    from rs_embed_pipeline.resources import TerraFMAdapter
+
+    settings = Settings.from_env({"RS_EMBED_STORE": "/tmp/unused-store"})
+    resources = resources_for(settings)
+
+    def asset_names(res: dict) -> set[str]:
+        defs = build_definitions(settings, resources=res)
+        return {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
+
+    default = asset_names(resources)
+    assert {"s2_patches", "s1_patches", "terrafm_s1_embeddings"} <= default
+    s2_only = asset_names({**resources, "terrafm": TerraFMAdapter(worker_python="python", modalities=["s2"])})
+    assert "s1_patches" not in s2_only and "s2_patches" in s2_only
+    assert not {name for name in s2_only if name.startswith("terrafm_s1")}
+    assert default - s2_only == {"s1_patches"} | {name for name in default if name.startswith("terrafm_s1")}
+
+
 def _graphql(port: int, query: str) -> dict:
     req = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query}).encode(),
                                  headers={"Content-Type": "application/json"})
