@@ -17,7 +17,7 @@ from typing import Any
 import dagster as dg
 import numpy as np
 
-from rs_embed_pipeline.assets.embeddings import EmbeddingSpec, _model_id
+from rs_embed_pipeline.assets.embeddings import EmbeddingSpec
 from rs_embed_pipeline.assets.tile_grid import read_tile_grid
 from rs_embed_pipeline.metadata import add_partition_metadata, json_value, path_value
 from rs_embed_pipeline.partitions import BACKFILL_POLICY, region_windows
@@ -46,10 +46,6 @@ class ChangeConfig(dg.Config):
     """The check `changed_area_share` warns when more than this share of cells changed."""
     kind: str = "grid"
     """Compare "grid" cells (feature maps) or "pooled" tiles."""
-
-
-def _adapter(spec: EmbeddingSpec, terrafm: TerraFMAdapter, thor: ThorAdapter):
-    return terrafm if spec.resource_key == "terrafm" else thor
 
 
 def build_answer_assets(spec: EmbeddingSpec, partitions_def: dg.MultiPartitionsDefinition,
@@ -85,8 +81,8 @@ def build_answer_assets(spec: EmbeddingSpec, partitions_def: dg.MultiPartitionsD
         if bad or config.ann not in ("auto", "exact", "hnsw"):
             raise dg.Failure(f"{index_name} config: kinds must be among {list(S.KINDS)} (got {config.kinds}) and "
                              f"ann one of auto, exact, hnsw (got {config.ann!r})", allow_retries=False)
-        adapter = _adapter(spec, terrafm, thor)
-        model_id = _model_id(spec, adapter)
+        adapter = spec.adapter(terrafm, thor)
+        model_id = adapter.store_model_id
         per_partition: dict[str, dict[str, Any]] = {}
         totals = {"cells": 0, "build_s": 0.0}
         for part in region_windows(partitions_def, context.partition_keys):
@@ -168,8 +164,8 @@ def build_answer_assets(spec: EmbeddingSpec, partitions_def: dg.MultiPartitionsD
                              f"{config.distance_threshold}), max_changed_share in [0, 1] (got "
                              f"{config.max_changed_share}), kind grid or pooled (got {config.kind!r})",
                              allow_retries=False)
-        adapter = _adapter(spec, terrafm, thor)
-        model_id = _model_id(spec, adapter)
+        adapter = spec.adapter(terrafm, thor)
+        model_id = adapter.store_model_id
         per_partition: dict[str, dict[str, Any]] = {}
         findings = []
         for part in region_windows(partitions_def, context.partition_keys):

@@ -49,6 +49,10 @@ class EmbeddingSpec:
     modality: str        # "s2" | "s1"
     title: str
 
+    def adapter(self, terrafm: TerraFMAdapter, thor: ThorAdapter) -> ModelAdapterResource:
+        """This spec's model resource, of the two every per-model asset receives."""
+        return terrafm if self.resource_key == "terrafm" else thor
+
 
 EMBEDDING_SPECS = (
     EmbeddingSpec("terrafm_s2", "terrafm", "terrafm_b", "s2", "TerraFM-B, Sentinel-2"),
@@ -103,18 +107,13 @@ def _cube_time_axis(windows_def: Any, n_now: int) -> list[str]:
         years *= 2
 
 
-def _model_id(spec: EmbeddingSpec, adapter: ModelAdapterResource) -> str:
-    """Model id in store paths: the configured variant's (THOR model_key)."""
-    return adapter.store_model_id
-
-
 def _job(spec: EmbeddingSpec, store: PipelineStore, adapter: ModelAdapterResource, part: RegionWindow) -> PartitionJob:
     """The partition's patch store (at the model's tile size) and embedding store."""
     layout = store.layout
     return PartitionJob(
         key=part.key,
         patches_uri=layout.patches(spec.modality, part.region, part.window, adapter.tile_size_px),
-        embeddings_uri=layout.embeddings(_model_id(spec, adapter), spec.modality, part.region, part.window),
+        embeddings_uri=layout.embeddings(adapter.store_model_id, spec.modality, part.region, part.window),
     )
 
 
@@ -122,10 +121,6 @@ def _stores(spec: EmbeddingSpec, store: PipelineStore, adapter: ModelAdapterReso
     """The partition's store URIs by name (the products assets read them)."""
     job = _job(spec, store, adapter, part)
     return {"patches_uri": job.patches_uri, "embeddings_uri": job.embeddings_uri}
-
-
-def _model(spec: EmbeddingSpec, terrafm: TerraFMAdapter, thor: ThorAdapter) -> ModelAdapterResource:
-    return terrafm if spec.resource_key == "terrafm" else thor
 
 
 def build_embedding_assets(
@@ -165,7 +160,7 @@ def build_embedding_assets(
         terrafm: TerraFMAdapter,
         thor: ThorAdapter,
     ) -> dg.MaterializeResult:
-        adapter = _model(spec, terrafm, thor)
+        adapter = spec.adapter(terrafm, thor)
         if spec.modality not in adapter.modalities:
             raise dg.Failure(
                 f"{embeddings_name}: the {spec.resource_key} resource embeds modalities {adapter.modalities}, "
@@ -231,7 +226,7 @@ def build_embedding_assets(
             check_scheme(config.quantization)
         except QuantizationError as exc:
             raise dg.Failure(f"{cube_name} config: {exc}", allow_retries=False) from exc
-        adapter = _model(spec, terrafm, thor)
+        adapter = spec.adapter(terrafm, thor)
         window_keys = windows_def.get_partition_keys()
         time_axis = _cube_time_axis(windows_def, len(window_keys))
         t0 = time.perf_counter()
@@ -299,7 +294,7 @@ def _cube_window(spec: EmbeddingSpec, store: PipelineStore, adapter: ModelAdapte
     tiles = grid_df[grid_df["size_px"] == adapter.tile_size_px]
     ok = emb.indices_with_status("ok")
     pooled = dict(zip([emb.tile_ids[i] for i in ok], emb.read("pooled", ok)))
-    cube_uri = store.layout.cube(_model_id(spec, adapter), spec.modality, part.region)
+    cube_uri = store.layout.cube(adapter.store_model_id, spec.modality, part.region)
     patches = TileStore.open(job.patches_uri, "patches", storage_options=options)
     meta = run_metadata(emb.settings["adapter"], patches)
     window_index = window_keys.index(part.window)

@@ -18,7 +18,6 @@ import numpy as np
 
 from rs_embed_pipeline.assets.embeddings import (
     EmbeddingSpec,
-    _model_id,
     _stores,
     run_metadata,
 )
@@ -71,7 +70,7 @@ def _scene_ids(patches: TileStore) -> dict[str, list[str]]:
 
 
 def partition_facts(spec: EmbeddingSpec, store: PipelineStore, adapter: Any, part: RegionWindow) -> PartitionFacts:
-    model_id = _model_id(spec, adapter)
+    model_id = adapter.store_model_id
     uris = _stores(spec, store, adapter, part)
     try:
         emb = TileStore.open(uris["embeddings_uri"], "embeddings", storage_options=store.storage_options)
@@ -87,10 +86,6 @@ def partition_facts(spec: EmbeddingSpec, store: PipelineStore, adapter: Any, par
         meta=run_metadata(adapter_settings, patches), adapter_settings=adapter_settings,
         provider=dict(patches.settings.get("provider", {})), scene_ids=_scene_ids(patches),
     )
-
-
-def _adapter(spec: EmbeddingSpec, terrafm: TerraFMAdapter, thor: ThorAdapter) -> Any:
-    return terrafm if spec.resource_key == "terrafm" else thor
 
 
 def _geoparquet_uri(facts: PartitionFacts) -> str:
@@ -145,7 +140,7 @@ def build_product_assets(spec: EmbeddingSpec, partitions_def: dg.MultiPartitions
             return ({"rows": out["rows"], "row_groups": out["row_groups"], "bytes": out["bytes"],
                      "store_uri": path_value(out["uri"])}, out)
 
-        results = each_partition(context, store, _adapter(spec, terrafm, thor), produce)
+        results = each_partition(context, store, spec.adapter(terrafm, thor), produce)
         return dg.MaterializeResult(metadata={
             "geoparquet_version": geoparquet.GEOPARQUET_VERSION,
             "dimensions": int(results[0]["dimensions"]) if results else 0,
@@ -181,7 +176,7 @@ def build_product_assets(spec: EmbeddingSpec, partitions_def: dg.MultiPartitions
                      "store_uri": path_value(f"{facts.products_uri}/cog/{facts.part.region}/{facts.part.window}")},
                     {"files": files})
 
-        results = each_partition(context, store, _adapter(spec, terrafm, thor), produce)
+        results = each_partition(context, store, spec.adapter(terrafm, thor), produce)
         files = [f for r in results for f in r["files"]]
         return dg.MaterializeResult(metadata={
             "cog_files": json_value([{k: f[k] for k in ("uri", "bands", "height", "width", "overviews", "block_size",
@@ -197,7 +192,7 @@ def build_product_assets(spec: EmbeddingSpec, partitions_def: dg.MultiPartitions
                            "the GeoParquet and COGs, runtime and processing metadata and the source scene ids."))
     def stac_catalog_asset(context: dg.AssetExecutionContext, store: PipelineStore, terrafm: TerraFMAdapter,
                            thor: ThorAdapter) -> dg.MaterializeResult:
-        adapter = _adapter(spec, terrafm, thor)
+        adapter = spec.adapter(terrafm, thor)
         state: dict[str, Any] = {}
 
         def produce(facts: PartitionFacts):
