@@ -5,8 +5,6 @@ Every materialization of an asset carries the same keys, so the UI can plot them
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 from typing import Any
 from collections.abc import Iterable, Mapping, Sequence
@@ -14,6 +12,9 @@ from collections.abc import Iterable, Mapping, Sequence
 import dagster as dg
 import numpy as np
 
+# One PNG writer for every picture in metadata (cube previews, search and change maps); it caps the
+# size of what the event log stores.
+from rs_embed_pipeline.products.pictures import PREVIEW_MAX_SIDE, png as preview_png  # noqa: F401
 from rs_embed_pipeline.vocabulary import TILE_STATUSES
 
 STATUS_COLUMNS = TILE_STATUSES  # the status table's columns, in this order
@@ -78,30 +79,6 @@ def pca_rgb(features: np.ndarray) -> np.ndarray:
     return rgb.reshape(*shape, 3)
 
 
-# The preview is stored in the event log with every materialization: small regions are enlarged
-# (whole pixels, no smoothing) to be visible, large ones shrunk so that no side exceeds this.
-PREVIEW_MAX_SIDE = 512
-
-
-def preview_png(rgb: np.ndarray, min_side: int = 256, max_side: int = PREVIEW_MAX_SIDE) -> bytes:
-    """``[h, w, 3]`` uint8 as a PNG whose longer side is at most ``max_side`` pixels: enlarged by
-    a whole factor towards ``min_side`` (nearest neighbour), or shrunk (box filter) to fit."""
-    from PIL import Image
-
-    image = Image.fromarray(rgb, mode="RGB")
-    h, w = rgb.shape[:2]
-    factor = max(1, int(np.ceil(min_side / max(1, min(h, w)))))
-    factor = max(1, min(factor, max_side // max(1, h, w)))
-    if max(h, w) > max_side:
-        scale = max_side / max(h, w)
-        image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BOX)
-    elif factor > 1:
-        image = image.resize((w * factor, h * factor), Image.Resampling.NEAREST)
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", optimize=True)
-    return buf.getvalue()
-
-
 NOT_APPLICABLE = "n/a"
 
 
@@ -121,11 +98,6 @@ def ordered_for_people(metadata: Mapping[str, Any], first: Iterable[str]) -> dic
     head = [k for k in first if k in metadata and k not in tail]
     body = [k for k in metadata if k not in head and k not in tail]
     return {k: metadata[k] for k in head + body + tail}
-
-
-def preview_markdown(png: bytes, caption: str) -> dg.MarkdownMetadataValue:
-    encoded = base64.b64encode(png).decode()
-    return dg.MetadataValue.md(f"![{caption}](data:image/png;base64,{encoded})\n\n{caption}")
 
 
 # ------------------------------------------------------------------ embeddings and cubes (assets/embeddings.py)

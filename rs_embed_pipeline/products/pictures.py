@@ -42,15 +42,27 @@ def mark(rgb: np.ndarray, cells: Sequence[tuple[int, int]], color=(255, 0, 0)) -
     return out
 
 
-def png(rgb: np.ndarray, min_side: int = 256) -> bytes:
-    """uint8 RGB -> PNG bytes, enlarged by an integer factor (nearest) to at least ``min_side``."""
+# Pictures are stored in the event log with every materialization: small regions are enlarged
+# (whole pixels, no smoothing) to be visible, large ones shrunk so that no side exceeds this.
+PREVIEW_MAX_SIDE = 512
+
+
+def png(rgb: np.ndarray, min_side: int = 256, max_side: int = PREVIEW_MAX_SIDE) -> bytes:
+    """``[h, w, 3]`` uint8 as a PNG whose longer side is at most ``max_side`` pixels: enlarged by
+    a whole factor towards ``min_side`` (nearest neighbour), or shrunk (box filter) to fit."""
     from PIL import Image
 
     image = Image.fromarray(np.ascontiguousarray(rgb), mode="RGB")
-    factor = max(1, int(np.ceil(min_side / max(1, min(rgb.shape[:2])))))
-    image = image.resize((rgb.shape[1] * factor, rgb.shape[0] * factor), Image.Resampling.NEAREST)
+    h, w = rgb.shape[:2]
+    factor = max(1, int(np.ceil(min_side / max(1, min(h, w)))))
+    factor = max(1, min(factor, max_side // max(1, h, w)))
+    if max(h, w) > max_side:
+        scale = max_side / max(h, w)
+        image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BOX)
+    elif factor > 1:
+        image = image.resize((w * factor, h * factor), Image.Resampling.NEAREST)
     buf = io.BytesIO()
-    image.save(buf, format="PNG")
+    image.save(buf, format="PNG", optimize=True)
     return buf.getvalue()
 
 
