@@ -106,7 +106,7 @@ def run_one(n_tiles: int, root: Path, batch_size: int) -> dict:
     import dagster as dg
 
     from rs_embed_pipeline.definitions import build_definitions
-    from rs_embed_pipeline.resources import PipelineStore, TerraFMAdapter, ThorAdapter
+    from rs_embed_pipeline.resources import PipelineStore, TerraFMResource, ThorResource
     from rs_embed_pipeline.settings import Settings
     from rs_embed_pipeline_tests.pipeline.conftest import reference_dir, write_config
     from rs_embed_pipeline_tests.pipeline.fakes import SyntheticPixelsImagery
@@ -123,10 +123,10 @@ def run_one(n_tiles: int, root: Path, batch_size: int) -> dict:
         "store": PipelineStore(root=str(root / "store")),
         "imagery": SyntheticPixelsImagery(),
         "pipes_subprocess_client": dg.PipesSubprocessClient(),
-        "terrafm": TerraFMAdapter(worker_python=worker_python, device="cpu", batch_size=batch_size,
+        "terrafm": TerraFMResource(worker_python=worker_python, device="cpu", batch_size=batch_size,
                                   arch_json=json.dumps(case["arch"]),
                                   checkpoint=str(ref / "terrafm_s2_l2a" / "weights.pth")),
-        "thor": ThorAdapter(worker_python=worker_python, device="cpu", modalities=["s1"]),
+        "thor": ThorResource(worker_python=worker_python, device="cpu", modalities=["s1"]),
     }
     defs = build_definitions(settings, resources=resources)
     job = dg.define_asset_job("bench_chain", selection=CHAIN)

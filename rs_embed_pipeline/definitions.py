@@ -28,8 +28,8 @@ from rs_embed_pipeline.resources import (
     LocalStacImagery,
     PipelineStore,
     StacImagery,
-    TerraFMAdapter,
-    ThorAdapter,
+    TerraFMResource,
+    ThorResource,
 )
 from rs_embed_pipeline.schedules import build_embedding_job, build_latest_window_schedule
 from rs_embed_pipeline.settings import EARTH_SEARCH_URL, Settings
@@ -57,8 +57,8 @@ def resources_for(settings: Settings) -> dict[str, object]:
                                lease_ttl_s=settings.lease_ttl_s, regions_config=str(settings.config_path)),
         "imagery": imagery_for(settings),
         # rs-embed knob variables (docs/knobs.md) as the fields' defaults; resource config wins.
-        "terrafm": TerraFMAdapter(**model_common, **settings.knobs.get("terrafm", {})),
-        "thor": ThorAdapter(**model_common, **settings.knobs.get("thor", {})),
+        "terrafm": TerraFMResource(**model_common, **settings.knobs.get("terrafm", {})),
+        "thor": ThorResource(**model_common, **settings.knobs.get("thor", {})),
         "pipes_subprocess_client": dg.PipesSubprocessClient(),
     }
 
@@ -86,7 +86,7 @@ def validate_resources(resources: dict[str, Any]) -> None:
             _ = store.storage_options  # parses the JSON and refuses credentials
         except ValueError as exc:
             raise fail("store", "storage_options_json", exc) from None
-    models = {key: r for key, r in resources.items() if isinstance(r, (TerraFMAdapter, ThorAdapter))}
+    models = {key: r for key, r in resources.items() if isinstance(r, (TerraFMResource, ThorResource))}
     modalities = sorted({m for r in models.values() for m in r.modalities}) or ["s2"]
     imagery = resources.get("imagery")
     if isinstance(imagery, ImageryResource):
@@ -108,7 +108,7 @@ def validate_resources(resources: dict[str, Any]) -> None:
                                       "model_key", "patch_size", "image_size") if f in str(exc).lower().replace(" ", "_")),
                          "settings")
             raise fail(key, field, exc) from None
-        if isinstance(model, ThorAdapter):
+        if isinstance(model, ThorResource):
             for modality in model.modalities:  # e.g. unit_scale is S2-only
                 try:
                     thor_normalization(model.normalization, modality)

@@ -317,7 +317,7 @@ class EarthEngineImagery(ImageryResource):
 
 
 # --------------------------------------------------------------------------------------- models
-class ModelAdapterResource(dg.ConfigurableResource):
+class ModelResource(dg.ConfigurableResource):
     """A model adapter: its settings, and how to run it in the worker environment via Pipes."""
 
     checkpoint: str | None = Field(
@@ -419,7 +419,7 @@ class ModelAdapterResource(dg.ConfigurableResource):
         return read_messages(invocation.get_custom_messages())
 
 
-class TerraFMAdapter(ModelAdapterResource):
+class TerraFMResource(ModelResource):
     """TerraFM-B (MBZUAI): 224 px tiles, S2 (12 bands) and S1 (VV, VH)."""
 
     s2_branch: str = Field(default="l2a", description="l2a (right for surface reflectance) | l1c (rs-embed 0.3.1)")
@@ -433,7 +433,7 @@ class TerraFMAdapter(ModelAdapterResource):
         return {"s2_branch": self.s2_branch}
 
 
-class ThorAdapter(ModelAdapterResource):
+class ThorResource(ModelResource):
     """THOR 1.0 (FM4CS; base by default) via the TerraTorch-compatible encoder: 288 px tiles at 10 m."""
 
     model_key: str = Field(

@@ -16,9 +16,9 @@ from rs_embed_pipeline.models import knobs as K
 from rs_embed_pipeline.models.errors import ModelInputError
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "knobs.md"
-CLASSES = {n: getattr(R, n) for n in ("TerraFMAdapter", "ThorAdapter", "ImageryResource", "EarthEngineImagery",
+CLASSES = {n: getattr(R, n) for n in ("TerraFMResource", "ThorResource", "ImageryResource", "EarthEngineImagery",
                                       "LocalStacImagery", "StacImagery")}
-RESOURCE_KEY = {"TerraFMAdapter": "terrafm", "ThorAdapter": "thor", "ImageryResource": "imagery"}
+RESOURCE_KEY = {"TerraFMResource": "terrafm", "ThorResource": "thor", "ImageryResource": "imagery"}
 NOT_KNOBS = {"model_id", "provider_name"}  # identity constants, not settings
 ENV_RE = re.compile(r"`([A-Z][A-Z0-9_]+)`")
 FIELD_RE = re.compile(r"`(\w+)\.(\w+)`")
@@ -144,16 +144,16 @@ def test_every_knob_and_field_is_documented():
     documented_envs = {e for r in ROWS for e in r["envs"]}
     assert set(K.ENV_VARS) - {"HF_HUB_CACHE"} <= documented_envs
     documented = {f for r in ROWS for f in r["fields"]}
-    for cls_name in ("TerraFMAdapter", "ThorAdapter", "ImageryResource"):
+    for cls_name in ("TerraFMResource", "ThorResource", "ImageryResource"):
         cls = CLASSES[cls_name]
         for field in set(cls.model_fields) - NOT_KNOBS:
-            if cls_name == "ImageryResource" or field not in R.ModelAdapterResource.model_fields \
+            if cls_name == "ImageryResource" or field not in R.ModelResource.model_fields \
                     or (cls_name, field) in documented:
                 assert (cls_name, field) in documented, f"{cls_name}.{field} is not in docs/knobs.md"
-    for field in R.ModelAdapterResource.model_fields:
+    for field in R.ModelResource.model_fields:
         if field in NOT_KNOBS:
             continue
-        assert {("TerraFMAdapter", field), ("ThorAdapter", field)} & documented, field
+        assert {("TerraFMResource", field), ("ThorResource", field)} & documented, field
     assert ("EarthEngineImagery", "s1_require_iw") in documented
 
 

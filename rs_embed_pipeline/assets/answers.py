@@ -21,7 +21,7 @@ from rs_embed_pipeline.assets.embeddings import EmbeddingSpec
 from rs_embed_pipeline.assets.tile_grid import read_tile_grid
 from rs_embed_pipeline.metadata import add_partition_metadata, json_value, path_value
 from rs_embed_pipeline.partitions import BACKFILL_POLICY, region_windows
-from rs_embed_pipeline.resources import CODE_VERSION, PipelineStore, TerraFMAdapter, ThorAdapter
+from rs_embed_pipeline.resources import CODE_VERSION, PipelineStore, TerraFMResource, ThorResource
 
 DEFAULT_CHANGE_THRESHOLD = 0.05
 DEFAULT_MAX_CHANGED_SHARE = 0.2
@@ -74,7 +74,7 @@ def build_answer_assets(spec: EmbeddingSpec, partitions_def: dg.MultiPartitionsD
         ),
     )
     def search_index(context: dg.AssetExecutionContext, config: SearchIndexConfig, store: PipelineStore,
-                     terrafm: TerraFMAdapter, thor: ThorAdapter) -> dg.MaterializeResult:
+                     terrafm: TerraFMResource, thor: ThorResource) -> dg.MaterializeResult:
         from rs_embed_pipeline.products import search as S
 
         bad = [k for k in config.kinds if k not in S.KINDS] or ([] if config.kinds else ["(none)"])
@@ -149,7 +149,7 @@ def build_answer_assets(spec: EmbeddingSpec, partitions_def: dg.MultiPartitionsD
         ),
     )
     def change(context: dg.AssetExecutionContext, config: ChangeConfig, store: PipelineStore,
-               terrafm: TerraFMAdapter, thor: ThorAdapter) -> dg.MaterializeResult:
+               terrafm: TerraFMResource, thor: ThorResource) -> dg.MaterializeResult:
         from rs_embed_pipeline.products import change as C
         from rs_embed_pipeline.products import pictures
 

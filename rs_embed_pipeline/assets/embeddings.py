@@ -23,7 +23,7 @@ from rs_embed_pipeline.metadata import (
 )
 from rs_embed_pipeline.partitions import BACKFILL_POLICY, RegionWindow, region_windows
 from rs_embed_pipeline.products.preview import cube_window_preview
-from rs_embed_pipeline.resources import CODE_VERSION, ModelAdapterResource, PipelineStore, TerraFMAdapter, ThorAdapter
+from rs_embed_pipeline.resources import CODE_VERSION, ModelResource, PipelineStore, TerraFMResource, ThorResource
 from rs_embed_pipeline.stores import StoreError, TileStore
 from rs_embed_pipeline.stores.cube import TileStoreGrids, check_georeferencing, write_cube_window
 from rs_embed_pipeline.worker.protocol import PartitionJob
@@ -49,7 +49,7 @@ class EmbeddingSpec:
     modality: str        # "s2" | "s1"
     title: str
 
-    def adapter(self, terrafm: TerraFMAdapter, thor: ThorAdapter) -> ModelAdapterResource:
+    def adapter(self, terrafm: TerraFMResource, thor: ThorResource) -> ModelResource:
         """This spec's model resource, of the two every per-model asset receives."""
         return terrafm if self.resource_key == "terrafm" else thor
 
@@ -107,7 +107,7 @@ def _cube_time_axis(windows_def: Any, n_now: int) -> list[str]:
         years *= 2
 
 
-def _job(spec: EmbeddingSpec, store: PipelineStore, adapter: ModelAdapterResource, part: RegionWindow) -> PartitionJob:
+def _job(spec: EmbeddingSpec, store: PipelineStore, adapter: ModelResource, part: RegionWindow) -> PartitionJob:
     """The partition's patch store (at the model's tile size) and embedding store."""
     layout = store.layout
     return PartitionJob(
@@ -117,7 +117,7 @@ def _job(spec: EmbeddingSpec, store: PipelineStore, adapter: ModelAdapterResourc
     )
 
 
-def _stores(spec: EmbeddingSpec, store: PipelineStore, adapter: ModelAdapterResource, part: RegionWindow) -> dict[str, str]:
+def _stores(spec: EmbeddingSpec, store: PipelineStore, adapter: ModelResource, part: RegionWindow) -> dict[str, str]:
     """The partition's store URIs by name (the products assets read them)."""
     job = _job(spec, store, adapter, part)
     return {"patches_uri": job.patches_uri, "embeddings_uri": job.embeddings_uri}
@@ -157,8 +157,8 @@ def build_embedding_assets(
         config: EmbeddingsConfig,
         store: PipelineStore,
         pipes_subprocess_client: dg.PipesSubprocessClient,
-        terrafm: TerraFMAdapter,
-        thor: ThorAdapter,
+        terrafm: TerraFMResource,
+        thor: ThorResource,
     ) -> dg.MaterializeResult:
         adapter = spec.adapter(terrafm, thor)
         if spec.modality not in adapter.modalities:
@@ -217,8 +217,8 @@ def build_embedding_assets(
         ),
     )
     def cube(
-        context: dg.AssetExecutionContext, config: CubeConfig, store: PipelineStore, terrafm: TerraFMAdapter,
-        thor: ThorAdapter,
+        context: dg.AssetExecutionContext, config: CubeConfig, store: PipelineStore, terrafm: TerraFMResource,
+        thor: ThorResource,
     ) -> dg.MaterializeResult:
         from rs_embed_pipeline.products.quantize import QuantizationError, check_scheme
 
@@ -281,7 +281,7 @@ class CubeWindow:
         }
 
 
-def _cube_window(spec: EmbeddingSpec, store: PipelineStore, adapter: ModelAdapterResource, part: RegionWindow,
+def _cube_window(spec: EmbeddingSpec, store: PipelineStore, adapter: ModelResource, part: RegionWindow,
                  window_keys: list[str], time_axis: list[str], config: CubeConfig) -> CubeWindow:
     """Write one partition's embeddings into its region's cube; check and preview what was written."""
     job = _job(spec, store, adapter, part)

@@ -29,7 +29,7 @@ from rs_embed_pipeline.inspection import inspect_patch, summarize
 from rs_embed_pipeline.metadata import add_partition_metadata, json_value, path_value, status_table
 from rs_embed_pipeline.partitions import BACKFILL_POLICY, region_windows
 from rs_embed_pipeline.providers.base import backoff_s
-from rs_embed_pipeline.resources import CODE_VERSION, ImageryResource, PipelineStore, TerraFMAdapter, ThorAdapter
+from rs_embed_pipeline.resources import CODE_VERSION, ImageryResource, PipelineStore, TerraFMResource, ThorResource
 from rs_embed_pipeline.stores import ArraySpec, StoreError, TileStore
 from rs_embed_pipeline.vocabulary import MODALITY_BANDS, PATCH_STATUSES, PROVIDER_UNITS, S1_POLARISATIONS, TILE_STATUSES
 
@@ -64,13 +64,13 @@ def tiles_sha256(tiles: Any) -> str:
     return hashlib.sha256("\n".join(map(str, tiles["tile_id"])).encode()).hexdigest()
 
 
-def patch_sizes(modality: str, terrafm: TerraFMAdapter, thor: ThorAdapter) -> list[int]:
+def patch_sizes(modality: str, terrafm: TerraFMResource, thor: ThorResource) -> list[int]:
     """Tile sizes of the models that embed ``modality`` (their ``modalities``; THOR: S2 by default)."""
     sizes = {a.tile_size_px for a in (terrafm, thor) if modality in a.modalities}
     return sorted(sizes or {terrafm.tile_size_px})
 
 
-def fetch_workers(modality: str, terrafm: TerraFMAdapter, thor: ThorAdapter) -> int:
+def fetch_workers(modality: str, terrafm: TerraFMResource, thor: ThorResource) -> int:
     """Fetch threads: the largest ``fetch_workers`` of the models that embed ``modality``."""
     return max([a.fetch_workers for a in (terrafm, thor) if modality in a.modalities] or [terrafm.fetch_workers])
 
@@ -294,8 +294,8 @@ def build_patches_asset(
         config: PatchesConfig,
         store: PipelineStore,
         imagery: ImageryResource,
-        terrafm: TerraFMAdapter,
-        thor: ThorAdapter,
+        terrafm: TerraFMResource,
+        thor: ThorResource,
     ):
         provider = imagery.build(fetch_workers=fetch_workers(modality, terrafm, thor))
         sensor_options = imagery.sensor_options(modality)

@@ -34,8 +34,8 @@ from rs_embed_pipeline.products.reader import (
 from rs_embed_pipeline.resources import (
     CODE_VERSION,
     PipelineStore,
-    TerraFMAdapter,
-    ThorAdapter,
+    TerraFMResource,
+    ThorResource,
 )
 from rs_embed_pipeline.stores import StoreError, TileStore
 from rs_embed_pipeline.stores.cube import model_url
@@ -127,8 +127,8 @@ def build_product_assets(spec: EmbeddingSpec, partitions_def: dg.MultiPartitions
                            "one row per tile (footprint in EPSG:4326, centre lon/lat, window, fixed-size float32 "
                            "vector, model and weights sha256, source scenes, deterministic unique_id), bbox "
                            "covering column, rows in Hilbert order. Reads in DuckDB, GeoPandas, LanceDB, pgvector."))
-    def pooled_geoparquet(context: dg.AssetExecutionContext, store: PipelineStore, terrafm: TerraFMAdapter,
-                          thor: ThorAdapter) -> dg.MaterializeResult:
+    def pooled_geoparquet(context: dg.AssetExecutionContext, store: PipelineStore, terrafm: TerraFMResource,
+                          thor: ThorResource) -> dg.MaterializeResult:
         def produce(facts: PartitionFacts):
             vectors = tile_vectors(facts.cube_uri, facts.tiles, facts.part.start, store.storage_options)
             dims = _pooled_dim(facts, store)
@@ -155,8 +155,8 @@ def build_product_assets(spec: EmbeddingSpec, partitions_def: dg.MultiPartitions
                            "region x window x UTM zone x (grid | pooled), north-up, embedding features as bands, "
                            "CRS and NaN nodata, internal tiles of 64-256 px (at most 16 MiB each), ZSTD + float "
                            "predictor, overviews that average and re-normalise the vectors."))
-    def cube_cogs(context: dg.AssetExecutionContext, store: PipelineStore, terrafm: TerraFMAdapter,
-                  thor: ThorAdapter) -> dg.MaterializeResult:
+    def cube_cogs(context: dg.AssetExecutionContext, store: PipelineStore, terrafm: TerraFMResource,
+                  thor: ThorResource) -> dg.MaterializeResult:
         def produce(facts: PartitionFacts):
             files = []
             present = set(cube_zones(facts.cube_uri, store.storage_options))
@@ -190,8 +190,8 @@ def build_product_assets(spec: EmbeddingSpec, partitions_def: dg.MultiPartitions
                            "with emb:type, emb:dimensions, emb:chip_layout, gsd, data_type and links to the model "
                            "and source data; one Item per region x window with the cube as its `embeddings` asset, "
                            "the GeoParquet and COGs, runtime and processing metadata and the source scene ids."))
-    def stac_catalog_asset(context: dg.AssetExecutionContext, store: PipelineStore, terrafm: TerraFMAdapter,
-                           thor: ThorAdapter) -> dg.MaterializeResult:
+    def stac_catalog_asset(context: dg.AssetExecutionContext, store: PipelineStore, terrafm: TerraFMResource,
+                           thor: ThorResource) -> dg.MaterializeResult:
         adapter = spec.adapter(terrafm, thor)
         state: dict[str, Any] = {}
 

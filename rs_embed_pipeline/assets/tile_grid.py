@@ -13,7 +13,7 @@ from rs_embed_pipeline.grid import build_tile_grid
 from rs_embed_pipeline.metadata import add_partition_metadata, json_value, path_value
 from rs_embed_pipeline.partitions import BACKFILL_POLICY, region_windows
 from rs_embed_pipeline.regions import PipelineConfig
-from rs_embed_pipeline.resources import CODE_VERSION, PipelineStore, TerraFMAdapter, ThorAdapter
+from rs_embed_pipeline.resources import CODE_VERSION, PipelineStore, TerraFMResource, ThorResource
 from rs_embed_pipeline.stores.files import read_bytes, write_bytes_atomic
 
 
@@ -26,7 +26,7 @@ def read_tile_grid(store: PipelineStore, region: str, window: str) -> gpd.GeoDat
     return gpd.read_parquet(io.BytesIO(payload))
 
 
-def tile_sizes(terrafm: TerraFMAdapter, thor: ThorAdapter) -> list[tuple[int, float]]:
+def tile_sizes(terrafm: TerraFMResource, thor: ThorResource) -> list[tuple[int, float]]:
     """(size_px, scale_m) of every model's native tile; one grid per distinct size (docs/architecture.md)."""
     return sorted({(terrafm.tile_size_px, terrafm.scale_m), (thor.tile_size_px, thor.scale_m)})
 
@@ -62,8 +62,8 @@ def build_tile_grid_asset(config: PipelineConfig, partitions_def: dg.PartitionsD
     def tile_grid(
         context: dg.AssetExecutionContext,
         store: PipelineStore,
-        terrafm: TerraFMAdapter,
-        thor: ThorAdapter,
+        terrafm: TerraFMResource,
+        thor: ThorResource,
     ) -> dg.MaterializeResult:
         """GeoParquet of the global, stable, UTM-aligned tiles covering the region's AOI.
 

@@ -47,16 +47,16 @@ def write_config(path: Path, regions: list[dict], cadence: str = "quarterly") ->
 
 def reduced_model_resources(worker_python: str) -> dict:
     """TerraFM-B and THOR adapters at the fixtures' reduced size, with the fixtures' weights."""
-    from rs_embed_pipeline.resources import TerraFMAdapter, ThorAdapter
+    from rs_embed_pipeline.resources import TerraFMResource, ThorResource
 
     ref = reference_dir()
     terrafm_case = json.loads((ref / "terrafm_s2_l2a" / "case.json").read_text())
     thor_case = json.loads((ref / "thor_s2_p16" / "case.json").read_text())
     return {
-        "terrafm": TerraFMAdapter(worker_python=worker_python, device="cpu", batch_size=4,
+        "terrafm": TerraFMResource(worker_python=worker_python, device="cpu", batch_size=4,
                                   arch_json=json.dumps(terrafm_case["arch"]),
                                   checkpoint=str(ref / "terrafm_s2_l2a" / "weights.pth")),
-        "thor": ThorAdapter(worker_python=worker_python, device="cpu", batch_size=4,
+        "thor": ThorResource(worker_python=worker_python, device="cpu", batch_size=4,
                             arch_json=json.dumps(thor_case["arch"]),
                             checkpoint=str(ref / "thor_s2_p16" / "weights.pt")),
     }

@@ -139,7 +139,7 @@ def build(tmp: Path, catalog: Path | None, worker_python: str, bbox: list[float]
     import dagster as dg
 
     from rs_embed_pipeline.definitions import build_definitions
-    from rs_embed_pipeline.resources import LocalStacImagery, PipelineStore, TerraFMAdapter
+    from rs_embed_pipeline.resources import LocalStacImagery, PipelineStore, TerraFMResource
     from rs_embed_pipeline.settings import Settings
     from rs_embed_pipeline_tests.pipeline.conftest import reduced_model_resources, write_config
     from rs_embed_pipeline_tests.pipeline.fakes import SyntheticPixelsImagery
@@ -157,7 +157,7 @@ def build(tmp: Path, catalog: Path | None, worker_python: str, bbox: list[float]
     models = reduced_model_resources(worker_python)
     terrafm = models["terrafm"]
     # Small batches, so that a kill can fall between two batches of a handful of tiles.
-    models["terrafm"] = TerraFMAdapter(worker_python=worker_python, device="cpu", batch_size=batch_size,
+    models["terrafm"] = TerraFMResource(worker_python=worker_python, device="cpu", batch_size=batch_size,
                                        arch_json=terrafm.arch_json, checkpoint=terrafm.checkpoint)
     resources = {
         "store": PipelineStore(root=str(store_root), lease_wait_s=settings.lease_wait_s,

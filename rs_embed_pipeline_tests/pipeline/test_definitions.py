@@ -213,12 +213,12 @@ def test_invalid_resource_field_fails_the_load_naming_it(tmp_path):
 
     settings = Settings.from_env({"RS_EMBED_STORE": "/tmp/unused-store", "RS_EMBED_THOR_NORMALIZE": "unit_scale"})
     resources = resources_for(settings)
-    from rs_embed_pipeline.resources import LocalStacImagery, ThorAdapter
+    from rs_embed_pipeline.resources import LocalStacImagery, ThorResource
 
     # unit_scale, and rs-embed's S2 alias zscore, are valid for S2 only: with S1 embedded too, the
     # load fails (it used to fail in the S1 worker, after the fetch).
     for normalization in ("unit_scale", "zscore"):
-        thor = ThorAdapter(worker_python="python", normalization=normalization, modalities=["s2", "s1"])
+        thor = ThorResource(worker_python="python", normalization=normalization, modalities=["s2", "s1"])
         with pytest.raises(ValueError, match=rf"Invalid RS_EMBED_THOR_NORMALIZE \(thor.normalization\): "
                                              rf".*{normalization}.* Use one of: thor_stats .*none"):
             build_definitions(settings, resources={**resources, "thor": thor})
@@ -226,12 +226,12 @@ def test_invalid_resource_field_fails_the_load_naming_it(tmp_path):
                                          r"Use 'median' or 'mosaic'"):
         build_definitions(settings, resources={**resources, "imagery": LocalStacImagery(catalog_path="x", composite="max")})
     with pytest.raises(ValueError, match=r"Invalid resource field thor.precision: 'fp8'; valid values: fp32, bf16"):
-        build_definitions(settings, resources={**resources, "thor": ThorAdapter(worker_python="python", precision="fp8")})
+        build_definitions(settings, resources={**resources, "thor": ThorResource(worker_python="python", precision="fp8")})
 
 
 def test_patch_assets_only_for_the_modalities_a_model_embeds():
     from rs_embed_pipeline.definitions import resources_for
-    from rs_embed_pipeline.resources import TerraFMAdapter
+    from rs_embed_pipeline.resources import TerraFMResource
 
     settings = Settings.from_env({"RS_EMBED_STORE": "/tmp/unused-store"})
     resources = resources_for(settings)
@@ -242,7 +242,7 @@ def test_patch_assets_only_for_the_modalities_a_model_embeds():
 
     default = asset_names(resources)
     assert {"s2_patches", "s1_patches", "terrafm_s1_embeddings"} <= default
-    s2_only = asset_names({**resources, "terrafm": TerraFMAdapter(worker_python="python", modalities=["s2"])})
+    s2_only = asset_names({**resources, "terrafm": TerraFMResource(worker_python="python", modalities=["s2"])})
     assert "s1_patches" not in s2_only and "s2_patches" in s2_only
     assert not {name for name in s2_only if name.startswith("terrafm_s1")}
     assert default - s2_only == {"s1_patches"} | {name for name in default if name.startswith("terrafm_s1")}
