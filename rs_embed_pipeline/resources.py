@@ -426,6 +426,10 @@ class TerraFMResource(ModelResource):
     model_id: str = "terrafm_b"
 
     @property
+    def title(self) -> str:
+        return "TerraFM-B"
+
+    @property
     def tile_size_px(self) -> int:
         return 224
 
@@ -449,6 +453,10 @@ class ThorResource(ModelResource):
         default=["s2"], description="Modalities THOR embeds: ['s2'] (default) or ['s2', 's1'] (adds the "
         "thor_s1_embeddings / thor_s1_cube assets).")
     model_id: str = "thor_1_0_base"
+
+    @property
+    def title(self) -> str:
+        return f"THOR 1.0 {self.variant}"
 
     @property
     def tile_size_px(self) -> int:
