@@ -7,7 +7,7 @@ WORKER_VENV := .venv-worker
 DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export DAGSTER_HOME
 
-.PHONY: setup system-packages demo test ui screenshots clean
+.PHONY: setup system-packages demo test ui screenshots knobs-doc clean
 
 setup: $(VENV)/.installed $(WORKER_VENV)/.installed
 
@@ -61,6 +61,11 @@ ui: setup
 # models in a throw-away instance, `dagster dev`, Chromium (same helpers as the browser test).
 screenshots: setup
 	$(VENV)/bin/python scripts/screenshots.py --out docs/screenshots
+
+# docs/knobs.md is generated from the knob table (rs_embed_pipeline/config/knobs.yaml, knob_table.py): run this
+# after changing a row; rs_embed_pipeline_tests/test_knobs_doc.py fails while the file is out of date.
+knobs-doc: $(VENV)/.installed
+	$(VENV)/bin/python -m rs_embed_pipeline.knob_table --write docs/knobs.md
 
 clean:
 	rm -rf $(VENV) $(WORKER_VENV) .system-packages.stamp data .dagster_home

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 from pydantic import Field
 
+from rs_embed_pipeline.knob_table import field_default, knob_field
+from rs_embed_pipeline.leases import DEFAULT_TTL_S, DEFAULT_WAIT_S
 from rs_embed_pipeline.providers.base import PatchProvider
 from rs_embed_pipeline.stores import StoreLayout
 from rs_embed_pipeline.vocabulary import MODALITIES
@@ -25,7 +27,7 @@ if TYPE_CHECKING:
     from rs_embed_pipeline.worker.protocol import PartitionJob, WorkerReport
 
 CODE_VERSION = "1"  # bump when a change alters stored numbers; it is part of every store fingerprint
-DEFAULT_FETCH_WORKERS = 8
+DEFAULT_FETCH_WORKERS: int = field_default("ModelResource", "fetch_workers")  # a provider's threads, no model's given
 
 
 class PipelineStore(dg.ConfigurableResource):
@@ -40,10 +42,10 @@ class PipelineStore(dg.ConfigurableResource):
     )
 
     lease_wait_s: float = Field(
-        default=600.0, description="A step waits this long for another run writing the same region x "
+        default=DEFAULT_WAIT_S, description="A step waits this long for another run writing the same region x "
         "window (leases.py), then fails naming that run; 0: fail at once.")
     lease_ttl_s: float = Field(
-        default=120.0, description="A writer's lease lapses this long after its last heartbeat (a killed "
+        default=DEFAULT_TTL_S, description="A writer's lease lapses this long after its last heartbeat (a killed "
         "step); a retried step of the same run re-enters at once.")
     regions_config: str | None = Field(
         default=None, description="The regions / time-window YAML (RS_EMBED_CONFIG), to resolve a run's "
@@ -58,8 +60,8 @@ class PipelineStore(dg.ConfigurableResource):
         """Hold the lease of every region x window of the run while a step uses the store (one
         writer per partition: rs_embed_pipeline.leases)."""
         run = context.run
-        parts = self._run_partitions(run) if run is not None and self.regions_config else []
-        if not parts:
+        parts = self._run_partitions(run) if run is not None else []
+        if run is None or not parts:
             yield self
             return
         from rs_embed_pipeline.leases import LeaseBusy, partition_leases
@@ -83,6 +85,8 @@ class PipelineStore(dg.ConfigurableResource):
         from rs_embed_pipeline.partitions import build_partitions, region_windows
         from rs_embed_pipeline.regions import load_pipeline_config
 
+        if not self.regions_config:  # no regions file: no leases
+            return []
         partitions_def = build_partitions(load_pipeline_config(Path(self.regions_config)))
         subset = run.get_resolved_partitions_subset_for_events(partitions_def)
         if subset is None:
@@ -103,24 +107,15 @@ class ImageryResource(dg.ConfigurableResource):
     """Shared sensor settings of every provider (rs-embed's sensor options; recorded on the patch
     materializations and, through the patch store, on every embeddings / cube materialization)."""
 
-    cloudy_pct: float = Field(default=30, description="S2 scenes with more cloud (%) are dropped.")
-    composite: str = Field(default="median", description="median | mosaic (latest valid on top).")
-    s1_orbit: str | None = Field(default=None, description="ASCENDING | DESCENDING | None (both).")
-    fill_value: float = Field(
-        default=0.0, description="Value written to pixels without a valid observation (S2 and S1; the "
-        "valid mask still marks them).")
-    use_float_linear: bool = Field(
-        default=True, description="S1: the source holds linear sigma0 power (Earth Engine S1_GRD_FLOAT). "
-        "False: it holds dB (S1_GRD, dB GeoTIFFs), converted to linear power 10**(dB/10) before compositing.")
-    check_input: bool = Field(
-        default=True, description="Inspect every fetched patch (channels, value range, fill/NaN fraction, "
-        "constant tiles, unit mismatches): flags in tile_meta['input_check'] and the input_inspection check.")
-    check_raise: bool = Field(
-        default=False, description="A flagged patch fails the input_inspection check with ERROR severity, "
-        "which blocks the embeddings downstream; False: the check warns.")
-    max_failure_fraction: float = Field(
-        default=0.1, description="A patch asset fails when more tiles than this fraction fail."
-    )
+    # Defaults and descriptions: the knob table (config/knobs.yaml), which docs/knobs.md is generated from.
+    cloudy_pct: float = knob_field("ImageryResource", "cloudy_pct")
+    composite: str = knob_field("ImageryResource", "composite")
+    s1_orbit: str | None = knob_field("ImageryResource", "s1_orbit")
+    fill_value: float = knob_field("ImageryResource", "fill_value")
+    use_float_linear: bool = knob_field("ImageryResource", "use_float_linear")
+    check_input: bool = knob_field("ImageryResource", "check_input")
+    check_raise: bool = knob_field("ImageryResource", "check_raise")
+    max_failure_fraction: float = knob_field("ImageryResource", "max_failure_fraction")
 
     provider_name: str = "abstract"
 
@@ -173,23 +168,12 @@ class LocalStacImagery(ImageryResource):
     a real catalog (``catalog_preset``)."""
 
     catalog_path: str
-    max_workers: int | None = Field(
-        default=None, description="Fetch threads; None: the fetch_workers of the model adapters.")
-    catalog_preset: str | None = Field(
-        default=None, description="The catalog's layout: earth-search-c1 | earth-search-l2a | planetary-computer "
-        "(S2 collection, band -> asset keys, SCL key: providers/catalogs.py CATALOG_PRESETS); None: the "
-        "catalog's own (user-scene catalogs record theirs), else the synthetic layout.")
-    s2_collection: str | None = Field(
-        default=None, description="S2 collection id; None: the preset's, else the catalog's own (user-scene "
-        "catalogs record theirs), else synthetic-s2-l2a.")
-    s1_collection: str | None = Field(
-        default=None, description="S1 collection id; None: the catalog's own, else synthetic-s1-grd.")
-    s2_assets: dict[str, str] | None = Field(
-        default=None, description="S2 band -> asset key (e.g. {'B8A': 'B8A'}), laid over the preset's map "
-        "(else Earth Search C1's keys).")
-    mask_asset: str | None = Field(
-        default=None, description="S2 SCL asset key; None: the preset's, else the catalog's own choice, else "
-        "'scl'; 'none' disables SCL masking.")
+    max_workers: int | None = knob_field("LocalStacImagery", "max_workers")
+    catalog_preset: str | None = knob_field("LocalStacImagery", "catalog_preset")
+    s2_collection: str | None = knob_field("LocalStacImagery", "s2_collection")
+    s1_collection: str | None = knob_field("LocalStacImagery", "s1_collection")
+    s2_assets: dict[str, str] | None = knob_field("LocalStacImagery", "s2_assets")
+    mask_asset: str | None = knob_field("LocalStacImagery", "mask_asset")
     provider_name: str = "local_stac"
 
     def catalog(self) -> dict[str, Any]:
@@ -224,26 +208,14 @@ class StacImagery(ImageryResource):
     """A STAC API: Earth Search Sentinel-2 L2A collection 1 by default, or another known catalog
     (``catalog_preset``); each catalog field set here wins over the preset's."""
 
-    catalog_preset: str = Field(
-        default="earth-search-c1", description="earth-search-c1 | earth-search-l2a (the older Earth Search "
-        "collection) | planetary-computer: the catalog's API URL, S2 collection, band -> asset keys, SCL key "
-        "and URL signing (providers/catalogs.py CATALOG_PRESETS).")
-    api_url: str | None = Field(
-        default=None, description="STAC API URL; None: the preset's (RS_EMBED_STAC_URL sets it).")
-    collection: str | None = Field(default=None, description="S2 collection id; None: the preset's.")
-    s1_collection: str | None = Field(
-        default=None, description="S1 collection of calibrated linear sigma0 (VV, VH); None: none (S1 from Earth "
-        "Engine). Gamma0 (Planetary Computer sentinel-1-rtc) and uncalibrated DN (Earth Search sentinel-1-grd) "
-        "are refused.")
-    s2_assets: dict[str, str] | None = Field(
-        default=None, description="S2 band -> asset key (e.g. {'B8A': 'nir08'}), laid over the preset's map.")
-    mask_asset: str | None = Field(
-        default=None, description="S2 SCL asset key; None: the preset's; 'none' disables SCL masking.")
-    patch_url: str | None = Field(
-        default=None, description="Asset href signing: none | planetary_computer (SAS tokens, package "
-        "planetary-computer); None: the preset's.")
-    max_workers: int | None = Field(
-        default=None, description="Fetch threads; None: the fetch_workers of the model adapters.")
+    catalog_preset: str = knob_field("StacImagery", "catalog_preset")
+    api_url: str | None = knob_field("StacImagery", "api_url")
+    collection: str | None = knob_field("StacImagery", "collection")
+    s1_collection: str | None = knob_field("StacImagery", "s1_collection")
+    s2_assets: dict[str, str] | None = knob_field("StacImagery", "s2_assets")
+    mask_asset: str | None = knob_field("StacImagery", "mask_asset")
+    patch_url: str | None = knob_field("StacImagery", "patch_url")
+    max_workers: int | None = knob_field("StacImagery", "max_workers")
     provider_name: str = "stac"
 
     def catalog(self) -> dict[str, Any]:
@@ -290,9 +262,8 @@ class EarthEngineImagery(ImageryResource):
     anonymous: bool = Field(
         default=False, description="No credentials: only for a local Earth Engine stand-in (tests)."
     )
-    s1_require_iw: bool = Field(default=True, description="S1: keep only IW-mode scenes.")
-    s1_relax_iw_on_empty: bool = Field(
-        default=True, description="S1: when a tile has no IW scene, retry without the IW filter.")
+    s1_require_iw: bool = knob_field("EarthEngineImagery", "s1_require_iw")
+    s1_relax_iw_on_empty: bool = knob_field("EarthEngineImagery", "s1_relax_iw_on_empty")
     provider_name: str = "gee"
 
     def sensor_options(self, modality: str) -> dict[str, Any]:
@@ -320,28 +291,18 @@ class EarthEngineImagery(ImageryResource):
 class ModelResource(dg.ConfigurableResource):
     """A model adapter: its settings, and how to run it in the worker environment via Pipes."""
 
-    checkpoint: str | None = Field(
-        default=None, description="Local weights file; None: Hugging Face hub (cache first)."
-    )
-    allow_random_weights: bool = Field(
-        default=False, description="Explicit opt-in to random weights (labelled in logs and metadata)."
-    )
-    device: str = Field(default="auto", description="auto (cuda > cpu) | cpu | cuda")
-    batch_size: int | None = Field(
-        default=None, description="Tiles per forward pass; None: 8 on CPU, 64 (TerraFM) / 32 (THOR) on CUDA.")
-    precision: str = Field(default="fp32", description="fp32 | bf16 (autocast on CUDA, and on CPUs with native bf16; otherwise fp32 with a warning)")
-    cache_dir: str | None = Field(default=None, description="Hugging Face cache directory.")
-    arch_json: str | None = Field(
-        default=None, description="Reduced architecture (a fixture's case.json 'arch'); tests only."
-    )
-    worker_python: str = Field(description="Python interpreter of the worker environment.")
-    scale_m: float = Field(default=10.0, description="Ground sampling distance of the input tiles.")
-    fetch_workers: int = Field(
-        default=DEFAULT_FETCH_WORKERS, description="Threads fetching this model's patches (LocalStac / STAC "
-        "providers; Earth Engine uses max_concurrent_requests).")
-    modalities: list[str] = Field(
-        default=["s2", "s1"], description="Modalities this model embeds; each gets its embeddings and cube "
-        "assets (definitions) and its tile size among the fetched patches.")
+    # Defaults and descriptions: the knob table (config/knobs.yaml), which docs/knobs.md is generated from.
+    checkpoint: str | None = knob_field("ModelResource", "checkpoint")
+    allow_random_weights: bool = knob_field("ModelResource", "allow_random_weights")
+    device: str = knob_field("ModelResource", "device")
+    batch_size: int | None = knob_field("ModelResource", "batch_size")
+    precision: str = knob_field("ModelResource", "precision")
+    cache_dir: str | None = knob_field("ModelResource", "cache_dir")
+    arch_json: str | None = knob_field("ModelResource", "arch_json")
+    worker_python: str = knob_field("ModelResource", "worker_python")
+    scale_m: float = knob_field("ModelResource", "scale_m")
+    fetch_workers: int = knob_field("ModelResource", "fetch_workers")
+    modalities: list[str] = knob_field("ModelResource", "modalities")
 
     model_id: str = "abstract"
 
@@ -359,6 +320,11 @@ class ModelResource(dg.ConfigurableResource):
             raise ValueError(f"batch_size must be an integer >= 1 or None, got {self.batch_size}")
         if self.fetch_workers < 1:
             raise ValueError(f"fetch_workers must be an integer >= 1, got {self.fetch_workers}")
+
+    @property
+    def title(self) -> str:  # pragma: no cover - overridden
+        """The model's name in asset descriptions and STAC titles, e.g. ``TerraFM-B``."""
+        raise NotImplementedError
 
     @property
     def tile_size_px(self) -> int:  # pragma: no cover - overridden
@@ -422,7 +388,7 @@ class ModelResource(dg.ConfigurableResource):
 class TerraFMResource(ModelResource):
     """TerraFM-B (MBZUAI): 224 px tiles, S2 (12 bands) and S1 (VV, VH)."""
 
-    s2_branch: str = Field(default="l2a", description="l2a (right for surface reflectance) | l1c (rs-embed 0.3.1)")
+    s2_branch: str = knob_field("TerraFMResource", "s2_branch")
     model_id: str = "terrafm_b"
 
     @property
@@ -440,18 +406,13 @@ class TerraFMResource(ModelResource):
 class ThorResource(ModelResource):
     """THOR 1.0 (FM4CS; base by default) via the TerraTorch-compatible encoder: 288 px tiles at 10 m."""
 
-    model_key: str = Field(
-        default="thor_v1_base", description="thor_v1_tiny | thor_v1_small | thor_v1_base | thor_v1_large "
-        "(weights FM4CS/THOR-1.0-<size>, thor_v1_vit_<size>.pt).")
-    pretrained: bool = Field(
-        default=True, description="False with no checkpoint: random init without a hub lookup (labelled).")
-    normalization: str = Field(default="thor_stats", description="thor_stats | unit_scale | none")
-    patch_size: int = Field(default=16, description="FlexiViT patch size (16 native, 8 finer).")
-    image_size: int = Field(default=288, description="Tile side in pixels; ground cover = scale_m x image_size.")
-    group_merge: str = Field(default="mean", description="mean | sum | concat")
-    modalities: list[str] = Field(
-        default=["s2"], description="Modalities THOR embeds: ['s2'] (default) or ['s2', 's1'] (adds the "
-        "thor_s1_embeddings / thor_s1_cube assets).")
+    model_key: str = knob_field("ThorResource", "model_key")
+    pretrained: bool = knob_field("ThorResource", "pretrained")
+    normalization: str = knob_field("ThorResource", "normalization")
+    patch_size: int = knob_field("ThorResource", "patch_size")
+    image_size: int = knob_field("ThorResource", "image_size")
+    group_merge: str = knob_field("ThorResource", "group_merge")
+    modalities: list[str] = knob_field("ThorResource", "modalities")
     model_id: str = "thor_1_0_base"
 
     @property

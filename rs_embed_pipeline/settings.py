@@ -28,7 +28,8 @@ Model tuning knobs with rs-embed 0.3.1's names (``RS_EMBED_TERRAFM_BATCH_SIZE``,
 ``RS_EMBED_CHECK_INPUT``, ``RS_EMBED_CHECK_RAISE``) and the Hugging Face cache (``HF_HUB_CACHE`` /
 ``HUGGINGFACE_HUB_CACHE`` / ``HF_HOME``) are read here too, through the knob table of
 ``rs_embed_pipeline.models.knobs`` (``Settings.knobs``), and become the defaults of the resources'
-fields in ``definitions.py``; explicit resource config wins. ``docs/knobs.md`` lists them all.
+fields in ``definitions.py``; explicit resource config wins. ``docs/knobs.md`` lists them all (generated
+from the knob table, :mod:`rs_embed_pipeline.knob_table`, which also holds the resources' own defaults).
 
 S3 credentials and endpoint are not settings of this package: the standard AWS environment
 (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``, ``AWS_REGION``,
@@ -43,6 +44,8 @@ import os
 from pathlib import Path
 from typing import Any
 from collections.abc import Mapping
+
+from rs_embed_pipeline.leases import DEFAULT_TTL_S, DEFAULT_WAIT_S
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
@@ -65,7 +68,9 @@ def _flag(value: str | None, name: str = "flag") -> bool:
 
 
 def _device(value: str | None) -> str:
-    v = (value or "auto").strip().lower()
+    from rs_embed_pipeline.knob_table import field_default  # unset: the model resources' own default
+
+    v = (value or field_default("ModelResource", "device")).strip().lower()
     if v in DEVICES or (v.startswith("cuda:") and v[5:].isdigit()):
         return v
     raise ValueError(f"RS_EMBED_DEVICE={value!r} is invalid; valid values: {', '.join(DEVICES)}, cuda:<index>")
@@ -109,8 +114,8 @@ class Settings:
     celery_backend: str | None = None
     step_retries: int = 2
     step_retry_delay_s: float = 30.0
-    lease_wait_s: float = 600.0
-    lease_ttl_s: float = 120.0
+    lease_wait_s: float = DEFAULT_WAIT_S
+    lease_ttl_s: float = DEFAULT_TTL_S
     # Resource fields set by the rs-embed knob variables: {"terrafm"|"thor"|"imagery": {field: value}}.
     knobs: Mapping[str, Mapping[str, Any]] = dataclasses.field(
         default_factory=lambda: {"terrafm": {}, "thor": {}, "imagery": {}}
@@ -145,8 +150,8 @@ class Settings:
             celery_backend=env.get("RS_EMBED_CELERY_BACKEND") or None,
             step_retries=_number(env, "RS_EMBED_STEP_RETRIES", 2, 0),
             step_retry_delay_s=_number(env, "RS_EMBED_STEP_RETRY_DELAY_S", 30, 0, float),
-            lease_wait_s=_number(env, "RS_EMBED_LEASE_WAIT_S", 600, 0, float),
-            lease_ttl_s=_number(env, "RS_EMBED_LEASE_TTL_S", 120, 5, float),
+            lease_wait_s=_number(env, "RS_EMBED_LEASE_WAIT_S", DEFAULT_WAIT_S, 0, float),
+            lease_ttl_s=_number(env, "RS_EMBED_LEASE_TTL_S", DEFAULT_TTL_S, 5, float),
             knobs=knobs,
         )
 

@@ -1,5 +1,6 @@
-"""docs/knobs.md cannot drift: its table is parsed and checked against the resources' fields and
-defaults, the knob table (models/knobs.py) and the settings (the environment -> resource path)."""
+"""docs/knobs.md cannot drift: it is generated from the knob table (rs_embed_pipeline/config/knobs.yaml)
+and compared with its regeneration; its table is parsed and checked against the resources' fields and
+defaults, the variables' table (models/knobs.py) and the settings (the environment -> resource path)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from rs_embed_pipeline import knob_table as KT
 from rs_embed_pipeline import resources as R
 from rs_embed_pipeline import settings as S
 from rs_embed_pipeline.definitions import resources_for
@@ -86,6 +88,63 @@ def _field_default(cls, field):
 def test_table_parsed():
     assert len(ROWS) >= 30
     assert all(r["meta"] for r in ROWS), "every knob says what it changes in metadata"
+
+
+def test_doc_is_generated_from_the_knob_table():
+    """docs/knobs.md is the generator's output, byte for byte."""
+    assert DOC.read_text(encoding="utf-8") == KT.knobs_markdown(), (
+        f"docs/knobs.md is out of date with the knob table (rs_embed_pipeline/config/knobs.yaml); run "
+        f"`make knobs-doc` "
+        f"({KT.GENERATE_COMMAND})")
+
+
+def test_generator_writes_and_checks_the_page(tmp_path, capsys):
+    page = tmp_path / "knobs.md"
+    page.write_text(DOC.read_text(encoding="utf-8").replace("`thor_v1_base`", "`thor_v1_large`"), encoding="utf-8")
+    assert KT.main(["--check", str(page)]) == 1
+    assert KT.GENERATE_COMMAND in capsys.readouterr().err
+    assert KT.main(["--write", str(page)]) == 0 and KT.main(["--check", str(page)]) == 0
+    assert page.read_text(encoding="utf-8") == DOC.read_text(encoding="utf-8")
+
+
+def test_resource_fields_take_defaults_and_descriptions_from_the_knob_table():
+    """The resources declare these fields with knob_field: the table's default and description."""
+    for row in KT.KNOB_ROWS:
+        for path, default in row.documented_fields():
+            cls_name, field = path.split(".")
+            assert _field_default(CLASSES[cls_name], field) == ("required" if default is KT.REQUIRED else default), path
+        for entry in row.entries:
+            described = entry.help or row.help
+            if described:
+                assert getattr(R, entry.owner).model_fields[entry.name].description == described, entry.path
+    assert R.DEFAULT_FETCH_WORKERS == K.default("terrafm", "fetch_workers") == R.ModelResource.model_fields[
+        "fetch_workers"].default
+
+
+def test_knob_table_takes_variable_defaults_from_models_knobs():
+    """A row naming an rs-embed variable has no default of its own: models/knobs.py's is the one."""
+    documented = {e for row in KT.KNOB_ROWS for e in row.env}
+    assert set(K.ENV_VARS) <= documented
+    for row in KT.KNOB_ROWS:
+        for env in row.env:
+            if env in K.KNOBS_BY_ENV:
+                assert row.row_default == K.KNOBS_BY_ENV[env].default, row.knob
+    assert set(KT.SETTING_VARIABLES) <= set(S.environment_variables())
+    with pytest.raises(ValueError, match="its default comes from models.knobs"):
+        KT.KnobRow("THOR image size", ("ThorResource.image_size",), env=("RS_EMBED_THOR_IMG",), default=224)
+    with pytest.raises(ValueError, match=r"unknown variable\(s\) \['RS_EMBED_THOR_IMAGE'\]"):
+        KT.KnobRow("THOR image size", ("ThorResource.image_size",), env=("RS_EMBED_THOR_IMAGE",))
+    with pytest.raises(KeyError, match="ThorResource.image_side is not in the knob table"):
+        KT.knob_field("ThorResource", "image_side")
+
+
+def test_knob_table_file_refuses_unknown_keys(tmp_path):
+    table = tmp_path / "knobs.yaml"
+    table.write_text("- knob: THOR image size\n  fields: [ThorResource.image_size]\n  env: [RS_EMBED_THOR_IMG]\n"
+                     "  chnages: '`image_size`'\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"unknown keys \['chnages'\], lacks \['changes'\]; valid keys: changes, default, env, fields"):
+        KT.load_rows(table)
+    assert KT.load_rows(KT.TABLE_PATH) == KT.KNOB_ROWS
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r["knob"] for r in ROWS])
@@ -186,19 +245,20 @@ def test_explicit_resource_config_wins_over_the_environment():
 def test_modality_per_adapter_resource_and_variant_store_paths():
     """THOR embeds S2 by default; modalities ['s2', 's1'] adds its S1 assets and its tile size to the
     S1 patches. A THOR model key other than base writes to its own store paths."""
-    from rs_embed_pipeline.assets.patches import fetch_workers, patch_sizes
     from rs_embed_pipeline.definitions import build_definitions
+    from rs_embed_pipeline.plan import plan_pipeline
 
     settings = S.Settings.from_env({"RS_EMBED_STORE": "/tmp/unused"})
     res = resources_for(settings)
     names = lambda d: {k.to_user_string() for k in d.resolve_asset_graph().get_all_asset_keys()}  # noqa: E731
     assert not {"thor_s1_embeddings", "thor_s1_cube"} & names(build_definitions(settings, res))
-    assert patch_sizes("s1", res["terrafm"], res["thor"]) == [224]
+    assert plan_pipeline(res).patch_sizes("s1") == [224]
     thor = res["thor"].model_copy(update={"modalities": ["s2", "s1"], "fetch_workers": 12, "model_key": "l"})
     res = {**res, "thor": thor}
     assert {"thor_s1_embeddings", "thor_s1_cube"} <= names(build_definitions(settings, res))
-    assert patch_sizes("s1", res["terrafm"], thor) == [224, 288]
-    assert fetch_workers("s1", res["terrafm"], thor) == 12 and fetch_workers("s1", res["terrafm"], res["thor"]) == 12
+    plan = plan_pipeline(res)
+    assert plan.patch_sizes("s1") == [224, 288]
+    assert plan.fetch_workers("s1") == 12  # the largest of the models that embed S1
     assert thor.store_model_id == "thor_1_0_large" and thor.adapter_options()["variant"] == "l"
     with pytest.raises(ValueError, match=r"modalities \['s3'\]: use 's2' and/or 's1'"):
         thor.model_copy(update={"modalities": ["s3"]}).adapter_options()

@@ -16,7 +16,8 @@ Who reads the environment:
   decides what a pipeline run does.
 
 Pure Python + numpy (no torch): importable in both environments. ``docs/knobs.md`` documents every
-knob; a test parses that table and compares it with this module, the resources and the settings.
+knob: it is generated from :mod:`rs_embed_pipeline.knob_table`, whose rows take the defaults of the
+knobs here (the orchestrator's table of every resource field; this one stays the variables' table).
 """
 
 from __future__ import annotations
