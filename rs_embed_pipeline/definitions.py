@@ -2,7 +2,9 @@
 
 Loading it validates every setting (settings.py) and every resource field (:func:`validate_resources`):
 an invalid value fails the load, naming the variable or field and the valid values, before any run
-fetches a pixel. One executor (executors.py) runs every job, the implicit asset job of UI
+fetches a pixel. The pipeline plan (plan.py: which model x modality assets, their tile sizes, the
+patch sizes and fetch threads) is computed once here from the model resources and handed to the
+asset factories. One executor (executors.py) runs every job, the implicit asset job of UI
 materializations and backfills included.
 """
 
@@ -14,13 +16,13 @@ from typing import Any
 import dagster as dg
 
 from rs_embed_pipeline.assets.answers import build_answer_assets
-from rs_embed_pipeline.assets.embeddings import build_embedding_assets, enabled_specs
+from rs_embed_pipeline.assets.embeddings import build_embedding_assets
 from rs_embed_pipeline.assets.patches import build_patches_asset
-from rs_embed_pipeline.vocabulary import MODALITIES
 from rs_embed_pipeline.assets.products import build_product_assets
 from rs_embed_pipeline.assets.tile_grid import build_tile_grid_asset
 from rs_embed_pipeline.executors import celery_executor, executor_for, step_retry_policy
 from rs_embed_pipeline.partitions import build_partitions
+from rs_embed_pipeline.plan import plan_pipeline
 from rs_embed_pipeline.regions import load_pipeline_config
 from rs_embed_pipeline.resources import (
     EarthEngineImagery,
@@ -47,7 +49,7 @@ def imagery_for(settings: Settings) -> ImageryResource:
 
 def resources_for(settings: Settings) -> dict[str, object]:
     """The one place where the environment picks its resources."""
-    model_common = {
+    model_common: dict[str, Any] = {
         "worker_python": settings.worker_python,
         "allow_random_weights": settings.allow_random_weights,
         "device": settings.device,
@@ -148,14 +150,16 @@ def _build_definitions(settings: Settings, resources: dict[str, object] | None =
     resources["store"] = _with_regions(resources.get("store"), settings)
     validate_resources(resources)
     retry = step_retry_policy(settings)  # every asset: a killed step resumes from its stores
-    specs = enabled_specs(resources)  # each model resource's modalities
-    # Patches only for the modalities some model embeds (no S1 fetch when no model embeds S1).
-    fetched = [m for m in MODALITIES if any(spec.modality == m for spec in specs)]
+    # Decided once, here: the (model, modality) pairs, their tile sizes and the fetch threads. The
+    # factories get what they need from the plan, so no asset takes a model resource to learn it.
+    plan = plan_pipeline(resources)
     assets = [
-        build_tile_grid_asset(config, partitions_def, retry_policy=retry),
-        *(build_patches_asset(m, partitions_def, pool=fetch_pool, retry_policy=retry) for m in fetched),
+        build_tile_grid_asset(config, partitions_def, tile_sizes=plan.tile_sizes(), retry_policy=retry),
+        # Patches only for the modalities some model embeds (no S1 fetch when no model embeds S1).
+        *(build_patches_asset(m, partitions_def, patch_sizes=plan.patch_sizes(m), fetch_workers=plan.fetch_workers(m),
+                              pool=fetch_pool, retry_policy=retry) for m in plan.modalities),
     ]
-    for spec in specs:
+    for spec in plan.specs:
         assets.extend(build_embedding_assets(spec, partitions_def, retry_policy=retry))
         assets.extend(build_product_assets(spec, partitions_def, retry_policy=retry))  # GeoParquet, COGs, STAC
         assets.extend(build_answer_assets(spec, partitions_def, retry_policy=retry))  # search index, change

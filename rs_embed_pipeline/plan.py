@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from rs_embed_pipeline.vocabulary import MODALITIES
+
+if TYPE_CHECKING:
+    from rs_embed_pipeline.resources import ModelResource
 
 
 #: The model resource keys, in the order their assets appear; each key also prefixes its asset names
@@ -34,14 +37,14 @@ class EmbeddingSpec:
 
     name: str             # asset name prefix, e.g. "terrafm_s2"
     resource_key: str     # "terrafm" | "thor"
-    model_id: str         # the resource's model id, e.g. "terrafm_b" | "thor_1_0_base"
     modality: str         # "s2" | "s1"
     title: str            # e.g. "TerraFM-B, Sentinel-2"
     store_model_id: str   # model id in store paths (THOR: thor_1_0_<variant>)
     tile_size_px: int     # the model's native tile side
     scale_m: float        # ground sampling distance of its tiles
+    fetch_workers: int    # the model resource's fetch_workers when the code location loaded
 
-    def check_resource(self, resource: Any) -> None:
+    def check_resource(self, resource: ModelResource) -> None:
         """Fail, naming the field, when a run's model resource no longer matches the plan."""
         if self.modality not in resource.modalities:
             raise PlanMismatch(
@@ -57,6 +60,15 @@ class EmbeddingSpec:
                     f"location was loaded with {plan_value!r} (the tile grid and patch stores follow it). Set "
                     f"the value where the resources are chosen (environment / definitions.py) and reload the "
                     f"code location instead of overriding it in a run's config.")
+
+    def ignored_overrides(self, resource: ModelResource) -> list[str]:
+        """Settings of a run's model resource that its patches step could not use (it ran with the
+        plan's): said in the embeddings step's log rather than silently dropped."""
+        if resource.fetch_workers != self.fetch_workers:
+            return [f"{self.resource_key}.fetch_workers {resource.fetch_workers} in this run's config was not used: "
+                    f"fetch threads are read when the code location loads ({self.fetch_workers}); for one run, "
+                    f"set the imagery resource's max_workers"]
+        return []
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,25 +95,21 @@ class PipelinePlan:
         """Fetch threads: the largest ``fetch_workers`` of the models that embed ``modality``."""
         return self.fetch_workers_by_modality[modality]
 
-    def spec(self, name: str) -> EmbeddingSpec:
-        return next(s for s in self.specs if s.name == name)
-
 
 def plan_pipeline(resources: Mapping[str, Any]) -> PipelinePlan:
     """The plan for these model resources: one spec per model and modality it embeds (``modalities``)."""
     missing = sorted(set(MODEL_RESOURCE_KEYS) - set(resources))
     if missing:
         raise ValueError(f"the embedding assets need the model resources {missing}; got {sorted(resources)}")
-    specs = []
-    for key in MODEL_RESOURCE_KEYS:
-        model = resources[key]
-        for modality in MODALITIES:  # S2 first
-            if modality in model.modalities:
-                specs.append(EmbeddingSpec(
-                    name=f"{key}_{modality}", resource_key=key, model_id=model.model_id,
-                    modality=modality, title=f"{model.title}, {SENSOR_TITLES[modality]}",
-                    store_model_id=model.store_model_id, tile_size_px=int(model.tile_size_px),
-                    scale_m=float(model.scale_m)))
-    workers = {m: max(int(resources[s.resource_key].fetch_workers) for s in specs if s.modality == m)
-               for m in {s.modality for s in specs}}
+    models = {key: cast("ModelResource", resources[key]) for key in MODEL_RESOURCE_KEYS}
+    workers = {m: max(int(model.fetch_workers) for model in models.values() if m in model.modalities)
+               for m in MODALITIES if any(m in model.modalities for model in models.values())}
+    specs = [
+        EmbeddingSpec(name=f"{key}_{modality}", resource_key=key, modality=modality,
+                      title=f"{model.title}, {SENSOR_TITLES[modality]}", store_model_id=model.store_model_id,
+                      tile_size_px=int(model.tile_size_px), scale_m=float(model.scale_m),
+                      fetch_workers=int(model.fetch_workers))
+        for key, model in models.items()
+        for modality in MODALITIES if modality in model.modalities  # S2 first
+    ]
     return PipelinePlan(specs=tuple(specs), fetch_workers_by_modality=workers)

@@ -7,25 +7,42 @@
   window (or a configured baseline), with a check that warns when the changed area share is above
   a configured share (products/change.py).
 
-Both are thin: they resolve partitions, call the products layer and shape metadata (a map each).
+Both are thin: they check their config, then per partition call one step below (``_index_partition``,
+``_change_partition``: the products layer, then a map each) and shape metadata. They need only the
+store: the model's tile size and store id come from the plan's spec.
 """
 
-
+import dataclasses
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import numpy as np
 
-from rs_embed_pipeline.assets.embeddings import EmbeddingSpec
-from rs_embed_pipeline.assets.tile_grid import read_tile_grid
+from rs_embed_pipeline.assets.per_model import cube_uri, model_tiles, spec_asset
 from rs_embed_pipeline.metadata import add_partition_metadata, json_value, path_value
-from rs_embed_pipeline.partitions import BACKFILL_POLICY, region_windows
-from rs_embed_pipeline.resources import CODE_VERSION, PipelineStore, TerraFMResource, ThorResource
+from rs_embed_pipeline.partitions import RegionWindow, region_windows
+from rs_embed_pipeline.plan import EmbeddingSpec
+from rs_embed_pipeline.resources import PipelineStore
+
+if TYPE_CHECKING:
+    from rs_embed_pipeline.products.change import ChangeResult
+    from rs_embed_pipeline.products.search import SearchIndex
 
 DEFAULT_CHANGE_THRESHOLD = 0.05
 DEFAULT_MAX_CHANGED_SHARE = 0.2
 QUERY_REPEATS = 20
+ANN_CHOICES = ("auto", "exact", "hnsw")
+CHANGE_KINDS = ("grid", "pooled")
+INDEX_DESCRIPTION = (
+    "Similarity-search index of the {title} cube, per region and window: every cell with an embedding (grid "
+    "cells and pooled tiles), L2-normalised, with a FAISS HNSW index from ann_min_cells cells on (exact numpy "
+    "search below). Query it with `python -m rs_embed_pipeline.search` or products.search.search(); the map "
+    "shows the cosine similarity of every cell to the region's centre cell.")
+CHANGE_DESCRIPTION = (
+    "Change between windows of the {title} cube: per-cell cosine distance (1 - cosine) between this window "
+    "and the previous one (or a configured baseline), as Zarr per region and window (cosine_distance and a "
+    "changed mask, georeferenced like the cube), with a histogram and a map.")
 
 
 class SearchIndexConfig(dg.Config):
@@ -50,194 +67,266 @@ class ChangeConfig(dg.Config):
 
 def build_answer_assets(spec: EmbeddingSpec, partitions_def: dg.MultiPartitionsDefinition,
                         retry_policy: dg.RetryPolicy | None = None) -> list[dg.AssetsDefinition]:
-    cube_name = f"{spec.name}_cube"
-    index_name = f"{spec.name}_search_index"
-    change_name = f"{spec.name}_change"
+    """The search-index and change assets of one model x modality."""
+    cube_name, index_name, change_name = f"{spec.name}_cube", f"{spec.name}_search_index", f"{spec.name}_change"
     windows_def = partitions_def.get_partitions_def_for_dimension("window")
+    common: dict[str, Any] = dict(partitions_def=partitions_def, group_name="answers", retry_policy=retry_policy)
 
-    @dg.asset(
-        name=index_name,
-        deps=[cube_name, "tile_grid"],
-        partitions_def=partitions_def,
-        backfill_policy=BACKFILL_POLICY,
-        retry_policy=retry_policy,
-        group_name="answers",
-        kinds={"numpy", "parquet"},
-        owners=["team:embeddings"],
-        code_version=CODE_VERSION,
-        description=(
-            f"Similarity-search index of the {spec.title} cube, per region and window: every cell with an "
-            "embedding (grid cells and pooled tiles), L2-normalised, with a FAISS HNSW index from "
-            "ann_min_cells cells on (exact numpy search below). Query it with `python -m "
-            "rs_embed_pipeline.search` or products.search.search(); the map shows the cosine similarity "
-            "of every cell to the region's centre cell."
-        ),
-    )
-    def search_index(context: dg.AssetExecutionContext, config: SearchIndexConfig, store: PipelineStore,
-                     terrafm: TerraFMResource, thor: ThorResource) -> dg.MaterializeResult:
+    @spec_asset(name=index_name, deps=[cube_name, "tile_grid"], kinds={"numpy", "parquet"},
+                description=INDEX_DESCRIPTION.format(title=spec.title), **common)
+    def search_index(context: dg.AssetExecutionContext, config: SearchIndexConfig,
+                     store: PipelineStore) -> dg.MaterializeResult:
         from rs_embed_pipeline.products import search as S
 
-        bad = [k for k in config.kinds if k not in S.KINDS] or ([] if config.kinds else ["(none)"])
-        if bad or config.ann not in ("auto", "exact", "hnsw"):
-            raise dg.Failure(f"{index_name} config: kinds must be among {list(S.KINDS)} (got {config.kinds}) and "
-                             f"ann one of auto, exact, hnsw (got {config.ann!r})", allow_retries=False)
-        adapter = spec.adapter(terrafm, thor)
-        model_id = adapter.store_model_id
+        _check_index_config(index_name, config)
         per_partition: dict[str, dict[str, Any]] = {}
-        totals = {"cells": 0, "build_s": 0.0}
+        built: list[SearchIndex] = []
         for part in region_windows(partitions_def, context.partition_keys):
-            cube_uri = store.layout.cube(model_id, spec.modality, part.region)
-            grid = read_tile_grid(store, part.region, part.window)
-            tiles = grid[grid["size_px"] == adapter.tile_size_px]
-            md: dict[str, Any] = {}
-            picture = None
-            for kind in ("grid", "pooled"):
-                if kind not in config.kinds:
-                    md.update({f"{kind}_cells": 0, f"{kind}_method": "not built", f"{kind}_query_ms": 0.0})
-                    continue
-                try:
-                    index = S.build_index(cube_uri, part.window, kind, storage_options=store.storage_options,
-                                          tiles=tiles, ann=config.ann, ann_min_cells=config.ann_min_cells)
-                except S.SearchError as exc:
-                    if "no cell with an embedding" not in str(exc):
-                        raise dg.Failure(f"{index_name} {part.key}: {exc}", allow_retries=False) from exc
-                    md.update({f"{kind}_cells": 0, f"{kind}_method": "empty", f"{kind}_query_ms": 0.0})
-                    continue
-                uri = S.index_uri(store.layout.root, model_id, spec.modality, part.region, part.window, kind)
-                S.save_index(index, uri, store.storage_options)
-                centre = _centre_cell(index)
-                query_ms = _query_ms(index, centre)
-                md.update({f"{kind}_cells": len(index), f"{kind}_method": index.method, f"{kind}_query_ms": query_ms})
-                totals["cells"] += len(index)
-                totals["build_s"] += float(index.info["build_seconds"])
-                if kind == "grid" or picture is None:
-                    picture = _similarity_map(index, centre, spec, part.key)
-            per_partition[part.key] = {
-                **md,
-                "store_uri": path_value(S.index_uri(store.layout.root, model_id, spec.modality, part.region,
-                                                    part.window, "")[:-1]),
-                "similarity_map": picture or dg.MetadataValue.md("No cell of this window has an embedding."),
-            }
-            context.log.info(f"{part.key}: search index {md}")
+            indexed = _index_partition(spec, store, part, config)
+            per_partition[part.key] = indexed.metadata()
+            built.extend(indexed.indexes)
+            context.log.info(f"{part.key}: search index {indexed.summary}")
         add_partition_metadata(context, per_partition)
         return dg.MaterializeResult(metadata={
-            "model_id": model_id, "modality": spec.modality,
-            "cells_indexed": int(totals["cells"]), "build_seconds": round(totals["build_s"], 3),
+            "model_id": spec.store_model_id, "modality": spec.modality,
+            "cells_indexed": int(sum(len(i) for i in built)),
+            "build_seconds": round(sum(float(i.info["build_seconds"]) for i in built), 3),
             "index_settings": json_value({"ann": config.ann, "ann_min_cells": config.ann_min_cells,
                                           "hnsw": {"M": S.HNSW_M, "efConstruction": S.HNSW_EF_CONSTRUCTION,
                                                    "efSearch": S.HNSW_EF_SEARCH}, "metric": "cosine"}),
         })
 
-    @dg.asset(
-        name=change_name,
-        deps=[cube_name],
-        partitions_def=partitions_def,
-        backfill_policy=BACKFILL_POLICY,
-        retry_policy=retry_policy,
-        group_name="answers",
-        kinds={"zarr", "xarray"},
-        owners=["team:embeddings"],
-        code_version=CODE_VERSION,
-        check_specs=[dg.AssetCheckSpec(
-            "changed_area_share", asset=change_name,
-            description="Warns when the share of cells whose cosine distance to the baseline window is above "
-                        "the threshold exceeds max_changed_share (config).")],
-        description=(
-            f"Change between windows of the {spec.title} cube: per-cell cosine distance (1 - cosine) between "
-            "this window and the previous one (or a configured baseline), as Zarr per region and window "
-            "(cosine_distance and a changed mask, georeferenced like the cube), with a histogram and a map."
-        ),
-    )
-    def change(context: dg.AssetExecutionContext, config: ChangeConfig, store: PipelineStore,
-               terrafm: TerraFMResource, thor: ThorResource) -> dg.MaterializeResult:
-        from rs_embed_pipeline.products import change as C
-        from rs_embed_pipeline.products import pictures
-
-        window_keys = windows_def.get_partition_keys()
-        if config.baseline_window is not None and config.baseline_window not in window_keys:
-            raise dg.Failure(f"{change_name} config: baseline_window {config.baseline_window!r} is not a window; "
-                             f"windows: {', '.join(window_keys[:8])}{' ...' if len(window_keys) > 8 else ''}",
-                             allow_retries=False)
-        if not 0 < config.distance_threshold <= 2 or not 0 <= config.max_changed_share <= 1 \
-                or config.kind not in ("grid", "pooled"):
-            raise dg.Failure(f"{change_name} config: distance_threshold must be in (0, 2] (got "
-                             f"{config.distance_threshold}), max_changed_share in [0, 1] (got "
-                             f"{config.max_changed_share}), kind grid or pooled (got {config.kind!r})",
-                             allow_retries=False)
-        adapter = spec.adapter(terrafm, thor)
-        model_id = adapter.store_model_id
+    @spec_asset(name=change_name, deps=[cube_name], kinds={"zarr", "xarray"},
+                check_specs=[dg.AssetCheckSpec(
+                    "changed_area_share", asset=change_name,
+                    description="Warns when the share of cells whose cosine distance to the baseline window is "
+                                "above the threshold exceeds max_changed_share (config).")],
+                description=CHANGE_DESCRIPTION.format(title=spec.title), **common)
+    def change(context: dg.AssetExecutionContext, config: ChangeConfig, store: PipelineStore) -> dg.MaterializeResult:
+        window_keys = list(windows_def.get_partition_keys())
+        _check_change_config(change_name, config, window_keys)
         per_partition: dict[str, dict[str, Any]] = {}
-        findings = []
+        findings: list[ChangeFinding] = []
         for part in region_windows(partitions_def, context.partition_keys):
-            cube_uri = store.layout.cube(model_id, spec.modality, part.region)
-            position = window_keys.index(part.window)
-            baseline = config.baseline_window or (window_keys[position - 1] if position > 0 else None)
-            uri = C.change_uri(store.layout.root, model_id, spec.modality, part.region, part.window)
-            result = None
-            if baseline is not None and baseline != part.window:
-                try:
-                    result = C.change_between(cube_uri, part.window, baseline, config.kind,
-                                              storage_options=store.storage_options)
-                except C.BaselineMissing as exc:  # the baseline window was never built: say so, warn
-                    context.log.warning(f"{part.key}: no baseline: {exc}")
-                except C.ChangeError as exc:
-                    raise dg.Failure(f"{change_name} {part.key}: {exc}", allow_retries=False) from exc
-            if result is None:
-                why = ("first window: nothing to compare with" if baseline in (None, part.window)
-                       else f"baseline window {baseline} is not in the cube (materialize {cube_name} for it)")
-                per_partition[part.key] = _no_change_metadata(baseline, why, uri)
-                findings.append((part.key, None, why))
-                continue
-            C.write_change(result, uri, config.distance_threshold, store.storage_options)
-            summary = result.summary(config.distance_threshold)
-            counts, edges = result.histogram()
-            first_changed = int(np.searchsorted(edges, config.distance_threshold, side="right")) - 1
-            zone, ds = next(iter(result.zones.items()))
-            dist = ds["cosine_distance"].values
-            hi = max(2 * config.distance_threshold, float(np.nanpercentile(dist, 99.5)) if np.isfinite(dist).any() else 1)
-            map_rgb = pictures.colormap(dist, 0.0, hi)
-            changed = np.where(np.isfinite(dist), (dist > config.distance_threshold), False)
-            mask_rgb = np.where(changed[..., None], np.uint8([220, 40, 40]), np.uint8([235, 235, 235]))
-            mask_rgb[~np.isfinite(dist)] = pictures.NAN_RGB
-            caption = (f"Cosine distance {part.window} vs {baseline} ({spec.name} {config.kind}, {part.key}, {zone}; "
-                       f"dark 0 .. bright {hi:.3f}) | cells above {config.distance_threshold} in red: "
-                       f"{summary['changed_share']:.1%}")
-            per_partition[part.key] = {
-                "baseline_window": baseline,
-                "changed_share": float(summary["changed_share"]),
-                "changed_cells": int(summary["changed_cells"]),
-                "cells_compared": int(summary["cells"]),
-                "median_distance": float(summary["median"]),
-                "p99_distance": float(summary["p99"]),
-                "histogram": _histogram_table(counts, edges),
-                "histogram_picture": dg.MetadataValue.md(pictures.markdown(
-                    [(pictures.histogram_png(counts, highlight_from=first_changed), "cosine distance histogram")],
-                    f"Cells per cosine-distance bin (0 .. 1 in steps of {edges[1]:.2f}, sqrt scale); red: above "
-                    f"the threshold {config.distance_threshold}")),
-                "change_map": dg.MetadataValue.md(pictures.markdown(
-                    [(pictures.png(map_rgb), "cosine distance"), (pictures.png(mask_rgb), "changed cells")], caption)),
-                "store_uri": path_value(uri),
-            }
-            findings.append((part.key, summary["changed_share"], None))
+            baseline = config.baseline_window or _previous(window_keys, part.window)
+            per_partition[part.key], finding = _change_partition(spec, store, part, baseline, config, context.log)
+            findings.append(finding)
         add_partition_metadata(context, per_partition)
-        shares = [s for _, s, _ in findings if s is not None]
-        too_much = [f"{key}: {share:.1%}" for key, share, _ in findings
-                    if share is not None and share > config.max_changed_share]
-        description = (f"changed area above {config.max_changed_share:.0%} in {', '.join(too_much)}" if too_much
-                       else "; ".join(f"{key}: {share:.1%} changed" if share is not None else f"{key}: {why}"
-                                      for key, share, why in findings))
+        shares = [f.share for f in findings if f.share is not None]
         return dg.MaterializeResult(
             metadata={"distance_threshold": float(config.distance_threshold),
                       "max_changed_share": float(config.max_changed_share),
                       "max_changed_share_found": float(max(shares)) if shares else 0.0},
-            check_results=[dg.AssetCheckResult(
-                check_name="changed_area_share", passed=not too_much, severity=dg.AssetCheckSeverity.WARN,
-                description=description,
-                metadata={"changed_share": float(max(shares)) if shares else 0.0,
-                          "max_changed_share": float(config.max_changed_share)})],
+            check_results=[_changed_area_check(findings, config.max_changed_share)],
         )
 
     return [search_index, change]
+
+
+# --------------------------------------------------------------------------------------------- search index
+def _check_index_config(index_name: str, config: SearchIndexConfig) -> None:
+    from rs_embed_pipeline.products.search import KINDS
+
+    bad = [k for k in config.kinds if k not in KINDS] or ([] if config.kinds else ["(none)"])
+    if bad or config.ann not in ANN_CHOICES:
+        raise dg.Failure(f"{index_name} config: kinds must be among {list(KINDS)} (got {config.kinds}) and "
+                         f"ann one of {', '.join(ANN_CHOICES)} (got {config.ann!r})", allow_retries=False)
+
+
+@dataclasses.dataclass
+class IndexedWindow:
+    """What indexing one partition's window built."""
+
+    summary: dict[str, Any]          # per kind: cells, method ("not built", "empty", exact / hnsw), query_ms
+    indexes: list["SearchIndex"]     # the kinds built, grid first
+    picture: dg.MetadataValue        # similarity map of the first kind built
+    store_uri: str
+
+    def metadata(self) -> dict[str, Any]:
+        return {**self.summary, "store_uri": path_value(self.store_uri), "similarity_map": self.picture}
+
+
+def _index_partition(spec: EmbeddingSpec, store: PipelineStore, part: RegionWindow,
+                     config: SearchIndexConfig) -> IndexedWindow:
+    """Build and save the partition's index of each kind configured, and map the first one built."""
+    from rs_embed_pipeline.products import search as S
+
+    tiles = model_tiles(spec, store, part)
+    summary: dict[str, Any] = {}
+    built = []
+    for kind in S.KINDS:
+        index, method = None, "not built"
+        if kind in config.kinds:
+            index = _build_index(spec, store, part, kind, tiles, config)
+            method = index.method if index is not None else "empty"
+        if index is not None:
+            S.save_index(index, _index_uri(spec, store, part, kind), store.storage_options)
+            built.append(index)
+        summary.update({f"{kind}_cells": len(index) if index is not None else 0, f"{kind}_method": method,
+                        f"{kind}_query_ms": _query_ms(index, _centre_cell(index)) if index is not None else 0.0})
+    picture = (_similarity_map(built[0], _centre_cell(built[0]), spec, part.key) if built
+               else dg.MetadataValue.md("No cell of this window has an embedding."))
+    return IndexedWindow(summary=summary, indexes=built, picture=picture,
+                         store_uri=_index_uri(spec, store, part, "")[:-1])
+
+
+def _index_uri(spec: EmbeddingSpec, store: PipelineStore, part: RegionWindow, kind: str) -> str:
+    from rs_embed_pipeline.products.search import index_uri
+
+    return index_uri(store.layout.root, spec.store_model_id, spec.modality, part.region, part.window, kind)
+
+
+def _build_index(spec: EmbeddingSpec, store: PipelineStore, part: RegionWindow, kind: str, tiles: Any,
+                 config: SearchIndexConfig) -> "SearchIndex | None":
+    """The window's index of one kind; None when no cell has an embedding."""
+    from rs_embed_pipeline.products import search as S
+
+    try:
+        return S.build_index(cube_uri(spec, store, part.region), part.window, kind, storage_options=store.storage_options,
+                             tiles=tiles, ann=config.ann, ann_min_cells=config.ann_min_cells)
+    except S.SearchError as exc:
+        if "no cell with an embedding" not in str(exc):
+            raise dg.Failure(f"{spec.name}_search_index {part.key}: {exc}", allow_retries=False) from exc
+        return None
+
+
+def _centre_cell(index: "SearchIndex") -> int:
+    """The cell nearest the centre of the index's first zone (the map's query)."""
+    cells = index.cells[index.cells["epsg"] == index.cells["epsg"].iat[0]]
+    cx, cy = cells["x"].mean(), cells["y"].mean()
+    return int(cells.index[np.argmin((cells["x"] - cx) ** 2 + (cells["y"] - cy) ** 2)])
+
+
+def _query_ms(index: "SearchIndex", cell: int) -> float:
+    """Median milliseconds of a top-20 query (the centre cell's vector) over a few repeats."""
+    times = []
+    for _ in range(QUERY_REPEATS):
+        t0 = time.perf_counter()
+        index.top_k(index.vectors[cell], 20, must_include=cell)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return round(float(np.median(times)), 3)
+
+
+def _similarity_map(index: "SearchIndex", cell: int, spec: EmbeddingSpec, partition: str) -> dg.MetadataValue:
+    from rs_embed_pipeline.products import pictures
+    from rs_embed_pipeline.products.search import similarity_plane
+
+    epsg = int(index.cells["epsg"].iat[cell])
+    plane = similarity_plane(index, index.vectors[cell], epsg)
+    finite = plane[np.isfinite(plane)]
+    lo = float(np.percentile(finite, 2)) if finite.size else 0.0
+    top = set(index.top_k(index.vectors[cell], 10, must_include=cell)[0].tolist())
+    rgb = pictures.colormap(plane, lo, 1.0)
+    rows = index.cells.loc[sorted(top)]
+    rgb = pictures.mark(rgb, [(r.iy, r.ix) for r in rows.itertuples() if r.epsg == epsg and r.Index != cell],
+                        (255, 140, 0))
+    rgb = pictures.mark(rgb, [(index.cells.iy.iat[cell], index.cells.ix.iat[cell])], (255, 0, 0))
+    caption = (f"Cosine similarity of every {index.kind} cell to the centre cell {index.cells.cell_id.iat[cell]} "
+               f"(red) of {spec.name}, {partition}, EPSG:{epsg} (dark {lo:.3f} .. bright 1); orange: its top 10")
+    return dg.MetadataValue.md(pictures.markdown([(pictures.png(rgb), "similarity map")], caption))
+
+
+# --------------------------------------------------------------------------------------------------- change
+@dataclasses.dataclass(frozen=True)
+class ChangeFinding:
+    """One partition's outcome for the check: its changed share, or why none was computed."""
+
+    partition: str
+    share: float | None
+    why: str | None = None
+
+
+def _check_change_config(change_name: str, config: ChangeConfig, window_keys: list[str]) -> None:
+    if config.baseline_window is not None and config.baseline_window not in window_keys:
+        raise dg.Failure(f"{change_name} config: baseline_window {config.baseline_window!r} is not a window; "
+                         f"windows: {', '.join(window_keys[:8])}{' ...' if len(window_keys) > 8 else ''}",
+                         allow_retries=False)
+    if not 0 < config.distance_threshold <= 2 or not 0 <= config.max_changed_share <= 1 \
+            or config.kind not in CHANGE_KINDS:
+        raise dg.Failure(f"{change_name} config: distance_threshold must be in (0, 2] (got "
+                         f"{config.distance_threshold}), max_changed_share in [0, 1] (got "
+                         f"{config.max_changed_share}), kind grid or pooled (got {config.kind!r})",
+                         allow_retries=False)
+
+
+def _previous(window_keys: list[str], window: str) -> str | None:
+    position = window_keys.index(window)
+    return window_keys[position - 1] if position > 0 else None
+
+
+def _change_partition(spec: EmbeddingSpec, store: PipelineStore, part: RegionWindow, baseline: str | None,
+                      config: ChangeConfig, log: Any) -> tuple[dict[str, Any], ChangeFinding]:
+    """Compare the partition's window with ``baseline`` and write the distances; its metadata and finding."""
+    from rs_embed_pipeline.products import change as C
+
+    uri = C.change_uri(store.layout.root, spec.store_model_id, spec.modality, part.region, part.window)
+    result = None
+    if baseline is not None and baseline != part.window:
+        try:
+            result = C.change_between(cube_uri(spec, store, part.region), part.window, baseline, config.kind,
+                                      storage_options=store.storage_options)
+        except C.BaselineMissing as exc:  # the baseline window was never built: say so, warn
+            log.warning(f"{part.key}: no baseline: {exc}")
+        except C.ChangeError as exc:
+            raise dg.Failure(f"{spec.name}_change {part.key}: {exc}", allow_retries=False) from exc
+    if result is None or baseline is None:
+        why = ("first window: nothing to compare with" if baseline in (None, part.window)
+               else f"baseline window {baseline} is not in the cube (materialize {spec.name}_cube for it)")
+        return _no_change_metadata(baseline, why, uri), ChangeFinding(part.key, None, why)
+    C.write_change(result, uri, config.distance_threshold, store.storage_options)
+    summary = result.summary(config.distance_threshold)
+    return {
+        "baseline_window": baseline,
+        "changed_share": float(summary["changed_share"]),
+        "changed_cells": int(summary["changed_cells"]),
+        "cells_compared": int(summary["cells"]),
+        "median_distance": float(summary["median"]),
+        "p99_distance": float(summary["p99"]),
+        **_change_pictures(result, spec, part, baseline, config, float(summary["changed_share"])),
+        "store_uri": path_value(uri),
+    }, ChangeFinding(part.key, float(summary["changed_share"]))
+
+
+def _change_pictures(result: "ChangeResult", spec: EmbeddingSpec, part: RegionWindow, baseline: str,
+                     config: ChangeConfig, changed_share: float) -> dict[str, Any]:
+    """The histogram (table and picture) and the map of distances and changed cells of the first zone."""
+    from rs_embed_pipeline.products import pictures
+
+    threshold = config.distance_threshold
+    counts, edges = result.histogram()
+    first_changed = int(np.searchsorted(edges, threshold, side="right")) - 1
+    zone, ds = next(iter(result.zones.items()))
+    dist = ds["cosine_distance"].values
+    hi = max(2 * threshold, float(np.nanpercentile(dist, 99.5)) if np.isfinite(dist).any() else 1)
+    map_rgb = pictures.colormap(dist, 0.0, hi)
+    changed = np.where(np.isfinite(dist), (dist > threshold), False)
+    mask_rgb = np.where(changed[..., None], np.array([220, 40, 40], dtype=np.uint8),
+                        np.array([235, 235, 235], dtype=np.uint8))
+    mask_rgb[~np.isfinite(dist)] = pictures.NAN_RGB
+    caption = (f"Cosine distance {part.window} vs {baseline} ({spec.name} {config.kind}, {part.key}, {zone}; "
+               f"dark 0 .. bright {hi:.3f}) | cells above {threshold} in red: {changed_share:.1%}")
+    return {
+        "histogram": _histogram_table(counts, edges),
+        "histogram_picture": dg.MetadataValue.md(pictures.markdown(
+            [(pictures.histogram_png(counts.tolist(), highlight_from=first_changed), "cosine distance histogram")],
+            f"Cells per cosine-distance bin (0 .. 1 in steps of {edges[1]:.2f}, sqrt scale); red: above "
+            f"the threshold {threshold}")),
+        "change_map": dg.MetadataValue.md(pictures.markdown(
+            [(pictures.png(map_rgb), "cosine distance"), (pictures.png(mask_rgb), "changed cells")], caption)),
+    }
+
+
+def _changed_area_check(findings: list[ChangeFinding], max_changed_share: float) -> dg.AssetCheckResult:
+    """changed_area_share: warns, naming the partitions, when more than the share changed."""
+    shares = [f.share for f in findings if f.share is not None]
+    too_much = [f"{f.partition}: {f.share:.1%}" for f in findings if f.share is not None and f.share > max_changed_share]
+    description = (f"changed area above {max_changed_share:.0%} in {', '.join(too_much)}" if too_much
+                   else "; ".join(f"{f.partition}: {f.share:.1%} changed" if f.share is not None
+                                  else f"{f.partition}: {f.why}" for f in findings))
+    return dg.AssetCheckResult(
+        check_name="changed_area_share", passed=not too_much, severity=dg.AssetCheckSeverity.WARN,
+        description=description,
+        metadata={"changed_share": float(max(shares)) if shares else 0.0, "max_changed_share": float(max_changed_share)})
 
 
 def _no_change_metadata(baseline: str | None, why: str, uri: str) -> dict[str, Any]:
@@ -257,39 +346,3 @@ def _histogram_table(counts: np.ndarray, edges: np.ndarray) -> dg.TableMetadataV
     records = [dg.TableRecord({"from": float(edges[i]), "to": float(edges[i + 1]), "cells": int(c)})
                for i, c in enumerate(counts)]
     return dg.MetadataValue.table(records=records, schema=schema)
-
-
-def _centre_cell(index) -> int:
-    """The cell nearest the centre of the index's first zone (the map's query)."""
-    cells = index.cells[index.cells["epsg"] == index.cells["epsg"].iat[0]]
-    cx, cy = cells["x"].mean(), cells["y"].mean()
-    return int(cells.index[np.argmin((cells["x"] - cx) ** 2 + (cells["y"] - cy) ** 2)])
-
-
-def _query_ms(index, cell: int) -> float:
-    """Median milliseconds of a top-20 query (the centre cell's vector) over a few repeats."""
-    times = []
-    for _ in range(QUERY_REPEATS):
-        t0 = time.perf_counter()
-        index.top_k(index.vectors[cell], 20, must_include=cell)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return round(float(np.median(times)), 3)
-
-
-def _similarity_map(index, cell: int, spec: EmbeddingSpec, partition: str) -> dg.MarkdownMetadataValue:
-    from rs_embed_pipeline.products import pictures
-    from rs_embed_pipeline.products.search import similarity_plane
-
-    epsg = int(index.cells["epsg"].iat[cell])
-    plane = similarity_plane(index, index.vectors[cell], epsg)
-    finite = plane[np.isfinite(plane)]
-    lo = float(np.percentile(finite, 2)) if finite.size else 0.0
-    top = set(index.top_k(index.vectors[cell], 10, must_include=cell)[0].tolist())
-    rgb = pictures.colormap(plane, lo, 1.0)
-    rows = index.cells.loc[sorted(top)]
-    rgb = pictures.mark(rgb, [(r.iy, r.ix) for r in rows.itertuples() if r.epsg == epsg and r.Index != cell],
-                        (255, 140, 0))
-    rgb = pictures.mark(rgb, [(index.cells.iy.iat[cell], index.cells.ix.iat[cell])], (255, 0, 0))
-    caption = (f"Cosine similarity of every {index.kind} cell to the centre cell {index.cells.cell_id.iat[cell]} "
-               f"(red) of {spec.name}, {partition}, EPSG:{epsg} (dark {lo:.3f} .. bright 1); orange: its top 10")
-    return dg.MetadataValue.md(pictures.markdown([(pictures.png(rgb), "similarity map")], caption))

@@ -14,19 +14,20 @@ from typing import Any
 
 import dagster as dg
 
-from rs_embed_pipeline.assets.tile_grid import read_tile_grid
+from rs_embed_pipeline.assets.per_model import cube_uri as spec_cube_uri
+from rs_embed_pipeline.assets.per_model import model_tiles, partition_job, spec_asset, store_array
 from rs_embed_pipeline.executors import GPU_STEP_TAGS, STEP_RETRY_POLICY
 from rs_embed_pipeline.fingerprint import cube_fingerprint
 from rs_embed_pipeline.metadata import (
     add_partition_metadata, coverage_check, embedding_partition_metadata, embedding_run_metadata, finite_check,
     georeferencing_check, json_value, ordered_for_people, path_value, run_metadata, status_table,
 )
-from rs_embed_pipeline.partitions import BACKFILL_POLICY, RegionWindow, region_windows
+from rs_embed_pipeline.partitions import RegionWindow, region_windows
+from rs_embed_pipeline.plan import EmbeddingSpec, PlanMismatch
 from rs_embed_pipeline.products.preview import cube_window_preview
-from rs_embed_pipeline.resources import CODE_VERSION, ModelResource, PipelineStore, TerraFMResource, ThorResource
+from rs_embed_pipeline.resources import ModelResource, PipelineStore
 from rs_embed_pipeline.stores import StoreError, TileStore
 from rs_embed_pipeline.stores.cube import TileStoreGrids, check_georeferencing, write_cube_window
-from rs_embed_pipeline.worker.protocol import PartitionJob
 
 # The UI shows metadata in this order: the run's outcome, then the settings that differ between
 # models, modalities and runs; provenance and the rest (same keys everywhere) after them.
@@ -37,42 +38,6 @@ METADATA_ORDER = (
     "weights_source", "weights_sha256",
 )
 MIN_CUBE_COVERAGE = 0.5
-
-
-@dataclasses.dataclass(frozen=True)
-class EmbeddingSpec:
-    """One model x modality combination of the pipeline."""
-
-    name: str            # asset name prefix, e.g. "terrafm_s2"
-    resource_key: str    # "terrafm" | "thor"
-    model_id: str        # "terrafm_b" | "thor_1_0_base"
-    modality: str        # "s2" | "s1"
-    title: str
-
-    def adapter(self, terrafm: TerraFMResource, thor: ThorResource) -> ModelResource:
-        """This spec's model resource, of the two every per-model asset receives."""
-        return terrafm if self.resource_key == "terrafm" else thor
-
-
-EMBEDDING_SPECS = (
-    EmbeddingSpec("terrafm_s2", "terrafm", "terrafm_b", "s2", "TerraFM-B, Sentinel-2"),
-    EmbeddingSpec("terrafm_s1", "terrafm", "terrafm_b", "s1", "TerraFM-B, Sentinel-1"),
-    EmbeddingSpec("thor_s2", "thor", "thor_1_0_base", "s2", "THOR 1.0 base, Sentinel-2"),
-)
-# Built only when the model resource's ``modalities`` include it (THOR defaults to ["s2"]).
-OPTIONAL_EMBEDDING_SPECS = (
-    EmbeddingSpec("thor_s1", "thor", "thor_1_0_base", "s1", "THOR 1.0 base, Sentinel-1"),
-)
-
-
-def enabled_specs(resources: dict[str, Any]) -> list[EmbeddingSpec]:
-    """The (model, modality) pairs to build: every spec whose model resource embeds its modality
-    (``modalities``)."""
-    missing = sorted({s.resource_key for s in EMBEDDING_SPECS} - set(resources))
-    if missing:
-        raise ValueError(f"the embedding assets need the model resources {missing}; got {sorted(resources)}")
-    return [spec for spec in EMBEDDING_SPECS + OPTIONAL_EMBEDDING_SPECS
-            if spec.modality in resources[spec.resource_key].modalities]
 
 
 class EmbeddingsConfig(dg.Config):
@@ -107,42 +72,21 @@ def _cube_time_axis(windows_def: Any, n_now: int) -> list[str]:
         years *= 2
 
 
-def _job(spec: EmbeddingSpec, store: PipelineStore, adapter: ModelResource, part: RegionWindow) -> PartitionJob:
-    """The partition's patch store (at the model's tile size) and embedding store."""
-    layout = store.layout
-    return PartitionJob(
-        key=part.key,
-        patches_uri=layout.patches(spec.modality, part.region, part.window, adapter.tile_size_px),
-        embeddings_uri=layout.embeddings(adapter.store_model_id, spec.modality, part.region, part.window),
-    )
-
-
-def _stores(spec: EmbeddingSpec, store: PipelineStore, adapter: ModelResource, part: RegionWindow) -> dict[str, str]:
-    """The partition's store URIs by name (the products assets read them)."""
-    job = _job(spec, store, adapter, part)
-    return {"patches_uri": job.patches_uri, "embeddings_uri": job.embeddings_uri}
-
-
 def build_embedding_assets(
     spec: EmbeddingSpec, partitions_def: dg.MultiPartitionsDefinition, retry_policy: dg.RetryPolicy | None = None,
 ) -> list[dg.AssetsDefinition]:
-    embeddings_name = f"{spec.name}_embeddings"
-    cube_name = f"{spec.name}_cube"
-    patches_name = f"{spec.modality}_patches"
+    """The embeddings asset (the only one that runs the model) and the cube asset of one spec."""
+    embeddings_name, cube_name = f"{spec.name}_embeddings", f"{spec.name}_cube"
     windows_def = partitions_def.get_partitions_def_for_dimension("window")
 
-    @dg.asset(
-        name=embeddings_name,
-        deps=[patches_name],
-        partitions_def=partitions_def,
-        backfill_policy=BACKFILL_POLICY,
-        group_name="embeddings",
-        kinds={"pytorch", "zarr"},
-        owners=["team:embeddings"],
-        pool="gpu",
+    @spec_asset(
+        name=embeddings_name, partitions_def=partitions_def, group_name="embeddings",
         retry_policy=retry_policy or STEP_RETRY_POLICY,  # a killed worker: the store resumes
+        deps=[f"{spec.modality}_patches"], kinds={"pytorch", "zarr"}, pool="gpu",
         op_tags=GPU_STEP_TAGS,  # GPU node pool under the k8s executors; inert elsewhere
-        code_version=CODE_VERSION,
+        # Only this spec's model resource. Its key differs per spec, so the asset names its resources
+        # here and reads them from the context (Dagster refuses resource parameters next to this).
+        required_resource_keys={"store", spec.resource_key, "pipes_subprocess_client"},
         check_specs=[dg.AssetCheckSpec(
             "all_values_finite", asset=embeddings_name, blocking=True,
             description="Every pooled and grid value of every embedded tile is finite (blocks the cube).")],
@@ -152,24 +96,20 @@ def build_embedding_assets(
             "through in batches, so memory is bounded by the batch, not the region."
         ),
     )
-    def embeddings(
-        context: dg.AssetExecutionContext,
-        config: EmbeddingsConfig,
-        store: PipelineStore,
-        pipes_subprocess_client: dg.PipesSubprocessClient,
-        terrafm: TerraFMResource,
-        thor: ThorResource,
-    ) -> dg.MaterializeResult:
-        adapter = spec.adapter(terrafm, thor)
-        if spec.modality not in adapter.modalities:
-            raise dg.Failure(
-                f"{embeddings_name}: the {spec.resource_key} resource embeds modalities {adapter.modalities}, "
-                f"not {spec.modality!r}; add it to the resource's modalities", allow_retries=False)
+    def embeddings(context: dg.AssetExecutionContext, config: EmbeddingsConfig) -> dg.MaterializeResult:
+        store: PipelineStore = context.resources.store
+        model: ModelResource = getattr(context.resources, spec.resource_key)
+        try:
+            spec.check_resource(model)  # a run's config must keep the planned tile size and store paths
+        except PlanMismatch as exc:
+            raise dg.Failure(str(exc), allow_retries=False) from exc
+        for note in spec.ignored_overrides(model):
+            context.log.warning(f"{embeddings_name}: {note}")
         parts = {p.key: p for p in region_windows(partitions_def, context.partition_keys)}
         # One worker process embeds every partition of the run (worker/embed.py, worker/protocol.py).
-        report = adapter.run_worker(
-            context, pipes_subprocess_client, modality=spec.modality,
-            partitions=[_job(spec, store, adapter, p) for p in parts.values()],
+        report = model.run_worker(
+            context, context.resources.pipes_subprocess_client, modality=spec.modality,
+            partitions=[partition_job(spec, store, p) for p in parts.values()],
             rebuild=config.rebuild, force=config.force, storage_options=store.storage_options)
         if report.failures:  # other settings / not a store: retrying cannot help
             raise dg.Failure("; ".join(f.message for f in report.failures), allow_retries=False)
@@ -193,16 +133,10 @@ def build_embedding_assets(
             check_results=[finite_check(results)],
         )
 
-    @dg.asset(
-        name=cube_name,
-        deps=[embeddings_name, "tile_grid"],
-        partitions_def=partitions_def,
-        backfill_policy=BACKFILL_POLICY,
-        group_name="cubes",
+    @spec_asset(
+        name=cube_name, partitions_def=partitions_def, group_name="cubes",
         retry_policy=retry_policy or STEP_RETRY_POLICY,  # windows are marked filled last: resumable
-        kinds={"zarr", "xarray"},
-        owners=["team:embeddings"],
-        code_version=CODE_VERSION,
+        deps=[embeddings_name, "tile_grid"], kinds={"zarr", "xarray"},
         check_specs=[
             dg.AssetCheckSpec("dims_and_crs", asset=cube_name,
                               description="Cube opens with xarray as (time, y, x, feature) with the tiles' UTM CRS."),
@@ -216,23 +150,14 @@ def build_embedding_assets(
             "window is its own slice; appending a window never rewrites another."
         ),
     )
-    def cube(
-        context: dg.AssetExecutionContext, config: CubeConfig, store: PipelineStore, terrafm: TerraFMResource,
-        thor: ThorResource,
-    ) -> dg.MaterializeResult:
-        from rs_embed_pipeline.products.quantize import QuantizationError, check_scheme
-
-        try:
-            check_scheme(config.quantization)
-        except QuantizationError as exc:
-            raise dg.Failure(f"{cube_name} config: {exc}", allow_retries=False) from exc
-        adapter = spec.adapter(terrafm, thor)
-        window_keys = windows_def.get_partition_keys()
+    def cube(context: dg.AssetExecutionContext, config: CubeConfig, store: PipelineStore) -> dg.MaterializeResult:
+        _check_quantization(cube_name, config.quantization)
+        window_keys = list(windows_def.get_partition_keys())
         time_axis = _cube_time_axis(windows_def, len(window_keys))
         t0 = time.perf_counter()
         windows = []
         for part in region_windows(partitions_def, context.partition_keys):
-            windows.append(_cube_window(spec, store, adapter, part, window_keys, time_axis, config))
+            windows.append(_cube_window(spec, store, part, window_keys, time_axis, config))
             context.log.info(f"{part.key}: cube {windows[-1].cube_uri}: {windows[-1].written}")
         # Per partition (a backfill run covers several): tile count, coverage, cube, its own preview.
         add_partition_metadata(context, {w.partition: w.partition_metadata() for w in windows})
@@ -251,6 +176,16 @@ def build_embedding_assets(
         )
 
     return [embeddings, cube]
+
+
+def _check_quantization(cube_name: str, scheme: str) -> None:
+    """Refuse an unknown cube storage scheme before anything is written."""
+    from rs_embed_pipeline.products.quantize import QuantizationError, check_scheme
+
+    try:
+        check_scheme(scheme)
+    except QuantizationError as exc:
+        raise dg.Failure(f"{cube_name} config: {exc}", allow_retries=False) from exc
 
 
 @dataclasses.dataclass
@@ -281,20 +216,19 @@ class CubeWindow:
         }
 
 
-def _cube_window(spec: EmbeddingSpec, store: PipelineStore, adapter: ModelResource, part: RegionWindow,
-                 window_keys: list[str], time_axis: list[str], config: CubeConfig) -> CubeWindow:
+def _cube_window(spec: EmbeddingSpec, store: PipelineStore, part: RegionWindow, window_keys: list[str],
+                 time_axis: list[str], config: CubeConfig) -> CubeWindow:
     """Write one partition's embeddings into its region's cube; check and preview what was written."""
-    job = _job(spec, store, adapter, part)
+    job = partition_job(spec, store, part)
     options = store.storage_options
     try:
         emb = TileStore.open(job.embeddings_uri, "embeddings", storage_options=options)
     except StoreError as exc:
         raise dg.Failure(str(exc), allow_retries=False) from exc
-    grid_df = read_tile_grid(store, part.region, part.window)
-    tiles = grid_df[grid_df["size_px"] == adapter.tile_size_px]
+    tiles = model_tiles(spec, store, part)
     ok = emb.indices_with_status("ok")
     pooled = dict(zip([emb.tile_ids[i] for i in ok], emb.read("pooled", ok)))
-    cube_uri = store.layout.cube(adapter.store_model_id, spec.modality, part.region)
+    cube_uri = spec_cube_uri(spec, store, part.region)
     patches = TileStore.open(job.patches_uri, "patches", storage_options=options)
     meta = run_metadata(emb.settings["adapter"], patches)
     window_index = window_keys.index(part.window)
@@ -312,7 +246,7 @@ def _cube_window(spec: EmbeddingSpec, store: PipelineStore, adapter: ModelResour
             fingerprint=cube_fingerprint(part.region, emb.settings, patches.settings),
             provenance={"embeddings_fingerprint": emb.fingerprint, "tiles_ok": len(pooled),
                         "synthetic_imagery": meta["synthetic_imagery"]},
-            grid_shape=emb.group["grid"].shape[1:], pooled_dim=emb.group["pooled"].shape[1],
+            grid_shape=store_array(emb, "grid").shape[1:], pooled_dim=store_array(emb, "pooled").shape[1],
             rebuild=config.rebuild, quantization=config.quantization,
         )
     except StoreError as exc:  # not a cube / other settings / other grid: retrying cannot help
@@ -330,3 +264,4 @@ def _cube_window(spec: EmbeddingSpec, store: PipelineStore, adapter: ModelResour
         georeferencing=[check_georeferencing(cube_uri, g["group"], g["epsg"], options) for g in groups],
         preview=preview,
     )
+

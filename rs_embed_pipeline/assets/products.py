@@ -1,7 +1,9 @@
 """Products of each cube, per model x modality: GeoParquet, COGs and a STAC catalog.
 
-Thin assets: they resolve partitions, gather the partition's facts (tile grid, cube window, run
-settings, scene ids) and call :mod:`rs_embed_pipeline.products`. Files live under
+Thin assets: for each partition they gather its facts once (:class:`PartitionFacts`: tile grid,
+cube, run settings, scene ids), write one product from them (the ``write_*`` steps below, which
+call :mod:`rs_embed_pipeline.products`) and shape metadata. They need only the store: the model's
+tile size and store id come from the plan's spec. Files live under
 ``<store>/products/<model>_<modality>/``::
 
     geoparquet/<region>/<window>.parquet          pooled embeddings, one row per tile (GeoParquet 1.1)
@@ -11,93 +13,47 @@ settings, scene ids) and call :mod:`rs_embed_pipeline.products`. Files live unde
 
 import dataclasses
 import json
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import dagster as dg
 import numpy as np
 
-from rs_embed_pipeline.assets.embeddings import (
-    EmbeddingSpec,
-    _stores,
-    run_metadata,
-)
-from rs_embed_pipeline.assets.tile_grid import read_tile_grid
-from rs_embed_pipeline.metadata import add_partition_metadata, json_value, path_value
-from rs_embed_pipeline.partitions import BACKFILL_POLICY, RegionWindow, region_windows
+from rs_embed_pipeline.assets.per_model import cube_uri, model_tiles, partition_job, spec_asset, store_array
+from rs_embed_pipeline.metadata import add_partition_metadata, json_value, path_value, run_metadata
+from rs_embed_pipeline.partitions import RegionWindow, region_windows
+from rs_embed_pipeline.plan import EmbeddingSpec
 from rs_embed_pipeline.products import cog, geoparquet, stac_catalog
-from rs_embed_pipeline.products.reader import (
-    CubeReadError,
-    cube_zones,
-    tile_vectors,
-    window_dataset,
-)
-from rs_embed_pipeline.resources import (
-    CODE_VERSION,
-    PipelineStore,
-    TerraFMResource,
-    ThorResource,
-)
+from rs_embed_pipeline.products.reader import CubeReadError, cube_zones, tile_vectors, window_dataset
+from rs_embed_pipeline.resources import PipelineStore
 from rs_embed_pipeline.stores import StoreError, TileStore
 from rs_embed_pipeline.stores.cube import model_url
 
-
-@dataclasses.dataclass
-class PartitionFacts:
-    """What every product of one partition needs, read once."""
-
-    part: RegionWindow
-    model_id: str
-    cube_uri: str
-    products_uri: str
-    tiles: Any                      # tile_grid rows at this model's tile size (GeoDataFrame)
-    meta: dict[str, Any]            # run_metadata(): model, weights, normalization, provider ...
-    adapter_settings: dict[str, Any]
-    provider: dict[str, Any]
-    scene_ids: dict[str, list[str]]  # tile_id -> scenes composited for it
+GEOPARQUET_COLUMNS = ["unique_id", "tile_id", "window_start", "window_end", "utm_epsg", "centre_lon", "centre_lat",
+                      "model_id", "weights_sha256", "modality", "source_scene_ids", "embedding", "bbox", "geometry"]
+# Runtime parameters of a STAC Item (emb:runtime_parameters), from the run metadata.
+STAC_RUNTIME_PARAMETERS = ("normalization", "group_merge", "image_size", "patch_size", "ground_cover_m", "s2_branch",
+                           "composite", "cloudy_pct", "scale_m", "pooling", "grid_kind", "orbit")
+# Runs of other partitions write their Items concurrently: the Collection is rebuilt until the Items
+# listed after writing it are the ones it was built from (the last writer lists them all).
+COLLECTION_ATTEMPTS = 5
 
 
-def products_root(store: PipelineStore, model_id: str, modality: str) -> str:
-    return f"{store.layout.root.rstrip('/')}/products/{model_id}_{modality}"
-
-
-def _scene_ids(patches: TileStore) -> dict[str, list[str]]:
-    raw = np.asarray(patches.group["tile_meta"][:]).tolist()
-    out = {}
-    for tid, text in zip(patches.tile_ids, raw):
-        meta = json.loads(str(text)) if text else {}
-        out[tid] = [str(s) for s in meta.get("scene_ids", [])]
-    return out
-
-
-def partition_facts(spec: EmbeddingSpec, store: PipelineStore, adapter: Any, part: RegionWindow) -> PartitionFacts:
-    model_id = adapter.store_model_id
-    uris = _stores(spec, store, adapter, part)
-    try:
-        emb = TileStore.open(uris["embeddings_uri"], "embeddings", storage_options=store.storage_options)
-        patches = TileStore.open(uris["patches_uri"], "patches", storage_options=store.storage_options)
-    except StoreError as exc:
-        raise dg.Failure(str(exc), allow_retries=False) from exc
-    grid_df = read_tile_grid(store, part.region, part.window)
-    adapter_settings = dict(emb.settings.get("adapter", {}))
-    return PartitionFacts(
-        part=part, model_id=model_id, cube_uri=store.layout.cube(model_id, spec.modality, part.region),
-        products_uri=products_root(store, model_id, spec.modality),
-        tiles=grid_df[grid_df["size_px"] == adapter.tile_size_px],
-        meta=run_metadata(adapter_settings, patches), adapter_settings=adapter_settings,
-        provider=dict(patches.settings.get("provider", {})), scene_ids=_scene_ids(patches),
-    )
-
-
-def _geoparquet_uri(facts: PartitionFacts) -> str:
-    return f"{facts.products_uri}/geoparquet/{facts.part.region}/{facts.part.window}.parquet"
-
-
-def _cog_uri(facts: PartitionFacts, zone: str, kind: str) -> str:
-    return f"{facts.products_uri}/cog/{facts.part.region}/{facts.part.window}/{zone}_{kind}.tif"
-
-
-def _zones(facts: PartitionFacts) -> list[str]:
-    return [f"EPSG{e}" for e in sorted({int(v) for v in facts.tiles["utm_epsg"]})]
+def _descriptions(title: str) -> dict[str, str]:
+    return {
+        "geoparquet": f"{title} pooled embeddings as GeoParquet 1.1, one file per region x window: one row per "
+                      "tile (footprint in EPSG:4326, centre lon/lat, window, fixed-size float32 vector, model and "
+                      "weights sha256, source scenes, deterministic unique_id), bbox covering column, rows in "
+                      "Hilbert order. Reads in DuckDB, GeoPandas, LanceDB, pgvector.",
+        "cog": f"{title} cube windows as Cloud-Optimized GeoTIFFs for GIS tools: one file per region x window x "
+               "UTM zone x (grid | pooled), north-up, embedding features as bands, CRS and NaN nodata, internal "
+               "tiles of 64-256 px (at most 16 MiB each), ZSTD + float predictor, overviews that average and "
+               "re-normalise the vectors.",
+        "stac": f"{title} static STAC catalog (STAC {stac_catalog.STAC_VERSION}, Embedding extension v0.0.1): a "
+                "Collection with emb:type, emb:dimensions, emb:chip_layout, gsd, data_type and links to the model "
+                "and source data; one Item per region x window with the cube as its `embeddings` asset, the "
+                "GeoParquet and COGs, runtime and processing metadata and the source scene ids.",
+    }
 
 
 def build_product_assets(spec: EmbeddingSpec, partitions_def: dg.MultiPartitionsDefinition,
@@ -105,15 +61,16 @@ def build_product_assets(spec: EmbeddingSpec, partitions_def: dg.MultiPartitions
     """GeoParquet, COG and STAC assets of one model x modality (each rewrites its files: idempotent)."""
     cube_name = f"{spec.name}_cube"
     parquet_name, cog_name, stac_name = f"{spec.name}_geoparquet", f"{spec.name}_cog", f"{spec.name}_stac"
-    common = dict(partitions_def=partitions_def, backfill_policy=BACKFILL_POLICY, group_name="products",
-                  owners=["team:embeddings"], code_version=CODE_VERSION, retry_policy=retry_policy)
+    about = _descriptions(spec.title)
+    common: dict[str, Any] = dict(partitions_def=partitions_def, group_name="products", retry_policy=retry_policy)
 
-    def each_partition(context: dg.AssetExecutionContext, store: PipelineStore, adapter: Any, produce):
+    def each_partition(context: dg.AssetExecutionContext, store: PipelineStore,
+                       write: Callable[["PartitionFacts"], tuple[dict[str, Any], Any]]) -> list[Any]:
+        """``write`` every partition of the run; its metadata on that partition, its results returned."""
         per_partition, results = {}, []
         for part in region_windows(partitions_def, context.partition_keys):
-            facts = partition_facts(spec, store, adapter, part)
             try:
-                md, result = produce(facts)
+                md, result = write(partition_facts(spec, store, part))
             except CubeReadError as exc:  # the cube window is missing: re-running cannot help
                 raise dg.Failure(str(exc), allow_retries=False) from exc
             per_partition[part.key] = md
@@ -122,146 +79,32 @@ def build_product_assets(spec: EmbeddingSpec, partitions_def: dg.MultiPartitions
         add_partition_metadata(context, per_partition)
         return results
 
-    @dg.asset(name=parquet_name, deps=[cube_name, "tile_grid"], kinds={"parquet", "duckdb"}, **common,
-              description=(f"{spec.title} pooled embeddings as GeoParquet 1.1, one file per region x window: "
-                           "one row per tile (footprint in EPSG:4326, centre lon/lat, window, fixed-size float32 "
-                           "vector, model and weights sha256, source scenes, deterministic unique_id), bbox "
-                           "covering column, rows in Hilbert order. Reads in DuckDB, GeoPandas, LanceDB, pgvector."))
-    def pooled_geoparquet(context: dg.AssetExecutionContext, store: PipelineStore, terrafm: TerraFMResource,
-                          thor: ThorResource) -> dg.MaterializeResult:
-        def produce(facts: PartitionFacts):
-            vectors = tile_vectors(facts.cube_uri, facts.tiles, facts.part.start, store.storage_options)
-            dims = _pooled_dim(facts, store)
-            table = geoparquet.pooled_table(
-                facts.tiles, vectors, window_start=facts.part.start, window_end=facts.part.end,
-                model_id=facts.model_id, weights_sha256=facts.meta["weights_sha256"], modality=spec.modality,
-                dimensions=dims, scene_ids=facts.scene_ids)
-            out = geoparquet.write_geoparquet(table, _geoparquet_uri(facts), store.storage_options)
-            return ({"rows": out["rows"], "row_groups": out["row_groups"], "bytes": out["bytes"],
-                     "store_uri": path_value(out["uri"])}, out)
-
-        results = each_partition(context, store, spec.adapter(terrafm, thor), produce)
+    @spec_asset(name=parquet_name, deps=[cube_name, "tile_grid"], kinds={"parquet", "duckdb"},
+                description=about["geoparquet"], **common)
+    def pooled_geoparquet(context: dg.AssetExecutionContext, store: PipelineStore) -> dg.MaterializeResult:
+        written = each_partition(context, store, write_pooled_geoparquet)
         return dg.MaterializeResult(metadata={
             "geoparquet_version": geoparquet.GEOPARQUET_VERSION,
-            "dimensions": int(results[0]["dimensions"]) if results else 0,
-            "rows_total": sum(r["rows"] for r in results),
-            "columns": json_value(["unique_id", "tile_id", "window_start", "window_end", "utm_epsg", "centre_lon",
-                                   "centre_lat", "model_id", "weights_sha256", "modality", "source_scene_ids",
-                                   "embedding", "bbox", "geometry"]),
+            "dimensions": int(written[0]["dimensions"]) if written else 0,
+            "rows_total": sum(r["rows"] for r in written),
+            "columns": json_value(GEOPARQUET_COLUMNS),
         })
 
-    @dg.asset(name=cog_name, deps=[cube_name, "tile_grid"], kinds={"geotiff", "gdal"}, **common,
-              description=(f"{spec.title} cube windows as Cloud-Optimized GeoTIFFs for GIS tools: one file per "
-                           "region x window x UTM zone x (grid | pooled), north-up, embedding features as bands, "
-                           "CRS and NaN nodata, internal tiles of 64-256 px (at most 16 MiB each), ZSTD + float "
-                           "predictor, overviews that average and re-normalise the vectors."))
-    def cube_cogs(context: dg.AssetExecutionContext, store: PipelineStore, terrafm: TerraFMResource,
-                  thor: ThorResource) -> dg.MaterializeResult:
-        def produce(facts: PartitionFacts):
-            files = []
-            present = set(cube_zones(facts.cube_uri, store.storage_options))
-            for zone in (z for z in _zones(facts) if z in present):
-                for kind in ("grid", "pooled"):
-                    ds = window_dataset(facts.cube_uri, zone, kind, facts.part.start, store.storage_options)
-                    x0, cell, _, y0, _, _ = (float(v) for v in ds["spatial_ref"].attrs["GeoTransform"].split())
-                    files.append(cog.write_cog(
-                        _cog_uri(facts, zone, kind), np.asarray(ds["embedding"].values), epsg=int(zone[4:]),
-                        left=x0, top=y0, cell_m=cell, storage_options=store.storage_options,
-                        tags={"model_id": facts.model_id, "weights_sha256": facts.meta["weights_sha256"],
-                              "modality": spec.modality, "region": facts.part.region,
-                              "window_start": facts.part.start, "window_end": facts.part.end, "cube_kind": kind,
-                              "random_weights": str(facts.meta["random_weights"]).lower(),
-                              "synthetic_imagery": str(facts.meta["synthetic_imagery"]).lower()}))
-            return ({"files": len(files), "bytes": sum(f["bytes"] for f in files),
-                     "store_uri": path_value(f"{facts.products_uri}/cog/{facts.part.region}/{facts.part.window}")},
-                    {"files": files})
-
-        results = each_partition(context, store, spec.adapter(terrafm, thor), produce)
-        files = [f for r in results for f in r["files"]]
+    @spec_asset(name=cog_name, deps=[cube_name, "tile_grid"], kinds={"geotiff", "gdal"},
+                description=about["cog"], **common)
+    def cube_cogs(context: dg.AssetExecutionContext, store: PipelineStore) -> dg.MaterializeResult:
+        files = [f for per_window in each_partition(context, store, write_cube_cogs) for f in per_window]
         return dg.MaterializeResult(metadata={
             "cog_files": json_value([{k: f[k] for k in ("uri", "bands", "height", "width", "overviews", "block_size",
                                                         "bytes")} for f in files]),
             "compression": cog.COMPRESS, "block_size": max((f["block_size"] for f in files), default=cog.BLOCK_SIZE),
         })
 
-    @dg.asset(name=stac_name, deps=[cube_name, parquet_name, cog_name, "tile_grid"], kinds={"stac", "json"}, **common,
-              description=(f"{spec.title} static STAC catalog (STAC {stac_catalog.STAC_VERSION}, Embedding extension "
-                           "v0.0.1): a Collection "
-                           "with emb:type, emb:dimensions, emb:chip_layout, gsd, data_type and links to the model "
-                           "and source data; one Item per region x window with the cube as its `embeddings` asset, "
-                           "the GeoParquet and COGs, runtime and processing metadata and the source scene ids."))
-    def stac_catalog_asset(context: dg.AssetExecutionContext, store: PipelineStore, terrafm: TerraFMResource,
-                           thor: ThorResource) -> dg.MaterializeResult:
-        adapter = spec.adapter(terrafm, thor)
-        state: dict[str, Any] = {}
-
-        def produce(facts: PartitionFacts):
-            stac_uri = f"{facts.products_uri}/stac"
-            items_dir = f"{stac_uri}/items"
-            zones = [z for z in _zones(facts) if z in set(cube_zones(facts.cube_uri, store.storage_options))]
-            if not zones:
-                raise CubeReadError(f"Cube {facts.cube_uri} has no group for {facts.part.key}")
-            grid = window_dataset(facts.cube_uri, zones[0], "grid", facts.part.start, store.storage_options)
-            embeddings_href = f"{facts.cube_uri}/{zones[0]}/grid" if len(zones) == 1 else facts.cube_uri
-            extra = {"geoparquet": {"href": _geoparquet_uri(facts), "type": stac_catalog.PARQUET_MEDIA_TYPE,
-                                    "roles": ["data"], "title": "Pooled embeddings, one row per tile (GeoParquet 1.1)",
-                                    # The Collection's chip layout is the feature map's; these chips are tiles.
-                                    "description": f"One pooled vector per {adapter.tile_size_px} px tile "
-                                                   f"(the chip of this asset), footprints in EPSG:4326."}}
-            for zone in zones:
-                for kind in ("grid", "pooled"):
-                    extra[f"cog_{zone}_{kind}"] = {"href": _cog_uri(facts, zone, kind),
-                                                   "type": stac_catalog.COG_MEDIA_TYPE, "roles": ["data"],
-                                                   "title": f"{kind} embeddings of {zone} as a COG (features as bands)"}
-            m = facts.meta
-            collection = str(m["collection"])
-            source_href = stac_catalog.source_data_href(facts.provider, collection)
-            scene_ids = [s for t in facts.tiles["tile_id"] for s in facts.scene_ids.get(str(t), [])]
-            item = stac_catalog.build_item(
-                item_id=f"{facts.part.region}_{facts.part.window}", collection_id=f"{facts.model_id}_{spec.modality}",
-                region=facts.part.region, window_start=facts.part.start, window_end=facts.part.end,
-                footprints=list(facts.tiles.geometry), item_dir=items_dir, embeddings_href=embeddings_href,
-                zones=zones, model_href=model_url(facts.model_id), source_href=source_href,
-                runtime_parameters={k: m[k] for k in ("normalization", "group_merge", "image_size", "patch_size",
-                                                       "ground_cover_m", "s2_branch", "composite", "cloudy_pct",
-                                                       "scale_m", "pooling", "grid_kind", "orbit")},
-                scene_ids=scene_ids,
-                scene_hrefs=stac_catalog.source_scene_hrefs(facts.provider, collection, scene_ids),
-                properties={"rs_embed:model_id": facts.model_id, "rs_embed:weights_sha256": m["weights_sha256"],
-                            "rs_embed:random_weights": m["random_weights"],
-                            "rs_embed:synthetic_imagery": m["synthetic_imagery"],
-                            "rs_embed:provider": m["provider"], "rs_embed:collection": collection,
-                            "rs_embed:tiles": len(facts.tiles), **_stac_quantization(grid.attrs)},
-                extra_assets=extra)
-            stac_catalog.write_item(stac_uri, item, store.storage_options)
-            d_grid = int(grid.sizes["feature"])
-            cells = int(grid.attrs.get("cells_per_tile") or 1)
-            state.update(stac_uri=stac_uri, dims=d_grid, chip_px=int(adapter.tile_size_px) // cells,
-                         gsd=float(m["scale_m"]), data_type=str(grid.attrs.get("geoemb:data_type", "float32")),
-                         model_id=facts.model_id, grid_id=f"rs_embed_pipeline UTM lattice p{adapter.tile_size_px} "
-                                                          f"s{m['scale_m']:g} (tile ids: grid.py)")
-            state.setdefault("sources", set()).add(source_href)
-            return {"item": f"{facts.part.region}_{facts.part.window}", "store_uri": path_value(stac_uri)}, item["id"]
-
-        each_partition(context, store, adapter, produce)
-        title = f"{spec.title} embeddings ({state['model_id']})"
-        # Runs of other partitions write their Items concurrently: the Collection is rebuilt until the
-        # Items listed after writing it are the ones it was built from (the last writer lists them all).
-        items: dict[str, Any] = {}
-        for _ in range(5):
-            items = stac_catalog.read_items(state["stac_uri"], store.storage_options)
-            collection = stac_catalog.build_collection(
-                collection_id=f"{state['model_id']}_{spec.modality}", title=title,
-                description=(f"{spec.title} embeddings computed by rs_embed_pipeline per region and time window: "
-                             "Zarr cubes (feature maps and pooled vectors per UTM zone), pooled GeoParquet and COGs."),
-                items=items, dimensions=state["dims"], chip_px=state["chip_px"], gsd=state["gsd"],
-                data_type=state["data_type"], grid_id=state["grid_id"], model_href=model_url(state["model_id"]),
-                source_hrefs=sorted(state["sources"] | {link["href"] for it in items.values() for link in it["links"]
-                                                        if link["rel"] == "emb:source-data"
-                                                        and link.get("title") == stac_catalog.SOURCE_COLLECTION_TITLE}))
-            paths = stac_catalog.write_collection(state["stac_uri"], collection, title, store.storage_options)
-            if set(stac_catalog.read_items(state["stac_uri"], store.storage_options)) == set(items):
-                break
+    @spec_asset(name=stac_name, deps=[cube_name, parquet_name, cog_name, "tile_grid"], kinds={"stac", "json"},
+                description=about["stac"], **common)
+    def stac_catalog_asset(context: dg.AssetExecutionContext, store: PipelineStore) -> dg.MaterializeResult:
+        written: list[StacItemFacts] = each_partition(context, store, write_stac_item)
+        items, paths = write_stac_collection(spec, written, store.storage_options)
         return dg.MaterializeResult(metadata={
             "stac_version": stac_catalog.STAC_VERSION, "embedding_extension": stac_catalog.EMB_EXTENSION,
             "items_total": len(items), "catalog": path_value(paths["catalog"]),
@@ -270,7 +113,173 @@ def build_product_assets(spec: EmbeddingSpec, partitions_def: dg.MultiPartitions
     return [pooled_geoparquet, cube_cogs, stac_catalog_asset]
 
 
-def _stac_quantization(attrs: dict) -> dict[str, Any]:
+# ---------------------------------------------------------------------------------------- one partition's facts
+@dataclasses.dataclass
+class PartitionFacts:
+    """What every product of one partition needs, read once."""
+
+    spec: EmbeddingSpec
+    part: RegionWindow
+    cube_uri: str
+    products_uri: str
+    tiles: Any                      # tile_grid rows at this model's tile size (GeoDataFrame)
+    meta: dict[str, Any]            # run_metadata(): model, weights, normalization, provider ...
+    adapter_settings: dict[str, Any]
+    provider: dict[str, Any]
+    scene_ids: dict[str, list[str]]  # tile_id -> scenes composited for it
+    storage_options: dict[str, Any] | None
+
+    @property
+    def model_id(self) -> str:
+        return self.spec.store_model_id
+
+    @property
+    def geoparquet_uri(self) -> str:
+        return f"{self.products_uri}/geoparquet/{self.part.region}/{self.part.window}.parquet"
+
+    @property
+    def cog_dir(self) -> str:
+        return f"{self.products_uri}/cog/{self.part.region}/{self.part.window}"
+
+    def cog_uri(self, zone: str, kind: str) -> str:
+        return f"{self.cog_dir}/{zone}_{kind}.tif"
+
+    def zones_in_cube(self) -> list[str]:
+        """The UTM zones of the partition's tiles that have a group in the cube (``EPSG32632`` ...)."""
+        present = set(cube_zones(self.cube_uri, self.storage_options))
+        return [z for z in (f"EPSG{e}" for e in sorted({int(v) for v in self.tiles["utm_epsg"]})) if z in present]
+
+    def window(self, zone: str, kind: str) -> Any:
+        """The partition's window of one zone and kind of the cube (xarray Dataset, no time dim)."""
+        return window_dataset(self.cube_uri, zone, kind, self.part.start, self.storage_options)
+
+
+def products_root(store: PipelineStore, model_id: str, modality: str) -> str:
+    return f"{store.layout.root.rstrip('/')}/products/{model_id}_{modality}"
+
+
+def partition_facts(spec: EmbeddingSpec, store: PipelineStore, part: RegionWindow) -> PartitionFacts:
+    job = partition_job(spec, store, part)
+    try:
+        emb = TileStore.open(job.embeddings_uri, "embeddings", storage_options=store.storage_options)
+        patches = TileStore.open(job.patches_uri, "patches", storage_options=store.storage_options)
+    except StoreError as exc:
+        raise dg.Failure(str(exc), allow_retries=False) from exc
+    adapter_settings = dict(emb.settings.get("adapter", {}))
+    return PartitionFacts(
+        spec=spec, part=part, cube_uri=cube_uri(spec, store, part.region),
+        products_uri=products_root(store, spec.store_model_id, spec.modality), tiles=model_tiles(spec, store, part),
+        meta=run_metadata(adapter_settings, patches), adapter_settings=adapter_settings,
+        provider=dict(patches.settings.get("provider", {})), scene_ids=_scene_ids(patches),
+        storage_options=store.storage_options,
+    )
+
+
+def _scene_ids(patches: TileStore) -> dict[str, list[str]]:
+    raw = np.asarray(store_array(patches, "tile_meta")[:]).tolist()
+    out = {}
+    for tid, text in zip(patches.tile_ids, raw):
+        meta = json.loads(str(text)) if text else {}
+        out[tid] = [str(s) for s in meta.get("scene_ids", [])]
+    return out
+
+
+# ----------------------------------------------------------------------------------- one partition's products
+def write_pooled_geoparquet(facts: PartitionFacts) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The partition's pooled vectors as one GeoParquet file, a row per tile."""
+    zones = cube_zones(facts.cube_uri, facts.storage_options)
+    if not zones:
+        raise CubeReadError(f"Cube {facts.cube_uri} has no UTM-zone group: materialize the cube first")
+    table = geoparquet.pooled_table(
+        facts.tiles, tile_vectors(facts.cube_uri, facts.tiles, facts.part.start, facts.storage_options),
+        window_start=facts.part.start, window_end=facts.part.end, model_id=facts.model_id,
+        weights_sha256=facts.meta["weights_sha256"], modality=facts.spec.modality,
+        dimensions=int(facts.window(zones[0], "pooled").sizes["feature"]), scene_ids=facts.scene_ids)
+    out = geoparquet.write_geoparquet(table, facts.geoparquet_uri, facts.storage_options)
+    return ({"rows": out["rows"], "row_groups": out["row_groups"], "bytes": out["bytes"],
+             "store_uri": path_value(out["uri"])}, out)
+
+
+def write_cube_cogs(facts: PartitionFacts) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One COG per zone and kind (grid, pooled) of the partition's cube window."""
+    files = []
+    for zone in facts.zones_in_cube():
+        for kind in ("grid", "pooled"):
+            ds = facts.window(zone, kind)
+            x0, cell, _, y0, _, _ = (float(v) for v in ds["spatial_ref"].attrs["GeoTransform"].split())
+            files.append(cog.write_cog(
+                facts.cog_uri(zone, kind), np.asarray(ds["embedding"].values), epsg=int(zone[4:]),
+                left=x0, top=y0, cell_m=cell, storage_options=facts.storage_options,
+                tags={"model_id": facts.model_id, "weights_sha256": facts.meta["weights_sha256"],
+                      "modality": facts.spec.modality, "region": facts.part.region,
+                      "window_start": facts.part.start, "window_end": facts.part.end, "cube_kind": kind,
+                      "random_weights": str(facts.meta["random_weights"]).lower(),
+                      "synthetic_imagery": str(facts.meta["synthetic_imagery"]).lower()}))
+    return ({"files": len(files), "bytes": sum(f["bytes"] for f in files), "store_uri": path_value(facts.cog_dir)},
+            files)
+
+
+@dataclasses.dataclass(frozen=True)
+class StacItemFacts:
+    """What the Collection needs from one written Item."""
+
+    stac_uri: str
+    dims: int
+    chip_px: int
+    gsd: float
+    data_type: str
+    source_href: str
+
+
+def write_stac_item(facts: PartitionFacts) -> tuple[dict[str, Any], StacItemFacts]:
+    """The partition's STAC Item: the cube as its ``embeddings`` asset, the GeoParquet and COGs."""
+    spec, part, m = facts.spec, facts.part, facts.meta
+    stac_uri = f"{facts.products_uri}/stac"
+    zones = facts.zones_in_cube()
+    if not zones:
+        raise CubeReadError(f"Cube {facts.cube_uri} has no group for {part.key}")
+    grid = facts.window(zones[0], "grid")
+    collection = str(m["collection"])
+    source_href = stac_catalog.source_data_href(facts.provider, collection)
+    scene_ids = [s for t in facts.tiles["tile_id"] for s in facts.scene_ids.get(str(t), [])]
+    item = stac_catalog.build_item(
+        item_id=f"{part.region}_{part.window}", collection_id=f"{facts.model_id}_{spec.modality}",
+        region=part.region, window_start=part.start, window_end=part.end,
+        footprints=list(facts.tiles.geometry), item_dir=f"{stac_uri}/items",
+        embeddings_href=f"{facts.cube_uri}/{zones[0]}/grid" if len(zones) == 1 else facts.cube_uri,
+        zones=zones, model_href=model_url(facts.model_id), source_href=source_href,
+        runtime_parameters={k: m[k] for k in STAC_RUNTIME_PARAMETERS}, scene_ids=scene_ids,
+        scene_hrefs=stac_catalog.source_scene_hrefs(facts.provider, collection, scene_ids),
+        properties={"rs_embed:model_id": facts.model_id, "rs_embed:weights_sha256": m["weights_sha256"],
+                    "rs_embed:random_weights": m["random_weights"], "rs_embed:synthetic_imagery": m["synthetic_imagery"],
+                    "rs_embed:provider": m["provider"], "rs_embed:collection": collection,
+                    "rs_embed:tiles": len(facts.tiles), **_stac_quantization(grid.attrs)},
+        extra_assets=_stac_file_assets(facts, zones))
+    stac_catalog.write_item(stac_uri, item, facts.storage_options)
+    cells = int(grid.attrs.get("cells_per_tile") or 1)
+    return ({"item": item["id"], "store_uri": path_value(stac_uri)},
+            StacItemFacts(stac_uri=stac_uri, dims=int(grid.sizes["feature"]), chip_px=spec.tile_size_px // cells,
+                          gsd=float(m["scale_m"]), data_type=str(grid.attrs.get("geoemb:data_type", "float32")),
+                          source_href=source_href))
+
+
+def _stac_file_assets(facts: PartitionFacts, zones: list[str]) -> dict[str, dict[str, Any]]:
+    """The Item's GeoParquet and COG assets (next to the cube)."""
+    assets = {"geoparquet": {
+        "href": facts.geoparquet_uri, "type": stac_catalog.PARQUET_MEDIA_TYPE, "roles": ["data"],
+        "title": "Pooled embeddings, one row per tile (GeoParquet 1.1)",
+        # The Collection's chip layout is the feature map's; these chips are tiles.
+        "description": f"One pooled vector per {facts.spec.tile_size_px} px tile (the chip of this asset), "
+                       f"footprints in EPSG:4326."}}
+    for zone in zones:
+        for kind in ("grid", "pooled"):
+            assets[f"cog_{zone}_{kind}"] = {"href": facts.cog_uri(zone, kind), "type": stac_catalog.COG_MEDIA_TYPE,
+                                            "roles": ["data"],
+                                            "title": f"{kind} embeddings of {zone} as a COG (features as bands)"}
+    return assets
+
+
+def _stac_quantization(attrs: Mapping[str, Any]) -> dict[str, Any]:
     """``emb:quantization`` of an int8 cube (its scales live in the cube, per cell or feature)."""
     q = attrs.get("geoemb:quantization")
     if not q:
@@ -278,9 +287,27 @@ def _stac_quantization(attrs: dict) -> dict[str, Any]:
     return {"emb:quantization": {k: str(q[k]) for k in ("method", "original_dtype", "quantized_dtype") if k in q}}
 
 
-def _pooled_dim(facts: PartitionFacts, store: PipelineStore) -> int:
-    zones = cube_zones(facts.cube_uri, store.storage_options)
-    if not zones:
-        raise CubeReadError(f"Cube {facts.cube_uri} has no UTM-zone group: materialize the cube first")
-    ds = window_dataset(facts.cube_uri, zones[0], "pooled", facts.part.start, store.storage_options)
-    return int(ds.sizes["feature"])
+def write_stac_collection(spec: EmbeddingSpec, written: list[StacItemFacts],
+                          storage_options: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, str]]:
+    """The Collection and catalog over every Item in the catalog (this run's and others'); the
+    Items it lists and the paths written."""
+    last = written[-1]
+    title = f"{spec.title} embeddings ({spec.store_model_id})"
+    items: dict[str, Any] = {}
+    paths: dict[str, str] = {}
+    for _ in range(COLLECTION_ATTEMPTS):
+        items = stac_catalog.read_items(last.stac_uri, storage_options)
+        sources = {w.source_href for w in written} | {
+            link["href"] for it in items.values() for link in it["links"]
+            if link["rel"] == "emb:source-data" and link.get("title") == stac_catalog.SOURCE_COLLECTION_TITLE}
+        collection = stac_catalog.build_collection(
+            collection_id=f"{spec.store_model_id}_{spec.modality}", title=title,
+            description=(f"{spec.title} embeddings computed by rs_embed_pipeline per region and time window: "
+                         "Zarr cubes (feature maps and pooled vectors per UTM zone), pooled GeoParquet and COGs."),
+            items=items, dimensions=last.dims, chip_px=last.chip_px, gsd=last.gsd, data_type=last.data_type,
+            grid_id=f"rs_embed_pipeline UTM lattice p{spec.tile_size_px} s{last.gsd:g} (tile ids: grid.py)",
+            model_href=model_url(spec.store_model_id), source_hrefs=sorted(sources))
+        paths = stac_catalog.write_collection(last.stac_uri, collection, title, storage_options)
+        if set(stac_catalog.read_items(last.stac_uri, storage_options)) == set(items):
+            break
+    return items, paths

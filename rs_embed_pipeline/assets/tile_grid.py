@@ -3,6 +3,8 @@
 
 import io
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import dagster as dg
 import geopandas as gpd
@@ -13,8 +15,17 @@ from rs_embed_pipeline.grid import build_tile_grid
 from rs_embed_pipeline.metadata import add_partition_metadata, json_value, path_value
 from rs_embed_pipeline.partitions import BACKFILL_POLICY, region_windows
 from rs_embed_pipeline.regions import PipelineConfig
-from rs_embed_pipeline.resources import CODE_VERSION, PipelineStore, TerraFMResource, ThorResource
+from rs_embed_pipeline.resources import CODE_VERSION, PipelineStore
 from rs_embed_pipeline.stores.files import read_bytes, write_bytes_atomic
+
+
+def write_tile_grid(store: PipelineStore, region: str, window: str, grid: gpd.GeoDataFrame) -> str:
+    """Write the partition's grid as GeoParquet in one atomic put; returns its URI."""
+    uri = store.layout.tile_grid(region, window)
+    buf = io.BytesIO()
+    grid.to_parquet(buf, index=False)
+    write_bytes_atomic(uri, buf.getvalue(), store.storage_options)
+    return uri
 
 
 def read_tile_grid(store: PipelineStore, region: str, window: str) -> gpd.GeoDataFrame:
@@ -24,11 +35,6 @@ def read_tile_grid(store: PipelineStore, region: str, window: str) -> gpd.GeoDat
     except FileNotFoundError as exc:
         raise dg.Failure(f"Tile grid {uri} is missing; materialize tile_grid for {region}|{window} first") from exc
     return gpd.read_parquet(io.BytesIO(payload))
-
-
-def tile_sizes(terrafm: TerraFMResource, thor: ThorResource) -> list[tuple[int, float]]:
-    """(size_px, scale_m) of every model's native tile; one grid per distinct size (docs/architecture.md)."""
-    return sorted({(terrafm.tile_size_px, terrafm.scale_m), (thor.tile_size_px, thor.scale_m)})
 
 
 # The GeoParquet's columns (docs/architecture.md), shown on the asset's page ("Columns").
@@ -46,8 +52,13 @@ TILE_GRID_SCHEMA = dg.TableSchema(columns=[
 ])
 
 
-def build_tile_grid_asset(config: PipelineConfig, partitions_def: dg.PartitionsDefinition,
+def build_tile_grid_asset(config: PipelineConfig, partitions_def: dg.MultiPartitionsDefinition, *,
+                          tile_sizes: Sequence[tuple[int, float]],
                           retry_policy: dg.RetryPolicy | None = None) -> dg.AssetsDefinition:
+    """The ``tile_grid`` asset over ``tile_sizes``: (size_px, scale_m) of every model's native tile,
+    one grid per distinct size (``PipelinePlan.tile_sizes()``, docs/architecture.md)."""
+    sizes = sorted(set(tile_sizes))
+
     @dg.asset(
         name="tile_grid",
         partitions_def=partitions_def,
@@ -59,12 +70,7 @@ def build_tile_grid_asset(config: PipelineConfig, partitions_def: dg.PartitionsD
         code_version=CODE_VERSION,  # the tile lattice is part of every stored number
         metadata={"dagster/column_schema": TILE_GRID_SCHEMA},
     )
-    def tile_grid(
-        context: dg.AssetExecutionContext,
-        store: PipelineStore,
-        terrafm: TerraFMResource,
-        thor: ThorResource,
-    ) -> dg.MaterializeResult:
+    def tile_grid(context: dg.AssetExecutionContext, store: PipelineStore) -> dg.MaterializeResult:
         """GeoParquet of the global, stable, UTM-aligned tiles covering the region's AOI.
 
         One row per tile and tile size in use (TerraFM-B 224 px, THOR 288 px at 10 m): tile_id,
@@ -72,17 +78,13 @@ def build_tile_grid_asset(config: PipelineConfig, partitions_def: dg.PartitionsD
         footprint in EPSG:4326. Tile ids depend only on the lattice, so overlapping regions share them.
         """
         t0 = time.perf_counter()
-        rows = []
+        rows: list[dict[str, Any]] = []
         for part in region_windows(partitions_def, context.partition_keys):
-            region = config.region(part.region)
-            grids = [build_tile_grid(region.aoi, size, scale) for size, scale in tile_sizes(terrafm, thor)]
+            grids = [build_tile_grid(config.region(part.region).aoi, size, scale) for size, scale in sizes]
             grid = gpd.GeoDataFrame(pd.concat(grids, ignore_index=True), crs="EPSG:4326")
             if grid.empty:
                 raise dg.Failure(f"Region {part.region!r}: the AOI produced no tiles; check its geometry")
-            uri = store.layout.tile_grid(part.region, part.window)
-            buf = io.BytesIO()
-            grid.to_parquet(buf, index=False)
-            write_bytes_atomic(uri, buf.getvalue(), store.storage_options)
+            uri = write_tile_grid(store, part.region, part.window, grid)
             per_size = grid.groupby("size_px").size().to_dict()
             rows.append({"partition": part.key, "uri": uri, "tiles": len(grid),
                          "zones": sorted(int(z) for z in grid["utm_epsg"].unique()),

@@ -140,11 +140,7 @@ def build_item(
     }
     for key, asset in (extra_assets or {}).items():
         assets[key] = {**asset, "href": relative_href(item_dir, str(asset["href"]))}
-    return {
-        "type": "Feature",
-        "stac_version": STAC_VERSION,
-        "stac_extensions": [EMB_EXTENSION, PROCESSING_EXTENSION],
-        "id": item_id,
+    return _stac_object("Feature", [EMB_EXTENSION, PROCESSING_EXTENSION], item_id, {
         "collection": collection_id,
         "geometry": mapping(geom),
         "bbox": [float(v) for v in geom.bounds],
@@ -172,7 +168,13 @@ def build_item(
               for h in scene_hrefs),
         ],
         "assets": assets,
-    }
+    })
+
+
+def _stac_object(stac_type: str, extensions: list[str], object_id: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """A STAC Item or Collection: the fields every STAC object starts with, then ``fields``."""
+    return {"type": stac_type, "stac_version": STAC_VERSION, "stac_extensions": extensions, "id": object_id,
+            **fields}
 
 
 def build_collection(
@@ -208,11 +210,7 @@ def build_collection(
         *({"rel": "emb:source-data", "href": h, "title": SOURCE_COLLECTION_TITLE} for h in sorted(set(source_hrefs))),
         *({"rel": "item", "href": href, "type": "application/geo+json"} for href in sorted(items)),
     ]
-    return {
-        "type": "Collection",
-        "stac_version": STAC_VERSION,
-        "stac_extensions": [EMB_EXTENSION, ITEM_ASSETS_EXTENSION],
-        "id": collection_id,
+    return _stac_object("Collection", [EMB_EXTENSION, ITEM_ASSETS_EXTENSION], collection_id, {
         "title": title,
         "description": description,
         "license": license,
@@ -229,7 +227,7 @@ def build_collection(
         "item_assets": {"embeddings": {"type": ZARR_MEDIA_TYPE, "roles": ["data"],
                                        "title": "Embedding cube (Zarr v3, CF + geoemb: attributes)"}},
         "links": links,
-    }
+    })
 
 
 def _next_day(date: str) -> str:
