@@ -19,6 +19,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import cast
 
 import dagster as dg
 
@@ -70,11 +71,13 @@ def main(argv: list[str] | None = None) -> int:
                                    seed=0, pad_m=CATALOG_PAD_M, planted=[DEMO_POND])
 
     from rs_embed_pipeline.definitions import build_definitions, resources_for
+    from rs_embed_pipeline.resources import ModelResource
 
     resources = resources_for(settings)
     for key, checkpoint in (("terrafm", args.terrafm_checkpoint), ("thor", args.thor_checkpoint)):
         if checkpoint:
-            resources[key] = resources[key].model_copy(update={"checkpoint": checkpoint})
+            model = cast(ModelResource, resources[key])  # resources_for's model resources
+            resources[key] = model.model_copy(update={"checkpoint": checkpoint})
     defs = build_definitions(settings, resources=resources)
     job = defs.resolve_job_def("build_embeddings")
     partition = dg.MultiPartitionKey({"region": DEMO_REGION, "window": DEMO_WINDOW})
@@ -106,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         md = mat.metadata
         random = md["random_weights"].value if "random_weights" in md else None
-        weights = "RANDOM WEIGHTS (not pretrained)" if random else f"pretrained, sha256 {md['weights_sha256'].value[:12]}"
+        weights = "RANDOM WEIGHTS (not pretrained)" if random else f"pretrained, sha256 {str(md['weights_sha256'].value)[:12]}"
         print(f"  {name:18s} {md['store_uri'].value}  [{weights}]")
     print_products(result)
     print_answers(result, result2, settings.store_root)

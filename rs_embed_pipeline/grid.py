@@ -405,8 +405,8 @@ def build_tile_grid(aoi: BaseGeometry, size_px: int, scale_m: float) -> gpd.GeoD
         minx, miny, maxx, maxy = utm.bounds
         cols = np.arange(math.floor(minx / T), math.floor(maxx / T) + 1, dtype=np.int64)
         rows = np.arange(math.floor(miny / T) + 1, math.floor(maxy / T) + 2, dtype=np.int64)
-        cc, rr = np.meshgrid(cols, rows)
-        cc, rr = cc.ravel(), rr.ravel()
+        mesh_c, mesh_r = np.meshgrid(cols, rows)
+        cc, rr = mesh_c.ravel(), mesh_r.ravel()
         x0 = cc * T
         y0 = rr * T
         boxes = shapely.box(x0, y0 - T, x0 + T, y0)

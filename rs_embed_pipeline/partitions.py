@@ -48,6 +48,8 @@ def region_windows(
 ) -> list[RegionWindow]:
     """Resolve the run's partition keys (one or a backfill batch) to regions and windows."""
     windows_def = partitions_def.get_partitions_def_for_dimension("window")
+    if not isinstance(windows_def, dg.TimeWindowPartitionsDefinition):  # build_partitions makes it one
+        raise TypeError(f"the 'window' dimension must be time windows, got {type(windows_def).__name__}")
     resolved = []
     for key in partition_keys:
         mkey = key if isinstance(key, dg.MultiPartitionKey) else partitions_def.get_partition_key_from_str(key)

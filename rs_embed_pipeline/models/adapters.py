@@ -36,6 +36,7 @@ from . import knobs
 from . import preprocessing as P
 from . import runtime
 from .errors import ModelInputError
+from .layers import EncoderConfig
 from .terrafm import TerraFM, TerraFMConfig
 from .thor import (
     ThorConfig,
@@ -124,6 +125,8 @@ class _Adapter:
     modalities: tuple[str, ...] = ("s2", "s1")
     MODEL_OPTIONS: tuple[str, ...] = ()
     pretrained: bool = True  # THOR's option; False with no checkpoint = random init, no hub lookup
+    cfg: EncoderConfig          # set by _configure (each adapter's own config class)
+    weights: dict[str, Any]     # set by _load_model: where the weights came from (metadata)
 
     def __init__(self, *, checkpoint=None, arch=None, device="auto", **options: Any) -> None:
         unknown = sorted(set(options) - set(self.MODEL_OPTIONS) - set(COMMON_OPTIONS))
@@ -240,6 +243,10 @@ class _Adapter:
     @property
     def embed_dim(self) -> int:
         return self.cfg.embed_dim
+
+    @property
+    def image_size(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
 
     def input_bands(self, modality: str) -> tuple[str, ...]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -413,6 +420,7 @@ class TerraFMAdapter(_Adapter):
     HF_REPO = "MBZUAI/TerraFM"
     HF_FILE = "TerraFM-B.pth"
     S2_BRANCHES = ("l2a", "l1c")
+    cfg: TerraFMConfig
 
     def _configure(self, arch, options: dict) -> None:
         self.cfg = TerraFMConfig.from_arch(arch)
@@ -563,6 +571,7 @@ class ThorAdapter(_Adapter):
     SHAPE_ADJUST = knobs.THOR_SHAPE_ADJUST
     S2_GSDS = (10.0, 20.0)
     S1_GSDS = (10.0,)
+    cfg: ThorConfig
 
     def __init__(self, *, checkpoint=None, arch=None, device="auto", **options: Any) -> None:
         self.variant = canonical_variant(options.pop("variant", None) or "base")
@@ -682,7 +691,7 @@ class ThorAdapter(_Adapter):
 
     def _normalize(self, x: np.ndarray, modality: str) -> tuple[np.ndarray, dict]:
         mode = P.thor_normalization(self.normalization, modality)
-        meta = {"normalization": mode, "normalization_requested": self.normalization}
+        meta: dict[str, Any] = {"normalization": mode, "normalization_requested": self.normalization}
         if modality == "s2":
             if mode == "thor_stats":
                 out = P.s2_thor_stats(x)

@@ -10,11 +10,34 @@ dtype so that bf16 autocast works.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .errors import ModelInputError
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """The ViT encoder's size (released base models), the first fields of TerraFMConfig and ThorConfig."""
+
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolved(value: int | None, name: str) -> int:
+    """A config field whose ``None`` default its ``__post_init__`` replaced (typed as an int)."""
+    if value is None:
+        raise ModelInputError(f"config field {name} has no value (its default is set in __post_init__)")
+    return value
 
 
 class Attention(nn.Module):

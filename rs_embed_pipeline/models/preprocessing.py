@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from functools import reduce
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -196,15 +196,20 @@ def check_modality_units(x: np.ndarray, modality: str, what: str) -> None:
         return
     check_s1_linear(x, what)
     high = (nonzero & (np.abs(np.where(finite, flat, 0.0)) > S1_LINEAR_IMPLAUSIBLE)).sum(axis=1)
-    frac = np.where(n > 0, high / np.maximum(n, 1), 0.0)
+    _refuse_flagged_images(np.where(n > 0, high / np.maximum(n, 1), 0.0), lambda images, pct: (
+        f"{what} expects linear-scale S1 backscatter (sigma0 power, typically 0..1) but image(s) at "
+        f"batch index {images} have {pct} of finite nonzero values above {S1_LINEAR_IMPLAUSIBLE:g}: "
+        "Sentinel-2 DN given as S1 (use modality='s2'), or unscaled / uncalibrated DN?"
+    ))
+
+
+def _refuse_flagged_images(frac: np.ndarray, message: Callable[[list[int], str], str]) -> None:
+    """Refuse a batch in which an image has more than half of its finite nonzero values flagged
+    (``frac`` per image): ``message(batch indices, their percentages)`` says what the input looks like."""
     bad = np.flatnonzero(frac > 0.5)
     if bad.size:
         pct = ", ".join(f"{100 * frac[i]:.0f}%" for i in bad[:5])
-        raise ModelInputError(
-            f"{what} expects linear-scale S1 backscatter (sigma0 power, typically 0..1) but image(s) at "
-            f"batch index {bad.tolist()} have {pct} of finite nonzero values above {S1_LINEAR_IMPLAUSIBLE:g}: "
-            "Sentinel-2 DN given as S1 (use modality='s2'), or unscaled / uncalibrated DN?"
-        )
+        raise ModelInputError(message(bad.tolist(), pct))
 
 
 def clean_nonfinite(x: np.ndarray) -> np.ndarray:
@@ -252,15 +257,11 @@ def s1_negative_fraction(raw: np.ndarray) -> np.ndarray:
 
 
 def check_s1_linear(raw: np.ndarray, what: str) -> None:
-    frac = s1_negative_fraction(raw)
-    bad = np.flatnonzero(frac > 0.5)
-    if bad.size:
-        pct = ", ".join(f"{100 * frac[i]:.0f}%" for i in bad[:5])
-        raise ModelInputError(
-            f"{what} expects linear-scale S1 backscatter (sigma0 power) but the input looks dB-scaled: "
-            f"image(s) at batch index {bad.tolist()} have {pct} negative values among finite nonzero "
-            "pixels. Convert with 10 ** (dB / 10) or fetch the linear (S1_GRD_FLOAT) collection."
-        )
+    _refuse_flagged_images(s1_negative_fraction(raw), lambda images, pct: (
+        f"{what} expects linear-scale S1 backscatter (sigma0 power) but the input looks dB-scaled: "
+        f"image(s) at batch index {images} have {pct} negative values among finite nonzero "
+        "pixels. Convert with 10 ** (dB / 10) or fetch the linear (S1_GRD_FLOAT) collection."
+    ))
 
 
 def s1_log1p_p99(raw: np.ndarray, what: str = "S1") -> tuple[np.ndarray, np.ndarray]:

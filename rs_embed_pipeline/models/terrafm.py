@@ -20,25 +20,20 @@ grid come from one forward pass (rs-embed runs the model twice for the same numb
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .errors import ModelInputError
-from .layers import Block, check_arch_keys
+from .layers import Block, EncoderConfig, check_arch_keys, resolved
 
 BRANCHES = ("s2_l2a", "s2_l1c", "s1")
 
 
 @dataclass(frozen=True)
-class TerraFMConfig:
-    embed_dim: int = 768
-    depth: int = 12
-    num_heads: int = 12
-    mlp_ratio: float = 4.0
-    qkv_bias: bool = True
+class TerraFMConfig(EncoderConfig):
     patch_size: int = 16
     img_size: int = 224
     attn_dim: int | None = None  # default 3 * embed_dim ("Panopticon design")
@@ -67,9 +62,6 @@ class TerraFMConfig:
         kwargs = {k: v for k, v in arch.items() if k in names}
         return cls(**kwargs)
 
-    def as_dict(self) -> dict:
-        return asdict(self)
-
 
 def patchify_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """A stride = kernel patch convolution as one matmul: ``[B, C, H, W]`` -> ``[B, h*w, out]``
@@ -97,7 +89,7 @@ class TokenProjection(nn.Module):
 class TerraFMPatchEmbed(nn.Module):
     def __init__(self, cfg: TerraFMConfig) -> None:
         super().__init__()
-        a, p = cfg.attn_dim, cfg.patch_size
+        a, p = resolved(cfg.attn_dim, "attn_dim"), cfg.patch_size
         # Parameter registration order = checkpoint key order.
         self.s2_l2a_embed = nn.Parameter(torch.zeros(1, a))
         self.s2_l1c_embed = nn.Parameter(torch.zeros(1, a))

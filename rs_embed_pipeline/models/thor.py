@@ -31,7 +31,7 @@ from __future__ import annotations
 import functools
 import math
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from fractions import Fraction
 from collections.abc import Sequence
 
@@ -49,7 +49,7 @@ from .knobs import (  # noqa: F401 - re-exported: the THOR vocabulary lives in t
     canonical_group_merge,
     canonical_thor_variant,
 )
-from .layers import Block, check_arch_keys
+from .layers import Block, EncoderConfig, check_arch_keys, resolved
 
 # --------------------------------------------------------------------------------------------
 # Band table
@@ -142,12 +142,7 @@ def sincos_1d(values: np.ndarray, dim: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class ThorConfig:
-    embed_dim: int = 768
-    depth: int = 12
-    num_heads: int = 12
-    mlp_ratio: float = 4.0
-    qkv_bias: bool = True
+class ThorConfig(EncoderConfig):
     band_embed_dim: int = 128
     prod_embed_dim: int = 0
     patch_size_embed_dim: int | None = None  # default: embed_dim - band_embed_dim - prod_embed_dim
@@ -157,13 +152,13 @@ class ThorConfig:
     variant: str | None = "base"
 
     def __post_init__(self) -> None:
-        if self.patch_size_embed_dim is None:
-            object.__setattr__(
-                self, "patch_size_embed_dim", self.embed_dim - self.band_embed_dim - self.prod_embed_dim
-            )
+        pse_dim = self.patch_size_embed_dim
+        if pse_dim is None:
+            pse_dim = self.embed_dim - self.band_embed_dim - self.prod_embed_dim
+            object.__setattr__(self, "patch_size_embed_dim", pse_dim)
         if self.prod_embed_dim != 0:
             raise ModelInputError("THOR prod_embed_dim must be 0 (the released models have embed_prod=False)")
-        if self.patch_size_embed_dim + self.band_embed_dim != self.embed_dim:
+        if pse_dim + self.band_embed_dim != self.embed_dim:
             raise ModelInputError(
                 f"THOR patch_size_embed_dim ({self.patch_size_embed_dim}) + band_embed_dim "
                 f"({self.band_embed_dim}) must equal embed_dim ({self.embed_dim})"
@@ -202,9 +197,6 @@ class ThorConfig:
         if "encoder_slopes" in arch and not np.allclose(arch["encoder_slopes"], cfg.slopes, rtol=1e-6, atol=0):
             raise ModelInputError(f"arch encoder_slopes {arch['encoder_slopes']} differ from the ALiBi rule {cfg.slopes}")
         return cfg
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 # --------------------------------------------------------------------------------------------
@@ -468,7 +460,7 @@ class ThorEncoder(nn.Module):
     def embed_tokens(self, x: torch.Tensor, bands: Sequence[str], layout: ThorLayout) -> torch.Tensor:
         index = {b: i for i, b in enumerate(bands)}
         d = self.cfg.embed_dim
-        pse_dim = self.cfg.patch_size_embed_dim
+        pse_dim = resolved(self.cfg.patch_size_embed_dim, "patch_size_embed_dim")
         parts = []
         for g in layout.groups:
             xg = x[:, [index[m] for m in g.members]]

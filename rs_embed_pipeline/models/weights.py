@@ -108,8 +108,8 @@ def resolve_weights(
             )
         return {"path": str(path.resolve()), "source": "local_file", "hf_repo": None, "hf_file": None,
                 "hf_cache_dir": None}
-    path, how = download_from_hub(repo_id, filename, cache_dir)
-    return {"path": str(Path(path).resolve()), "source": how, "hf_repo": repo_id, "hf_file": filename,
+    downloaded, how = download_from_hub(repo_id, filename, cache_dir)
+    return {"path": str(Path(downloaded).resolve()), "source": how, "hf_repo": repo_id, "hf_file": filename,
             "hf_cache_dir": hf_cache_dir(cache_dir)}
 
 

@@ -67,7 +67,7 @@ def renormalised_mean(bands: np.ndarray) -> np.ndarray:
     else:
         padded = bands  # reshaped as a view, no copy
     blocks = padded.reshape(d, padded.shape[1] // 2, 2, padded.shape[2] // 2, 2)
-    valid = np.isfinite(blocks).all(axis=0)                       # [h2, 2, w2, 2]
+    valid = np.asarray(np.isfinite(blocks).all(axis=0))           # [h2, 2, w2, 2]
     vals = np.where(valid[None], blocks, 0.0)
     count = valid.sum(axis=(1, 3))                                # [h2, w2]
     with np.errstate(invalid="ignore", divide="ignore"):

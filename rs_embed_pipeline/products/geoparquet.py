@@ -132,7 +132,7 @@ def pooled_table(
                                            names=["xmin", "ymin", "xmax", "ymax"]),
         "geometry": pa.array([shapely.to_wkb(g) for g in geoms], pa.binary()),
     })
-    geo = {
+    geo: dict[str, Any] = {
         "version": GEOPARQUET_VERSION,
         "primary_column": "geometry",
         "columns": {"geometry": {

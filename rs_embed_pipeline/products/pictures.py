@@ -69,12 +69,12 @@ def png(rgb: np.ndarray, min_side: int = 256, max_side: int = PREVIEW_MAX_SIDE) 
 def histogram_png(counts: Sequence[int], width: int = 320, height: int = 120,
                   highlight_from: int | None = None) -> bytes:
     """Bars of ``counts`` (bins left to right); bins from ``highlight_from`` on are drawn in red."""
-    counts = np.asarray(counts, dtype=np.float64)
-    n = max(1, len(counts))
+    values = np.asarray(counts, dtype=np.float64)
+    n = max(1, len(values))
     rgb = np.full((height, width, 3), 255, dtype=np.uint8)
-    top = counts.max() if counts.size and counts.max() > 0 else 1.0
+    top = values.max() if values.size and values.max() > 0 else 1.0
     bar = max(1, width // n)
-    for i, c in enumerate(counts):
+    for i, c in enumerate(values):
         h = int(round((height - 4) * np.sqrt(c / top))) if c > 0 else 0  # sqrt: small bins stay visible
         colour = (200, 40, 40) if highlight_from is not None and i >= highlight_from else (59, 82, 139)
         if h:

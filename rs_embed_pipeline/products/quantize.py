@@ -115,7 +115,7 @@ def quantize_per_cell(values: np.ndarray, offset: np.ndarray | None = None) -> t
     v = np.asarray(values, dtype=np.float32)
     if offset is not None:
         v = v - np.asarray(offset, dtype=np.float32)
-    ok = np.isfinite(v).all(axis=-1)
+    ok = np.asarray(np.isfinite(v).all(axis=-1))
     absmax = np.max(np.abs(np.where(ok[..., None], v, 0.0)), axis=-1)
     scale = np.where(absmax > 0, absmax / QMAX, 1.0).astype(np.float32)
     q = np.rint(np.where(ok[..., None], v, 0.0) / scale[..., None])
@@ -127,7 +127,7 @@ def quantize_per_cell(values: np.ndarray, offset: np.ndarray | None = None) -> t
 def quantize_per_feature(values: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> np.ndarray:
     """``values [..., D]`` -> q int8 with the window's per-feature ``scale`` / ``offset``."""
     v = np.asarray(values, dtype=np.float32)
-    ok = np.isfinite(v).all(axis=-1)
+    ok = np.asarray(np.isfinite(v).all(axis=-1))
     q = np.rint((np.where(ok[..., None], v, offset) - offset) / scale)
     q = np.clip(q, -QMAX, QMAX).astype(np.int8)
     q[~ok] = INT8_FILL

@@ -118,7 +118,7 @@ class SearchIndex:
         bounds = self.footprints(np.arange(len(self))).total_bounds if len(self) else [math.nan] * 4
         return [round(float(v), 5) for v in bounds]
 
-    def footprints(self, indices: np.ndarray) -> gpd.GeoSeries:
+    def footprints(self, indices: np.ndarray | Sequence[int]) -> gpd.GeoSeries:
         """Cell footprints (EPSG:4326) of ``indices``."""
         rows = self.cells.iloc[np.asarray(indices, dtype=np.int64)]
         out = []

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import json
 from typing import Any, Protocol
@@ -69,7 +70,7 @@ from pyproj import CRS
 from rs_embed_pipeline.grid import parse_tile_id
 from rs_embed_pipeline.stores.files import write_bytes_atomic
 from rs_embed_pipeline.stores.tile_store import (
-    StoreError, float_compressors, remove_tree, require_atomic_chunk_writes,
+    AccessMode, StoreError, array_at, float_compressors, group_at, remove_tree, require_atomic_chunk_writes,
 )
 
 EPOCH = dt.date(1970, 1, 1)
@@ -135,7 +136,7 @@ class _Cube:
                 out.append(int(tail))
         return out
 
-    def open_root(self, mode: str = "r+", consolidated: bool | None = False) -> zarr.Group:
+    def open_root(self, mode: AccessMode = "r+", consolidated: bool | None = False) -> zarr.Group:
         return zarr.open_group(self.uri, mode=mode, use_consolidated=consolidated, zarr_format=3,
                                storage_options=self.storage_options or None)
 
@@ -185,7 +186,7 @@ def _open_or_create_root(
     return _open_or_create_root(cube, attrs, fingerprint, False, window_starts)
 
 
-def _create_missing(parent: zarr.Group, name: str, create: Callable[[], Any]) -> None:
+def _create_missing(parent: zarr.Group, name: str, create: Callable[[], object]) -> None:
     if name in parent:
         return
     try:
@@ -359,24 +360,25 @@ def _ensure_dataset(root: zarr.Group, zone: str, kind: str, *, epsg: int, specs:
                     xs: np.ndarray, ys: np.ndarray, window_starts: Sequence[str], attrs: Mapping[str, Any]) -> None:
     """Create what is missing of ``<zone>/<kind>`` (the slow path: a new or unfinished group)."""
     _create_missing(root, zone, lambda: root.create_group(zone, attributes={"crs_epsg": epsg}))
-    zone_group = root[zone]
+    zone_group = group_at(root, zone)
     _create_missing(zone_group, kind, lambda: zone_group.create_group(
         kind, attributes={"Conventions": "CF-1.8", **attrs}))
-    group = zone_group[kind]
+    group = group_at(zone_group, kind)
     for name, spec in specs.items():
-        _create_missing(group, name, lambda name=name, spec=spec: group.create_array(name, **spec))
-    group = root[zone][kind]  # fresh metadata
-    meta = {f"{zone}/{kind}/{name}": group[name].metadata.to_dict() for name in ("embedding", "spatial_ref")}
+        _create_missing(group, name, functools.partial(group.create_array, name, **spec))
+    group = group_at(root, f"{zone}/{kind}")  # fresh metadata
+    meta = {f"{zone}/{kind}/{name}": array_at(group, name).metadata.to_dict() for name in ("embedding", "spatial_ref")}
     n_feature = specs["feature"]["shape"][0]
     _check_layout(f"{zone}/{kind}", meta, len(ys), len(xs), n_feature, specs["spatial_ref"]["attributes"]["GeoTransform"],
                   _scheme(specs["embedding"]))
     # Coordinate values are the same whoever writes them: (re)writing them is idempotent. They are
     # written here, before the group can appear in the consolidated metadata (the fast path).
     for name, values in (("x", xs), ("y", ys), ("feature", np.arange(n_feature, dtype=np.int32))):
-        if not np.array_equal(np.asarray(group[name][:]), values):
-            group[name][:] = values
-    group["spatial_ref"][()] = 0
-    time = group["time"]
+        coordinate = array_at(group, name)
+        if not np.array_equal(np.asarray(coordinate[:]), values):
+            coordinate[:] = values
+    array_at(group, "spatial_ref")[()] = 0
+    time = array_at(group, "time")
     n = min(time.shape[0], len(window_starts))
     expected = np.asarray([_days(s) for s in window_starts[:n]], dtype=np.int64)
     if not np.array_equal(np.asarray(time[:n]), expected):
@@ -422,7 +424,7 @@ def _settle(cube: _Cube, groups: Sequence[str], need: int, window_starts: Sequen
             time[:n] = np.asarray([_days(s) for s in window_starts[:n]], dtype=np.int64)
             changed = True
         root = cube.read_json()
-        if not changed and _consolidated_current(root, docs):
+        if not changed and root is not None and _consolidated_current(root, docs):
             return root
         zarr.consolidate_metadata(cube.open_root().store)
     raise CubeError(f"Cube {cube.uri}: the time axis did not settle after {SETTLE_ROUNDS} rounds")
@@ -505,6 +507,18 @@ class _Window:
     capacity: int                # time-axis length of a group created now
     source: str                  # JSON provenance (window_provenance)
     quantization: str
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """One group of a zone (grid or pooled) on the cube's grid."""
+
+    cell_m: float                       # cell side in metres of the zone's CRS
+    ny: int
+    nx: int
+    n_feature: int
+    chunk_yx: tuple[int, int]
+    attrs: dict[str, Any]               # the group's attributes (CF, geoemb:)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -659,14 +673,15 @@ def _ensure_zone(cube: _Cube, root_doc: dict[str, Any], zone: _Zone, shapes: tup
     d_grid, gh, gw, d_pooled = shapes
     tile_m = zone.size_px * zone.scale_m
     layouts = {
-        "grid": dict(cell_m=tile_m / gw, ny=zone.nrow * gh, nx=zone.ncol * gw, n_feature=d_grid, chunk_yx=(gh, gw),
-                     attrs={**attrs, "cell_kind": "feature_map", "cells_per_tile": gw,
-                            **geoemb_attributes(attrs, n_feature=d_grid, chip_px=zone.size_px // gw,
-                                                gsd_m=zone.scale_m)}),
-        "pooled": dict(cell_m=tile_m, ny=zone.nrow, nx=zone.ncol, n_feature=d_pooled,
-                       chunk_yx=(min(zone.nrow, 64), min(zone.ncol, 64)),
-                       attrs={**attrs, "cell_kind": "tile", "cells_per_tile": 1,
-                              **geoemb_attributes(attrs, n_feature=d_pooled, chip_px=zone.size_px, gsd_m=zone.scale_m)}),
+        "grid": _Layout(cell_m=tile_m / gw, ny=zone.nrow * gh, nx=zone.ncol * gw, n_feature=d_grid, chunk_yx=(gh, gw),
+                        attrs={**attrs, "cell_kind": "feature_map", "cells_per_tile": gw,
+                               **geoemb_attributes(attrs, n_feature=d_grid, chip_px=zone.size_px // gw,
+                                                   gsd_m=zone.scale_m)}),
+        "pooled": _Layout(cell_m=tile_m, ny=zone.nrow, nx=zone.ncol, n_feature=d_pooled,
+                          chunk_yx=(min(zone.nrow, 64), min(zone.ncol, 64)),
+                          attrs={**attrs, "cell_kind": "tile", "cells_per_tile": 1,
+                                 **geoemb_attributes(attrs, n_feature=d_pooled, chip_px=zone.size_px,
+                                                     gsd_m=zone.scale_m)}),
     }
     from rs_embed_pipeline.products.quantize import quantized_arrays
 
@@ -674,20 +689,20 @@ def _ensure_zone(cube: _Cube, root_doc: dict[str, Any], zone: _Zone, shapes: tup
     meta = _consolidated(root_doc)
     if _listed(meta, zone.paths, extra):
         for kind, lay in layouts.items():
-            _check_layout(f"{zone.name}/{kind}", meta, lay["ny"], lay["nx"], lay["n_feature"],
-                          _geo_transform(zone.left, zone.top, lay["cell_m"]), window.quantization)
+            _check_layout(f"{zone.name}/{kind}", meta, lay.ny, lay.nx, lay.n_feature,
+                          _geo_transform(zone.left, zone.top, lay.cell_m), window.quantization)
         if not _long_enough(meta, zone.paths, window.need, extra):
             root_doc = _settle(cube, zone.paths, window.need, window.starts)  # grow the time axis
         return root_doc
     root = cube.open_root()
     for kind, lay in layouts.items():
-        cell = lay["cell_m"]
-        specs = _dataset_specs(zone.epsg, zone.left, zone.top, cell, lay["ny"], lay["nx"], lay["n_feature"],
-                               lay["chunk_yx"], window.capacity, window.quantization)
+        cell = lay.cell_m
+        specs = _dataset_specs(zone.epsg, zone.left, zone.top, cell, lay.ny, lay.nx, lay.n_feature,
+                               lay.chunk_yx, window.capacity, window.quantization)
         _ensure_dataset(root, zone.name, kind, epsg=zone.epsg, specs=specs,
-                        xs=zone.left + cell * (np.arange(lay["nx"]) + 0.5),
-                        ys=zone.top - cell * (np.arange(lay["ny"]) + 0.5),
-                        window_starts=window.starts, attrs=lay["attrs"])
+                        xs=zone.left + cell * (np.arange(lay.nx) + 0.5),
+                        ys=zone.top - cell * (np.arange(lay.ny) + 0.5),
+                        window_starts=window.starts, attrs=lay.attrs)
     return _settle(cube, zone.paths, window.need, window.starts)
 
 
@@ -724,11 +739,12 @@ def _write_zone(cube: _Cube, zone: _Zone, shapes: tuple[int, int, int, int], poo
     quantization, index = window.quantization, window.index
     # The arrays, from the consolidated metadata: no further metadata reads.
     view = cube.open_root(consolidated=None)
-    grid_group, pooled_group = view[zone.paths[0]], view[zone.paths[1]]
+    grid_group, pooled_group = group_at(view, zone.paths[0]), group_at(view, zone.paths[1])
     # A window filled from other embeddings is unmarked before any of its chunks change.
     for group in (grid_group, pooled_group):
-        if int(group["window_filled"][index]) and str(group["window_provenance"][index]) != window.source:
-            group["window_filled"][index] = 0
+        filled = array_at(group, "window_filled")
+        if int(np.asarray(filled[index])) and str(array_at(group, "window_provenance")[index]) != window.source:
+            filled[index] = 0
 
     plane = np.full((zone.nrow, zone.ncol, d_pooled), np.nan, dtype=np.float32)
     grid_params = None
@@ -743,7 +759,7 @@ def _write_zone(cube: _Cube, zone: _Zone, shapes: tuple[int, int, int, int], poo
             s, c = Q.feature_sum(block)
             total, count = total + s, count + c
         grid_params = _window_params(quantization, lo, hi, total, count)
-        _write_params(grid_group, index, quantization, grid_params)
+        _write_params(grid_group, index, grid_params)
     # One call writes a row's chunks together. Cells without an embedding are NaN (int8 cubes:
     # -128), the fill value: zarr deletes such a chunk, so no stale tile survives a rewrite.
     n_have = n_empty = 0
@@ -755,23 +771,24 @@ def _write_zone(cube: _Cube, zone: _Zone, shapes: tuple[int, int, int, int], poo
     pooled_params = None
     if quantization != "none":
         pooled_params = _window_params(quantization, *Q.feature_range(plane), *Q.feature_sum(plane))
-        _write_params(pooled_group, index, quantization, pooled_params)
+        _write_params(pooled_group, index, pooled_params)
     _write_values(pooled_group, (index,), plane, quantization, pooled_params, cosines["pooled"])
     for group in (grid_group, pooled_group):
-        group["window_provenance"][index] = window.source
+        array_at(group, "window_provenance")[index] = window.source
     for group in (grid_group, pooled_group):
-        group["window_filled"][index] = 1
+        array_at(group, "window_filled")[index] = 1
     return n_have, n_empty
 
 
-def _write_params(group: zarr.Group, index: int, quantization: str,
+def _write_params(group: zarr.Group, index: int,
                   params: tuple[np.ndarray | None, np.ndarray]) -> None:
     """An int8 window's per-feature offset (and, per feature, scale)."""
     from rs_embed_pipeline.products import quantize as Q
 
-    _write_block(group[Q.OFFSET_VAR], (index,), params[1])
-    if quantization == "int8_per_feature":
-        _write_block(group[Q.SCALE_VAR], (index,), params[0])
+    scale, offset = params
+    _write_block(array_at(group, Q.OFFSET_VAR), (index,), offset)
+    if scale is not None:  # int8_per_feature (int8_per_cell's scales are per cell: _write_values)
+        _write_block(array_at(group, Q.SCALE_VAR), (index,), scale)
 
 
 def _window_params(quantization: str, lo: np.ndarray, hi: np.ndarray, total: np.ndarray, count: int
@@ -787,22 +804,26 @@ def _window_params(quantization: str, lo: np.ndarray, hi: np.ndarray, total: np.
 
 
 def _write_values(group: zarr.Group, cells: tuple, values: np.ndarray, quantization: str,
-                  params: tuple[np.ndarray, np.ndarray] | None, cosines: list[float]) -> None:
+                  params: tuple[np.ndarray | None, np.ndarray] | None, cosines: list[float]) -> None:
     """Write float32 ``values [..., D]`` at ``cells`` of ``group``'s embedding, quantized as asked
-    (and the per-cell scales); the lowest cosine to the float32 input is appended to ``cosines``."""
+    (and the per-cell scales) with the window's ``params`` (:func:`_window_params`); the lowest
+    cosine to the float32 input is appended to ``cosines``."""
     if quantization == "none":
-        _write_block(group["embedding"], (*cells, slice(None)), values)
+        _write_block(array_at(group, "embedding"), (*cells, slice(None)), values)
         return
     from rs_embed_pipeline.products import quantize as Q
 
-    if quantization == "int8_per_cell":
-        q, scale = Q.quantize_per_cell(values, params[1])
-        back = Q.dequantize_array(q, scale, params[1])
-        _write_block(group[Q.SCALE_VAR], cells, scale)
+    if params is None:
+        raise ValueError(f"{quantization} writes need the window's quantization parameters")
+    scale, offset = params
+    if scale is None:  # int8_per_cell: a scale per cell
+        q, scale = Q.quantize_per_cell(values, offset)
+        back = Q.dequantize_array(q, scale, offset)
+        _write_block(array_at(group, Q.SCALE_VAR), cells, scale)
     else:
-        q = Q.quantize_per_feature(values, *params)
-        back = Q.dequantize_array(q, params[0], params[1], per_cell=False)
-    _write_block(group["embedding"], (*cells, slice(None)), q)
+        q = Q.quantize_per_feature(values, scale, offset)
+        back = Q.dequantize_array(q, scale, offset, per_cell=False)
+    _write_block(array_at(group, "embedding"), (*cells, slice(None)), q)
     cos = Q.cosine_per_cell(values, back)
     if np.isfinite(cos).any():
         cosines.append(float(np.nanmin(cos)))
@@ -812,9 +833,10 @@ def read_window_state(cube_uri: str, group: str, storage_options: Mapping[str, A
                       ) -> dict[int, dict[str, Any]]:
     """``{window index: provenance}`` of the windows marked filled in ``group`` (tests, checks)."""
     root = _Cube(cube_uri, storage_options).open_root(mode="r")
-    g = root[group]  # fresh metadata (not the consolidated view)
-    filled = np.asarray(g["window_filled"][:])
-    return {int(i): json.loads(str(g["window_provenance"][int(i)]) or "{}") for i in np.flatnonzero(filled)}
+    g = group_at(root, group)  # fresh metadata (not the consolidated view)
+    filled = np.asarray(array_at(g, "window_filled")[:])
+    provenance = array_at(g, "window_provenance")
+    return {int(i): json.loads(str(provenance[int(i)]) or "{}") for i in np.flatnonzero(filled)}
 
 
 def check_georeferencing(cube_uri: str, group: str, epsg: int, storage_options: Mapping[str, Any] | None = None

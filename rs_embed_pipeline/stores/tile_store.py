@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
+from typing import Any, Literal, TypeVar
 from collections.abc import Iterable, Mapping, Sequence
 
 import fsspec
@@ -54,6 +54,29 @@ def float_compressors() -> list:
 
 class StoreError(RuntimeError):
     """A store is missing, corrupt, or was built with other settings."""
+
+
+# zarr.open_group's modes (zarr.core.common.AccessModeLiteral, spelled here: zarr.core is private)
+AccessMode = Literal["r", "r+", "a", "w", "w-"]
+_Node = TypeVar("_Node", zarr.Array, zarr.Group)
+
+
+# zarr types ``group[path]`` as "an array or a group"; these say which one the layout holds (and
+# name the path when a store holds the other kind, e.g. after a foreign write).
+def _node(group: zarr.Group, path: str, kind: type[_Node]) -> _Node:
+    node = group[path]
+    if not isinstance(node, kind):
+        raise StoreError(f"{group.store_path}/{path} is a Zarr {type(node).__name__} where a {kind.__name__} "
+                         "was expected; the store is corrupt or not ours")
+    return node
+
+
+def array_at(group: zarr.Group, path: str) -> zarr.Array:
+    return _node(group, path, zarr.Array)
+
+
+def group_at(group: zarr.Group, path: str) -> zarr.Group:
+    return _node(group, path, zarr.Group)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +138,7 @@ class TileStore:
         uri: str,
         kind: str,
         *,
-        mode: str = "r",
+        mode: AccessMode = "r",
         storage_options: Mapping[str, Any] | None = None,
         allow_unfinished: bool = False,
     ) -> TileStore:
@@ -161,11 +184,15 @@ class TileStore:
         A path that holds something other than a store of this kind is never touched.
         """
         require_atomic_chunk_writes(uri)
+
+        def create() -> TileStore:
+            return cls._create(uri, kind, tile_ids, arrays, fingerprint, attrs, storage_options)
+
         if _exists(uri, storage_options):
             store = cls.open(uri, kind, mode="r+", storage_options=storage_options, allow_unfinished=True)
             if store.unfinished:
                 remove_tree(uri, storage_options)  # ours, killed while being created: nothing in it
-                return cls._create(uri, kind, tile_ids, arrays, fingerprint, attrs, storage_options)
+                return create()
             try:
                 store._validate_layout(tile_ids, arrays)
             except StoreError:
@@ -173,7 +200,7 @@ class TileStore:
                     raise
                 # Ours (the schema was checked by open), and the caller asked for a rebuild.
                 remove_tree(uri, storage_options)
-                return cls._create(uri, kind, tile_ids, arrays, fingerprint, attrs, storage_options)
+                return create()
             if store.fingerprint != fingerprint:
                 if not rebuild:
                     raise StoreError(
@@ -189,19 +216,12 @@ class TileStore:
             elif force:
                 store.reset_statuses()
             return store
-        return cls._create(uri, kind, tile_ids, arrays, fingerprint, attrs, storage_options)
+        return create()
 
     @classmethod
-    def _create(
-        cls,
-        uri: str,
-        kind: str,
-        tile_ids: Sequence[str],
-        arrays: Sequence[ArraySpec],
-        fingerprint: str,
-        attrs: Mapping[str, Any],
-        storage_options: Mapping[str, Any] | None,
-    ) -> TileStore:
+    def _create(cls, uri: str, kind: str, tile_ids: Sequence[str], arrays: Sequence[ArraySpec], fingerprint: str,
+                attrs: Mapping[str, Any], storage_options: Mapping[str, Any] | None) -> TileStore:
+        """A new store (``create_or_open``'s arguments), every array allocated."""
         # "state: creating" in the group's first write, the fingerprint last: a store killed while
         # being created is recognised as ours and unfinished, and the next run recreates it.
         group = zarr.open_group(
@@ -258,7 +278,7 @@ class TileStore:
         for spec in arrays:
             if spec.name not in self.group:
                 raise StoreError(f"Store {self.uri} is corrupt: array {spec.name!r} is missing")
-            shape = self.group[spec.name].shape
+            shape = array_at(self.group, spec.name).shape
             if tuple(shape) != (len(tile_ids), *spec.tile_shape):
                 raise StoreError(
                     f"Store {self.uri}: array {spec.name!r} has shape {tuple(shape)}, expected "
@@ -282,14 +302,15 @@ class TileStore:
 
     @property
     def settings(self) -> dict[str, Any]:
-        return dict(self.group.attrs.get("settings", {}))
+        settings = self.group.attrs.get("settings")
+        return dict(settings) if isinstance(settings, Mapping) else {}
 
     @property
     def tile_ids(self) -> list[str]:
-        return [str(t) for t in np.asarray(self.group["tile_id"][:]).tolist()]
+        return [str(t) for t in np.asarray(array_at(self.group, "tile_id")[:]).tolist()]
 
     def statuses(self) -> np.ndarray:
-        return np.asarray(self.group["status"][:], dtype=np.int8)
+        return np.asarray(array_at(self.group, "status")[:], dtype=np.int8)
 
     def status_counts(self) -> dict[str, int]:
         codes = self.statuses()
@@ -300,23 +321,25 @@ class TileStore:
         return np.flatnonzero(np.isin(self.statuses(), codes))
 
     def tile_meta(self, index: int) -> dict[str, Any]:
-        raw = self.group["tile_meta"][index]
+        raw = array_at(self.group, "tile_meta")[index]
         return json.loads(str(raw)) if raw else {}
 
     def read(self, name: str, indices: Iterable[int]) -> np.ndarray:
         idx = np.asarray(list(indices), dtype=np.int64)
+        array = array_at(self.group, name)
         if idx.size == 0:
-            return np.zeros((0, *self.group[name].shape[1:]), dtype=self.group[name].dtype)
+            return np.zeros((0, *array.shape[1:]), dtype=array.dtype)
         # Contiguous runs read as slices (one request per chunk); others fall back to orthogonal indexing.
         if np.all(np.diff(idx) == 1):
-            return np.asarray(self.group[name][int(idx[0]) : int(idx[-1]) + 1])
-        return np.asarray(self.group[name].get_orthogonal_selection((idx,)))
+            return np.asarray(array[int(idx[0]) : int(idx[-1]) + 1])
+        return np.asarray(array.get_orthogonal_selection((idx,)))
 
     # ------------------------------------------------------------------ writing
     def reset_statuses(self) -> None:
         """Every tile back to pending (rebuild / force); the tiles' data is rewritten by the run."""
-        if self.group["status"].shape[0]:
-            self.group["status"][:] = STATUS_CODES["pending"]
+        status = array_at(self.group, "status")
+        if status.shape[0]:
+            status[:] = STATUS_CODES["pending"]
 
     def write_tiles(
         self,
@@ -343,9 +366,9 @@ class TileStore:
 
         def put(name: str, values: np.ndarray) -> None:
             if contiguous:
-                self.group[name][int(idx[0]) : int(idx[-1]) + 1] = values
+                array_at(self.group, name)[int(idx[0]) : int(idx[-1]) + 1] = values
             else:
-                self.group[name].set_orthogonal_selection((idx,), values)
+                array_at(self.group, name).set_orthogonal_selection((idx,), values)
 
         for name, value in arrays.items():
             put(name, np.asarray(value)[order])
@@ -357,6 +380,6 @@ class TileStore:
         if status not in STATUS_CODES or status == "pending":
             raise ValueError(f"status {status!r} is not one of ok, no_data, failed")
         for name, value in arrays.items():
-            self.group[name][index] = value
-        self.group["tile_meta"][index] = json.dumps(meta, default=str, sort_keys=True)
-        self.group["status"][index] = STATUS_CODES[status]
+            array_at(self.group, name)[index] = value
+        array_at(self.group, "tile_meta")[index] = json.dumps(meta, default=str, sort_keys=True)
+        array_at(self.group, "status")[index] = STATUS_CODES[status]

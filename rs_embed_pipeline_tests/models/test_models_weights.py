@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import shutil
 import socket
 from pathlib import Path
@@ -34,49 +35,49 @@ def _save(state, path: Path) -> Path:
 # ------------------------------------------------------------------------------------------------
 
 
-def test_missing_key_is_named_with_the_file(cases, tmp_path):
-    case = cases["terrafm_s2_l2a"]
-    state = torch.load(case.weights, weights_only=True)
-    del state["blocks.1.mlp.fc2.bias"]
-    path = _save(state, tmp_path / "missing.pth")
+def _load_error(case, path: Path, model_id: str) -> str:
+    """The WeightsError message of loading ``model_id`` (the case's arch) from the file ``path``."""
     with pytest.raises(WeightsError) as err:
-        load_adapter("terrafm_b", checkpoint=path, arch=case.arch, device="cpu")
-    msg = str(err.value)
+        load_adapter(model_id, checkpoint=path, arch=case.arch, device="cpu")
+    return str(err.value)
+
+
+def _refused(case, edit, path: Path, model_id: str) -> str:
+    """:func:`_load_error` of the case's weights after ``edit(state)``, saved at ``path``."""
+    state = torch.load(case.weights, weights_only=True)
+    edit(state)
+    return _load_error(case, _save(state, path), model_id)
+
+
+def test_missing_key_is_named_with_the_file(cases, tmp_path):
+    path = tmp_path / "missing.pth"
+    msg = _refused(cases["terrafm_s2_l2a"], lambda state: state.pop("blocks.1.mlp.fc2.bias"), path, "terrafm_b")
     assert "missing keys [blocks.1.mlp.fc2.bias]" in msg
     assert str(path) in msg
 
 
 def test_unexpected_key_is_named_with_the_file(cases, tmp_path):
-    case = cases["terrafm_s1"]
-    state = torch.load(case.weights, weights_only=True)
-    state["head.weight"] = torch.zeros(3, 3)
-    path = _save(state, tmp_path / "unexpected.pth")
-    with pytest.raises(WeightsError) as err:
-        load_adapter("terrafm_b", checkpoint=path, arch=case.arch, device="cpu")
-    assert "unexpected keys [head.weight]" in str(err.value)
-    assert str(path) in str(err.value)
+    path = tmp_path / "unexpected.pth"
+    msg = _refused(cases["terrafm_s1"], lambda state: state.update({"head.weight": torch.zeros(3, 3)}), path,
+                   "terrafm_b")
+    assert "unexpected keys [head.weight]" in msg
+    assert str(path) in msg
 
 
 def test_wrong_shape_is_named_with_the_file(cases, tmp_path):
-    case = cases["thor_s2_p16"]
-    state = torch.load(case.weights, weights_only=True)
-    state["encoder.blocks.0.attn.qkv.bias"] = torch.zeros(7)
-    path = _save(state, tmp_path / "shape.pt")
-    with pytest.raises(WeightsError) as err:
-        load_adapter("thor_1_0_base", checkpoint=path, arch=case.arch, device="cpu")
-    msg = str(err.value)
+    path = tmp_path / "shape.pt"
+    msg = _refused(cases["thor_s2_p16"], lambda state: state.update({"encoder.blocks.0.attn.qkv.bias": torch.zeros(7)}),
+                   path, "thor_1_0_base")
     assert "blocks.0.attn.qkv.bias: file (7,) vs model (192,)" in msg
     assert str(path) in msg
 
 
 def test_thor_missing_encoder_key_is_named(cases, tmp_path):
-    case = cases["thor_s2_p16"]
-    state = torch.load(case.weights, weights_only=True)
-    del state["encoder.ind_patch_embed.patch_embed.S1:VH.weight"]
-    path = _save(state, tmp_path / "thor_missing.pt")
-    with pytest.raises(WeightsError, match=r"missing keys \[ind_patch_embed\.patch_embed\.S1:VH\.weight\]") as err:
-        load_adapter("thor_1_0_base", checkpoint=path, arch=case.arch, device="cpu")
-    assert str(path) in str(err.value)
+    path = tmp_path / "thor_missing.pt"
+    msg = _refused(cases["thor_s2_p16"], lambda state: state.pop("encoder.ind_patch_embed.patch_embed.S1:VH.weight"),
+                   path, "thor_1_0_base")
+    assert re.search(r"missing keys \[ind_patch_embed\.patch_embed\.S1:VH\.weight\]", msg)
+    assert str(path) in msg
 
 
 def test_full_size_model_rejects_reduced_file(cases):
@@ -92,9 +93,7 @@ def test_tiny_truncated_file(cases, tmp_path):
     case = cases["terrafm_s2_l1c"]
     path = tmp_path / "pointer.pth"
     path.write_bytes(case.weights.read_bytes()[:1000])
-    with pytest.raises(WeightsError) as err:
-        load_adapter("terrafm_b", checkpoint=path, arch=case.arch, device="cpu")
-    msg = str(err.value)
+    msg = _load_error(case, path, "terrafm_b")
     assert str(path) in msg and "only 1000 bytes" in msg and "truncated" in msg
 
 
@@ -104,9 +103,7 @@ def test_truncated_file_above_size_floor(cases, tmp_path):
     data = case.weights.read_bytes()
     path = tmp_path / "cut.pt"
     path.write_bytes(data[: int(len(data) * 0.9)])
-    with pytest.raises(WeightsError) as err:
-        load_adapter("thor_1_0_base", checkpoint=path, arch=case.arch, device="cpu")
-    msg = str(err.value)
+    msg = _load_error(case, path, "thor_1_0_base")
     assert str(path) in msg and "torch.load(weights_only=True)" in msg and "truncated" in msg
 
 
