@@ -14,8 +14,9 @@ why), and goes on with the other tiles.
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
@@ -24,7 +25,7 @@ from rs_embed_pipeline.vocabulary import MODALITIES, PATCH_STATUSES, S1_BANDS, S
 
 # The shared words live in rs_embed_pipeline.vocabulary; re-exported here for provider code.
 __all__ = ["MODALITIES", "PATCH_STATUSES", "S1_BANDS", "S2_BANDS", "Patch", "PatchProvider", "PatchStatus",
-           "ProviderError", "backoff_s", "tile_rows"]
+           "ProviderError", "TileRef", "backoff_s", "tile_rows"]
 
 
 class ProviderError(RuntimeError):
@@ -72,6 +73,34 @@ class Patch:
             status=status,
             meta=dict(meta),
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class TileRef:
+    """One tile-grid row as a provider reads it: the tile's UTM zone (EPSG code), upper-left
+    corner ``(x0, y0)`` in metres, ``size_px`` pixels a side of ``scale_m`` metres."""
+
+    tile_id: str
+    epsg: int
+    x0: float
+    y0: float
+    size_px: int
+    scale_m: float
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Self:
+        """The tile of a tile-grid row; ValueError naming what is missing or out of range (the
+        provider then fails that tile alone)."""
+        missing = [k for k in ("tile_id", "utm_epsg", "x0", "y0", "size_px", "scale_m") if k not in row]
+        if missing:
+            raise ValueError(f"tile row lacks column(s) {missing}")
+        tile = cls(str(row["tile_id"]), int(row["utm_epsg"]), float(row["x0"]), float(row["y0"]),
+                   int(row["size_px"]), float(row["scale_m"]))
+        if tile.size_px <= 0 or not tile.scale_m > 0:
+            raise ValueError(f"size_px ({tile.size_px}) and scale_m ({tile.scale_m}) must be > 0")
+        if not (math.isfinite(tile.x0) and math.isfinite(tile.y0)):
+            raise ValueError("x0 / y0 must be finite")
+        return tile
 
 
 class PatchProvider(Protocol):

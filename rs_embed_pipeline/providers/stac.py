@@ -53,7 +53,7 @@ import math
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self, TypedDict, Unpack
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -65,7 +65,7 @@ from rs_embed_pipeline.timeparse import parse_utc
 
 from rs_embed_pipeline.vocabulary import COMPOSITES, MODALITIES, S1_BANDS, S2_BANDS, UNIT_FACTOR
 
-from .base import Patch, ProviderError, backoff_s, tile_rows
+from .base import Patch, ProviderError, TileRef, backoff_s, tile_rows
 from .blocks import DEFAULT_MAX_BLOCK_PX, Block, plan_blocks
 from .catalogs import EARTH_SEARCH_S2_ASSETS, S1_ASSETS, S2_DEFAULT_SCALE, check_s1_collection, s2_offset
 from .composite import MedianPlan, mosaic_composite
@@ -206,6 +206,14 @@ def _item_time(item) -> dt.datetime | None:
     return t
 
 
+def _kept_item_time(item) -> dt.datetime:
+    """The time of an item that ``_keep_item`` kept (it drops the items without one)."""
+    t = _item_time(item)
+    if t is None:
+        raise ProviderError(f"item {item.id} has no datetime")
+    return t
+
+
 def _raster_meta(asset) -> dict[str, Any]:
     """scale / offset / nodata of a single-band asset (raster v1 ``raster:bands``, STAC 1.1
     ``bands`` with ``raster:*`` fields, or asset-level fields)."""
@@ -265,29 +273,23 @@ def _empty(
 
 
 @dataclasses.dataclass(frozen=True)
-class _Tile:
-    tile_id: str
-    epsg: int
-    x0: float
-    y0: float
-    size_px: int
-    scale_m: float
-    footprint: Any  # shapely geometry in EPSG:4326
+class _Tile(TileRef):
+    """A tile with its footprint (the searches' bbox and the items' overlap test)."""
+
+    footprint: Any = None  # shapely geometry in EPSG:4326
 
     @classmethod
-    def from_row(cls, row: Any) -> _Tile:
-        tid = str(row["tile_id"])
-        epsg, size, scale = int(row["utm_epsg"]), int(row["size_px"]), float(row["scale_m"])
-        x0, y0 = float(row["x0"]), float(row["y0"])
+    def from_row(cls, row: Any) -> Self:
+        tile = TileRef.from_row(row)
         fp = _row_get(row, "geometry")
-        if fp is None or getattr(fp, "is_empty", True):
+        if fp is None or getattr(fp, "is_empty", True):  # the row's own square, from its corner
             import pyproj
 
-            T = size * scale
-            tr = pyproj.Transformer.from_crs(f"EPSG:{epsg}", "EPSG:4326", always_xy=True)
+            x0, y0, T = tile.x0, tile.y0, tile.size_px * tile.scale_m
+            tr = pyproj.Transformer.from_crs(f"EPSG:{tile.epsg}", "EPSG:4326", always_xy=True)
             xs, ys = tr.transform([x0, x0 + T, x0 + T, x0], [y0 - T, y0 - T, y0, y0])
             fp = shapely.Polygon(list(zip(xs, ys)))
-        return cls(tid, epsg, x0, y0, size, scale, fp)
+        return cls(tile.tile_id, tile.epsg, tile.x0, tile.y0, tile.size_px, tile.scale_m, fp)
 
     def geobox(self):
         from affine import Affine
@@ -302,7 +304,7 @@ class _Tile:
 
 def _search_bboxes(footprints: Sequence[Any]) -> list[tuple[float, float, float, float]]:
     """One lon/lat bbox around all footprints, or two (east / west of the anti-meridian)."""
-    parts = []
+    parts: list[Any] = []
     for g in footprints:
         parts.extend(getattr(g, "geoms", [g]))
     b = np.array([p.bounds for p in parts])
@@ -369,6 +371,13 @@ class _Stack:
         self.nobs: np.ndarray | None = None  # valid observations per pixel (computed once)
         self.reader = "none"
 
+    @property
+    def loaded_ok(self) -> np.ndarray:
+        """``ok`` once the block is loaded (tiles are cut only from a loaded stack)."""
+        if self.ok is None:
+            raise RuntimeError("the block's stack is not loaded yet")
+        return self.ok
+
     def lut(self, band: int, sel: Sequence[int]) -> np.ndarray | None:
         """Provider value of every raw level of band ``band`` (float32, indexed by the raw value)
         when the planes ``sel`` share one harmonization, the asset is 8 / 16-bit unsigned and the
@@ -417,6 +426,22 @@ class _Stack:
 # --------------------------------------------------------------------------------------------
 # the shared odc-stac path
 # --------------------------------------------------------------------------------------------
+
+
+class ReadOptions(TypedDict, total=False):
+    """Read options every STAC provider takes (their defaults: :class:`_OdcStacProvider`)."""
+
+    max_workers: int
+    cloudy_pct: float | None
+    composite: str
+    max_block_px: int
+
+
+class RemoteReadOptions(ReadOptions, total=False):
+    """:class:`ReadOptions` plus those of assets read over HTTP (a STAC API's)."""
+
+    patch_url: Callable[[str], str] | str | None
+    rio_config: Mapping[str, Any] | None
 
 
 class _OdcStacProvider:
@@ -766,12 +791,12 @@ class _OdcStacProvider:
         groups = self._signature_groups(items, spec, band_list)
         lon = float(shapely.union_all([t.footprint for t in block.tiles]).centroid.x)
         shift = dt.timedelta(seconds=int(lon / 15) * 3600)
-        day_of = {it.id: (_item_time(it) + shift).date() for it in items}
+        day_of = {it.id: (_kept_item_time(it) + shift).date() for it in items}
         planes = []
         for gi, (_, group) in enumerate(groups):
             for day in sorted({day_of[it.id] for it in group}):
                 members = [it for it in group if day_of[it.id] == day]
-                t = min(_item_time(it) for it in members).astimezone(dt.UTC).replace(tzinfo=None)
+                t = min(_kept_item_time(it) for it in members).astimezone(dt.UTC).replace(tzinfo=None)
                 planes.append((np.datetime64(t, "ns"), gi, members))
         order = sorted(range(len(planes)), key=lambda i: planes[i][0])  # stable
         return [sig for sig, _ in groups], [planes[i] for i in order], day_of
@@ -941,7 +966,7 @@ class _OdcStacProvider:
         plan = MedianPlan(ok) if flt.composite == "median" else None
         for i in range(len(stack.keys)):
             lut = stack.lut(i, sel) if plan is not None else None
-            if lut is not None:  # median of raw integers, converted at the two middle values
+            if plan is not None and lut is not None:  # median of raw integers, converted at the two middle values
                 raw = stack.raw[stack.keys[i]]
                 raw = raw if whole else raw[sel][:, rows, cols]
                 band = plan.median_raw(raw, lut, flt.fill_value)
@@ -967,7 +992,7 @@ class _OdcStacProvider:
         if not mine or not others:
             return None
         rows, cols = block.window(tile)
-        return mine if stack.ok[others][:, rows, cols].any() else None
+        return mine if stack.loaded_ok[others][:, rows, cols].any() else None
 
     def _cut_tile(self, stack: _Stack, composite, block: Block, tile: _Tile, items,
                   own: np.ndarray | None = None):
@@ -983,11 +1008,11 @@ class _OdcStacProvider:
             # a scene outside this tile's footprint has pixels here: the tile's composite comes
             # from its own scenes only (what a single-tile read would give)
             data = own
-            nobs = stack.ok[mine][:, rows, cols].sum(axis=0)
+            nobs = stack.loaded_ok[mine][:, rows, cols].sum(axis=0)
         else:  # the block's composite and observation counts hold for this tile as they are
             data = composite[:, rows, cols].copy()
             if stack.nobs is None:
-                stack.nobs = stack.ok.sum(axis=0, dtype=np.int32)
+                stack.nobs = stack.loaded_ok.sum(axis=0, dtype=np.int32)
             nobs = stack.nobs[rows, cols]
         valid = nobs > 0
         times = [stack.slices[t][0] for t in mine]
@@ -1034,7 +1059,9 @@ class _OdcStacProvider:
             if not self._rio_configured:
                 import odc.stac
 
-                odc.stac.configure_rio(cloud_defaults=True, **self.gdal_options)
+                # upper-case GDAL names: none collides with configure_rio's own parameters
+                options: dict[str, Any] = dict(self.gdal_options)
+                odc.stac.configure_rio(cloud_defaults=True, **options)
                 self._rio_configured = True
 
     def stats(self) -> dict[str, Any]:
@@ -1088,17 +1115,14 @@ class LocalStacProvider(_OdcStacProvider):
         s2_assets: Mapping[str, str] | None = None,
         s1_assets: Mapping[str, str] | None = None,
         mask_asset: str | None = "scl",
-        max_workers: int = 4,
-        cloudy_pct: float | None = 30.0,
-        composite: str = "median",
-        max_block_px: int = DEFAULT_MAX_BLOCK_PX,
+        **options: Unpack[ReadOptions],
     ) -> None:
+        unknown = sorted(set(options) - set(ReadOptions.__annotations__))
+        if unknown:  # local files: no URL signing, no HTTP read settings
+            raise TypeError(f"LocalStacProvider got unexpected option(s) {unknown}; valid: "
+                            f"{', '.join(ReadOptions.__annotations__)}")
         super().__init__(
-            collection_specs(s2_collection, s1_collection, s2_assets, s1_assets, mask_asset),
-            max_workers=max_workers,
-            cloudy_pct=cloudy_pct,
-            composite=composite,
-            max_block_px=max_block_px,
+            collection_specs(s2_collection, s1_collection, s2_assets, s1_assets, mask_asset), **options
         )
         self.catalog_path = Path(catalog_path)
         self._items: dict[str, list[Any]] | None = None
@@ -1112,6 +1136,10 @@ class LocalStacProvider(_OdcStacProvider):
                 if not self.catalog_path.exists():
                     raise ProviderError(f"STAC catalog not found: {self.catalog_path}")
                 cat = pystac.read_file(str(self.catalog_path))
+                if not isinstance(cat, pystac.Catalog):  # a Collection is a Catalog too
+                    raise ProviderError(
+                        f"{self.catalog_path} is a STAC {type(cat).__name__}, not a catalog or collection"
+                    )
                 by_coll: dict[str, list[Any]] = {}
                 for it in cat.get_items(recursive=True):
                     it.make_asset_hrefs_absolute()
@@ -1119,7 +1147,9 @@ class LocalStacProvider(_OdcStacProvider):
                 self._items = by_coll
             return self._items
 
-    def _find_items(self, spec, tiles, start, end, flt):
+    def _find_items(
+        self, spec: CollectionSpec, tiles: Sequence[_Tile], start: dt.datetime, end: dt.datetime, flt: SensorOptions
+    ) -> list[Any]:
         items = self._all_items().get(spec.collection, [])
         bboxes = [shapely_box(*b) for b in _search_bboxes([t.footprint for t in tiles])]
         out = []
@@ -1170,36 +1200,25 @@ class StacProvider(_OdcStacProvider):
         s2_assets: Mapping[str, str] | None = None,
         s1_assets: Mapping[str, str] | None = None,
         mask_asset: str | None = "scl",
-        max_workers: int = 4,
-        cloudy_pct: float | None = 30.0,
-        composite: str = "median",
         search_retries: int = 2,
         page_size: int = 100,
         headers: Mapping[str, str] | None = None,
         timeout: float = 60.0,
-        patch_url: Callable[[str], str] | str | None = None,
-        rio_config: Mapping[str, Any] | None = None,
-        max_block_px: int = DEFAULT_MAX_BLOCK_PX,
+        **options: Unpack[RemoteReadOptions],
     ) -> None:
         super().__init__(
-            collection_specs(collection, s1_collection, s2_assets, s1_assets, mask_asset),
-            max_workers=max_workers,
-            cloudy_pct=cloudy_pct,
-            composite=composite,
-            patch_url=patch_url,
-            max_block_px=max_block_px,
-            rio_config=rio_config,
+            collection_specs(collection, s1_collection, s2_assets, s1_assets, mask_asset), **options
         )
         self.api_url = api_url
         self.search_retries = max(0, int(search_retries))
         self.page_size = int(page_size)
         self.headers = dict(headers or {})
         self.timeout = float(timeout)
-        self.rio_config = dict(rio_config or {})
-        self._client = None
+        self.rio_config = dict(options.get("rio_config") or {})
+        self._client: Any = None  # a pystac_client.Client, opened on first use
         self._lock = threading.Lock()
 
-    def _get_client(self):
+    def _get_client(self) -> Any:
         self._configure_rio()
         with self._lock:
             if self._client is None:
@@ -1210,9 +1229,11 @@ class StacProvider(_OdcStacProvider):
                 )
             return self._client
 
-    def _find_items(self, spec, tiles, start, end, flt):
+    def _find_items(
+        self, spec: CollectionSpec, tiles: Sequence[_Tile], start: dt.datetime, end: dt.datetime, flt: SensorOptions
+    ) -> list[Any]:
         end_incl = end - dt.timedelta(microseconds=1)
-        query = None
+        query: dict[str, dict[str, Any]] | None = None
         if flt.cloudy_pct is not None and spec.cloud_cover_property:
             query = {spec.cloud_cover_property: {"lte": flt.cloudy_pct}}
         if flt.orbit is not None:

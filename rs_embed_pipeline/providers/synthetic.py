@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import math
-import shutil
 from pathlib import Path
 from collections.abc import Sequence
 
@@ -56,7 +55,8 @@ from rasterio.transform import Affine
 
 from rs_embed_pipeline.vocabulary import S1_POLARISATIONS
 
-from .catalogs import S1_ASSETS
+from .catalogs import EARTH_SEARCH_S2_ASSETS, S1_ASSETS
+from .static_catalog import clear_catalog
 
 __all__ = [
     "S1_COLLECTION",
@@ -73,20 +73,15 @@ __all__ = [
 S2_COLLECTION = "synthetic-s2-l2a"
 S1_COLLECTION = "synthetic-s1-grd"
 
+# band name -> (native resolution m, centre wavelength um)
+_S2_BAND_OPTICS: dict[str, tuple[int, float]] = {
+    "B1": (60, 0.443), "B2": (10, 0.490), "B3": (10, 0.560), "B4": (10, 0.665),
+    "B5": (20, 0.704), "B6": (20, 0.740), "B7": (20, 0.783), "B8": (10, 0.842),
+    "B8A": (20, 0.865), "B9": (60, 0.945), "B11": (20, 1.610), "B12": (20, 2.190),
+}
 # band name -> (Earth Search C1 asset key, native resolution m, centre wavelength um)
 S2_ASSETS: dict[str, tuple[str, int, float]] = {
-    "B1": ("coastal", 60, 0.443),
-    "B2": ("blue", 10, 0.490),
-    "B3": ("green", 10, 0.560),
-    "B4": ("red", 10, 0.665),
-    "B5": ("rededge1", 20, 0.704),
-    "B6": ("rededge2", 20, 0.740),
-    "B7": ("rededge3", 20, 0.783),
-    "B8": ("nir", 10, 0.842),
-    "B8A": ("nir08", 20, 0.865),
-    "B9": ("nir09", 60, 0.945),
-    "B11": ("swir16", 20, 1.610),
-    "B12": ("swir22", 20, 2.190),
+    band: (EARTH_SEARCH_S2_ASSETS[band], res, wl) for band, (res, wl) in _S2_BAND_OPTICS.items()
 }
 S2_BAND_BASE_DN: dict[str, int] = {b: 800 * (i + 1) for i, b in enumerate(S2_ASSETS)}
 S2_BAND_HALF_RANGE_DN = 300  # |value - base| < this on cloud-free pixels
@@ -332,12 +327,7 @@ def generate_synthetic_catalog(
 
     out = Path(out_dir)
     if overwrite:
-        for sub in ("catalog.json", S2_COLLECTION, S1_COLLECTION):
-            p = out / sub
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
+        clear_catalog(out, (S2_COLLECTION, S1_COLLECTION))
     out.mkdir(parents=True, exist_ok=True)
 
     t_start = dt.datetime(d0.year, d0.month, d0.day, tzinfo=dt.UTC)
@@ -361,37 +351,37 @@ def generate_synthetic_catalog(
             d += dt.timedelta(days=step)
         return days
 
-    if s2:
+    def add_collection(collection_id: str, description: str, extensions: list[str]) -> pystac.Collection:
         coll = pystac.Collection(
-            id=S2_COLLECTION,
-            description=(
-                "Synthetic Sentinel-2 L2A (Earth Search C1 asset names, baseline 05.xx DN offset)"
-            ),
+            id=collection_id,
+            description=description,
             extent=pystac.Extent(spatial, temporal),
             license="CC0-1.0",
             extra_fields={"synthetic": True},
-            stac_extensions=[_EO_EXT, _RASTER_EXT, _PROJ_EXT],
+            stac_extensions=[*extensions, _RASTER_EXT, _PROJ_EXT],
         )
         catalog.add_child(coll)
+        return coll
+
+    if s2:
+        coll = add_collection(
+            S2_COLLECTION,
+            "Synthetic Sentinel-2 L2A (Earth Search C1 asset names, baseline 05.xx DN offset)",
+            [_EO_EXT],
+        )
         for k, day in enumerate(day_list(0, s2_revisit_days)):
             coll.add_item(_s2_item(out, day, k, seed, epsg, extent, geom, item_bbox, clon, plants))
     if s1:
-        coll = pystac.Collection(
-            id=S1_COLLECTION,
-            description="Synthetic Sentinel-1 GRD, VV/VH linear sigma0 power at 10 m",
-            extent=pystac.Extent(spatial, temporal),
-            license="CC0-1.0",
-            extra_fields={"synthetic": True},
-            stac_extensions=[_SAR_EXT, _RASTER_EXT, _PROJ_EXT],
+        coll = add_collection(
+            S1_COLLECTION, "Synthetic Sentinel-1 GRD, VV/VH linear sigma0 power at 10 m", [_SAR_EXT]
         )
-        catalog.add_child(coll)
         for k, day in enumerate(day_list(3, s1_revisit_days)):
             coll.add_item(_s1_item(out, day, k, seed, epsg, extent, geom, item_bbox, clon))
 
     catalog.normalize_hrefs(str(out))
     # assets were written next to their item JSON; make their hrefs relative to it
     for item in catalog.get_items(recursive=True):
-        item_dir = Path(item.get_self_href()).parent
+        item_dir = Path(str(item.get_self_href())).parent  # set by normalize_hrefs
         for asset in item.assets.values():
             asset.href = "./" + Path(asset.href).name
         assert item_dir.exists()

@@ -42,7 +42,6 @@ import datetime as dt
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 from collections.abc import Sequence
@@ -54,6 +53,7 @@ from rs_embed_pipeline.vocabulary import S1_POLARISATIONS, S2_BANDS
 
 from .base import ProviderError
 from .catalogs import EARTH_SEARCH_S2_ASSETS, S1_ASSETS
+from .static_catalog import clear_catalog
 
 __all__ = [
     "S1_USER_COLLECTION",
@@ -127,8 +127,9 @@ def _bands_of(path: Path, modality: str, descriptions: Sequence[str | None]) -> 
     n = len(descriptions)
     named = [_band_name(d) for d in descriptions]
     valid = set(S2_ORDER_12) | {"SCL"} if modality == "s2" else set(S1_ORDER)
-    if all(named) and all(b in valid for b in named) and len(set(named)) == n:
-        bands = list(named)
+    known = [b for b in named if b is not None and b in valid]
+    if len(known) == n and len(set(known)) == n:  # every band named, each once
+        bands = known
     elif modality == "s2" and n in (12, 10, 13):
         bands = list(S2_ORDER_12 if n == 12 else S2_ORDER_10 if n == 10 else (*S2_ORDER_12, "SCL"))
     elif modality == "s1" and n == 2:
@@ -200,6 +201,84 @@ def _check_units(path: Path, ds, modality: str, index: dict[str, int], scale: fl
         )
 
 
+def _lonlat_outline(ds: Any) -> tuple[list[list[float]], list[float]]:
+    """The raster's outline in lon/lat (11 points a side, closed) and its bbox."""
+    import pyproj
+
+    left, bottom, right, top = ds.bounds
+    tr = pyproj.Transformer.from_crs(ds.crs.to_wkt(), "EPSG:4326", always_xy=True)
+    xs = np.linspace(left, right, 11)
+    ys = np.linspace(bottom, top, 11)
+    ring_x = np.concatenate([xs, np.full(11, right), xs[::-1], np.full(11, left)])
+    ring_y = np.concatenate([np.full(11, bottom), ys, np.full(11, top), ys[::-1]])
+    lons, lats = tr.transform(ring_x, ring_y)
+    ring = [[round(float(a), 7), round(float(b), 7)] for a, b in zip(lons, lats)]
+    ring.append(ring[0])
+    return ring, [float(v) for v in (min(lons), min(lats), max(lons), max(lats))]
+
+
+def _scene_item(pystac: Any, path: Path, info: dict[str, Any], ds: Any, bands: list[str], nodata: float,
+                out: Path, *, s2_scale: float, s2_offset: float, s1_units: str) -> Any:
+    """The STAC item of one scene: one VRT asset per band (written under ``out``), pointing into
+    the scene file."""
+    modality = info["modality"]
+    index = {b: i + 1 for i, b in enumerate(bands)}
+    ring, bbox = _lonlat_outline(ds)
+    item_id = f"{modality.upper()}_{info['datetime']:%Y%m%dT%H%M%S}_{path.stem}"
+    collection = S2_USER_COLLECTION if modality == "s2" else S1_USER_COLLECTION
+    item_dir = out / collection / item_id
+    item_dir.mkdir(parents=True, exist_ok=True)
+    epsg = ds.crs.to_epsg()
+    props: dict[str, Any] = {
+        "rs_embed:source_file": str(path.resolve()),
+        "rs_embed:bands": bands,
+        "proj:code": f"EPSG:{epsg}" if epsg else None,
+    }
+    if modality == "s1":
+        props.update({"sar:polarizations": list(S1_POLARISATIONS), "rs_embed:s1_units": s1_units})
+        if info["orbit"]:
+            props["sat:orbit_state"] = info["orbit"]
+    item = pystac.Item(id=item_id, geometry={"type": "Polygon", "coordinates": [ring]},
+                       bbox=bbox, datetime=info["datetime"], properties=props, collection=collection)
+    res = float(abs(ds.transform.a))
+    for band in bands:
+        key = "scl" if band == "SCL" else (S2_ASSET_KEYS if modality == "s2" else S1_ASSET_KEYS)[band]
+        vrt = item_dir / f"{key}.vrt"
+        _write_vrt(vrt, path, index[band], ds, nodata)
+        rb: dict[str, Any] = {"nodata": "nan" if np.isnan(nodata) else nodata,
+                              "data_type": str(ds.dtypes[index[band] - 1]), "spatial_resolution": res}
+        if band != "SCL":
+            rb.update(scale=float(s2_scale) if modality == "s2" else 1.0,
+                      offset=float(s2_offset) if modality == "s2" else 0.0)
+        item.add_asset(key, pystac.Asset(
+            href=str(vrt), media_type=None, title=f"{band} of {path.name}",
+            roles=["data"], extra_fields={
+                "raster:bands": [rb], "proj:shape": [ds.height, ds.width],
+                "proj:transform": list(ds.transform)[:6],
+                **({"eo:bands": [{"name": band}]} if modality == "s2" else {}),
+            },
+        ))
+    return item
+
+
+def _add_scene_collection(pystac: Any, catalog: Any, coll_id: str, modality: str, items: list[Any]) -> None:
+    """Add the collection of one modality's scene items to ``catalog``, its extent around them."""
+    times = [it.datetime for it in items]
+    boxes = np.array([it.bbox for it in items])
+    coll = pystac.Collection(
+        id=coll_id, description=f"User {modality.upper()} scenes ({len(times)})",
+        extent=pystac.Extent(
+            pystac.SpatialExtent([[float(boxes[:, 0].min()), float(boxes[:, 1].min()),
+                                   float(boxes[:, 2].max()), float(boxes[:, 3].max())]]),
+            pystac.TemporalExtent([[min(times), max(times)]]),
+        ),
+        license="other",
+    )
+    catalog.add_child(coll)
+    for it in items:
+        coll.add_item(it)
+
+
 def build_user_catalog(
     scenes_dir: str | Path,
     out_dir: str | Path | None = None,
@@ -214,7 +293,6 @@ def build_user_catalog(
     ``out_dir`` defaults to ``<scenes_dir>/stac``. See the module docstring for the convention."""
     pystac = _require("pystac")
     rasterio = _require("rasterio")
-    import pyproj
 
     scenes = Path(scenes_dir)
     if not scenes.is_dir():
@@ -224,103 +302,40 @@ def build_user_catalog(
         raise ProviderError(f"s1_units must be 'linear' or 'dB', got {s1_units!r}")
     out = Path(out_dir) if out_dir is not None else scenes / "stac"
     files = sorted(p for p in scenes.iterdir() if p.is_file() and p.suffix.lower() in (".tif", ".tiff"))
-    parsed = [(p, parse_scene_name(p.name)) for p in files]
-    ignored = [p.name for p, info in parsed if info is None]
-    parsed = [(p, info) for p, info in parsed if info is not None]
+    named = [(p, parse_scene_name(p.name)) for p in files]
+    ignored = [p.name for p, info in named if info is None]
+    parsed = [(p, info) for p, info in named if info is not None]
     if not parsed:
         raise ProviderError(
             f"no scene in {scenes} follows the naming convention <S2|S1>_<YYYYMMDD>[THHMMSS][_<anything>].tif"
             + (f" (ignored: {ignored[:5]})" if ignored else "")
         )
     if overwrite:
-        for sub in ("catalog.json", S2_USER_COLLECTION, S1_USER_COLLECTION):
-            target = out / sub
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+        clear_catalog(out, (S2_USER_COLLECTION, S1_USER_COLLECTION))
     out.mkdir(parents=True, exist_ok=True)
 
     catalog = pystac.Catalog(id="user-scenes", description=f"User scenes from {scenes.resolve()}",
                              title="rs_embed_pipeline user scenes")
-    collections: dict[str, Any] = {}
     items: dict[str, list] = {"s2": [], "s1": []}
     has_scl: list[bool] = []
     for path, info in parsed:
         modality = info["modality"]
         with rasterio.open(path) as ds:
             bands = _bands_of(path, modality, list(ds.descriptions))
-            index = {b: i + 1 for i, b in enumerate(bands)}
             nodata = ds.nodata if ds.nodata is not None else 0.0
             if check_units:
+                index = {b: i + 1 for i, b in enumerate(bands)}
                 _check_units(path, ds, modality, index, s2_scale, s2_offset, s1_units, nodata)
-            left, bottom, right, top = ds.bounds
-            tr = pyproj.Transformer.from_crs(ds.crs.to_wkt(), "EPSG:4326", always_xy=True)
-            xs = np.linspace(left, right, 11)
-            ys = np.linspace(bottom, top, 11)
-            ring_x = np.concatenate([xs, np.full(11, right), xs[::-1], np.full(11, left)])
-            ring_y = np.concatenate([np.full(11, bottom), ys, np.full(11, top), ys[::-1]])
-            lons, lats = tr.transform(ring_x, ring_y)
-            ring = [[round(float(a), 7), round(float(b), 7)] for a, b in zip(lons, lats)]
-            ring.append(ring[0])
-            bbox = [min(lons), min(lats), max(lons), max(lats)]
-            item_id = f"{modality.upper()}_{info['datetime']:%Y%m%dT%H%M%S}_{path.stem}"
-            collection = S2_USER_COLLECTION if modality == "s2" else S1_USER_COLLECTION
-            item_dir = out / collection / item_id
-            item_dir.mkdir(parents=True, exist_ok=True)
-            epsg = ds.crs.to_epsg()
-            props: dict[str, Any] = {
-                "rs_embed:source_file": str(path.resolve()),
-                "rs_embed:bands": bands,
-                "proj:code": f"EPSG:{epsg}" if epsg else None,
-            }
-            if modality == "s1":
-                props.update({"sar:polarizations": list(S1_POLARISATIONS), "rs_embed:s1_units": s1_units})
-                if info["orbit"]:
-                    props["sat:orbit_state"] = info["orbit"]
-            item = pystac.Item(id=item_id, geometry={"type": "Polygon", "coordinates": [ring]},
-                               bbox=[float(v) for v in bbox], datetime=info["datetime"],
-                               properties=props, collection=collection)
-            res = float(abs(ds.transform.a))
-            for band in bands:
-                key = "scl" if band == "SCL" else (S2_ASSET_KEYS if modality == "s2" else S1_ASSET_KEYS)[band]
-                vrt = item_dir / f"{key}.vrt"
-                _write_vrt(vrt, path, index[band], ds, nodata)
-                rb: dict[str, Any] = {"nodata": "nan" if np.isnan(nodata) else nodata,
-                                      "data_type": str(ds.dtypes[index[band] - 1]), "spatial_resolution": res}
-                if band != "SCL":
-                    rb.update(scale=float(s2_scale) if modality == "s2" else 1.0,
-                              offset=float(s2_offset) if modality == "s2" else 0.0)
-                item.add_asset(key, pystac.Asset(
-                    href=str(vrt), media_type=None, title=f"{band} of {path.name}",
-                    roles=["data"], extra_fields={
-                        "raster:bands": [rb], "proj:shape": [ds.height, ds.width],
-                        "proj:transform": list(ds.transform)[:6],
-                        **({"eo:bands": [{"name": band}]} if modality == "s2" else {}),
-                    },
-                ))
-            if modality == "s2":
-                has_scl.append("SCL" in bands)
-        items[modality].append(item)
+            items[modality].append(_scene_item(pystac, path, info, ds, bands, nodata, out,
+                                               s2_scale=s2_scale, s2_offset=s2_offset, s1_units=s1_units))
+        if modality == "s2":
+            has_scl.append("SCL" in bands)
 
+    collections: dict[str, Any] = {}
     for modality, coll_id in (("s2", S2_USER_COLLECTION), ("s1", S1_USER_COLLECTION)):
-        if not items[modality]:
-            continue
-        times = [it.datetime for it in items[modality]]
-        boxes = np.array([it.bbox for it in items[modality]])
-        coll = pystac.Collection(
-            id=coll_id, description=f"User {modality.upper()} scenes ({len(times)})",
-            extent=pystac.Extent(
-                pystac.SpatialExtent([[float(boxes[:, 0].min()), float(boxes[:, 1].min()),
-                                       float(boxes[:, 2].max()), float(boxes[:, 3].max())]]),
-                pystac.TemporalExtent([[min(times), max(times)]]),
-            ),
-            license="other",
-        )
-        catalog.add_child(coll)
-        for it in items[modality]:
-            coll.add_item(it)
-        collections[modality] = coll_id
+        if items[modality]:
+            _add_scene_collection(pystac, catalog, coll_id, modality, items[modality])
+            collections[modality] = coll_id
 
     catalog.extra_fields["rs_embed:collections"] = {
         "s2": collections.get("s2"),

@@ -10,7 +10,7 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from collections.abc import Callable, Iterable, Iterator
 from urllib.parse import parse_qs, urlparse
 
@@ -93,7 +93,43 @@ _OPS = {
 }
 
 
-class StacApiServer:
+class LocalHttpServer:
+    """A ThreadingHTTPServer on a free 127.0.0.1 port, serving from a daemon thread while the
+    ``with`` block lasts (``url``: its root)."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self._thread.join(5)
+
+
+def static_catalog(items: Iterable[dict], out_dir: Path, collection: str = "sentinel-2-c1-l2a") -> Path:
+    """Write STAC item dicts as a static catalog of one collection (absolute asset hrefs)."""
+    world: list[list[float | int]] = [[-180, -90, 180, 90]]
+    open_interval: list[list[dt.datetime | None]] = [[None, None]]
+    cat = pystac.Catalog(id="static", description="test copy")
+    coll = pystac.Collection(id=collection, description="test copy", extent=pystac.Extent(
+        pystac.SpatialExtent(world), pystac.TemporalExtent(open_interval)))
+    cat.add_child(coll)
+    for item in items:
+        coll.add_item(pystac.Item.from_dict(item))
+    cat.normalize_hrefs(str(out_dir))
+    cat.save(catalog_type=pystac.CatalogType.ABSOLUTE_PUBLISHED)
+    return out_dir / "catalog.json"
+
+
+class StacApiServer(LocalHttpServer):
     """Earth-Search-like STAC API (landing page, /conformance, /collections, GET+POST /search with
     bbox / datetime / collections / ids / query, paginated with a ``token``). Records every
     request in ``self.requests`` as ``(method, path, params)``."""
@@ -128,20 +164,7 @@ class StacApiServer:
                 params = json.loads(self.rfile.read(n) or b"{}")
                 server._route(self, "POST", u.path, params)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self._thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-
-    def __enter__(self) -> StacApiServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self._thread.join(5)
+        super().__init__(Handler)
 
     @property
     def searches(self) -> list[dict]:
@@ -303,8 +326,8 @@ def earth_search_items(
     """The synthetic S2 items dressed as Earth Search C1 items: collection renamed, absolute file
     hrefs, projection v1.1 ``proj:epsg``; ``offset`` overrides every band's raster:bands offset
     (the pixels stay the same)."""
-    cat = pystac.read_file(str(catalog_path))
-    src = cat.get_child("synthetic-s2-l2a")
+    src = pystac.Catalog.from_file(str(catalog_path)).get_child("synthetic-s2-l2a")
+    assert src is not None, f"{catalog_path} has no synthetic-s2-l2a collection"
     items = []
     for it in src.get_items():
         it.make_asset_hrefs_absolute()
@@ -341,12 +364,12 @@ def earth_search_items(
 
 
 @pytest.fixture
-def stac_api():
+def stac_api() -> Iterator[Callable[[Iterable[dict], Iterable[dict]], StacApiServer]]:
     """Factory: ``stac_api(items, collections) -> running StacApiServer``, stopped after the
     test."""
     servers: list[StacApiServer] = []
 
-    def make(items, collections) -> StacApiServer:
+    def make(items: Iterable[dict], collections: Iterable[dict]) -> StacApiServer:
         s = StacApiServer(items, collections).__enter__()
         servers.append(s)
         return s

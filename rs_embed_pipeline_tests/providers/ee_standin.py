@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import io
 import json
 import os
@@ -482,48 +483,51 @@ def _select(img: SImage, selectors: Any, names: Any = None) -> SImage:
     return SImage({n: img.bands[p] for n, p in zip(new_names, picked)}, img.props, img.footprint)
 
 
-def _composite_median(coll: SCollection) -> SImage:
+def _median_of(members: list[Band], g: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel median of the members' valid values (0 where none is valid)."""
+    if len(members) == 1:
+        return members[0].eval(g)
+    stack = np.stack([b.eval(g)[0].astype(np.float64) for b in members])
+    masks = np.stack([b.eval(g)[1] for b in members])
+    if masks.all():
+        return np.median(stack, axis=0), np.ones(g.shape, bool)
+    stack = np.where(masks, stack, np.nan)
+    valid = masks.any(axis=0)
+    with np.errstate(all="ignore"), _quiet():
+        med = np.nanmedian(stack, axis=0)
+    return np.where(valid, med, 0.0), valid
+
+
+def _mosaic_of(members: list[Band], g: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel the last member's valid value (later images on top)."""
+    value = np.zeros(g.shape, np.float64)
+    mask = np.zeros(g.shape, bool)
+    for b in members:
+        v, m = b.eval(g)
+        value = np.where(m, v, value)
+        mask |= m
+    return value, mask
+
+
+def _composite(coll: SCollection, reduce: Callable[[list[Band], Grid], tuple[np.ndarray, np.ndarray]],
+               dtype: Any = None) -> SImage:
+    """One band per band name of the first image, ``reduce`` over the images that have it;
+    ``dtype`` None keeps the first member's type (Earth Engine's mosaic does, its median is double)."""
     if not coll.images:
         return SImage({})
-    names = list(coll.images[0].bands)
     out = {}
-    for name in names:
+    for name in coll.images[0].bands:
         members = [im.bands[name] for im in coll.images if name in im.bands]
-
-        def fn(g: Grid, members=members) -> tuple[np.ndarray, np.ndarray]:
-            if len(members) == 1:
-                return members[0].eval(g)
-            stack = np.stack([b.eval(g)[0].astype(np.float64) for b in members])
-            masks = np.stack([b.eval(g)[1] for b in members])
-            if masks.all():
-                return np.median(stack, axis=0), np.ones(g.shape, bool)
-            stack = np.where(masks, stack, np.nan)
-            valid = masks.any(axis=0)
-            with np.errstate(all="ignore"), _quiet():
-                med = np.nanmedian(stack, axis=0)
-            return np.where(valid, med, 0.0), valid
-        out[name] = Band(np.float64, fn)
+        out[name] = Band(members[0].dtype if dtype is None else dtype, functools.partial(reduce, members))
     return SImage(out)
+
+
+def _composite_median(coll: SCollection) -> SImage:
+    return _composite(coll, _median_of, np.float64)
 
 
 def _composite_mosaic(coll: SCollection) -> SImage:
-    if not coll.images:
-        return SImage({})
-    names = list(coll.images[0].bands)
-    out = {}
-    for name in names:
-        members = [im.bands[name] for im in coll.images if name in im.bands]
-
-        def fn(g: Grid, members=members) -> tuple[np.ndarray, np.ndarray]:
-            value = np.zeros(g.shape, np.float64)
-            mask = np.zeros(g.shape, bool)
-            for b in members:  # later images on top
-                v, m = b.eval(g)
-                value = np.where(m, v, value)
-                mask |= m
-            return value, mask
-        out[name] = Band(members[0].dtype, fn)
-    return SImage(out)
+    return _composite(coll, _mosaic_of)
 
 
 @contextlib.contextmanager
@@ -653,13 +657,16 @@ def _link_collection(ev: Evaluator, input: SImage, imageCollection: SCollection,
     return SImage(bands, props, input.footprint)
 
 
-def _update_mask(ev: Evaluator, image: SImage, mask: Any) -> SImage:
-    mimg = _as_image(mask)
-    mbands = list(mimg.bands.values())
-    out = {}
+def _band_pairs(image: SImage, other: SImage) -> Iterator[tuple[str, Band, Band]]:
+    """Each band of ``image`` with its partner in ``other``: other's only band, else its k-th."""
+    partners = list(other.bands.values())
     for k, (name, b) in enumerate(image.bands.items()):
-        mb = mbands[0] if len(mbands) == 1 else mbands[k]
+        yield name, b, partners[0] if len(partners) == 1 else partners[k]
 
+
+def _update_mask(ev: Evaluator, image: SImage, mask: Any) -> SImage:
+    out = {}
+    for name, b, mb in _band_pairs(image, _as_image(mask)):
         def fn(g: Grid, b=b, mb=mb) -> tuple[np.ndarray, np.ndarray]:
             v, m = b.eval(g)
             mv, mm = mb.eval(g)
@@ -713,12 +720,8 @@ def _reduce_bands(ev: Evaluator, image: SImage, reducer: Any) -> SImage:
 
 
 def _unmask(ev: Evaluator, input: SImage, value: Any = None, sameFootprint: bool = True) -> SImage:
-    vimg = _as_image(0 if value is None else value)
-    vb = list(vimg.bands.values())
     out = {}
-    for k, (name, b) in enumerate(input.bands.items()):
-        fill = vb[0] if len(vb) == 1 else vb[k]
-
+    for name, b, fill in _band_pairs(input, _as_image(0 if value is None else value)):
         def fn(g: Grid, b=b, fill=fill) -> tuple[np.ndarray, np.ndarray]:
             v, m = b.eval(g)
             if m.all():
@@ -1311,11 +1314,11 @@ def reset_ee() -> None:
     """Forget the ee client's configuration (and the provider's record of it)."""
     import ee  # noqa: PLC0415
 
-    from rs_embed_pipeline.providers import gee  # noqa: PLC0415
+    from rs_embed_pipeline.providers.gee import client  # noqa: PLC0415
 
     ee.Reset()
-    with gee._EE_LOCK:
-        gee._EE_CONFIG["key"] = None
+    with client._EE_LOCK:
+        client._EE_CONFIG["key"] = None
 
 
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}

@@ -16,8 +16,8 @@ from rs_embed_pipeline.providers.catalogs import CATALOG_PRESETS, PLANETARY_COMP
 from rs_embed_pipeline.providers.stac import EARTH_SEARCH_S2_ASSETS
 from rs_embed_pipeline.resources import LocalStacImagery, StacImagery
 
-from .conftest import earth_search_items
-from .test_catalogs import _day, _static
+from .conftest import earth_search_items, static_catalog
+from .test_catalogs import _day
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning"),
@@ -130,8 +130,8 @@ def test_local_resource_with_planetary_computer_preset_gives_c1_dn(synthetic_cat
         return {p.tile_id: p for p in resource.build(fetch_workers=2).fetch_patches(
             tiles, s, e, "s2", bands=bands, composite="mosaic")}
 
-    c1_cat = _static([clear], tmp_path / "c1", "sentinel-2-c1-l2a")
-    pc_cat = _static([_planetary_computer_layout(clear)], tmp_path / "pc", "sentinel-2-l2a")
+    c1_cat = static_catalog([clear], tmp_path / "c1", "sentinel-2-c1-l2a")
+    pc_cat = static_catalog([_planetary_computer_layout(clear)], tmp_path / "pc", "sentinel-2-l2a")
     c1 = fetch(LocalStacImagery(catalog_path=str(c1_cat), catalog_preset="earth-search-c1"))
     pc = fetch(LocalStacImagery(catalog_path=str(pc_cat), catalog_preset="planetary-computer"))
     # without the preset the Planetary Computer layout has none of the C1 asset keys: nothing read

@@ -7,7 +7,6 @@ import copy
 import datetime as dt
 
 import numpy as np
-import pystac
 import pytest
 import rasterio
 
@@ -19,7 +18,7 @@ from rs_embed_pipeline.providers.catalogs import (
     s2_offset,
 )
 
-from .conftest import earth_search_items
+from .conftest import earth_search_items, static_catalog
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning"),
@@ -73,18 +72,6 @@ def _day(item_dict):
     return str(d), str(d + dt.timedelta(days=1))
 
 
-def _static(items, out_dir, collection):
-    cat = pystac.Catalog(id="c", description="test")
-    coll = pystac.Collection(id=collection, description="test", extent=pystac.Extent(
-        pystac.SpatialExtent([[-180, -90, 180, 90]]), pystac.TemporalExtent([[None, None]])))
-    cat.add_child(coll)
-    for d in items:
-        coll.add_item(pystac.Item.from_dict(d))
-    cat.normalize_hrefs(str(out_dir))
-    cat.save(catalog_type=pystac.CatalogType.ABSOLUTE_PUBLISHED)
-    return out_dir / "catalog.json"
-
-
 def _rewrite(src_href, dst, fn):
     with rasterio.open(src_href) as src:
         profile = src.profile
@@ -105,7 +92,7 @@ def test_same_scene_same_dn_from_c1_old_earth_search_and_planetary_computer(
     tiles = inner_tiles.iloc[:2]
 
     def fetch(item, collection, **kw):
-        cat = _static([item], tmp_path / collection, collection)
+        cat = static_catalog([item], tmp_path / collection, collection)
         prov = LocalStacProvider(cat, s2_collection=collection, s1_collection=None, max_workers=1, **kw)
         return {p.tile_id: p for p in prov.fetch_patches(tiles, s, e, "s2", bands=bands, composite="mosaic")}
 
@@ -150,7 +137,7 @@ def test_scl_class_1_missing_asset_and_undeclared_float_nodata(synthetic_catalog
         return a
 
     sat["assets"]["scl"]["href"] = _rewrite(clear[0]["assets"]["scl"]["href"], tmp_path / "scl1.tif", defect)
-    cat = _static([sat], tmp_path / "sat", "s2")
+    cat = static_catalog([sat], tmp_path / "sat", "s2")
     got = {q.tile_id: q for q in LocalStacProvider(cat, s2_collection="s2", s1_collection=None)
            .fetch_patches(inner_tiles, s, e, "s2", bands=["B4"], composite="mosaic")}
     with rasterio.open(sat["assets"]["scl"]["href"]) as src:
@@ -163,7 +150,7 @@ def test_scl_class_1_missing_asset_and_undeclared_float_nodata(synthetic_catalog
     # an item without one asked asset is dropped (logged), the tile comes from the others
     a, b = copy.deepcopy(clear[0]), copy.deepcopy(clear[1])
     del b["assets"]["red"]
-    cat = _static([a, b], tmp_path / "drop", "s2")
+    cat = static_catalog([a, b], tmp_path / "drop", "s2")
     (p,) = LocalStacProvider(cat, s2_collection="s2", s1_collection=None).fetch_patches(
         tiles, "2024-01-01", "2024-04-01", "s2", bands=["B4"])
     assert p.status == "ok" and p.meta["scene_ids"] == [a["id"]]
@@ -173,7 +160,7 @@ def test_scl_class_1_missing_asset_and_undeclared_float_nodata(synthetic_catalog
     f = copy.deepcopy(clear[0])
     f["assets"]["red"]["raster:bands"][0].pop("nodata")
     f["assets"]["red"]["raster:bands"][0]["data_type"] = "float32"
-    cat = _static([f], tmp_path / "float", "s2")
+    cat = static_catalog([f], tmp_path / "float", "s2")
     (p,) = LocalStacProvider(cat, s2_collection="s2", s1_collection=None).fetch_patches(
         tiles, s, e, "s2", bands=["B4"])
     assert p.status == "failed"

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from rs_embed_pipeline.providers import Patch, ProviderError
+from rs_embed_pipeline.providers import ProviderError
 from rs_embed_pipeline.providers.gee import (
     S1_DB_COLLECTION,
     S1_FLOAT_COLLECTION,
@@ -18,20 +18,9 @@ from rs_embed_pipeline.providers.gee import (
 )
 
 from . import ee_standin as S
+from .gee_fetch import Q1, fetch
 
 pytestmark = pytest.mark.usefixtures("gee_env")
-
-Q1 = ("2024-01-01", "2024-04-01")
-
-
-def fetch(provider, rows, modality="s2", window=Q1, bands=None, **options) -> dict[str, Patch]:
-    out: dict[str, Patch] = {}
-    for patch in provider.fetch_patches(rows, window[0], window[1], modality, bands=bands, **options):
-        assert patch.tile_id not in out
-        out[patch.tile_id] = patch
-    ids = list(rows["tile_id"]) if hasattr(rows, "columns") else [r["tile_id"] for r in rows]
-    assert set(out) == set(ids)
-    return out
 
 
 # ------------------------------------------------------------------------------------------ grid

@@ -8,24 +8,13 @@ import time
 import numpy as np
 import pytest
 
-from rs_embed_pipeline.providers.gee import (
-    EE_MAX_REQUEST_BYTES,
-    _request_bytes,
-    _Tile,
-    plan_requests,
-)
+from rs_embed_pipeline.providers.gee import EE_MAX_REQUEST_BYTES, plan_requests
+from rs_embed_pipeline.providers.gee.plan import _request_bytes, _Tile
 
 from . import ee_standin as S
+from .gee_fetch import fetch_b2
 
 pytestmark = pytest.mark.usefixtures("gee_env")
-
-Q1 = ("2024-01-01", "2024-04-01")
-
-
-def fetch(provider, rows, bands=("B2",), modality="s2", **options):
-    out = {p.tile_id: p for p in provider.fetch_patches(rows, *Q1, modality, bands=list(bands), **options)}
-    assert set(out) == {r["tile_id"] for r in rows}
-    return out
 
 
 def test_rule_matches_the_real_error_text():
@@ -51,7 +40,7 @@ def test_no_planned_request_exceeds_the_limit(composite, dtype_bytes, per_reques
 
 def test_mosaic_travels_as_uint16_exactly(standin, make_provider):
     rows = S.tile_rows(3)
-    patches = fetch(make_provider(), rows, bands=S.S2_BANDS, composite="mosaic")
+    patches = fetch_b2(make_provider(), rows, bands=S.S2_BANDS, composite="mosaic")
     for req in standin.pixel_requests:
         w, h = req.grid["dimensions"]["width"], req.grid["dimensions"]["height"]
         assert req.request_bytes == w * h * (12 * (2 + 1) + (1 + 1))
@@ -61,7 +50,7 @@ def test_mosaic_travels_as_uint16_exactly(standin, make_provider):
         assert p.status == "ok" and p.meta["request_dtype"] == "uint16" and p.data.dtype == np.float32
         np.testing.assert_array_equal(p.data[11], S.expected_band(row, S.S2_BASE["B12"]))
     # the median keeps float32 (half DN), a non-integer fill value too
-    fetch(make_provider(), rows[:1], composite="mosaic", fill_value=-1.5)
+    fetch_b2(make_provider(), rows[:1], composite="mosaic", fill_value=-1.5)
     assert S.find_calls(standin.pixel_requests[-1].tree, "Image.toFloat")
 
 
@@ -79,7 +68,7 @@ def test_busy_backend_texts_are_retried_whatever_the_status(standin, make_provid
 
     standin.fault_hook = hook
     provider = make_provider(max_concurrent_requests=1)
-    patches = fetch(provider, S.tile_rows(2))
+    patches = fetch_b2(provider, S.tile_rows(2))
     assert all(p.status == "ok" for p in patches.values())
     st = provider.stats()
     assert st["retries"] == 1 and st["splits"] == 0 and st["failures"] == 0
@@ -93,7 +82,7 @@ def test_repeated_client_timeout_splits_the_request(standin, make_provider):
 
     standin.fault_hook = slow_when_wide
     provider = make_provider(max_concurrent_requests=1, request_timeout_s=1, max_retries=8)
-    patches = fetch(provider, S.tile_rows(2))
+    patches = fetch_b2(provider, S.tile_rows(2))
     assert all(p.status == "ok" for p in patches.values())
     st = provider.stats()
     # two timeouts of the 2-tile request (not nine), then one split into single tiles

@@ -11,24 +11,13 @@ import threading
 import numpy as np
 import pytest
 
-from rs_embed_pipeline.providers.gee import (
-    EE_MAX_REQUEST_BYTES,
-    TokenBucket,
-    _Tile,
-    plan_requests,
-)
+from rs_embed_pipeline.providers.gee import EE_MAX_REQUEST_BYTES, TokenBucket, plan_requests
+from rs_embed_pipeline.providers.gee.plan import _Tile
 
 from . import ee_standin as S
+from .gee_fetch import Q1, fetch_b2
 
 pytestmark = pytest.mark.usefixtures("gee_env")
-
-Q1 = ("2024-01-01", "2024-04-01")
-
-
-def fetch(provider, rows, bands=("B2",), modality="s2", **options):
-    out = {p.tile_id: p for p in provider.fetch_patches(rows, *Q1, modality, bands=list(bands), **options)}
-    assert set(out) == {r["tile_id"] for r in rows}
-    return out
 
 
 def _tiles(rows):
@@ -75,7 +64,7 @@ def test_plan_never_bridges_gaps_or_lattices():
 def test_distinct_tiles_at_the_same_place_are_all_fetched(standin, make_provider):
     rows = S.tile_rows(3)
     twin = dict(rows[1], tile_id="twin-of-" + rows[1]["tile_id"])
-    patches = fetch(make_provider(max_concurrent_requests=1), rows + [twin])
+    patches = fetch_b2(make_provider(max_concurrent_requests=1), rows + [twin])
     assert all(p.status == "ok" for p in patches.values())
     np.testing.assert_array_equal(patches[twin["tile_id"]].data, patches[rows[1]["tile_id"]].data)
 
@@ -83,7 +72,7 @@ def test_distinct_tiles_at_the_same_place_are_all_fetched(standin, make_provider
 def test_batched_224px_tiles_under_the_real_limit(standin, make_provider):
     rows = S.tile_rows(17, size_px=224)
     provider = make_provider(max_concurrent_requests=1)  # batching is limited by bytes only
-    patches = fetch(provider, rows, bands=S.S2_BANDS)
+    patches = fetch_b2(provider, rows, bands=S.S2_BANDS)
     sizes = sorted(r.request_bytes for r in standin.pixel_requests)
     assert len(sizes) == 2 and all(s <= EE_MAX_REQUEST_BYTES for s in sizes)
     assert sizes[-1] == 16 * 224 * 224 * 62  # the stand-in counts as Earth Engine does
@@ -101,7 +90,7 @@ def test_too_large_answer_splits_the_block(standin, make_provider):
     per_tile = 16 * 16 * (12 * (4 + 1) + 1 + 1)
     standin.max_request_bytes = 2 * per_tile  # the server is stricter than the client's plan
     provider = make_provider(max_concurrent_requests=1)
-    patches = fetch(provider, rows, bands=S.S2_BANDS)
+    patches = fetch_b2(provider, rows, bands=S.S2_BANDS)
     widths = [r.grid["dimensions"]["width"] for r in standin.pixel_requests]
     assert widths == [64, 32, 32]
     assert [r.status for r in standin.pixel_requests] == [400, 200, 200]
@@ -117,7 +106,7 @@ def test_single_tile_too_large_is_split_in_pixels_and_stitched(standin, make_pro
     rows = S.tile_rows(1, size_px=24)
     standin.max_request_bytes = 24 * 24 * (3 * 5 + 2) // 3  # a third of the tile fits
     provider = make_provider()
-    [p] = fetch(provider, rows, bands=("B8", "B9", "B1")).values()
+    [p] = fetch_b2(provider, rows, bands=("B8", "B9", "B1")).values()
     assert p.status == "ok" and p.valid.all()
     for k, band in enumerate(("B8", "B9", "B1")):
         np.testing.assert_array_equal(p.data[k], S.expected_band(rows[0], S.S2_BASE[band]))
@@ -129,7 +118,7 @@ def test_single_tile_too_large_is_split_in_pixels_and_stitched(standin, make_pro
 def test_client_limit_presplits_without_asking(standin, make_provider):
     rows = S.tile_rows(1, size_px=32)
     provider = make_provider(max_request_bytes=32 * 32 * 17 // 2)  # half a tile of 3 bands
-    [p] = fetch(provider, rows, bands=("B2", "B3", "B4")).values()
+    [p] = fetch_b2(provider, rows, bands=("B2", "B3", "B4")).values()
     assert p.status == "ok"
     assert all(r.status == 200 for r in standin.pixel_requests)
     assert [r.grid["dimensions"] for r in standin.pixel_requests] == [{"width": 16, "height": 32}] * 2
@@ -141,7 +130,7 @@ def test_memory_and_timeout_answers_split(standin, make_provider, message):
     standin.fault_hook = S.fail_when(
         lambda r: r.kind == "pixels" and r.grid["dimensions"]["width"] > 16, status=400, message=message)
     rows = S.tile_rows(4)
-    patches = fetch(make_provider(max_concurrent_requests=1), rows)
+    patches = fetch_b2(make_provider(max_concurrent_requests=1), rows)
     assert all(p.status == "ok" for p in patches.values())
     assert [r.grid["dimensions"]["width"] for r in standin.pixel_requests if r.status == 200] == [16] * 4
 
@@ -154,7 +143,7 @@ def test_concurrency_cap_is_respected_server_side(standin, make_provider):
     standin.fault_hook = S.hold_until_in_flight(standin, 4)
     rows = S.tile_rows(24, col_step=2)  # no two tiles adjacent: one request pair per tile
     provider = make_provider(max_concurrent_requests=4, max_requests_per_second=1000)
-    fetch(provider, rows)
+    fetch_b2(provider, rows)
     assert len(standin.pixel_requests) == 24
     assert standin.max_in_flight == 4
     assert provider.stats()["max_in_flight"] == 4
@@ -168,7 +157,7 @@ def test_concurrency_cap_is_shared_by_concurrent_fetches(standin, make_provider)
 
     def run(col0: int) -> None:
         rows = S.tile_rows(8, col_step=2, col0=col0)
-        results.append(len(fetch(provider, rows)))
+        results.append(len(fetch_b2(provider, rows)))
 
     threads = [threading.Thread(target=run, args=(2500 + 100 * k,)) for k in range(3)]
     for t in threads:
@@ -187,7 +176,7 @@ def test_rate_limit(standin, make_provider):
     clock = S.FakeClock(advance=False)  # time stands still: every token is reserved ahead
     provider = make_provider(max_concurrent_requests=40, max_requests_per_second=rate,
                              clock=clock, sleep=clock.sleep)
-    fetch(provider, rows)
+    fetch_b2(provider, rows)
     n = len([r for r in standin.requests if r.kind in ("value", "pixels")])
     assert n == 80
     burst = provider.stats()["config"]["rate_burst"]
@@ -227,7 +216,7 @@ def test_429_storm_ends_in_success(standin, make_provider):
     standin.fault_hook = S.fail_first(25, status=429, message="Too many concurrent aggregations.")
     rows = S.tile_rows(6, col_step=2)
     provider = make_provider(max_retries=30, max_concurrent_requests=6)
-    patches = fetch(provider, rows)
+    patches = fetch_b2(provider, rows)
     assert all(p.status == "ok" for p in patches.values())
     st = provider.stats()
     assert st["throttled"] == 25 and st["retries"] == 25 and st["failures"] == 0
@@ -238,11 +227,11 @@ def test_429_storm_ends_in_success(standin, make_provider):
 def test_retry_after_is_honoured(standin, make_provider, fake_clock):
     standin.fault_hook = S.fail_first(1, status=429, kinds=("value",), headers={"Retry-After": "0.3"})
     provider = make_provider(backoff_max_s=5.0)
-    fetch(provider, S.tile_rows(1))
+    fetch_b2(provider, S.tile_rows(1))
     assert fake_clock.sleeps == [0.3]  # the server's delay, not the (1 ms) backoff
     # capped by backoff_max_s
     standin.fault_hook = S.fail_first(1, status=429, kinds=("value",), headers={"Retry-After": "30"})
-    fetch(make_provider(backoff_max_s=5.0), S.tile_rows(1))
+    fetch_b2(make_provider(backoff_max_s=5.0), S.tile_rows(1))
     assert fake_clock.sleeps == [0.3, 5.0]
 
 
@@ -250,7 +239,7 @@ def test_backoff_sequence_is_exponential_and_capped(standin, make_provider, fake
     standin.fault_hook = S.fail_first(6, status=503, kinds=("value",))
     provider = make_provider(backoff_base_s=1.0, backoff_max_s=8.0, max_retries=6,
                              rng=S.MaxUpperRandom())
-    [p] = fetch(provider, S.tile_rows(1)).values()
+    [p] = fetch_b2(provider, S.tile_rows(1)).values()
     assert p.status == "ok"
     assert fake_clock.sleeps == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]  # base * 2**(attempt-1), capped
     st = provider.stats()
@@ -263,14 +252,14 @@ def test_backoff_sequence_is_exponential_and_capped(standin, make_provider, fake
 
     fake_clock.sleeps.clear()
     standin.fault_hook = S.fail_first(3, status=503, kinds=("value",))
-    fetch(make_provider(backoff_base_s=1.0, backoff_max_s=8.0, rng=Low()), S.tile_rows(1))
+    fetch_b2(make_provider(backoff_base_s=1.0, backoff_max_s=8.0, rng=Low()), S.tile_rows(1))
     assert fake_clock.sleeps == [0.5, 1.0, 2.0]
 
 
 def test_transient_5xx_are_retried(standin, make_provider):
     standin.fault_hook = S.fail_first(3, status=503, kinds=("pixels",))
     provider = make_provider(max_retries=5)
-    patches = fetch(provider, S.tile_rows(2, col_step=2))
+    patches = fetch_b2(provider, S.tile_rows(2, col_step=2))
     assert all(p.status == "ok" for p in patches.values())
     assert provider.stats()["server_errors"] == 3 and provider.stats()["retries"] == 3
 
@@ -282,7 +271,7 @@ def test_persistent_5xx_fails_those_tiles_only(standin, make_provider):
         lambda r: r.kind == "pixels" and S.grid_contains(r, bad["x0"] + 1, bad["y0"] - 1),
         status=500, message="An internal error has occurred")
     provider = make_provider(max_retries=2)
-    patches = fetch(provider, rows)
+    patches = fetch_b2(provider, rows)
     assert patches[bad["tile_id"]].status == "failed"
     reason = patches[bad["tile_id"]].meta["reason"]
     assert "HTTP 500" in reason and "after 3 attempt(s)" in reason and "internal error" in reason
@@ -296,7 +285,7 @@ def test_persistent_failure_of_a_batch_and_of_the_scene_query(standin, make_prov
     rows = S.tile_rows(3)
     standin.fault_hook = S.fail_when(lambda r: r.kind == "value", status=503)
     provider = make_provider(max_retries=1, max_concurrent_requests=1)
-    patches = fetch(provider, rows)
+    patches = fetch_b2(provider, rows)
     assert all(p.status == "failed" and "value request failed" in p.meta["reason"] for p in patches.values())
     assert standin.pixel_requests == []
 
@@ -305,7 +294,7 @@ def test_permanent_errors_are_not_retried(standin, make_provider):
     standin.fault_hook = S.fail_when(lambda r: r.kind == "pixels", status=403,
                                      message="Permission denied for this project.")
     provider = make_provider(max_retries=5)
-    [p] = fetch(provider, S.tile_rows(1)).values()
+    [p] = fetch_b2(provider, S.tile_rows(1)).values()
     assert p.status == "failed" and "not retryable" in p.meta["reason"] and "HTTP 403" in p.meta["reason"]
     assert provider.stats()["retries"] == 0 and len(standin.pixel_requests) == 1
 
@@ -313,7 +302,7 @@ def test_permanent_errors_are_not_retried(standin, make_provider):
 def test_stats_counters(standin, make_provider):
     rows = S.tile_rows(3) + S.tile_rows(1, col0=9000)
     provider = make_provider(max_concurrent_requests=2)
-    fetch(provider, rows, bands=("B2", "B3"))
+    fetch_b2(provider, rows, bands=("B2", "B3"))
     st = provider.stats()
     assert st["requests"] == st["value_requests"] + st["pixel_requests"]
     assert st["requests"] == len(standin.value_requests) + len(standin.pixel_requests)

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import copy
 import re
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ from rs_embed_pipeline.grid import bbox_aoi, build_tile_grid
 from rs_embed_pipeline.providers import StacProvider
 from rs_embed_pipeline.providers.synthetic import generate_synthetic_catalog
 
-from .conftest import earth_search_items
+from .conftest import LocalHttpServer, earth_search_items
 from .test_catalogs import _day
 
 pytestmark = [
@@ -25,7 +24,7 @@ pytestmark = [
 ]
 
 
-class RangeServer:
+class RangeServer(LocalHttpServer):
     """Static files on 127.0.0.1 with single-range GET and HEAD (like a bucket); every request
     is logged as ``(method, path, first_byte, last_byte)``."""
 
@@ -67,18 +66,7 @@ class RangeServer:
             def do_HEAD(self):
                 self._serve(head=True)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    def __enter__(self) -> RangeServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
+        super().__init__(Handler)
 
     def downloaded_twice(self) -> dict[str, int]:
         """Bytes of each file that more than one ranged GET carried."""

@@ -199,6 +199,24 @@ def test_failed_tile_does_not_stop_others(provider, inner_tiles):
     assert got["bad_crs"].data.shape == (1, 32, 32) and not got["bad_crs"].valid.any()
 
 
+def test_tile_rows_checked_alike_by_every_provider(provider, inner_tiles):
+    """STAC and Earth Engine read tile rows through one TileRef: the same columns, the same checks,
+    the same reasons (a bad row fails alone)."""
+    from rs_embed_pipeline.providers.base import TileRef
+    from rs_embed_pipeline.providers.gee.plan import _Tile as GeeTile
+
+    row = inner_tiles.iloc[0].to_dict()
+    ref = TileRef.from_row(row)
+    gee = GeeTile.from_row(row)
+    assert (gee.size, gee.scale) == (ref.size_px, ref.scale_m) == (32, 10.0)
+    zero = {**row, "tile_id": "zero", "size_px": 0}
+    with pytest.raises(ValueError, match=r"size_px \(0\) and scale_m \(10.0\) must be > 0"):
+        GeeTile.from_row(zero)
+    got = _by_id(list(provider.fetch_patches([row, zero], START, END, "s2", bands=["B4"])))
+    assert got[row["tile_id"]].status == "ok" and got["zero"].status == "failed"
+    assert got["zero"].meta["reason"] == "bad tile row: ValueError: size_px (0) and scale_m (10.0) must be > 0"
+
+
 def test_s1(provider, inner_tiles):
     patches = list(provider.fetch_patches(inner_tiles.iloc[:2], START, END, "s1"))
     for p in patches:
@@ -308,3 +326,12 @@ def test_a_failed_block_is_read_once_the_asset_owns_tile_retries(synthetic_catal
     assert all(x.meta["reason"] == "OSError: read refused" for x in got)
     assert len(calls) == 1  # the two adjacent tiles share one block, read once, not retried here
     assert "tile_retries" not in p.describe() and "tile_retries" not in p.stats()["config"]
+
+
+def test_remote_read_options_are_refused_for_local_files(tmp_path):
+    """A local catalog has no URL signing or HTTP read settings: such options name the valid ones."""
+    from rs_embed_pipeline.providers.stac import LocalStacProvider
+
+    with pytest.raises(TypeError, match=r"unexpected option\(s\) \['patch_url', 'rio_config'\]; valid: "
+                                        r"max_workers, cloudy_pct, composite, max_block_px"):
+        LocalStacProvider(tmp_path / "catalog.json", patch_url="none", rio_config={})

@@ -5,12 +5,13 @@ from __future__ import annotations
 import socket
 
 import numpy as np
-import pystac
 import pytest
 import rasterio
 from rasterio.windows import from_bounds
 
 from rs_embed_pipeline.providers import LocalStacProvider, ProviderError, StacProvider
+
+from .conftest import static_catalog
 
 # a spurious cross-thread NotGeoreferencedWarning from rasterio.warp (results are checked exactly);
 # affine's and shapely's deprecations inside odc-geo / rasterio: pyproject.toml filterwarnings
@@ -84,7 +85,7 @@ def test_search_and_harmonization(stac_api, es_items, inner_tiles, tmp_path):
     local = {
         p.tile_id: p
         for p in LocalStacProvider(
-            static_catalog_of(items, tmp_path),
+            static_catalog(items, tmp_path),
             s2_collection="sentinel-2-c1-l2a",
             max_workers=1,
         ).fetch_patches(tiles, START, END, "s2", bands=["B4", "B2", "B11"], cloudy_pct=25)
@@ -92,24 +93,6 @@ def test_search_and_harmonization(stac_api, es_items, inner_tiles, tmp_path):
     for p in patches:
         np.testing.assert_array_equal(p.data, local[p.tile_id].data)
         np.testing.assert_array_equal(p.valid, local[p.tile_id].valid)
-
-
-def static_catalog_of(items, out_dir):
-    """Write the served items as a static catalog (absolute asset hrefs)."""
-    cat = pystac.Catalog(id="es", description="copy")
-    coll = pystac.Collection(
-        id="sentinel-2-c1-l2a",
-        description="copy",
-        extent=pystac.Extent(
-            pystac.SpatialExtent([[-180, -90, 180, 90]]), pystac.TemporalExtent([[None, None]])
-        ),
-    )
-    cat.add_child(coll)
-    for dct in items:
-        coll.add_item(pystac.Item.from_dict(dct))
-    cat.normalize_hrefs(str(out_dir))
-    cat.save(catalog_type=pystac.CatalogType.ABSOLUTE_PUBLISHED)
-    return out_dir / "catalog.json"
 
 
 @pytest.mark.parametrize("offset", [-0.1, 0.0, -0.05])

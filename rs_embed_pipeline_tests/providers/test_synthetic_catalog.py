@@ -43,6 +43,12 @@ def test_deterministic_bytes(tmp_path):
     # regenerating into the same directory overwrites it identically
     generate_synthetic_catalog(tmp_path / "a", SMALL, "2024-01-01", "2024-02-01", seed=3)
     assert _digest(a.parent) == da
+    # a shorter window rewritten over it leaves no item of the longer one, and keeps foreign files
+    (a.parent / "notes.txt").write_text("mine")
+    generate_synthetic_catalog(tmp_path / "a", SMALL, "2024-01-01", "2024-01-10", seed=3)
+    left = _digest(a.parent)
+    assert "notes.txt" in left and len(left) < len(da)
+    assert set(left) - {"notes.txt"} < set(da)
 
 
 def test_catalog_structure(synthetic_catalog):

@@ -64,7 +64,7 @@ Credentials, in order: ``credentials=`` (a ``google.auth`` credentials object, o
 ``"anonymous"`` for REST stand-ins), ``credentials_file=`` (a service-account JSON key, through
 ``ee.ServiceAccountCredentials``), else Application Default Credentials (``google.auth.default``).
 The project is ``project=``, else the environment variable ``EE_PROJECT`` -- read in one place
-only, :func:`_project_from_env`, when the provider is constructed --, else the project of the
+only, :func:`.client._project_from_env`, when the provider is constructed --, else the project of the
 credentials. The endpoint is ``api_url`` when given, else the high-volume endpoint
 (``https://earthengine-highvolume.googleapis.com``, ``use_high_volume=True``, meant for batch
 work) or the standard one. Earth Engine's client keeps one configuration per process: the
@@ -80,68 +80,13 @@ kind, limits) are in ``stats()["config"]``.
 
 from __future__ import annotations
 
-from rs_embed_pipeline.vocabulary import COMPOSITES, S1_ORBITS  # noqa: F401 - defined once there
+# The package's public API only; private helpers are imported from the submodule that defines them.
+from rs_embed_pipeline.vocabulary import COMPOSITES  # defined once there
 
-from .client import (  # noqa: F401 - the package's names, private ones for tests
-    _EE_CONFIG,
-    _EE_LOCK,
-    _REDACTIONS,
-    _RETRY_RE,
-    _SPLIT_RE,
-    _TIMEOUTS_BEFORE_SPLIT,
-    EE_SCOPES,
-    ENV_PROJECT,
-    HIGH_VOLUME_URL,
-    STANDARD_URL,
-    TokenBucket,
-    _ee,
-    _error_chain,
-    _http_details,
-    _is_network_error,
-    _is_timeout,
-    _project_from_env,
-    _RequestFailed,
-    _safe_url,
-    _SplitNeeded,
-    _Stats,
-    redact,
-)
-from .expressions import (  # noqa: F401 - the package's names, private ones for tests
-    _FLOAT32_BYTES,
-    _LN10_OVER_10,
-    _S1_OPTIONS,
-    _S2_OPTIONS,
-    _VALID_BAND_BYTES,
-    CLOUD_SCORE_PLUS_BANDS,
-    S1_DB_COLLECTION,
-    S1_FLOAT_COLLECTION,
-    S2_CLOUD_SCORE_PLUS_COLLECTION,
-    S2_COLLECTION,
-    VALID_BAND,
-    _as_bool,
-    _ee_time,
-    _parse_sensor,
-    _parse_time,
-    _Run,
-    _Sensor,
-    _tile_rows,
-)
-from .plan import (  # noqa: F401 - the package's names, private ones for tests
-    EE_MASK_BYTES_PER_PIXEL,
-    EE_MAX_GRID_PX,
-    EE_MAX_REQUEST_BYTES,
-    _Block,
-    _request_bytes,
-    _Tile,
-    _Window,
-    plan_requests,
-)
-from .provider import (  # noqa: F401 - the package's names, private ones for tests
-    _MAX_PIXEL_SPLIT_DEPTH,
-    GEEProvider,
-    _read_npy,
-    _tile_arrays,
-)
+from .client import HIGH_VOLUME_URL, STANDARD_URL, TokenBucket, redact
+from .expressions import S1_DB_COLLECTION, S1_FLOAT_COLLECTION, S2_CLOUD_SCORE_PLUS_COLLECTION, S2_COLLECTION, VALID_BAND
+from .plan import EE_MAX_GRID_PX, EE_MAX_REQUEST_BYTES, plan_requests
+from .provider import GEEProvider
 
 __all__ = [
     "COMPOSITES",

@@ -129,6 +129,17 @@ def _as_bool(name: str, value: Any) -> bool:
     raise ProviderError(f"sensor option {name!r} must be true or false, got {value!r}")
 
 
+def _number_within(name: str, value: Any, lo: float, hi: float, *, kind: str = "a number") -> float:
+    """``value`` as a float within ``[lo, hi]``, else a ProviderError naming the option."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ProviderError(f"GEE provider: {name} must be {kind}, got {value!r}") from None
+    if not lo <= number <= hi:
+        raise ProviderError(f"GEE provider: {name} must be within [{lo}, {hi}], got {number}")
+    return number
+
+
 def _parse_sensor(modality: str, bands: Iterable[str] | None, options: Mapping[str, Any],
                   defaults: Mapping[str, Any]) -> _Sensor:
     modality = str(modality).lower().strip()
@@ -166,22 +177,11 @@ def _parse_sensor(modality: str, bands: Iterable[str] | None, options: Mapping[s
     if modality == "s2":
         cloudy = opts.get("cloudy_pct", 30)
         if cloudy is not None:
-            try:
-                cloudy = float(cloudy)
-            except (TypeError, ValueError):
-                raise ProviderError(f"GEE provider: cloudy_pct must be a number or None, got {cloudy!r}") from None
-            if not 0 <= cloudy <= 100:
-                raise ProviderError(f"GEE provider: cloudy_pct must be within [0, 100], got {cloudy}")
+            cloudy = _number_within("cloudy_pct", cloudy, 0, 100, kind="a number or None")
             if cloudy == int(cloudy):
                 cloudy = int(cloudy)
         csp = _as_bool("cloud_score_plus", opts.get("cloud_score_plus", False))
-        thr = opts.get("cs_threshold", 0.6)
-        try:
-            thr = float(thr)
-        except (TypeError, ValueError):
-            raise ProviderError(f"GEE provider: cs_threshold must be a number, got {thr!r}") from None
-        if not 0 <= thr <= 1:
-            raise ProviderError(f"GEE provider: cs_threshold must be within [0, 1], got {thr}")
+        thr = _number_within("cs_threshold", opts.get("cs_threshold", 0.6), 0, 1)
         cs_band = str(opts.get("cs_band", "cs_cdf"))
         if cs_band not in CLOUD_SCORE_PLUS_BANDS:
             raise ProviderError(f"GEE provider: cs_band {cs_band!r} is not one of "

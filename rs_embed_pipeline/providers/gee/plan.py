@@ -4,12 +4,13 @@ size rule (pixels x sum over bands of (bytes + 1 mask byte))."""
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections import defaultdict
 from typing import Any
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
+
+from ..base import TileRef
 
 #: computePixels limits: 48 MiB of uncompressed data (bands' bytes + 1 mask byte per pixel),
 #: 32K pixels a side.
@@ -24,26 +25,16 @@ EE_MASK_BYTES_PER_PIXEL = 1
 
 
 @dataclasses.dataclass(frozen=True)
-class _Tile:
-    tile_id: str
-    epsg: int
-    x0: float
-    y0: float
-    size: int
-    scale: float
+class _Tile(TileRef):
+    """A tile as the request planner measures it: ``size`` pixels of ``scale`` metres."""
 
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> _Tile:
-        missing = [k for k in ("tile_id", "utm_epsg", "x0", "y0", "size_px", "scale_m") if k not in row]
-        if missing:
-            raise ValueError(f"tile row lacks column(s) {missing}")
-        tile = cls(str(row["tile_id"]), int(row["utm_epsg"]), float(row["x0"]), float(row["y0"]),
-                   int(row["size_px"]), float(row["scale_m"]))
-        if tile.size <= 0 or not tile.scale > 0:
-            raise ValueError(f"size_px ({tile.size}) and scale_m ({tile.scale}) must be > 0")
-        if not (math.isfinite(tile.x0) and math.isfinite(tile.y0)):
-            raise ValueError("x0 / y0 must be finite")
-        return tile
+    @property
+    def size(self) -> int:
+        return self.size_px
+
+    @property
+    def scale(self) -> float:
+        return self.scale_m
 
     @property
     def transform(self) -> list[float]:
