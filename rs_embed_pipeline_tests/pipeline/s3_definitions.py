@@ -40,3 +40,24 @@ def s3_test_definitions(config: str, catalog: str, worker_python: str, store_roo
 def celery_job() -> dg.JobDefinition:
     """``build_embeddings_celery`` of the definitions described by ``$RS_EMBED_TEST_S3_DEFS``."""
     return s3_test_definitions(**json.loads(os.environ[ENV_VAR])).resolve_job_def("build_embeddings_celery")
+
+
+def main() -> None:
+    """Launch ``build_embeddings_celery`` for one partition and write ``{run_id, success}`` as JSON.
+
+    ``python -m rs_embed_pipeline_tests.pipeline.s3_definitions <out.json> <tags JSON>``, with
+    ``DAGSTER_HOME`` and ``$RS_EMBED_TEST_S3_DEFS`` set. The test runs this in its own process: two
+    Dagster runs in one process (one in a thread) can deadlock inside ``logging`` (a run's
+    ``dictConfig`` holds the logging module lock while another thread's handler waits for it).
+    """
+    import sys
+
+    out, tags = sys.argv[1], json.loads(sys.argv[2])
+    with dg.DagsterInstance.get() as instance:
+        result = dg.execute_job(dg.reconstructable(celery_job), instance=instance, tags=tags)
+        with open(out, "w") as f:
+            json.dump({"run_id": result.run_id, "success": result.success}, f)
+
+
+if __name__ == "__main__":
+    main()

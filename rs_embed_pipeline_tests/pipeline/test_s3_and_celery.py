@@ -7,9 +7,12 @@ stopped by process group when the module ends, pass or fail.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
+import subprocess
+import sys
 import threading
 
 import dagster as dg
@@ -21,8 +24,15 @@ from pyproj import CRS
 
 from rs_embed_pipeline.stores.remote import AWS_ENV_NAMES
 from rs_embed_pipeline_tests.pipeline.conftest import REPO, TINY_BBOX, WINDOW, write_config
-from rs_embed_pipeline_tests.pipeline.s3_definitions import ENV_VAR, celery_job, s3_test_definitions
-from rs_embed_pipeline_tests.pipeline.servers import BIN, celery_workers, moto_server, redis_server, tail
+from rs_embed_pipeline_tests.pipeline.s3_definitions import ENV_VAR, s3_test_definitions
+from rs_embed_pipeline_tests.pipeline.servers import (
+    BIN,
+    celery_workers,
+    close_s3_filesystems,
+    moto_server,
+    redis_server,
+    tail,
+)
 
 CUBES = {"terrafm_s2_cube": "terrafm_b_s2", "terrafm_s1_cube": "terrafm_b_s1", "thor_s2_cube": "thor_1_0_base_s2"}
 KEY = dg.MultiPartitionKey({"region": "tiny", "window": WINDOW})
@@ -34,6 +44,14 @@ KEY_TAGS = dg.MultiPartitionsDefinition({  # run tags of that partition, for dg.
 ACCESS_KEY = "AKIA" + secrets.token_hex(8).upper()
 SECRET_KEY = "rs-embed-" + secrets.token_urlsafe(24)
 CELERY_RUN_TIMEOUT_S = 300
+
+
+@dataclasses.dataclass(frozen=True)
+class CeleryRunResult:
+    """What the launcher process reports of the Celery run (its events are read from the instance)."""
+
+    run_id: str
+    success: bool
 # w1 takes the CPU steps (dagster-celery's default queue), w2 the GPU steps (executors.GPU_QUEUE).
 CELERY_QUEUES = {"w1": ["dagster"], "w2": ["gpu"]}
 
@@ -63,9 +81,7 @@ def aws(tmp_path_factory):
         try:
             yield {"endpoint": endpoint, "client": client, "logs": logs}
         finally:
-            import s3fs
-
-            s3fs.S3FileSystem.clear_instance_cache()
+            close_s3_filesystems()
 
 
 def _bucket(aws, name: str) -> str:
@@ -115,7 +131,6 @@ def runs(aws, tmp_path_factory, synthetic_catalog, worker_python):
         worker_yaml = tmp_c / "celery.yaml"
         worker_yaml.write_text(yaml.safe_dump({"execution": {"config": {"broker": broker, "backend": broker}}}))
         mp.setenv(ENV_VAR, json.dumps(params_c))
-        recon = dg.reconstructable(celery_job)  # before the chdir below: the code pointer keeps the cwd
         env = {**os.environ, "DAGSTER_HOME": str(home),
                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
                "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")])}
@@ -127,9 +142,18 @@ def runs(aws, tmp_path_factory, synthetic_catalog, worker_python):
             outcome: dict = {}
 
             def run_celery() -> None:
+                # The Celery run is launched from its own process, not from a thread of this one:
+                # two runs in one process can deadlock in `logging` (s3_definitions.main).
                 try:
                     workers.wait_ready()
-                    outcome["result"] = dg.execute_job(recon, instance=instance_c, tags=dict(KEY_TAGS))
+                    out = tmp_c / "celery-run.json"
+                    launch = subprocess.run(
+                        [sys.executable, "-m", "rs_embed_pipeline_tests.pipeline.s3_definitions", str(out),
+                         json.dumps(dict(KEY_TAGS))], env=env, cwd=REPO, capture_output=True, text=True,
+                        timeout=CELERY_RUN_TIMEOUT_S)
+                    if launch.returncode != 0:
+                        raise RuntimeError(f"Celery run launcher exited {launch.returncode}: {launch.stderr[-3000:]}")
+                    outcome["result"] = CeleryRunResult(**json.loads(out.read_text()))
                 except BaseException as exc:  # noqa: BLE001 - reported by the tests
                     outcome["error"] = exc
 
@@ -142,7 +166,7 @@ def runs(aws, tmp_path_factory, synthetic_catalog, worker_python):
                 result_i = defs.resolve_job_def("build_embeddings").execute_in_process(
                     partition_key=KEY, instance=instance_i, raise_on_error=False)
                 # A lost Celery task would leave the executor polling forever: bound the wait.
-                thread.join(CELERY_RUN_TIMEOUT_S)
+                thread.join(CELERY_RUN_TIMEOUT_S + 30)
                 worker_logs = "\n".join(f"--- {p.name}\n{tail(p, 3000)}" for p in sorted(logs.glob("celery-*.log")))
                 if thread.is_alive():
                     outcome["error"] = TimeoutError(f"Celery run not finished after {CELERY_RUN_TIMEOUT_S} s")

@@ -11,7 +11,7 @@ import rasterio
 
 from rs_embed_pipeline.products import cog, geoparquet, open_cube, stac_catalog
 from rs_embed_pipeline.products.reader import tile_vectors, window_dataset
-from rs_embed_pipeline_tests.pipeline.servers import moto_server
+from rs_embed_pipeline_tests.pipeline.servers import close_s3_filesystems, moto_server
 from rs_embed_pipeline_tests.products.conftest import (
     D_POOLED,
     WINDOW_STARTS,
@@ -38,7 +38,7 @@ def s3(tmp_path_factory):
         try:
             yield s3fs.S3FileSystem()
         finally:
-            s3fs.S3FileSystem.clear_instance_cache()
+            close_s3_filesystems()
 
 
 def test_products_round_trip_on_s3(s3):
