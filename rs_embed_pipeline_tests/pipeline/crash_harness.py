@@ -30,6 +30,7 @@ import os
 import runpy
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,16 @@ def _hook_tile_writes(point: str, uri_part: str) -> None:
 
     write_tile, write_tiles = TileStore.write_tile, TileStore.write_tiles
     seen = {"count": 0}
+    # Patches are written by two threads at once. The kill models the n-th tile's write dying
+    # midway while the writes that started before it finish (as they would on a node that dies a
+    # moment later): the dying write waits for them, so what the store holds does not depend on
+    # how the threads happen to be scheduled on a loaded machine.
+    lock = threading.Condition()
+    in_flight = {"writes": 0}
+
+    def wait_for_earlier_writes() -> None:
+        with lock:
+            lock.wait_for(lambda: in_flight["writes"] == 0, timeout=60)
 
     def should_die(store, indices) -> bool:
         return point != "worker" or not Path(os.environ["RS_EMBED_TEST_KILL_ONCE"]).exists()
@@ -88,12 +99,23 @@ def _hook_tile_writes(point: str, uri_part: str) -> None:
 
     def hooked_tiles(self, indices, statuses, metas, **arrays):
         if uri_part in self.uri and arrays:
-            seen["count"] += len(indices)
-            if seen["count"] >= n and should_die(self, indices):
+            with lock:
+                seen["count"] += len(indices)
+                dying = seen["count"] >= n and should_die(self, indices)
+                if not dying:
+                    in_flight["writes"] += 1
+            if dying:
+                wait_for_earlier_writes()
                 for name, value in arrays.items():
                     self.group[name].set_orthogonal_selection((np.sort(np.asarray(indices)),),
                                                               np.asarray(value)[np.argsort(indices)])
                 die(self, indices)
+            try:
+                return write_tiles(self, indices, statuses, metas, **arrays)
+            finally:
+                with lock:
+                    in_flight["writes"] -= 1
+                    lock.notify_all()
         return write_tiles(self, indices, statuses, metas, **arrays)
 
     def hooked_tile(self, index, status, meta, **arrays):
