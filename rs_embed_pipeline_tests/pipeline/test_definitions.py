@@ -131,11 +131,18 @@ def test_dagster_dev_serves_the_code_location(tmp_path):
     # Its output goes to a file: a pipe nobody reads fills up (64 KiB) and blocks dagster dev's
     # logging, shutdown included.
     log = tmp_path / "dagster-dev.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [str(dagster), "dev", "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+    # A shell that starts a job in the background (`cmd &`, as a CI runner may) ignores SIGINT for
+    # it, and an ignored signal stays ignored across exec. dagster dev maps SIGTERM to its SIGINT
+    # handler, so it would ignore SIGTERM as well: start it with the default SIGINT disposition.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [str(dagster), "dev", "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
+                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+    finally:
+        signal.signal(signal.SIGINT, previous)
     query = {"query": "{ workspaceOrError { ... on Workspace { locationEntries { name "
                       "locationOrLoadError { __typename ... on RepositoryLocation { repositories { name "
                       "assetNodes { assetKey { path } } } } } } } } }"}
@@ -158,8 +165,7 @@ def test_dagster_dev_serves_the_code_location(tmp_path):
         assert keys == EXPECTED_ASSETS
     finally:
         # SIGTERM to dagster dev alone (as a supervisor or `kill` sends it): it must stop its
-        # webserver, daemon and code server itself. (A SIGTERM to the whole group at once races
-        # with its own orderly shutdown of them, and under load it sometimes never finished.)
+        # webserver, daemon and code server itself.
         os.kill(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=SIGTERM_GRACE_S)
