@@ -76,7 +76,6 @@ class PipelinePlan:
     """The specs to build and what follows from them (see the module docstring)."""
 
     specs: tuple[EmbeddingSpec, ...]
-    fetch_workers_by_modality: Mapping[str, int]
 
     @property
     def modalities(self) -> list[str]:
@@ -93,7 +92,7 @@ class PipelinePlan:
 
     def fetch_workers(self, modality: str) -> int:
         """Fetch threads: the largest ``fetch_workers`` of the models that embed ``modality``."""
-        return self.fetch_workers_by_modality[modality]
+        return max(s.fetch_workers for s in self.specs if s.modality == modality)
 
 
 def plan_pipeline(resources: Mapping[str, Any]) -> PipelinePlan:
@@ -102,8 +101,6 @@ def plan_pipeline(resources: Mapping[str, Any]) -> PipelinePlan:
     if missing:
         raise ValueError(f"the embedding assets need the model resources {missing}; got {sorted(resources)}")
     models = {key: cast("ModelResource", resources[key]) for key in MODEL_RESOURCE_KEYS}
-    workers = {m: max(int(model.fetch_workers) for model in models.values() if m in model.modalities)
-               for m in MODALITIES if any(m in model.modalities for model in models.values())}
     specs = [
         EmbeddingSpec(name=f"{key}_{modality}", resource_key=key, modality=modality,
                       title=f"{model.title}, {SENSOR_TITLES[modality]}", store_model_id=model.store_model_id,
@@ -112,4 +109,4 @@ def plan_pipeline(resources: Mapping[str, Any]) -> PipelinePlan:
         for key, model in models.items()
         for modality in MODALITIES if modality in model.modalities  # S2 first
     ]
-    return PipelinePlan(specs=tuple(specs), fetch_workers_by_modality=workers)
+    return PipelinePlan(specs=tuple(specs))
