@@ -171,11 +171,15 @@ def embedding_run_metadata(results: Sequence[Any]) -> dict[str, Any]:
     stores = [r.store for r in results]
     timings = {k: round(sum(s.timings[k] for s in stores), 3) for k in stores[0].timings}
     wall = timings["wall_s"]
+    ran: dict[str, Any] = next((s.embed_meta for s in stores if s.embed_meta), {})  # {}: every tile resumed
     return {
         "tile_status": status_table([{"partition": r.partition, **r.store.counts} for r in results]),
         "timings_s": json_value(timings),
         "wall_seconds": wall,
         "tiles_per_second": round(sum(s.tiles_embedded_now for s in stores) / wall, 3) if wall else 0.0,
+        # what the forward passes ran at ("highest": the adapters hold float32 exact, whatever the
+        # process's global setting; models/runtime.py)
+        "float32_matmul_precision": ran.get("float32_matmul_precision", f"{NOT_APPLICABLE} (no tile embedded)"),
     }
 
 

@@ -12,8 +12,10 @@ Precision: ``fp32`` (default) or ``bf16``: autocast to bfloat16 on CUDA, and on 
 (``avx512_bf16`` / AMX, see ``runtime.py``); on other CPUs the adapter warns and runs fp32.
 ``meta["precision"]`` and ``meta["autocast"]`` say what ran, and ``describe()["precision"]`` (so the
 store fingerprint) follows what ran. The residual stream, layer norms, pooling and THOR's kernel
-resize stay float32 under autocast. On CUDA, TF32 follows torch's global flags, which are recorded
-in the metadata.
+resize stay float32 under autocast. float32 is IEEE float32 whatever the process's global setting: the
+forward passes run inside ``runtime.exact_float32()`` (no bf16 inside float32 matmuls on AMX CPUs,
+no TF32 on CUDA; the caller's setting is back afterwards), recorded as
+``meta["float32_matmul_precision"] = "highest"``.
 
 Two steps: ``prepare(raw, modality)`` (validation and numpy preprocessing, thread-safe, no model)
 and ``run(prepared, output)`` (the forward pass); ``embed()`` is both. The worker prepares the next
@@ -273,6 +275,8 @@ class _Adapter:
             "batch_size": self.batch_size,
             "torch_version": torch.__version__,
             "torch_threads": torch.get_num_threads(),
+            # run() holds runtime.exact_float32() around the forward passes
+            "float32_matmul_precision": runtime.EXACT_FLOAT32,
         }
         if self.precision_fallback:
             meta["precision_fallback"] = self.precision_fallback
@@ -282,9 +286,9 @@ class _Adapter:
             support = runtime.cpu_bf16_support()
             meta["cpu_capability"] = support["cpu_capability"]
             meta["cpu_bf16_native"] = support["supported"]
-        if self.device.type == "cuda":
-            meta["cuda_tf32_matmul"] = bool(torch.backends.cuda.matmul.allow_tf32)
-            meta["cudnn_tf32"] = bool(torch.backends.cudnn.allow_tf32)
+        if self.device.type == "cuda":  # exact_float32() switches TF32 off for the forward passes
+            meta["cuda_tf32_matmul"] = False
+            meta["cudnn_tf32"] = False
         return meta
 
     def describe(self) -> dict:
@@ -353,11 +357,12 @@ class _Adapter:
         extra: dict = {}
         n = len(prepared)
         host_chunks = (prepared.x[s : s + self.batch_size] for s in range(0, n, self.batch_size))
-        for batch in self._feeder.feed(host_chunks):
-            with torch.inference_mode(), self._autocast():
-                outs, extra = self._forward(batch, modality, wanted, plan)
-            for k in wanted:
-                chunks[k].append(outs[k].float().cpu().numpy())
+        with runtime.exact_float32():  # whatever the process's float32 precision (terratorch sets "medium")
+            for batch in self._feeder.feed(host_chunks):
+                with torch.inference_mode(), self._autocast():
+                    outs, extra = self._forward(batch, modality, wanted, plan)
+                for k in wanted:
+                    chunks[k].append(outs[k].float().cpu().numpy())
         result = {k: np.ascontiguousarray(np.concatenate(v, axis=0), dtype=np.float32) for k, v in chunks.items()}
         meta.update(extra)
         full_meta = {

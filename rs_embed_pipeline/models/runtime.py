@@ -6,15 +6,27 @@ bf16 on CPU: autocast runs matmuls, convolutions and attention in bf16 only wher
 native bf16 dot products (``avx512_bf16`` or AMX; oneDNN says so through
 ``torch.ops.mkldnn._is_mkldnn_bf16_supported``). Elsewhere bf16 would be emulated and slower than
 fp32, so the adapter warns and runs fp32 - and says so in the metadata.
+
+float32 means float32: torch's float32 precision is a process-wide setting that other libraries
+change behind the caller's back (``import terratorch`` calls ``torch.set_float32_matmul_precision(
+"medium")``, after which oneDNN runs float32 matmuls in bf16 on CPUs with AMX and CUDA uses TF32).
+So the adapters run every forward pass inside ``exact_float32()`` (IEEE float32 matmuls and
+convolutions on CPU and CUDA, whatever the caller set; the caller's setting is back afterwards), and
+the project imports terratorch only through ``import_terratorch()``, which leaves the process's
+setting as it found it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import logging
 import shutil
+import warnings
 from collections.abc import Iterable, Iterator
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,6 +69,87 @@ def cpu_bf16_support() -> dict:
         "cpu_bf16_flags": flags,
         "onednn_bf16": onednn,
     }
+
+
+# torch >= 2.9 keeps float32 precision per backend and operation (``torch.backends.<b>.<op>.fp32_precision``:
+# "ieee", "tf32", "bf16" or "none" = inherit ``torch.backends.fp32_precision``); the legacy
+# ``set_float32_matmul_precision`` writes these and keeps its own value too (what
+# ``get_float32_matmul_precision`` returns), so both are saved and restored.
+FP32_PRECISION_KNOBS = (("cuda", "matmul"), ("cudnn", "conv"), ("cudnn", "rnn"),
+                        ("mkldnn", "matmul"), ("mkldnn", "conv"), ("mkldnn", "rnn"))
+# What the adapters run at, in the legacy API's words (the metadata's ``float32_matmul_precision``).
+EXACT_FLOAT32 = "highest"
+
+
+def _per_backend_api() -> bool:
+    return hasattr(torch.backends, "fp32_precision")
+
+
+def float32_precision_state() -> dict[str, Any]:
+    """Every float32 precision setting of this process, to be put back by ``restore_float32_precision``."""
+    b = torch.backends
+    try:
+        legacy: str | None = torch.get_float32_matmul_precision()
+    except RuntimeError:  # torch refuses to answer after a mix of the legacy and per-backend settings
+        legacy = None
+    if _per_backend_api():
+        state: dict[str, Any] = {"matmul": legacy, "backends": b.fp32_precision}
+        for backend, op in FP32_PRECISION_KNOBS:
+            state[f"{backend}.{op}"] = getattr(getattr(b, backend), op).fp32_precision
+        return state
+    return {"matmul": legacy,
+            "cuda.matmul.allow_tf32": b.cuda.matmul.allow_tf32, "cudnn.allow_tf32": b.cudnn.allow_tf32}
+
+
+def restore_float32_precision(state: dict[str, Any]) -> None:
+    b = torch.backends
+    if state["matmul"] is not None:  # first: it writes the per-backend settings restored below
+        torch.set_float32_matmul_precision(state["matmul"])
+    if "backends" in state:
+        b.fp32_precision = state["backends"]  # the parent before its children: they keep their own
+        for backend, op in FP32_PRECISION_KNOBS:
+            getattr(getattr(b, backend), op).fp32_precision = state[f"{backend}.{op}"]
+        return
+    b.cuda.matmul.allow_tf32 = state["cuda.matmul.allow_tf32"]
+    b.cudnn.allow_tf32 = state["cudnn.allow_tf32"]
+
+
+@contextlib.contextmanager
+def preserved_float32_precision() -> Iterator[None]:
+    """Whatever the body does to torch's float32 precision settings is undone on exit."""
+    state = float32_precision_state()
+    try:
+        yield
+    finally:
+        restore_float32_precision(state)
+
+
+@contextlib.contextmanager
+def exact_float32() -> Iterator[None]:
+    """IEEE float32 matmuls and convolutions inside (no bf16 on oneDNN / AMX, no TF32 on CUDA),
+    whatever the caller set; the caller's settings are back on exit. Process-wide, like the setting
+    itself: the adapters hold it only around their forward passes, which run on one thread."""
+    with preserved_float32_precision():
+        b = torch.backends
+        torch.set_float32_matmul_precision(EXACT_FLOAT32)
+        if _per_backend_api():
+            for backend, op in FP32_PRECISION_KNOBS:
+                getattr(getattr(b, backend), op).fp32_precision = "ieee"
+        else:
+            b.cuda.matmul.allow_tf32 = False
+            b.cudnn.allow_tf32 = False
+        yield
+
+
+def import_terratorch(module: str = "terratorch") -> ModuleType:
+    """``importlib.import_module(module)`` for terratorch and its submodules, with the process's global
+    settings as they were before. terratorch's import changes two: it sets
+    ``torch.set_float32_matmul_precision("medium")`` (terratorch/models/backbones/clay_v15/model.py),
+    which would turn every later float32 matmul into bf16 on AMX CPUs and TF32 on CUDA, and
+    ``terratorch.tasks`` calls ``warnings.simplefilter("once", UserWarning)``, which would hide every
+    repeated UserWarning of the process and override its own filters. Raises what the import raises."""
+    with preserved_float32_precision(), warnings.catch_warnings():  # catch_warnings restores the filters
+        return importlib.import_module(module)
 
 
 def resolve_precision(requested: str, device: torch.device, model_id: str) -> tuple[str, str | None, str | None]:

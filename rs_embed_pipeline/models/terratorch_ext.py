@@ -5,7 +5,9 @@
 ``BACKBONE_REGISTRY.build("thor_v1_base", ...)`` works) - but only when terratorch is importable and
 the upstream ``thor_terratorch_ext`` plugin is not installed (the plugin registers the same names with
 its own implementation, and wins). It is called lazily (never at package import: importing terratorch
-takes seconds); calling it again is a no-op.
+takes seconds); calling it again is a no-op. terratorch is imported through
+``runtime.import_terratorch``: its import sets torch's float32 matmul precision to "medium" for the
+whole process, and this module puts back whatever was set before.
 
 The registered builders return a ``ThorBackbone``: ``forward(x)`` takes a normalised
 ``[B, C, H, W]`` batch of ``model_bands`` (alias ``bands``; default the 10 S2 bands B2, B3, B4, B5,
@@ -33,6 +35,7 @@ from torch import nn
 
 from .errors import ModelInputError
 from .preprocessing import THOR_BAND_NAMES, THOR_S2_BANDS
+from .runtime import import_terratorch
 from .thor import BANDS, VARIANTS, ThorConfig, ThorEncoder, canonical_group_merge, group_grid
 
 log = logging.getLogger("rs_embed_pipeline.models")
@@ -140,14 +143,14 @@ def register_terratorch_backbones() -> bool:
         log.info("thor_terratorch_ext is installed; leaving thor_v1_* to it")
         return False
     try:
-        from terratorch.registry import TERRATORCH_BACKBONE_REGISTRY
+        registry = import_terratorch("terratorch.registry").TERRATORCH_BACKBONE_REGISTRY
     except Exception as exc:  # noqa: BLE001 - ImportError, or a broken torchvision build
         log.warning("terratorch is not importable (%s: %s); THOR not registered", type(exc).__name__, exc)
         return False
     for variant in VARIANTS:
         name = f"thor_v1_{variant}"
-        if name not in TERRATORCH_BACKBONE_REGISTRY:
-            TERRATORCH_BACKBONE_REGISTRY.register(_builder(variant))
+        if name not in registry:
+            registry.register(_builder(variant))
     return True
 
 

@@ -79,6 +79,9 @@ def test_metadata_recorded_on_instance(materialized):
     assert cube_md["ground_cover_m"].value == 2880.0
     tf_md = instance.get_latest_materialization_event(dg.AssetKey("terrafm_s2_cube")).asset_materialization.metadata
     assert tf_md["s2_branch"].value == "l2a" and tf_md["image_size"].value == 224
+    for asset_name in ("terrafm_s2_embeddings", "terrafm_s1_embeddings", "thor_s2_embeddings"):
+        md = instance.get_latest_materialization_event(dg.AssetKey(asset_name)).asset_materialization.metadata
+        assert md["float32_matmul_precision"].value == "highest", asset_name
 
 
 # rs-embed's page fields (issue #6) next to the docs/architecture.md ones, the same keys on every materialization.
