@@ -11,8 +11,8 @@ equal the one-image-at-a-time results within float32 noise.
 Precision: ``fp32`` (default) or ``bf16``: autocast to bfloat16 on CUDA, and on CPUs with native bf16
 (``avx512_bf16`` / AMX, see ``runtime.py``); on other CPUs the adapter warns and runs fp32.
 ``meta["precision"]`` and ``meta["autocast"]`` say what ran, and ``describe()["precision"]`` (so the
-store fingerprint) follows what ran. The residual stream, layer norms, pooling and THOR's kernel
-resize stay float32 under autocast. float32 is IEEE float32 whatever the process's global setting: the
+store fingerprint) follows what ran. The residual stream, layer norms, pooling, THOR's kernel
+resize and THOR's patch convolutions stay float32 under autocast. float32 is IEEE float32 whatever the process's global setting: the
 forward passes run inside ``runtime.exact_float32()`` (no bf16 inside float32 matmuls on AMX CPUs,
 no TF32 on CUDA; the caller's setting is back afterwards), recorded as
 ``meta["float32_matmul_precision"] = "highest"``.
@@ -692,6 +692,9 @@ class ThorAdapter(_Adapter):
                 if self.resize_mode == "native_snap"
                 else {}
             ),
+            # Under bf16 the patch convolutions run in float32 (thor.py embed_tokens): other numbers than
+            # the bf16 convolutions of earlier versions, so bf16 stores of those are not resumed.
+            **({"bf16_patch_embed": "float32"} if self.autocast else {}),
         }
 
     def _normalize(self, x: np.ndarray, modality: str) -> tuple[np.ndarray, dict]:

@@ -467,7 +467,12 @@ class ThorEncoder(nn.Module):
             if xg.shape[-1] != g.side_px or xg.shape[-2] != g.side_px:
                 xg = F.interpolate(xg, size=(g.side_px, g.side_px), mode="bilinear", align_corners=False, antialias=False)
             weight, bias = self.group_kernel(g)
-            tok = F.conv2d(xg, weight, bias, stride=g.patch_size).flatten(2).transpose(1, 2)  # [B, n*n, D]
+            # float32 even under bf16 autocast: bf16 convolution kernels differ between CPUs (on an AMX
+            # Xeon the patch-16 kernels gave pooled cosine 0.92 to fp32; float32 here: 0.99999) and
+            # GPUs have their own; the patch embedding is ~1 % of the model's multiply-adds.
+            with torch.autocast(device_type=xg.device.type, enabled=False):
+                tok = F.conv2d(xg.float(), weight.float(), bias.float(), stride=g.patch_size)
+            tok = tok.flatten(2).transpose(1, 2)  # [B, n*n, D]
             value = g.patch_size_embed_value / (self.cfg.flexivit_ref_patch_size * MIN_GSD_M)
             pse = torch.from_numpy(sincos_1d(np.array([value]), pse_dim)[0].astype(np.float32))
             aux = torch.cat([pse.to(tok.device), self.band_embed[g.name].to(torch.float32)])
