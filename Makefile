@@ -48,7 +48,7 @@ $(WORKER_VENV)/.installed: pyproject.toml
 # region for one window end to end, print where the cube is and how to open the UI.
 demo: setup
 	mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true
-	$(VENV)/bin/python -m rs_embed_pipeline.demo $(DEMO_ARGS)
+	$(VENV)/bin/python -m rs_embed_pipeline.cli.demo $(DEMO_ARGS)
 
 test: setup
 	bash scripts/run_tests.sh
@@ -65,7 +65,7 @@ screenshots: setup
 # docs/knobs.md is generated from the knob table (rs_embed_pipeline/config/knobs.yaml, knob_table.py): run this
 # after changing a row; rs_embed_pipeline_tests/test_knobs_doc.py fails while the file is out of date.
 knobs-doc: $(VENV)/.installed
-	$(VENV)/bin/python -m rs_embed_pipeline.knob_table --write docs/knobs.md
+	$(VENV)/bin/python -m rs_embed_pipeline.orchestration.knob_table --write docs/knobs.md
 
 clean:
 	rm -rf $(VENV) $(WORKER_VENV) .system-packages.stamp data .dagster_home

@@ -13,7 +13,7 @@ What it measures, in one run on one machine:
   native resolution), on one thread: the least any fetch of these pixels can cost.
 * the ratio fetch / decode (target <= 4x) and how many tiles each size has.
 
-The synthetic catalog (``rs_embed_pipeline.providers.synthetic``: per-band COGs, uint16, 256 px
+The synthetic catalog (``rs_embed_pipeline.providers.local_catalogs.synthetic``: per-band COGs, uint16, 256 px
 internal tiles, DEFLATE, 10 / 20 / 60 m bands) is generated once under ``--workdir``.
 
     .venv/bin/python benchmarks/bench_fetch.py --http             # ~9 x 9 km over HTTP
@@ -87,10 +87,10 @@ def main() -> None:
     import pandas as pd
     import pystac
 
-    from rs_embed_pipeline.grid import bbox_aoi, build_tile_grid
+    from rs_embed_pipeline.core.grid import bbox_aoi, build_tile_grid
     from rs_embed_pipeline.providers import S2_BANDS, LocalStacProvider
     from rs_embed_pipeline.providers.stac import EARTH_SEARCH_S2_ASSETS
-    from rs_embed_pipeline.providers.synthetic import generate_synthetic_catalog
+    from rs_embed_pipeline.providers.local_catalogs.synthetic import generate_synthetic_catalog
 
     bbox = _bbox(args.km)
     work = Path(args.workdir) / f"km{args.km:g}_r{args.revisit_days}"
@@ -194,7 +194,7 @@ def _build_archive(work: Path, km: float) -> Path:
     internal tiles, DEFLATE, overviews, 10 / 20 / 60 m; returns the served folder."""
     import rasterio.shutil
 
-    from rs_embed_pipeline.providers.synthetic import generate_synthetic_catalog
+    from rs_embed_pipeline.providers.local_catalogs.synthetic import generate_synthetic_catalog
 
     www = work / "www"
     if (www / "done").exists():
@@ -247,7 +247,7 @@ def _http_child(args) -> None:
 
     import pandas as pd
 
-    from rs_embed_pipeline.grid import bbox_aoi, build_tile_grid
+    from rs_embed_pipeline.core.grid import bbox_aoi, build_tile_grid
     from rs_embed_pipeline.providers import S2_BANDS, StacProvider
 
     aoi = bbox_aoi(*_bbox(args.km))

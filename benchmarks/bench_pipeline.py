@@ -85,7 +85,7 @@ class Peaks:
 
 def bbox_for(n_tiles: int) -> tuple[list[float], int]:
     """A square bbox whose 224 px tile grid holds about ``n_tiles`` tiles (and that count)."""
-    from rs_embed_pipeline.grid import bbox_aoi, build_tile_grid
+    from rs_embed_pipeline.core.grid import bbox_aoi, build_tile_grid
 
     side_m = math.sqrt(n_tiles) * 2240.0
     best = None
@@ -105,9 +105,9 @@ def run_one(n_tiles: int, root: Path, batch_size: int) -> dict:
 
     import dagster as dg
 
-    from rs_embed_pipeline.definitions import build_definitions
-    from rs_embed_pipeline.resources import PipelineStore, TerraFMResource, ThorResource
-    from rs_embed_pipeline.settings import Settings
+    from rs_embed_pipeline.orchestration.definitions import build_definitions
+    from rs_embed_pipeline.orchestration.resources import PipelineStore, TerraFMResource, ThorResource
+    from rs_embed_pipeline.orchestration.settings import Settings
     from rs_embed_pipeline_tests.pipeline.conftest import reference_dir, write_config
     from rs_embed_pipeline_tests.pipeline.fakes import SyntheticPixelsImagery
 

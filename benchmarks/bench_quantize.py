@@ -48,7 +48,7 @@ def _demo_source(store: str, model: str, modality: str, region: str, window: str
 
 
 def _synthetic_source(n_tiles: int, dim: int, cells: int, seed: int = 0):
-    from rs_embed_pipeline.grid import tile_id
+    from rs_embed_pipeline.core.grid import tile_id
 
     rng = np.random.default_rng(seed)
     side = int(np.ceil(np.sqrt(n_tiles)))
@@ -82,8 +82,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from rs_embed_pipeline.products import open_cube
-    from rs_embed_pipeline.products import quantize as Q
-    from rs_embed_pipeline.products.search import SearchIndex, cells_of, window_of, _normalise
+    from rs_embed_pipeline.stores import cube_codec as Q
+    from rs_embed_pipeline.products.similarity import SearchIndex, cells_of, window_of, _normalise
     from rs_embed_pipeline.stores.cube import write_cube_window
 
     if args.synthetic_tiles:

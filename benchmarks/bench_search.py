@@ -49,7 +49,7 @@ def main() -> None:
 
     import faiss
 
-    from rs_embed_pipeline.products import search as S
+    from rs_embed_pipeline.products import similarity as S
 
     faiss.omp_set_num_threads(args.threads)
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}, faiss {faiss.__version__}, "

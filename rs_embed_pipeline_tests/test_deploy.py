@@ -116,7 +116,7 @@ def test_helm_values_use_only_chart_keys():
 
 
 def test_helm_code_location_runs_the_k8s_executor_on_s3():
-    from rs_embed_pipeline.settings import EXECUTOR_NAMES, Settings
+    from rs_embed_pipeline.orchestration.settings import EXECUTOR_NAMES, Settings
 
     (deployment,) = _yaml(DEPLOY / "helm" / "values.yaml")["dagster-user-deployments"]["deployments"]
     # `dagster code-server start` (reloadable; issue 11) instead of `dagster api grpc`: the chart
@@ -178,8 +178,8 @@ def test_dockerfile_builds_both_environments():
 
 # ------------------------------------------------------------------------------ code wiring
 def _defs(tmp_path, **env):
-    from rs_embed_pipeline.definitions import build_definitions
-    from rs_embed_pipeline.settings import Settings
+    from rs_embed_pipeline.orchestration.definitions import build_definitions
+    from rs_embed_pipeline.orchestration.settings import Settings
 
     settings = Settings.from_env({"RS_EMBED_STORE": str(tmp_path / "store"), **env})
     return build_definitions(settings)
@@ -240,7 +240,7 @@ def _env_file(path: Path) -> dict[str, str]:
 def test_every_setting_and_knob_is_forwarded_to_runs():
     """The variables the code reads (found by letting Settings.from_env read them) reach ECS run
     tasks and Kubernetes run and step pods; nothing is forwarded that the code does not read."""
-    from rs_embed_pipeline.settings import Settings, environment_variables
+    from rs_embed_pipeline.orchestration.settings import Settings, environment_variables
 
     read = set(environment_variables())
     assert {"RS_EMBED_STORE", "RS_EMBED_THOR_NORMALIZE", "RS_EMBED_CONFIG", "HF_HOME"} <= read
@@ -268,7 +268,7 @@ def test_every_setting_and_knob_is_forwarded_to_runs():
 
 
 def test_k8s_manifests_are_valid_kubernetes_objects():
-    from rs_embed_pipeline.executors import HF_CACHE_CLAIM
+    from rs_embed_pipeline.orchestration.executors import HF_CACHE_CLAIM
 
     regions = _k8s_model("V1ConfigMap", _yaml(DEPLOY / "k8s" / "regions-configmap.yaml"))
     assert regions.metadata.name == "rs-embed-regions"
@@ -278,7 +278,7 @@ def test_k8s_manifests_are_valid_kubernetes_objects():
 
 
 def test_regions_configmap_is_a_valid_regions_file(tmp_path):
-    from rs_embed_pipeline.regions import load_pipeline_config
+    from rs_embed_pipeline.core.regions import load_pipeline_config
 
     data = _yaml(DEPLOY / "k8s" / "regions-configmap.yaml")["data"]["pipeline.yaml"]
     (tmp_path / "pipeline.yaml").write_text(data)
@@ -309,7 +309,7 @@ def _rendered_job(user_config: dict | None, run_k8s: dict | None = None):
 
 
 def test_rendered_gpu_step_pod_mounts_the_hf_cache_and_the_regions():
-    from rs_embed_pipeline.executors import GPU_STEP_TAGS, HF_CACHE_CLAIM, HF_CACHE_MOUNT
+    from rs_embed_pipeline.orchestration.executors import GPU_STEP_TAGS, HF_CACHE_CLAIM, HF_CACHE_MOUNT
 
     user = json.loads(GPU_STEP_TAGS["dagster-k8s/config"])
     pod = _rendered_job(user).spec.template.spec
@@ -358,7 +358,7 @@ def test_run_monitoring_and_python_logs_are_on_everywhere(tmp_path):
 
 
 def test_celery_routes_gpu_steps_to_the_gpu_queue(tmp_path):
-    from rs_embed_pipeline.executors import GPU_QUEUE
+    from rs_embed_pipeline.orchestration.executors import GPU_QUEUE
 
     job = _defs(tmp_path).resolve_job_def("build_embeddings_celery")
     queues = {name: node.definition.tags.get("dagster-celery/queue") for name, node in job.graph.node_dict.items()}

@@ -1,4 +1,4 @@
-"""rs_embed_pipeline.grid: stable, UTM-aligned tile grids."""
+"""rs_embed_pipeline.core.grid: stable, UTM-aligned tile grids."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import shapely
 from shapely.geometry import MultiPolygon, Point, Polygon, box
 
-from rs_embed_pipeline.grid import (
+from rs_embed_pipeline.core.grid import (
     GRID_COLUMNS,
     bbox_aoi,
     build_tile_grid,

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from rs_embed_pipeline.inspection import inspect_patch, summarize
+from rs_embed_pipeline.core.inspection import inspect_patch, summarize
 
 
 def _s2(c: int = 12, side: int = 32, seed: int = 0) -> np.ndarray:

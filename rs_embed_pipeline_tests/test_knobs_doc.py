@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from rs_embed_pipeline import knob_table as KT
-from rs_embed_pipeline import resources as R
-from rs_embed_pipeline import settings as S
-from rs_embed_pipeline.definitions import resources_for
+from rs_embed_pipeline.orchestration import knob_table as KT
+from rs_embed_pipeline.orchestration import resources as R
+from rs_embed_pipeline.orchestration import settings as S
+from rs_embed_pipeline.orchestration.definitions import resources_for
 from rs_embed_pipeline.models import knobs as K
 from rs_embed_pipeline.models.errors import ModelInputError
 
@@ -245,8 +245,8 @@ def test_explicit_resource_config_wins_over_the_environment():
 def test_modality_per_adapter_resource_and_variant_store_paths():
     """THOR embeds S2 by default; modalities ['s2', 's1'] adds its S1 assets and its tile size to the
     S1 patches. A THOR model key other than base writes to its own store paths."""
-    from rs_embed_pipeline.definitions import build_definitions
-    from rs_embed_pipeline.plan import plan_pipeline
+    from rs_embed_pipeline.orchestration.definitions import build_definitions
+    from rs_embed_pipeline.orchestration.plan import plan_pipeline
 
     settings = S.Settings.from_env({"RS_EMBED_STORE": "/tmp/unused"})
     res = resources_for(settings)

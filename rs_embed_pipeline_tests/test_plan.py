@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rs_embed_pipeline.plan import PlanMismatch, plan_pipeline
-from rs_embed_pipeline.resources import TerraFMResource, ThorResource
+from rs_embed_pipeline.orchestration.plan import PlanMismatch, plan_pipeline
+from rs_embed_pipeline.orchestration.resources import TerraFMResource, ThorResource
 
 
 def _models(terrafm: dict | None = None, thor: dict | None = None) -> dict:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): the model tests run in the worker environment, everything
 # else in the orchestrator environment. Prints both pytest summaries and one combined line, and
-# fails when either run fails, when ruff or mypy finds a problem, or when no test ran at all
+# fails when either run fails, when ruff, mypy or lint-imports finds a problem, or when no test ran at all
 # (pytest exit code 5 is a failure here).
 set -u
 cd "$(dirname "$0")/.."
@@ -14,6 +14,9 @@ lint_rc=$?
 # Types (pyproject.toml [tool.mypy]: its `files` are the checked scope); same rule as ruff.
 .venv/bin/mypy
 types_rc=$?
+# Import contracts (pyproject.toml [tool.importlinter]: the layers of docs/architecture.md).
+.venv/bin/lint-imports --no-cache
+contracts_rc=$?
 
 .venv-worker/bin/python -m pytest rs_embed_pipeline_tests/models -m "not live_gee" \
     --junitxml="$results/worker.xml" "$@"
@@ -29,6 +32,9 @@ if [ "$lint_rc" -ne 0 ]; then
 fi
 if [ "$types_rc" -ne 0 ]; then
     echo "mypy found problems (see above)"; exit 1
+fi
+if [ "$contracts_rc" -ne 0 ]; then
+    echo "lint-imports found a broken import contract (see above)"; exit 1
 fi
 for rc in $worker_rc $orchestrator_rc; do
     if [ "$rc" -ne 0 ]; then

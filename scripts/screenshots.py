@@ -18,10 +18,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from rs_embed_pipeline.demo import CATALOG_PAD_M, DEMO_REGION, DEMO_WINDOW, DEMO_WINDOW_END  # noqa: E402
-from rs_embed_pipeline.providers.synthetic import generate_synthetic_catalog  # noqa: E402
-from rs_embed_pipeline.regions import load_pipeline_config  # noqa: E402
-from rs_embed_pipeline.settings import DEFAULT_CONFIG  # noqa: E402
+from rs_embed_pipeline.cli.demo import CATALOG_PAD_M, DEMO_REGION, DEMO_WINDOW, DEMO_WINDOW_END  # noqa: E402
+from rs_embed_pipeline.providers.local_catalogs.synthetic import generate_synthetic_catalog  # noqa: E402
+from rs_embed_pipeline.core.regions import load_pipeline_config  # noqa: E402
+from rs_embed_pipeline.orchestration.settings import DEFAULT_CONFIG  # noqa: E402
 from rs_embed_pipeline_tests.pipeline import ui_harness as ui  # noqa: E402
 
 LINEAGE_EDGES = 11

@@ -7,7 +7,7 @@ config always wins, and an invalid value is an error naming the variable and the
 
 Who reads the environment:
 
-* the orchestrator reads it once, in :mod:`rs_embed_pipeline.settings` (``Settings.from_env`` calls
+* the orchestrator reads it once, in :mod:`rs_embed_pipeline.orchestration.settings` (``Settings.from_env`` calls
   :func:`env_values` with its own mapping); ``definitions.py`` passes the values to the resources;
 * direct library use (``load_adapter``, ``embed_arrays``) calls :func:`env_values` with
   ``os.environ`` - the one function in ``rs_embed_pipeline.models`` that reads it (besides the
@@ -16,7 +16,7 @@ Who reads the environment:
   decides what a pipeline run does.
 
 Pure Python + numpy (no torch): importable in both environments. ``docs/knobs.md`` documents every
-knob: it is generated from :mod:`rs_embed_pipeline.knob_table`, whose rows take the defaults of the
+knob: it is generated from :mod:`rs_embed_pipeline.orchestration.knob_table`, whose rows take the defaults of the
 knobs here (the orchestrator's table of every resource field; this one stays the variables' table).
 """
 

@@ -22,7 +22,7 @@ Inputs are in provider units (docs/architecture.md): S2 surface-reflectance DN i
 (``adapter.input_bands("s2")``), S1 linear sigma0 power ``VV, VH``. The arrays go through exactly
 the adapter's ``embed`` (same normalisation, resize, checks and metadata) plus:
 
-* the optional input inspection (:func:`rs_embed_pipeline.inspection.inspect_patch`, on by default;
+* the optional input inspection (:func:`rs_embed_pipeline.core.inspection.inspect_patch`, on by default;
   ``check_input=False`` or ``RS_EMBED_CHECK_INPUT=0`` turns it off): ``meta["input_checks"]`` (one dict
   per image) and ``meta["input_checks_config"]``; with ``check_raise=True`` (or
   ``RS_EMBED_CHECK_RAISE=1``) any issue raises ``ModelInputError("Input inspection failed: ...")``
@@ -40,7 +40,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from rs_embed_pipeline.timeparse import parse_utc
+from rs_embed_pipeline.core.timeparse import parse_utc
 
 from .errors import ModelInputError
 
@@ -172,7 +172,7 @@ def embed_arrays(
     do_raise = _env_flag("check_raise", check_raise, use_env)
     checks = []
     if do_check:
-        from rs_embed_pipeline.inspection import DEFAULT_THRESHOLDS, inspect_patch
+        from rs_embed_pipeline.core.inspection import DEFAULT_THRESHOLDS, inspect_patch
 
         checks = [inspect_patch(x[i], None, m, expected_channels=len(bands)) for i in range(x.shape[0])]
         bad = [(i, c["issues"]) for i, c in enumerate(checks) if not c["ok"]]

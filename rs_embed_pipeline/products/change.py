@@ -24,7 +24,7 @@ from collections.abc import Mapping
 import numpy as np
 import xarray as xr
 
-from rs_embed_pipeline.products.search import window_of
+from rs_embed_pipeline.products.similarity import window_of
 
 HIST_BINS = np.round(np.linspace(0.0, 1.0, 21), 3)  # cosine distance bins (>1 counted in the last)
 
@@ -81,7 +81,7 @@ class ChangeResult:
 def change_between(cube_uri: str, window: str, baseline: str, kind: str = "grid", *,
                    storage_options: Mapping[str, Any] | None = None) -> ChangeResult:
     """Per-cell cosine distance between ``window`` and ``baseline`` of every zone of a cube."""
-    from rs_embed_pipeline.products.reader import cube_zones, open_cube
+    from rs_embed_pipeline.stores.cube_reader import cube_zones, open_cube
 
     if window == baseline:
         raise ChangeError(f"the baseline window must differ from the window ({window})")

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from rs_embed_pipeline.grid import parse_tile_id
+from rs_embed_pipeline.core.grid import parse_tile_id
 
 # A perceptually ordered map (dark blue -> teal -> yellow), close to viridis; NaN cells are grey.
 _ANCHORS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float64)
@@ -177,3 +177,25 @@ def patches_rgb(patches: Any, tiles: Sequence[Mapping[str, Any]], side: int, bat
             except (ValueError, IndexError):
                 return None
     return stretch(tile_mosaic(tiles, pictures, side))
+
+
+def pca_rgb(features: np.ndarray) -> np.ndarray:
+    """First three principal components of ``[..., D]`` features as uint8 RGB ``[..., 3]``.
+
+    NaN cells (tiles without an embedding) come out black. Each component is stretched between its
+    2nd and 98th percentile so that one outlier does not wash out the picture.
+    """
+    shape = features.shape[:-1]
+    flat = features.reshape(-1, features.shape[-1]).astype(np.float64)
+    ok = np.isfinite(flat).all(axis=1)
+    rgb = np.zeros((flat.shape[0], 3), dtype=np.uint8)
+    if ok.sum() >= 2:
+        x = flat[ok] - flat[ok].mean(axis=0)
+        _, _, vt = np.linalg.svd(x, full_matrices=False)
+        comps = x @ vt[:3].T
+        if comps.shape[1] < 3:
+            comps = np.pad(comps, ((0, 0), (0, 3 - comps.shape[1])))
+        lo, hi = np.percentile(comps, 2, axis=0), np.percentile(comps, 98, axis=0)
+        scaled = np.clip((comps - lo) / np.where(hi > lo, hi - lo, 1.0), 0, 1)
+        rgb[ok] = (scaled * 255).round().astype(np.uint8)
+    return rgb.reshape(*shape, 3)

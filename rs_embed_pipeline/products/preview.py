@@ -8,6 +8,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from rs_embed_pipeline.products import pictures
+
 # Grid previews read the whole feature-map mosaic; above this many tiles the pooled cube is used.
 GRID_PREVIEW_MAX_TILES = 64
 
@@ -31,11 +33,8 @@ def cube_window_preview(cube_uri: str, group: str, epsg: int, window_index: int,
 def _with_input(plane: np.ndarray, caption: str, patches: Any, tiles: Any, epsg: int, source: str,
                 modality: str, partition: str) -> str:
     """The PCA picture, and next to it the window's input imagery (RGB) over the same extent."""
-    from rs_embed_pipeline.metadata import pca_rgb, preview_png
-    from rs_embed_pipeline.products import pictures
-
-    pca = pca_rgb(plane)
-    images = [(preview_png(pca), caption)]
+    pca = pictures.pca_rgb(plane)
+    images = [(pictures.png(pca), caption)]
     zone_tiles = tiles[tiles["utm_epsg"] == epsg][["tile_id", "utm_epsg"]].to_dict("records")
     # Grid previews: 4 picture pixels per feature-map cell; pooled (large regions): 4 per tile.
     rows = [int(str(t["tile_id"]).rsplit("_r", 1)[1]) for t in zone_tiles] or [0]
@@ -49,6 +48,6 @@ def _with_input(plane: np.ndarray, caption: str, patches: Any, tiles: Any, epsg:
             caption += f" (no input picture: {type(exc).__name__}: {exc})"
     if rgb is not None:
         what = "true colour B4/B3/B2" if modality == "s2" else "VV, VH, VV/VH dB"
-        images.append((preview_png(rgb), f"Input imagery ({what}), {partition}, same extent"))
+        images.append((pictures.png(rgb), f"Input imagery ({what}), {partition}, same extent"))
         caption += f" | right: the window's input imagery ({what}), same extent"
     return pictures.markdown(images, caption)

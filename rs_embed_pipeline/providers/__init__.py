@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rs_embed_pipeline.vocabulary import COMPOSITES
+from rs_embed_pipeline.core.vocabulary import COMPOSITES
 
 from .base import (
     MODALITIES,
@@ -22,7 +22,6 @@ from .base import (
 )
 from .sensor_options import SENSOR_OPTIONS, SensorOptionError, SensorOptions
 from .stac import SCL_INVALID_CLASSES, CollectionSpec, LocalStacProvider, StacProvider
-from .synthetic import generate_synthetic_catalog
 
 __all__ = [
     "COMPOSITES",
@@ -42,7 +41,6 @@ __all__ = [
     "SensorOptionError",
     "SensorOptions",
     "StacProvider",
-    "generate_synthetic_catalog",
 ]
 
 _LAZY = {"GEEProvider": ".gee"}

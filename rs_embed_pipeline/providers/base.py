@@ -21,9 +21,9 @@ from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 
-from rs_embed_pipeline.vocabulary import MODALITIES, PATCH_STATUSES, S1_BANDS, S2_BANDS, PatchStatus
+from rs_embed_pipeline.core.vocabulary import MODALITIES, PATCH_STATUSES, S1_BANDS, S2_BANDS, PatchStatus
 
-# The shared words live in rs_embed_pipeline.vocabulary; re-exported here for provider code.
+# The shared words live in rs_embed_pipeline.core.vocabulary; re-exported here for provider code.
 __all__ = ["MODALITIES", "PATCH_STATUSES", "S1_BANDS", "S2_BANDS", "Patch", "PatchProvider", "PatchStatus",
            "ProviderError", "TileRef", "backoff_s", "tile_rows"]
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import Any
 from collections.abc import Mapping
 
-from rs_embed_pipeline.vocabulary import S1_POLARISATIONS
+from rs_embed_pipeline.core.vocabulary import S1_POLARISATIONS
 
 __all__ = [
     "CATALOG_PRESETS",

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from rs_embed_pipeline.vocabulary import COMPOSITES, DEFAULT_COMPOSITE, MODALITIES, S1_ORBITS
+from rs_embed_pipeline.core.vocabulary import COMPOSITES, DEFAULT_COMPOSITE, MODALITIES, S1_ORBITS
 
 from .base import ProviderError
 

@@ -1,7 +1,7 @@
 """STAC providers: odc-stac reads, one code path for a static catalog and a STAC API.
 
 * :class:`LocalStacProvider` reads a static catalog (``catalog.json``, e.g. the synthetic one from
-  :mod:`rs_embed_pipeline.providers.synthetic`); items are filtered in Python.
+  :mod:`rs_embed_pipeline.providers.local_catalogs.synthetic`); items are filtered in Python.
 * :class:`StacProvider` searches a STAC API with pystac-client (default: Element 84 Earth Search,
   Sentinel-2 L2A collection 1).
 
@@ -61,9 +61,9 @@ import shapely
 from shapely.geometry import box as shapely_box
 from shapely.geometry import shape as shapely_shape
 
-from rs_embed_pipeline.timeparse import parse_utc
+from rs_embed_pipeline.core.timeparse import parse_utc
 
-from rs_embed_pipeline.vocabulary import COMPOSITES, MODALITIES, S1_BANDS, S2_BANDS, UNIT_FACTOR
+from rs_embed_pipeline.core.vocabulary import COMPOSITES, MODALITIES, S1_BANDS, S2_BANDS, UNIT_FACTOR
 
 from .base import Patch, ProviderError, TileRef, backoff_s, tile_rows
 from .blocks import DEFAULT_MAX_BLOCK_PX, Block, plan_blocks
@@ -1098,7 +1098,7 @@ class _OdcStacProvider:
 class LocalStacProvider(_OdcStacProvider):
     """Static local STAC catalog (pystac), items filtered in Python.
 
-    Defaults fit :mod:`rs_embed_pipeline.providers.synthetic` (collections
+    Defaults fit :mod:`rs_embed_pipeline.providers.local_catalogs.synthetic` (collections
     ``synthetic-s2-l2a`` / ``synthetic-s1-grd``, Earth Search C1 asset names); pass
     ``s2_collection=None`` or ``s1_collection=None`` to disable a modality, ``s2_assets`` /
     ``s1_assets`` to remap band -> asset key.

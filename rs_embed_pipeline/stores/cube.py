@@ -67,7 +67,9 @@ import numpy as np
 import zarr
 from pyproj import CRS
 
-from rs_embed_pipeline.grid import parse_tile_id
+from rs_embed_pipeline.core.grid import parse_tile_id
+from rs_embed_pipeline.stores import cube_codec as Q
+from rs_embed_pipeline.stores.cube_codec import INT8_FILL, OFFSET_VAR, SCALE_VAR, quantized_arrays
 from rs_embed_pipeline.stores.files import write_bytes_atomic
 from rs_embed_pipeline.stores.tile_store import (
     AccessMode, StoreError, array_at, float_compressors, group_at, remove_tree, require_atomic_chunk_writes,
@@ -281,7 +283,6 @@ def _quantized_specs(embedding: Mapping[str, Any], ny: int, nx: int, n_feature: 
                      capacity: int, quantization: str) -> dict[str, dict[str, Any]]:
     """int8 ``embedding`` (fill -128: no embedding) plus its float32 scale (and offset) arrays, all
     chunked one window per chunk like the rest (products/quantize.py has the schemes)."""
-    from rs_embed_pipeline.products.quantize import INT8_FILL, OFFSET_VAR, SCALE_VAR
 
     out = {"embedding": {**embedding, "dtype": "int8", "fill_value": INT8_FILL,
                          "attributes": {**embedding["attributes"], "quantization": quantization,
@@ -456,7 +457,6 @@ def _quantized_names(embedding_doc: Mapping[str, Any]) -> list[str]:
     scheme = _scheme(embedding_doc)
     if scheme == "none":
         return []
-    from rs_embed_pipeline.products.quantize import quantized_arrays
 
     return list(quantized_arrays(scheme))
 
@@ -642,7 +642,6 @@ def _storage_identity(quantization: str, fingerprint: str | None, attrs: Mapping
                       ) -> tuple[str | None, Mapping[str, Any]]:
     """The cube's fingerprint and attributes for its storage: int8 storage is part of the cube's
     identity (float32 cubes keep their fingerprint), and it is recorded for geoemb / STAC readers."""
-    from rs_embed_pipeline.products import quantize as Q
 
     Q.check_scheme(quantization)
     if quantization == "none":
@@ -683,7 +682,6 @@ def _ensure_zone(cube: _Cube, root_doc: dict[str, Any], zone: _Zone, shapes: tup
                                  **geoemb_attributes(attrs, n_feature=d_pooled, chip_px=zone.size_px,
                                                      gsd_m=zone.scale_m)}),
     }
-    from rs_embed_pipeline.products.quantize import quantized_arrays
 
     extra = quantized_arrays(window.quantization)
     meta = _consolidated(root_doc)
@@ -733,7 +731,6 @@ def _write_zone(cube: _Cube, zone: _Zone, shapes: tuple[int, int, int, int], poo
                 reader: GridReader, window: _Window, cosines: dict[str, list[float]]) -> tuple[int, int]:
     """Write the window into the zone's groups: unmark, the values (int8: their parameters
     first), provenance, and the filled marker last. Returns (tiles written, tiles empty)."""
-    from rs_embed_pipeline.products import quantize as Q
 
     d_grid, gh, gw, d_pooled = shapes
     quantization, index = window.quantization, window.index
@@ -783,7 +780,6 @@ def _write_zone(cube: _Cube, zone: _Zone, shapes: tuple[int, int, int, int], poo
 def _write_params(group: zarr.Group, index: int,
                   params: tuple[np.ndarray | None, np.ndarray]) -> None:
     """An int8 window's per-feature offset (and, per feature, scale)."""
-    from rs_embed_pipeline.products import quantize as Q
 
     scale, offset = params
     _write_block(array_at(group, Q.OFFSET_VAR), (index,), offset)
@@ -795,7 +791,6 @@ def _window_params(quantization: str, lo: np.ndarray, hi: np.ndarray, total: np.
                    ) -> tuple[np.ndarray | None, np.ndarray]:
     """(per-feature scale or None, per-feature offset) of a window: int8_per_feature from the
     range, int8_per_cell's offset is the mean (products/quantize.py)."""
-    from rs_embed_pipeline.products import quantize as Q
 
     if quantization == "int8_per_feature":
         return Q.per_feature_params(lo, hi)
@@ -811,7 +806,6 @@ def _write_values(group: zarr.Group, cells: tuple, values: np.ndarray, quantizat
     if quantization == "none":
         _write_block(array_at(group, "embedding"), (*cells, slice(None)), values)
         return
-    from rs_embed_pipeline.products import quantize as Q
 
     if params is None:
         raise ValueError(f"{quantization} writes need the window's quantization parameters")

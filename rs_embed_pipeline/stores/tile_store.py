@@ -38,8 +38,8 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-# status codes stored in every ``status`` array (rs_embed_pipeline.vocabulary; importers use these names)
-from rs_embed_pipeline.vocabulary import STATUS_CODES, STATUS_NAMES
+# status codes stored in every ``status`` array (rs_embed_pipeline.core.vocabulary; importers use these names)
+from rs_embed_pipeline.core.vocabulary import STATUS_CODES, STATUS_NAMES
 
 SCHEMA_VERSION = 1
 # The first zarr-python release whose LocalStore writes every key atomically (temp file + rename).

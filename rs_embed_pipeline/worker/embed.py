@@ -38,10 +38,9 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from rs_embed_pipeline.fingerprint import fingerprint as settings_fingerprint
-from rs_embed_pipeline.fingerprint import numeric_adapter_settings
+from rs_embed_pipeline.core.fingerprint import embedding_fingerprint
 from rs_embed_pipeline.stores import ArraySpec, StoreError, TileStore
-from rs_embed_pipeline.vocabulary import STATUS_CODES, STATUS_OK
+from rs_embed_pipeline.core.vocabulary import STATUS_CODES, STATUS_OK
 from rs_embed_pipeline.worker.protocol import (
     PROGRESS_EVERY, EmbedRequest, PartitionResult, StoreFailure, StoreResult, progress_message,
 )
@@ -51,11 +50,6 @@ log = logging.getLogger("rs_embed_pipeline.worker")
 
 IO_DEPTH = 2  # batches read ahead / waiting to be written
 RANDOM_WEIGHTS_SEED = 0
-
-
-def embedding_fingerprint(patches_fingerprint: str, adapter_settings: dict[str, Any], code_version: str) -> str:
-    return settings_fingerprint({"patches": patches_fingerprint, "adapter": numeric_adapter_settings(adapter_settings),
-                                 "code_version": code_version})
 
 
 def _batches(indices: np.ndarray, size: int) -> Iterator[np.ndarray]:

@@ -21,7 +21,7 @@ RUN_CONFIG = {"ops": {"terrafm_s2_cube": {"config": {"quantization": "int8_per_c
 def planted_run(tmp_path_factory, worker_python):  # noqa: F811
     """Region "twins" (3 x 2 TerraFM tiles, planted patterns), windows 1 and 2, through the
     int8 cube, the search index and the change asset, in one Dagster instance."""
-    from rs_embed_pipeline.providers.synthetic import generate_synthetic_catalog
+    from rs_embed_pipeline.providers.local_catalogs.synthetic import generate_synthetic_catalog
 
     tmp = tmp_path_factory.mktemp("answers")
     bbox = P.region_bbox()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rs_embed_pipeline.grid import tile_id
+from rs_embed_pipeline.core.grid import tile_id
 
 EPSG = 32632
 SIZE_PX, SCALE_M = 32, 10.0

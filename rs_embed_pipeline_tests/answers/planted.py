@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pyproj
 
-from rs_embed_pipeline.grid import tile_id
+from rs_embed_pipeline.core.grid import tile_id
 
 EPSG, SIZE_PX, SCALE_M = 32632, 224, 10.0
 TILE_M, CELL_M, CELLS = 2240.0, 160.0, 14

@@ -10,7 +10,7 @@ import numpy as np
 import xarray as xr
 
 from rs_embed_pipeline.products import open_cube
-from rs_embed_pipeline.products.search import load_index, search
+from rs_embed_pipeline.products.similarity import load_index, search
 from rs_embed_pipeline_tests.answers import planted as P
 from rs_embed_pipeline_tests.answers.conftest import CHANGE_THRESHOLD
 
@@ -80,7 +80,7 @@ def test_search_cli_prints_geojson(planted_run):
     tile = P.TWIN_TILES[1]
     lon, lat = P.cell_centre_lonlat(tile, 2, 2)
     out = subprocess.run(
-        [sys.executable, "-m", "rs_embed_pipeline.search", "--model", "terrafm_b", "--modality", "s2",
+        [sys.executable, "-m", "rs_embed_pipeline.cli.search", "--model", "terrafm_b", "--modality", "s2",
          "--region", "twins", "--window", P.WINDOW_1, "--lon", str(lon), "--lat", str(lat), "--k", "3",
          "--format", "geojson", "--store", str(planted_run["store_root"])],
         capture_output=True, text=True, timeout=120, check=True)
@@ -90,7 +90,7 @@ def test_search_cli_prints_geojson(planted_run):
     assert first == {"rank": 1, "score": 1.0, "cell_id": f"{P.tid(*tile)}/y2x2", "tile_id": P.tid(*tile),
                      "window": P.WINDOW_1, "kind": "grid"}
     bad = subprocess.run(
-        [sys.executable, "-m", "rs_embed_pipeline.search", "--model", "terrafm_b", "--modality", "s2",
+        [sys.executable, "-m", "rs_embed_pipeline.cli.search", "--model", "terrafm_b", "--modality", "s2",
          "--region", "twins", "--window", "2023-01-01", "--tile-id", P.tid(*tile),
          "--store", str(planted_run["store_root"])], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "filled windows: 2024-01-01, 2024-04-01" in bad.stderr

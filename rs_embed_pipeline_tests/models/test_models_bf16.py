@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from rs_embed_pipeline.models import runtime
-from rs_embed_pipeline.worker.embed import embedding_fingerprint, fingerprint_settings
+from rs_embed_pipeline.core.fingerprint import embedding_fingerprint
+from rs_embed_pipeline.worker.embed import fingerprint_settings
 
 from .conftest import assert_close
 

@@ -31,7 +31,7 @@ def worker_python() -> str:
 
 @pytest.fixture(scope="session")
 def synthetic_catalog(tmp_path_factory) -> Path:
-    from rs_embed_pipeline.providers.synthetic import generate_synthetic_catalog
+    from rs_embed_pipeline.providers.local_catalogs.synthetic import generate_synthetic_catalog
 
     out = tmp_path_factory.mktemp("catalog")
     return generate_synthetic_catalog(out, TINY_BBOX, "2024-01-01", "2024-04-01", seed=0, pad_m=3000.0)
@@ -47,7 +47,7 @@ def write_config(path: Path, regions: list[dict], cadence: str = "quarterly") ->
 
 def reduced_model_resources(worker_python: str) -> dict:
     """TerraFM-B and THOR adapters at the fixtures' reduced size, with the fixtures' weights."""
-    from rs_embed_pipeline.resources import TerraFMResource, ThorResource
+    from rs_embed_pipeline.orchestration.resources import TerraFMResource, ThorResource
 
     ref = reference_dir()
     terrafm_case = json.loads((ref / "terrafm_s2_l2a" / "case.json").read_text())
@@ -67,9 +67,9 @@ def build_test_definitions(tmp: Path, catalog: Path, worker_python: str, regions
     """Definitions over a tiny region: a local store, the synthetic catalog, reduced models."""
     import dagster as dg
 
-    from rs_embed_pipeline.definitions import build_definitions
-    from rs_embed_pipeline.resources import LocalStacImagery, PipelineStore
-    from rs_embed_pipeline.settings import Settings
+    from rs_embed_pipeline.orchestration.definitions import build_definitions
+    from rs_embed_pipeline.orchestration.resources import LocalStacImagery, PipelineStore
+    from rs_embed_pipeline.orchestration.settings import Settings
 
     config = write_config(tmp / "pipeline.yaml", regions or [{"name": "tiny", "bbox": list(TINY_BBOX)}])
     store_root = tmp / "store"

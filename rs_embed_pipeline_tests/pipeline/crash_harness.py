@@ -160,9 +160,9 @@ def build(tmp: Path, catalog: Path | None, worker_python: str, bbox: list[float]
     """Definitions for one region; monthly windows by default."""
     import dagster as dg
 
-    from rs_embed_pipeline.definitions import build_definitions
-    from rs_embed_pipeline.resources import LocalStacImagery, PipelineStore, TerraFMResource
-    from rs_embed_pipeline.settings import Settings
+    from rs_embed_pipeline.orchestration.definitions import build_definitions
+    from rs_embed_pipeline.orchestration.resources import LocalStacImagery, PipelineStore, TerraFMResource
+    from rs_embed_pipeline.orchestration.settings import Settings
     from rs_embed_pipeline_tests.pipeline.conftest import reduced_model_resources, write_config
     from rs_embed_pipeline_tests.pipeline.fakes import SyntheticPixelsImagery
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rs_embed_pipeline.grid import tile_id
+from rs_embed_pipeline.core.grid import tile_id
 from rs_embed_pipeline.stores.cube import write_cube_window
 
 # A 3 x 3 block of 224 px tiles; monthly windows from 2024 (enough to grow the axis several times).

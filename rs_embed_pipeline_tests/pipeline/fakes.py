@@ -23,7 +23,7 @@ import numpy as np
 from pydantic import Field
 
 from rs_embed_pipeline.providers.base import S1_BANDS, S2_BANDS, Patch
-from rs_embed_pipeline.resources import ImageryResource
+from rs_embed_pipeline.orchestration.resources import ImageryResource
 
 
 def _seed(*parts: Any) -> int:

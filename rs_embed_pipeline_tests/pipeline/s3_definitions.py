@@ -19,9 +19,9 @@ ENV_VAR = "RS_EMBED_TEST_S3_DEFS"
 def s3_test_definitions(config: str, catalog: str, worker_python: str, store_root: str,
                         celery_broker: str | None = None) -> dg.Definitions:
     """The pipeline over a tiny region with every store under ``store_root`` (``s3://...``)."""
-    from rs_embed_pipeline.definitions import build_definitions
-    from rs_embed_pipeline.resources import LocalStacImagery, PipelineStore
-    from rs_embed_pipeline.settings import Settings
+    from rs_embed_pipeline.orchestration.definitions import build_definitions
+    from rs_embed_pipeline.orchestration.resources import LocalStacImagery, PipelineStore
+    from rs_embed_pipeline.orchestration.settings import Settings
     from rs_embed_pipeline_tests.pipeline.conftest import reduced_model_resources
 
     env = {"RS_EMBED_CONFIG": config, "RS_EMBED_STORE": store_root}

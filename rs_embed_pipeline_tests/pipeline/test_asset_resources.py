@@ -6,8 +6,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from rs_embed_pipeline.definitions import build_definitions
-from rs_embed_pipeline.settings import Settings
+from rs_embed_pipeline.orchestration.definitions import build_definitions
+from rs_embed_pipeline.orchestration.settings import Settings
 
 PER_MODEL_KINDS = ("cube", "geoparquet", "cog", "stac", "search_index", "change")
 

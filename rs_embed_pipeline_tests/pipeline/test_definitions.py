@@ -13,9 +13,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from rs_embed_pipeline.definitions import build_definitions
-from rs_embed_pipeline.regions import ConfigError
-from rs_embed_pipeline.settings import Settings
+from rs_embed_pipeline.orchestration.definitions import build_definitions
+from rs_embed_pipeline.core.regions import ConfigError
+from rs_embed_pipeline.orchestration.settings import Settings
 from rs_embed_pipeline_tests.pipeline.conftest import REPO, write_config
 
 EXPECTED_ASSETS = {
@@ -116,6 +116,27 @@ def test_dagster_definitions_validate_cli(tmp_path):
                           cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Validation successful" in proc.stdout + proc.stderr
+
+
+def _dg(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """``dg`` from the orchestrator environment, in the repository root (``[tool.dg]`` in pyproject.toml),
+    that environment active (dg runs the code location with the active environment's Python)."""
+    bin_dir = Path(sys.executable).parent
+    env = {**_env(tmp_path), "VIRTUAL_ENV": str(bin_dir.parent), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])), "NO_COLOR": "1"}
+    return subprocess.run([str(bin_dir / "dg"), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_dg_lists_every_asset_and_checks_the_definitions(tmp_path):
+    listed = _dg(tmp_path, "list", "defs", "--json")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    defs = json.loads(listed.stdout)
+    assert {a["asset_key"] for a in defs["assets"]} == EXPECTED_ASSETS
+    assert {j["name"] for j in defs["jobs"]} == {"build_embeddings", "build_embeddings_celery"}
+    assert {r["name"] for r in defs["resources"]} >= {"store", "imagery", "terrafm", "thor"}
+    checked = _dg(tmp_path, "check", "defs")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "All definitions loaded successfully." in checked.stdout + checked.stderr
 
 
 def _free_port() -> int:
@@ -247,11 +268,11 @@ def test_invalid_setting_fails_the_load_naming_variable_and_valid_values(env, me
 def test_invalid_resource_field_fails_the_load_naming_it(tmp_path):
     """Values valid in general but not for this configuration fail the load too, naming the field
     (or the variable that set it) and the valid values, instead of failing in the worker."""
-    from rs_embed_pipeline.definitions import resources_for
+    from rs_embed_pipeline.orchestration.definitions import resources_for
 
     settings = Settings.from_env({"RS_EMBED_STORE": "/tmp/unused-store", "RS_EMBED_THOR_NORMALIZE": "unit_scale"})
     resources = resources_for(settings)
-    from rs_embed_pipeline.resources import LocalStacImagery, ThorResource
+    from rs_embed_pipeline.orchestration.resources import LocalStacImagery, ThorResource
 
     # unit_scale, and rs-embed's S2 alias zscore, are valid for S2 only: with S1 embedded too, the
     # load fails (it used to fail in the S1 worker, after the fetch).
@@ -268,8 +289,8 @@ def test_invalid_resource_field_fails_the_load_naming_it(tmp_path):
 
 
 def test_patch_assets_only_for_the_modalities_a_model_embeds():
-    from rs_embed_pipeline.definitions import resources_for
-    from rs_embed_pipeline.resources import TerraFMResource
+    from rs_embed_pipeline.orchestration.definitions import resources_for
+    from rs_embed_pipeline.orchestration.resources import TerraFMResource
 
     settings = Settings.from_env({"RS_EMBED_STORE": "/tmp/unused-store"})
     resources = resources_for(settings)

@@ -93,7 +93,7 @@ PARITY_KEYS = {
 
 
 def test_parity_metadata_same_keys_on_every_materialization(materialized):
-    from rs_embed_pipeline.assets.embeddings import run_metadata  # noqa: F401 - the one builder of these keys
+    from rs_embed_pipeline.orchestration.assets.embeddings import run_metadata  # noqa: F401 - the one builder of these keys
 
     instance = materialized["instance"]
     key_sets = {}

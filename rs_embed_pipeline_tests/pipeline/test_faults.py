@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import zarr
 
-from rs_embed_pipeline.grid import bbox_aoi, build_tile_grid
+from rs_embed_pipeline.core.grid import bbox_aoi, build_tile_grid
 from rs_embed_pipeline.stores import STATUS_CODES, ArraySpec, StoreError, TileStore
 from rs_embed_pipeline_tests.pipeline.conftest import TINY_BBOX, build_test_definitions
 from rs_embed_pipeline_tests.pipeline.fakes import FaultyImagery, FaultyProvider, SyntheticPixelsProvider

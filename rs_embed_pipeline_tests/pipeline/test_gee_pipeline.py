@@ -4,7 +4,7 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from rs_embed_pipeline.resources import EarthEngineImagery
+from rs_embed_pipeline.orchestration.resources import EarthEngineImagery
 from rs_embed_pipeline.stores import TileStore
 from rs_embed_pipeline_tests.pipeline.conftest import build_test_definitions
 from rs_embed_pipeline_tests.providers import ee_standin as S
@@ -51,8 +51,8 @@ def test_patches_from_earth_engine_standin(gee_defs, standin):
 
 
 def test_earth_engine_fetches_share_one_pool():
-    from rs_embed_pipeline.definitions import build_definitions
-    from rs_embed_pipeline.settings import Settings
+    from rs_embed_pipeline.orchestration.definitions import build_definitions
+    from rs_embed_pipeline.orchestration.settings import Settings
 
     defs = build_definitions(Settings.from_env({"RS_EMBED_PROVIDER": "gee", "RS_EMBED_STORE": "/tmp/unused"}))
     graph = defs.resolve_asset_graph()

@@ -1,4 +1,4 @@
-"""One writer per region x window (rs_embed_pipeline/leases.py), on a local store and on S3 (moto):
+"""One writer per region x window (rs_embed_pipeline/orchestration/leases.py), on a local store and on S3 (moto):
 a second run waits or fails naming the running run; a run's own steps share the lease; a killed
 holder lapses after its ttl. The two-runs-at-once pipeline test is in test_crash_resume.py."""
 
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from rs_embed_pipeline.leases import LeaseBusy, lease_uri, partition_leases
+from rs_embed_pipeline.orchestration.leases import LeaseBusy, lease_uri, partition_leases
 
 PART = [("tiny", "2024-01-01")]
 

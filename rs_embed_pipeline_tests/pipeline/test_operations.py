@@ -39,7 +39,8 @@ def test_preview_is_capped_in_size_and_small_ones_enlarged():
     from PIL import Image
     import io
 
-    from rs_embed_pipeline.metadata import PREVIEW_MAX_SIDE, preview_png
+    from rs_embed_pipeline.products.pictures import PREVIEW_MAX_SIDE
+    from rs_embed_pipeline.products.pictures import png as preview_png
 
     rng = np.random.default_rng(0)
     big = preview_png(rng.integers(0, 255, (2000, 1200, 3), dtype=np.uint8))
@@ -51,8 +52,8 @@ def test_preview_is_capped_in_size_and_small_ones_enlarged():
 
 
 def test_metadata_order_puts_outcome_and_varying_settings_first():
-    from rs_embed_pipeline.assets.embeddings import METADATA_ORDER
-    from rs_embed_pipeline.metadata import ordered_for_people
+    from rs_embed_pipeline.orchestration.assets.embeddings import METADATA_ORDER
+    from rs_embed_pipeline.orchestration.metadata import ordered_for_people
 
     md = {"weight_file": 1, "model_id": 2, "tile_status": 3, "zzz": 4, "normalization": 5}
     out = ordered_for_people(md, METADATA_ORDER)
@@ -61,8 +62,8 @@ def test_metadata_order_puts_outcome_and_varying_settings_first():
 
 
 def test_metadata_order_puts_settings_that_do_not_apply_last_and_keeps_them():
-    from rs_embed_pipeline.assets.embeddings import METADATA_ORDER
-    from rs_embed_pipeline.metadata import ordered_for_people
+    from rs_embed_pipeline.orchestration.assets.embeddings import METADATA_ORDER
+    from rs_embed_pipeline.orchestration.metadata import ordered_for_people
 
     md = {"orbit": "n/a", "weight_file": dg.MetadataValue.text("n/a"), "model_id": "thor", "scale_m": 10.0,
           "s2_branch": dg.MetadataValue.text("l2a")}
@@ -73,7 +74,7 @@ def test_metadata_order_puts_settings_that_do_not_apply_last_and_keeps_them():
 
 
 def test_tile_grid_has_standard_metadata(tmp_path, synthetic_catalog, worker_python):
-    from rs_embed_pipeline.assets.tile_grid import TILE_GRID_SCHEMA
+    from rs_embed_pipeline.orchestration.assets.tile_grid import TILE_GRID_SCHEMA
     from rs_embed_pipeline_tests.pipeline.conftest import build_test_definitions
 
     defs, store = build_test_definitions(tmp_path, synthetic_catalog, worker_python)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rs_embed_pipeline.patch_fetch import UNANSWERED, PatchTally, fetch_into_stores
+from rs_embed_pipeline.orchestration.patch_fetch import UNANSWERED, PatchTally, fetch_into_stores
 from rs_embed_pipeline.providers.base import Patch, PatchStatus
 from rs_embed_pipeline.stores import ArraySpec, TileStore
 

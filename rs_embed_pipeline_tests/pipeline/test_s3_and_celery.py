@@ -261,7 +261,7 @@ def test_credentials_never_in_metadata_logs_or_stores(runs, aws):
 
 
 def test_store_refuses_credentials_in_storage_options():
-    from rs_embed_pipeline.resources import PipelineStore
+    from rs_embed_pipeline.orchestration.resources import PipelineStore
 
     store = PipelineStore(root="s3://bucket/prefix",
                           storage_options_json=json.dumps({"client_kwargs": {"aws_secret_access_key": "x"}}))
@@ -297,7 +297,7 @@ def test_celery_steps_ran_in_separate_worker_processes(celery_run, inprocess):
 def test_celery_gpu_steps_went_to_the_gpu_queue_worker(celery_run):
     """Embedding steps (tag dagster-celery/queue=gpu) ran on w2, which listens only on ``gpu``;
     every other step on w1, which listens only on the default queue."""
-    from rs_embed_pipeline.executors import GPU_QUEUE
+    from rs_embed_pipeline.orchestration.executors import GPU_QUEUE
 
     assert GPU_QUEUE == "gpu"
     worker_of = {e.dagster_event.step_key: e.dagster_event.event_specific_data.metadata["Celery worker"].value

@@ -11,11 +11,11 @@ import pytest
 import rasterio
 from rasterio.transform import Affine
 
-from rs_embed_pipeline.grid import bbox_aoi, build_tile_grid
+from rs_embed_pipeline.core.grid import bbox_aoi, build_tile_grid
 from rs_embed_pipeline.providers import ProviderError
-from rs_embed_pipeline.providers.synthetic import _utm_extent
-from rs_embed_pipeline.providers.user_scenes import build_user_catalog, catalog_collections, main, parse_scene_name
-from rs_embed_pipeline.resources import EarthEngineImagery, LocalStacImagery, PipelineStore
+from rs_embed_pipeline.providers.local_catalogs.synthetic import _utm_extent
+from rs_embed_pipeline.providers.local_catalogs.user_scenes import build_user_catalog, catalog_collections, main, parse_scene_name
+from rs_embed_pipeline.orchestration.resources import EarthEngineImagery, LocalStacImagery, PipelineStore
 from rs_embed_pipeline.stores import TileStore
 from rs_embed_pipeline_tests.pipeline.conftest import TINY_BBOX, WINDOW, reduced_model_resources, write_config
 
@@ -171,8 +171,8 @@ def test_sensor_option_errors_use_the_pages_messages():
 
 
 def _defs(tmp_path, catalog, worker_python, **imagery):
-    from rs_embed_pipeline.definitions import build_definitions
-    from rs_embed_pipeline.settings import Settings
+    from rs_embed_pipeline.orchestration.definitions import build_definitions
+    from rs_embed_pipeline.orchestration.settings import Settings
 
     config = write_config(tmp_path / "pipeline.yaml", [{"name": "tiny", "bbox": list(TINY_BBOX)}])
     store_root = tmp_path / "store"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rs_embed_pipeline.grid import tile_id
+from rs_embed_pipeline.core.grid import tile_id
 
 # The pipeline tests' fixtures (synthetic catalog, worker environment), for the product pipeline test.
 from rs_embed_pipeline_tests.pipeline.conftest import synthetic_catalog, worker_python  # noqa: F401

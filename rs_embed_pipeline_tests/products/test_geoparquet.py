@@ -9,7 +9,7 @@ import pytest
 import shapely
 
 from rs_embed_pipeline.products import geoparquet
-from rs_embed_pipeline.products.reader import tile_vectors
+from rs_embed_pipeline.stores.cube_reader import tile_vectors
 from rs_embed_pipeline_tests.products.conftest import (
     D_POOLED,
     MISSING,
@@ -149,7 +149,7 @@ def test_two_utm_zones_in_one_file(tmp_path):
     import geopandas as gpd
     from pyproj import Transformer
 
-    from rs_embed_pipeline.grid import tile_id
+    from rs_embed_pipeline.core.grid import tile_id
     from rs_embed_pipeline.stores.cube import write_cube_window
     from rs_embed_pipeline_tests.products.conftest import (
         CELLS,

@@ -17,8 +17,8 @@ from urllib.parse import parse_qs, urlparse
 import pystac
 import pytest
 
-from rs_embed_pipeline.grid import bbox_aoi, build_tile_grid
-from rs_embed_pipeline.providers.synthetic import generate_synthetic_catalog
+from rs_embed_pipeline.core.grid import bbox_aoi, build_tile_grid
+from rs_embed_pipeline.providers.local_catalogs.synthetic import generate_synthetic_catalog
 
 from . import ee_standin as S
 

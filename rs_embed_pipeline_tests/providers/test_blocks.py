@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rs_embed_pipeline.grid import bbox_aoi, build_tile_grid
+from rs_embed_pipeline.core.grid import bbox_aoi, build_tile_grid
 from rs_embed_pipeline.providers import LocalStacProvider
 from rs_embed_pipeline.providers.blocks import plan_blocks
 from rs_embed_pipeline.providers.composite import (

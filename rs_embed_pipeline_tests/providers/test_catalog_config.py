@@ -11,10 +11,10 @@ import re
 import numpy as np
 import pytest
 
-from rs_embed_pipeline.definitions import validate_resources
+from rs_embed_pipeline.orchestration.definitions import validate_resources
 from rs_embed_pipeline.providers.catalogs import CATALOG_PRESETS, PLANETARY_COMPUTER_S2_ASSETS
 from rs_embed_pipeline.providers.stac import EARTH_SEARCH_S2_ASSETS
-from rs_embed_pipeline.resources import LocalStacImagery, StacImagery
+from rs_embed_pipeline.orchestration.resources import LocalStacImagery, StacImagery
 
 from .conftest import earth_search_items, static_catalog
 from .test_catalogs import _day
@@ -87,8 +87,8 @@ def test_invalid_catalog_settings_fail_the_load_naming_the_field(resource, field
 
 
 def test_invalid_preset_fails_build_definitions(tmp_path):
-    from rs_embed_pipeline.definitions import build_definitions, resources_for
-    from rs_embed_pipeline.settings import Settings
+    from rs_embed_pipeline.orchestration.definitions import build_definitions, resources_for
+    from rs_embed_pipeline.orchestration.settings import Settings
 
     settings = Settings.from_env({"RS_EMBED_STORE": str(tmp_path / "store"), "RS_EMBED_PROVIDER": "stac"})
     resources = resources_for(settings)

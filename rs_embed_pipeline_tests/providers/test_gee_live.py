@@ -28,7 +28,7 @@ requires_credentials = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def tiles():
-    from rs_embed_pipeline.grid import bbox_aoi, build_tile_grid
+    from rs_embed_pipeline.core.grid import bbox_aoi, build_tile_grid
 
     # ~2 x 1 km of farmland south of Rome (UTM 33N), 224 px tiles at 10 m
     grid = build_tile_grid(bbox_aoi(12.60, 41.70, 12.625, 41.71), 224, 10.0)

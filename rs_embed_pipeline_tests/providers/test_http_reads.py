@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import rasterio.shutil
 
-from rs_embed_pipeline.grid import bbox_aoi, build_tile_grid
+from rs_embed_pipeline.core.grid import bbox_aoi, build_tile_grid
 from rs_embed_pipeline.providers import StacProvider
-from rs_embed_pipeline.providers.synthetic import generate_synthetic_catalog
+from rs_embed_pipeline.providers.local_catalogs.synthetic import generate_synthetic_catalog
 
 from .conftest import LocalHttpServer, earth_search_items
 from .test_catalogs import _day

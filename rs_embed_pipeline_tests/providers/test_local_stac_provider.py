@@ -17,7 +17,7 @@ from rs_embed_pipeline.providers import (
     Patch,
     ProviderError,
 )
-from rs_embed_pipeline.providers.synthetic import (
+from rs_embed_pipeline.providers.local_catalogs.synthetic import (
     S2_BAND_BASE_DN,
     S2_BAND_HALF_RANGE_DN,
     S2_DN_OFFSET,

@@ -10,7 +10,7 @@ import numpy as np
 import pystac
 import rasterio
 
-from rs_embed_pipeline.providers.synthetic import (
+from rs_embed_pipeline.providers.local_catalogs.synthetic import (
     S2_ASSETS,
     S2_BAND_BASE_DN,
     S2_BAND_HALF_RANGE_DN,

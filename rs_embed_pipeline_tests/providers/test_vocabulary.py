@@ -6,13 +6,13 @@ from collections import namedtuple
 import pandas as pd
 import pytest
 
-from rs_embed_pipeline import vocabulary as V
+from rs_embed_pipeline.core import vocabulary as V
 from rs_embed_pipeline.providers import ProviderError, SensorOptionError, SensorOptions
 from rs_embed_pipeline.providers.base import backoff_s, tile_rows
 
 
 def test_one_definition_of_each_word():
-    import rs_embed_pipeline.inspection as inspection
+    import rs_embed_pipeline.core.inspection as inspection
     import rs_embed_pipeline.providers as providers
     import rs_embed_pipeline.providers.base as base
     import rs_embed_pipeline.stores.tile_store as tile_store

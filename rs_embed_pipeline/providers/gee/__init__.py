@@ -81,7 +81,7 @@ kind, limits) are in ``stats()["config"]``.
 from __future__ import annotations
 
 # The package's public API only; private helpers are imported from the submodule that defines them.
-from rs_embed_pipeline.vocabulary import COMPOSITES  # defined once there
+from rs_embed_pipeline.core.vocabulary import COMPOSITES  # defined once there
 
 from .client import HIGH_VOLUME_URL, STANDARD_URL, TokenBucket, redact
 from .expressions import S1_DB_COLLECTION, S1_FLOAT_COLLECTION, S2_CLOUD_SCORE_PLUS_COLLECTION, S2_COLLECTION, VALID_BAND

@@ -11,8 +11,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from rs_embed_pipeline.timeparse import parse_utc
-from rs_embed_pipeline.vocabulary import (
+from rs_embed_pipeline.core.timeparse import parse_utc
+from rs_embed_pipeline.core.vocabulary import (
     COMPOSITES,
     DEFAULT_COMPOSITE,
     MODALITIES,

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from rs_embed_pipeline.vocabulary import COMPOSITES, DEFAULT_COMPOSITE
+from rs_embed_pipeline.core.vocabulary import COMPOSITES, DEFAULT_COMPOSITE
 
 from ..base import Patch, ProviderError
 from .client import (

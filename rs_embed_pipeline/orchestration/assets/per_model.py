@@ -14,10 +14,10 @@ import dagster as dg
 import geopandas as gpd
 import zarr
 
-from rs_embed_pipeline.assets.tile_grid import read_tile_grid
-from rs_embed_pipeline.partitions import BACKFILL_POLICY, RegionWindow
-from rs_embed_pipeline.plan import EmbeddingSpec
-from rs_embed_pipeline.resources import CODE_VERSION, PipelineStore
+from rs_embed_pipeline.orchestration.assets.tile_grid import read_tile_grid
+from rs_embed_pipeline.orchestration.partitions import BACKFILL_POLICY, RegionWindow
+from rs_embed_pipeline.orchestration.plan import EmbeddingSpec
+from rs_embed_pipeline.orchestration.resources import CODE_VERSION, PipelineStore
 from rs_embed_pipeline.stores import TileStore
 from rs_embed_pipeline.worker.protocol import PartitionJob
 

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from rs_embed_pipeline.vocabulary import MODALITIES, PROVIDER_UNITS
+from rs_embed_pipeline.core.vocabulary import MODALITIES, PROVIDER_UNITS
 
 EXPECTED_CHANNELS: dict[str, tuple[int, ...]] = {"s2": (12, 10), "s1": (2,)}
 VALUE_RANGE: dict[str, tuple[float, float]] = {"s2": (0.0, 10000.0), "s1": (0.0, 100.0)}

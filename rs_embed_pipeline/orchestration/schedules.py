@@ -3,8 +3,8 @@
 
 import dagster as dg
 
-from rs_embed_pipeline.partitions import CADENCE_CRONS
-from rs_embed_pipeline.regions import PipelineConfig
+from rs_embed_pipeline.orchestration.partitions import CADENCE_CRONS
+from rs_embed_pipeline.core.regions import PipelineConfig
 
 # Run two days after a window closes, so that late-arriving scenes of its last days are ingested.
 SCHEDULE_DELAY_DAYS = 2

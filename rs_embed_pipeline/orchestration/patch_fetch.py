@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from rs_embed_pipeline.inspection import inspect_patch, summarize
+from rs_embed_pipeline.core.inspection import inspect_patch, summarize
 from rs_embed_pipeline.providers.base import Patch, PatchProvider, backoff_s
 from rs_embed_pipeline.stores import TileStore
-from rs_embed_pipeline.vocabulary import TILE_STATUSES
+from rs_embed_pipeline.core.vocabulary import TILE_STATUSES
 
 WRITE_BATCH = 8  # patches written per store call
 WRITE_THREADS = 2  # batches inspected and written at the same time (different tiles: independent)

@@ -6,7 +6,7 @@ import dataclasses
 
 import dagster as dg
 
-from rs_embed_pipeline.regions import PipelineConfig
+from rs_embed_pipeline.core.regions import PipelineConfig
 
 CADENCE_CRONS = {
     "monthly": "0 0 1 * *",

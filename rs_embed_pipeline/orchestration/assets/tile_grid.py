@@ -10,12 +10,12 @@ import dagster as dg
 import geopandas as gpd
 import pandas as pd
 
-from rs_embed_pipeline.executors import STEP_RETRY_POLICY
-from rs_embed_pipeline.grid import build_tile_grid
-from rs_embed_pipeline.metadata import add_partition_metadata, json_value, path_value
-from rs_embed_pipeline.partitions import BACKFILL_POLICY, region_windows
-from rs_embed_pipeline.regions import PipelineConfig
-from rs_embed_pipeline.resources import CODE_VERSION, PipelineStore
+from rs_embed_pipeline.orchestration.executors import STEP_RETRY_POLICY
+from rs_embed_pipeline.core.grid import build_tile_grid
+from rs_embed_pipeline.orchestration.metadata import add_partition_metadata, json_value, path_value
+from rs_embed_pipeline.orchestration.partitions import BACKFILL_POLICY, region_windows
+from rs_embed_pipeline.core.regions import PipelineConfig
+from rs_embed_pipeline.orchestration.resources import CODE_VERSION, PipelineStore
 from rs_embed_pipeline.stores.files import read_bytes, write_bytes_atomic
 
 

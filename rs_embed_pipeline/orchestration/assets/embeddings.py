@@ -14,18 +14,18 @@ from typing import Any
 
 import dagster as dg
 
-from rs_embed_pipeline.assets.per_model import cube_uri as spec_cube_uri
-from rs_embed_pipeline.assets.per_model import model_tiles, partition_job, spec_asset, store_array
-from rs_embed_pipeline.executors import GPU_STEP_TAGS, STEP_RETRY_POLICY
-from rs_embed_pipeline.fingerprint import cube_fingerprint
-from rs_embed_pipeline.metadata import (
+from rs_embed_pipeline.orchestration.assets.per_model import cube_uri as spec_cube_uri
+from rs_embed_pipeline.orchestration.assets.per_model import model_tiles, partition_job, spec_asset, store_array
+from rs_embed_pipeline.orchestration.executors import GPU_STEP_TAGS, STEP_RETRY_POLICY
+from rs_embed_pipeline.core.fingerprint import cube_fingerprint
+from rs_embed_pipeline.orchestration.metadata import (
     add_partition_metadata, coverage_check, embedding_partition_metadata, embedding_run_metadata, finite_check,
     georeferencing_check, json_value, ordered_for_people, path_value, run_metadata, status_table,
 )
-from rs_embed_pipeline.partitions import RegionWindow, region_windows
-from rs_embed_pipeline.plan import EmbeddingSpec, PlanMismatch
+from rs_embed_pipeline.orchestration.partitions import RegionWindow, region_windows
+from rs_embed_pipeline.orchestration.plan import EmbeddingSpec, PlanMismatch
 from rs_embed_pipeline.products.preview import cube_window_preview
-from rs_embed_pipeline.resources import ModelResource, PipelineStore
+from rs_embed_pipeline.orchestration.resources import ModelResource, PipelineStore
 from rs_embed_pipeline.stores import StoreError, TileStore
 from rs_embed_pipeline.stores.cube import TileStoreGrids, check_georeferencing, write_cube_window
 
@@ -180,7 +180,7 @@ def build_embedding_assets(
 
 def _check_quantization(cube_name: str, scheme: str) -> None:
     """Refuse an unknown cube storage scheme before anything is written."""
-    from rs_embed_pipeline.products.quantize import QuantizationError, check_scheme
+    from rs_embed_pipeline.stores.cube_codec import QuantizationError, check_scheme
 
     try:
         check_scheme(scheme)

@@ -19,13 +19,13 @@ from typing import Any
 import dagster as dg
 import numpy as np
 
-from rs_embed_pipeline.assets.per_model import cube_uri, model_tiles, partition_job, spec_asset, store_array
-from rs_embed_pipeline.metadata import add_partition_metadata, json_value, path_value, run_metadata
-from rs_embed_pipeline.partitions import RegionWindow, region_windows
-from rs_embed_pipeline.plan import EmbeddingSpec
+from rs_embed_pipeline.orchestration.assets.per_model import cube_uri, model_tiles, partition_job, spec_asset, store_array
+from rs_embed_pipeline.orchestration.metadata import add_partition_metadata, json_value, path_value, run_metadata
+from rs_embed_pipeline.orchestration.partitions import RegionWindow, region_windows
+from rs_embed_pipeline.orchestration.plan import EmbeddingSpec
 from rs_embed_pipeline.products import cog, geoparquet, stac_catalog
-from rs_embed_pipeline.products.reader import CubeReadError, cube_zones, tile_vectors, window_dataset
-from rs_embed_pipeline.resources import PipelineStore
+from rs_embed_pipeline.stores.cube_reader import CubeReadError, cube_zones, tile_vectors, window_dataset
+from rs_embed_pipeline.orchestration.resources import PipelineStore
 from rs_embed_pipeline.stores import StoreError, TileStore
 from rs_embed_pipeline.stores.cube import model_url
 

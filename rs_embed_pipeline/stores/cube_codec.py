@@ -27,7 +27,7 @@ nothing but fill is not stored (as NaN chunks of float32 cubes), so a rewrite le
 The scheme is recorded on the ``embedding`` variable (attribute ``quantization``) and in the
 ``geoemb:quantization`` attribute of each cube group (:func:`geoemb_quantization`). :func:`dequantize`
 turns such a dataset back into float32 ``embedding`` (lazily, dask-friendly); float32 cubes pass
-through unchanged. ``rs_embed_pipeline.products.reader.open_cube`` calls it, so readers never see int8.
+through unchanged. ``rs_embed_pipeline.stores.cube_reader.open_cube`` calls it, so readers never see int8.
 """
 
 from __future__ import annotations

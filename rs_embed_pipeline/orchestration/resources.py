@@ -1,7 +1,7 @@
 """Dagster resources: the store, the imagery providers and the model adapters.
 
 Which provider, store root and worker are used in a deployment is chosen in one place,
-``definitions.py``, from :class:`rs_embed_pipeline.settings.Settings`.
+``definitions.py``, from :class:`rs_embed_pipeline.orchestration.settings.Settings`.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 from pydantic import Field
 
-from rs_embed_pipeline.knob_table import field_default, knob_field
-from rs_embed_pipeline.leases import DEFAULT_TTL_S, DEFAULT_WAIT_S
+from rs_embed_pipeline.orchestration.knob_table import field_default, knob_field
+from rs_embed_pipeline.orchestration.leases import DEFAULT_TTL_S, DEFAULT_WAIT_S
 from rs_embed_pipeline.providers.base import PatchProvider
 from rs_embed_pipeline.stores import StoreLayout
-from rs_embed_pipeline.vocabulary import MODALITIES
+from rs_embed_pipeline.core.vocabulary import MODALITIES
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -58,13 +58,13 @@ class PipelineStore(dg.ConfigurableResource):
     @contextlib.contextmanager
     def yield_for_execution(self, context: dg.InitResourceContext):
         """Hold the lease of every region x window of the run while a step uses the store (one
-        writer per partition: rs_embed_pipeline.leases)."""
+        writer per partition: rs_embed_pipeline.orchestration.leases)."""
         run = context.run
         parts = self._run_partitions(run) if run is not None else []
         if run is None or not parts:
             yield self
             return
-        from rs_embed_pipeline.leases import LeaseBusy, partition_leases
+        from rs_embed_pipeline.orchestration.leases import LeaseBusy, partition_leases
 
         steps = list(run.step_keys_to_execute or [])
         log = context.log.info if context.log else print
@@ -82,8 +82,8 @@ class PipelineStore(dg.ConfigurableResource):
             ) from None
 
     def _run_partitions(self, run: Any) -> list[tuple[str, str]]:
-        from rs_embed_pipeline.partitions import build_partitions, region_windows
-        from rs_embed_pipeline.regions import load_pipeline_config
+        from rs_embed_pipeline.orchestration.partitions import build_partitions, region_windows
+        from rs_embed_pipeline.core.regions import load_pipeline_config
 
         if not self.regions_config:  # no regions file: no leases
             return []
@@ -164,7 +164,7 @@ def _rs_embed_message(exc: Any) -> str:
 
 class LocalStacImagery(ImageryResource):
     """A static STAC catalog of COGs: the synthetic demo catalog, one built from your own GeoTIFF
-    scenes (``python -m rs_embed_pipeline.providers.user_scenes``), or a local mirror laid out like
+    scenes (``python -m rs_embed_pipeline.providers.local_catalogs.user_scenes``), or a local mirror laid out like
     a real catalog (``catalog_preset``)."""
 
     catalog_path: str
@@ -189,7 +189,7 @@ class LocalStacImagery(ImageryResource):
 
     def build(self, fetch_workers: int | None = None) -> PatchProvider:
         from rs_embed_pipeline.providers import LocalStacProvider
-        from rs_embed_pipeline.providers.user_scenes import catalog_collections
+        from rs_embed_pipeline.providers.local_catalogs.user_scenes import catalog_collections
 
         cat = self.catalog()
         found = catalog_collections(self.catalog_path)
@@ -372,7 +372,7 @@ class ModelResource(dg.ConfigurableResource):
                                rebuild=rebuild, force=force, storage_options=storage_options)
         # From a source checkout the worker imports this very tree (its venv may lack an install).
         # From an installed package the parent dir is site-packages: never put that on the worker's path.
-        source_root = Path(__file__).resolve().parent.parent
+        source_root = Path(__file__).resolve().parents[2]  # rs_embed_pipeline/orchestration/resources.py
         env = {}
         if (source_root / "pyproject.toml").exists():
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source_root), os.environ.get("PYTHONPATH")]))

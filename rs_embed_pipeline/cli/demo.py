@@ -1,6 +1,6 @@
 """The offline demo: synthetic catalog -> one region x window materialized end to end.
 
-``make demo`` runs ``python -m rs_embed_pipeline.demo`` after building both environments. With no
+``make demo`` runs ``python -m rs_embed_pipeline.cli.demo`` after building both environments. With no
 credentials and no network it
 
 1. generates the deterministic synthetic STAC catalog (labelled synthetic everywhere) around the
@@ -23,9 +23,9 @@ from typing import cast
 
 import dagster as dg
 
-from rs_embed_pipeline.providers.synthetic import generate_synthetic_catalog
-from rs_embed_pipeline.regions import load_pipeline_config
-from rs_embed_pipeline.settings import Settings
+from rs_embed_pipeline.providers.local_catalogs.synthetic import generate_synthetic_catalog
+from rs_embed_pipeline.core.regions import load_pipeline_config
+from rs_embed_pipeline.orchestration.settings import Settings
 
 DEMO_REGION = "demo"
 DEMO_WINDOW = "2024-01-01"
@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         generate_synthetic_catalog(catalog.parent, region.aoi.bounds, DEMO_WINDOW, CATALOG_END,
                                    seed=0, pad_m=CATALOG_PAD_M, planted=[DEMO_POND])
 
-    from rs_embed_pipeline.definitions import build_definitions, resources_for
-    from rs_embed_pipeline.resources import ModelResource
+    from rs_embed_pipeline.orchestration.definitions import build_definitions, resources_for
+    from rs_embed_pipeline.orchestration.resources import ModelResource
 
     resources = resources_for(settings)
     for key, checkpoint in (("terrafm", args.terrafm_checkpoint), ("thor", args.thor_checkpoint)):
@@ -159,7 +159,7 @@ def _int8_run_config(settings: Settings) -> dict:
 
 def print_answers(result, result2, store_root: str) -> None:
     """One similarity search, the change between the two windows, the int8 cube's accuracy."""
-    from rs_embed_pipeline.products.search import index_uri, load_index, search
+    from rs_embed_pipeline.products.similarity import index_uri, load_index, search
 
     for event in result.get_asset_materialization_events():
         md = event.materialization.metadata
@@ -171,7 +171,7 @@ def print_answers(result, result2, store_root: str) -> None:
                   + (index.cells["y"] - index.cells["y"].mean()) ** 2).to_numpy().argmin())
     lon, lat = index.footprints([centre]).iloc[0].centroid.coords[0]
     hits = search(index, lon=lon, lat=lat, k=5)
-    print(f"Similarity search (python -m rs_embed_pipeline.search --model terrafm_b --modality s2 --region "
+    print(f"Similarity search (python -m rs_embed_pipeline.cli.search --model terrafm_b --modality s2 --region "
           f"{DEMO_REGION} --window {DEMO_WINDOW} --lon {lon:.5f} --lat {lat:.5f} --k 5): "
           f"{index.method} search over {len(index)} cells, {hits.attrs['query_ms']:.2f} ms")
     for row in hits.itertuples():

@@ -2,7 +2,7 @@
 place steps in a cluster, and one step retry policy.
 
 Chosen in one place (``definitions.py`` calls :func:`executor_for` and :func:`step_retry_policy`)
-from :class:`rs_embed_pipeline.settings.Settings`:
+from :class:`rs_embed_pipeline.orchestration.settings.Settings`:
 
 | ``RS_EMBED_EXECUTOR`` | executor of every job (the implicit asset job of UI materializations and backfills included) |
 | --- | --- |
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 
 if TYPE_CHECKING:  # pragma: no cover
-    from rs_embed_pipeline.settings import Settings
+    from rs_embed_pipeline.orchestration.settings import Settings
 
 
 # The node label and taint of the GPU node pool (deploy/README.md says how to label the pool).

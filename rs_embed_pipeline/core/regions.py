@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from shapely.geometry.base import BaseGeometry
 
-from rs_embed_pipeline.grid import bbox_aoi, load_aoi
+from rs_embed_pipeline.core.grid import bbox_aoi, load_aoi
 
 CADENCES = ("monthly", "quarterly", "yearly")
 REGION_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")

@@ -1,7 +1,7 @@
 """Similarity search over a cube window: "where else looks like this?".
 
 ```python
-from rs_embed_pipeline.products.search import build_index, search
+from rs_embed_pipeline.products.similarity import build_index, search
 index = build_index("data/cubes/terrafm_b_s2/demo.zarr", window="2024-01-01")   # or load_index(uri)
 hits = search(index, lon=6.62, lat=46.51, k=20)     # GeoDataFrame: rank, score, cell_id, tile_id, ...
 hits = search(index, tile_id="32632_p224_s10_c00141_r02300", k=5)
@@ -44,7 +44,7 @@ import shapely
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
-from rs_embed_pipeline.grid import parse_tile_id, tile_id as make_tile_id
+from rs_embed_pipeline.core.grid import parse_tile_id, tile_id as make_tile_id
 
 ANN_MIN_CELLS = 50_000   # below: exact search (a query over 50k x 768 costs ~15 ms); above: HNSW
 HNSW_M = 32
@@ -186,7 +186,7 @@ def build_index(cube_uri: str, window: str, kind: str = "grid", *, storage_optio
     """Index the cells of ``window`` of a cube (every UTM zone). ``ann``: ``"auto"`` (HNSW from
     ``ann_min_cells`` cells), ``"hnsw"`` or ``"exact"``. ``tiles``: the region's tile_grid rows
     (names the tiles; derived from the lattice otherwise)."""
-    from rs_embed_pipeline.products.reader import cube_zones, open_cube
+    from rs_embed_pipeline.stores.cube_reader import cube_zones, open_cube
 
     if kind not in KINDS:
         raise SearchError(f"kind {kind!r} is not an index kind; valid: {', '.join(KINDS)}")

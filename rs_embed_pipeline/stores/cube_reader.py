@@ -1,7 +1,7 @@
 """Open a cube without knowing its internals: one call, only the windows that were filled.
 
 ```python
-from rs_embed_pipeline.products import open_cube
+from rs_embed_pipeline.stores.cube_reader import open_cube
 ds = open_cube("data/cubes/terrafm_b_s2/demo.zarr")            # the only UTM zone, feature maps
 vec = ds["embedding"].sel(x=317000, y=5154000, method="nearest").isel(time=0)
 ```
@@ -10,7 +10,7 @@ A cube's time axis is pre-allocated ahead of the windows built so far (stores/cu
 concurrent writers), so the raw Zarr holds NaN slices for windows nobody wrote yet and for a window
 whose writer was killed; ``window_filled`` marks the complete ones. :func:`open_cube` keeps only
 those (``filled_only=False`` returns the raw axis). Int8 cubes are de-quantized on the way
-(:func:`rs_embed_pipeline.products.quantize.dequantize`; the identity for float32 cubes).
+(:func:`rs_embed_pipeline.stores.cube_codec.dequantize`; the identity for float32 cubes).
 
 The cube's dims stay ``(time, y, x, feature)`` in Zarr (one chunk per tile per window, which the
 concurrent writers rely on); ``feature_first=True`` returns ``(time, feature, y, x)``, the
@@ -27,7 +27,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from rs_embed_pipeline.products.quantize import dequantize
+from rs_embed_pipeline.stores.cube_codec import dequantize
 
 KINDS = ("grid", "pooled")
 

@@ -1,11 +1,11 @@
-"""``python -m rs_embed_pipeline.search``: the cells most similar to a point, a tile, a cell or a polygon.
+"""``python -m rs_embed_pipeline.cli.search``: the cells most similar to a point, a tile, a cell or a polygon.
 
 Examples::
 
-    python -m rs_embed_pipeline.search --model terrafm_b --modality s2 --region demo \\
+    python -m rs_embed_pipeline.cli.search --model terrafm_b --modality s2 --region demo \\
         --window 2024-01-01 --lon 6.62 --lat 46.51 --k 20
-    python -m rs_embed_pipeline.search ... --tile-id 32632_p224_s10_c00141_r02301 --kind pooled
-    python -m rs_embed_pipeline.search ... --polygon field.geojson --format geojson > hits.geojson
+    python -m rs_embed_pipeline.cli.search ... --tile-id 32632_p224_s10_c00141_r02301 --kind pooled
+    python -m rs_embed_pipeline.cli.search ... --polygon field.geojson --format geojson > hits.geojson
 
 Reads the ``<model>_<modality>_search_index`` asset of the region and window when it was
 materialized (milliseconds per query), otherwise indexes the cube window on the fly (exact search).
@@ -26,7 +26,7 @@ MODALITIES = ("s2", "s1")
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m rs_embed_pipeline.search", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m rs_embed_pipeline.cli.search", description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="model id in store paths: terrafm_b, thor_1_0_base (or a THOR variant)")
     ap.add_argument("--modality", required=True, choices=MODALITIES)
     ap.add_argument("--region", required=True)
@@ -45,9 +45,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from rs_embed_pipeline.products import search as S
-    from rs_embed_pipeline.products.reader import CubeReadError
-    from rs_embed_pipeline.settings import Settings
+    from rs_embed_pipeline.products import similarity as S
+    from rs_embed_pipeline.stores.cube_reader import CubeReadError
+    from rs_embed_pipeline.orchestration.settings import Settings
     from rs_embed_pipeline.stores.layout import StoreLayout
 
     root = args.store or Settings.from_env().store_root

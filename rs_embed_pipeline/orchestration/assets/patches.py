@@ -22,15 +22,15 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
-from rs_embed_pipeline.assets.tile_grid import read_tile_grid
-from rs_embed_pipeline.executors import STEP_RETRY_POLICY
-from rs_embed_pipeline.fingerprint import fingerprint, numeric_provider_settings
-from rs_embed_pipeline.metadata import add_partition_metadata, json_value, path_value, status_table
-from rs_embed_pipeline.partitions import BACKFILL_POLICY, RegionWindow, region_windows
-from rs_embed_pipeline.patch_fetch import PatchTally, fetch_into_stores
-from rs_embed_pipeline.resources import CODE_VERSION, ImageryResource, PipelineStore
+from rs_embed_pipeline.orchestration.assets.tile_grid import read_tile_grid
+from rs_embed_pipeline.orchestration.executors import STEP_RETRY_POLICY
+from rs_embed_pipeline.core.fingerprint import fingerprint, numeric_provider_settings
+from rs_embed_pipeline.orchestration.metadata import add_partition_metadata, json_value, path_value, status_table
+from rs_embed_pipeline.orchestration.partitions import BACKFILL_POLICY, RegionWindow, region_windows
+from rs_embed_pipeline.orchestration.patch_fetch import PatchTally, fetch_into_stores
+from rs_embed_pipeline.orchestration.resources import CODE_VERSION, ImageryResource, PipelineStore
 from rs_embed_pipeline.stores import ArraySpec, StoreError, TileStore
-from rs_embed_pipeline.vocabulary import MODALITY_BANDS, PATCH_STATUSES, PROVIDER_UNITS, S1_POLARISATIONS
+from rs_embed_pipeline.core.vocabulary import MODALITY_BANDS, PATCH_STATUSES, PROVIDER_UNITS, S1_POLARISATIONS
 
 UNITS = {"s2": PROVIDER_UNITS["s2"], "s1": f"{PROVIDER_UNITS['s1']}, {' and '.join(S1_POLARISATIONS)}"}
 MAX_FAILED_TILES_IN_METADATA = 50

@@ -2,7 +2,7 @@
 
 * ``<model>_<modality>_search_index``: the cells of a window, normalised, with an HNSW index for
   large windows, so "where else looks like this?" costs milliseconds (products/search.py; query it
-  with ``python -m rs_embed_pipeline.search``);
+  with ``python -m rs_embed_pipeline.cli.search``);
 * ``<model>_<modality>_change``: the per-cell cosine distance between a window and the previous
   window (or a configured baseline), with a check that warns when the changed area share is above
   a configured share (products/change.py).
@@ -19,15 +19,15 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 import numpy as np
 
-from rs_embed_pipeline.assets.per_model import cube_uri, model_tiles, spec_asset
-from rs_embed_pipeline.metadata import add_partition_metadata, json_value, path_value
-from rs_embed_pipeline.partitions import RegionWindow, region_windows
-from rs_embed_pipeline.plan import EmbeddingSpec
-from rs_embed_pipeline.resources import PipelineStore
+from rs_embed_pipeline.orchestration.assets.per_model import cube_uri, model_tiles, spec_asset
+from rs_embed_pipeline.orchestration.metadata import add_partition_metadata, json_value, path_value
+from rs_embed_pipeline.orchestration.partitions import RegionWindow, region_windows
+from rs_embed_pipeline.orchestration.plan import EmbeddingSpec
+from rs_embed_pipeline.orchestration.resources import PipelineStore
 
 if TYPE_CHECKING:
     from rs_embed_pipeline.products.change import ChangeResult
-    from rs_embed_pipeline.products.search import SearchIndex
+    from rs_embed_pipeline.products.similarity import SearchIndex
 
 DEFAULT_CHANGE_THRESHOLD = 0.05
 DEFAULT_MAX_CHANGED_SHARE = 0.2
@@ -37,7 +37,7 @@ CHANGE_KINDS = ("grid", "pooled")
 INDEX_DESCRIPTION = (
     "Similarity-search index of the {title} cube, per region and window: every cell with an embedding (grid "
     "cells and pooled tiles), L2-normalised, with a FAISS HNSW index from ann_min_cells cells on (exact numpy "
-    "search below). Query it with `python -m rs_embed_pipeline.search` or products.search.search(); the map "
+    "search below). Query it with `python -m rs_embed_pipeline.cli.search` or products.search.search(); the map "
     "shows the cosine similarity of every cell to the region's centre cell.")
 CHANGE_DESCRIPTION = (
     "Change between windows of the {title} cube: per-cell cosine distance (1 - cosine) between this window "
@@ -76,7 +76,7 @@ def build_answer_assets(spec: EmbeddingSpec, partitions_def: dg.MultiPartitionsD
                 description=INDEX_DESCRIPTION.format(title=spec.title), **common)
     def search_index(context: dg.AssetExecutionContext, config: SearchIndexConfig,
                      store: PipelineStore) -> dg.MaterializeResult:
-        from rs_embed_pipeline.products import search as S
+        from rs_embed_pipeline.products import similarity as S
 
         _check_index_config(index_name, config)
         per_partition: dict[str, dict[str, Any]] = {}
@@ -125,7 +125,7 @@ def build_answer_assets(spec: EmbeddingSpec, partitions_def: dg.MultiPartitionsD
 
 # --------------------------------------------------------------------------------------------- search index
 def _check_index_config(index_name: str, config: SearchIndexConfig) -> None:
-    from rs_embed_pipeline.products.search import KINDS
+    from rs_embed_pipeline.products.similarity import KINDS
 
     bad = [k for k in config.kinds if k not in KINDS] or ([] if config.kinds else ["(none)"])
     if bad or config.ann not in ANN_CHOICES:
@@ -149,7 +149,7 @@ class IndexedWindow:
 def _index_partition(spec: EmbeddingSpec, store: PipelineStore, part: RegionWindow,
                      config: SearchIndexConfig) -> IndexedWindow:
     """Build and save the partition's index of each kind configured, and map the first one built."""
-    from rs_embed_pipeline.products import search as S
+    from rs_embed_pipeline.products import similarity as S
 
     tiles = model_tiles(spec, store, part)
     summary: dict[str, Any] = {}
@@ -171,7 +171,7 @@ def _index_partition(spec: EmbeddingSpec, store: PipelineStore, part: RegionWind
 
 
 def _index_uri(spec: EmbeddingSpec, store: PipelineStore, part: RegionWindow, kind: str) -> str:
-    from rs_embed_pipeline.products.search import index_uri
+    from rs_embed_pipeline.products.similarity import index_uri
 
     return index_uri(store.layout.root, spec.store_model_id, spec.modality, part.region, part.window, kind)
 
@@ -179,7 +179,7 @@ def _index_uri(spec: EmbeddingSpec, store: PipelineStore, part: RegionWindow, ki
 def _build_index(spec: EmbeddingSpec, store: PipelineStore, part: RegionWindow, kind: str, tiles: Any,
                  config: SearchIndexConfig) -> "SearchIndex | None":
     """The window's index of one kind; None when no cell has an embedding."""
-    from rs_embed_pipeline.products import search as S
+    from rs_embed_pipeline.products import similarity as S
 
     try:
         return S.build_index(cube_uri(spec, store, part.region), part.window, kind, storage_options=store.storage_options,
@@ -209,7 +209,7 @@ def _query_ms(index: "SearchIndex", cell: int) -> float:
 
 def _similarity_map(index: "SearchIndex", cell: int, spec: EmbeddingSpec, partition: str) -> dg.MetadataValue:
     from rs_embed_pipeline.products import pictures
-    from rs_embed_pipeline.products.search import similarity_plane
+    from rs_embed_pipeline.products.similarity import similarity_plane
 
     epsg = int(index.cells["epsg"].iat[cell])
     plane = similarity_plane(index, index.vectors[cell], epsg)

@@ -10,12 +10,8 @@ from typing import Any
 from collections.abc import Iterable, Mapping, Sequence
 
 import dagster as dg
-import numpy as np
 
-# One PNG writer for every picture in metadata (cube previews, search and change maps); it caps the
-# size of what the event log stores.
-from rs_embed_pipeline.products.pictures import PREVIEW_MAX_SIDE, png as preview_png  # noqa: F401
-from rs_embed_pipeline.vocabulary import TILE_STATUSES
+from rs_embed_pipeline.core.vocabulary import TILE_STATUSES
 
 STATUS_COLUMNS = TILE_STATUSES  # the status table's columns, in this order
 
@@ -55,28 +51,6 @@ def json_value(value: Any) -> dg.JsonMetadataValue:
 
 def path_value(uri: str) -> dg.MetadataValue:
     return dg.MetadataValue.url(uri) if "://" in uri else dg.MetadataValue.path(uri)
-
-
-def pca_rgb(features: np.ndarray) -> np.ndarray:
-    """First three principal components of ``[..., D]`` features as uint8 RGB ``[..., 3]``.
-
-    NaN cells (tiles without an embedding) come out black. Each component is stretched between its
-    2nd and 98th percentile so that one outlier does not wash out the picture.
-    """
-    shape = features.shape[:-1]
-    flat = features.reshape(-1, features.shape[-1]).astype(np.float64)
-    ok = np.isfinite(flat).all(axis=1)
-    rgb = np.zeros((flat.shape[0], 3), dtype=np.uint8)
-    if ok.sum() >= 2:
-        x = flat[ok] - flat[ok].mean(axis=0)
-        _, _, vt = np.linalg.svd(x, full_matrices=False)
-        comps = x @ vt[:3].T
-        if comps.shape[1] < 3:
-            comps = np.pad(comps, ((0, 0), (0, 3 - comps.shape[1])))
-        lo, hi = np.percentile(comps, 2, axis=0), np.percentile(comps, 98, axis=0)
-        scaled = np.clip((comps - lo) / np.where(hi > lo, hi - lo, 1.0), 0, 1)
-        rgb[ok] = (scaled * 255).round().astype(np.uint8)
-    return rgb.reshape(*shape, 3)
 
 
 NOT_APPLICABLE = "n/a"

@@ -10,7 +10,7 @@ pystac Catalog::
     out_dir/synthetic-s1-grd/<item id>/<item id>.json  + vv / vh COGs
 
 Everything is in the UTM zone of the bbox centre, on a grid snapped to 60 m so that the 10 / 20 /
-60 m rasters nest exactly (and nest in every ``rs_embed_pipeline.grid`` tile lattice with 10 m
+60 m rasters nest exactly (and nest in every ``rs_embed_pipeline.core.grid`` tile lattice with 10 m
 pixels).
 
 Sentinel-2 items mimic Earth Search ``sentinel-2-c1-l2a`` (so the same asset map serves both):
@@ -33,7 +33,7 @@ JSON uses relative hrefs, so even the output directory does not matter).
 
 CLI::
 
-    python -m rs_embed_pipeline.providers.synthetic --out DIR \
+    python -m rs_embed_pipeline.providers.local_catalogs.synthetic --out DIR \
         --bbox 14.90 45.00 14.93 45.02 --start 2024-01-01 --end 2024-04-01 [--seed 0]
 """
 
@@ -53,9 +53,9 @@ import rasterio.shutil
 from rasterio.io import MemoryFile
 from rasterio.transform import Affine
 
-from rs_embed_pipeline.vocabulary import S1_POLARISATIONS
+from rs_embed_pipeline.core.vocabulary import S1_POLARISATIONS
 
-from .catalogs import EARTH_SEARCH_S2_ASSETS, S1_ASSETS
+from ..catalogs import EARTH_SEARCH_S2_ASSETS, S1_ASSETS
 from .static_catalog import clear_catalog
 
 __all__ = [
@@ -339,7 +339,7 @@ def generate_synthetic_catalog(
         id="synthetic",
         description=(
             f"Deterministic synthetic Sentinel-1/2 catalog (seed={seed}, bbox={list(bbox)}, "
-            f"{d0.isoformat()}..{d1.isoformat()}), rs_embed_pipeline.providers.synthetic"
+            f"{d0.isoformat()}..{d1.isoformat()}), rs_embed_pipeline.providers.local_catalogs.synthetic"
         ),
         title="rs_embed_pipeline synthetic catalog",
     )
@@ -568,7 +568,7 @@ def _s1_item(out: Path, day, k, seed, epsg, extent, geom, item_bbox, clon) -> py
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m rs_embed_pipeline.providers.synthetic",
+        prog="python -m rs_embed_pipeline.providers.local_catalogs.synthetic",
         description="Write a deterministic synthetic Sentinel-1/2 STAC catalog of COGs.",
     )
     ap.add_argument("--out", required=True, help="output directory")

@@ -14,10 +14,10 @@ import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
 
-from rs_embed_pipeline.vocabulary import MODALITIES
+from rs_embed_pipeline.core.vocabulary import MODALITIES
 
 if TYPE_CHECKING:
-    from rs_embed_pipeline.resources import ModelResource
+    from rs_embed_pipeline.orchestration.resources import ModelResource
 
 
 #: The model resource keys, in the order their assets appear; each key also prefixes its asset names

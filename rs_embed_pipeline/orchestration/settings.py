@@ -29,7 +29,7 @@ Model tuning knobs with rs-embed 0.3.1's names (``RS_EMBED_TERRAFM_BATCH_SIZE``,
 ``HUGGINGFACE_HUB_CACHE`` / ``HF_HOME``) are read here too, through the knob table of
 ``rs_embed_pipeline.models.knobs`` (``Settings.knobs``), and become the defaults of the resources'
 fields in ``definitions.py``; explicit resource config wins. ``docs/knobs.md`` lists them all (generated
-from the knob table, :mod:`rs_embed_pipeline.knob_table`, which also holds the resources' own defaults).
+from the knob table, :mod:`rs_embed_pipeline.orchestration.knob_table`, which also holds the resources' own defaults).
 
 S3 credentials and endpoint are not settings of this package: the standard AWS environment
 (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``, ``AWS_REGION``,
@@ -45,9 +45,9 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Mapping
 
-from rs_embed_pipeline.leases import DEFAULT_TTL_S, DEFAULT_WAIT_S
+from rs_embed_pipeline.orchestration.leases import DEFAULT_TTL_S, DEFAULT_WAIT_S
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # rs_embed_pipeline/
 REPO_DIR = PACKAGE_DIR.parent
 DEFAULT_CONFIG = PACKAGE_DIR / "config" / "pipeline.yaml"
 PROVIDER_NAMES = ("local_stac", "stac", "gee")
@@ -68,7 +68,7 @@ def _flag(value: str | None, name: str = "flag") -> bool:
 
 
 def _device(value: str | None) -> str:
-    from rs_embed_pipeline.knob_table import field_default  # unset: the model resources' own default
+    from rs_embed_pipeline.orchestration.knob_table import field_default  # unset: the model resources' own default
 
     v = (value or field_default("ModelResource", "device")).strip().lower()
     if v in DEVICES or (v.startswith("cuda:") and v[5:].isdigit()):

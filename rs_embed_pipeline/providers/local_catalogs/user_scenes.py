@@ -1,7 +1,7 @@
 """Your own GeoTIFF / COG scenes as a static STAC catalog, read by ``LocalStacProvider``.
 
 ```bash
-python -m rs_embed_pipeline.providers.user_scenes --scenes my_scenes/ --out my_catalog/
+python -m rs_embed_pipeline.providers.local_catalogs.user_scenes --scenes my_scenes/ --out my_catalog/
 RS_EMBED_LOCAL_CATALOG=my_catalog/catalog.json make ui      # or LocalStacImagery(catalog_path=...)
 ```
 
@@ -49,10 +49,10 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
-from rs_embed_pipeline.vocabulary import S1_POLARISATIONS, S2_BANDS
+from rs_embed_pipeline.core.vocabulary import S1_POLARISATIONS, S2_BANDS
 
-from .base import ProviderError
-from .catalogs import EARTH_SEARCH_S2_ASSETS, S1_ASSETS
+from ..base import ProviderError
+from ..catalogs import EARTH_SEARCH_S2_ASSETS, S1_ASSETS
 from .static_catalog import clear_catalog
 
 __all__ = [
@@ -170,7 +170,7 @@ def _write_vrt(vrt: Path, src: Path, band_index: int, ds, nodata) -> None:
 def _check_units(path: Path, ds, modality: str, index: dict[str, int], scale: float, offset: float,
                  s1_units: str, nodata) -> None:
     """Read a decimated sample and refuse values that do not match the sensor's units."""
-    from rs_embed_pipeline.inspection import inspect_patch
+    from rs_embed_pipeline.core.inspection import inspect_patch
 
     bands = [b for b in index if b != "SCL"]
     h, w = max(1, min(ds.height, 256)), max(1, min(ds.width, 256))
@@ -369,7 +369,7 @@ def catalog_collections(catalog_path: str | Path) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m rs_embed_pipeline.providers.user_scenes",
+        prog="python -m rs_embed_pipeline.providers.local_catalogs.user_scenes",
         description="Build a static STAC catalog from a folder of S2 / S1 GeoTIFF scenes named "
         "<S2|S1>_<YYYYMMDD>[THHMMSS][_<anything>].tif (see the module docstring).",
     )
