@@ -26,6 +26,10 @@ import dagster as dg
 from rs_embed_pipeline.providers.local_catalogs.synthetic import generate_synthetic_catalog
 from rs_embed_pipeline.core.regions import load_pipeline_config
 from rs_embed_pipeline.orchestration.settings import Settings
+from rs_embed_pipeline.orchestration.definitions import build_definitions, resources_for
+from rs_embed_pipeline.orchestration.resources import ModelResource
+from rs_embed_pipeline.products.similarity import index_uri, load_index, search
+from rs_embed_pipeline.stores.layout import StoreLayout
 
 DEMO_REGION = "demo"
 DEMO_WINDOW = "2024-01-01"
@@ -69,9 +73,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Generating the synthetic demo catalog (SYNTHETIC imagery) at {catalog.parent} ...")
         generate_synthetic_catalog(catalog.parent, region.aoi.bounds, DEMO_WINDOW, CATALOG_END,
                                    seed=0, pad_m=CATALOG_PAD_M, planted=[DEMO_POND])
-
-    from rs_embed_pipeline.orchestration.definitions import build_definitions, resources_for
-    from rs_embed_pipeline.orchestration.resources import ModelResource
 
     resources = resources_for(settings)
     for key, checkpoint in (("terrafm", args.terrafm_checkpoint), ("thor", args.thor_checkpoint)):
@@ -147,8 +148,6 @@ def _int8_run_config(settings: Settings) -> dict:
     """The int8 cube's config; rebuild when an earlier demo stored that cube otherwise (float32)."""
     import json
 
-    from rs_embed_pipeline.stores.layout import StoreLayout
-
     asset, scheme = INT8_CUBE
     cube = Path(StoreLayout(settings.store_root).cube("thor_1_0_base", "s2", DEMO_REGION))
     rebuild = False
@@ -159,8 +158,6 @@ def _int8_run_config(settings: Settings) -> dict:
 
 def print_answers(result, result2, store_root: str) -> None:
     """One similarity search, the change between the two windows, the int8 cube's accuracy."""
-    from rs_embed_pipeline.products.similarity import index_uri, load_index, search
-
     for event in result.get_asset_materialization_events():
         md = event.materialization.metadata
         if event.materialization.asset_key.to_user_string() == INT8_CUBE[0] and "quantization" in md:

@@ -35,6 +35,8 @@ from rs_embed_pipeline.orchestration.resources import (
 )
 from rs_embed_pipeline.orchestration.schedules import build_embedding_job, build_latest_window_schedule
 from rs_embed_pipeline.orchestration.settings import EARTH_SEARCH_URL, Settings
+from rs_embed_pipeline.models.knobs import KNOBS
+from rs_embed_pipeline.models.preprocessing import thor_normalization
 
 
 def imagery_for(settings: Settings) -> ImageryResource:
@@ -67,8 +69,6 @@ def resources_for(settings: Settings) -> dict[str, object]:
 
 def _field_source(resource_key: str, field: str) -> str:
     """``RS_EMBED_...`` when an environment variable sets this resource field, else the field."""
-    from rs_embed_pipeline.models.knobs import KNOBS
-
     names = [k.env for k in KNOBS if k.resource == resource_key and k.field == field]
     return f"{names[0]} ({resource_key}.{field})" if names else f"resource field {resource_key}.{field}"
 
@@ -77,8 +77,6 @@ def validate_resources(resources: dict[str, Any]) -> None:
     """Every resource field a run would use, checked now (at load), not in a worker after the fetch.
 
     Raises ``ValueError`` naming the variable (or resource field) and the valid values."""
-    from rs_embed_pipeline.models.preprocessing import thor_normalization
-
     def fail(resource_key: str, field: str, exc: Exception) -> ValueError:
         return ValueError(f"Invalid {_field_source(resource_key, field)}: {exc}")
 

@@ -16,10 +16,20 @@ import dagster as dg
 from pydantic import Field
 
 from rs_embed_pipeline.orchestration.knob_table import field_default, knob_field
-from rs_embed_pipeline.orchestration.leases import DEFAULT_TTL_S, DEFAULT_WAIT_S
+from rs_embed_pipeline.orchestration.leases import DEFAULT_TTL_S, DEFAULT_WAIT_S, LeaseBusy, partition_leases
 from rs_embed_pipeline.providers.base import PatchProvider
 from rs_embed_pipeline.stores import StoreLayout
 from rs_embed_pipeline.core.vocabulary import MODALITIES
+from rs_embed_pipeline.core.regions import load_pipeline_config
+from rs_embed_pipeline.models.knobs import canonical_group_merge, canonical_thor_normalization, canonical_thor_variant
+from rs_embed_pipeline.orchestration.partitions import build_partitions, region_windows
+from rs_embed_pipeline.providers import LocalStacProvider, StacProvider
+from rs_embed_pipeline.providers.catalogs import CatalogConfigError, resolve_catalog
+from rs_embed_pipeline.providers.local_catalogs.user_scenes import catalog_collections
+from rs_embed_pipeline.providers.sensor_options import SensorOptionError, SensorOptions, parse_cloudy_pct
+from rs_embed_pipeline.providers.stac import PATCH_URL_SIGNERS
+from rs_embed_pipeline.stores.remote import check_storage_options
+from rs_embed_pipeline.worker.protocol import EmbedRequest, read_messages
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -64,8 +74,6 @@ class PipelineStore(dg.ConfigurableResource):
         if run is None or not parts:
             yield self
             return
-        from rs_embed_pipeline.orchestration.leases import LeaseBusy, partition_leases
-
         steps = list(run.step_keys_to_execute or [])
         log = context.log.info if context.log else print
         try:
@@ -82,9 +90,6 @@ class PipelineStore(dg.ConfigurableResource):
             ) from None
 
     def _run_partitions(self, run: Any) -> list[tuple[str, str]]:
-        from rs_embed_pipeline.orchestration.partitions import build_partitions, region_windows
-        from rs_embed_pipeline.core.regions import load_pipeline_config
-
         if not self.regions_config:  # no regions file: no leases
             return []
         partitions_def = build_partitions(load_pipeline_config(Path(self.regions_config)))
@@ -97,8 +102,6 @@ class PipelineStore(dg.ConfigurableResource):
     @property
     def storage_options(self) -> dict[str, Any] | None:
         """Non-secret fsspec options; credentials in them are refused (stores/remote.py)."""
-        from rs_embed_pipeline.stores.remote import check_storage_options
-
         return check_storage_options(json.loads(self.storage_options_json) if self.storage_options_json else None)
 
 
@@ -131,8 +134,6 @@ class ImageryResource(dg.ConfigurableResource):
         """Options for ``fetch_patches``, checked by the providers' own parser
         (:class:`~rs_embed_pipeline.providers.sensor_options.SensorOptions`); invalid values raise
         ``ValueError`` naming the valid ones (rs-embed's messages)."""
-        from rs_embed_pipeline.providers.sensor_options import SensorOptionError, SensorOptions, parse_cloudy_pct
-
         options: dict[str, Any] = {"composite": self.composite, "fill_value": float(self.fill_value)}
         if modality == "s2":
             options["cloudy_pct"] = self.cloudy_pct  # as configured: it is part of the store fingerprints
@@ -178,8 +179,6 @@ class LocalStacImagery(ImageryResource):
 
     def catalog(self) -> dict[str, Any]:
         """The resolved catalog settings (fields over the preset; providers/catalogs.py)."""
-        from rs_embed_pipeline.providers.catalogs import resolve_catalog
-
         return resolve_catalog(self.catalog_preset, s2_collection=self.s2_collection,
                                s1_collection=self.s1_collection, s2_assets=self.s2_assets,
                                mask_asset=self.mask_asset)
@@ -188,9 +187,6 @@ class LocalStacImagery(ImageryResource):
         self.catalog()
 
     def build(self, fetch_workers: int | None = None) -> PatchProvider:
-        from rs_embed_pipeline.providers import LocalStacProvider
-        from rs_embed_pipeline.providers.local_catalogs.user_scenes import catalog_collections
-
         cat = self.catalog()
         found = catalog_collections(self.catalog_path)
         mask = cat["mask_asset"] if cat["mask_asset"] is not None else found["mask_asset"]
@@ -220,16 +216,11 @@ class StacImagery(ImageryResource):
 
     def catalog(self) -> dict[str, Any]:
         """The resolved catalog settings (fields over the preset; providers/catalogs.py)."""
-        from rs_embed_pipeline.providers.catalogs import resolve_catalog
-
         return resolve_catalog(self.catalog_preset, api_url=self.api_url, s2_collection=self.collection,
                                s1_collection=self.s1_collection, s2_assets=self.s2_assets,
                                mask_asset=self.mask_asset, patch_url=self.patch_url)
 
     def validate_settings(self) -> None:
-        from rs_embed_pipeline.providers.catalogs import CatalogConfigError
-        from rs_embed_pipeline.providers.stac import PATCH_URL_SIGNERS
-
         sign = self.catalog()["patch_url"]
         if sign is not None:  # the signing package must be installed where the fetch runs
             import importlib.util
@@ -240,8 +231,6 @@ class StacImagery(ImageryResource):
                                          f"(pip install {package}), or patch_url 'none'")
 
     def build(self, fetch_workers: int | None = None) -> PatchProvider:
-        from rs_embed_pipeline.providers import StacProvider
-
         self.validate_settings()
         cat = self.catalog()
         mask = cat["mask_asset"]
@@ -365,8 +354,6 @@ class ModelResource(dg.ConfigurableResource):
         storage_options: dict[str, Any] | None = None,
     ) -> WorkerReport:
         """Embed ``partitions`` in the worker environment (Pipes); its results and store failures."""
-        from rs_embed_pipeline.worker.protocol import EmbedRequest, read_messages
-
         request = EmbedRequest(model=self.model_id, modality=modality, partitions=tuple(partitions),
                                adapter_options=self.adapter_options(), code_version=CODE_VERSION,
                                rebuild=rebuild, force=force, storage_options=storage_options)
@@ -425,8 +412,6 @@ class ThorResource(ModelResource):
 
     @property
     def variant(self) -> str:
-        from rs_embed_pipeline.models.knobs import canonical_thor_variant
-
         return canonical_thor_variant(self.model_key)
 
     @property
@@ -434,8 +419,6 @@ class ThorResource(ModelResource):
         return f"thor_1_0_{self.variant}"
 
     def validate_settings(self) -> None:
-        from rs_embed_pipeline.models.knobs import canonical_group_merge, canonical_thor_normalization
-
         super().validate_settings()
         canonical_group_merge(self.group_merge)
         canonical_thor_normalization(self.normalization)

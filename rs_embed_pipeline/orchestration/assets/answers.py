@@ -24,6 +24,8 @@ from rs_embed_pipeline.orchestration.metadata import add_partition_metadata, jso
 from rs_embed_pipeline.orchestration.partitions import RegionWindow, region_windows
 from rs_embed_pipeline.orchestration.plan import EmbeddingSpec
 from rs_embed_pipeline.orchestration.resources import PipelineStore
+from rs_embed_pipeline.products import pictures
+from rs_embed_pipeline.products.similarity import KINDS, index_uri, similarity_plane
 
 if TYPE_CHECKING:
     from rs_embed_pipeline.products.change import ChangeResult
@@ -125,8 +127,6 @@ def build_answer_assets(spec: EmbeddingSpec, partitions_def: dg.MultiPartitionsD
 
 # --------------------------------------------------------------------------------------------- search index
 def _check_index_config(index_name: str, config: SearchIndexConfig) -> None:
-    from rs_embed_pipeline.products.similarity import KINDS
-
     bad = [k for k in config.kinds if k not in KINDS] or ([] if config.kinds else ["(none)"])
     if bad or config.ann not in ANN_CHOICES:
         raise dg.Failure(f"{index_name} config: kinds must be among {list(KINDS)} (got {config.kinds}) and "
@@ -171,8 +171,6 @@ def _index_partition(spec: EmbeddingSpec, store: PipelineStore, part: RegionWind
 
 
 def _index_uri(spec: EmbeddingSpec, store: PipelineStore, part: RegionWindow, kind: str) -> str:
-    from rs_embed_pipeline.products.similarity import index_uri
-
     return index_uri(store.layout.root, spec.store_model_id, spec.modality, part.region, part.window, kind)
 
 
@@ -208,9 +206,6 @@ def _query_ms(index: "SearchIndex", cell: int) -> float:
 
 
 def _similarity_map(index: "SearchIndex", cell: int, spec: EmbeddingSpec, partition: str) -> dg.MetadataValue:
-    from rs_embed_pipeline.products import pictures
-    from rs_embed_pipeline.products.similarity import similarity_plane
-
     epsg = int(index.cells["epsg"].iat[cell])
     plane = similarity_plane(index, index.vectors[cell], epsg)
     finite = plane[np.isfinite(plane)]
@@ -290,8 +285,6 @@ def _change_partition(spec: EmbeddingSpec, store: PipelineStore, part: RegionWin
 def _change_pictures(result: "ChangeResult", spec: EmbeddingSpec, part: RegionWindow, baseline: str,
                      config: ChangeConfig, changed_share: float) -> dict[str, Any]:
     """The histogram (table and picture) and the map of distances and changed cells of the first zone."""
-    from rs_embed_pipeline.products import pictures
-
     threshold = config.distance_threshold
     counts, edges = result.histogram()
     first_changed = int(np.searchsorted(edges, threshold, side="right")) - 1

@@ -27,7 +27,8 @@ from rs_embed_pipeline.orchestration.plan import EmbeddingSpec, PlanMismatch
 from rs_embed_pipeline.products.preview import cube_window_preview
 from rs_embed_pipeline.orchestration.resources import ModelResource, PipelineStore
 from rs_embed_pipeline.stores import StoreError, TileStore
-from rs_embed_pipeline.stores.cube import TileStoreGrids, check_georeferencing, write_cube_window
+from rs_embed_pipeline.stores.cube import TIME_BLOCK, TIME_MARGIN, TileStoreGrids, check_georeferencing, write_cube_window
+from rs_embed_pipeline.stores.cube_codec import QuantizationError, check_scheme
 
 # The UI shows metadata in this order: the run's outcome, then the settings that differ between
 # models, modalities and runs; provenance and the rest (same keys everywhere) after them.
@@ -60,8 +61,6 @@ def _cube_time_axis(windows_def: Any, n_now: int) -> list[str]:
     """Window starts from the first window into the future, so the cube's time axis can be
     allocated with a margin (stores/cube.py): at least a block and a margin beyond today's windows."""
     import datetime as dt
-
-    from rs_embed_pipeline.stores.cube import TIME_BLOCK, TIME_MARGIN
 
     years = 1
     while True:
@@ -180,8 +179,6 @@ def build_embedding_assets(
 
 def _check_quantization(cube_name: str, scheme: str) -> None:
     """Refuse an unknown cube storage scheme before anything is written."""
-    from rs_embed_pipeline.stores.cube_codec import QuantizationError, check_scheme
-
     try:
         check_scheme(scheme)
     except QuantizationError as exc:
