@@ -33,7 +33,7 @@ import io
 import json
 import math
 import time
-from typing import Any
+from typing import Any, Literal, get_args
 from collections.abc import Mapping, Sequence
 
 import geopandas as gpd
@@ -45,13 +45,15 @@ from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
 from rs_embed_pipeline.core.grid import parse_tile_id, tile_id as make_tile_id
+from rs_embed_pipeline.stores.cube_reader import KINDS
 
 ANN_MIN_CELLS = 50_000   # below: exact search (a query over 50k x 768 costs ~15 ms); above: HNSW
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 64
 HNSW_EF_SEARCH = 128
 RESCORE_FACTOR = 4       # ANN candidates per asked result, re-scored exactly
-KINDS = ("grid", "pooled")
+AnnMethod = Literal["auto", "hnsw", "exact"]
+ANN_METHODS: tuple[str, ...] = get_args(AnnMethod)
 INDEX_VERSION = 1
 
 
@@ -190,8 +192,8 @@ def build_index(cube_uri: str, window: str, kind: str = "grid", *, storage_optio
 
     if kind not in KINDS:
         raise SearchError(f"kind {kind!r} is not an index kind; valid: {', '.join(KINDS)}")
-    if ann not in ("auto", "hnsw", "exact"):
-        raise SearchError(f"ann {ann!r} is not an index method; valid: auto, hnsw, exact")
+    if ann not in ANN_METHODS:
+        raise SearchError(f"ann {ann!r} is not an index method; valid: {', '.join(ANN_METHODS)}")
     t0 = time.perf_counter()
     lookup = None
     if tiles is not None and len(tiles):

@@ -32,13 +32,14 @@ through unchanged. ``rs_embed_pipeline.stores.cube_reader.open_cube`` calls it, 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 from collections.abc import Mapping
 
 import numpy as np
 import xarray as xr
 
-SCHEMES = ("none", "int8_per_cell", "int8_per_feature")
+Scheme = Literal["none", "int8_per_cell", "int8_per_feature"]  # a typed choice: config and the UI list them
+SCHEMES: tuple[str, ...] = get_args(Scheme)
 INT8_FILL = -128
 QMAX = 127
 SCALE_VAR = "embedding_scale"

@@ -21,7 +21,7 @@ features as bands).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import xarray as xr
@@ -29,7 +29,8 @@ import zarr
 
 from rs_embed_pipeline.stores.cube_codec import dequantize
 
-KINDS = ("grid", "pooled")
+Kind = Literal["grid", "pooled"]  # feature-map cells, or one cell per tile
+KINDS: tuple[str, ...] = get_args(Kind)
 
 
 class CubeReadError(ValueError):

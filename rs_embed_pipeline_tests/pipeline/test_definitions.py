@@ -380,3 +380,21 @@ def test_a_region_added_to_the_mounted_file_appears_after_a_reload(tmp_path):
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+@pytest.mark.parametrize(("asset", "field", "good", "bad", "choices"), [
+    ("terrafm_s2_cube", "quantization", "int8_per_cell", "int9", "'none', 'int8_per_cell', 'int8_per_feature'"),
+    ("terrafm_s2_search_index", "ann", "hnsw", "annoy", "'auto', 'hnsw', 'exact'"),
+    ("thor_s2_change", "kind", "pooled", "tokens", "'grid', 'pooled'"),
+])
+def test_run_config_choices_are_typed_and_checked_by_dagster(asset, field, good, bad, choices):
+    """Choice fields of the run config are Literal types: Dagster's config system (and the launchpad)
+    knows the choices, and refuses another value before a run starts, naming them."""
+    defs = build_definitions(Settings.from_env({"RS_EMBED_STORE": "/tmp/unused-store"}))
+    job = defs.resolve_implicit_global_asset_job_def()
+    checked = dg.validate_run_config(job, {"ops": {asset: {"config": {field: good}}}})
+    assert checked["ops"][asset]["config"][field] == good
+    with pytest.raises(dg.DagsterInvalidConfigError) as refused:
+        dg.validate_run_config(job, {"ops": {asset: {"config": {field: bad}}}})
+    assert f"Value at path root:ops:{asset}:config:{field} not in enum type Literal[{choices}] got {bad}" in str(
+        refused.value)

@@ -25,7 +25,8 @@ from rs_embed_pipeline.orchestration.partitions import RegionWindow, region_wind
 from rs_embed_pipeline.orchestration.plan import EmbeddingSpec
 from rs_embed_pipeline.orchestration.resources import PipelineStore
 from rs_embed_pipeline.products import pictures
-from rs_embed_pipeline.products.similarity import KINDS, index_uri, similarity_plane
+from rs_embed_pipeline.products.similarity import KINDS, AnnMethod, index_uri, similarity_plane
+from rs_embed_pipeline.stores.cube_reader import Kind
 
 if TYPE_CHECKING:
     from rs_embed_pipeline.products.change import ChangeResult
@@ -50,7 +51,7 @@ CHANGE_DESCRIPTION = (
 class SearchIndexConfig(dg.Config):
     kinds: list[str] = ["grid", "pooled"]
     """Which cells to index: "grid" (feature-map cells) and / or "pooled" (one per tile)."""
-    ann: str = "auto"
+    ann: AnnMethod = "auto"
     """"auto": exact numpy search below ann_min_cells cells, a FAISS HNSW index above; "exact"; "hnsw"."""
     ann_min_cells: int = 50_000
     """Windows with at least this many cells get an HNSW index (auto)."""
@@ -63,7 +64,7 @@ class ChangeConfig(dg.Config):
     """A cell has changed when its cosine distance (1 - cosine) to the baseline is above this."""
     max_changed_share: float = DEFAULT_MAX_CHANGED_SHARE
     """The check `changed_area_share` warns when more than this share of cells changed."""
-    kind: str = "grid"
+    kind: Kind = "grid"
     """Compare "grid" cells (feature maps) or "pooled" tiles."""
 
 

@@ -28,7 +28,7 @@ from rs_embed_pipeline.products.preview import cube_window_preview
 from rs_embed_pipeline.orchestration.resources import ModelResource, PipelineStore
 from rs_embed_pipeline.stores import StoreError, TileStore
 from rs_embed_pipeline.stores.cube import TIME_BLOCK, TIME_MARGIN, TileStoreGrids, check_georeferencing, write_cube_window
-from rs_embed_pipeline.stores.cube_codec import QuantizationError, check_scheme
+from rs_embed_pipeline.stores.cube_codec import QuantizationError, Scheme, check_scheme
 
 # The UI shows metadata in this order: the run's outcome, then the settings that differ between
 # models, modalities and runs; provenance and the rest (same keys everywhere) after them.
@@ -51,7 +51,7 @@ class EmbeddingsConfig(dg.Config):
 class CubeConfig(dg.Config):
     rebuild: bool = False
     """Replace a cube built with other settings (it is deleted: re-materialize its other windows)."""
-    quantization: str = "none"
+    quantization: Scheme = "none"
     """Cube storage: "none" (float32), "int8_per_cell" (int8 + a float32 scale per cell, as TESSERA)
     or "int8_per_feature" (int8 + a scale and offset per feature and window). Part of the cube's
     identity: changing it needs `rebuild`. Readers (products.open_cube) de-quantize transparently."""
