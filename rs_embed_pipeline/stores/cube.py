@@ -59,6 +59,7 @@ import datetime as dt
 import functools
 import hashlib
 import json
+import time
 from typing import Any, Protocol
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
@@ -156,7 +157,16 @@ def _open_or_create_root(
     root_attrs = {"Conventions": "CF-1.8", **attrs, "schema": CUBE_SCHEMA, "schema_version": CUBE_SCHEMA_VERSION,
                   "fingerprint": fingerprint or "", "time_axis_head": head}
     doc = cube.read_json()
-    if doc is None and cube.fs.exists(cube.path) and cube.fs.ls(cube.path, detail=False):
+    entries = cube.fs.ls(cube.path, detail=False) if doc is None and cube.fs.exists(cube.path) else []
+    if entries and _only_partial_writes(entries):  # another writer is creating the root right now
+        doc = _wait_for_root(cube)
+        if doc is None:  # its creator died before the rename: its temporary files are garbage
+            try:
+                cube.fs.rm(list(entries))
+            except FileNotFoundError:
+                pass  # another waiting writer removed them first
+        entries = []
+    if entries:
         if not rebuild:
             raise CubeError(f"{cube.uri} exists but is not a Zarr group; it was left untouched. Point the "
                             "pipeline at another store root, delete it, or materialize the cube with rebuild.")
@@ -186,6 +196,28 @@ def _open_or_create_root(
     except (zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError, FileExistsError):
         pass  # a concurrent creator won; its root is validated below
     return _open_or_create_root(cube, attrs, fingerprint, False, window_starts)
+
+
+def _only_partial_writes(entries: Sequence[str]) -> bool:
+    """zarr writes a document to ``<name>.<hex>.partial`` and renames it into place: a cube folder that
+    holds only such files is a root another writer is creating right now (or one whose creator was
+    killed before the rename): not a foreign folder to refuse. The writer waits for that root."""
+    return all(str(e).rstrip("/").rsplit("/", 1)[-1].endswith(".partial") for e in entries)
+
+
+ROOT_CREATION_WAIT_S = 10.0  # a root's creation is one small write and a rename: far less than this
+
+
+def _wait_for_root(cube: _Cube) -> dict[str, Any] | None:
+    """The root document once another writer's creation has renamed it into place; None when none
+    appears within ``ROOT_CREATION_WAIT_S`` (the creator was killed mid-way)."""
+    deadline = time.monotonic() + ROOT_CREATION_WAIT_S
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        doc = cube.read_json()
+        if doc is not None:
+            return doc
+    return None
 
 
 def _create_missing(parent: zarr.Group, name: str, create: Callable[[], object]) -> None:
