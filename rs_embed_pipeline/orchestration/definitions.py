@@ -73,10 +73,18 @@ def _field_source(resource_key: str, field: str) -> str:
     return f"{names[0]} ({resource_key}.{field})" if names else f"resource field {resource_key}.{field}"
 
 
+def _checked_field(exc: Exception, default: str) -> str:
+    """The field a failed check names: its ``field`` attribute (resources.ResourceFieldError,
+    providers.catalogs.CatalogConfigError, set by the validator that checked that field), else ``default``."""
+    field = getattr(exc, "field", None)
+    return field if isinstance(field, str) and field else default
+
+
 def validate_resources(resources: dict[str, Any]) -> None:
     """Every resource field a run would use, checked now (at load), not in a worker after the fetch.
 
-    Raises ``ValueError`` naming the variable (or resource field) and the valid values."""
+    Raises ``ValueError`` naming the variable (or resource field) and the valid values. The field is
+    the one the failing check names (:func:`_checked_field`), never guessed from the message."""
     def fail(resource_key: str, field: str, exc: Exception) -> ValueError:
         return ValueError(f"Invalid {_field_source(resource_key, field)}: {exc}")
 
@@ -93,21 +101,17 @@ def validate_resources(resources: dict[str, Any]) -> None:
         for modality in modalities:
             try:
                 imagery.sensor_options(modality)
-            except ValueError as exc:
-                field = next((f for f in ("composite", "cloudy_pct", "s1_orbit") if f in str(exc)), "sensor options")
-                raise fail("imagery", field, exc) from None
+            except ValueError as exc:  # resources.ResourceFieldError: composite, cloudy_pct, s1_orbit, ...
+                raise fail("imagery", _checked_field(exc, "sensor options"), exc) from None
         try:  # provider fields: catalog preset, asset maps, URL signing (providers/catalogs.py)
             imagery.validate_settings()
         except ValueError as exc:
-            raise fail("imagery", getattr(exc, "field", "settings"), exc) from None
+            raise fail("imagery", _checked_field(exc, "settings"), exc) from None
     for key, model in models.items():
         try:
             model.validate_settings()
-        except ValueError as exc:
-            field = next((f for f in ("modalities", "batch_size", "fetch_workers", "group_merge", "normalization",
-                                      "model_key", "patch_size", "image_size") if f in str(exc).lower().replace(" ", "_")),
-                         "settings")
-            raise fail(key, field, exc) from None
+        except ValueError as exc:  # resources.ResourceFieldError, naming the field it checked
+            raise fail(key, _checked_field(exc, "settings"), exc) from None
         if isinstance(model, ThorResource):
             for modality in model.modalities:  # e.g. unit_scale is S2-only
                 try:
@@ -118,6 +122,15 @@ def validate_resources(resources: dict[str, Any]) -> None:
             raise fail(key, "precision", ValueError(f"{model.precision!r}; valid values: fp32, bf16"))
         if str(model.device).split(":")[0] not in ("auto", "cpu", "cuda"):
             raise fail(key, "device", ValueError(f"{model.device!r}; valid values: auto, cpu, cuda, cuda:<index>"))
+
+
+def _with_ee_project(imagery: Any, settings: Settings) -> Any:
+    """An Earth Engine imagery resource without a project of its own gets ``EE_PROJECT`` (settings.py):
+    an explicit ``project`` wins, then the variable, then (the provider) the credentials' project."""
+    if not isinstance(imagery, EarthEngineImagery) or imagery.project or not settings.ee_project:
+        return imagery
+    fields = {name: getattr(imagery, name) for name in type(imagery).model_fields}
+    return type(imagery)(**{**fields, "project": settings.ee_project})
 
 
 def _with_regions(store: Any, settings: Settings) -> Any:
@@ -146,6 +159,8 @@ def _build_definitions(settings: Settings, resources: dict[str, object] | None =
     fetch_pool = "earth_engine" if settings.provider == "gee" else None
     resources = dict(resources) if resources is not None else resources_for(settings)
     resources["store"] = _with_regions(resources.get("store"), settings)
+    if "imagery" in resources:
+        resources["imagery"] = _with_ee_project(resources["imagery"], settings)
     validate_resources(resources)
     retry = step_retry_policy(settings)  # every asset: a killed step resumes from its stores
     # Decided once, here: the (model, modality) pairs, their tile sizes and the fetch threads. The

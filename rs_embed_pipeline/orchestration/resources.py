@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +22,7 @@ from rs_embed_pipeline.core.vocabulary import MODALITIES
 from rs_embed_pipeline.core.regions import load_pipeline_config
 from rs_embed_pipeline.models.knobs import canonical_group_merge, canonical_thor_normalization, canonical_thor_variant
 from rs_embed_pipeline.orchestration.partitions import build_partitions, region_windows
+from rs_embed_pipeline.orchestration.settings import worker_environment
 from rs_embed_pipeline.providers import LocalStacProvider, StacProvider
 from rs_embed_pipeline.providers.catalogs import CatalogConfigError, resolve_catalog
 from rs_embed_pipeline.providers.local_catalogs.user_scenes import catalog_collections
@@ -32,12 +32,34 @@ from rs_embed_pipeline.stores.remote import check_storage_options
 from rs_embed_pipeline.worker.protocol import EmbedRequest, read_messages
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
 
     from rs_embed_pipeline.worker.protocol import PartitionJob, WorkerReport
 
 CODE_VERSION = "1"  # bump when a change alters stored numbers; it is part of every store fingerprint
 DEFAULT_FETCH_WORKERS: int = field_default("ModelResource", "fetch_workers")  # a provider's threads, no model's given
+
+
+class ResourceFieldError(ValueError):
+    """An invalid value of a resource field; ``field`` names the field, as the validator that checked
+    it knows it (like :class:`~rs_embed_pipeline.providers.catalogs.CatalogConfigError`'s). The
+    message is the check's own; :func:`definitions.validate_resources` prefixes the field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@contextlib.contextmanager
+def checking(field: str) -> Iterator[None]:
+    """A ``ValueError`` raised inside becomes a :class:`ResourceFieldError` naming ``field``, its
+    message unchanged; one that already names its field passes through."""
+    try:
+        yield
+    except ValueError as exc:
+        if isinstance(getattr(exc, "field", None), str):
+            raise
+        raise ResourceFieldError(field, str(exc)) from exc
 
 
 class PipelineStore(dg.ConfigurableResource):
@@ -133,7 +155,7 @@ class ImageryResource(dg.ConfigurableResource):
     def sensor_options(self, modality: str) -> dict[str, Any]:
         """Options for ``fetch_patches``, checked by the providers' own parser
         (:class:`~rs_embed_pipeline.providers.sensor_options.SensorOptions`); invalid values raise
-        ``ValueError`` naming the valid ones (rs-embed's messages)."""
+        :class:`ResourceFieldError` naming the field and the valid values (rs-embed's messages)."""
         options: dict[str, Any] = {"composite": self.composite, "fill_value": float(self.fill_value)}
         if modality == "s2":
             options["cloudy_pct"] = self.cloudy_pct  # as configured: it is part of the store fingerprints
@@ -143,12 +165,18 @@ class ImageryResource(dg.ConfigurableResource):
             parsed = SensorOptions.parse(modality, options)
             parse_cloudy_pct(self.cloudy_pct)  # shared by both modalities' settings: checked for S1 too
         except SensorOptionError as exc:
-            raise ValueError(_rs_embed_message(exc)) from None
+            raise ResourceFieldError(_SENSOR_OPTION_FIELDS.get(exc.option, "sensor options"),
+                                     _rs_embed_message(exc)) from None
         if modality == "s1":
             if parsed.orbit is not None:
                 options["orbit"] = parsed.orbit
             options["use_float_linear"] = bool(self.use_float_linear)
         return options
+
+
+# The resource field behind each sensor option that sensor_options parses.
+_SENSOR_OPTION_FIELDS = {"composite": "composite", "cloudy_pct": "cloudy_pct", "orbit": "s1_orbit",
+                         "fill_value": "fill_value"}
 
 
 def _rs_embed_message(exc: Any) -> str:
@@ -301,14 +329,16 @@ class ModelResource(dg.ConfigurableResource):
         return self.model_id
 
     def validate_settings(self) -> None:
-        """Catch invalid values in the orchestrator (before a worker starts), naming the valid ones."""
+        """Catch invalid values in the orchestrator (before a worker starts), naming the valid ones;
+        raises :class:`ResourceFieldError` naming the field."""
         bad = [m for m in self.modalities if m not in MODALITIES]
         if bad or not self.modalities:
-            raise ValueError(f"{type(self).__name__}.modalities {self.modalities!r}: use 's2' and/or 's1'")
+            raise ResourceFieldError(
+                "modalities", f"{type(self).__name__}.modalities {self.modalities!r}: use 's2' and/or 's1'")
         if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1 or None, got {self.batch_size}")
+            raise ResourceFieldError("batch_size", f"batch_size must be an integer >= 1 or None, got {self.batch_size}")
         if self.fetch_workers < 1:
-            raise ValueError(f"fetch_workers must be an integer >= 1, got {self.fetch_workers}")
+            raise ResourceFieldError("fetch_workers", f"fetch_workers must be an integer >= 1, got {self.fetch_workers}")
 
     @property
     def title(self) -> str:  # pragma: no cover - overridden
@@ -357,17 +387,11 @@ class ModelResource(dg.ConfigurableResource):
         request = EmbedRequest(model=self.model_id, modality=modality, partitions=tuple(partitions),
                                adapter_options=self.adapter_options(), code_version=CODE_VERSION,
                                rebuild=rebuild, force=force, storage_options=storage_options)
-        # From a source checkout the worker imports this very tree (its venv may lack an install).
-        # From an installed package the parent dir is site-packages: never put that on the worker's path.
-        source_root = Path(__file__).resolve().parents[2]  # rs_embed_pipeline/orchestration/resources.py
-        env = {}
-        if (source_root / "pyproject.toml").exists():
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source_root), os.environ.get("PYTHONPATH")]))
         invocation = pipes_client.run(
             context=context,
             command=[self.worker_python, "-m", "rs_embed_pipeline.worker.embed"],
             extras=request.to_extras(),
-            env=env,
+            env=worker_environment(),  # from a source checkout: PYTHONPATH with the checkout (settings.py)
         )
         return read_messages(invocation.get_custom_messages())
 
@@ -420,12 +444,16 @@ class ThorResource(ModelResource):
 
     def validate_settings(self) -> None:
         super().validate_settings()
-        canonical_group_merge(self.group_merge)
-        canonical_thor_normalization(self.normalization)
-        if self.variant not in ("tiny", "small", "base", "large"):  # pragma: no cover - variant raises first
-            raise ValueError(self.model_key)
+        with checking("group_merge"):
+            canonical_group_merge(self.group_merge)
+        with checking("normalization"):
+            canonical_thor_normalization(self.normalization)
+        with checking("model_key"):
+            if self.variant not in ("tiny", "small", "base", "large"):  # pragma: no cover - variant raises first
+                raise ValueError(self.model_key)
         if self.patch_size < 1 or self.image_size < 1:
-            raise ValueError(f"patch_size and image_size must be >= 1, got {self.patch_size}, {self.image_size}")
+            raise ResourceFieldError("patch_size" if self.patch_size < 1 else "image_size",
+                                     f"patch_size and image_size must be >= 1, got {self.patch_size}, {self.image_size}")
 
     def model_options(self) -> dict[str, Any]:
         return {

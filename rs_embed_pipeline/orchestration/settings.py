@@ -9,7 +9,7 @@ Everything else receives these values through resources (definitions.py), never 
 | ``RS_EMBED_PROVIDER`` | ``local_stac`` / ``stac`` / ``gee`` | ``local_stac`` |
 | ``RS_EMBED_LOCAL_CATALOG`` | static STAC catalog for ``local_stac`` | ``<store>/catalogs/synthetic/catalog.json`` |
 | ``RS_EMBED_STAC_URL`` | STAC API for ``stac`` | Earth Search v1 |
-| ``EE_PROJECT`` | Earth Engine cloud project for ``gee`` | none |
+| ``EE_PROJECT`` | Earth Engine cloud project for ``gee``: ``EarthEngineImagery.project`` unless set there (definitions.py); the provider reads no variable | the credentials' project |
 | ``RS_EMBED_WORKER_PYTHON`` | interpreter of the model environment | ``<repo>/.venv-worker/bin/python`` |
 | ``RS_EMBED_ALLOW_RANDOM_WEIGHTS`` | ``1``: run models on random weights when no checkpoint is found (labelled everywhere) | ``0`` |
 | ``RS_EMBED_DEVICE`` | ``auto`` / ``cpu`` / ``cuda`` | ``auto`` |
@@ -30,6 +30,11 @@ Model tuning knobs with rs-embed 0.3.1's names (``RS_EMBED_TERRAFM_BATCH_SIZE``,
 ``rs_embed_pipeline.models.knobs`` (``Settings.knobs``), and become the defaults of the resources'
 fields in ``definitions.py``; explicit resource config wins. ``docs/knobs.md`` lists them all (generated
 from the knob table, :mod:`rs_embed_pipeline.orchestration.knob_table`, which also holds the resources' own defaults).
+
+``PYTHONPATH`` is read here too, by :func:`worker_environment`, when an embeddings step launches the
+worker (resources.py): from a source checkout the worker's ``PYTHONPATH`` is the checkout, then this
+process's own. It is the process's import path, not a setting a deployment forwards
+(:func:`environment_variables` leaves it out).
 
 S3 credentials and endpoint are not settings of this package: the standard AWS environment
 (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``, ``AWS_REGION``,
@@ -140,7 +145,7 @@ class Settings:
             local_catalog=env.get("RS_EMBED_LOCAL_CATALOG")
             or f"{store_root.rstrip('/')}/catalogs/synthetic/catalog.json",
             stac_url=env.get("RS_EMBED_STAC_URL") or EARTH_SEARCH_URL,
-            ee_project=env.get("EE_PROJECT") or None,
+            ee_project=(env.get("EE_PROJECT") or "").strip() or None,  # empty = unset
             worker_python=env.get("RS_EMBED_WORKER_PYTHON")
             or str(REPO_DIR / ".venv-worker" / "bin" / "python"),
             allow_random_weights=_flag(env.get("RS_EMBED_ALLOW_RANDOM_WEIGHTS"), "RS_EMBED_ALLOW_RANDOM_WEIGHTS"),
@@ -175,3 +180,18 @@ def environment_variables() -> list[str]:
     recorder = _ReadRecorder()
     Settings.from_env(recorder)
     return sorted(set(recorder.names))
+
+
+def worker_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Variables to add to the worker's environment when an embeddings step launches it (Pipes,
+    ``ModelResource.run_worker``); read when the worker is launched, from ``environ`` (default
+    ``os.environ``).
+
+    From a source checkout (``pyproject.toml`` beside the package) the worker imports this very tree,
+    its venv may lack an install: ``PYTHONPATH`` is the checkout, then this process's ``PYTHONPATH``.
+    From an installed package the package's parent is site-packages, never put on the worker's path:
+    nothing is added."""
+    env = os.environ if environ is None else environ
+    if not (REPO_DIR / "pyproject.toml").exists():
+        return {}
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_DIR), env.get("PYTHONPATH")]))}

@@ -288,6 +288,58 @@ def test_invalid_resource_field_fails_the_load_naming_it(tmp_path):
         build_definitions(settings, resources={**resources, "thor": ThorResource(worker_python="python", precision="fp8")})
 
 
+def _resource(kind: str, **fields):
+    from rs_embed_pipeline.orchestration.resources import LocalStacImagery, TerraFMResource, ThorResource
+
+    if kind == "imagery":
+        return LocalStacImagery(catalog_path="x", **fields)
+    return {"thor": ThorResource, "terrafm": TerraFMResource}[kind](worker_python="python", **fields)
+
+
+@pytest.mark.parametrize(("key", "fields", "field", "message"), [
+    # values that hold another field's name: the field is the one the check names, not a word of the text
+    ("imagery", {"s1_orbit": "composite"}, "s1_orbit",
+     "Invalid resource field imagery.s1_orbit: Unknown S1 orbit='composite'. Use 'ASCENDING' or 'DESCENDING'."),
+    ("imagery", {"composite": "cloudy_pct"}, "composite",
+     "Invalid resource field imagery.composite: Unknown composite='cloudy_pct'. Use 'median' or 'mosaic'."),
+    ("imagery", {"cloudy_pct": 150}, "cloudy_pct",
+     "Invalid resource field imagery.cloudy_pct: cloudy_pct must be within [0, 100]"),
+    ("thor", {"group_merge": "batch_size"}, "group_merge",
+     "Invalid RS_EMBED_THOR_GROUP_MERGE (thor.group_merge): Unknown THOR group_merge 'batch_size'; valid: mean"),
+    ("thor", {"normalization": "modalities"}, "normalization",
+     "Invalid RS_EMBED_THOR_NORMALIZE (thor.normalization): Unknown THOR normalization mode 'modalities'."),
+    ("thor", {"model_key": "huge"}, "model_key",
+     "Invalid RS_EMBED_THOR_MODEL_KEY (thor.model_key): Unknown THOR variant='huge'"),
+    # one message for both sizes; the field named is the one out of range
+    ("thor", {"image_size": 0}, "image_size",
+     "Invalid RS_EMBED_THOR_IMG (thor.image_size): patch_size and image_size must be >= 1, got 16, 0"),
+    ("thor", {"patch_size": 0}, "patch_size",
+     "Invalid RS_EMBED_THOR_PATCH_SIZE (thor.patch_size): patch_size and image_size must be >= 1, got 0, "),
+    ("terrafm", {"batch_size": 0}, "batch_size",
+     "Invalid RS_EMBED_TERRAFM_BATCH_SIZE (terrafm.batch_size): batch_size must be an integer >= 1 or None, got 0"),
+    ("terrafm", {"fetch_workers": 0}, "fetch_workers",
+     "Invalid RS_EMBED_TERRAFM_FETCH_WORKERS (terrafm.fetch_workers): fetch_workers must be an integer >= 1, got 0"),
+    ("terrafm", {"modalities": ["s3"]}, "modalities",
+     "Invalid resource field terrafm.modalities: TerraFMResource.modalities ['s3']: use 's2' and/or 's1'"),
+])
+def test_validate_resources_names_the_field_its_check_names(key, fields, field, message):
+    """validate_resources names the field the failing check names (ResourceFieldError.field, set
+    where the field is checked), never a field name found in the message's text."""
+    from rs_embed_pipeline.orchestration.definitions import validate_resources
+    from rs_embed_pipeline.orchestration.resources import ResourceFieldError
+
+    resources = {"terrafm": _resource("terrafm", modalities=["s2", "s1"]), key: _resource(key, **fields)}
+    with pytest.raises(ValueError) as err:
+        validate_resources(resources)
+    assert str(err.value).startswith(message), str(err.value)
+    # The resource's own check: a ValueError naming the field, with the message that follows the prefix.
+    resource = resources[key]
+    with pytest.raises(ResourceFieldError) as own:
+        resource.sensor_options("s1") if key == "imagery" else resource.validate_settings()
+    assert isinstance(own.value, ValueError) and own.value.field == field
+    assert str(err.value) == f"{message.split(': ', 1)[0]}: {own.value}"
+
+
 def test_patch_assets_only_for_the_modalities_a_model_embeds():
     from rs_embed_pipeline.orchestration.definitions import resources_for
     from rs_embed_pipeline.orchestration.resources import TerraFMResource

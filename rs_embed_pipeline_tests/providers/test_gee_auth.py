@@ -7,6 +7,9 @@ import logging
 
 import pytest
 
+from rs_embed_pipeline.orchestration.definitions import build_definitions, imagery_for, resources_for
+from rs_embed_pipeline.orchestration.resources import EarthEngineImagery
+from rs_embed_pipeline.orchestration.settings import Settings
 from rs_embed_pipeline.providers import ProviderError
 from rs_embed_pipeline.providers.gee import HIGH_VOLUME_URL, STANDARD_URL, GEEProvider, redact
 
@@ -81,11 +84,25 @@ def test_application_default_credentials(standin, key_file, monkeypatch):
 
 
 def test_project_precedence(standin, key_file, monkeypatch):
+    """An explicit project wins, then EE_PROJECT, then the credentials' project (the test above).
+    EE_PROJECT is read by orchestration/settings.py and reaches the provider as the imagery resource's
+    project; the provider itself reads no environment variable."""
     path, _ = key_file
     monkeypatch.setenv("EE_PROJECT", "env-project")
-    assert GEEProvider(credentials="anonymous").project == "env-project"
+    monkeypatch.setenv("RS_EMBED_PROVIDER", "gee")
+    monkeypatch.setenv("RS_EMBED_STORE", "/tmp/unused-store")
+    settings = Settings.from_env()
+    assert settings.ee_project == "env-project"
+    assert imagery_for(settings).build().project == "env-project"
+    assert GEEProvider(credentials="anonymous").project is None  # the provider does not read EE_PROJECT
     assert GEEProvider(project="explicit", credentials="anonymous").project == "explicit"
-    provider = GEEProvider(api_url=standin.url, credentials_file=str(path))
+    resources = resources_for(settings)
+    explicit = EarthEngineImagery(project="explicit", anonymous=True)
+    defs = build_definitions(settings, {**resources, "imagery": explicit})
+    assert defs.resources["imagery"].build().project == "explicit"
+    # A resource without a project of its own, from the user's definitions: EE_PROJECT.
+    own = EarthEngineImagery(api_url=standin.url, credentials_file=str(path))
+    provider = build_definitions(settings, {**resources, "imagery": own}).resources["imagery"].build()
     list(provider.fetch_patches(S.tile_rows(1), *Q1, "s2", bands=["B2"]))
     assert {r.path.split("/")[3] for r in standin.value_requests} == {"env-project"}
 
@@ -93,6 +110,23 @@ def test_project_precedence(standin, key_file, monkeypatch):
 def test_no_project_is_a_clear_error(standin):
     provider = GEEProvider(api_url=standin.url, credentials="anonymous")
     with pytest.raises(ProviderError, match="EE_PROJECT"):
+        provider.fetch_patches(S.tile_rows(1), *Q1, "s2")
+
+
+@pytest.mark.parametrize("value", [None, "", "  "])
+def test_unset_or_empty_ee_project_leaves_the_project_to_the_credentials(standin, value):
+    """EE_PROJECT unset or blank (empty = unset, as the provider read it before settings.py did):
+    no project reaches the provider; without credentials that name one, the same clear error."""
+    env = {"RS_EMBED_STORE": "/tmp/unused-store", "RS_EMBED_PROVIDER": "gee"}
+    if value is not None:
+        env["EE_PROJECT"] = value
+    settings = Settings.from_env(env)
+    assert settings.ee_project is None
+    assert Settings.from_env({**env, "EE_PROJECT": " p1 "}).ee_project == "p1"
+    imagery = build_definitions(settings).resources["imagery"]
+    assert isinstance(imagery, EarthEngineImagery) and imagery.project is None
+    provider = imagery.model_copy(update={"api_url": standin.url, "anonymous": True}).build()
+    with pytest.raises(ProviderError, match="GEE provider: no Earth Engine project: pass project= or set EE_PROJECT"):
         provider.fetch_patches(S.tile_rows(1), *Q1, "s2")
 
 

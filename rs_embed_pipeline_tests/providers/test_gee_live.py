@@ -39,7 +39,8 @@ def tiles():
 def provider():
     from rs_embed_pipeline.providers.gee import GEEProvider
 
-    return GEEProvider(credentials_file=_KEY, max_concurrent_requests=4)
+    # The provider reads no environment variable: EE_PROJECT is passed, as the pipeline's settings pass it.
+    return GEEProvider(project=_PROJECT, credentials_file=_KEY, max_concurrent_requests=4)
 
 
 @requires_credentials

@@ -63,9 +63,11 @@ Authentication and configuration
 Credentials, in order: ``credentials=`` (a ``google.auth`` credentials object, or
 ``"anonymous"`` for REST stand-ins), ``credentials_file=`` (a service-account JSON key, through
 ``ee.ServiceAccountCredentials``), else Application Default Credentials (``google.auth.default``).
-The project is ``project=``, else the environment variable ``EE_PROJECT`` -- read in one place
-only, :func:`.client._project_from_env`, when the provider is constructed --, else the project of the
-credentials. The endpoint is ``api_url`` when given, else the high-volume endpoint
+The project is ``project=``, else the project of the credentials. The provider reads no
+environment variable: in the pipeline ``project=`` is ``EarthEngineImagery.project``, whose value
+is, unless configured explicitly, the environment variable ``EE_PROJECT``, read by
+``orchestration/settings.py`` (the package's one reader of the environment). The endpoint is
+``api_url`` when given, else the high-volume endpoint
 (``https://earthengine-highvolume.googleapis.com``, ``use_high_volume=True``, meant for batch
 work) or the standard one. Earth Engine's client keeps one configuration per process: the
 provider initialises it lazily on first use and refuses to re-point it while another provider

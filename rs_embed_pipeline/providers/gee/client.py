@@ -1,9 +1,12 @@
 """The Earth Engine client side: secret redaction, the token bucket and counters, error
-classification (retry / split / final) and the process-wide ee configuration."""
+classification (retry / split / final) and the process-wide ee configuration.
+
+Nothing here reads the environment: the Earth Engine project is an argument of
+:class:`~rs_embed_pipeline.providers.gee.GEEProvider` (the pipeline passes ``EE_PROJECT``, read by
+``orchestration/settings.py``)."""
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 import time
@@ -17,9 +20,6 @@ HIGH_VOLUME_URL = "https://earthengine-highvolume.googleapis.com"
 
 
 STANDARD_URL = "https://earthengine.googleapis.com"
-
-
-ENV_PROJECT = "EE_PROJECT"
 
 
 EE_SCOPES: tuple[str, ...] = (
@@ -79,12 +79,6 @@ def _safe_url(url: str) -> str:
     if parts.port:
         host = f"{host}:{parts.port}"
     return urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", ""))
-
-
-def _project_from_env() -> str | None:
-    """The only place this module reads the environment: ``EE_PROJECT`` (empty = unset)."""
-    value = os.environ.get(ENV_PROJECT, "").strip()
-    return value or None
 
 
 class TokenBucket:

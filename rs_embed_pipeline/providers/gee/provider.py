@@ -35,7 +35,6 @@ from .client import (
     _http_details,
     _is_network_error,
     _is_timeout,
-    _project_from_env,
     _RequestFailed,
     _safe_url,
     _SplitNeeded,
@@ -67,8 +66,9 @@ class GEEProvider:
     """Sentinel-2 / Sentinel-1 patches from Google Earth Engine (see the ``rs_embed_pipeline.providers.gee`` package docstring).
 
     Args:
-        project: Google Cloud project for Earth Engine; default ``EE_PROJECT``, else the
-            credentials' project.
+        project: Google Cloud project for Earth Engine; None: the credentials' project. The
+            provider reads no environment variable: the pipeline passes ``EE_PROJECT`` here
+            (``orchestration/settings.py`` reads it; an explicit ``EarthEngineImagery.project`` wins).
         api_url: REST endpoint (``http://127.0.0.1:PORT`` for a stand-in); default the
             high-volume endpoint (``use_high_volume``) or the standard one.
         max_concurrent_requests: requests in flight at most (Earth Engine's default quota: 40).
@@ -135,7 +135,7 @@ class GEEProvider:
         if isinstance(credentials, str) and credentials != "anonymous":
             raise ProviderError("credentials must be a google.auth credentials object or 'anonymous'")
 
-        self.project = project or _project_from_env()
+        self.project = project or None
         self.api_url = api_url.rstrip("/") if api_url else None
         self.use_high_volume = bool(use_high_volume)
         self.credentials_file = os.fspath(credentials_file) if credentials_file else None
