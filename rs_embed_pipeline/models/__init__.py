@@ -1,4 +1,5 @@
-"""Model adapters for TerraFM-B and THOR 1.0 (worker environment: torch, no Dagster).
+"""Model adapters for TerraFM-B and THOR 1.0 (worker environment: torch, no Dagster), found through
+a model registry (``registry.py``).
 
 ```python
 from rs_embed_pipeline.models import load_adapter, build_model
@@ -10,8 +11,20 @@ from rs_embed_pipeline.models import embed_arrays          # the "tensor backend
 out = embed_arrays("thor", chw_or_bchw, modality="s2", output="grid", checkpoint="thor_v1_vit_base.pt")
 ```
 
+Each model family is one package and one registry entry (``registry.ModelFamily``: ids and
+aliases, input bands per modality, native tile size, adapter, random-init builder, batch sizes,
+knobs): ``terrafm/`` and ``thor/``. ``load_adapter``, ``build_model``, the knob table and the
+orchestrator's per-model settings all look models up there; a new family registers one entry
+(``register_family``) and touches nothing else:
+
+```python
+from rs_embed_pipeline.models import families, get_family
+[f.name for f in families()]              # ["terrafm", "thor"]
+get_family("thor_1_0_large").input_bands  # {"s2": ("B2", ...), "s1": ("VV", "VH")}
+```
+
 Tuning knobs honour rs-embed's environment variables as defaults (``RS_EMBED_TERRAFM_BATCH_SIZE``,
-``RS_EMBED_THOR_MODEL_KEY``, ``RS_EMBED_THOR_CKPT``, ...; see ``knobs.py`` and ``docs/knobs.md``);
+``RS_EMBED_THOR_MODEL_KEY``, ``RS_EMBED_THOR_CKPT``, ...; each family's ``spec.py``, ``knobs.py`` and ``docs/knobs.md``);
 explicit options win, ``use_env=False`` ignores the environment (the pipeline worker does).
 
 Decisions worth knowing (details in the adapter docstrings):
@@ -26,9 +39,10 @@ Decisions worth knowing (details in the adapter docstrings):
   checkpoint the flag has no effect. Without the flag, missing weights are an error.
 * Weights load strictly (every key and shape must match), with ``torch.load(weights_only=True)``.
 
-Importing this package is cheap: torch and the model code load on first use (``load_adapter``,
-``build_model`` or attribute access such as ``rs_embed_pipeline.models.ThorAdapter``); terratorch is
-only imported by ``register_terratorch_backbones()``.
+Importing this package is cheap (it registers the built-in families from their torch-free
+``spec.py``): torch and the model code load on first use (``load_adapter``, ``build_model`` or
+attribute access such as ``rs_embed_pipeline.models.ThorAdapter``); terratorch is only imported by
+``register_terratorch_backbones()``.
 """
 
 from __future__ import annotations
@@ -36,48 +50,42 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from . import registry
 from .errors import MissingDependencyError, ModelError, ModelInputError, WeightsError, WeightsNotFoundError, require
+from .registry import ModelFamily, families, get_family, register_family, unregister_family
 
-# Model id -> (family, THOR variant). Aliases resolve case-insensitively after stripping.
-MODEL_IDS: dict[str, tuple[str, str | None]] = {
-    "terrafm_b": ("terrafm", None),
-    "terrafm": ("terrafm", None),
-    "thor_1_0_base": ("thor", "base"),
-    "thor": ("thor", "base"),
-    "thor_v1_base": ("thor", "base"),
-    "thor_1_0_tiny": ("thor", "tiny"),
-    "thor_v1_tiny": ("thor", "tiny"),
-    "thor_1_0_small": ("thor", "small"),
-    "thor_v1_small": ("thor", "small"),
-    "thor_1_0_large": ("thor", "large"),
-    "thor_v1_large": ("thor", "large"),
-}
+# The built-in families register themselves on import, TerraFM first (the order of families() and
+# of the model ids in messages).
+from . import terrafm, thor  # noqa: E402, F401, I001 - after the registry, in this order
 
 _LAZY = {
     "EmbeddingOutput": "adapters",
-    "TerraFMAdapter": "adapters",
-    "ThorAdapter": "adapters",
-    "TerraFM": "terrafm",
-    "TerraFMConfig": "terrafm",
-    "ThorEncoder": "thor",
-    "ThorConfig": "thor",
-    "register_terratorch_backbones": "terratorch_ext",
+    "TerraFMAdapter": "terrafm.adapter",
+    "ThorAdapter": "thor.adapter",
+    "TerraFM": "terrafm.model",
+    "TerraFMConfig": "terrafm.model",
+    "ThorEncoder": "thor.model",
+    "ThorConfig": "thor.model",
+    "register_terratorch_backbones": "thor.terratorch_ext",
     "embed_arrays": "tensor",
 }
-# Model ids whose THOR size comes from RS_EMBED_THOR_MODEL_KEY when no variant is given (rs-embed's
-# "thor" / "thor_1_0_base"); the other THOR ids name their size explicitly.
-_GENERIC_THOR_IDS = ("thor", "thor_1_0_base")
 
 __all__ = [
     "MODEL_IDS",
     "MissingDependencyError",
     "ModelError",
+    "ModelFamily",
     "ModelInputError",
     "WeightsError",
     "WeightsNotFoundError",
     "build_model",
+    "families",
+    "get_family",
     "load_adapter",
+    "register_family",
+    "require",
     "resolve_model_id",
+    "unregister_family",
     # the lazily imported names of _LAZY, spelled out so that linters and readers see them
     "EmbeddingOutput",
     "TerraFM",
@@ -92,6 +100,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name == "MODEL_IDS":  # model id -> (family, size), of every registered family (registry.model_ids)
+        return registry.model_ids()
     if name in _LAZY:
         if _LAZY[name] != "tensor":
             require("torch", f"rs_embed_pipeline.models.{name}")
@@ -101,10 +111,10 @@ def __getattr__(name: str) -> Any:
 
 
 def resolve_model_id(name: str) -> tuple[str, str | None]:
-    key = str(name).strip().lower()
-    if key not in MODEL_IDS:
-        raise ModelInputError(f"Unknown model {name!r}; valid: {', '.join(MODEL_IDS)}")
-    return MODEL_IDS[key]
+    """``(family name, size)`` of a registered model id or alias (``ModelInputError`` listing the
+    valid ids otherwise)."""
+    family, _, variant = registry.resolve(name)
+    return family.name, variant
 
 
 def load_adapter(
@@ -113,60 +123,52 @@ def load_adapter(
 ):
     """Build an adapter with loaded weights.
 
+    ``name``: a registered model id or alias (``registry.model_ids()``: ``"terrafm_b"``,
+    ``"thor_1_0_base"``, ``"thor"``, ...).
     ``checkpoint``: a local weights file, or None for the Hugging Face hub (cache first).
     ``arch``: a reference fixture's ``case.json`` "arch" object (reduced test models), else None.
-    ``options``: TerraFM ``s2_branch``; THOR ``normalization``, ``patch_size``, ``image_size``,
-    ``group_merge``, ``scale_m``, ``resize_mode``, ``variant``, ``pretrained``...; both ``batch_size``,
+    ``options``: the family's own (``get_family(name).options``; TerraFM ``s2_branch``; THOR
+    ``normalization``, ``patch_size``, ``image_size``, ``group_merge``, ``scale_m``, ``resize_mode``,
+    ``variant``, ``pretrained``...) and every adapter's ``batch_size``,
     ``precision`` ("fp32"|"bf16": autocast on CUDA and on CPUs with native bf16), ``compile`` (bool:
     ``torch.compile`` the transformer blocks), ``allow_random_weights`` (with ``checkpoint=None``: random init,
     no download, loudly labelled), ``cache_dir``. Unknown options raise ``ModelInputError``.
 
-    ``use_env`` (default True): options left unset (or None) take their value from rs-embed's
-    environment variables when set (``knobs.py``: ``RS_EMBED_TERRAFM_BATCH_SIZE``,
+    ``use_env`` (default True): options left unset (or None) take their value from the family's
+    knob variables when set (``knobs.py``: ``RS_EMBED_TERRAFM_BATCH_SIZE``,
     ``RS_EMBED_THOR_MODEL_KEY`` for ``"thor"`` / ``"thor_1_0_base"``, ``RS_EMBED_THOR_CKPT``,
     ``RS_EMBED_THOR_PRETRAINED``, ``RS_EMBED_THOR_IMG``, ...); an invalid value raises naming the
     variable. Explicit options always win.
     """
-    family, variant = resolve_model_id(name)
-    key = str(name).strip().lower()
+    family, key, variant = registry.resolve(name)
     if use_env:
         from .knobs import env_options
 
-        env = env_options(family)
-        if family == "thor" and key not in _GENERIC_THOR_IDS:
-            env.pop("variant", None)  # an explicit size in the model id wins over the environment
+        env = env_options(family.name)
+        if family.variant_option is not None and key not in family.env_variant_ids:
+            env.pop(family.variant_option, None)  # an explicit size in the model id wins over the environment
         if checkpoint is None and "checkpoint" in env:
             checkpoint = env["checkpoint"]
         env.pop("checkpoint", None)
         for k, v in env.items():
             if options.get(k) is None:
                 options[k] = v
-    require("torch", f"the {family} model ({name!r})")
-    from . import adapters
-
-    if family == "terrafm":
-        return adapters.TerraFMAdapter(checkpoint=checkpoint, arch=arch, device=device, **options)
-    if "variant" in options and options["variant"] is not None:
-        from .knobs import canonical_thor_variant
-
-        if key not in _GENERIC_THOR_IDS and canonical_thor_variant(options["variant"]) != variant:
-            raise ModelInputError(f"Model {name!r} conflicts with variant={options['variant']!r}")
-    else:
-        options["variant"] = variant
-    return adapters.ThorAdapter(checkpoint=checkpoint, arch=arch, device=device, **options)
+    require("torch", f"the {family.name} model ({name!r})")
+    if family.variant_option is not None and family.parse_variant is not None:
+        given = options.get(family.variant_option)
+        if given is None:
+            options[family.variant_option] = variant
+        elif key not in family.env_variant_ids and family.parse_variant(given) != variant:
+            raise ModelInputError(f"Model {name!r} conflicts with {family.variant_option}={given!r}")
+    return family.adapter_factory()(checkpoint=checkpoint, arch=arch, device=device, **options)
 
 
 def build_model(name: str, arch: dict | None = None):
-    """The bare backbone (``torch.nn.Module``), random init, no download.
+    """The bare backbone (``torch.nn.Module``), random init, no download (the family's registered
+    ``model`` builder).
 
     Its ``state_dict()`` keys and shapes equal the released checkpoint's (THOR: without the
     ``encoder.`` prefix). Under ``with torch.device("meta"):`` nothing is allocated."""
-    family, variant = resolve_model_id(name)
-    require("torch", f"building the {family} model ({name!r})")
-    if family == "terrafm":
-        from .terrafm import TerraFM, TerraFMConfig
-
-        return TerraFM(TerraFMConfig.from_arch(arch))
-    from .thor import ThorConfig, ThorEncoder
-
-    return ThorEncoder(ThorConfig.from_arch(arch, variant or "base"))
+    family, _, variant = registry.resolve(name)
+    require("torch", f"building the {family.name} model ({name!r})")
+    return family.build_model(arch, variant)

@@ -1,4 +1,4 @@
-"""Input preparation for TerraFM-B and THOR: plain numpy functions on ``[B, C, H, W]`` batches.
+"""Input preparation every model shares: plain numpy functions on ``[B, C, H, W]`` batches.
 
 Inputs are in provider units (docs/architecture.md): Sentinel-2 surface-reflectance DN (reflectance x 10000),
 Sentinel-1 linear sigma0 power (VV, VH). Every function works image by image (no batch statistics),
@@ -8,56 +8,47 @@ Rules (rs-embed 0.3.1, MODEL_SPEC.md sections 1.4 and 2.4):
 
 * NaN and +/-inf become 0 (not 10000) before anything else.
 * TerraFM S2 / THOR ``unit_scale``: ``clip(x / 10000, 0, 1)``.
-* THOR ``thor_stats``: ``(clip(x, 0, 10000) / 10000 - mean) / max(std, 1e-6)`` per band (THOR
-  pretraining statistics), then NaN -> 0.
 * S1 (both models): reject dB-looking input (more than half of the finite nonzero values negative),
   ``log1p(max(x, 0))``, divided by the image's 99th percentile taken jointly over both channels and
   all pixels (zeros included; numpy's default linear interpolation), clipped to [0, 1]. This is
   rs-embed's shared normaliser, not THOR's own dB statistics.
 * Resizing (bilinear, align_corners False, no antialias) happens after normalisation, in torch
-  (``resize_bilinear``); THOR's optional ``native_snap`` crops/pads raw values before normalising.
+  (``resize_bilinear``).
+
+A family's own preparation lives with it (THOR's statistics and ``native_snap`` geometry:
+``thor/preprocessing.py``; its bands and normalisation names: ``thor/spec.py``). The names that
+lived here before (``THOR_S2_BANDS``, ``thor_normalization``, ``s2_thor_stats``,
+``TERRAFM_S2_BANDS``, ...) still resolve, from their family's module (:data:`_MOVED`).
 """
 
 from __future__ import annotations
 
-import math
-from functools import reduce
+import importlib
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
+from rs_embed_pipeline.core.vocabulary import S1_BANDS  # noqa: F401 - re-exported: VV, VH, every model's S1 order
+
 from .errors import ModelInputError
 
-# Provider band names, in the order each model's embed() expects them.
-TERRAFM_S2_BANDS: tuple[str, ...] = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B11", "B12")
-THOR_S2_BANDS: tuple[str, ...] = ("B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12")
-S1_BANDS: tuple[str, ...] = ("VV", "VH")
-
-# Provider band -> THOR band name (B8A is THOR's "RE4", a 20 m band).
-THOR_BAND_NAMES: dict[str, str] = {
-    "B2": "S2:Blue",
-    "B3": "S2:Green",
-    "B4": "S2:Red",
-    "B5": "S2:RE1",
-    "B6": "S2:RE2",
-    "B7": "S2:RE3",
-    "B8": "S2:NIR",
-    "B8A": "S2:RE4",
-    "B11": "S2:SWIR1",
-    "B12": "S2:SWIR2",
-    "VV": "S1:IW-VV",
-    "VH": "S1:IW-VH",
+# Names that moved to their model family's package -> the module that holds them now (relative to
+# rs_embed_pipeline.models). Resolved on first use: this module imports no family.
+_MOVED = {
+    "TERRAFM_S2_BANDS": "terrafm.spec",
+    **dict.fromkeys(("THOR_S2_BANDS", "THOR_BAND_NAMES", "THOR_S2_NORMALIZATIONS", "THOR_S1_NORMALIZATIONS",
+                     "thor_normalization"), "thor.spec"),
+    **dict.fromkeys(("THOR_S2_MEAN", "THOR_S2_STD", "s2_thor_stats", "thor_side_unit", "snap_side",
+                     "thor_native_snap_plan"), "thor.preprocessing"),
 }
 
-# THOR pretraining statistics of reflectance (DN / 10000), in THOR_S2_BANDS order.
-THOR_S2_MEAN = np.array(
-    [0.176620, 0.195923, 0.213948, 0.263378, 0.300818, 0.313144, 0.308133, 0.320993, 0.221550, 0.175772],
-    dtype=np.float32,
-)
-THOR_S2_STD = np.array(
-    [0.264520, 0.252949, 0.259180, 0.272771, 0.248175, 0.235432, 0.226434, 0.223274, 0.171606, 0.156223],
-    dtype=np.float32,
-)
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        return getattr(importlib.import_module(f"rs_embed_pipeline.models.{_MOVED[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 S2_DN_SCALE = 10000.0
 
@@ -72,55 +63,12 @@ MODALITY_ALIASES = {
     "sentinel-1": "s1",
 }
 
-# THOR normalisation modes per modality: alias -> canonical name.
-THOR_S2_NORMALIZATIONS = {
-    "thor_stats": "thor_stats",
-    "zscore": "thor_stats",
-    "thor_zscore": "thor_stats",
-    "unit_scale": "unit_scale",
-    "unit": "unit_scale",
-    "reflectance": "unit_scale",
-    "none": "none",
-    "raw": "none",
-    "off": "none",
-}
-THOR_S1_NORMALIZATIONS = {
-    "thor_stats": "thor_stats",  # = the shared log1p / joint-p99 normaliser (rs-embed behaviour)
-    "default": "thor_stats",
-    "auto": "thor_stats",
-    "s1_log_normalize": "thor_stats",
-    "log_normalize": "thor_stats",
-    "log1p": "thor_stats",
-    "log1p_p99": "thor_stats",
-    "none": "none",
-    "raw": "none",
-    "off": "none",
-}
-
 
 def canonical_modality(modality: str) -> str:
     m = str(modality).strip().lower()
     if m not in MODALITY_ALIASES:
         raise ModelInputError(f"Unknown modality {modality!r}; valid: 's2' or 's1' (aliases: {sorted(MODALITY_ALIASES)})")
     return MODALITY_ALIASES[m]
-
-
-def thor_normalization(mode: str, modality: str) -> str:
-    """Canonical THOR normalisation name for ``modality``; a clear error for unknown values."""
-    m = str(mode).strip().lower()
-    if modality == "s2":
-        if m not in THOR_S2_NORMALIZATIONS:
-            raise ModelInputError(
-                f"Unknown THOR normalization mode {mode!r} for S2. Use one of: thor_stats, unit_scale, none "
-                f"(aliases: {sorted(THOR_S2_NORMALIZATIONS)})"
-            )
-        return THOR_S2_NORMALIZATIONS[m]
-    if m not in THOR_S1_NORMALIZATIONS:
-        raise ModelInputError(
-            f"Unknown THOR S1 normalization mode {mode!r}. Use one of: thor_stats (= log1p / joint "
-            f"99th percentile), none (aliases: {sorted(THOR_S1_NORMALIZATIONS)}); unit_scale is S2-only"
-        )
-    return THOR_S1_NORMALIZATIONS[m]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -233,14 +181,6 @@ def s2_clean_dn(raw: np.ndarray) -> np.ndarray:
     return np.clip(clean_nonfinite(raw.astype(np.float32, copy=False)), 0.0, S2_DN_SCALE).astype(np.float32, copy=False)
 
 
-def s2_thor_stats(raw: np.ndarray, mean: np.ndarray = THOR_S2_MEAN, std: np.ndarray = THOR_S2_STD) -> np.ndarray:
-    """THOR z-score: ``(clip(x, 0, 10000) / 10000 - mean) / max(std, 1e-6)`` per band, NaN -> 0."""
-    x = s2_clean_dn(raw) / np.float32(S2_DN_SCALE)
-    mean = np.asarray(mean, dtype=np.float32).reshape(1, -1, 1, 1)
-    std = np.maximum(np.asarray(std, dtype=np.float32), np.float32(1e-6)).reshape(1, -1, 1, 1)
-    return clean_nonfinite((x - mean) / std).astype(np.float32, copy=False)
-
-
 # ------------------------------------------------------------------------------------------------
 # Sentinel-1
 # ------------------------------------------------------------------------------------------------
@@ -283,7 +223,7 @@ def s1_log1p_p99(raw: np.ndarray, what: str = "S1") -> tuple[np.ndarray, np.ndar
 
 
 # ------------------------------------------------------------------------------------------------
-# Resizing (torch) and THOR native_snap geometry (raw values)
+# Resizing (torch) and cropping / padding (raw values)
 # ------------------------------------------------------------------------------------------------
 
 
@@ -295,24 +235,6 @@ def resize_bilinear(t, size: int):
     if t.shape[-2] == size and t.shape[-1] == size:
         return t
     return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
-
-
-def thor_side_unit(patch_size: int, scale_m: float, gsds: Sequence[float]) -> int | None:
-    """Smallest image side (px at ``scale_m``) that every group of ``gsds`` tiles exactly:
-    ``lcm over gsd of (patch*gsd) / gcd(scale_m, patch*gsd)``; None for non-integer metres."""
-    if float(scale_m) != int(scale_m) or any(float(g) != int(g) for g in gsds):
-        return None
-    s = int(scale_m)
-    units = [(patch_size * int(g)) // math.gcd(s, patch_size * int(g)) for g in gsds]
-    return reduce(lambda a, b: a * b // math.gcd(a, b), units, 1)
-
-
-def snap_side(side: int, unit: int) -> int:
-    """Nearest multiple of ``unit`` (ties go down), at least one unit."""
-    lo = (side // unit) * unit
-    hi = lo + unit
-    snapped = lo if side - lo <= hi - side else hi
-    return max(unit, snapped)
 
 
 def center_crop_or_pad(x: np.ndarray, side: int, fill_value: float = 0.0) -> np.ndarray:
@@ -330,46 +252,3 @@ def center_crop_or_pad(x: np.ndarray, side: int, fill_value: float = 0.0) -> np.
             out = np.pad(out, pad, mode="constant", constant_values=fill_value)
     return np.ascontiguousarray(out, dtype=np.float32)
 
-
-def thor_native_snap_plan(
-    h: int,
-    w: int,
-    *,
-    patch_size: int,
-    scale_m: float,
-    gsds: Sequence[float],
-    image_size: int,
-    shape_adjust: str = "crop",
-    shape_tol_px: int = 8,
-    max_native_side: int = 384,
-    max_native_tokens: int = 3000,
-) -> dict:
-    """rs-embed's ``native_snap`` decision for an ``h x w`` input (MODEL_SPEC 2.4).
-
-    Returns ``{"strategy": "native_snap"|"fixed_resize", "reason", "side", "ground_cover_m", ...}``;
-    ``fixed_resize`` means: normalise, then resize to ``image_size`` (ground cover
-    ``scale_m * image_size``)."""
-    plan = {"raw_input_hw": [h, w], "shape_adjust": shape_adjust, "requested_image_size": image_size}
-
-    def fixed(reason: str) -> dict:
-        plan.update(strategy="fixed_resize", reason=reason, side=image_size, ground_cover_m=float(scale_m) * image_size)
-        return plan
-
-    if abs(h - w) > shape_tol_px:
-        return fixed("rectangular_above_tolerance")
-    unit = thor_side_unit(patch_size, scale_m, gsds)
-    if unit is None:
-        return fixed("non_integer_metres")
-    square = min(h, w) if shape_adjust == "crop" else max(h, w)
-    snapped = snap_side(square, unit)
-    plan.update(square_side=square, side_unit=unit, snapped_side=snapped)
-    if snapped > max_native_side:
-        return fixed("native_side_limit")
-    gc = float(scale_m) * snapped
-    tokens = sum(int(round(gc / (patch_size * g))) ** 2 for g in gsds)
-    plan["estimated_patch_tokens"] = tokens
-    if tokens > max_native_tokens:
-        return fixed("native_token_limit")
-    adjust = "none" if snapped == square else ("pad_to_valid_side" if snapped > square else "crop_to_valid_side")
-    plan.update(strategy="native_snap", reason="native", side=snapped, ground_cover_m=gc, snap_adjust_applied=adjust)
-    return plan

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import threading
 from collections.abc import Mapping
 from pathlib import Path
 
 from .errors import WeightsError, WeightsNotFoundError
+from .options import hf_cache_dir_from_env
 
 # Below this fraction of the architecture's float32 parameter bytes a file cannot hold the weights
 # (0.45 leaves room for a half-precision checkpoint; real pointer files are ~100 bytes).
@@ -38,8 +38,6 @@ def hf_cache_dir(cache_dir: str | os.PathLike | None = None) -> str:
     """The hub cache directory that will be used (see module doc for the precedence)."""
     if cache_dir:
         return str(Path(cache_dir).expanduser())
-    from .knobs import hf_cache_dir_from_env
-
     from_env = hf_cache_dir_from_env()
     if from_env:
         return from_env
@@ -51,8 +49,8 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUTHY
 
 
-def _how_to_supply(repo_id: str, filename: str, cache: str) -> str:
-    env_hint = " (or set RS_EMBED_THOR_CKPT=/path/to/that file)" if repo_id.startswith("FM4CS/THOR") else ""
+def _how_to_supply(repo_id: str, filename: str, cache: str, checkpoint_env: str | None = None) -> str:
+    env_hint = f" (or set {checkpoint_env}=/path/to/that file)" if checkpoint_env else ""
     return (
         f"To use a local copy pass checkpoint='/path/to/{filename}' to load_adapter{env_hint} or the "
         "adapter resource's `checkpoint` field, or place it in the "
@@ -63,8 +61,10 @@ def _how_to_supply(repo_id: str, filename: str, cache: str) -> str:
     )
 
 
-def download_from_hub(repo_id: str, filename: str, cache_dir: str | None = None) -> tuple[str, str]:
-    """Return ``(local path, how)`` with ``how`` = ``"hf_cache"`` or ``"hf_download"``."""
+def download_from_hub(repo_id: str, filename: str, cache_dir: str | None = None,
+                      checkpoint_env: str | None = None) -> tuple[str, str]:
+    """Return ``(local path, how)`` with ``how`` = ``"hf_cache"`` or ``"hf_download"``.
+    ``checkpoint_env``: the variable naming a local file (the family's), said in the errors."""
     cache = hf_cache_dir(cache_dir)
     try:
         from huggingface_hub import hf_hub_download
@@ -74,7 +74,7 @@ def download_from_hub(repo_id: str, filename: str, cache_dir: str | None = None)
             f"fetched from Hugging Face repo {repo_id} (cache dir {cache}). Install it with "
             "`pip install huggingface_hub` (it is part of the worker environment, .venv-worker / the "
             "'worker' extra). "
-            + _how_to_supply(repo_id, filename, cache)
+            + _how_to_supply(repo_id, filename, cache, checkpoint_env)
         ) from exc
     try:
         return hf_hub_download(repo_id, filename, cache_dir=cache, local_files_only=True), "hf_cache"
@@ -84,21 +84,24 @@ def download_from_hub(repo_id: str, filename: str, cache_dir: str | None = None)
         raise WeightsNotFoundError(
             f"Weights '{filename}' from Hugging Face repo {repo_id} are not in the cache dir {cache} and "
             f"HF_HUB_OFFLINE is set, so they cannot be downloaded "
-            f"({type(local_error).__name__}). " + _how_to_supply(repo_id, filename, cache)
+            f"({type(local_error).__name__}). " + _how_to_supply(repo_id, filename, cache, checkpoint_env)
         ) from local_error
     try:
         return hf_hub_download(repo_id, filename, cache_dir=cache), "hf_download"
     except Exception as exc:  # noqa: BLE001
         raise WeightsNotFoundError(
             f"Failed to download '{filename}' from Hugging Face repo {repo_id} into cache dir {cache}: "
-            f"{type(exc).__name__}: {exc}. " + _how_to_supply(repo_id, filename, cache)
+            f"{type(exc).__name__}: {exc}. " + _how_to_supply(repo_id, filename, cache, checkpoint_env)
         ) from exc
 
 
 def resolve_weights(
-    checkpoint: str | os.PathLike | None, repo_id: str, filename: str, cache_dir: str | None = None
+    checkpoint: str | os.PathLike | None, repo_id: str, filename: str, cache_dir: str | None = None,
+    *, checkpoint_env: str | None = None,
 ) -> dict:
-    """Locate the weights file: ``{"path", "source", "hf_repo", "hf_file", "hf_cache_dir"}``."""
+    """Locate the weights file: ``{"path", "source", "hf_repo", "hf_file", "hf_cache_dir"}``.
+    ``checkpoint_env``: the family's variable naming a local file (``ModelFamily.checkpoint_env``),
+    said in the errors."""
     if checkpoint is not None:
         path = Path(checkpoint).expanduser()
         if not path.is_file():
@@ -108,7 +111,7 @@ def resolve_weights(
             )
         return {"path": str(path.resolve()), "source": "local_file", "hf_repo": None, "hf_file": None,
                 "hf_cache_dir": None}
-    downloaded, how = download_from_hub(repo_id, filename, cache_dir)
+    downloaded, how = download_from_hub(repo_id, filename, cache_dir, checkpoint_env)
     return {"path": str(Path(downloaded).resolve()), "source": how, "hf_repo": repo_id, "hf_file": filename,
             "hf_cache_dir": hf_cache_dir(cache_dir)}
 
@@ -173,27 +176,6 @@ def unwrap_state_dict(obj: Mapping, path: str) -> dict:
     if non_tensors:
         raise WeightsError(f"Weights file {path}: entries {non_tensors[:10]} are not tensors")
     return dict(obj)
-
-
-THOR_DROP = re.compile(r"^(decoder_|decode_|ref_pos_embed|pos_embed)")
-
-
-def thor_encoder_state(state: Mapping, path: str) -> tuple[dict, dict]:
-    """Select the THOR encoder weights: keys under ``encoder.`` (prefix stripped) when there are any,
-    else the flat dict; keys matching ``decoder_*``, ``decode_*``, ``ref_pos_embed*``, ``pos_embed*``
-    are dropped. Returns ``(encoder state, info)``."""
-    enc_keys = [k for k in state if k.startswith("encoder.")]
-    if enc_keys:
-        selected = {k[len("encoder."):]: state[k] for k in enc_keys}
-        other = [k for k in state if not k.startswith("encoder.")]
-        prefix = "encoder."
-    else:
-        selected, other, prefix = dict(state), [], ""
-    dropped = [k for k in selected if THOR_DROP.match(k)]
-    for k in dropped:
-        del selected[k]
-    info = {"key_prefix_stripped": prefix, "dropped_keys": len(dropped), "ignored_non_encoder_keys": len(other)}
-    return selected, info
 
 
 def _fmt(keys: list, limit: int = 20) -> str:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rs_embed_pipeline.models import ModelInputError, load_adapter
-from rs_embed_pipeline.models import thor as thor_module
+from rs_embed_pipeline.models.thor import model as thor_module
 
 from .conftest import TERRAFM_TINY, THOR_TINY, assert_close
 

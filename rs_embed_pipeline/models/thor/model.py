@@ -40,8 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ModelInputError
-from .knobs import (  # noqa: F401 - re-exported: the THOR vocabulary lives in the torch-free knobs module
+from ..errors import ModelInputError
+from ..layers import Block, EncoderConfig, check_arch_keys, resolved
+from .spec import (  # noqa: F401 - re-exported: the THOR vocabulary lives in the torch-free spec module
     GROUP_MERGE_ALIASES,
     GROUP_MERGES,
     THOR_VARIANT_ALIASES,
@@ -49,7 +50,6 @@ from .knobs import (  # noqa: F401 - re-exported: the THOR vocabulary lives in t
     canonical_group_merge,
     canonical_thor_variant,
 )
-from .layers import Block, EncoderConfig, check_arch_keys, resolved
 
 # --------------------------------------------------------------------------------------------
 # Band table
@@ -114,7 +114,7 @@ VARIANT_ALIASES = THOR_VARIANT_ALIASES
 
 
 def canonical_variant(variant: str) -> str:
-    """``tiny|small|base|large`` (see :func:`rs_embed_pipeline.models.knobs.canonical_thor_variant`)."""
+    """``tiny|small|base|large`` (see :func:`rs_embed_pipeline.models.thor.spec.canonical_thor_variant`)."""
     return canonical_thor_variant(variant)
 
 
@@ -514,6 +514,12 @@ class ThorEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, bands: Sequence[str], ground_cover_m: float, patch_size: int = 16) -> torch.Tensor:
         return self.forward_tokens(x, bands, ground_cover_m, patch_size)[0]
+
+
+def build_encoder(arch: dict | None = None, variant: str | None = None) -> ThorEncoder:
+    """The registry's model builder: a random-init encoder of ``variant`` (default base), or of a
+    reduced ``arch`` (a fixture's case.json "arch"). State-dict keys: the checkpoint's ``encoder.*``."""
+    return ThorEncoder(ThorConfig.from_arch(arch, variant or "base"))
 
 
 # --------------------------------------------------------------------------------------------

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ModelInputError
-from .layers import Block, EncoderConfig, check_arch_keys, resolved
+from ..errors import ModelInputError
+from ..layers import Block, EncoderConfig, check_arch_keys, resolved
 
 BRANCHES = ("s2_l2a", "s2_l1c", "s1")
 
@@ -176,3 +176,9 @@ class TerraFM(nn.Module):
         """Patch tokens (CLS dropped) to ``[B, D, h, w]``, row-major."""
         b, _, d = tokens.shape
         return tokens[:, 1:].reshape(b, h, w, d).permute(0, 3, 1, 2)
+
+
+def build_terrafm(arch: dict | None = None, variant: str | None = None) -> TerraFM:
+    """The registry's model builder: a random-init TerraFM-B, or a reduced ``arch`` (a fixture's
+    case.json "arch"); TerraFM has one size, so ``variant`` is unused. State-dict keys: ``TerraFM-B.pth``'s."""
+    return TerraFM(TerraFMConfig.from_arch(arch))
