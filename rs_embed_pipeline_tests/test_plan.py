@@ -68,3 +68,25 @@ def test_fetch_threads_changed_in_a_run_are_reported_not_dropped():
     notes = spec.ignored_overrides(TerraFMResource(worker_python="python", fetch_workers=2))
     assert notes == ["terrafm.fetch_workers 2 in this run's config was not used: fetch threads are read when the "
                      "code location loads (8); for one run, set the imagery resource's max_workers"]
+
+
+def test_model_resources_follow_the_model_registry():
+    """The model resource keys are the registry's families (models/registry.py), each with its
+    Dagster resource class; a family registered without one fails the load naming it and where to
+    add it, and is gone again after unregistering."""
+    from rs_embed_pipeline.models.registry import ModelFamily, families, register_family, unregister_family
+    from rs_embed_pipeline.orchestration.plan import MODEL_RESOURCE_KEYS
+    from rs_embed_pipeline.orchestration.resources import ThorResource, TerraFMResource, model_resource_classes
+
+    assert MODEL_RESOURCE_KEYS == tuple(f.name for f in families()) == ("terrafm", "thor")
+    assert model_resource_classes() == {"terrafm": TerraFMResource, "thor": ThorResource}
+    register_family(ModelFamily(name="toyfm", title="Toy FM", ids={"toyfm_s": None}, input_bands={"s2": ("B4",)},
+                                tile_size_px=64, adapter="not.imported:Adapter", model="not.imported:build"))
+    try:
+        with pytest.raises(ValueError, match=r"^Model family \['toyfm'\] registered in rs_embed_pipeline\.models\."
+                                             r"registry without a Dagster resource class: add one to "
+                                             r"rs_embed_pipeline\.orchestration\.resources\.MODEL_RESOURCE_CLASSES$"):
+            model_resource_classes()
+    finally:
+        unregister_family("toyfm")
+    assert list(model_resource_classes()) == ["terrafm", "thor"]

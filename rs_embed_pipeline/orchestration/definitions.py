@@ -29,14 +29,15 @@ from rs_embed_pipeline.orchestration.resources import (
     ImageryResource,
     LocalStacImagery,
     PipelineStore,
+    ModelResource,
     StacImagery,
-    TerraFMResource,
     ThorResource,
+    model_resource_classes,
 )
 from rs_embed_pipeline.orchestration.schedules import build_embedding_job, build_latest_window_schedule
 from rs_embed_pipeline.orchestration.settings import EARTH_SEARCH_URL, Settings
 from rs_embed_pipeline.models.knobs import KNOBS
-from rs_embed_pipeline.models.preprocessing import thor_normalization
+from rs_embed_pipeline.models.thor.spec import thor_normalization
 
 
 def imagery_for(settings: Settings) -> ImageryResource:
@@ -61,8 +62,7 @@ def resources_for(settings: Settings) -> dict[str, object]:
                                lease_ttl_s=settings.lease_ttl_s, regions_config=str(settings.config_path)),
         "imagery": imagery_for(settings),
         # rs-embed knob variables (docs/knobs.md) as the fields' defaults; resource config wins.
-        "terrafm": TerraFMResource(**model_common, **settings.knobs.get("terrafm", {})),
-        "thor": ThorResource(**model_common, **settings.knobs.get("thor", {})),
+        **{key: cls(**model_common, **settings.knobs.get(key, {})) for key, cls in model_resource_classes().items()},
         "pipes_subprocess_client": dg.PipesSubprocessClient(),
     }
 
@@ -94,7 +94,7 @@ def validate_resources(resources: dict[str, Any]) -> None:
             _ = store.storage_options  # parses the JSON and refuses credentials
         except ValueError as exc:
             raise fail("store", "storage_options_json", exc) from None
-    models = {key: r for key, r in resources.items() if isinstance(r, (TerraFMResource, ThorResource))}
+    models = {key: r for key, r in resources.items() if isinstance(r, ModelResource)}
     modalities = sorted({m for r in models.values() for m in r.modalities}) or ["s2"]
     imagery = resources.get("imagery")
     if isinstance(imagery, ImageryResource):

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 from rs_embed_pipeline.core.vocabulary import MODALITIES
+from rs_embed_pipeline.models.registry import families
 
 if TYPE_CHECKING:
     from rs_embed_pipeline.orchestration.resources import ModelResource
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 
 #: The model resource keys, in the order their assets appear; each key also prefixes its asset names
 #: (``terrafm_s2_embeddings``).
-MODEL_RESOURCE_KEYS: tuple[str, ...] = ("terrafm", "thor")
+MODEL_RESOURCE_KEYS: tuple[str, ...] = tuple(f.name for f in families())  # the registry's families
 SENSOR_TITLES = {"s2": "Sentinel-2", "s1": "Sentinel-1"}
 
 

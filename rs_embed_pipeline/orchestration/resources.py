@@ -20,7 +20,8 @@ from rs_embed_pipeline.providers.base import PatchProvider
 from rs_embed_pipeline.stores import StoreLayout
 from rs_embed_pipeline.core.vocabulary import MODALITIES
 from rs_embed_pipeline.core.regions import load_pipeline_config
-from rs_embed_pipeline.models.knobs import canonical_group_merge, canonical_thor_normalization, canonical_thor_variant
+from rs_embed_pipeline.models.registry import families
+from rs_embed_pipeline.models.thor.spec import canonical_group_merge, canonical_thor_normalization, canonical_thor_variant
 from rs_embed_pipeline.orchestration.partitions import build_partitions, region_windows
 from rs_embed_pipeline.orchestration.settings import worker_environment
 from rs_embed_pipeline.providers import LocalStacProvider, StacProvider
@@ -465,3 +466,19 @@ class ThorResource(ModelResource):
             "group_merge": self.group_merge,
             "scale_m": self.scale_m,
         }
+
+
+#: The Dagster resource class of each registered model family (``models/registry.py``), under the
+#: family's name, which is also its resource key and asset-name prefix. A family registered without
+#: one here fails the code location's load, naming it.
+MODEL_RESOURCE_CLASSES: dict[str, type[ModelResource]] = {"terrafm": TerraFMResource, "thor": ThorResource}
+
+
+def model_resource_classes() -> dict[str, type[ModelResource]]:
+    """``{family name: resource class}`` for every registered family, in registration order."""
+    missing = [f.name for f in families() if f.name not in MODEL_RESOURCE_CLASSES]
+    if missing:
+        raise ValueError(f"Model famil{'y' if len(missing) == 1 else 'ies'} {missing} registered in "
+                         "rs_embed_pipeline.models.registry without a Dagster resource class: add one to "
+                         "rs_embed_pipeline.orchestration.resources.MODEL_RESOURCE_CLASSES")
+    return {f.name: MODEL_RESOURCE_CLASSES[f.name] for f in families()}

@@ -51,6 +51,7 @@ from typing import Any
 from collections.abc import Mapping
 
 from rs_embed_pipeline.orchestration.leases import DEFAULT_TTL_S, DEFAULT_WAIT_S
+from rs_embed_pipeline.models.registry import families
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # rs_embed_pipeline/
 REPO_DIR = PACKAGE_DIR.parent
@@ -121,9 +122,9 @@ class Settings:
     step_retry_delay_s: float = 30.0
     lease_wait_s: float = DEFAULT_WAIT_S
     lease_ttl_s: float = DEFAULT_TTL_S
-    # Resource fields set by the rs-embed knob variables: {"terrafm"|"thor"|"imagery": {field: value}}.
+    # Resource fields set by the rs-embed knob variables: {family ("terrafm", "thor", ...) or "imagery": {field: value}}.
     knobs: Mapping[str, Mapping[str, Any]] = dataclasses.field(
-        default_factory=lambda: {"terrafm": {}, "thor": {}, "imagery": {}}
+        default_factory=lambda: {**{f.name: {} for f in families()}, "imagery": {}}
     )
 
     @classmethod
