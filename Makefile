@@ -63,7 +63,7 @@ screenshots: setup
 	$(VENV)/bin/python scripts/screenshots.py --out docs/screenshots
 
 # docs/knobs.md is generated from the knob table (rs_embed_pipeline/config/knobs.yaml, knob_table.py): run this
-# after changing a row; rs_embed_pipeline_tests/test_knobs_doc.py fails while the file is out of date.
+# after changing a row; rs_embed_pipeline_tests/orchestration/test_knobs_doc.py fails while the file is out of date.
 knobs-doc: $(VENV)/.installed
 	$(VENV)/bin/python -m rs_embed_pipeline.orchestration.knob_table --write docs/knobs.md
 

@@ -239,7 +239,7 @@ location from loading with an error that names the variable and its valid values
   `rs_embed_pipeline/orchestration/knob_table.py`), which also gives the resources' fields their defaults and
   descriptions (`knob_field`); the variables' defaults come from `rs_embed_pipeline/models/knobs.py`.
   After changing a row run `make knobs-doc`.
-  `rs_embed_pipeline_tests/test_knobs_doc.py` regenerates this page and compares it with the file,
+  `rs_embed_pipeline_tests/orchestration/test_knobs_doc.py` regenerates this page and compares it with the file,
   and parses the table below to check it against the resources' fields and defaults, the knob table
   and the settings, so it cannot drift.
 

@@ -17,7 +17,7 @@ from rs_embed_pipeline.orchestration.definitions import resources_for
 from rs_embed_pipeline.models import knobs as K
 from rs_embed_pipeline.models.errors import ModelInputError
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "knobs.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "knobs.md"
 CLASSES = {n: getattr(R, n) for n in ("TerraFMResource", "ThorResource", "ImageryResource", "EarthEngineImagery",
                                       "LocalStacImagery", "StacImagery")}
 RESOURCE_KEY = {"TerraFMResource": "terrafm", "ThorResource": "thor", "ImageryResource": "imagery"}
