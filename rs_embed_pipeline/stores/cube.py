@@ -16,7 +16,7 @@ embedding store's fingerprint, tile counts, synthetic flag).
 Time index i is the i-th window of the partitions definition (not the order of writes), so a
 backfill may fill windows in any order.
 
-int8 cubes (``quantization``, products/quantize.py): ``embedding`` is int8 (fill -128 = no
+int8 cubes (``quantization``, stores/cube_codec.py): ``embedding`` is int8 (fill -128 = no
 embedding) with ``embedding_scale`` (per cell, or per feature and window) and ``embedding_offset``
 (per feature and window) beside it, all chunked one window per chunk and grown with the time axis
 like the other per-window arrays; ``products.open_cube`` returns float32.
@@ -314,7 +314,7 @@ def _dataset_specs(epsg: int, x0: float, y0: float, cell_m: float, ny: int, nx: 
 def _quantized_specs(embedding: Mapping[str, Any], ny: int, nx: int, n_feature: int, chunk_yx: tuple[int, int],
                      capacity: int, quantization: str) -> dict[str, dict[str, Any]]:
     """int8 ``embedding`` (fill -128: no embedding) plus its float32 scale (and offset) arrays, all
-    chunked one window per chunk like the rest (products/quantize.py has the schemes)."""
+    chunked one window per chunk like the rest (stores/cube_codec.py has the schemes)."""
 
     out = {"embedding": {**embedding, "dtype": "int8", "fill_value": INT8_FILL,
                          "attributes": {**embedding["attributes"], "quantization": quantization,
@@ -625,7 +625,7 @@ def write_cube_window(
     ``provenance``: JSON facts about this window's source (stored in ``window_provenance``).
     ``grid_shape`` (D', h, w) and ``pooled_dim`` (D) let a window without any embedding be
     written (as NaN); without them such a window is skipped. ``quantization``: ``"none"`` (float32),
-    ``"int8_per_cell"`` or ``"int8_per_feature"`` (products/quantize.py); part of the cube's identity
+    ``"int8_per_cell"`` or ``"int8_per_feature"`` (stores/cube_codec.py); part of the cube's identity
     (a cube stored otherwise is refused unless ``rebuild``). Int8 writes report the accuracy of the
     window's values against the float32 input in ``written["quantization"]``.
 
@@ -822,7 +822,7 @@ def _write_params(group: zarr.Group, index: int,
 def _window_params(quantization: str, lo: np.ndarray, hi: np.ndarray, total: np.ndarray, count: int
                    ) -> tuple[np.ndarray | None, np.ndarray]:
     """(per-feature scale or None, per-feature offset) of a window: int8_per_feature from the
-    range, int8_per_cell's offset is the mean (products/quantize.py)."""
+    range, int8_per_cell's offset is the mean (stores/cube_codec.py)."""
 
     if quantization == "int8_per_feature":
         return Q.per_feature_params(lo, hi)

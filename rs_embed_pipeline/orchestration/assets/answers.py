@@ -1,7 +1,7 @@
 """Answers from the cubes, per model x modality, partitioned like the cubes (region x window):
 
 * ``<model>_<modality>_search_index``: the cells of a window, normalised, with an HNSW index for
-  large windows, so "where else looks like this?" costs milliseconds (products/search.py; query it
+  large windows, so "where else looks like this?" costs milliseconds (products/similarity.py; query it
   with ``python -m rs_embed_pipeline.cli.search``);
 * ``<model>_<modality>_change``: the per-cell cosine distance between a window and the previous
   window (or a configured baseline), with a check that warns when the changed area share is above
@@ -40,7 +40,7 @@ CHANGE_KINDS = ("grid", "pooled")
 INDEX_DESCRIPTION = (
     "Similarity-search index of the {title} cube, per region and window: every cell with an embedding (grid "
     "cells and pooled tiles), L2-normalised, with a FAISS HNSW index from ann_min_cells cells on (exact numpy "
-    "search below). Query it with `python -m rs_embed_pipeline.cli.search` or products.search.search(); the map "
+    "search below). Query it with `python -m rs_embed_pipeline.cli.search` or products.similarity.search(); the map "
     "shows the cosine similarity of every cell to the region's centre cell.")
 CHANGE_DESCRIPTION = (
     "Change between windows of the {title} cube: per-cell cosine distance (1 - cosine) between this window "
