@@ -84,7 +84,7 @@ def main() -> None:
     from rs_embed_pipeline.products import open_cube
     from rs_embed_pipeline.stores import cube_codec as Q
     from rs_embed_pipeline.products.similarity import SearchIndex, cells_of, window_of, _normalise
-    from rs_embed_pipeline.stores.cube import write_cube_window
+    from rs_embed_pipeline.stores.cube import CallableGrids, CubeWindowWrite, write_cube_window
 
     if args.synthetic_tiles:
         tiles, pooled, grids, what = _synthetic_source(args.synthetic_tiles, args.dim, 14)
@@ -97,9 +97,10 @@ def main() -> None:
     for scheme in Q.SCHEMES:
         uri = str(tmp / f"{scheme}.zarr")
         t0 = time.perf_counter()
-        write_cube_window(uri, tiles=tiles, pooled=pooled, grids=grids.__getitem__, window_index=0,
-                          window_starts=starts, attrs={"model_id": args.model, "modality": args.modality},
-                          fingerprint="bench", quantization=scheme)
+        write_cube_window(uri, CubeWindowWrite(
+            tiles=tiles, pooled=pooled, reader=CallableGrids(grids=grids.__getitem__), window_index=0,
+            window_starts=starts, attrs={"model_id": args.model, "modality": args.modality},
+            fingerprint="bench", quantization=scheme))
         seconds = time.perf_counter() - t0
         zone = sorted(p.name for p in Path(uri).glob("EPSG*"))[0]
         ds = window_of(open_cube(uri, zone=zone), starts[0])

@@ -70,7 +70,7 @@ from pyproj import CRS
 
 from rs_embed_pipeline.core.grid import parse_tile_id
 from rs_embed_pipeline.stores import cube_codec as Q
-from rs_embed_pipeline.stores.cube_codec import INT8_FILL, OFFSET_VAR, SCALE_VAR, quantized_arrays
+from rs_embed_pipeline.stores.cube_codec import INT8_FILL, OFFSET_VAR, SCALE_VAR, Scheme, quantized_arrays
 from rs_embed_pipeline.stores.files import write_bytes_atomic
 from rs_embed_pipeline.stores.tile_store import (
     AccessMode, StoreError, array_at, float_compressors, group_at, remove_tree, require_atomic_chunk_writes,
@@ -588,86 +588,143 @@ class _Zone:
                    left=min(float(t["x0"]) for t in zone_tiles), top=max(float(t["y0"]) for t in zone_tiles))
 
 
-def write_cube_window(
-    cube_uri: str,
-    *,
-    tiles: Sequence[Mapping[str, Any]],
-    pooled: Mapping[str, np.ndarray],
-    window_index: int,
-    window_starts: Sequence[str],
-    attrs: Mapping[str, Any],
-    reader: GridReader | None = None,
-    grids: Callable[[str], np.ndarray] | None = None,
-    read_grids: Callable[[Sequence[str]], np.ndarray] | None = None,
-    storage_options: Mapping[str, Any] | None = None,
-    fingerprint: str | None = None,
-    provenance: Mapping[str, Any] | None = None,
-    windows_in_range: int | None = None,
-    grid_shape: Sequence[int] | None = None,
-    pooled_dim: int | None = None,
-    rebuild: bool = False,
-    quantization: str = "none",
-) -> dict[str, Any]:
-    """Write one window of a region's embeddings into its cube (idempotent; safe beside writers of
-    other windows).
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CubeWindowWrite:
+    """One window of a region's embeddings, to be written into its cube by :func:`write_cube_window`.
 
-    ``tiles``: tile_grid rows (tile_id, utm_epsg, x0, y0, size_px, scale_m) of the region at this
-    model's tile size; ``pooled``: tile_id -> [D] for the tiles that have an embedding;
-    ``reader``: a :class:`GridReader` (e.g. :class:`TileStoreGrids` over the embedding store) that
-    reads the feature maps of those tiles, one row of tiles at a time (at most a row in memory).
-    Instead of a reader, ``grids`` (callable tile_id -> [D', h, w]) and optionally ``read_grids``
-    (callable [tile_id, ...] -> [N, D', h, w]) may be given (:class:`CallableGrids`).
-    ``window_starts``: start dates of windows 0, 1, ... (at least up to ``window_index``; longer
-    lists, into the future, let the time axis be allocated with a margin); ``windows_in_range``:
-    how many of them the partitions definition has now (default: all). ``fingerprint``: a
-    digest of the settings every window of this cube shares (model, weights, adapter options,
-    provider settings, code version); a cube with another one is refused unless ``rebuild``.
-    ``provenance``: JSON facts about this window's source (stored in ``window_provenance``).
-    ``grid_shape`` (D', h, w) and ``pooled_dim`` (D) let a window without any embedding be
-    written (as NaN); without them such a window is skipped. ``quantization``: ``"none"`` (float32),
-    ``"int8_per_cell"`` or ``"int8_per_feature"`` (stores/cube_codec.py); part of the cube's identity
-    (a cube stored otherwise is refused unless ``rebuild``). Int8 writes report the accuracy of the
-    window's values against the float32 input in ``written["quantization"]``.
+    Checked when made, so a bad request fails before anything is written: a ``window_index``
+    outside ``window_starts``, an unknown ``quantization``, or embeddings without a grid reader.
+    """
+
+    tiles: Sequence[Mapping[str, Any]]
+    """tile_grid rows (tile_id, utm_epsg, x0, y0, size_px, scale_m) of the region at this model's
+    tile size."""
+    pooled: Mapping[str, np.ndarray]
+    """tile_id -> [D] for the tiles that have an embedding."""
+    window_index: int
+    """The window's slot on the cube's time axis: its index in ``window_starts``."""
+    window_starts: Sequence[str]
+    """Start dates of windows 0, 1, ... (at least up to ``window_index``; longer lists, into the
+    future, let the time axis be allocated with a margin)."""
+    attrs: Mapping[str, Any]
+    """The cube's attributes (title, model_id, modality, region, ...), on its root and groups."""
+    reader: GridReader = CallableGrids()
+    """Reads the feature maps of the tiles in ``pooled``, one row of tiles at a time (at most a row
+    in memory): a :class:`TileStoreGrids` over the embedding store, or a :class:`CallableGrids` over
+    ``grids`` (callable tile_id -> [D', h, w]) and optionally ``read`` (callable [tile_id, ...] ->
+    [N, D', h, w]). The default reads nothing: for a window without any embedding."""
+    storage_options: Mapping[str, Any] | None = None
+    """fsspec options for the cube's URI (e.g. S3 credentials and endpoint)."""
+    fingerprint: str | None = None
+    """A digest of the settings every window of this cube shares (model, weights, adapter options,
+    provider settings, code version); a cube with another one is refused unless ``rebuild``."""
+    provenance: Mapping[str, Any] | None = None
+    """JSON facts about this window's source (stored in ``window_provenance``)."""
+    windows_in_range: int | None = None
+    """How many of ``window_starts`` the partitions definition has now (default: all)."""
+    grid_shape: Sequence[int] | None = None
+    """(D', h, w): with ``pooled_dim``, lets a window without any embedding be written (as NaN);
+    without them such a window is skipped."""
+    pooled_dim: int | None = None
+    """D: see ``grid_shape``."""
+    rebuild: bool = False
+    """Delete a cube that is not one, or was built with other settings, and start again (its other
+    windows must then be re-materialized); must not run beside other writers of the same cube."""
+    quantization: Scheme = "none"
+    """Cube storage: ``"none"`` (float32), ``"int8_per_cell"`` or ``"int8_per_feature"``
+    (stores/cube_codec.py); part of the cube's identity (a cube stored otherwise is refused unless
+    ``rebuild``)."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.window_index < len(self.window_starts):
+            raise ValueError(f"window_index {self.window_index} is outside window_starts "
+                             f"({len(self.window_starts)} windows)")
+        Q.check_scheme(self.quantization)
+        no_reader = isinstance(self.reader, CallableGrids) and self.reader.grids is None and self.reader.read is None
+        if no_reader and any(str(t["tile_id"]) in self.pooled for t in self.tiles):
+            raise ValueError("tiles of this window have an embedding but the request has no grid reader: pass "
+                             "reader=TileStoreGrids(store) or CallableGrids(grids=..., read=...)")
+
+
+@dataclasses.dataclass(frozen=True)
+class CubeZoneWritten:
+    """One UTM zone of a written window: its cube group and its embedding arrays' shapes after the write."""
+
+    group: str                          # "EPSG<code>": holds <group>/grid and <group>/pooled
+    epsg: int
+    grid_shape: tuple[int, ...]         # (time, y, x, D') of <group>/grid/embedding
+    pooled_shape: tuple[int, ...]       # (time, y, x, D) of <group>/pooled/embedding
+
+
+@dataclasses.dataclass(frozen=True)
+class CubeWindowAccuracy:
+    """An int8 window's accuracy: the lowest cosine of a stored cell to its float32 input."""
+
+    scheme: Scheme
+    min_cosine_grid: float | None       # None: no cell with an embedding
+    min_cosine_pooled: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class CubeWindowWritten:
+    """What :func:`write_cube_window` wrote."""
+
+    groups: tuple[CubeZoneWritten, ...]  # one per UTM zone written (zones without a shape are skipped)
+    tiles_written: int                  # tiles with an embedding
+    tiles_empty: int                    # tiles without one (NaN / int8 fill)
+    quantization: CubeWindowAccuracy | None = None  # int8 cubes only
+
+    @property
+    def min_cosines(self) -> list[float]:
+        """The int8 window's lowest cosines (grid, pooled) that exist; none for float32 cubes."""
+        q = self.quantization
+        return [] if q is None else [v for v in (q.min_cosine_grid, q.min_cosine_pooled) if v is not None]
+
+
+def write_cube_window(cube_uri: str, request: CubeWindowWrite) -> CubeWindowWritten:
+    """Write one window of a region's embeddings into its cube (idempotent; safe beside writers of
+    other windows). The request's fields say what (:class:`CubeWindowWrite`); int8 writes report
+    the accuracy of the window's values against the float32 input in ``quantization``.
 
     The common case (the cube and the window's slot exist) costs a handful of metadata reads: the
     arrays are opened from the consolidated metadata, the window's chunks written, then the time
     axis and the consolidated metadata checked (:func:`_settle`).
     """
-    if not 0 <= window_index < len(window_starts):
-        raise ValueError(f"window_index {window_index} is outside window_starts ({len(window_starts)} windows)")
+    r = request
     require_atomic_chunk_writes(cube_uri)
-    reader = reader or CallableGrids(grids, read_grids)
-    fingerprint, attrs = _storage_identity(quantization, fingerprint, attrs)
-    cube = _Cube(cube_uri, storage_options)
-    root_doc = _open_or_create_root(cube, attrs, fingerprint, rebuild, window_starts)
-    in_range = len(window_starts) if windows_in_range is None else int(windows_in_range)
-    window = _Window(index=window_index, starts=window_starts, need=window_index + 1,
-                     capacity=time_capacity(max(window_index + 1, in_range), len(window_starts)),
-                     source=json.dumps(dict(provenance or {}), sort_keys=True, default=str), quantization=quantization)
-    written: dict[str, Any] = {"groups": [], "tiles_written": 0, "tiles_empty": 0}
+    fingerprint, attrs = _storage_identity(r.quantization, r.fingerprint, r.attrs)
+    cube = _Cube(cube_uri, r.storage_options)
+    root_doc = _open_or_create_root(cube, attrs, fingerprint, r.rebuild, r.window_starts)
+    in_range = len(r.window_starts) if r.windows_in_range is None else int(r.windows_in_range)
+    window = _Window(index=r.window_index, starts=r.window_starts, need=r.window_index + 1,
+                     capacity=time_capacity(max(r.window_index + 1, in_range), len(r.window_starts)),
+                     source=json.dumps(dict(r.provenance or {}), sort_keys=True, default=str),
+                     quantization=r.quantization)
+    groups: list[CubeZoneWritten] = []
+    tiles_written = tiles_empty = 0
     cosines: dict[str, list[float]] = {"grid": [], "pooled": []}
-    for epsg in sorted({int(t["utm_epsg"]) for t in tiles}):
-        zone = _Zone.of(epsg, tiles)
-        shapes = _zone_shapes(zone, pooled, reader, grid_shape, pooled_dim)
+    for epsg in sorted({int(t["utm_epsg"]) for t in r.tiles}):
+        zone = _Zone.of(epsg, r.tiles)
+        shapes = _zone_shapes(zone, r.pooled, r.reader, r.grid_shape, r.pooled_dim)
         if shapes is None:
             continue  # nothing to write and no shape to create the group with
         root_doc = _ensure_zone(cube, root_doc, zone, shapes, attrs, window)
-        n_have, n_empty = _write_zone(cube, zone, shapes, pooled, reader, window, cosines)
-        written["tiles_written"] += n_have
-        written["tiles_empty"] += n_empty
-        root_doc = _settle(cube, zone.paths, window.need, window_starts)
+        n_have, n_empty = _write_zone(cube, zone, shapes, r.pooled, r.reader, window, cosines)
+        tiles_written += n_have
+        tiles_empty += n_empty
+        root_doc = _settle(cube, zone.paths, window.need, r.window_starts)
         meta = _consolidated(root_doc)
-        written["groups"].append(
-            {"group": zone.name, "epsg": epsg,
-             "grid_shape": list(meta[f"{zone.paths[0]}/embedding"]["shape"]),
-             "pooled_shape": list(meta[f"{zone.paths[1]}/embedding"]["shape"])}
-        )
-    if quantization != "none":
-        written["quantization"] = {
-            "scheme": quantization,
-            **{f"min_cosine_{kind}": float(min(v)) if v else None for kind, v in cosines.items()},
-        }
-    return written
+        groups.append(CubeZoneWritten(
+            group=zone.name, epsg=epsg,
+            grid_shape=tuple(int(n) for n in meta[f"{zone.paths[0]}/embedding"]["shape"]),
+            pooled_shape=tuple(int(n) for n in meta[f"{zone.paths[1]}/embedding"]["shape"])))
+    accuracy = None
+    if r.quantization != "none":
+        low = {kind: float(min(v)) if v else None for kind, v in cosines.items()}
+        accuracy = CubeWindowAccuracy(scheme=r.quantization, min_cosine_grid=low["grid"],
+                                      min_cosine_pooled=low["pooled"])
+    return CubeWindowWritten(groups=tuple(groups), tiles_written=tiles_written, tiles_empty=tiles_empty,
+                             quantization=accuracy)
 
 
 def _storage_identity(quantization: str, fingerprint: str | None, attrs: Mapping[str, Any]

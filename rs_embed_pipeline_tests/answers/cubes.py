@@ -38,11 +38,11 @@ def vectors(window: int, dim: int, missing: set[str] = frozenset(), seed: int = 
     return pooled, grids
 
 
-def write(uri: str, window: int, pooled, grids, quantization: str = "none", rebuild: bool = False) -> dict:
-    from rs_embed_pipeline.stores.cube import write_cube_window
+def write(uri: str, window: int, pooled, grids, quantization: str = "none", rebuild: bool = False):
+    from rs_embed_pipeline.stores.cube import CallableGrids, CubeWindowWrite, write_cube_window
 
     dim = next(iter(grids.values())).shape[0] if grids else 8
-    return write_cube_window(uri, tiles=tiles(), pooled=pooled, grids=grids.__getitem__, window_index=window,
-                             window_starts=WINDOW_STARTS, attrs=ATTRS, fingerprint="answers",
-                             provenance={"tiles_ok": len(pooled)}, grid_shape=(dim, CELLS, CELLS),
-                             pooled_dim=dim, quantization=quantization, rebuild=rebuild)
+    return write_cube_window(uri, CubeWindowWrite(
+        tiles=tiles(), pooled=pooled, reader=CallableGrids(grids=grids.__getitem__), window_index=window,
+        window_starts=WINDOW_STARTS, attrs=ATTRS, fingerprint="answers", provenance={"tiles_ok": len(pooled)},
+        grid_shape=(dim, CELLS, CELLS), pooled_dim=dim, quantization=quantization, rebuild=rebuild))

@@ -44,8 +44,8 @@ def test_int8_cube_reads_back_close_to_float32(cubes, scheme):
         assert raw.attrs["geoemb:quantization"]["method"] == Q.geoemb_quantization(scheme)["method"]
         assert raw.attrs["geoemb:quantization"]["quantized_dtype"] == "int8"
         assert set(Q.quantized_arrays(scheme)) <= set(raw.data_vars)
-    written = cubes[scheme]["written"][0]["quantization"]
-    assert written["scheme"] == scheme and written["min_cosine_grid"] >= 0.999
+    written = cubes[scheme]["written"][0].quantization
+    assert written.scheme == scheme and written.min_cosine_grid >= 0.999
 
 
 def test_int8_storage_is_smaller_and_missing_tiles_store_nothing(cubes):
@@ -151,15 +151,16 @@ def test_cosine_distance_and_change_between(cubes, tmp_path):
 
 def test_int8_time_axis_grows_with_its_scale_arrays(tmp_path):
     """A window beyond the allocated time axis grows every time array, the scales included."""
-    from rs_embed_pipeline.stores.cube import TIME_BLOCK, write_cube_window
+    from rs_embed_pipeline.stores.cube import TIME_BLOCK, CallableGrids, CubeWindowWrite, write_cube_window
 
     starts = [f"{2024 + i // 4}-{1 + 3 * (i % 4):02d}-01" for i in range(64)]
     uri = str(tmp_path / "grow.zarr")
     for window in (0, TIME_BLOCK + 3):
         pooled, grids = C.vectors(window, 8)
-        write_cube_window(uri, tiles=C.tiles(), pooled=pooled, grids=grids.__getitem__, window_index=window,
-                          window_starts=starts, windows_in_range=2, attrs=C.ATTRS, fingerprint="grow",
-                          quantization="int8_per_cell")
+        write_cube_window(uri, CubeWindowWrite(
+            tiles=C.tiles(), pooled=pooled, reader=CallableGrids(grids=grids.__getitem__), window_index=window,
+            window_starts=starts, windows_in_range=2, attrs=C.ATTRS, fingerprint="grow",
+            quantization="int8_per_cell"))
     raw = xr.open_zarr(uri, group="EPSG32632/grid", consolidated=False)
     assert raw["embedding"].shape[0] == raw["embedding_scale"].shape[0] == raw["time"].shape[0] > TIME_BLOCK + 3
     ds = open_cube(uri)

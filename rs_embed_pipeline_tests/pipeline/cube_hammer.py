@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from rs_embed_pipeline.core.grid import tile_id
-from rs_embed_pipeline.stores.cube import write_cube_window
+from rs_embed_pipeline.stores.cube import CallableGrids, CubeWindowWrite, CubeWindowWritten, write_cube_window
 
 # A 3 x 3 block of 224 px tiles; monthly windows from 2024 (enough to grow the axis several times).
 WINDOW_STARTS = [f"{y}-{m:02d}-01" for y in range(2024, 2034) for m in range(1, 13)]
@@ -40,13 +40,12 @@ def window_values(window: int) -> tuple[dict, dict]:
     return pooled, grids
 
 
-def write_window(uri: str, window: int, storage_options: dict | None = None) -> dict:
+def write_window(uri: str, window: int, storage_options: dict | None = None) -> CubeWindowWritten:
     pooled, grids = window_values(window)
-    return write_cube_window(uri, tiles=tiles(), pooled=pooled, grids=grids.__getitem__, window_index=window,
-                             window_starts=WINDOW_STARTS, windows_in_range=IN_RANGE,
-                             attrs={"title": "hammer"}, fingerprint="hammer-v1",
-                             provenance={"window": window}, storage_options=storage_options,
-                             grid_shape=(6, 4, 4), pooled_dim=8)
+    return write_cube_window(uri, CubeWindowWrite(
+        tiles=tiles(), pooled=pooled, reader=CallableGrids(grids=grids.__getitem__), window_index=window,
+        window_starts=WINDOW_STARTS, windows_in_range=IN_RANGE, attrs={"title": "hammer"}, fingerprint="hammer-v1",
+        provenance={"window": window}, storage_options=storage_options, grid_shape=(6, 4, 4), pooled_dim=8))
 
 
 def main() -> None:

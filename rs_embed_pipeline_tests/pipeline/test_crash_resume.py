@@ -20,7 +20,7 @@ import pytest
 import zarr
 
 from rs_embed_pipeline.stores import STATUS_CODES, TileStore
-from rs_embed_pipeline.stores.cube import read_window_state, write_cube_window
+from rs_embed_pipeline.stores.cube import CallableGrids, CubeWindowWrite, read_window_state, write_cube_window
 from rs_embed_pipeline_tests.pipeline.conftest import REPO
 
 BBOX = ["6.575", "46.48", "6.635", "46.528"]  # 9 tiles of 224 px, 7 of 288 px
@@ -265,12 +265,11 @@ def test_two_windows_written_concurrently(tmp_path, concurrent):
         assert (emb.statuses() == STATUS_CODES["ok"]).all()
         ids = emb.tile_ids
         single = tmp_path / f"single-{window}.zarr"
-        write_cube_window(str(single), tiles=tiles.to_dict("records"),
-                          pooled=dict(zip(ids, emb.read("pooled", range(len(ids))))),
-                          grids=lambda tid, emb=emb, ids=ids: emb.read("grid", [ids.index(tid)])[0],
-                          window_index=index, window_starts=starts, attrs={},
-                          fingerprint=cube.attrs["fingerprint"],
-                          provenance=read_window_state(str(root / CUBE), CUBE_GROUPS[0])[index])
+        write_cube_window(str(single), CubeWindowWrite(
+            tiles=tiles.to_dict("records"), pooled=dict(zip(ids, emb.read("pooled", range(len(ids))))),
+            reader=CallableGrids(grids=lambda tid, emb=emb, ids=ids: emb.read("grid", [ids.index(tid)])[0]),
+            window_index=index, window_starts=starts, attrs={}, fingerprint=cube.attrs["fingerprint"],
+            provenance=read_window_state(str(root / CUBE), CUBE_GROUPS[0])[index]))
         for group in CUBE_GROUPS:
             a = cube[group]["embedding"][index]
             b = zarr.open_group(str(single), mode="r")[group]["embedding"][index]

@@ -2,6 +2,7 @@
 disk and on S3 (moto), with the time axis growing under them. The cube must end exactly as one
 writer leaves it (values, markers, shapes, consolidated metadata)."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -13,7 +14,9 @@ import numpy as np
 import pytest
 import zarr
 
-from rs_embed_pipeline.stores.cube import TIME_ARRAYS, CubeError, read_window_state, write_cube_window
+from rs_embed_pipeline.stores.cube import (
+    TIME_ARRAYS, CallableGrids, CubeError, CubeWindowWrite, read_window_state, write_cube_window,
+)
 from rs_embed_pipeline_tests.pipeline import cube_hammer as H
 from rs_embed_pipeline_tests.pipeline.conftest import REPO
 
@@ -143,9 +146,10 @@ def test_rewriting_a_window_is_idempotent_and_clears_stale_tiles(tmp_path):
     pooled, grids = H.window_values(2)
     dropped = sorted(pooled)[0]
     del pooled[dropped]
-    write_cube_window(uri, tiles=H.tiles(), pooled=pooled, grids=grids.__getitem__, window_index=2,
-                      window_starts=H.WINDOW_STARTS, windows_in_range=H.IN_RANGE, attrs={"title": "hammer"},
-                      fingerprint="hammer-v1", provenance={"window": 2, "rebuilt": True})
+    write_cube_window(uri, CubeWindowWrite(
+        tiles=H.tiles(), pooled=pooled, reader=CallableGrids(grids=grids.__getitem__), window_index=2,
+        window_starts=H.WINDOW_STARTS, windows_in_range=H.IN_RANGE, attrs={"title": "hammer"},
+        fingerprint="hammer-v1", provenance={"window": 2, "rebuilt": True}))
     assert read_window_state(uri, GROUPS[0])[2] == {"window": 2, "rebuilt": True}
     after = open_root(uri, None, False)["EPSG32632/pooled/embedding"][2]
     assert np.isnan(after).all(axis=-1).sum() == 2  # the window's own gap and the dropped tile
@@ -156,23 +160,24 @@ def test_cube_with_other_settings_or_not_a_cube_is_refused_and_untouched(tmp_pat
     H.write_window(uri, 0)
     before = sorted((p.relative_to(tmp_path), p.read_bytes()) for p in tmp_path.rglob("*") if p.is_file())
     pooled, grids = H.window_values(1)
-    kwargs = dict(tiles=H.tiles(), pooled=pooled, grids=grids.__getitem__, window_index=1,
-                  window_starts=H.WINDOW_STARTS, attrs={})
+    request = CubeWindowWrite(tiles=H.tiles(), pooled=pooled, reader=CallableGrids(grids=grids.__getitem__),
+                              window_index=1, window_starts=H.WINDOW_STARTS, attrs={})
     with pytest.raises(CubeError, match="was built with other settings"):
-        write_cube_window(uri, fingerprint="other-model", **kwargs)
+        write_cube_window(uri, dataclasses.replace(request, fingerprint="other-model"))
     with pytest.raises(CubeError, match="time axis that differs"):
-        write_cube_window(uri, fingerprint="hammer-v1", **{**kwargs, "window_starts": H.WINDOW_STARTS[1:]})
+        write_cube_window(uri, dataclasses.replace(request, fingerprint="hammer-v1",
+                                                   window_starts=H.WINDOW_STARTS[1:]))
     moved = [{**t, "x0": t["x0"] + 10.0} for t in H.tiles()]
     with pytest.raises(CubeError, match="coordinates differ"):
-        write_cube_window(uri, fingerprint="hammer-v1", **{**kwargs, "tiles": moved})
+        write_cube_window(uri, dataclasses.replace(request, fingerprint="hammer-v1", tiles=moved))
     after = sorted((p.relative_to(tmp_path), p.read_bytes()) for p in tmp_path.rglob("*") if p.is_file())
     assert after == before
     foreign = tmp_path / "foreign.zarr"
     zarr.open_group(str(foreign), mode="w", attributes={"title": "someone else's"})
     with pytest.raises(CubeError, match="is not a cube"):
-        write_cube_window(str(foreign), fingerprint="hammer-v1", **kwargs)
+        write_cube_window(str(foreign), dataclasses.replace(request, fingerprint="hammer-v1"))
     assert zarr.open_group(str(foreign), mode="r").attrs["title"] == "someone else's"
     # rebuild replaces it
-    write_cube_window(uri, fingerprint="other-model", rebuild=True, **kwargs)
+    write_cube_window(uri, dataclasses.replace(request, fingerprint="other-model", rebuild=True))
     assert open_root(uri, None, False).attrs["fingerprint"] == "other-model"
     assert sorted(read_window_state(uri, GROUPS[0])) == [1]

@@ -100,7 +100,7 @@ def test_appending_a_window_keeps_earlier_chunks(env, synthetic_catalog):
     assert chunk_files
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in chunk_files}
     # The synthetic catalog covers Q1 only, so window 2024-07-01 is written directly by the cube writer.
-    from rs_embed_pipeline.stores.cube import write_cube_window
+    from rs_embed_pipeline.stores.cube import CallableGrids, CubeWindowWrite, write_cube_window
 
     import geopandas as gpd
 
@@ -109,9 +109,9 @@ def test_appending_a_window_keeps_earlier_chunks(env, synthetic_catalog):
     emb = TileStore.open(str(env["store"] / "embeddings/terrafm_b_s2/tiny/2024-01-01.zarr"), "embeddings")
     ids = emb.tile_ids
     pooled = dict(zip(ids, emb.read("pooled", range(len(ids)))))
-    write_cube_window(str(cube_path), tiles=tiles, pooled=pooled,
-                      grids=lambda tid: emb.read("grid", [ids.index(tid)])[0] * 2,
-                      window_index=2, window_starts=["2024-01-01", "2024-04-01", "2024-07-01"], attrs={})
+    write_cube_window(str(cube_path), CubeWindowWrite(
+        tiles=tiles, pooled=pooled, reader=CallableGrids(grids=lambda tid: emb.read("grid", [ids.index(tid)])[0] * 2),
+        window_index=2, window_starts=["2024-01-01", "2024-04-01", "2024-07-01"], attrs={}))
     for path, (mtime, payload) in before.items():
         assert path.stat().st_mtime_ns == mtime and path.read_bytes() == payload, f"{path} was rewritten"
     cube = xr.open_zarr(cube_path, group="EPSG32632/grid")

@@ -44,14 +44,15 @@ CUBE_ATTRS = {"title": "tiny test cube", "model_id": "terrafm_b", "modality": "s
 
 
 def write_tiny_cube(uri: str, windows=FILLED) -> None:
-    from rs_embed_pipeline.stores.cube import write_cube_window
+    from rs_embed_pipeline.stores.cube import CallableGrids, CubeWindowWrite, write_cube_window
 
     for w in windows:
         pooled, grids = tile_vectors(w)
-        write_cube_window(uri, tiles=tiny_tiles(), pooled=pooled, grids=grids.__getitem__, window_index=w,
-                          window_starts=WINDOW_STARTS, attrs=CUBE_ATTRS, fingerprint="tiny",
-                          provenance={"tiles_ok": len(pooled), "scene_ids": [f"S2_{w}_a", f"S2_{w}_b"]},
-                          grid_shape=(D_GRID, CELLS, CELLS), pooled_dim=D_POOLED)
+        write_cube_window(uri, CubeWindowWrite(
+            tiles=tiny_tiles(), pooled=pooled, reader=CallableGrids(grids=grids.__getitem__), window_index=w,
+            window_starts=WINDOW_STARTS, attrs=CUBE_ATTRS, fingerprint="tiny",
+            provenance={"tiles_ok": len(pooled), "scene_ids": [f"S2_{w}_a", f"S2_{w}_b"]},
+            grid_shape=(D_GRID, CELLS, CELLS), pooled_dim=D_POOLED))
 
 
 @pytest.fixture(scope="session")

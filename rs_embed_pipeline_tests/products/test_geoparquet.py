@@ -150,7 +150,7 @@ def test_two_utm_zones_in_one_file(tmp_path):
     from pyproj import Transformer
 
     from rs_embed_pipeline.core.grid import tile_id
-    from rs_embed_pipeline.stores.cube import write_cube_window
+    from rs_embed_pipeline.stores.cube import CallableGrids, CubeWindowWrite, write_cube_window
     from rs_embed_pipeline_tests.products.conftest import (
         CELLS,
         CUBE_ATTRS,
@@ -170,10 +170,11 @@ def test_two_utm_zones_in_one_file(tmp_path):
     rng = np.random.default_rng(7)
     pooled = {t["tile_id"]: rng.normal(size=D_POOLED).astype(np.float32) for t in east + west}
     uri = str(tmp_path / "zones.zarr")
-    write_cube_window(uri, tiles=east + west, pooled=pooled,
-                      grids=lambda tid: np.ones((D_GRID, CELLS, CELLS), np.float32), window_index=0,
-                      window_starts=WINDOW_STARTS, attrs=CUBE_ATTRS, fingerprint="zones",
-                      grid_shape=(D_GRID, CELLS, CELLS), pooled_dim=D_POOLED)
+    write_cube_window(uri, CubeWindowWrite(
+        tiles=east + west, pooled=pooled,
+        reader=CallableGrids(grids=lambda tid: np.ones((D_GRID, CELLS, CELLS), np.float32)), window_index=0,
+        window_starts=WINDOW_STARTS, attrs=CUBE_ATTRS, fingerprint="zones",
+        grid_shape=(D_GRID, CELLS, CELLS), pooled_dim=D_POOLED))
     rows = []
     for t in east + west + far:
         to_lonlat = Transformer.from_crs(t["utm_epsg"], 4326, always_xy=True)

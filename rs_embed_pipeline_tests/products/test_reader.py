@@ -64,16 +64,17 @@ def test_errors_name_the_choices(tiny_cube, tmp_path):
 
 
 def test_several_zones_need_a_zone(tmp_path):
-    from rs_embed_pipeline.stores.cube import write_cube_window
+    from rs_embed_pipeline.stores.cube import CallableGrids, CubeWindowWrite, write_cube_window
     from rs_embed_pipeline_tests.products.conftest import CUBE_ATTRS
 
     uri = str(tmp_path / "two.zarr")
     write_tiny_cube(uri, windows=(0,))
     other = [{**t, "utm_epsg": 32631, "tile_id": t["tile_id"].replace("32632", "32631")} for t in tiny_tiles()[:1]]
-    write_cube_window(uri, tiles=tiny_tiles() + other, pooled={other[0]["tile_id"]: np.ones(D_POOLED, np.float32)},
-                      grids=lambda tid: np.ones((D_GRID, CELLS, CELLS), np.float32), window_index=1,
-                      window_starts=WINDOW_STARTS, attrs=CUBE_ATTRS, fingerprint="tiny",
-                      grid_shape=(D_GRID, CELLS, CELLS), pooled_dim=D_POOLED)
+    write_cube_window(uri, CubeWindowWrite(
+        tiles=tiny_tiles() + other, pooled={other[0]["tile_id"]: np.ones(D_POOLED, np.float32)},
+        reader=CallableGrids(grids=lambda tid: np.ones((D_GRID, CELLS, CELLS), np.float32)), window_index=1,
+        window_starts=WINDOW_STARTS, attrs=CUBE_ATTRS, fingerprint="tiny",
+        grid_shape=(D_GRID, CELLS, CELLS), pooled_dim=D_POOLED))
     with pytest.raises(CubeReadError, match=r"several UTM zones \(EPSG32631, EPSG32632\); pass zone="):
         open_cube(uri)
     assert open_cube(uri, zone="EPSG32631").sizes["time"] == 1
@@ -91,14 +92,15 @@ def test_int8_cube_reads_as_float32_with_geoemb_quantization(tmp_path):
     carry geoemb:quantization and geoemb:data_type int8."""
     import zarr
 
-    from rs_embed_pipeline.stores.cube import write_cube_window
+    from rs_embed_pipeline.stores.cube import CallableGrids, CubeWindowWrite, write_cube_window
     from rs_embed_pipeline_tests.products.conftest import CUBE_ATTRS
 
     uri = str(tmp_path / "int8.zarr")
     pooled, grids = tile_vectors(0)
-    write_cube_window(uri, tiles=tiny_tiles(), pooled=pooled, grids=grids.__getitem__, window_index=0,
-                      window_starts=WINDOW_STARTS, attrs=CUBE_ATTRS, fingerprint="tiny",
-                      grid_shape=(D_GRID, CELLS, CELLS), pooled_dim=D_POOLED, quantization="int8_per_cell")
+    write_cube_window(uri, CubeWindowWrite(
+        tiles=tiny_tiles(), pooled=pooled, reader=CallableGrids(grids=grids.__getitem__), window_index=0,
+        window_starts=WINDOW_STARTS, attrs=CUBE_ATTRS, fingerprint="tiny",
+        grid_shape=(D_GRID, CELLS, CELLS), pooled_dim=D_POOLED, quantization="int8_per_cell"))
     attrs = dict(zarr.open_group(uri, mode="r")["EPSG32632/pooled"].attrs)
     assert attrs["geoemb:data_type"] == "int8" and attrs["geoemb:quantization"]["original_dtype"] == "float32"
     ds = open_cube(uri, kind="pooled")

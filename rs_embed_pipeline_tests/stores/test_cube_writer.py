@@ -6,6 +6,7 @@ two windows written at the same time (two threads, two processes) both land whol
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -25,8 +26,10 @@ from rs_embed_pipeline.core.grid import tile_id
 from rs_embed_pipeline.stores import ArraySpec, TileStore
 from rs_embed_pipeline.stores import cube as cube_module
 from rs_embed_pipeline.stores.cube import (
-    TIME_ARRAYS, CubeError, TileStoreGrids, read_window_state, write_cube_window,
+    TIME_ARRAYS, CallableGrids, CubeError, CubeWindowWrite, CubeWindowWritten, CubeZoneWritten, TileStoreGrids,
+    read_window_state, write_cube_window,
 )
+from rs_embed_pipeline.stores.cube_codec import QuantizationError
 from rs_embed_pipeline.stores.cube_reader import open_cube
 
 REPO = Path(__file__).resolve().parents[2]
@@ -76,15 +79,20 @@ def embedding_store(root: Path, window: int) -> TileStore:
     return store
 
 
-def write_window(cube_uri: str, store: TileStore, window: int, starts: list[str] = STARTS) -> dict:
-    """Write a window from its embedding store, as the cube asset does (ok tiles, a TileStoreGrids
-    reader, the store's shapes for windows without embeddings)."""
+def window_request(store: TileStore, window: int, starts: list[str] = STARTS) -> CubeWindowWrite:
+    """A window's write request from its embedding store, as the cube asset makes it (ok tiles, a
+    TileStoreGrids reader, the store's shapes for windows without embeddings)."""
     ok = store.indices_with_status("ok")
     pooled = dict(zip([store.tile_ids[i] for i in ok], store.read("pooled", ok)))
-    return write_cube_window(
-        cube_uri, tiles=tiles(), pooled=pooled, reader=TileStoreGrids(store), window_index=window,
+    return CubeWindowWrite(
+        tiles=tiles(), pooled=pooled, reader=TileStoreGrids(store), window_index=window,
         window_starts=starts, windows_in_range=IN_RANGE, attrs=ATTRS, fingerprint=FINGERPRINT,
         provenance={"window": window}, grid_shape=(D_GRID, GH, GW), pooled_dim=D)
+
+
+def write_window(cube_uri: str, store: TileStore, window: int, starts: list[str] = STARTS) -> CubeWindowWritten:
+    """Write a window from its embedding store, as the cube asset does (:func:`window_request`)."""
+    return write_cube_window(cube_uri, window_request(store, window, starts))
 
 
 def expected(window: int) -> dict[str, np.ndarray]:
@@ -128,14 +136,37 @@ def record_store_writes(monkeypatch) -> list[tuple[str, str]]:
 
 
 # --------------------------------------------------------------------------- one window
+def test_a_bad_request_fails_naming_the_value_and_writes_nothing(tmp_path):
+    """A write request whose window lies outside window_starts, whose quantization is not a scheme
+    or whose embeddings have no grid reader fails when it is made, naming the value and what is
+    valid: nothing is written (the cube, with window 0 written before, stays byte for byte)."""
+    uri = tmp_path / "cube.zarr"
+    store = embedding_store(tmp_path, 0)
+    write_window(str(uri), store, 0)
+    before = sorted((p.relative_to(uri), p.read_bytes()) for p in uri.rglob("*") if p.is_file())
+    good = window_request(store, 1)
+    for index in (len(STARTS), -1):
+        with pytest.raises(ValueError, match=rf"^window_index {index} is outside window_starts \(6 windows\)$"):
+            dataclasses.replace(good, window_index=index)
+    with pytest.raises(QuantizationError,
+                       match=r"^quantization 'int4' is not a scheme; valid: none, int8_per_cell, int8_per_feature$"):
+        dataclasses.replace(good, quantization="int4")
+    with pytest.raises(ValueError, match=r"have an embedding but the request has no grid reader: pass "
+                                         r"reader=TileStoreGrids\(store\) or CallableGrids"):
+        dataclasses.replace(good, reader=CallableGrids())
+    assert sorted((p.relative_to(uri), p.read_bytes()) for p in uri.rglob("*") if p.is_file()) == before
+    assert sorted(read_window_state(str(uri), GROUPS["grid"])) == [0]
+
+
 def test_one_window_lands_at_its_slot_and_cells_and_only_it_is_marked(tmp_path):
     """Window 2 of 6 from its embedding store: its values sit at time index 2 and at each tile's
     (y, x) cells, feature last, the missing tile NaN, every other slot NaN; only window 2 is marked
     filled (with its provenance); coordinates are cell centres; open_cube shows window 2 alone."""
     uri = str(tmp_path / "cube.zarr")
     written = write_window(uri, embedding_store(tmp_path, 2), 2)
-    assert written == {"groups": [{"group": "EPSG32632", "epsg": EPSG, "grid_shape": [6, 4, 6, 3],
-                                   "pooled_shape": [6, 2, 3, 4]}], "tiles_written": 5, "tiles_empty": 1}
+    assert written == CubeWindowWritten(
+        groups=(CubeZoneWritten(group="EPSG32632", epsg=EPSG, grid_shape=(6, 4, 6, 3), pooled_shape=(6, 2, 3, 4)),),
+        tiles_written=5, tiles_empty=1, quantization=None)
     want = expected(2)
     for kind in GROUPS:
         emb = raw(uri, kind, "embedding")
@@ -281,9 +312,10 @@ def test_sigkill_between_window_data_and_marker_leaves_it_unmarked(tmp_path):
 def create_cube_root(uri: str) -> None:
     """The cube's root alone, as a write of a window without any embedding (and no shapes to create
     the zone's groups with) leaves it."""
-    written = write_cube_window(uri, tiles=tiles(), pooled={}, window_index=0, window_starts=LONG_STARTS,
-                                windows_in_range=IN_RANGE, attrs=ATTRS, fingerprint=FINGERPRINT)
-    assert written["groups"] == []
+    written = write_cube_window(uri, CubeWindowWrite(tiles=tiles(), pooled={}, window_index=0,
+                                                     window_starts=LONG_STARTS, windows_in_range=IN_RANGE,
+                                                     attrs=ATTRS, fingerprint=FINGERPRINT))
+    assert written.groups == ()
     assert sorted(p.name for p in Path(uri).iterdir()) == ["zarr.json"]
 
 

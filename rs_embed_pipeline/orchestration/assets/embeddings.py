@@ -27,7 +27,10 @@ from rs_embed_pipeline.orchestration.plan import EmbeddingSpec, PlanMismatch
 from rs_embed_pipeline.products.preview import cube_window_preview
 from rs_embed_pipeline.orchestration.resources import ModelResource, PipelineStore
 from rs_embed_pipeline.stores import StoreError, TileStore
-from rs_embed_pipeline.stores.cube import TIME_BLOCK, TIME_MARGIN, TileStoreGrids, check_georeferencing, write_cube_window
+from rs_embed_pipeline.stores.cube import (
+    TIME_BLOCK, TIME_MARGIN, CubeWindowWrite, CubeWindowWritten, TileStoreGrids, check_georeferencing,
+    write_cube_window,
+)
 from rs_embed_pipeline.stores.cube_codec import QuantizationError, Scheme, check_scheme
 
 # The UI shows metadata in this order: the run's outcome, then the settings that differ between
@@ -191,7 +194,7 @@ class CubeWindow:
 
     partition: str
     cube_uri: str
-    written: dict[str, Any]                      # write_cube_window's report
+    written: CubeWindowWritten                   # write_cube_window's report
     counts: dict[str, int]                       # the embedding store's tiles per status
     coverage: float                              # tiles with an embedding / the region's tiles
     run_metadata: dict[str, Any]
@@ -200,8 +203,7 @@ class CubeWindow:
 
     @property
     def min_cosines(self) -> list[float]:
-        return [v for k, v in (self.written.get("quantization") or {}).items()
-                if k.startswith("min_cosine") and v is not None]
+        return self.written.min_cosines
 
     def partition_metadata(self) -> dict[str, Any]:
         return {
@@ -230,8 +232,7 @@ def _cube_window(spec: EmbeddingSpec, store: PipelineStore, part: RegionWindow, 
     meta = run_metadata(emb.settings["adapter"], patches)
     window_index = window_keys.index(part.window)
     try:
-        written = write_cube_window(
-            cube_uri,
+        written = write_cube_window(cube_uri, CubeWindowWrite(
             tiles=tiles[["tile_id", "utm_epsg", "x0", "y0", "size_px", "scale_m"]].to_dict("records"),
             pooled=pooled, reader=TileStoreGrids(emb),
             window_index=window_index, window_starts=time_axis, windows_in_range=len(window_keys),
@@ -245,20 +246,20 @@ def _cube_window(spec: EmbeddingSpec, store: PipelineStore, part: RegionWindow, 
                         "synthetic_imagery": meta["synthetic_imagery"]},
             grid_shape=store_array(emb, "grid").shape[1:], pooled_dim=store_array(emb, "pooled").shape[1],
             rebuild=config.rebuild, quantization=config.quantization,
-        )
+        ))
     except StoreError as exc:  # not a cube / other settings / other grid: retrying cannot help
         raise dg.Failure(str(exc), allow_retries=False) from exc
-    groups = written["groups"]
+    groups = written.groups
     preview = None
     if pooled and groups:  # the first zone's picture
         preview = cube_window_preview(
-            cube_uri, groups[0]["group"], groups[0]["epsg"], window_index, n_tiles=len(pooled), name=spec.name,
+            cube_uri, groups[0].group, groups[0].epsg, window_index, n_tiles=len(pooled), name=spec.name,
             partition=part.key, modality=spec.modality, random_weights=meta["random_weights"], patches=patches,
             tiles=tiles, storage_options=options)
     return CubeWindow(
         partition=part.key, cube_uri=cube_uri, written=written, counts=emb.status_counts(),
         coverage=len(pooled) / max(1, len(tiles)), run_metadata=meta,
-        georeferencing=[check_georeferencing(cube_uri, g["group"], g["epsg"], options) for g in groups],
+        georeferencing=[check_georeferencing(cube_uri, g.group, g.epsg, options) for g in groups],
         preview=preview,
     )
 
