@@ -7,7 +7,7 @@ The stand-in runs in its own process (``rs_embed_pipeline_tests/providers/ee_sta
 that its numpy work does not share the provider's GIL. The provider runs at its default
 settings (40 concurrent requests, 100 requests/s, 48 MiB per request, high-volume semantics),
 fetching a 40 x 25 block of adjacent tiles. The stand-in computes nothing like Earth Engine:
-with ``--latency-s 0`` the figures measure the client (planning, ee serialisation, HTTP, NPY
+with ``--latency-s 0`` the figures measure the client (request packing, ee serialisation, HTTP, NPY
 decoding, tile cutting) plus the stand-in's synthetic pixels; ``--latency-s`` adds a fixed
 server time per request to show how batching and concurrency hide Earth Engine latency.
 """

@@ -74,11 +74,12 @@ class EmbeddingOutput:
 
 @dataclass
 class PreparedBatch:
-    """``prepare()``'s result: the normalised numpy batch and what ``run()`` needs to embed it."""
+    """``prepare()``'s result: the normalised numpy batch and what ``run()`` needs to embed it
+    (``forward_args``: what ``_prepare`` hands on to ``_forward``, e.g. THOR's token grid and side)."""
 
     x: np.ndarray
     modality: str
-    plan: Any
+    forward_args: Any
     meta: dict
     raw_shape: tuple[int, ...]
 
@@ -345,13 +346,14 @@ class _Adapter:
             raise ModelInputError(f"{what}: empty batch (B=0)")
         P.check_has_finite(x, what)
         P.check_modality_units(x, modality, what)
-        prepared, plan, meta = self._prepare(x, modality)
-        return PreparedBatch(np.ascontiguousarray(prepared, dtype=np.float32), modality, plan, meta, tuple(x.shape))
+        prepared, forward_args, meta = self._prepare(x, modality)
+        return PreparedBatch(np.ascontiguousarray(prepared, dtype=np.float32), modality, forward_args, meta,
+                             tuple(x.shape))
 
     def run(self, prepared: PreparedBatch, output: str = "pooled") -> EmbeddingOutput:
         """The forward pass over a prepared batch, in chunks of ``batch_size``."""
         wanted = parse_output(output)
-        modality, plan = prepared.modality, prepared.plan
+        modality, forward_args = prepared.modality, prepared.forward_args
         bands = self.input_bands(modality)
         meta = dict(prepared.meta)
         chunks: dict[str, list[np.ndarray]] = {k: [] for k in wanted}
@@ -361,7 +363,7 @@ class _Adapter:
         with runtime.exact_float32():  # whatever the process's float32 precision (terratorch sets "medium")
             for batch in self._feeder.feed(host_chunks):
                 with torch.inference_mode(), self._autocast():
-                    outs, extra = self._forward(batch, modality, wanted, plan)
+                    outs, extra = self._forward(batch, modality, wanted, forward_args)
                 for k in wanted:
                     chunks[k].append(outs[k].float().cpu().numpy())
         result = {k: np.ascontiguousarray(np.concatenate(v, axis=0), dtype=np.float32) for k, v in chunks.items()}
@@ -391,7 +393,7 @@ class _Adapter:
     def _prepare(self, x: np.ndarray, modality: str):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _forward(self, batch: torch.Tensor, modality: str, wanted, plan):  # pragma: no cover - abstract
+    def _forward(self, batch: torch.Tensor, modality: str, wanted, forward_args):  # pragma: no cover - abstract
         raise NotImplementedError
 
     def __repr__(self) -> str:

@@ -1,6 +1,6 @@
 """Transformer building blocks shared by TerraFM-B and THOR.
 
-Attribute names are the checkpoint key names (timm ``vision_transformer.Block`` layout):
+Attribute names are the checkpoint key names (timm ``vision_transformer.Block`` structure):
 ``norm1``, ``attn.qkv``, ``attn.proj``, ``norm2``, ``mlp.fc1``, ``mlp.fc2``.
 
 Attention always goes through ``F.scaled_dot_product_attention`` (fused kernels on CPU and CUDA).

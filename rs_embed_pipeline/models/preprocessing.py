@@ -40,7 +40,7 @@ _MOVED = {
     **dict.fromkeys(("THOR_S2_BANDS", "THOR_BAND_NAMES", "THOR_S2_NORMALIZATIONS", "THOR_S1_NORMALIZATIONS",
                      "thor_normalization"), "thor.spec"),
     **dict.fromkeys(("THOR_S2_MEAN", "THOR_S2_STD", "s2_thor_stats", "thor_side_unit", "snap_side",
-                     "thor_native_snap_plan"), "thor.preprocessing"),
+                     "thor_native_snap_decision"), "thor.preprocessing"),
 }
 
 

@@ -18,7 +18,7 @@ import math
 from typing import Any
 from collections.abc import Sequence
 
-__all__ = ["Block", "DEFAULT_MAX_BLOCK_PX", "plan_blocks"]
+__all__ = ["Block", "DEFAULT_MAX_BLOCK_PX", "group_blocks"]
 
 DEFAULT_MAX_BLOCK_PX = 1024
 
@@ -36,8 +36,8 @@ class Block:
     height: int
     tiles: tuple[Any, ...]
 
-    def window(self, tile: Any) -> tuple[slice, slice]:
-        """Row and column slices of ``tile`` inside the block."""
+    def box(self, tile: Any) -> tuple[slice, slice]:
+        """Row and column slices of ``tile``'s pixel box inside the block."""
         c = int(round((tile.x0 - self.x0) / self.scale_m))
         r = int(round((self.y0 - tile.y0) / self.scale_m))
         return slice(r, r + tile.size_px), slice(c, c + tile.size_px)
@@ -67,7 +67,7 @@ def _phase(v: float, scale: float) -> float:
     return 0.0 if p in (0.0, round(scale, 6), -0.0) else (p + scale if p < 0 else p)
 
 
-def plan_blocks(tiles: Sequence[Any], max_block_px: int = DEFAULT_MAX_BLOCK_PX) -> list[Block]:
+def group_blocks(tiles: Sequence[Any], max_block_px: int = DEFAULT_MAX_BLOCK_PX) -> list[Block]:
     """Blocks covering ``tiles`` (objects with ``epsg, x0, y0, size_px, scale_m``); every tile is
     in exactly one block. Deterministic: same tiles, same blocks (ordered by lattice, then row,
     then column)."""

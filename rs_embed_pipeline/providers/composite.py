@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MedianPlan", "median_composite", "mosaic_composite", "sorting_network"]
+__all__ = ["MedianRanks", "median_composite", "mosaic_composite", "sorting_network"]
 
 # above this many dates a network is no faster than numpy's own sort along the date axis
 _MAX_NETWORK_DATES = 32
@@ -47,7 +47,7 @@ def sorting_network(n: int) -> tuple[tuple[int, int], ...]:
     return tuple((a, b) for a, b in pairs if b < n)
 
 
-class MedianPlan:
+class MedianRanks:
     """What every band of one stack shares: the validity mask gives each pixel its count of valid
     observations ``n`` and so the ranks of its two middle values, computed once per stack."""
 
@@ -100,7 +100,7 @@ class MedianPlan:
 
 def median_composite(values: np.ndarray, ok: np.ndarray, fill_value: float = 0.0) -> np.ndarray:
     """Median over dates of the valid observations of one band (see the module docstring)."""
-    return MedianPlan(ok).median(np.array(values, dtype=np.float32), fill_value)
+    return MedianRanks(ok).median(np.array(values, dtype=np.float32), fill_value)
 
 
 def _sort_inplace(stack: np.ndarray) -> np.ndarray:

@@ -4,7 +4,7 @@ Sentinel-2 L2A COGs (Earth Search, Planetary Computer, the synthetic catalog) ar
 rasters at 10 / 20 / 60 m whose origins sit on a 60 m lattice, and tile grids are 10 m lattices of
 the same zone: the block's pixels then *nest* in the asset's (same CRS, no rotation, pixel size an
 integer multiple ``f`` of the block's, origins a whole number of block pixels apart). A nested
-asset is read once, at its native resolution, over the window that covers the block, and
+asset is read once, at its native resolution, over the rasterio ``Window`` that covers the block, and
 upsampled by pixel replication, which is exactly nearest-neighbour resampling (block pixel
 ``(r, c)`` takes native pixel ``((oy + r) // f, (ox + c) // f)``), without a warp. Pixels of the
 block outside the raster get the fill value (the asset's nodata). :func:`read_nested` returns None

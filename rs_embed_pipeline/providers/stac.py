@@ -66,9 +66,9 @@ from rs_embed_pipeline.core.timeparse import parse_utc
 from rs_embed_pipeline.core.vocabulary import COMPOSITES, MODALITIES, S1_BANDS, S2_BANDS, UNIT_FACTOR
 
 from .base import Patch, ProviderError, TileRef, backoff_s, tile_rows
-from .blocks import DEFAULT_MAX_BLOCK_PX, Block, plan_blocks
+from .blocks import DEFAULT_MAX_BLOCK_PX, Block, group_blocks
 from .catalogs import EARTH_SEARCH_S2_ASSETS, S1_ASSETS, S2_DEFAULT_SCALE, check_s1_collection, s2_offset
-from .composite import MedianPlan, mosaic_composite
+from .composite import MedianRanks, mosaic_composite
 from .gdal_env import gdal_options
 from .rio_read import read_nested
 from .sensor_options import SensorOptions, parse_composite
@@ -636,7 +636,7 @@ class _OdcStacProvider:
         prepared = [(it, shapely_shape(it.geometry) if it.geometry else None) for it in items]
         # Blocks one after the other (memory: one block's stack at a time); the reads inside a
         # block run on the thread pool (odc-stac ``pool``).
-        for block in plan_blocks(tiles, self.max_block_px):
+        for block in group_blocks(tiles, self.max_block_px):
             yield from self._fetch_block(block, prepared, spec, band_list, flt, base_meta, dropped)
 
     # ---- one block --------------------------------------------------------------------------
@@ -696,7 +696,7 @@ class _OdcStacProvider:
             for t in with_items:
                 mine = self._own_planes(stack, block, t, tile_items[t.tile_id])
                 if mine is not None:
-                    rows, cols = block.window(t)
+                    rows, cols = block.box(t)
                     own[t.tile_id] = self._composite(stack, flt, rows, cols, mine)
             composite = self._composite(stack, flt, rows=slice(None), cols=slice(None), in_place=True)
         except Exception as exc:
@@ -784,7 +784,7 @@ class _OdcStacProvider:
 
     # ---- loading: every scene asset once per block ------------------------------------------
 
-    def _plan_slices(self, block: Block, items, spec: CollectionSpec, band_list):
+    def _solar_day_planes(self, block: Block, items, spec: CollectionSpec, band_list):
         """Signature groups and the planes of the block's stack: one per (group, solar day) as
         odc-stac's ``groupby="solar_day"`` (nominal time + whole hours of the block centre's
         longitude), items of a plane in (time, id) order, planes in time order."""
@@ -808,7 +808,7 @@ class _OdcStacProvider:
         keys = [spec.assets[b] for b in band_list]
         load_keys = keys + ([spec.mask_asset] if spec.mask_asset else [])
         resampling = {k: "nearest" for k in load_keys}
-        sigs, planes, day_of = self._plan_slices(block, items, spec, band_list)
+        sigs, planes, day_of = self._solar_day_planes(block, items, spec, band_list)
         stack = _Stack(spec, band_list, keys, sigs, resampling, flt)
         if not planes:
             return stack
@@ -954,7 +954,7 @@ class _OdcStacProvider:
 
     def _composite(self, stack: _Stack, flt: SensorOptions, rows: slice, cols: slice,
                    slice_ids: Sequence[int] | None = None, in_place: bool = False) -> np.ndarray:
-        """``[C, h, w]`` composite of the window over the chosen planes (all by default).
+        """``[C, h, w]`` composite of the box ``rows x cols`` over the chosen planes (all by default).
         ``in_place``: the median may sort the stack's raw planes in place (last use of them)."""
         sel = list(range(len(stack.slices))) if slice_ids is None else list(slice_ids)
         whole = in_place and slice_ids is None and rows == slice(None) and cols == slice(None)
@@ -963,18 +963,18 @@ class _OdcStacProvider:
         ok = stack.ok[sel][:, rows, cols]
         out = np.empty((len(stack.keys),) + ok.shape[1:], np.float32)
         invalid = ~ok.any(axis=0)
-        plan = MedianPlan(ok) if flt.composite == "median" else None
+        ranks = MedianRanks(ok) if flt.composite == "median" else None
         for i in range(len(stack.keys)):
-            lut = stack.lut(i, sel) if plan is not None else None
-            if plan is not None and lut is not None:  # median of raw integers, converted at the two middle values
+            lut = stack.lut(i, sel) if ranks is not None else None
+            if ranks is not None and lut is not None:  # median of raw integers, converted at the two middle values
                 raw = stack.raw[stack.keys[i]]
                 raw = raw if whole else raw[sel][:, rows, cols]
-                band = plan.median_raw(raw, lut, flt.fill_value)
+                band = ranks.median_raw(raw, lut, flt.fill_value)
                 if np.isfinite(lut).all():  # finite levels: the median's empty pixels hold fill
                     out[i] = band
                     continue
-            elif plan is not None:
-                band = plan.median(stack.harmonized(i, sel, rows, cols), flt.fill_value)
+            elif ranks is not None:
+                band = ranks.median(stack.harmonized(i, sel, rows, cols), flt.fill_value)
             else:
                 band = mosaic_composite(stack.harmonized(i, sel, rows, cols), ok, flt.fill_value)
             np.putmask(band, ~np.isfinite(band), np.float32(0))
@@ -985,13 +985,13 @@ class _OdcStacProvider:
     @staticmethod
     def _own_planes(stack: _Stack, block: Block, tile: _Tile, items) -> list[int] | None:
         """The tile's planes when a plane of scenes outside its footprint has valid pixels in
-        its window (the tile is then composited from its own planes), else None."""
+        its box (the tile is then composited from its own planes), else None."""
         ids = {it.id for it in items}
         mine = [t for t, (_, _, s) in enumerate(stack.slices) if s & ids]
         others = [t for t, (_, _, s) in enumerate(stack.slices) if not s & ids]
         if not mine or not others:
             return None
-        rows, cols = block.window(tile)
+        rows, cols = block.box(tile)
         return mine if stack.loaded_ok[others][:, rows, cols].any() else None
 
     def _cut_tile(self, stack: _Stack, composite, block: Block, tile: _Tile, items,
@@ -1003,7 +1003,7 @@ class _OdcStacProvider:
         if not mine:
             extra_meta.update({"n_dates": 0, "harmonization": self._harmonization(stack, items)})
             return np.zeros((n, size, size), np.float32), np.zeros((size, size), bool), extra_meta
-        rows, cols = block.window(tile)
+        rows, cols = block.box(tile)
         if own is not None:
             # a scene outside this tile's footprint has pixels here: the tile's composite comes
             # from its own scenes only (what a single-tile read would give)

@@ -61,7 +61,7 @@ AccessMode = Literal["r", "r+", "a", "w", "w-"]
 _Node = TypeVar("_Node", zarr.Array, zarr.Group)
 
 
-# zarr types ``group[path]`` as "an array or a group"; these say which one the layout holds (and
+# zarr types ``group[path]`` as "an array or a group"; these say which one the store holds (and
 # name the path when a store holds the other kind, e.g. after a foreign write).
 def _node(group: zarr.Group, path: str, kind: type[_Node]) -> _Node:
     node = group[path]
@@ -194,7 +194,7 @@ class TileStore:
                 remove_tree(uri, storage_options)  # ours, killed while being created: nothing in it
                 return create()
             try:
-                store._validate_layout(tile_ids, arrays)
+                store._validate_shape(tile_ids, arrays)
             except StoreError:
                 if not rebuild:
                     raise
@@ -268,7 +268,8 @@ class TileStore:
         if missing:
             raise StoreError(f"{kind} store {self.uri} is corrupt: arrays {missing} are missing")
 
-    def _validate_layout(self, tile_ids: Sequence[str], arrays: Sequence[ArraySpec]) -> None:
+    def _validate_shape(self, tile_ids: Sequence[str], arrays: Sequence[ArraySpec]) -> None:
+        """The store holds exactly these tiles and these arrays, of these shapes (else StoreError)."""
         existing = self.tile_ids
         if existing != [str(t) for t in tile_ids]:
             raise StoreError(

@@ -8,8 +8,9 @@ the dataclasses of :mod:`rs_embed_pipeline.worker.protocol`: an :class:`EmbedReq
 runs: every ``progress_every`` batches a Pipes log line (in the Dagster run's event log) and a
 progress message (``tiles_done``, ``tiles_total``, ``tiles_per_s``, ``eta_s``, ...).
 
-A store is embedded in three steps: :func:`plan_store` (open the stores, record the tiles without
-pixels, batch the rest), :class:`EmbedPipeline` (read / embed / write) and :func:`store_result`.
+A store is embedded in three steps: :func:`open_store_work` (open the stores, record the tiles
+without pixels, batch the rest), :class:`EmbedPipeline` (read / embed / write) and
+:func:`store_result`.
 
 The model is kept busy: tiles stream store -> model -> store ``batch_size`` at a time; the next
 batches are read *and preprocessed* (``adapter.prepare``: validation, normalisation) on one
@@ -111,19 +112,19 @@ def embed_store(
     if isinstance(progress_every, bool) or not isinstance(progress_every, int) or progress_every < 1:
         raise ValueError(f"progress_every must be a positive number of batches, got {progress_every!r}")
     t_start = time.perf_counter()
-    plan = plan_store(adapter, modality, patches_uri, embeddings_uri, batch_size=batch_size,
-                      code_version=code_version, rebuild=rebuild, force=force, storage_options=storage_options)
-    log_fn(f"{embeddings_uri}: {plan.tiles_todo} tiles to embed, {plan.tiles_skipped} already done")
-    run = EmbedPipeline(adapter, modality, plan, progress_fn, progress_every).run()
+    work = open_store_work(adapter, modality, patches_uri, embeddings_uri, batch_size=batch_size,
+                           code_version=code_version, rebuild=rebuild, force=force, storage_options=storage_options)
+    log_fn(f"{embeddings_uri}: {work.tiles_todo} tiles to embed, {work.tiles_skipped} already done")
+    run = EmbedPipeline(adapter, modality, work, progress_fn, progress_every).run()
     for index, reason in run.failures.items():
-        plan.embeddings.write_tile(index, "failed", {"reason": reason})
-    return store_result(plan, run, time.perf_counter() - t_start)
+        work.embeddings.write_tile(index, "failed", {"reason": reason})
+    return store_result(work, run, time.perf_counter() - t_start)
 
 
-# ---------------------------------------------------------------------------------------- plan
+# ---------------------------------------------------------------------------------------- work
 @dataclasses.dataclass
-class StorePlan:
-    """Which tiles of one store pair to embed, in which batches."""
+class StoreWork:
+    """The work on one store pair: which tiles to embed, in which batches."""
 
     patches_uri: str
     embeddings_uri: str
@@ -137,9 +138,9 @@ class StorePlan:
     fingerprint: str                                    # the embedding store's
 
 
-def plan_store(adapter: Any, modality: str, patches_uri: str, embeddings_uri: str, *, batch_size: int,
-               code_version: str, rebuild: bool = False, force: bool = False,
-               storage_options: dict[str, Any] | None = None) -> StorePlan:
+def open_store_work(adapter: Any, modality: str, patches_uri: str, embeddings_uri: str, *, batch_size: int,
+                    code_version: str, rebuild: bool = False, force: bool = False,
+                    storage_options: dict[str, Any] | None = None) -> StoreWork:
     """Open (or create) the stores, record the tiles without pixels, and batch the rest."""
     patches = TileStore.open(patches_uri, "patches", storage_options=storage_options)
     band_index = _band_index(adapter, modality, patches, patches_uri)
@@ -161,7 +162,7 @@ def plan_store(adapter: Any, modality: str, patches_uri: str, embeddings_uri: st
     # interrupted; a batch is run whole when any of its tiles is missing.
     batches = [(batch, done[batch] != STATUS_OK) for batch in _batches(ok_tiles, max(1, batch_size))
                if (done[batch] != STATUS_OK).any()]
-    return StorePlan(
+    return StoreWork(
         patches_uri=patches_uri, embeddings_uri=embeddings_uri, patches=patches, embeddings=embeddings,
         band_index=band_index, batches=batches, tiles_todo=int(todo_mask.sum()),
         tiles_skipped=int((~todo_mask).sum()),
@@ -235,16 +236,16 @@ class EmbedPipeline:
     (``adapter.prepare``) on one background thread and the previous ones written on another while
     the model runs (``adapter.run``) on this one; each queue is at most :data:`IO_DEPTH` batches deep."""
 
-    def __init__(self, adapter: Any, modality: str, plan: StorePlan,
+    def __init__(self, adapter: Any, modality: str, work: StoreWork,
                  progress_fn: Callable[[dict[str, Any]], None] | None = None, progress_every: int = PROGRESS_EVERY):
-        self.adapter, self.modality, self.plan = adapter, modality, plan
+        self.adapter, self.modality, self.work = adapter, modality, work
         self.progress_fn, self.progress_every = progress_fn, progress_every
         self.prepare = getattr(adapter, "prepare", None)
         self.stats = PipelineRun()
         self.t_loop = time.perf_counter()
 
     def run(self) -> PipelineRun:
-        batches, stats = self.plan.batches, self.stats
+        batches, stats = self.work.batches, self.stats
         self.t_loop = time.perf_counter()
         with cf.ThreadPoolExecutor(1, thread_name_prefix="embed-read") as reader, \
                 cf.ThreadPoolExecutor(1, thread_name_prefix="embed-write") as writer:
@@ -286,7 +287,7 @@ class EmbedPipeline:
         """Read a batch and preprocess it (background thread): ``(raw, prepared or the
         ValueError that preprocessing raised, read_s, prepare_s)``."""
         t0 = time.perf_counter()
-        data = self.plan.patches.read("data", batch)[:, self.plan.band_index]
+        data = self.work.patches.read("data", batch)[:, self.work.band_index]
         raw = np.ascontiguousarray(data, dtype=np.float32)
         t1 = time.perf_counter()
         prepared: Any = None
@@ -327,23 +328,23 @@ class EmbedPipeline:
     def write(self, batch: np.ndarray, pooled: np.ndarray, grid: np.ndarray) -> float:
         """One call per array for the batch: arrays, then provenance, then (last) the statuses."""
         t0 = time.perf_counter()
-        self.plan.embeddings.write_tiles([int(i) for i in batch], ["ok"] * len(batch), [{}] * len(batch),
+        self.work.embeddings.write_tiles([int(i) for i in batch], ["ok"] * len(batch), [{}] * len(batch),
                                          pooled=pooled, grid=grid)
         return time.perf_counter() - t0
 
     def report(self, i: int) -> None:
         if self.progress_fn is None:
             return
-        stats, plan = self.stats, self.plan
+        stats, work = self.stats, self.work
         elapsed = time.perf_counter() - self.t_loop
         rate = stats.tiles_done / elapsed if elapsed > 0 else 0.0
-        left = plan.tiles_todo - stats.tiles_done - len(stats.failures)
+        left = work.tiles_todo - stats.tiles_done - len(stats.failures)
         self.progress_fn({
-            "embeddings_uri": plan.embeddings_uri,
+            "embeddings_uri": work.embeddings_uri,
             "batches_done": i + 1,
-            "batches_total": len(plan.batches),
+            "batches_total": len(work.batches),
             "tiles_done": stats.tiles_done,
-            "tiles_total": plan.tiles_todo,
+            "tiles_total": work.tiles_todo,
             "tiles_failed": len(stats.failures),
             "tiles_per_s": round(rate, 3),
             "eta_s": left / rate if rate > 0 else None,  # unrounded: tiny test stores finish in ms
@@ -352,19 +353,19 @@ class EmbedPipeline:
 
 
 # -------------------------------------------------------------------------------------- result
-def store_result(plan: StorePlan, run: PipelineRun, wall: float) -> StoreResult:
+def store_result(work: StoreWork, run: PipelineRun, wall: float) -> StoreResult:
     """The store's counts, timings and throughput, as reported to the orchestrator."""
-    embedded_now = int(plan.tiles_todo - len(run.failures))
+    embedded_now = int(work.tiles_todo - len(run.failures))
     timings = {k: round(v, 3) for k, v in run.timings.items()}
     return StoreResult(
-        embeddings_uri=plan.embeddings_uri,
-        patches_uri=plan.patches_uri,
-        size_px=int(plan.patches.settings["size_px"]),
-        tiles_total=len(plan.patches.tile_ids),
+        embeddings_uri=work.embeddings_uri,
+        patches_uri=work.patches_uri,
+        size_px=int(work.patches.settings["size_px"]),
+        tiles_total=len(work.patches.tile_ids),
         tiles_embedded_now=embedded_now,
-        tiles_skipped_done=plan.tiles_skipped,
-        tiles_recomputed_for_alignment=plan.tiles_recomputed,
-        counts=plan.embeddings.status_counts(),
+        tiles_skipped_done=work.tiles_skipped,
+        tiles_recomputed_for_alignment=work.tiles_recomputed,
+        counts=work.embeddings.status_counts(),
         timings={**timings, "wall_s": round(wall, 3),
                  "embed_waiting_on_io_s": round(run.wait_read_s + run.wait_write_s, 3),
                  "embed_waiting_on_read_s": round(run.wait_read_s, 3),
@@ -375,7 +376,7 @@ def store_result(plan: StorePlan, run: PipelineRun, wall: float) -> StoreResult:
         tiles_per_s=round(embedded_now / wall, 3) if wall > 0 and embedded_now else 0.0,
         nonfinite_values=run.nonfinite,
         embed_meta=run.embed_meta,
-        fingerprint=plan.fingerprint,
+        fingerprint=work.fingerprint,
     )
 
 

@@ -12,9 +12,9 @@ from rs_embed_pipeline.models.thor import (
     group_grid,
     pi_resize_matrix,
     pi_resize_pinv,
-    plan_layout,
     sincos_1d,
     square_token_grid,
+    token_grid_for,
 )
 
 
@@ -107,14 +107,14 @@ def test_resize_bilinear_is_identity_at_size_and_no_antialias():
         (400, 8, 288, 2880, None, "fixed_resize"),
     ],
 )
-def test_native_snap_plan_matches_spec_table(side, patch, snapped, gc, tokens, strategy):
-    plan = P.thor_native_snap_plan(side, side, patch_size=patch, scale_m=10, gsds=(10, 20), image_size=288)
-    assert plan["strategy"] == strategy
-    assert plan["side"] == snapped and plan["ground_cover_m"] == gc
+def test_native_snap_decision_matches_spec_table(side, patch, snapped, gc, tokens, strategy):
+    decision = P.thor_native_snap_decision(side, side, patch_size=patch, scale_m=10, gsds=(10, 20), image_size=288)
+    assert decision["strategy"] == strategy
+    assert decision["side"] == snapped and decision["ground_cover_m"] == gc
     if tokens is not None:
-        assert plan["estimated_patch_tokens"] == tokens
+        assert decision["estimated_patch_tokens"] == tokens
     else:
-        assert plan["reason"] == "native_side_limit"
+        assert decision["reason"] == "native_side_limit"
 
 
 def test_snap_helpers():
@@ -124,8 +124,8 @@ def test_snap_helpers():
     assert P.snap_side(24, 16) == 16  # tie goes down
     assert P.snap_side(25, 16) == 32
     assert P.snap_side(3, 16) == 16  # at least one unit
-    plan = P.thor_native_snap_plan(288, 270, patch_size=8, scale_m=10, gsds=(10, 20), image_size=288)
-    assert plan["strategy"] == "fixed_resize" and plan["reason"] == "rectangular_above_tolerance"
+    decision = P.thor_native_snap_decision(288, 270, patch_size=8, scale_m=10, gsds=(10, 20), image_size=288)
+    assert decision["strategy"] == "fixed_resize" and decision["reason"] == "rectangular_above_tolerance"
 
 
 def test_center_crop_or_pad():
@@ -143,20 +143,20 @@ def test_center_crop_or_pad():
 # ------------------------------------------------------------------------------------------------
 
 
-def test_plan_layout_groups_in_model_order():
+def test_token_grid_groups_in_model_order():
     bands = tuple(P.THOR_BAND_NAMES[b] for b in P.THOR_S2_BANDS)
-    layout = plan_layout(bands, 2880.0, 8)
-    assert layout.groups_used == ("group0", "group1")
-    assert layout.groups[0].members == ("S2:Red", "S2:Green", "S2:Blue", "S2:NIR")
-    assert layout.groups[1].members[3] == "S2:RE4"
-    assert layout.group_patch_sizes == (36, 18) and layout.n_tokens == 1620
-    assert [g.side_px for g in layout.groups] == [288, 144]
-    s1 = plan_layout(("S1:IW-VV", "S1:IW-VH"), 2880.0, 16)
+    token_grid = token_grid_for(bands, 2880.0, 8)
+    assert token_grid.groups_used == ("group0", "group1")
+    assert token_grid.groups[0].members == ("S2:Red", "S2:Green", "S2:Blue", "S2:NIR")
+    assert token_grid.groups[1].members[3] == "S2:RE4"
+    assert token_grid.group_patch_sizes == (36, 18) and token_grid.n_tokens == 1620
+    assert [g.side_px for g in token_grid.groups] == [288, 144]
+    s1 = token_grid_for(("S1:IW-VV", "S1:IW-VH"), 2880.0, 16)
     assert s1.groups[0].members == ("S1:IW-VH", "S1:IW-VV") and s1.groups[0].kernels == ("S1:VH", "S1:VV")
     with pytest.raises(ModelInputError, match="Bands not implemented in THOR"):
-        plan_layout(("S2:Red", "S2:B99"), 2880.0, 16)
+        token_grid_for(("S2:Red", "S2:B99"), 2880.0, 16)
     with pytest.raises(ModelInputError, match="Duplicate"):
-        plan_layout(("S2:Red", "S2:Red"), 2880.0, 16)
+        token_grid_for(("S2:Red", "S2:Red"), 2880.0, 16)
 
 
 def test_pi_resize_matrix_and_pinv():
@@ -178,16 +178,16 @@ def test_sincos_1d():
 
 
 def test_group_grid_and_square_fallback():
-    layout = plan_layout(("S2:Red", "S2:RE1"), 640.0, 16)  # group0 4x4 (10 m), group1 2x2 (20 m)
+    token_grid = token_grid_for(("S2:Red", "S2:RE1"), 640.0, 16)  # group0 4x4 (10 m), group1 2x2 (20 m)
     tokens = torch.arange(20 * 3, dtype=torch.float32).reshape(1, 20, 3)
-    g = group_grid(tokens, layout, "concat")
+    g = group_grid(tokens, token_grid, "concat")
     assert g.shape == (1, 6, 4, 4)
     torch.testing.assert_close(g[0, :3], tokens[0, :16].reshape(4, 4, 3).permute(2, 0, 1))
     up = torch.nn.functional.interpolate(tokens[:, 16:].reshape(1, 2, 2, 3).permute(0, 3, 1, 2), size=(4, 4),
                                          mode="bilinear", align_corners=False)
     torch.testing.assert_close(g[:, 3:], up)
-    torch.testing.assert_close(group_grid(tokens, layout, "sum"), g[:, :3] + g[:, 3:])
-    torch.testing.assert_close(group_grid(tokens, layout, "average"), (g[:, :3] + g[:, 3:]) / 2)
+    torch.testing.assert_close(group_grid(tokens, token_grid, "sum"), g[:, :3] + g[:, 3:])
+    torch.testing.assert_close(group_grid(tokens, token_grid, "average"), (g[:, :3] + g[:, 3:]) / 2)
     assert square_token_grid(torch.zeros(2, 16, 3)).shape == (2, 3, 4, 4)
     assert square_token_grid(torch.zeros(2, 17, 3)).shape == (2, 3, 4, 4)  # leading CLS dropped
     with pytest.raises(ModelInputError, match="use output='pooled' instead"):

@@ -173,10 +173,10 @@ def test_by_name_base_equals_the_projects_thor_module_full_size(registry):
     bands = [THOR_BAND_NAMES[b] for b in THOR_S2_BANDS]
     with torch.inference_mode():
         (tokens,) = backbone(x)
-        expected, layout = own.forward_tokens(x, bands, 2880.0, 16)
+        expected, token_grid = own.forward_tokens(x, bands, 2880.0, 16)
     assert tokens.shape == (1, 18 * 18 + 9 * 9, 768)
     torch.testing.assert_close(tokens, expected, rtol=0, atol=0)
-    assert layout.group_patch_sizes == (18, 9)
+    assert token_grid.group_patch_sizes == (18, 9)
 
 
 @pytest.mark.parametrize("name", ["thor_s2_p16", "thor_s2_p8"])

@@ -104,7 +104,7 @@ class ToyAdapter(_Adapter):
     def _prepare(self, x: np.ndarray, modality: str):
         return x / np.float32(self.scale), None, {"normalization": f"x / {self.scale:g}"}
 
-    def _forward(self, batch, modality, wanted, plan):
+    def _forward(self, batch, modality, wanted, forward_args):
         grid = self.model(P.resize_bilinear(batch, self.image_size))
         outs = {"pooled": grid.mean(dim=(2, 3)), "grid": grid, "tokens": grid.flatten(2).transpose(1, 2)}
         return {k: outs[k] for k in wanted}, {}

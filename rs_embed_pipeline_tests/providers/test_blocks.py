@@ -1,5 +1,5 @@
 """Block reads: tiles of every size cut out of one read per block equal single-tile reads;
-block planning; the sorting-network median equals np.nanmedian bit for bit."""
+block grouping; the sorting-network median equals np.nanmedian bit for bit."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from rs_embed_pipeline.core.grid import bbox_aoi, build_tile_grid
 from rs_embed_pipeline.providers import LocalStacProvider
-from rs_embed_pipeline.providers.blocks import plan_blocks
+from rs_embed_pipeline.providers.blocks import group_blocks
 from rs_embed_pipeline.providers.composite import (
     median_composite,
     mosaic_composite,
@@ -43,26 +43,26 @@ def _tiles(df):
     return [_Tile.from_row(r) for _, r in df.iterrows()]
 
 
-def test_plan_blocks_groups_sizes_and_bounds_blocks(two_sizes):
+def test_group_blocks_groups_sizes_and_bounds_blocks(two_sizes):
     tiles = _tiles(two_sizes)
-    (block,) = plan_blocks(tiles)  # the whole test region is one block, both sizes
+    (block,) = group_blocks(tiles)  # the whole test region is one block, both sizes
     assert {t.size_px for t in block.tiles} == {32, 48} and len(block.tiles) == len(tiles)
     for t in tiles:
-        rows, cols = block.window(t)
+        rows, cols = block.box(t)
         assert 0 <= rows.start and rows.stop <= block.height and 0 <= cols.start and cols.stop <= block.width
         assert block.x0 + cols.start * 10 == t.x0 and block.y0 - rows.start * 10 == t.y0
-    small = plan_blocks(tiles, max_block_px=40)
+    small = group_blocks(tiles, max_block_px=40)
     assert len(small) > 1
     assert sorted(t.tile_id for b in small for t in b.tiles) == sorted(t.tile_id for t in tiles)
     assert all(b.width <= 40 + 48 and b.height <= 40 + 48 for b in small)
     # another zone, or a tile off the pixel lattice, is another block
     other = tiles[0].__class__(**{**tiles[0].__dict__, "tile_id": "z", "epsg": 32634})
     shifted = tiles[0].__class__(**{**tiles[0].__dict__, "tile_id": "s", "x0": tiles[0].x0 + 5.0})
-    blocks = plan_blocks(tiles + [other, shifted])
+    blocks = group_blocks(tiles + [other, shifted])
     assert len(blocks) == 3
     assert {b.epsg for b in blocks} == {32633, 32634}
     with pytest.raises(ValueError, match="max_block_px"):
-        plan_blocks(tiles, max_block_px=0)
+        group_blocks(tiles, max_block_px=0)
 
 
 @pytest.mark.parametrize("composite", ["median", "mosaic"])
@@ -159,7 +159,7 @@ def test_odc_stac_fallback_reads_the_same_pixels(synthetic_catalog, two_sizes, m
 
 
 def test_median_from_raw_levels_equals_the_float_median():
-    from rs_embed_pipeline.providers.composite import MedianPlan
+    from rs_embed_pipeline.providers.composite import MedianRanks
 
     rng = np.random.default_rng(3)
     for t in (1, 4, 7, 10):
@@ -167,9 +167,9 @@ def test_median_from_raw_levels_equals_the_float_median():
         raw[0, 0, :5] = 65535  # ties with the invalid sentinel
         ok = rng.random((t, 30, 20)) > 0.3
         lut = ((np.arange(65536) * 0.0001 - 0.1) * 10000).astype(np.float32)
-        plan = MedianPlan(ok)
-        np.testing.assert_array_equal(plan.median_raw(raw.copy(), lut, 7.0), plan.median(lut[raw], 7.0))
-        np.testing.assert_array_equal(plan.median(lut[raw], 7.0), median_composite(lut[raw], ok, 7.0))
+        ranks = MedianRanks(ok)
+        np.testing.assert_array_equal(ranks.median_raw(raw.copy(), lut, 7.0), ranks.median(lut[raw], 7.0))
+        np.testing.assert_array_equal(ranks.median(lut[raw], 7.0), median_composite(lut[raw], ok, 7.0))
 
 
 def test_scene_outside_a_tiles_footprint_does_not_leak_into_it(synthetic_catalog, inner_tiles, tmp_path):

@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from rs_embed_pipeline.providers.gee import EE_MAX_REQUEST_BYTES, plan_requests
-from rs_embed_pipeline.providers.gee.plan import _request_bytes, _Tile
+from rs_embed_pipeline.providers.gee import EE_MAX_REQUEST_BYTES, pack_requests
+from rs_embed_pipeline.providers.gee.request_blocks import _request_bytes, _Tile
 
 from . import ee_standin as S
 from .gee_fetch import fetch_b2
@@ -23,18 +23,18 @@ def test_rule_matches_the_real_error_text():
 
 
 @pytest.mark.parametrize("composite, dtype_bytes, per_request", [("median", 4, 16), ("mosaic", 2, 26)])
-def test_no_planned_request_exceeds_the_limit(composite, dtype_bytes, per_request):
-    """Every block planned for 224 px S2 tiles of 12 bands, whatever the region's shape, is under
+def test_no_packed_request_exceeds_the_limit(composite, dtype_bytes, per_request):
+    """Every block packed for 224 px S2 tiles of 12 bands, whatever the region's shape, is under
     48 MiB by Earth Engine's count, and holds at least 16 tiles when the region allows."""
     band_bytes = (dtype_bytes,) * 12 + (1,)
     for ncol, nrow in [(40, 1), (7, 7), (3, 11), (16, 2)]:
         rows = S.tile_rows(ncol, nrow, size_px=224)
-        blocks = plan_requests([_Tile.from_row(r) for r in rows], band_bytes=band_bytes)
+        blocks = pack_requests([_Tile.from_row(r) for r in rows], band_bytes=band_bytes)
         assert sum(len(b.cells) for b in blocks) == len(rows)
         for b in blocks:
-            assert _request_bytes(b.window.pixels, band_bytes) <= EE_MAX_REQUEST_BYTES
+            assert _request_bytes(b.box.pixels, band_bytes) <= EE_MAX_REQUEST_BYTES
         assert max(len(b.cells) for b in blocks) >= min(16, len(rows))
-    blocks = plan_requests([_Tile.from_row(r) for r in S.tile_rows(60, size_px=224)], band_bytes=band_bytes)
+    blocks = pack_requests([_Tile.from_row(r) for r in S.tile_rows(60, size_px=224)], band_bytes=band_bytes)
     assert max(len(b.cells) for b in blocks) == per_request
 
 

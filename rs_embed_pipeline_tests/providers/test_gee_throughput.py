@@ -11,8 +11,8 @@ import threading
 import numpy as np
 import pytest
 
-from rs_embed_pipeline.providers.gee import EE_MAX_REQUEST_BYTES, TokenBucket, plan_requests
-from rs_embed_pipeline.providers.gee.plan import _Tile
+from rs_embed_pipeline.providers.gee import EE_MAX_REQUEST_BYTES, TokenBucket, pack_requests
+from rs_embed_pipeline.providers.gee.request_blocks import _Tile
 
 from . import ee_standin as S
 from .gee_fetch import Q1, fetch_b2
@@ -27,36 +27,36 @@ def _tiles(rows):
 # ----------------------------------------------------------------------- the 48 MiB limit
 
 
-def test_plan_packs_sixteen_224px_12band_tiles_under_48mib():
+def test_packing_puts_sixteen_224px_12band_tiles_under_48mib():
     # Earth Engine's rule (google/Xee#50): one mask byte per band per pixel:
     # 12 float32 bands x (4 + 1) + the uint8 validity band x (1 + 1) = 62 bytes per pixel
     band_bytes = (4,) * 12 + (1,)
     per_tile = 224 * 224 * 62
     assert 16 * per_tile <= EE_MAX_REQUEST_BYTES < 17 * per_tile
-    blocks = plan_requests(_tiles(S.tile_rows(40, size_px=224)), band_bytes=band_bytes)
+    blocks = pack_requests(_tiles(S.tile_rows(40, size_px=224)), band_bytes=band_bytes)
     assert [len(b.cells) for b in blocks] == [16, 16, 8]
     for b in blocks:
-        assert b.window.pixels * 62 <= EE_MAX_REQUEST_BYTES
-        assert b.window.height == 224 and b.window.width == 224 * len(b.cells)
+        assert b.box.pixels * 62 <= EE_MAX_REQUEST_BYTES
+        assert b.box.height == 224 and b.box.width == 224 * len(b.cells)
     # a 4-wide region: 4 x 4 blocks (full rectangles, no pixels outside the tiles)
-    blocks = plan_requests(_tiles(S.tile_rows(4, 9, size_px=224)), band_bytes=band_bytes)
+    blocks = pack_requests(_tiles(S.tile_rows(4, 9, size_px=224)), band_bytes=band_bytes)
     assert [(b.nw, b.nh) for b in blocks] == [(4, 4), (4, 4), (4, 1)]
     # a mosaic travels as uint16: 12 x 3 + 2 = 38 B/px -> 26 tiles
-    blocks = plan_requests(_tiles(S.tile_rows(30, size_px=224)), band_bytes=(2,) * 12 + (1,))
+    blocks = pack_requests(_tiles(S.tile_rows(30, size_px=224)), band_bytes=(2,) * 12 + (1,))
     assert [len(b.cells) for b in blocks] == [26, 4]
     # THOR: 288 px, 10 float32 bands -> 52 B/px -> 11 tiles
-    blocks = plan_requests(_tiles(S.tile_rows(30, size_px=288)), band_bytes=(4,) * 10 + (1,))
+    blocks = pack_requests(_tiles(S.tile_rows(30, size_px=288)), band_bytes=(4,) * 10 + (1,))
     assert [len(b.cells) for b in blocks] == [11, 11, 8]
     with pytest.raises(TypeError, match="each band"):
-        plan_requests(_tiles(S.tile_rows(2)), band_bytes=49)
+        pack_requests(_tiles(S.tile_rows(2)), band_bytes=49)
 
 
-def test_plan_never_bridges_gaps_or_lattices():
+def test_packing_never_bridges_gaps_or_lattices():
     rows = S.tile_rows(3, col0=2500) + S.tile_rows(2, col0=2510)
-    blocks = plan_requests(_tiles(rows), band_bytes=(4, 4, 1))
+    blocks = pack_requests(_tiles(rows), band_bytes=(4, 4, 1))
     assert sorted(len(b.cells) for b in blocks) == [2, 3]
     shifted = [dict(r, x0=r["x0"] + 5.0, tile_id=r["tile_id"] + "s") for r in S.tile_rows(2)]
-    blocks = plan_requests(_tiles(S.tile_rows(2) + shifted), band_bytes=(4, 4, 1))
+    blocks = pack_requests(_tiles(S.tile_rows(2) + shifted), band_bytes=(4, 4, 1))
     assert sorted(len(b.cells) for b in blocks) == [2, 2]
     assert len({(b.x0 % 160) for b in blocks}) == 2
 
@@ -88,7 +88,7 @@ def test_batched_224px_tiles_under_the_real_limit(standin, make_provider):
 def test_too_large_answer_splits_the_block(standin, make_provider):
     rows = S.tile_rows(4)
     per_tile = 16 * 16 * (12 * (4 + 1) + 1 + 1)
-    standin.max_request_bytes = 2 * per_tile  # the server is stricter than the client's plan
+    standin.max_request_bytes = 2 * per_tile  # the server is stricter than the client's packing
     provider = make_provider(max_concurrent_requests=1)
     patches = fetch_b2(provider, rows, bands=S.S2_BANDS)
     widths = [r.grid["dimensions"]["width"] for r in standin.pixel_requests]
@@ -323,5 +323,5 @@ def test_closing_the_generator_early_does_not_hang(standin, make_provider):
     closer.start()
     closer.join(timeout=60)  # a safety net, not a measurement: a hang fails here
     assert not closer.is_alive()
-    # the blocks not started were cancelled: at most the submitted window (2 slots + 2) ran
+    # the blocks not started were cancelled: at most max_pending (2 slots + 2) ran
     assert len(standin.pixel_requests) <= 2 + 2 < 10

@@ -203,7 +203,7 @@ def test_tile_rows_checked_alike_by_every_provider(provider, inner_tiles):
     """STAC and Earth Engine read tile rows through one TileRef: the same columns, the same checks,
     the same reasons (a bad row fails alone)."""
     from rs_embed_pipeline.providers.base import TileRef
-    from rs_embed_pipeline.providers.gee.plan import _Tile as GeeTile
+    from rs_embed_pipeline.providers.gee.request_blocks import _Tile as GeeTile
 
     row = inner_tiles.iloc[0].to_dict()
     ref = TileRef.from_row(row)

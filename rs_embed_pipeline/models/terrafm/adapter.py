@@ -113,7 +113,7 @@ class TerraFMAdapter(_Adapter):
         )
         return prepared, None, meta
 
-    def _forward(self, batch, modality, wanted, plan):
+    def _forward(self, batch, modality, wanted, forward_args):
         batch = P.resize_bilinear(batch, self.cfg.img_size)
         tokens = self.model.forward_features(batch, self.model_branch(modality))
         g = self.cfg.grid_size

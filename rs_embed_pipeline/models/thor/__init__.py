@@ -25,16 +25,16 @@ register_family(FAMILY)
 
 _LAZY: dict[str, str] = {
     **dict.fromkeys((
-        "ThorEncoder", "ThorConfig", "ThorBand", "ThorLayout", "GroupLayout", "IndPatchEmbed", "BAND_TABLE", "BANDS",
+        "ThorEncoder", "ThorConfig", "ThorBand", "TokenGrid", "GroupTokens", "IndPatchEmbed", "BAND_TABLE", "BANDS",
         "NUM_GROUPS", "GROUP_MEMBERS", "PATCH_EMBED_NAMES", "MIN_GSD_M", "VARIANTS", "VARIANT_ALIASES",
-        "canonical_variant", "alibi_slopes", "sincos_1d", "plan_layout", "pi_resize_matrix", "pi_resize_pinv",
+        "canonical_variant", "alibi_slopes", "sincos_1d", "token_grid_for", "pi_resize_matrix", "pi_resize_pinv",
         "pool_tokens", "group_grid", "square_token_grid", "build_encoder",
         # the vocabulary model.py has always re-exported
         "GROUP_MERGES", "GROUP_MERGE_ALIASES", "THOR_VARIANTS", "THOR_VARIANT_ALIASES", "canonical_group_merge",
         "canonical_thor_variant",
     ), "model"),
     **dict.fromkeys(("THOR_S2_MEAN", "THOR_S2_STD", "s2_thor_stats", "thor_side_unit", "snap_side",
-                     "thor_native_snap_plan"), "preprocessing"),
+                     "thor_native_snap_decision"), "preprocessing"),
     "ThorAdapter": "adapter",
 }
 _NEEDS_TORCH = ("model", "adapter")

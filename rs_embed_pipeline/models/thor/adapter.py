@@ -17,14 +17,15 @@ from .checkpoint import thor_encoder_state
 from .model import (
     ThorConfig,
     ThorEncoder,
+    TokenGrid,
     canonical_group_merge,
     canonical_variant,
     group_grid,
-    plan_layout,
     pool_tokens,
     square_token_grid,
+    token_grid_for,
 )
-from .preprocessing import s2_thor_stats, thor_native_snap_plan
+from .preprocessing import s2_thor_stats, thor_native_snap_decision
 from .spec import (
     FAMILY,
     THOR_BAND_NAMES,
@@ -109,7 +110,7 @@ class ThorAdapter(_Adapter):
         errors = []
         for m in self.modalities:
             try:
-                self._layout(m, self.ground_cover_m)
+                self._token_grid(m, self.ground_cover_m)
             except ModelInputError as exc:
                 errors.append(exc)
         if len(errors) == len(self.modalities):
@@ -149,13 +150,13 @@ class ThorAdapter(_Adapter):
     def model_bands(self, modality: str) -> tuple[str, ...]:
         return tuple(THOR_BAND_NAMES[b] for b in self.input_bands(modality))
 
-    def _layout(self, modality: str, ground_cover_m: float):
-        return plan_layout(self.model_bands(modality), float(ground_cover_m), self.patch_size)
+    def _token_grid(self, modality: str, ground_cover_m: float) -> TokenGrid:
+        return token_grid_for(self.model_bands(modality), float(ground_cover_m), self.patch_size)
 
     def grid_shape(self, modality: str) -> tuple[int, int, int]:
-        layout = self._layout(self._modality(modality), self.ground_cover_m)
-        d = self.cfg.embed_dim * (len(layout.groups) if self.group_merge == "concat" else 1)
-        return (d, layout.grid_side, layout.grid_side)
+        token_grid = self._token_grid(self._modality(modality), self.ground_cover_m)
+        d = self.cfg.embed_dim * (len(token_grid.groups) if self.group_merge == "concat" else 1)
+        return (d, token_grid.grid_side, token_grid.grid_side)
 
     def _settings(self) -> dict:
         return {
@@ -219,27 +220,27 @@ class ThorAdapter(_Adapter):
         else:
             x = P.clean_nonfinite(x)  # NaN/inf -> 0 (the dB check ignores zeros and non-finite alike)
         if self.resize_mode == "native_snap":
-            plan = thor_native_snap_plan(
+            preprocess = thor_native_snap_decision(
                 h, w, patch_size=self.patch_size, scale_m=self.scale_m, gsds=gsds, image_size=self.image_size_,
                 shape_adjust=self.shape_adjust, shape_tol_px=self.shape_tol_px,
                 max_native_side=self.max_native_side, max_native_tokens=self.max_native_tokens,
             )
         else:
-            plan = {"strategy": "fixed_resize", "reason": "fixed_mode", "raw_input_hw": [h, w],
-                    "requested_image_size": self.image_size_, "side": self.image_size_,
-                    "ground_cover_m": self.ground_cover_m}
-        if plan["strategy"] == "native_snap":
-            side = plan["side"]
+            preprocess = {"strategy": "fixed_resize", "reason": "fixed_mode", "raw_input_hw": [h, w],
+                          "requested_image_size": self.image_size_, "side": self.image_size_,
+                          "ground_cover_m": self.ground_cover_m}
+        if preprocess["strategy"] == "native_snap":
+            side = preprocess["side"]
             if self.shape_adjust == "crop":
                 x = P.center_crop_or_pad(x, min(h, w), self.fill_value)
             else:
                 x = P.center_crop_or_pad(x, max(h, w), self.fill_value)
             x = P.center_crop_or_pad(x, side, self.fill_value)
-        layout = self._layout(modality, plan["ground_cover_m"])  # validates the geometry
-        side = plan["side"]
+        token_grid = self._token_grid(modality, preprocess["ground_cover_m"])  # validates the geometry
+        side = preprocess["side"]
         prepared, norm_meta = self._normalize(x, modality)
         ph, pw = prepared.shape[-2:]
-        plan.update(
+        preprocess.update(
             resize_applied=(ph, pw) != (side, side),
             resized_from_hw=[int(ph), int(pw)],
             final_hw=[side, side],
@@ -252,39 +253,40 @@ class ThorAdapter(_Adapter):
             "image_size": side,
             "requested_image_size": self.image_size_,
             "scale_m": self.scale_m,
-            "ground_cover_m": float(plan["ground_cover_m"]),
+            "ground_cover_m": float(preprocess["ground_cover_m"]),
             "patch_size": self.patch_size,
             "kernel_resize": "none (native 16x16)" if self.patch_size == self.cfg.patch_embed_kernel
             else "flexivit_pinv_bicubic_antialias",
             "resize_mode": self.resize_mode,
-            "preprocess": plan,
+            "preprocess": preprocess,
             "group_merge": self.group_merge,
             "grid_kind": "thor_group_grid",
             "pooling": "mean",
             "pooled_kind": "mean_over_all_tokens",
             "final_norm_applied": False,
             "cls_token": False,
-            **layout.describe(),
+            **token_grid.describe(),
         }
-        return prepared, (layout, side), meta
+        return prepared, (token_grid, side), meta
 
-    def _forward(self, batch, modality, wanted, plan):
-        layout, side = plan
+    def _forward(self, batch, modality, wanted, forward_args):
+        token_grid, side = forward_args
         batch = P.resize_bilinear(batch, side)
-        tokens, layout2 = self.model.forward_tokens(
-            batch, self.model_bands(modality), layout.ground_cover_m, self.patch_size
+        tokens, token_grid = self.model.forward_tokens(
+            batch, self.model_bands(modality), token_grid.ground_cover_m, self.patch_size
         )
         outs = {}
         if "pooled" in wanted:
             outs["pooled"] = pool_tokens(tokens.float())  # fp32 mean, also under bf16 autocast
         if "grid" in wanted:
-            outs["grid"] = self.tokens_to_grid(tokens, layout2)
+            outs["grid"] = self.tokens_to_grid(tokens, token_grid)
         if "tokens" in wanted:
             outs["tokens"] = tokens
         return outs, {"tokens_shape": [int(tokens.shape[1]), int(tokens.shape[2])]}
 
     def tokens_to_grid(self, tokens: torch.Tensor, layout=None) -> torch.Tensor:
-        """Group-aware grid; without a layout, a square token reshape; else a clear error."""
+        """Group-aware grid; ``layout``: the tokens' :class:`TokenGrid` (the keyword keeps its name for
+        callers); without it, a square token reshape; else a clear error."""
         if layout is not None:
             return group_grid(tokens, layout, self.group_merge)
         return square_token_grid(tokens)

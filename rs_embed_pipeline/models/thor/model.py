@@ -1,6 +1,6 @@
 """THOR 1.0 encoder (FM4CS/THOR-1.0-*), written from the published architecture.
 
-Layout (attribute names = checkpoint key names without the ``encoder.`` prefix):
+Modules (attribute names = checkpoint key names without the ``encoder.`` prefix):
 
 * ``encoder_slopes``: ALiBi slopes, a persistent buffer, one per head;
 * ``ind_patch_embed.patch_embed``: an ``nn.ModuleDict`` of 46 single-band 16x16 stride-16 convs keyed
@@ -200,12 +200,14 @@ class ThorConfig(EncoderConfig):
 
 
 # --------------------------------------------------------------------------------------------
-# Token layout (pure geometry, cached)
+# Token grid (pure geometry, cached)
 # --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class GroupLayout:
+class GroupTokens:
+    """One band group's tokens: its bands, resampled side and ``num_patch x num_patch`` token grid."""
+
     index: int
     members: tuple[str, ...]  # THOR band names present, in model group order
     kernels: tuple[str, ...]
@@ -228,8 +230,11 @@ class GroupLayout:
 
 
 @dataclass(frozen=True)
-class ThorLayout:
-    groups: tuple[GroupLayout, ...]
+class TokenGrid:
+    """The token geometry of one input: its band groups, in model order, at one ground cover and
+    patch size (``describe()``: the keys the embedding metadata stores)."""
+
+    groups: tuple[GroupTokens, ...]
     ground_cover_m: float
     patch_size: int
 
@@ -266,7 +271,7 @@ def _as_fraction(value: float) -> Fraction:
 
 
 @functools.lru_cache(maxsize=64)
-def plan_layout(bands: tuple[str, ...], ground_cover_m: float, patch_size: int) -> ThorLayout:
+def token_grid_for(bands: tuple[str, ...], ground_cover_m: float, patch_size: int) -> TokenGrid:
     """Groups, per-band sizes and token grids for ``bands`` at ``ground_cover_m`` and ``patch_size``.
 
     Raises ``ModelInputError`` when a group cannot be tiled exactly: the ground cover must be a
@@ -301,7 +306,7 @@ def plan_layout(bands: tuple[str, ...], ground_cover_m: float, patch_size: int) 
                 "smaller patch_size, or an image side that is a multiple of patch_size * GSD / scale_m."
             )
         groups.append(
-            GroupLayout(
+            GroupTokens(
                 index=g,
                 members=used,
                 kernels=tuple(BANDS[m].kernel for m in used),
@@ -313,7 +318,7 @@ def plan_layout(bands: tuple[str, ...], ground_cover_m: float, patch_size: int) 
         )
     if not groups:
         raise ModelInputError("No THOR bands given")
-    return ThorLayout(groups=tuple(groups), ground_cover_m=float(gc), patch_size=patch_size)
+    return TokenGrid(groups=tuple(groups), ground_cover_m=float(gc), patch_size=patch_size)
 
 
 # --------------------------------------------------------------------------------------------
@@ -405,16 +410,16 @@ class ThorEncoder(nn.Module):
             self._pinv_cache[key] = pinv
         return pinv
 
-    def _distances(self, layout: ThorLayout, device: torch.device) -> torch.Tensor:
-        key = (tuple((g.num_patch, g.patch_size, g.gsd) for g in layout.groups), str(device))
+    def _distances(self, token_grid: TokenGrid, device: torch.device) -> torch.Tensor:
+        key = (tuple((g.num_patch, g.patch_size, g.gsd) for g in token_grid.groups), str(device))
         dist = self._dist_cache.get(key)
         if dist is None:
             with torch.inference_mode(False), torch.no_grad():
                 pts = []
-                for g in layout.groups:
+                for g in token_grid.groups:
                     line = (torch.arange(g.num_patch, dtype=torch.float64) * g.patch_size + g.patch_size / 2) * g.gsd
                     pts.append(torch.cartesian_prod(line, line).reshape(-1, 2))
-                points = torch.cat(pts) / max(g.patch_size * g.gsd for g in layout.groups)
+                points = torch.cat(pts) / max(g.patch_size * g.gsd for g in token_grid.groups)
                 dist = torch.cdist(points, points, compute_mode="donot_use_mm_for_euclid_dist")
                 dist = dist.to(device=device, dtype=torch.float32)
             self._dist_cache[key] = dist
@@ -422,15 +427,16 @@ class ThorEncoder(nn.Module):
                 self._dist_cache.popitem(last=False)
         return dist
 
-    def alibi_bias(self, layout: ThorLayout, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def alibi_bias(self, token_grid: TokenGrid, device: torch.device,
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """``[1, heads, N, N]`` additive attention bias ``-slope_h * distance``, computed in float32
         and cached per geometry and ``dtype`` (the attention's: bf16 under autocast, so that the
         12 blocks do not each cast a 12 x 1620 x 1620 matrix at patch 8)."""
-        key = (tuple((g.num_patch, g.patch_size, g.gsd) for g in layout.groups), str(device), dtype,
+        key = (tuple((g.num_patch, g.patch_size, g.gsd) for g in token_grid.groups), str(device), dtype,
                self.encoder_slopes._version)  # a reloaded slopes buffer invalidates the entry
         bias = self._bias_cache.get(key)
         if bias is None:
-            dist = self._distances(layout, device)
+            dist = self._distances(token_grid, device)
             with torch.inference_mode(False), torch.no_grad():
                 slopes = self.encoder_slopes.detach().to(device=device, dtype=torch.float32)
                 bias = (-slopes[:, None, None] * dist).unsqueeze(0).to(dtype)
@@ -439,7 +445,7 @@ class ThorEncoder(nn.Module):
                 self._bias_cache.popitem(last=False)
         return bias
 
-    def group_kernel(self, group: GroupLayout) -> tuple[torch.Tensor, torch.Tensor]:
+    def group_kernel(self, group: GroupTokens) -> tuple[torch.Tensor, torch.Tensor]:
         """One ``[D, k, p, p]`` kernel and ``[D]`` bias computing the mean of the group's ``k``
         per-band convolutions (PI-resized to the group's patch size)."""
         convs = [self.ind_patch_embed.patch_embed[name] for name in group.kernels]
@@ -457,12 +463,12 @@ class ThorEncoder(nn.Module):
 
     # -- forward -------------------------------------------------------------------------------
 
-    def embed_tokens(self, x: torch.Tensor, bands: Sequence[str], layout: ThorLayout) -> torch.Tensor:
+    def embed_tokens(self, x: torch.Tensor, bands: Sequence[str], token_grid: TokenGrid) -> torch.Tensor:
         index = {b: i for i, b in enumerate(bands)}
         d = self.cfg.embed_dim
         pse_dim = resolved(self.cfg.patch_size_embed_dim, "patch_size_embed_dim")
         parts = []
-        for g in layout.groups:
+        for g in token_grid.groups:
             xg = x[:, [index[m] for m in g.members]]
             if xg.shape[-1] != g.side_px or xg.shape[-2] != g.side_px:
                 xg = F.interpolate(xg, size=(g.side_px, g.side_px), mode="bilinear", align_corners=False, antialias=False)
@@ -487,8 +493,8 @@ class ThorEncoder(nn.Module):
         ground_cover_m: float,
         patch_size: int = 16,
         out_indices: Sequence[int] | None = None,
-    ) -> tuple[torch.Tensor | list[torch.Tensor], ThorLayout]:
-        """Last-block tokens ``[B, N, D]`` (no final norm; group order, row-major) and the layout.
+    ) -> tuple[torch.Tensor | list[torch.Tensor], TokenGrid]:
+        """Last-block tokens ``[B, N, D]`` (no final norm; group order, row-major) and their :class:`TokenGrid`.
 
         With ``out_indices`` a list of the selected blocks' outputs is returned instead."""
         if x.ndim != 4:
@@ -497,11 +503,11 @@ class ThorEncoder(nn.Module):
             raise ModelInputError(f"THOR got {x.shape[1]} channels for {len(bands)} bands {list(bands)}")
         if x.shape[-1] != x.shape[-2]:
             raise ModelInputError(f"THOR expects square images, got {x.shape[-2]}x{x.shape[-1]}")
-        layout = plan_layout(tuple(bands), float(ground_cover_m), int(patch_size))
-        h = self.embed_tokens(x, bands, layout)
+        token_grid = token_grid_for(tuple(bands), float(ground_cover_m), int(patch_size))
+        h = self.embed_tokens(x, bands, token_grid)
         dev = h.device.type
         attn_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
-        bias = self.alibi_bias(layout, h.device, attn_dtype)
+        bias = self.alibi_bias(token_grid, h.device, attn_dtype)
         wanted = None
         if out_indices is not None:
             wanted = {i % len(self.blocks) for i in out_indices}
@@ -510,7 +516,7 @@ class ThorEncoder(nn.Module):
             h = blk(h, bias)
             if wanted is not None and i in wanted:
                 outs.append(h)
-        return (outs if wanted is not None else h), layout
+        return (outs if wanted is not None else h), token_grid
 
     def forward(self, x: torch.Tensor, bands: Sequence[str], ground_cover_m: float, patch_size: int = 16) -> torch.Tensor:
         return self.forward_tokens(x, bands, ground_cover_m, patch_size)[0]
@@ -531,16 +537,16 @@ def pool_tokens(tokens: torch.Tensor) -> torch.Tensor:
     return tokens.mean(dim=1)
 
 
-def group_grid(tokens: torch.Tensor, layout: ThorLayout, merge: str = "mean") -> torch.Tensor:
+def group_grid(tokens: torch.Tensor, token_grid: TokenGrid, merge: str = "mean") -> torch.Tensor:
     """Group-aware grid ``[B, D (or D*groups for concat), S, S]``; coarser groups are bilinearly
     upsampled (align_corners False) to the finest group's ``S x S``."""
     merge = canonical_group_merge(merge)
     b, n, d = tokens.shape
-    if n != layout.n_tokens:
-        raise ModelInputError(f"THOR token count {n} does not match the layout ({layout.n_tokens})")
-    side = layout.grid_side
+    if n != token_grid.n_tokens:
+        raise ModelInputError(f"THOR token count {n} does not match the token grid ({token_grid.n_tokens})")
+    side = token_grid.grid_side
     grids, start = [], 0
-    for g in layout.groups:
+    for g in token_grid.groups:
         t = tokens[:, start : start + g.n_tokens]
         start += g.n_tokens
         grid = t.reshape(b, g.num_patch, g.num_patch, d).permute(0, 3, 1, 2)
@@ -554,7 +560,7 @@ def group_grid(tokens: torch.Tensor, layout: ThorLayout, merge: str = "mean") ->
 
 
 def square_token_grid(tokens: torch.Tensor) -> torch.Tensor:
-    """Fallback grid when no group layout is known: a square token count reshaped row-major (a
+    """Fallback grid when no :class:`TokenGrid` is known: a square token count reshaped row-major (a
     leading CLS token is dropped when ``N - 1`` is square)."""
     b, n, d = tokens.shape
     for skip in (0, 1):
@@ -562,6 +568,6 @@ def square_token_grid(tokens: torch.Tensor) -> torch.Tensor:
         if n - skip > 0 and side * side == n - skip:
             return tokens[:, skip:].reshape(b, side, side, d).permute(0, 3, 1, 2)
     raise ModelInputError(
-        f"THOR grid output is unavailable for {n} tokens without a group layout (not a square); "
+        f"THOR grid output is unavailable for {n} tokens without a token grid (not a square); "
         "use output='pooled' instead."
     )

@@ -58,7 +58,7 @@ def snap_side(side: int, unit: int) -> int:
 
 
 
-def thor_native_snap_plan(
+def thor_native_snap_decision(
     h: int,
     w: int,
     *,
@@ -76,11 +76,12 @@ def thor_native_snap_plan(
     Returns ``{"strategy": "native_snap"|"fixed_resize", "reason", "side", "ground_cover_m", ...}``;
     ``fixed_resize`` means: normalise, then resize to ``image_size`` (ground cover
     ``scale_m * image_size``)."""
-    plan = {"raw_input_hw": [h, w], "shape_adjust": shape_adjust, "requested_image_size": image_size}
+    decision = {"raw_input_hw": [h, w], "shape_adjust": shape_adjust, "requested_image_size": image_size}
 
     def fixed(reason: str) -> dict:
-        plan.update(strategy="fixed_resize", reason=reason, side=image_size, ground_cover_m=float(scale_m) * image_size)
-        return plan
+        decision.update(strategy="fixed_resize", reason=reason, side=image_size,
+                        ground_cover_m=float(scale_m) * image_size)
+        return decision
 
     if abs(h - w) > shape_tol_px:
         return fixed("rectangular_above_tolerance")
@@ -89,15 +90,16 @@ def thor_native_snap_plan(
         return fixed("non_integer_metres")
     square = min(h, w) if shape_adjust == "crop" else max(h, w)
     snapped = snap_side(square, unit)
-    plan.update(square_side=square, side_unit=unit, snapped_side=snapped)
+    decision.update(square_side=square, side_unit=unit, snapped_side=snapped)
     if snapped > max_native_side:
         return fixed("native_side_limit")
     gc = float(scale_m) * snapped
     tokens = sum(int(round(gc / (patch_size * g))) ** 2 for g in gsds)
-    plan["estimated_patch_tokens"] = tokens
+    decision["estimated_patch_tokens"] = tokens
     if tokens > max_native_tokens:
         return fixed("native_token_limit")
     adjust = "none" if snapped == square else ("pad_to_valid_side" if snapped > square else "crop_to_valid_side")
-    plan.update(strategy="native_snap", reason="native", side=snapped, ground_cover_m=gc, snap_adjust_applied=adjust)
-    return plan
+    decision.update(strategy="native_snap", reason="native", side=snapped, ground_cover_m=gc,
+                    snap_adjust_applied=adjust)
+    return decision
 

@@ -78,11 +78,11 @@ class ThorBackbone(nn.Module):
         self.out_channels = [width] * len(self.out_indices)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        outs, layout = self.encoder.forward_tokens(
+        outs, token_grid = self.encoder.forward_tokens(
             x, self.model_bands, self.scale_m * x.shape[-1], self.patch_size, out_indices=self.out_indices
         )
         if self.output_format == "grid":
-            return [group_grid(t, layout, self.group_merge) for t in outs]
+            return [group_grid(t, token_grid, self.group_merge) for t in outs]
         return outs
 
 

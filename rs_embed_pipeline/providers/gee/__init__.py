@@ -2,7 +2,7 @@
 
 What it does, per ``fetch_patches`` call
 ----------------------------------------
-1. **Plan.** Tiles (rows of the ``tile_grid`` GeoDataFrame) are grouped by UTM zone, pixel size
+1. **Packing.** Tiles (rows of the ``tile_grid`` GeoDataFrame) are grouped by UTM zone, pixel size
    and tile size, and adjacent tiles are packed into rectangular *blocks* (one larger grid, split
    into tiles afterwards). A block holds as many tiles as fit under Earth Engine's request limit
    (48 MiB = 50,331,648 bytes, counted as Earth Engine counts it: ``width * height * sum over
@@ -87,7 +87,7 @@ from rs_embed_pipeline.core.vocabulary import COMPOSITES  # defined once there
 
 from .client import HIGH_VOLUME_URL, STANDARD_URL, TokenBucket, redact
 from .expressions import S1_DB_COLLECTION, S1_FLOAT_COLLECTION, S2_CLOUD_SCORE_PLUS_COLLECTION, S2_COLLECTION, VALID_BAND
-from .plan import EE_MAX_GRID_PX, EE_MAX_REQUEST_BYTES, plan_requests
+from .request_blocks import EE_MAX_GRID_PX, EE_MAX_REQUEST_BYTES, pack_requests
 from .provider import GEEProvider
 
 __all__ = [
@@ -103,6 +103,6 @@ __all__ = [
     "STANDARD_URL",
     "TokenBucket",
     "VALID_BAND",
-    "plan_requests",
+    "pack_requests",
     "redact",
 ]

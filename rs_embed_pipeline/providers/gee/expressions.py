@@ -25,7 +25,7 @@ from rs_embed_pipeline.core.vocabulary import (
 from ..base import ProviderError
 from ..base import tile_rows as _tile_rows  # noqa: F401 - one reader of tile rows for every provider
 from .client import _ee
-from .plan import _Tile, _Window
+from .request_blocks import _PixelBox, _Tile
 
 S2_COLLECTION = "COPERNICUS/S2_SR_HARMONIZED"
 
@@ -227,8 +227,8 @@ class _Run:
         self.max_tiles = max_tiles
 
     # ---- geometry -----------------------------------------------------------------------------
-    def rect(self, window: _Window):
-        return self.ee.Geometry.Rectangle(window.bounds(), f"EPSG:{window.epsg}", False)
+    def rect(self, box: _PixelBox):
+        return self.ee.Geometry.Rectangle(box.bounds(), f"EPSG:{box.epsg}", False)
 
     # ---- collections --------------------------------------------------------------------------
     def _s1_base(self, region):
@@ -285,9 +285,9 @@ class _Run:
                 coll = coll.map(lambda img: img.select(bands).multiply(_LN10_OVER_10).exp())
         return coll
 
-    def pixel_image(self, window: _Window, variant: str):
+    def pixel_image(self, box: _PixelBox, variant: str):
         ee = self.ee
-        coll = self.pixel_collection(self.rect(window), variant)
+        coll = self.pixel_collection(self.rect(box), variant)
         composite = coll.mosaic() if self.sensor.composite == "mosaic" else coll.median()
         img = composite.select(list(self.sensor.bands))
         img = img.toUint16() if self.sensor.send_dtype == "uint16" else img.toFloat()
@@ -298,7 +298,7 @@ class _Run:
         ee = self.ee
         per_tile = []
         for t in tiles:
-            region = self.rect(_Window(t.epsg, t.scale, t.x0, t.y0, t.size, t.size))
+            region = self.rect(_PixelBox(t.epsg, t.scale, t.x0, t.y0, t.size, t.size))
             lists = [c.aggregate_array("system:index") for c in self.scene_collections(region)]
             per_tile.append(ee.List(lists))
         return ee.List(per_tile)

@@ -54,7 +54,15 @@ from .expressions import (
     _Sensor,
     _tile_rows,
 )
-from .plan import EE_MAX_GRID_PX, EE_MAX_REQUEST_BYTES, _Block, _request_bytes, _Tile, _Window, plan_requests
+from .request_blocks import (
+    EE_MAX_GRID_PX,
+    EE_MAX_REQUEST_BYTES,
+    _Block,
+    _PixelBox,
+    _request_bytes,
+    _Tile,
+    pack_requests,
+)
 
 log = logging.getLogger("rs_embed_pipeline.providers.gee")
 
@@ -200,7 +208,7 @@ class GEEProvider:
             "endpoint": _safe_url(self.endpoint),
             "high_volume": self.api_url is None and self.use_high_volume,
             "project": self.project,
-            "auth": self._auth_kind or self._planned_auth_kind(),
+            "auth": self._auth_kind or self._configured_auth_kind(),
             "max_concurrent_requests": self.max_concurrent_requests,
             "max_requests_per_second": self.max_requests_per_second,
             "rate_burst": self._bucket.burst,
@@ -219,7 +227,7 @@ class GEEProvider:
         included); ``bytes`` the NPY bytes received (``value_bytes``: JSON size of the scene
         answers); ``retries`` the retried attempts (``throttled``: 429 answers, ``server_errors``:
         5xx); ``too_large`` the "too large / memory / timed out" answers and ``splits`` the
-        requests split because of them or of their planned size; ``failures`` the requests given
+        requests split because of them or of their packed size; ``failures`` the requests given
         up; ``tiles_*`` the yielded patches by status.
         """
         out = self._stats.snapshot()
@@ -261,7 +269,7 @@ class GEEProvider:
 
     # ---- setup ----------------------------------------------------------------------------------
 
-    def _planned_auth_kind(self) -> str:
+    def _configured_auth_kind(self) -> str:
         if self._credentials_arg == "anonymous":
             return "anonymous"
         if self._credentials_arg is not None:
@@ -272,7 +280,7 @@ class GEEProvider:
 
     def _resolve_credentials(self) -> tuple[Any, str, str | None]:
         """(credentials, kind, project of the credentials)."""
-        kind = self._planned_auth_kind()
+        kind = self._configured_auth_kind()
         if kind == "anonymous":
             from google.auth.credentials import AnonymousCredentials  # noqa: PLC0415
 
@@ -443,12 +451,12 @@ class GEEProvider:
             raise _RequestFailed(f"unexpected scene query answer ({type(result).__name__})")
         return [[[str(i) for i in (ids or [])] for ids in per_tile] for per_tile in result]
 
-    def _request_pixels(self, run: _Run, window: _Window, variant: str) -> np.ndarray:
+    def _request_pixels(self, run: _Run, box: _PixelBox, variant: str) -> np.ndarray:
         ee = run.ee
         params: dict[str, Any] = {
-            "expression": run.pixel_image(window, variant),
+            "expression": run.pixel_image(box, variant),
             "fileFormat": "NPY",
-            "grid": window.grid(),
+            "grid": box.grid(),
         }
         if self.workload_tag:
             params["workloadTag"] = self.workload_tag
@@ -458,25 +466,25 @@ class GEEProvider:
         self._stats.add("bytes", len(raw))
         self._stats.add("pixel_bytes", len(raw))
         return _read_npy(bytes(raw) if not isinstance(raw, bytes) else raw, run.sensor.bands,
-                         window.height, window.width)
+                         box.height, box.width)
 
-    def _window_pixels(self, run: _Run, window: _Window, variant: str, depth: int = 0,
-                       reason: str | None = None) -> tuple[np.ndarray, int]:
-        """Structured pixels of a window, split in halves while too large: (array, splits)."""
-        too_big = (_request_bytes(window.pixels, run.sensor.band_bytes) > self.max_request_bytes
-                   or max(window.width, window.height) > EE_MAX_GRID_PX)
+    def _box_pixels(self, run: _Run, box: _PixelBox, variant: str, depth: int = 0,
+                    reason: str | None = None) -> tuple[np.ndarray, int]:
+        """Structured pixels of a box, split in halves while too large: (array, splits)."""
+        too_big = (_request_bytes(box.pixels, run.sensor.band_bytes) > self.max_request_bytes
+                   or max(box.width, box.height) > EE_MAX_GRID_PX)
         if not too_big and reason is None:
             try:
-                return self._request_pixels(run, window, variant), 0
+                return self._request_pixels(run, box, variant), 0
             except _SplitNeeded as exc:
                 reason = str(exc)
-        if depth >= _MAX_PIXEL_SPLIT_DEPTH or max(window.width, window.height) < 2:
+        if depth >= _MAX_PIXEL_SPLIT_DEPTH or max(box.width, box.height) < 2:
             raise _RequestFailed(f"request still too large after {depth} split(s): "
                                  f"{reason or 'over the size limit'}")
         self._stats.add("splits")
-        a, b, axis = window.halves()
-        pa, sa = self._window_pixels(run, a, variant, depth + 1)
-        pb, sb = self._window_pixels(run, b, variant, depth + 1)
+        a, b, axis = box.halves()
+        pa, sa = self._box_pixels(run, a, variant, depth + 1)
+        pb, sb = self._box_pixels(run, b, variant, depth + 1)
         return np.concatenate([pa, pb], axis=axis), 1 + sa + sb
 
     # ---- blocks ---------------------------------------------------------------------------------
@@ -484,13 +492,13 @@ class GEEProvider:
     def _block_pixels(self, run: _Run, block: _Block, variant: str) -> dict[str, Any]:
         """tile_id -> (data, valid, info) or a failure reason (str)."""
         n = len(block.cells)
-        too_big = _request_bytes(block.window.pixels, run.sensor.band_bytes) > self.max_request_bytes
+        too_big = _request_bytes(block.box.pixels, run.sensor.band_bytes) > self.max_request_bytes
         split_reason: str | None = None
         if n > 1 and too_big:
             split_reason = "over the size limit"
         elif n > 1:
             try:
-                pixels = self._request_pixels(run, block.window, variant)
+                pixels = self._request_pixels(run, block.box, variant)
             except _SplitNeeded as exc:
                 split_reason = str(exc)
             except _RequestFailed as exc:
@@ -504,7 +512,7 @@ class GEEProvider:
             log.debug("splitting a %d-tile request: %s", n, split_reason)
             return {**self._block_pixels(run, a, variant), **self._block_pixels(run, b, variant)}
         try:
-            pixels, splits = self._window_pixels(run, block.window, variant)
+            pixels, splits = self._box_pixels(run, block.box, variant)
         except (_RequestFailed, _SplitNeeded) as exc:
             return {block.tiles[0].tile_id: str(exc)}
         return self._cut(block, pixels, run.sensor.bands, {"tiles_in_request": 1, "pixel_splits": splits})
@@ -519,7 +527,7 @@ class GEEProvider:
         return out
 
     def _process_block(self, run: _Run, block: _Block) -> list[Patch]:
-        """Scene query, then pixels, for one planned block; never raises."""
+        """Scene query, then pixels, for one request block; never raises."""
         sensor = run.sensor
         results: dict[str, Patch] = {}
         try:
@@ -543,7 +551,7 @@ class GEEProvider:
                                                     reason="no image matches the filters for this tile "
                                                            "and time window")
             for variant, vtiles in variants.items():
-                for sub in plan_requests(vtiles, band_bytes=sensor.band_bytes,
+                for sub in pack_requests(vtiles, band_bytes=sensor.band_bytes,
                                          max_request_bytes=self.max_request_bytes,
                                          max_tiles=run.max_tiles):
                     for tid, res in self._block_pixels(run, sub, variant).items():
@@ -674,7 +682,7 @@ class GEEProvider:
             fill_slots = math.ceil(len(tiles) / self.max_concurrent_requests)
             max_tiles = max(1, min(fill_slots, self.max_tiles_per_request or fill_slots))
             run = _Run(sensor, start, end, max_tiles)
-            blocks = plan_requests(tiles, band_bytes=sensor.band_bytes,
+            blocks = pack_requests(tiles, band_bytes=sensor.band_bytes,
                                    max_request_bytes=self.max_request_bytes, max_tiles=max_tiles)
             log.info("GEE %s: %d tile(s) in %d request block(s) (<= %d tiles each), %s .. %s",
                      sensor.modality, len(tiles), len(blocks), max_tiles, start, end)
@@ -694,11 +702,11 @@ class GEEProvider:
         try:
             pending: dict[cf.Future, _Block] = {}
             queue = iter(blocks)
-            # Bounded: finished blocks wait here for the consumer (memory ~ window x request).
-            window = self.max_concurrent_requests + 2
+            # Bounded: finished blocks wait here for the consumer (memory ~ max_pending x request).
+            max_pending = self.max_concurrent_requests + 2
 
             def fill() -> None:
-                while len(pending) < window:
+                while len(pending) < max_pending:
                     block = next(queue, None)
                     if block is None:
                         return
@@ -760,7 +768,7 @@ def _read_npy(raw: bytes, bands: Sequence[str], height: int, width: int) -> np.n
 
 
 def _tile_arrays(arr: np.ndarray, bands: Sequence[str], ys: slice, xs: slice) -> tuple[np.ndarray, np.ndarray]:
-    """float32 [C, h, w] and bool [h, w] of one window of the structured array (copies)."""
+    """float32 [C, h, w] and bool [h, w] of one pixel box of the structured array (copies)."""
     part = arr[ys, xs]
     h, w = part.shape
     data = np.empty((len(bands), h, w), dtype=np.float32)

@@ -1,5 +1,5 @@
-"""Request planning: tiles packed into rectangular blocks under Earth Engine's computePixels
-size rule (pixels x sum over bands of (bytes + 1 mask byte))."""
+"""Request blocks: tiles packed into rectangular blocks, one computePixels request each, under
+Earth Engine's size rule (pixels x sum over bands of (bytes + 1 mask byte))."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ EE_MASK_BYTES_PER_PIXEL = 1
 
 @dataclasses.dataclass(frozen=True)
 class _Tile(TileRef):
-    """A tile as the request planner measures it: ``size`` pixels of ``scale`` metres."""
+    """A tile as the request packer measures it: ``size`` pixels of ``scale`` metres."""
 
     @property
     def size(self) -> int:
@@ -42,7 +42,7 @@ class _Tile(TileRef):
 
 
 @dataclasses.dataclass(frozen=True)
-class _Window:
+class _PixelBox:
     """A pixel rectangle of one UTM lattice: upper-left (x0, y0), width x height pixels."""
 
     epsg: int
@@ -67,11 +67,11 @@ class _Window:
         }
 
     def bounds(self) -> list[float]:
-        """[xmin, ymin, xmax, ymax] in the window's CRS."""
+        """[xmin, ymin, xmax, ymax] in the box's CRS."""
         return [self.x0, self.y0 - self.height * self.scale,
                 self.x0 + self.width * self.scale, self.y0]
 
-    def halves(self) -> tuple[_Window, _Window, int]:
+    def halves(self) -> tuple[_PixelBox, _PixelBox, int]:
         """Two halves along the longer axis; the axis (1: columns, 0: rows) to concatenate on."""
         if self.width >= self.height:
             w1 = self.width // 2
@@ -102,8 +102,8 @@ class _Block:
         return [c[0] for c in self.cells]
 
     @property
-    def window(self) -> _Window:
-        return _Window(self.epsg, self.scale, self.x0, self.y0, self.nw * self.size, self.nh * self.size)
+    def box(self) -> _PixelBox:
+        return _PixelBox(self.epsg, self.scale, self.x0, self.y0, self.nw * self.size, self.nh * self.size)
 
     def split(self) -> tuple[_Block, _Block]:
         """Two full rectangles along the longer side (in tiles). Needs at least 2 tiles."""
@@ -130,7 +130,7 @@ def _request_bytes(pixels: int, band_bytes: Sequence[int]) -> int:
     return pixels * sum(int(b) + EE_MASK_BYTES_PER_PIXEL for b in band_bytes)
 
 
-def plan_requests(
+def pack_requests(
     tiles: Sequence[_Tile],
     *,
     band_bytes: Sequence[int],
@@ -160,7 +160,7 @@ def plan_requests(
         ref_x = min(t.x0 for t in members)
         ref_y = max(t.y0 for t in members)
         cells: dict[tuple[int, int], _Tile] = {}
-        overflow: list[_Tile] = []  # another tile id at an occupied place: planned separately
+        overflow: list[_Tile] = []  # another tile id at an occupied place: packed separately
         for t in members:
             cell = (int(round((t.x0 - ref_x) / step)), int(round((ref_y - t.y0) / step)))
             if cell in cells:
@@ -199,6 +199,6 @@ def plan_requests(
             first = cells[(ci, cj)]
             blocks.append(_Block(epsg, scale, size, first.x0, first.y0, w, h, tuple(block_cells)))
         if overflow:
-            blocks.extend(plan_requests(overflow, band_bytes=band_bytes, max_request_bytes=max_request_bytes,
+            blocks.extend(pack_requests(overflow, band_bytes=band_bytes, max_request_bytes=max_request_bytes,
                                         max_tiles=max_tiles, max_grid_px=max_grid_px))
     return blocks
