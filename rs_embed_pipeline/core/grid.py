@@ -41,10 +41,14 @@ Zones, hemispheres, the anti-meridian
   densified before projection, so tile selection is exact to well under a pixel.
 
 Output rows are sorted by (utm_epsg, row descending = north to south, col), index 0..n-1.
+
+One tile as code passes it around (providers, blocks, requests) is a :class:`Tile`: the grid
+row's values, read once by :meth:`Tile.from_row` (or :meth:`Tile.from_id` from an id alone).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -64,6 +68,8 @@ __all__ = [
     "GRID_COLUMNS",
     "MIN_LAT",
     "MAX_LAT",
+    "TILE_FIELDS",
+    "Tile",
     "bbox_aoi",
     "build_tile_grid",
     "load_aoi",
@@ -111,21 +117,106 @@ def tile_id(utm_epsg: int, size_px: int, scale_m: float, col: int, row: int) -> 
     )
 
 
-def parse_tile_id(tid: str) -> dict[str, Any]:
-    """Inverse of :func:`tile_id`: ``{"utm_epsg", "size_px", "scale_m", "col", "row"}``."""
+def _id_fields(tid: str) -> tuple[int, int, float, int, int]:
+    """``(utm_epsg, size_px, scale_m, col, row)`` of a tile id; ValueError when it is not one."""
     try:
         epsg, p, s, c, r = tid.split("_")
         if not (p[0] == "p" and s[0] == "s" and c[0] == "c" and r[0] == "r"):
             raise ValueError
-        return {
-            "utm_epsg": int(epsg),
-            "size_px": int(p[1:]),
-            "scale_m": float(s[1:].replace("p", ".")),
-            "col": int(c[1:]),
-            "row": int(r[1:]),
-        }
+        return int(epsg), int(p[1:]), float(s[1:].replace("p", ".")), int(c[1:]), int(r[1:])
     except (ValueError, IndexError):
         raise ValueError(f"not a tile id: {tid!r}") from None
+
+
+def parse_tile_id(tid: str) -> dict[str, Any]:
+    """Inverse of :func:`tile_id`: ``{"utm_epsg", "size_px", "scale_m", "col", "row"}`` (the
+    fields :meth:`Tile.from_id` reads, with the lattice column and row)."""
+    epsg, size_px, scale_m, col, row = _id_fields(tid)
+    return {"utm_epsg": epsg, "size_px": size_px, "scale_m": scale_m, "col": col, "row": row}
+
+
+#: The columns :meth:`Tile.from_row` reads (``geometry``, when present, too).
+TILE_FIELDS: tuple[str, ...] = ("tile_id", "utm_epsg", "x0", "y0", "size_px", "scale_m")
+
+
+@dataclasses.dataclass(frozen=True)
+class Tile:
+    """One tile of the grid: its UTM zone (EPSG code), upper-left corner ``(x0, y0)`` in metres,
+    ``size_px`` pixels a side of ``scale_m`` metres; ``footprint`` is its lon/lat outline
+    (EPSG:4326) when known (the grid row's ``geometry``; :meth:`with_footprint` computes it).
+
+    Construction checks ``size_px`` and ``scale_m`` (> 0) and the corner (finite): ValueError
+    naming the problem (a provider then fails that tile alone)."""
+
+    tile_id: str
+    utm_epsg: int
+    x0: float
+    y0: float
+    size_px: int
+    scale_m: float
+    footprint: BaseGeometry | None = dataclasses.field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.size_px <= 0 or not self.scale_m > 0:
+            raise ValueError(f"size_px ({self.size_px}) and scale_m ({self.scale_m}) must be > 0")
+        if not (math.isfinite(self.x0) and math.isfinite(self.y0)):
+            raise ValueError("x0 / y0 must be finite")
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any] | Tile) -> Tile:
+        """The tile of a tile-grid row (a mapping or a pandas Series with the columns
+        :data:`TILE_FIELDS`; a non-empty ``geometry`` becomes the footprint); a Tile is returned
+        as it is. ValueError naming what is missing or out of range."""
+        if isinstance(row, Tile):
+            return row
+        missing = [k for k in TILE_FIELDS if k not in row]
+        if missing:
+            raise ValueError(f"tile row lacks column(s) {missing}")
+        fp = row.get("geometry")
+        if fp is None or getattr(fp, "is_empty", True):
+            fp = None
+        return cls(str(row["tile_id"]), int(row["utm_epsg"]), float(row["x0"]), float(row["y0"]),
+                   int(row["size_px"]), float(row["scale_m"]), fp)
+
+    @classmethod
+    def from_id(cls, tid: str) -> Tile:
+        """The lattice tile a :func:`tile_id` names (no footprint); ValueError when ``tid`` is not
+        a tile id."""
+        epsg, size_px, scale_m, col, row = _id_fields(tid)
+        side = size_px * scale_m
+        return cls(tid, epsg, float(col * side), float(row * side), size_px, scale_m)
+
+    @property
+    def side_m(self) -> float:
+        """The tile's side in metres (``size_px * scale_m``)."""
+        return self.size_px * self.scale_m
+
+    @property
+    def crs(self) -> str:
+        """``"EPSG:<utm_epsg>"``."""
+        return f"EPSG:{self.utm_epsg}"
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """``(xmin, ymin, xmax, ymax)`` in the tile's UTM CRS."""
+        T = self.side_m
+        return self.x0, self.y0 - T, self.x0 + T, self.y0
+
+    @property
+    def transform(self) -> list[float]:
+        """The pixel grid's affine transform, GDAL order without the last row:
+        ``[scale_m, 0, x0, 0, -scale_m, y0]``."""
+        return [self.scale_m, 0.0, self.x0, 0.0, -self.scale_m, self.y0]
+
+    def with_footprint(self) -> Tile:
+        """This tile with a footprint: its own, or its square projected to EPSG:4326 (pyproj
+        errors, e.g. an unknown EPSG code, raise here)."""
+        if self.footprint is not None:
+            return self
+        x0, y0, T = self.x0, self.y0, self.side_m
+        tr = pyproj.Transformer.from_crs(self.crs, "EPSG:4326", always_xy=True)
+        xs, ys = tr.transform([x0, x0 + T, x0 + T, x0], [y0 - T, y0 - T, y0, y0])
+        return dataclasses.replace(self, footprint=Polygon(list(zip(xs, ys))))
 
 
 def utm_zone_for(lon: float) -> int:

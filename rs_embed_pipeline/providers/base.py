@@ -14,18 +14,18 @@ why), and goes on with the other tiles.
 from __future__ import annotations
 
 import dataclasses
-import math
 import random
-from typing import Any, Protocol, Self
+from typing import Any, Protocol
 from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 
+from rs_embed_pipeline.core.grid import Tile
 from rs_embed_pipeline.core.vocabulary import MODALITIES, PATCH_STATUSES, S1_BANDS, S2_BANDS, PatchStatus
 
 # The shared words live in rs_embed_pipeline.core.vocabulary; re-exported here for provider code.
 __all__ = ["MODALITIES", "PATCH_STATUSES", "S1_BANDS", "S2_BANDS", "Patch", "PatchProvider", "PatchStatus",
-           "ProviderError", "TileRef", "backoff_s", "tile_rows"]
+           "ProviderError", "Tile", "backoff_s", "tile_rows"]
 
 
 class ProviderError(RuntimeError):
@@ -75,34 +75,6 @@ class Patch:
         )
 
 
-@dataclasses.dataclass(frozen=True)
-class TileRef:
-    """One tile-grid row as a provider reads it: the tile's UTM zone (EPSG code), upper-left
-    corner ``(x0, y0)`` in metres, ``size_px`` pixels a side of ``scale_m`` metres."""
-
-    tile_id: str
-    epsg: int
-    x0: float
-    y0: float
-    size_px: int
-    scale_m: float
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> Self:
-        """The tile of a tile-grid row; ValueError naming what is missing or out of range (the
-        provider then fails that tile alone)."""
-        missing = [k for k in ("tile_id", "utm_epsg", "x0", "y0", "size_px", "scale_m") if k not in row]
-        if missing:
-            raise ValueError(f"tile row lacks column(s) {missing}")
-        tile = cls(str(row["tile_id"]), int(row["utm_epsg"]), float(row["x0"]), float(row["y0"]),
-                   int(row["size_px"]), float(row["scale_m"]))
-        if tile.size_px <= 0 or not tile.scale_m > 0:
-            raise ValueError(f"size_px ({tile.size_px}) and scale_m ({tile.scale_m}) must be > 0")
-        if not (math.isfinite(tile.x0) and math.isfinite(tile.y0)):
-            raise ValueError("x0 / y0 must be finite")
-        return tile
-
-
 class PatchProvider(Protocol):
     """The one method every provider shares (docs/architecture.md, "Layers and their contracts")."""
 
@@ -117,7 +89,8 @@ class PatchProvider(Protocol):
         bands: Iterable[str] | None = None,
         **sensor_options: Any,
     ) -> Iterator[Patch]:
-        """Yield one ``Patch`` per row of ``tiles`` (a tile_grid GeoDataFrame), any order."""
+        """Yield one ``Patch`` per row of ``tiles`` (a tile_grid GeoDataFrame, or an iterable of
+        ``Tile`` / row mappings: :func:`tile_rows`), any order."""
         ...
 
     def describe(self) -> dict[str, Any]:
@@ -137,29 +110,27 @@ def backoff_s(base_s: float, attempt: int, rng: random.Random | None = None) -> 
     return float(base_s) * (2 ** int(attempt)) * (rng or random).uniform(0.5, 1.5)
 
 
-def tile_rows(tiles: Any) -> list[Any]:
-    """The rows of ``tiles`` as mappings (``row["tile_id"]`` ...): a (Geo)DataFrame, one row (a
-    mapping or a pandas Series), or an iterable of mappings / namedtuples / Series / objects;
-    ``None`` is no rows. Rows that are none of these are passed on as they are (they then fail
-    alone in the provider, as a tile with a bad row)."""
-    if tiles is None:
-        return []
+_TILES_FORMS = ("tiles must be a (Geo)DataFrame of tile-grid rows or an iterable of Tile / mappings "
+                "(tile_id, utm_epsg, x0, y0, size_px, scale_m)")
+
+
+def _is_series(obj: Any) -> bool:
+    """A pandas Series (one row, not accepted: it would iterate over its values)."""
+    return hasattr(obj, "to_dict") and hasattr(obj, "index") and not hasattr(obj, "columns")
+
+
+def tile_rows(tiles: Any) -> list[Mapping[str, Any] | Tile]:
+    """The tiles of ``tiles`` one by one, as the providers read them: a (Geo)DataFrame of tile-grid
+    rows (one mapping per row), or an iterable (list, tuple, generator) of :class:`Tile` and / or
+    mappings. Mappings are checked later, by :meth:`Tile.from_row`, so that a bad row fails alone
+    in the provider. Anything else raises TypeError naming the accepted forms."""
     if hasattr(tiles, "columns") and hasattr(tiles, "to_dict"):  # (Geo)DataFrame
         return list(tiles.to_dict("records"))
-    if isinstance(tiles, Mapping):
-        return [tiles]
-    if hasattr(tiles, "to_dict") and hasattr(tiles, "index"):  # one pandas Series
-        return [tiles.to_dict()]
-    rows: list[Any] = []
-    for row in tiles:
-        if isinstance(row, Mapping):
-            rows.append(row)
-        elif hasattr(row, "_asdict"):
-            rows.append(row._asdict())
-        elif hasattr(row, "to_dict"):
-            rows.append(row.to_dict())
-        elif hasattr(row, "__dict__"):
-            rows.append(vars(row))
-        else:
-            rows.append(row)
+    if isinstance(tiles, (str, bytes, Mapping, Tile)) or not isinstance(tiles, Iterable) or _is_series(tiles):
+        raise TypeError(f"{_TILES_FORMS}, got {type(tiles).__name__}")
+    rows = list(tiles)
+    for row in rows:
+        if not isinstance(row, (Mapping, Tile)):
+            raise TypeError(f"{_TILES_FORMS}, got a {type(row).__name__} among them")
     return rows
+

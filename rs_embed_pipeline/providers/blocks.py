@@ -18,6 +18,8 @@ import math
 from typing import Any
 from collections.abc import Sequence
 
+from rs_embed_pipeline.core.grid import Tile
+
 __all__ = ["Block", "DEFAULT_MAX_BLOCK_PX", "group_blocks"]
 
 DEFAULT_MAX_BLOCK_PX = 1024
@@ -26,7 +28,7 @@ DEFAULT_MAX_BLOCK_PX = 1024
 @dataclasses.dataclass(frozen=True)
 class Block:
     """``width x height`` pixels of ``scale_m`` in ``EPSG:epsg`` with upper-left corner
-    ``(x0, y0)``; ``tiles`` are the tiles cut out of it (objects with ``x0, y0, size_px``)."""
+    ``(x0, y0)``; ``tiles`` are the tiles cut out of it."""
 
     epsg: int
     scale_m: float
@@ -34,9 +36,9 @@ class Block:
     y0: float
     width: int
     height: int
-    tiles: tuple[Any, ...]
+    tiles: tuple[Tile, ...]
 
-    def box(self, tile: Any) -> tuple[slice, slice]:
+    def box(self, tile: Tile) -> tuple[slice, slice]:
         """Row and column slices of ``tile``'s pixel box inside the block."""
         c = int(round((tile.x0 - self.x0) / self.scale_m))
         r = int(round((self.y0 - tile.y0) / self.scale_m))
@@ -67,21 +69,20 @@ def _phase(v: float, scale: float) -> float:
     return 0.0 if p in (0.0, round(scale, 6), -0.0) else (p + scale if p < 0 else p)
 
 
-def group_blocks(tiles: Sequence[Any], max_block_px: int = DEFAULT_MAX_BLOCK_PX) -> list[Block]:
-    """Blocks covering ``tiles`` (objects with ``epsg, x0, y0, size_px, scale_m``); every tile is
-    in exactly one block. Deterministic: same tiles, same blocks (ordered by lattice, then row,
-    then column)."""
+def group_blocks(tiles: Sequence[Tile], max_block_px: int = DEFAULT_MAX_BLOCK_PX) -> list[Block]:
+    """Blocks covering ``tiles``; every tile is in exactly one block. Deterministic: same tiles,
+    same blocks (ordered by lattice, then row, then column)."""
     if max_block_px < 1:
         raise ValueError(f"max_block_px must be >= 1, got {max_block_px}")
-    lattices: dict[tuple, list[Any]] = {}
+    lattices: dict[tuple, list[Tile]] = {}
     for t in tiles:
-        key = (int(t.epsg), float(t.scale_m), _phase(t.x0, t.scale_m), _phase(t.y0, t.scale_m))
+        key = (int(t.utm_epsg), float(t.scale_m), _phase(t.x0, t.scale_m), _phase(t.y0, t.scale_m))
         lattices.setdefault(key, []).append(t)
     blocks: list[Block] = []
     for (epsg, scale, _, _), group in sorted(lattices.items(), key=lambda kv: kv[0]):
         gx0 = min(t.x0 for t in group)
         gy0 = max(t.y0 for t in group)
-        cells: dict[tuple[int, int], list[Any]] = {}
+        cells: dict[tuple[int, int], list[Tile]] = {}
         for t in group:
             col = int(round((t.x0 - gx0) / scale)) // max_block_px
             row = int(round((gy0 - t.y0) / scale)) // max_block_px

@@ -53,7 +53,7 @@ import math
 import threading
 import time
 from pathlib import Path
-from typing import Any, Self, TypedDict, Unpack
+from typing import Any, TypedDict, Unpack
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -65,7 +65,7 @@ from rs_embed_pipeline.core.timeparse import parse_utc
 
 from rs_embed_pipeline.core.vocabulary import COMPOSITES, MODALITIES, S1_BANDS, S2_BANDS, UNIT_FACTOR
 
-from .base import Patch, ProviderError, TileRef, backoff_s, tile_rows
+from .base import Patch, ProviderError, Tile, backoff_s, tile_rows
 from .blocks import DEFAULT_MAX_BLOCK_PX, Block, group_blocks
 from .catalogs import EARTH_SEARCH_S2_ASSETS, S1_ASSETS, S2_DEFAULT_SCALE, check_s1_collection, s2_offset
 from .composite import MedianRanks, mosaic_composite
@@ -270,36 +270,6 @@ def _empty(
     p = Patch.empty(tile_id, n_bands, size_px, status)  # type: ignore[arg-type]
     p.meta = {**meta, **extra}
     return p
-
-
-@dataclasses.dataclass(frozen=True)
-class _Tile(TileRef):
-    """A tile with its footprint (the searches' bbox and the items' overlap test)."""
-
-    footprint: Any = None  # shapely geometry in EPSG:4326
-
-    @classmethod
-    def from_row(cls, row: Any) -> Self:
-        tile = TileRef.from_row(row)
-        fp = _row_get(row, "geometry")
-        if fp is None or getattr(fp, "is_empty", True):  # the row's own square, from its corner
-            import pyproj
-
-            x0, y0, T = tile.x0, tile.y0, tile.size_px * tile.scale_m
-            tr = pyproj.Transformer.from_crs(f"EPSG:{tile.epsg}", "EPSG:4326", always_xy=True)
-            xs, ys = tr.transform([x0, x0 + T, x0 + T, x0], [y0 - T, y0 - T, y0, y0])
-            fp = shapely.Polygon(list(zip(xs, ys)))
-        return cls(tile.tile_id, tile.epsg, tile.x0, tile.y0, tile.size_px, tile.scale_m, fp)
-
-    def geobox(self):
-        from affine import Affine
-        from odc.geo.geobox import GeoBox
-
-        return GeoBox(
-            (self.size_px, self.size_px),
-            Affine(self.scale_m, 0.0, self.x0, 0.0, -self.scale_m, self.y0),
-            f"EPSG:{self.epsg}",
-        )
 
 
 def _search_bboxes(footprints: Sequence[Any]) -> list[tuple[float, float, float, float]]:
@@ -526,7 +496,7 @@ class _OdcStacProvider:
     def _find_items(
         self,
         spec: CollectionSpec,
-        tiles: Sequence[_Tile],
+        tiles: Sequence[Tile],
         start: dt.datetime,
         end: dt.datetime,
         flt: SensorOptions,
@@ -600,10 +570,10 @@ class _OdcStacProvider:
 
     def _generate(self, rows, spec, band_list, t0, t1, flt: SensorOptions, base_meta):
         n = len(band_list)
-        tiles: list[_Tile] = []
+        tiles: list[Tile] = []
         for i, row in enumerate(rows):
             try:
-                tiles.append(_Tile.from_row(row))
+                tiles.append(Tile.from_row(row).with_footprint())
             except Exception as exc:  # a malformed row fails alone
                 tid = str(_row_get(row, "tile_id", f"row{i}"))
                 size = int(_row_get(row, "size_px", 1) or 1)
@@ -656,13 +626,13 @@ class _OdcStacProvider:
                 it for it, g in prepared if (g is None or g.intersects(t.footprint))
             ]
 
-        def tile_meta(tile: _Tile) -> dict[str, Any]:
+        def tile_meta(tile: Tile) -> dict[str, Any]:
             its = tile_items[tile.tile_id]
             meta = dict(base_meta)
             meta.update(
                 {
-                    "crs": f"EPSG:{tile.epsg}",
-                    "transform": [tile.scale_m, 0.0, tile.x0, 0.0, -tile.scale_m, tile.y0],
+                    "crs": tile.crs,
+                    "transform": tile.transform,
                     "size_px": tile.size_px,
                     "scale_m": tile.scale_m,
                     "scene_ids": [it.id for it in its],
@@ -983,7 +953,7 @@ class _OdcStacProvider:
         return out
 
     @staticmethod
-    def _own_planes(stack: _Stack, block: Block, tile: _Tile, items) -> list[int] | None:
+    def _own_planes(stack: _Stack, block: Block, tile: Tile, items) -> list[int] | None:
         """The tile's planes when a plane of scenes outside its footprint has valid pixels in
         its box (the tile is then composited from its own planes), else None."""
         ids = {it.id for it in items}
@@ -994,7 +964,7 @@ class _OdcStacProvider:
         rows, cols = block.box(tile)
         return mine if stack.loaded_ok[others][:, rows, cols].any() else None
 
-    def _cut_tile(self, stack: _Stack, composite, block: Block, tile: _Tile, items,
+    def _cut_tile(self, stack: _Stack, composite, block: Block, tile: Tile, items,
                   own: np.ndarray | None = None):
         n, size = len(stack.keys), tile.size_px
         ids = {it.id for it in items}
@@ -1148,7 +1118,7 @@ class LocalStacProvider(_OdcStacProvider):
             return self._items
 
     def _find_items(
-        self, spec: CollectionSpec, tiles: Sequence[_Tile], start: dt.datetime, end: dt.datetime, flt: SensorOptions
+        self, spec: CollectionSpec, tiles: Sequence[Tile], start: dt.datetime, end: dt.datetime, flt: SensorOptions
     ) -> list[Any]:
         items = self._all_items().get(spec.collection, [])
         bboxes = [shapely_box(*b) for b in _search_bboxes([t.footprint for t in tiles])]
@@ -1230,7 +1200,7 @@ class StacProvider(_OdcStacProvider):
             return self._client
 
     def _find_items(
-        self, spec: CollectionSpec, tiles: Sequence[_Tile], start: dt.datetime, end: dt.datetime, flt: SensorOptions
+        self, spec: CollectionSpec, tiles: Sequence[Tile], start: dt.datetime, end: dt.datetime, flt: SensorOptions
     ) -> list[Any]:
         end_incl = end - dt.timedelta(microseconds=1)
         query: dict[str, dict[str, Any]] | None = None

@@ -12,10 +12,12 @@ from shapely.geometry import MultiPolygon, Point, Polygon, box
 
 from rs_embed_pipeline.core.grid import (
     GRID_COLUMNS,
+    Tile,
     bbox_aoi,
     build_tile_grid,
     load_aoi,
     parse_tile_id,
+    tile_bounds,
     tile_id,
     utm_epsg_for,
 )
@@ -53,6 +55,28 @@ def test_alignment_and_id_scheme():
     assert parse_tile_id("32633_p288_s2p5_c00007_r00012")["scale_m"] == 2.5
     with pytest.raises(ValueError):
         parse_tile_id("nope")
+
+
+def test_tile_is_the_grid_row_and_the_id():
+    g = build_tile_grid(bbox_aoi(14.90, 45.00, 14.95, 45.03), 224, 10)
+    for _, r in g.iterrows():
+        t = Tile.from_row(r)
+        assert t == Tile.from_id(r["tile_id"]) and t.footprint is r["geometry"]
+        assert (t.tile_id, t.utm_epsg, t.x0, t.y0, t.size_px, t.scale_m) == (
+            r["tile_id"], r["utm_epsg"], r["x0"], r["y0"], 224, 10.0)
+        assert t.bounds == tile_bounds(r) and t.crs == f"EPSG:{r['utm_epsg']}"
+        assert t.transform == [10.0, 0.0, r["x0"], 0.0, -10.0, r["y0"]]
+        assert Tile.from_row(t) is t
+    t = Tile.from_id("32633_p288_s2p5_c00007_r00012")
+    assert (t.x0, t.y0, t.size_px, t.scale_m, t.footprint) == (7 * 720.0, 12 * 720.0, 288, 2.5, None)
+    square = Tile.from_id(g["tile_id"].iloc[0]).with_footprint().footprint
+    assert square.geom_type == "Polygon" and square.buffer(1e-6).covers(g.geometry.iloc[0].buffer(-1e-6))
+    with pytest.raises(ValueError, match="not a tile id"):
+        Tile.from_id("nope")
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['x0'\]"):
+        Tile.from_row({k: v for k, v in g.iloc[0].items() if k != "x0"})
+    with pytest.raises(ValueError, match="x0 / y0 must be finite"):
+        Tile("t", 32633, float("nan"), 0.0, 4, 10.0)
 
 
 def test_footprint_matches_utm_box():

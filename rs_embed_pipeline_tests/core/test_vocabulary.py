@@ -1,14 +1,13 @@
 """The shared vocabulary, the sensor-options parser, the retry backoff and the tile-row reader."""
 
 import random
-from collections import namedtuple
 
 import pandas as pd
 import pytest
 
 from rs_embed_pipeline.core import vocabulary as V
 from rs_embed_pipeline.providers import ProviderError, SensorOptionError, SensorOptions
-from rs_embed_pipeline.providers.base import backoff_s, tile_rows
+from rs_embed_pipeline.providers.base import Tile, backoff_s, tile_rows
 
 
 def test_one_definition_of_each_word():
@@ -70,18 +69,14 @@ def test_backoff_is_exponential_with_jitter():
     assert backoff_s(0.0, 3) == 0.0
 
 
-def test_tile_rows_reads_every_shape_as_mappings():
+def test_tile_rows_reads_a_frame_or_an_iterable_of_tiles_and_mappings():
     df = pd.DataFrame({"tile_id": ["a", "b"], "size_px": [4, 4]})
-    assert [r["tile_id"] for r in tile_rows(df)] == ["a", "b"]
-    assert tile_rows(df.iloc[0]) == [{"tile_id": "a", "size_px": 4}]
-    assert tile_rows({"tile_id": "a"}) == [{"tile_id": "a"}]
-    assert tile_rows(None) == []
-    Row = namedtuple("Row", "tile_id")
-
-    class Obj:
-        def __init__(self):
-            self.tile_id = "c"
-
-    rows = tile_rows([Row("a"), df.iloc[1], Obj(), {"tile_id": "d"}, ("bad",)])
-    assert [r["tile_id"] for r in rows[:4]] == ["a", "b", "c", "d"]
-    assert rows[4] == ("bad",)  # passed on: the provider fails that tile alone
+    assert tile_rows(df) == [{"tile_id": "a", "size_px": 4}, {"tile_id": "b", "size_px": 4}]
+    tile = Tile("c", 32633, 0.0, 0.0, 4, 10.0)
+    rows = tile_rows(iter([{"tile_id": "a"}, tile]))
+    assert rows == [{"tile_id": "a"}, tile] and rows[1] is tile  # mappings are checked later, alone
+    assert tile_rows([]) == [] and tile_rows(df.iloc[:0]) == []
+    # anything else names the accepted forms
+    for bad in (None, {"tile_id": "a"}, df.iloc[0], "a", tile, [("bad",)], [df.iloc[0]]):
+        with pytest.raises(TypeError, match=r"a \(Geo\)DataFrame of tile-grid rows or an iterable of Tile / mappings"):
+            tile_rows(bad)

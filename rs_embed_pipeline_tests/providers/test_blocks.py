@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rs_embed_pipeline.core.grid import bbox_aoi, build_tile_grid
+from rs_embed_pipeline.core.grid import Tile, bbox_aoi, build_tile_grid
 from rs_embed_pipeline.providers import LocalStacProvider
 from rs_embed_pipeline.providers.blocks import group_blocks
 from rs_embed_pipeline.providers.composite import (
@@ -16,7 +16,7 @@ from rs_embed_pipeline.providers.composite import (
     sorting_network,
 )
 from rs_embed_pipeline.providers.gdal_env import GDAL_HTTP_OPTIONS, gdal_options
-from rs_embed_pipeline.providers.stac import S2_NATIVE_RESOLUTION_M, _Tile
+from rs_embed_pipeline.providers.stac import S2_NATIVE_RESOLUTION_M
 
 from .conftest import BBOX
 
@@ -40,7 +40,7 @@ def two_sizes(inner_tiles):
 
 
 def _tiles(df):
-    return [_Tile.from_row(r) for _, r in df.iterrows()]
+    return [Tile.from_row(r) for _, r in df.iterrows()]
 
 
 def test_group_blocks_groups_sizes_and_bounds_blocks(two_sizes):
@@ -56,7 +56,7 @@ def test_group_blocks_groups_sizes_and_bounds_blocks(two_sizes):
     assert sorted(t.tile_id for b in small for t in b.tiles) == sorted(t.tile_id for t in tiles)
     assert all(b.width <= 40 + 48 and b.height <= 40 + 48 for b in small)
     # another zone, or a tile off the pixel lattice, is another block
-    other = tiles[0].__class__(**{**tiles[0].__dict__, "tile_id": "z", "epsg": 32634})
+    other = tiles[0].__class__(**{**tiles[0].__dict__, "tile_id": "z", "utm_epsg": 32634})
     shifted = tiles[0].__class__(**{**tiles[0].__dict__, "tile_id": "s", "x0": tiles[0].x0 + 5.0})
     blocks = group_blocks(tiles + [other, shifted])
     assert len(blocks) == 3

@@ -8,8 +8,9 @@ import time
 import numpy as np
 import pytest
 
+from rs_embed_pipeline.core.grid import Tile
 from rs_embed_pipeline.providers.gee import EE_MAX_REQUEST_BYTES, pack_requests
-from rs_embed_pipeline.providers.gee.request_blocks import _request_bytes, _Tile
+from rs_embed_pipeline.providers.gee.request_blocks import _request_bytes
 
 from . import ee_standin as S
 from .gee_fetch import fetch_b2
@@ -29,12 +30,12 @@ def test_no_packed_request_exceeds_the_limit(composite, dtype_bytes, per_request
     band_bytes = (dtype_bytes,) * 12 + (1,)
     for ncol, nrow in [(40, 1), (7, 7), (3, 11), (16, 2)]:
         rows = S.tile_rows(ncol, nrow, size_px=224)
-        blocks = pack_requests([_Tile.from_row(r) for r in rows], band_bytes=band_bytes)
+        blocks = pack_requests([Tile.from_row(r) for r in rows], band_bytes=band_bytes)
         assert sum(len(b.cells) for b in blocks) == len(rows)
         for b in blocks:
             assert _request_bytes(b.box.pixels, band_bytes) <= EE_MAX_REQUEST_BYTES
         assert max(len(b.cells) for b in blocks) >= min(16, len(rows))
-    blocks = pack_requests([_Tile.from_row(r) for r in S.tile_rows(60, size_px=224)], band_bytes=band_bytes)
+    blocks = pack_requests([Tile.from_row(r) for r in S.tile_rows(60, size_px=224)], band_bytes=band_bytes)
     assert max(len(b.cells) for b in blocks) == per_request
 
 

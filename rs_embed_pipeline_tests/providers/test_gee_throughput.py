@@ -11,8 +11,8 @@ import threading
 import numpy as np
 import pytest
 
+from rs_embed_pipeline.core.grid import Tile
 from rs_embed_pipeline.providers.gee import EE_MAX_REQUEST_BYTES, TokenBucket, pack_requests
-from rs_embed_pipeline.providers.gee.request_blocks import _Tile
 
 from . import ee_standin as S
 from .gee_fetch import Q1, fetch_b2
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("gee_env")
 
 
 def _tiles(rows):
-    return [_Tile.from_row(r) for r in rows]
+    return [Tile.from_row(r) for r in rows]
 
 
 # ----------------------------------------------------------------------- the 48 MiB limit

@@ -186,7 +186,7 @@ def test_failed_tile_does_not_stop_others(provider, inner_tiles):
     bad_crs["utm_epsg"] = 99999  # no such CRS: the odc-stac load raises
     missing = pd.DataFrame([{"tile_id": "missing_cols", "size_px": 32}])
     tiles = pd.concat([good, bad_crs], ignore_index=True)
-    rows = [r for _, r in tiles.iterrows()] + [r for _, r in missing.iterrows()]
+    rows = tiles.to_dict("records") + missing.to_dict("records")
     got = _by_id(list(provider.fetch_patches(rows, START, END, "s2", bands=["B4"])))
     assert {t: p.status for t, p in got.items()} == {
         good.iloc[0].tile_id: "ok",
@@ -200,18 +200,16 @@ def test_failed_tile_does_not_stop_others(provider, inner_tiles):
 
 
 def test_tile_rows_checked_alike_by_every_provider(provider, inner_tiles):
-    """STAC and Earth Engine read tile rows through one TileRef: the same columns, the same checks,
+    """STAC and Earth Engine read tile rows through one Tile: the same columns, the same checks,
     the same reasons (a bad row fails alone)."""
-    from rs_embed_pipeline.providers.base import TileRef
-    from rs_embed_pipeline.providers.gee.request_blocks import _Tile as GeeTile
+    from rs_embed_pipeline.core.grid import Tile
 
     row = inner_tiles.iloc[0].to_dict()
-    ref = TileRef.from_row(row)
-    gee = GeeTile.from_row(row)
-    assert (gee.size, gee.scale) == (ref.size_px, ref.scale_m) == (32, 10.0)
+    tile = Tile.from_row(row)
+    assert (tile.size_px, tile.scale_m) == (32, 10.0)
     zero = {**row, "tile_id": "zero", "size_px": 0}
     with pytest.raises(ValueError, match=r"size_px \(0\) and scale_m \(10.0\) must be > 0"):
-        GeeTile.from_row(zero)
+        Tile.from_row(zero)
     got = _by_id(list(provider.fetch_patches([row, zero], START, END, "s2", bands=["B4"])))
     assert got[row["tile_id"]].status == "ok" and got["zero"].status == "failed"
     assert got["zero"].meta["reason"] == "bad tile row: ValueError: size_px (0) and scale_m (10.0) must be > 0"

@@ -22,10 +22,9 @@ from rs_embed_pipeline.core.vocabulary import (
     S2_BANDS,
 )
 
-from ..base import ProviderError
-from ..base import tile_rows as _tile_rows  # noqa: F401 - one reader of tile rows for every provider
+from ..base import ProviderError, Tile
 from .client import _ee
-from .request_blocks import _PixelBox, _Tile
+from .request_blocks import _PixelBox
 
 S2_COLLECTION = "COPERNICUS/S2_SR_HARMONIZED"
 
@@ -294,11 +293,11 @@ class _Run:
         valid = img.mask().reduce(ee.Reducer.min()).gt(0).toUint8().rename(VALID_BAND)
         return img.addBands(valid).unmask(0, False)
 
-    def scene_query(self, tiles: Sequence[_Tile]):
+    def scene_query(self, tiles: Sequence[Tile]):
         ee = self.ee
         per_tile = []
         for t in tiles:
-            region = self.rect(_PixelBox(t.epsg, t.scale, t.x0, t.y0, t.size, t.size))
+            region = self.rect(_PixelBox(t.utm_epsg, t.scale_m, t.x0, t.y0, t.size_px, t.size_px))
             lists = [c.aggregate_array("system:index") for c in self.scene_collections(region)]
             per_tile.append(ee.List(lists))
         return ee.List(per_tile)

@@ -20,7 +20,7 @@ import numpy as np
 
 from rs_embed_pipeline.core.vocabulary import COMPOSITES, DEFAULT_COMPOSITE
 
-from ..base import Patch, ProviderError
+from ..base import Patch, ProviderError, Tile, tile_rows
 from .client import (
     _EE_CONFIG,
     _EE_LOCK,
@@ -52,7 +52,6 @@ from .expressions import (
     _parse_time,
     _Run,
     _Sensor,
-    _tile_rows,
 )
 from .request_blocks import (
     EE_MAX_GRID_PX,
@@ -60,7 +59,6 @@ from .request_blocks import (
     _Block,
     _PixelBox,
     _request_bytes,
-    _Tile,
     pack_requests,
 )
 
@@ -262,7 +260,7 @@ class GEEProvider:
         t1 = _parse_time(end, "end")
         if not t0 < t1:
             raise ProviderError(f"GEE provider: start {start!r} must be before end {end!r} (end exclusive)")
-        rows = _tile_rows(tiles)
+        rows = tile_rows(tiles)
         if rows:
             self._ensure_ready()  # credentials / project / endpoint problems raise here
         return self._generate(rows, sensor, _ee_time(t0), _ee_time(t1))
@@ -442,7 +440,7 @@ class GEEProvider:
             tries = f"after {attempt} attempt(s)" if transient else "(not retryable)"
             raise _RequestFailed(f"{kind} request failed {tries}: {what}: {message}")
 
-    def _scene_ids(self, run: _Run, tiles: Sequence[_Tile]) -> list[list[list[str]]]:
+    def _scene_ids(self, run: _Run, tiles: Sequence[Tile]) -> list[list[list[str]]]:
         ee = run.ee
         expr = run.scene_query(tiles)
         result, _ = self._call("value", lambda: ee.data.computeValue(expr))
@@ -539,7 +537,7 @@ class GEEProvider:
                 self._stats.add("splits")
                 a, b = block.split()
                 return self._process_block(run, a) + self._process_block(run, b)
-            variants: dict[str, list[_Tile]] = defaultdict(list)
+            variants: dict[str, list[Tile]] = defaultdict(list)
             scene_info: dict[str, dict[str, Any]] = {}
             for tile, lists in zip(block.tiles, ids):
                 variant, scene_ids, relaxed = self._choose_variant(sensor, lists)
@@ -594,7 +592,7 @@ class GEEProvider:
             return "any", lists[1], True
         return "none", [], False
 
-    def _patch(self, run: _Run, tile: _Tile, status: str, info: dict[str, Any] | None, *,
+    def _patch(self, run: _Run, tile: Tile, status: str, info: dict[str, Any] | None, *,
                data: np.ndarray | None = None, valid: np.ndarray | None = None,
                request: dict | None = None, reason: str | None = None) -> Patch:
         s = run.sensor
@@ -607,10 +605,10 @@ class GEEProvider:
             "composite_rule": s.composite_description(),
             "start": run.start,
             "end": run.end,
-            "crs": f"EPSG:{tile.epsg}",
+            "crs": tile.crs,
             "transform": tile.transform,
-            "size_px": tile.size,
-            "scale_m": tile.scale,
+            "size_px": tile.size_px,
+            "scale_m": tile.scale_m,
             "resampling": "none (tile's own UTM grid); Earth Engine nearest neighbour for coarser bands",
             "fill_value": s.fill_value,
             "request_dtype": s.send_dtype,
@@ -643,20 +641,20 @@ class GEEProvider:
             if s.fill_value != 0.0:  # masked pixels arrive as 0 (unmask(0)); give them the fill value
                 data = np.where(valid[None], data, np.float32(s.fill_value)).astype(np.float32)
             return Patch(tile.tile_id, data, valid, "ok", meta)
-        return Patch(tile.tile_id, np.zeros((len(s.bands), tile.size, tile.size), np.float32),
-                     np.zeros((tile.size, tile.size), bool), status, meta)  # type: ignore[arg-type]
+        return Patch(tile.tile_id, np.zeros((len(s.bands), tile.size_px, tile.size_px), np.float32),
+                     np.zeros((tile.size_px, tile.size_px), bool), status, meta)  # type: ignore[arg-type]
 
     # ---- the run --------------------------------------------------------------------------------
 
     def _generate(self, rows: list[Any], sensor: _Sensor, start: str, end: str) -> Iterator[Patch]:
         t_start = self._clock()
         n_bands = len(sensor.bands)
-        tiles: list[_Tile] = []
+        tiles: list[Tile] = []
         copies: dict[str, int] = defaultdict(int)
         bad: list[Patch] = []
         for i, row in enumerate(rows):
             try:
-                tile = _Tile.from_row(row)
+                tile = Tile.from_row(row)
             except Exception as exc:
                 tid = str(row.get("tile_id", f"row{i}")) if isinstance(row, Mapping) else f"row{i}"
                 try:

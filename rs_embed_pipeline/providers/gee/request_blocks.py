@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..base import TileRef
+from ..base import Tile
 
 #: computePixels limits: 48 MiB of uncompressed data (bands' bytes + 1 mask byte per pixel),
 #: 32K pixels a side.
@@ -22,23 +22,6 @@ EE_MAX_GRID_PX = 32768
 
 #: Bytes per pixel Earth Engine adds for the mask when it sizes a request.
 EE_MASK_BYTES_PER_PIXEL = 1
-
-
-@dataclasses.dataclass(frozen=True)
-class _Tile(TileRef):
-    """A tile as the request packer measures it: ``size`` pixels of ``scale`` metres."""
-
-    @property
-    def size(self) -> int:
-        return self.size_px
-
-    @property
-    def scale(self) -> float:
-        return self.scale_m
-
-    @property
-    def transform(self) -> list[float]:
-        return [self.scale, 0.0, self.x0, 0.0, -self.scale, self.y0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,10 +78,10 @@ class _Block:
     y0: float
     nw: int
     nh: int
-    cells: tuple[tuple[_Tile, int, int], ...]  # (tile, column offset, row offset) in tiles
+    cells: tuple[tuple[Tile, int, int], ...]  # (tile, column offset, row offset) in tiles
 
     @property
-    def tiles(self) -> list[_Tile]:
+    def tiles(self) -> list[Tile]:
         return [c[0] for c in self.cells]
 
     @property
@@ -131,7 +114,7 @@ def _request_bytes(pixels: int, band_bytes: Sequence[int]) -> int:
 
 
 def pack_requests(
-    tiles: Sequence[_Tile],
+    tiles: Sequence[Tile],
     *,
     band_bytes: Sequence[int],
     max_request_bytes: int = EE_MAX_REQUEST_BYTES,
@@ -148,19 +131,19 @@ def pack_requests(
     rectangles (never pixels outside the asked tiles). A tile too large on its own is a block of
     one (the fetch splits its pixels).
     """
-    groups: dict[tuple, list[_Tile]] = defaultdict(list)
+    groups: dict[tuple, list[Tile]] = defaultdict(list)
     for t in tiles:
-        step = t.size * t.scale
-        phase = (round((t.x0 % step) / t.scale, 3) % t.size, round((t.y0 % step) / t.scale, 3) % t.size)
-        groups[(t.epsg, t.scale, t.size, phase)].append(t)
+        step = t.size_px * t.scale_m
+        phase = (round((t.x0 % step) / t.scale_m, 3) % t.size_px, round((t.y0 % step) / t.scale_m, 3) % t.size_px)
+        groups[(t.utm_epsg, t.scale_m, t.size_px, phase)].append(t)
 
     blocks: list[_Block] = []
     for (epsg, scale, size, _phase), members in groups.items():
         step = size * scale
         ref_x = min(t.x0 for t in members)
         ref_y = max(t.y0 for t in members)
-        cells: dict[tuple[int, int], _Tile] = {}
-        overflow: list[_Tile] = []  # another tile id at an occupied place: packed separately
+        cells: dict[tuple[int, int], Tile] = {}
+        overflow: list[Tile] = []  # another tile id at an occupied place: packed separately
         for t in members:
             cell = (int(round((t.x0 - ref_x) / step)), int(round((ref_y - t.y0) / step)))
             if cell in cells:
