@@ -31,6 +31,7 @@ from rs_embed_pipeline.stores.cube import (
 )
 from rs_embed_pipeline.stores.cube_codec import QuantizationError
 from rs_embed_pipeline.stores.cube_reader import open_cube
+from rs_embed_pipeline_tests.stores.recording import record_store_writes
 
 REPO = Path(__file__).resolve().parents[2]
 EPSG = 32632
@@ -119,20 +120,6 @@ def raw(cube_uri: str, kind: str, name: str) -> np.ndarray:
 
 def starts_of(ds) -> list[str]:
     return [str(t)[:10] for t in ds["time"].values]
-
-
-def record_store_writes(monkeypatch) -> list[tuple[str, str]]:
-    """Record every key LocalStore writes, as ("start", key) before and ("done", key) after the write."""
-    events: list[tuple[str, str]] = []
-    original = LocalStore.set
-
-    async def recording_set(self, key, value):
-        events.append(("start", key))
-        await original(self, key, value)
-        events.append(("done", key))
-
-    monkeypatch.setattr(LocalStore, "set", recording_set)
-    return events
 
 
 # --------------------------------------------------------------------------- one window

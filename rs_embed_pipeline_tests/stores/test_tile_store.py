@@ -17,6 +17,7 @@ import pytest
 from zarr.storage import LocalStore
 
 from rs_embed_pipeline.stores import ArraySpec, StoreError, TileStore
+from rs_embed_pipeline_tests.stores.recording import record_store_writes
 
 REPO = Path(__file__).resolve().parents[2]
 KIND = "embeddings"
@@ -61,20 +62,6 @@ def files(root: Path) -> dict[str, tuple[bytes, int]]:
     """Every file under ``root``: its bytes and modification time (ns)."""
     return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))
             if p.is_file()}
-
-
-def record_store_writes(monkeypatch) -> list[tuple[str, str]]:
-    """Record every key LocalStore writes, as ("start", key) before and ("done", key) after the write."""
-    events: list[tuple[str, str]] = []
-    original = LocalStore.set
-
-    async def recording_set(self, key, value):
-        events.append(("start", key))
-        await original(self, key, value)
-        events.append(("done", key))
-
-    monkeypatch.setattr(LocalStore, "set", recording_set)
-    return events
 
 
 def data_keys(i: int) -> set[str]:
