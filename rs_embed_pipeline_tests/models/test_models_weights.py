@@ -197,6 +197,13 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", forbidden)
     monkeypatch.setattr(socket, "create_connection", forbidden)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # huggingface_hub reads HF_HUB_OFFLINE once, at its import: offline as a process started with the
+    # variable set. Otherwise its first hf_hub_download, local_files_only included, fetches the Hub's
+    # agent registry (huggingface_hub 2.3 utils/_detect_agent.py) - in whichever test comes first
+    # (found by running the worker suite in random order).
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME"):
         monkeypatch.delenv(var, raising=False)
     return attempts
