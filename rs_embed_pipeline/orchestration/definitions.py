@@ -129,16 +129,20 @@ def _with_ee_project(imagery: Any, settings: Settings) -> Any:
     an explicit ``project`` wins, then the variable, then (the provider) the credentials' project."""
     if not isinstance(imagery, EarthEngineImagery) or imagery.project or not settings.ee_project:
         return imagery
-    fields = {name: getattr(imagery, name) for name in type(imagery).model_fields}
-    return type(imagery)(**{**fields, "project": settings.ee_project})
+    return _replaced(imagery, project=settings.ee_project)
 
 
 def _with_regions(store: Any, settings: Settings) -> Any:
     """The store resource with the regions file its leases resolve partitions with."""
     if not isinstance(store, PipelineStore) or store.regions_config:
         return store
-    fields = {name: getattr(store, name) for name in type(store).model_fields}
-    return type(store)(**{**fields, "regions_config": str(settings.config_path)})
+    return _replaced(store, regions_config=str(settings.config_path))
+
+
+def _replaced(resource: Any, **changes: Any) -> Any:
+    """A copy of a (frozen) configurable resource with ``changes`` over its fields."""
+    fields = {name: getattr(resource, name) for name in type(resource).model_fields}
+    return type(resource)(**{**fields, **changes})
 
 
 # The beta APIs this code location uses on purpose (BackfillPolicy is what docs/architecture.md asks for; code
