@@ -2,6 +2,7 @@
 
     python benchmarks/bench_gee.py                 # 1,000 tiles, 224 px, 12 bands, defaults
     python benchmarks/bench_gee.py --latency-s 2   # simulate Earth Engine compute time
+    python benchmarks/bench_gee.py --payload-only --latency-s 2 --tiles 10000   # the client's ceiling
 
 The stand-in runs in its own process (``rs_embed_pipeline_tests/providers/ee_standin.py``) so
 that its numpy work does not share the provider's GIL. The provider runs at its default
@@ -10,6 +11,13 @@ fetching a 40 x 25 block of adjacent tiles. The stand-in computes nothing like E
 with ``--latency-s 0`` the figures measure the client (request packing, ee serialisation, HTTP, NPY
 decoding, tile cutting) plus the stand-in's synthetic pixels; ``--latency-s`` adds a fixed
 server time per request to show how batching and concurrency hide Earth Engine latency.
+
+``--payload-only`` makes the stand-in serve one precomputed NPY payload per grid shape (right
+size and dtype, no per-request numpy work), so that at ``--latency-s 2`` the figure is the
+client's: tiles/s is reported against the ceiling ``min(concurrency / latency, rate limit) x
+tiles per pixel request``, and the client's CPU seconds per tile (this process: request packing,
+HTTP, NPY decode, tile cutting) is the cost an Earth Engine build pays on its fetch pods.
+Steady state is the rate between the 10th and the 90th percentile tile (ramp-up and tail out).
 """
 
 from __future__ import annotations
@@ -37,11 +45,16 @@ def main() -> None:
     p.add_argument("--latency-s", type=float, default=0.0, help="stand-in time per request")
     p.add_argument("--images", type=int, default=1, help="scenes per tile in the window")
     p.add_argument("--composite", default="median")
+    p.add_argument("--payload-only", action="store_true",
+                   help="stand-in serves precomputed payloads (measures the client, not the stand-in)")
+    p.add_argument("--concurrency", type=int, default=40, help="max_concurrent_requests")
+    p.add_argument("--rate", type=float, default=100.0, help="max_requests_per_second")
     args = p.parse_args()
 
     server = subprocess.Popen(
         [sys.executable, "-m", "rs_embed_pipeline_tests.providers.ee_standin", "--port", "0",
-         "--latency-s", str(args.latency_s), "--images", str(args.images)],
+         "--latency-s", str(args.latency_s), "--images", str(args.images)]
+        + (["--payload-only"] if args.payload_only else []),
         cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
     try:
@@ -54,29 +67,44 @@ def main() -> None:
         width = 40
         rows = ee_standin.tile_rows(width, -(-args.tiles // width), size_px=args.size_px)[: args.tiles]
         bands = list(ee_standin.S2_BANDS[: args.bands])
-        provider = GEEProvider(project="bench-project", api_url=url, credentials="anonymous")
+        provider = GEEProvider(project="bench-project", api_url=url, credentials="anonymous",
+                               max_concurrent_requests=args.concurrency,
+                               max_requests_per_second=args.rate)
         # initialise the client (discovery, algorithm list) outside the timing
         list(provider.fetch_patches(rows[:1], "2024-01-01", "2024-04-01", "s2", bands=bands))
         provider.reset_stats()
 
         statuses: dict[str, int] = {}
-        first_s = None
+        done_at: list[float] = []
+        cpu0 = time.process_time()
         t0 = time.perf_counter()
         for patch in provider.fetch_patches(rows, "2024-01-01", "2024-04-01", "s2", bands=bands,
                                             composite=args.composite):
             statuses[patch.status] = statuses.get(patch.status, 0) + 1
-            if first_s is None:
-                first_s = time.perf_counter() - t0
+            done_at.append(time.perf_counter() - t0)
         elapsed = time.perf_counter() - t0
+        cpu_s = time.process_time() - cpu0
+        first_s = done_at[0] if done_at else float("nan")
         st = provider.stats()
         with urllib.request.urlopen(f"{url}/_standin/stats") as resp:
             server_stats = json.load(resp)
 
         n = len(rows)
+        lo, hi = int(0.1 * n), max(int(0.9 * n) - 1, int(0.1 * n) + 1)
+        steady = (hi - lo) / max(done_at[hi] - done_at[lo], 1e-9) if len(done_at) > hi else float("nan")
+        tiles_per_pixel_request = n / max(1, st["pixel_requests"])
+        ceiling = (min(args.concurrency / args.latency_s, args.rate) if args.latency_s > 0 else args.rate)
+        ceiling_tiles = ceiling * tiles_per_pixel_request
         print(f"GEEProvider vs stand-in: {n} tiles x {args.size_px} px x {len(bands)} bands, "
-              f"composite {args.composite}, stand-in latency {args.latency_s} s/request, "
-              f"{os.cpu_count()} CPU(s)")
+              f"composite {args.composite}, stand-in latency {args.latency_s} s/request"
+              f"{' (payload-only)' if args.payload_only else ''}, {args.concurrency} concurrent, "
+              f"{args.rate:g} req/s, {os.cpu_count()} CPU(s)")
         print(f"  tiles/s            {n / elapsed:10.1f}   ({elapsed:.2f} s; first tile after {first_s:.2f} s)")
+        print(f"  tiles/s steady     {steady:10.1f}   (10th-90th percentile tile; ceiling "
+              f"min({args.concurrency}/{args.latency_s:g} s, {args.rate:g}/s) x {tiles_per_pixel_request:.1f} "
+              f"= {ceiling_tiles:.1f}: {steady / ceiling_tiles:.0%} of it)")
+        print(f"  client CPU         {cpu_s / n * 1000:10.2f}   ms per tile ({cpu_s:.1f} CPU s in this process: "
+              f"packing, HTTP, NPY decode, tile cutting)")
         print(f"  tiles by status    {statuses}")
         print(f"  requests           {st['requests']:10d}   (scene queries {st['value_requests']}, "
               f"pixel requests {st['pixel_requests']})")

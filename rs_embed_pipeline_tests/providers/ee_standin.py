@@ -957,6 +957,12 @@ class EEStandIn:
         fault_hook: ``fn(recorded) -> Fault | None`` called for value / computePixels requests
             before they are evaluated (``recorded.body`` is parsed); a Fault is answered as is.
         record_bodies: keep request bodies (expressions) in ``requests``.
+        payload_only: benchmark mode. computePixels evaluates the expression graph (band names,
+            dtypes and the size rule, exactly as in the normal mode) but no pixels: every request of
+            one grid shape and band layout gets the NPY payload computed once, for the first grid of
+            that shape (its pixels, right size and dtype). A benchmark's figure is then the
+            client's, not the stand-in's numpy work. Pixel values of later grids are *not* those of
+            their own area: never use this mode where a test checks pixels.
     """
 
     def __init__(self, catalog: Catalog | None = None, *, max_request_bytes: int = DEFAULT_LIMIT_BYTES,
@@ -964,7 +970,9 @@ class EEStandIn:
                  access_token: str = ACCESS_TOKEN,
                  fault_hook: Callable[[Recorded], Fault | None] | None = None,
                  record_bodies: bool = True, port: int = 0,
-                 max_parallel_compute: int | None = None) -> None:
+                 max_parallel_compute: int | None = None, payload_only: bool = False) -> None:
+        self.payload_only = payload_only
+        self._payloads: dict[tuple, bytes] = {}
         self.catalog = catalog if catalog is not None else default_catalog()
         self.max_request_bytes = max_request_bytes
         self.latency_s = latency_s
@@ -1103,6 +1111,20 @@ class EEStandIn:
         if size > self.max_request_bytes:
             raise EvalError(f"Total request size ({size} bytes) must be less than or equal to "
                             f"{self.max_request_bytes} bytes.")
+        if self.payload_only:
+            key = (width, height, tuple((n, image.bands[n].dtype.str) for n in names))
+            with self._lock:
+                cached = self._payloads.get(key)
+            if cached is not None:
+                return cached
+            payload = self._pixels(body, image, names)
+            with self._lock:
+                self._payloads[key] = payload
+            return payload
+        return self._pixels(body, image, names)
+
+    @staticmethod
+    def _pixels(body: Mapping[str, Any], image: SImage, names: Sequence[str]) -> bytes:
         grid = Grid(body["grid"])
         out = np.zeros(grid.shape, dtype=[(n, image.bands[n].dtype) for n in names])
         for n in names:
@@ -1466,10 +1488,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--images", type=int, default=1, help="images per collection in 2024 Q1")
     p.add_argument("--compute-slots", type=int, default=os.cpu_count() or 1,
                    help="answers computed at once (the rest wait; latency is simulated apart)")
+    p.add_argument("--payload-only", action="store_true",
+                   help="serve one precomputed NPY payload per grid shape (benchmarks: no per-request pixels)")
     args = p.parse_args(argv)
     standin = EEStandIn(default_catalog(args.images), latency_s=args.latency_s,
                         record_bodies=False, port=args.port,
-                        max_parallel_compute=args.compute_slots).start()
+                        max_parallel_compute=args.compute_slots, payload_only=args.payload_only).start()
     print(f"READY {standin.url}", flush=True)
     try:
         for _ in sys.stdin:  # serve until stdin closes

@@ -325,3 +325,42 @@ def test_closing_the_generator_early_does_not_hang(standin, make_provider):
     assert not closer.is_alive()
     # the blocks not started were cancelled: at most max_pending (2 slots + 2) ran
     assert len(standin.pixel_requests) <= 2 + 2 < 10
+
+
+# ----------------------------------------------------------------------- the benchmark's stand-in mode
+
+
+def test_payload_only_standin_serves_one_precomputed_payload_per_grid_shape(gee_env):
+    # benchmarks/bench_gee.py --payload-only: the figure must be the client's, so the stand-in does its
+    # pixel work once per grid shape and band layout; the size rule and the answers' layout stay real
+    from rs_embed_pipeline.providers.gee import GEEProvider
+
+    with S.EEStandIn(payload_only=True) as standin:
+        provider = GEEProvider(project="p", api_url=standin.url, credentials="anonymous",
+                               max_tiles_per_request=1)
+        first = fetch_b2(provider, S.tile_rows(3, size_px=16))
+        assert len(standin._payloads) == 1  # one shape (16 x 16, B2 + validity): computed once
+        answers = [r for r in standin.pixel_requests if r.status == 200]
+        assert len(answers) == 3 and len({r.response_bytes for r in answers}) == 1
+        # every tile got the first grid's pixels: right shape and dtype, not its own values
+        tiles = sorted(first)
+        np.testing.assert_array_equal(first[tiles[1]].data, first[tiles[0]].data)
+        assert first[tiles[0]].data.shape == (1, 16, 16) and first[tiles[0]].data.dtype == np.float32
+        with S.EEStandIn() as exact:  # the normal mode computes each grid's own pixels
+            normal = fetch_b2(GEEProvider(project="p", api_url=exact.url, credentials="anonymous",
+                                          max_tiles_per_request=1), S.tile_rows(3, size_px=16))
+        # the payload holds the pixels of whichever grid came first (requests run concurrently)
+        assert sum(np.array_equal(first[tiles[0]].data, normal[t].data) for t in tiles) == 1
+        assert not np.array_equal(normal[tiles[1]].data, normal[tiles[0]].data)
+        # a second band layout is a second payload
+        fetch_b2(provider, S.tile_rows(2, size_px=16), bands=("B2", "B3"))
+        assert len(standin._payloads) == 2
+    # the size rule is checked before any payload is looked up: the 16 x 16 request is refused
+    # ("too large"), the provider splits it, and only the smaller boxes get payloads
+    with S.EEStandIn(payload_only=True, max_request_bytes=16 * 16 * (4 + 1 + 1 + 1) - 1) as small:
+        provider = GEEProvider(project="p", api_url=small.url, credentials="anonymous",
+                               max_tiles_per_request=1, max_request_bytes=1 << 20)
+        patches = list(provider.fetch_patches(S.tile_rows(1, size_px=16), *Q1, "s2", bands=["B2"]))
+        assert [p.status for p in patches] == ["ok"]
+        assert small.stats()["size_errors"] >= 1
+        assert small._payloads and all(w * h < 16 * 16 for w, h, _ in small._payloads)
