@@ -82,7 +82,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from rs_embed_pipeline.products import open_cube
-    from rs_embed_pipeline.stores import cube_codec as Q
+    from rs_embed_pipeline.stores.cube import codec as Q
     from rs_embed_pipeline.products.similarity import SearchIndex, cells_of, window_of, _normalise
     from rs_embed_pipeline.stores.cube import CallableGrids, CubeWindowWrite, write_cube_window
 

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from collections.abc import Sequence
 from rs_embed_pipeline.orchestration.settings import Settings
-from rs_embed_pipeline.stores.cube_reader import CubeReadError
+from rs_embed_pipeline.stores.cube.reader import CubeReadError
 from rs_embed_pipeline.stores.layout import StoreLayout
 
 MODALITIES = ("s2", "s1")

@@ -81,7 +81,7 @@ class ChangeResult:
 def change_between(cube_uri: str, window: str, baseline: str, kind: str = "grid", *,
                    storage_options: Mapping[str, Any] | None = None) -> ChangeResult:
     """Per-cell cosine distance between ``window`` and ``baseline`` of every zone of a cube."""
-    from rs_embed_pipeline.stores.cube_reader import cube_zones, open_cube
+    from rs_embed_pipeline.stores.cube.reader import cube_zones, open_cube
 
     if window == baseline:
         raise ChangeError(f"the baseline window must differ from the window ({window})")

@@ -45,7 +45,7 @@ from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
 from rs_embed_pipeline.core.grid import parse_tile_id, tile_id as make_tile_id
-from rs_embed_pipeline.stores.cube_reader import KINDS
+from rs_embed_pipeline.stores.cube.reader import KINDS
 
 ANN_MIN_CELLS = 50_000   # below: exact search (a query over 50k x 768 costs ~15 ms); above: HNSW
 HNSW_M = 32
@@ -188,7 +188,7 @@ def build_index(cube_uri: str, window: str, kind: str = "grid", *, storage_optio
     """Index the cells of ``window`` of a cube (every UTM zone). ``ann``: ``"auto"`` (HNSW from
     ``ann_min_cells`` cells), ``"hnsw"`` or ``"exact"``. ``tiles``: the region's tile_grid rows
     (names the tiles; derived from the lattice otherwise)."""
-    from rs_embed_pipeline.stores.cube_reader import cube_zones, open_cube
+    from rs_embed_pipeline.stores.cube.reader import cube_zones, open_cube
 
     if kind not in KINDS:
         raise SearchError(f"kind {kind!r} is not an index kind; valid: {', '.join(KINDS)}")

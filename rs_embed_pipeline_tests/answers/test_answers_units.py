@@ -6,7 +6,7 @@ import xarray as xr
 import zarr
 
 from rs_embed_pipeline.products import open_cube
-from rs_embed_pipeline.stores import cube_codec as Q
+from rs_embed_pipeline.stores.cube import codec as Q
 from rs_embed_pipeline.products import similarity as S
 from rs_embed_pipeline.products.change import ChangeError, change_between, cosine_distance, write_change
 from rs_embed_pipeline.stores.cube import CubeError

@@ -134,9 +134,9 @@ def _hook_cube_writes() -> None:
     n = _kill_spec("cube")
     if n is None:
         return
-    from rs_embed_pipeline.stores import cube
+    from rs_embed_pipeline.stores.cube import writer
 
-    original = cube._write_block
+    original = writer._write_block
     seen = {"count": 0}
 
     def write_block(array, selection, value):
@@ -145,7 +145,7 @@ def _hook_cube_writes() -> None:
             _die()
         return original(array, selection, value)
 
-    cube._write_block = write_block
+    writer._write_block = write_block
 
 
 def run_worker() -> None:

@@ -42,7 +42,7 @@ def test_cube_opens_with_xarray_georeferenced(materialized, asset_name):
     ds = xr.open_zarr(cube_uri, group="EPSG32632/grid", consolidated=False)
     emb = ds["embedding"]
     assert emb.dims == ("time", "y", "x", "feature")
-    # The time axis is allocated for the partitions definition's range plus a margin (stores/cube.py).
+    # The time axis is allocated for the partitions definition's range plus a margin (stores/cube/time_axis.py).
     assert emb.sizes["time"] % TIME_BLOCK == 0 and emb.sizes["feature"] == 64
     assert str(ds["time"].values[0])[:10] == WINDOW
     assert ds["window_filled"].values.tolist() == [1] + [0] * (emb.sizes["time"] - 1)

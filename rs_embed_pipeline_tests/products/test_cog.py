@@ -7,7 +7,7 @@ import rasterio
 import xarray as xr
 
 from rs_embed_pipeline.products import cog
-from rs_embed_pipeline.stores.cube_reader import window_dataset
+from rs_embed_pipeline.stores.cube.reader import window_dataset
 from rs_embed_pipeline_tests.products.conftest import (
     CELLS,
     COLS,

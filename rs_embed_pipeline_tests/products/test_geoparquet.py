@@ -9,7 +9,7 @@ import pytest
 import shapely
 
 from rs_embed_pipeline.products import geoparquet
-from rs_embed_pipeline.stores.cube_reader import tile_vectors
+from rs_embed_pipeline.stores.cube.reader import tile_vectors
 from rs_embed_pipeline_tests.products.conftest import (
     D_POOLED,
     MISSING,

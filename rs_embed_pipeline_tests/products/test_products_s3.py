@@ -10,7 +10,7 @@ import pytest
 import rasterio
 
 from rs_embed_pipeline.products import cog, geoparquet, open_cube, stac_catalog
-from rs_embed_pipeline.stores.cube_reader import tile_vectors, window_dataset
+from rs_embed_pipeline.stores.cube.reader import tile_vectors, window_dataset
 from rs_embed_pipeline_tests.pipeline.servers import close_s3_filesystems, moto_server
 from rs_embed_pipeline_tests.products.conftest import (
     D_POOLED,

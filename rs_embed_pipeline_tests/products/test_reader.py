@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from rs_embed_pipeline.products import open_cube
-from rs_embed_pipeline.stores.cube_reader import CubeReadError
+from rs_embed_pipeline.stores.cube.reader import CubeReadError
 from rs_embed_pipeline_tests.products.conftest import (
     CELLS,
     COLS,
@@ -81,7 +81,7 @@ def test_several_zones_need_a_zone(tmp_path):
 
 
 def test_unfilled_window_is_a_clear_error(tiny_cube):
-    from rs_embed_pipeline.stores.cube_reader import window_dataset
+    from rs_embed_pipeline.stores.cube.reader import window_dataset
 
     with pytest.raises(CubeReadError, match=r"Window 2024-04-01 of .* is not filled; filled windows: 2024-01-01, 2024-07-01"):
         window_dataset(tiny_cube, "EPSG32632", "pooled", WINDOW_STARTS[1])

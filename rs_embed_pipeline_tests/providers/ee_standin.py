@@ -1339,8 +1339,8 @@ def reset_ee() -> None:
     from rs_embed_pipeline.providers.gee import client  # noqa: PLC0415
 
     ee.Reset()
-    with client._EE_LOCK:
-        client._EE_CONFIG["key"] = None
+    with client.EE_CONFIG_LOCK:
+        client.EE_CONFIG["key"] = None
 
 
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}

@@ -10,7 +10,7 @@ import pytest
 
 from rs_embed_pipeline.core.grid import Tile
 from rs_embed_pipeline.providers.gee import EE_MAX_REQUEST_BYTES, pack_requests
-from rs_embed_pipeline.providers.gee.request_blocks import _request_bytes
+from rs_embed_pipeline.providers.gee.request_blocks import request_bytes
 
 from . import ee_standin as S
 from .gee_fetch import fetch_b2
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("gee_env")
 
 def test_rule_matches_the_real_error_text():
     # google/Xee#50: 48 float64 bands of 512 x 256 px -> "Total request size (56623104 bytes)"
-    assert _request_bytes(512 * 256, (8,) * 48) == 56623104 > EE_MAX_REQUEST_BYTES == 50331648
+    assert request_bytes(512 * 256, (8,) * 48) == 56623104 > EE_MAX_REQUEST_BYTES == 50331648
 
 
 @pytest.mark.parametrize("composite, dtype_bytes, per_request", [("median", 4, 16), ("mosaic", 2, 26)])
@@ -33,7 +33,7 @@ def test_no_packed_request_exceeds_the_limit(composite, dtype_bytes, per_request
         blocks = pack_requests([Tile.from_row(r) for r in rows], band_bytes=band_bytes)
         assert sum(len(b.cells) for b in blocks) == len(rows)
         for b in blocks:
-            assert _request_bytes(b.box.pixels, band_bytes) <= EE_MAX_REQUEST_BYTES
+            assert request_bytes(b.box.pixels, band_bytes) <= EE_MAX_REQUEST_BYTES
         assert max(len(b.cells) for b in blocks) >= min(16, len(rows))
     blocks = pack_requests([Tile.from_row(r) for r in S.tile_rows(60, size_px=224)], band_bytes=band_bytes)
     assert max(len(b.cells) for b in blocks) == per_request

@@ -24,13 +24,14 @@ from zarr.storage import LocalStore
 
 from rs_embed_pipeline.core.grid import tile_id
 from rs_embed_pipeline.stores import ArraySpec, TileStore
-from rs_embed_pipeline.stores import cube as cube_module
+from rs_embed_pipeline.stores.cube import root as cube_root
+from rs_embed_pipeline.stores.cube import writer as cube_writer
 from rs_embed_pipeline.stores.cube import (
     TIME_ARRAYS, CallableGrids, CubeError, CubeWindowWrite, CubeWindowWritten, CubeZoneWritten, TileStoreGrids,
     read_window_state, write_cube_window,
 )
-from rs_embed_pipeline.stores.cube_codec import QuantizationError
-from rs_embed_pipeline.stores.cube_reader import open_cube
+from rs_embed_pipeline.stores.cube.codec import QuantizationError
+from rs_embed_pipeline.stores.cube.reader import open_cube
 from rs_embed_pipeline_tests.stores.recording import record_store_writes
 
 REPO = Path(__file__).resolve().parents[2]
@@ -331,14 +332,14 @@ def write_concurrently(mode: str, uri: str, stores: dict[int, TileStore], tmp_pa
         start = threading.Barrier(len(stores))
         lockstep = threading.Barrier(len(stores))
         blocks: list[int] = []
-        write_block = cube_module._write_block
+        write_block = cube_writer._write_block
 
         def in_lockstep(array, selection, value):
             lockstep.wait(timeout=60)
             blocks.append(selection[0])
             return write_block(array, selection, value)
 
-        monkeypatch.setattr(cube_module, "_write_block", in_lockstep)
+        monkeypatch.setattr(cube_writer, "_write_block", in_lockstep)
 
         def writer(window: int) -> None:
             try:
@@ -459,7 +460,7 @@ def test_a_root_whose_creator_was_killed_before_its_rename_is_created_after_a_wa
     """A cube folder holding only zarr's temporary root document (its creator was SIGKILLed between
     the write and the rename) is neither refused nor waited on forever: after ROOT_CREATION_WAIT_S the
     writer removes the temporary file, creates the root and writes its window."""
-    monkeypatch.setattr(cube_module, "ROOT_CREATION_WAIT_S", 0.3)
+    monkeypatch.setattr(cube_root, "ROOT_CREATION_WAIT_S", 0.3)
     uri = str(tmp_path / "cube.zarr")
     Path(uri).mkdir()
     (Path(uri) / "zarr.0123abcd.partial").write_text('{"zarr_format": 3, "node_type": "gr')  # cut short

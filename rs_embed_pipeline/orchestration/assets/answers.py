@@ -26,7 +26,7 @@ from rs_embed_pipeline.orchestration.plan import EmbeddingSpec
 from rs_embed_pipeline.orchestration.resources import PipelineStore
 from rs_embed_pipeline.products import pictures
 from rs_embed_pipeline.products.similarity import KINDS, AnnMethod, index_uri, similarity_plane
-from rs_embed_pipeline.stores.cube_reader import Kind
+from rs_embed_pipeline.stores.cube.reader import Kind
 
 if TYPE_CHECKING:
     from rs_embed_pipeline.products.change import ChangeResult

@@ -3,7 +3,7 @@
 ``<model>_<modality>_embeddings`` sends one request for every partition of the run to the model
 worker (``worker/embed.py``; request and results: ``worker/protocol.py``) and shapes its results
 into metadata (``metadata.py``). ``<model>_<modality>_cube`` writes each partition's embeddings
-as one window of its region's cube (``stores/cube.py``), checks what was written and previews it
+as one window of its region's cube (``stores/cube/writer.py``), checks what was written and previews it
 (``products/preview.py``).
 """
 
@@ -31,7 +31,7 @@ from rs_embed_pipeline.stores.cube import (
     TIME_BLOCK, TIME_MARGIN, CubeWindowWrite, CubeWindowWritten, TileStoreGrids, check_georeferencing,
     write_cube_window,
 )
-from rs_embed_pipeline.stores.cube_codec import QuantizationError, Scheme, check_scheme
+from rs_embed_pipeline.stores.cube.codec import QuantizationError, Scheme, check_scheme
 
 # The UI shows metadata in this order: the run's outcome, then the settings that differ between
 # models, modalities and runs; provenance and the rest (same keys everywhere) after them.
@@ -62,7 +62,7 @@ class CubeConfig(dg.Config):
 
 def _cube_time_axis(windows_def: Any, n_now: int) -> list[str]:
     """Window starts from the first window into the future, so the cube's time axis can be
-    allocated with a margin (stores/cube.py): at least a block and a margin beyond today's windows."""
+    allocated with a margin (stores/cube/time_axis.py): at least a block and a margin beyond today's windows."""
     import datetime as dt
 
     years = 1

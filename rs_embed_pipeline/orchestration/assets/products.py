@@ -24,7 +24,7 @@ from rs_embed_pipeline.orchestration.metadata import add_partition_metadata, jso
 from rs_embed_pipeline.orchestration.partitions import RegionWindow, region_windows
 from rs_embed_pipeline.orchestration.plan import EmbeddingSpec
 from rs_embed_pipeline.products import cog, geoparquet, stac_catalog
-from rs_embed_pipeline.stores.cube_reader import CubeReadError, cube_zones, tile_vectors, window_dataset
+from rs_embed_pipeline.stores.cube.reader import CubeReadError, cube_zones, tile_vectors, window_dataset
 from rs_embed_pipeline.orchestration.resources import PipelineStore
 from rs_embed_pipeline.stores import StoreError, TileStore
 from rs_embed_pipeline.stores.cube import model_url

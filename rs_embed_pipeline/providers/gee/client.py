@@ -7,10 +7,11 @@ Nothing here reads the environment: the Earth Engine project is an argument of
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import threading
 import time
-from typing import Any
+from typing import Any, Literal
 from collections.abc import Callable, Iterable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
@@ -41,7 +42,7 @@ _RETRY_RE = re.compile(r"too many concurrent aggregations|capacity exceeded", re
 
 
 #: Client timeouts of one request in a row after which it is split instead of retried again.
-_TIMEOUTS_BEFORE_SPLIT = 2
+TIMEOUTS_BEFORE_SPLIT = 2
 
 
 _REDACTIONS: tuple[tuple[re.Pattern[str], str], ...] = (
@@ -72,7 +73,7 @@ def redact(text: Any, extra_secrets: Iterable[str] = ()) -> str:
     return s
 
 
-def _safe_url(url: str) -> str:
+def safe_url(url: str) -> str:
     """scheme://host[:port][/path] without user info, query or fragment."""
     parts = urlsplit(url)
     host = parts.hostname or ""
@@ -116,7 +117,7 @@ class TokenBucket:
         return wait
 
 
-class _Stats:
+class FetchStats:
     """Thread-safe counters of one provider instance (``GEEProvider.stats()``)."""
 
     COUNTERS = (
@@ -167,11 +168,46 @@ class _Stats:
         return out
 
 
-class _SplitNeeded(Exception):
+FailureKind = Literal["throttled", "busy", "client_timeout", "too_large", "server_error", "network", "final"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestFailure:
+    """A failed Earth Engine call, classified: ``kind`` says what the caller does with it (retry
+    the same size: throttled, busy, server_error, network, and a client_timeout at first; ask for
+    less: too_large, and a client_timeout in a row; give up: final)."""
+
+    kind: FailureKind
+    status: int | None            # HTTP status, None when no HTTP answer came
+    retry_after: float | None     # the server's Retry-After, in seconds
+
+
+def classify_failure(error: BaseException, message: str) -> RequestFailure:
+    """What ``error`` (the exception of one call; ``message``: its text, redacted) means."""
+    status, retry_after = _http_details(error)
+    kind: FailureKind
+    if status == 429:
+        kind = "throttled"
+    elif _RETRY_RE.search(message):  # busy backend, whatever the status
+        kind = "busy"
+    elif status is None and _is_timeout(error):
+        kind = "client_timeout"
+    elif status is not None and _SPLIT_RE.search(message):
+        kind = "too_large"
+    elif status is not None and status >= 500:
+        kind = "server_error"
+    elif status is None and _is_network_error(error):
+        kind = "network"
+    else:
+        kind = "final"
+    return RequestFailure(kind, status, retry_after)
+
+
+class SplitNeeded(Exception):
     """Earth Engine answered "too large" / "memory limit" / "timed out": ask for less."""
 
 
-class _RequestFailed(Exception):
+class RequestFailed(Exception):
     """A request failed for good (permanent error, or retries exhausted)."""
 
 
@@ -224,13 +260,17 @@ def _is_network_error(exc: BaseException) -> bool:
     return False
 
 
-_EE_LOCK = threading.Lock()
+# The ee client holds one configuration per process: "key" is the (endpoint, project, credentials,
+# deadline) it was initialised with, "active" the fetches using it now (GEEProvider reads and sets both
+# under the lock).
+EE_CONFIG_LOCK = threading.Lock()
 
 
-_EE_CONFIG: dict[str, Any] = {"key": None, "active": 0}
+EE_CONFIG: dict[str, Any] = {"key": None, "active": 0}
 
 
-def _ee():
+def import_ee() -> Any:
+    """The ``ee`` module (earthengine-api), imported on first use."""
     try:
         import ee  # noqa: PLC0415 - lazy: the orchestrator environment has it, other code may not
     except ImportError as exc:  # pragma: no cover - environment problem

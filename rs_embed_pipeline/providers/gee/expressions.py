@@ -4,14 +4,12 @@ composites, the validity band)."""
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import math
 from typing import Any
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from rs_embed_pipeline.core.timeparse import parse_utc
 from rs_embed_pipeline.core.vocabulary import (
     COMPOSITES,
     DEFAULT_COMPOSITE,
@@ -23,8 +21,8 @@ from rs_embed_pipeline.core.vocabulary import (
 )
 
 from ..base import ProviderError, Tile
-from .client import _ee
-from .request_blocks import _PixelBox
+from .client import import_ee
+from .request_blocks import PixelBox
 
 S2_COLLECTION = "COPERNICUS/S2_SR_HARMONIZED"
 
@@ -202,31 +200,18 @@ def _parse_sensor(modality: str, bands: Iterable[str] | None, options: Mapping[s
     )
 
 
-def _parse_time(value: Any, what: str) -> dt.datetime:
-    try:
-        return parse_utc(value)
-    except ValueError as exc:
-        raise ProviderError(f"GEE provider: {what} {exc}") from None
-
-
-def _ee_time(t: dt.datetime) -> str:
-    if t.time() == dt.time(0, 0):
-        return t.strftime("%Y-%m-%d")
-    return t.strftime("%Y-%m-%dT%H:%M:%S")
-
-
-class _Run:
+class FetchRun:
     """Settings and ee expression builders of one ``fetch_patches`` call."""
 
     def __init__(self, sensor: _Sensor, start: str, end: str, max_tiles: int) -> None:
-        self.ee = _ee()
+        self.ee = import_ee()
         self.sensor = sensor
         self.start = start
         self.end = end
         self.max_tiles = max_tiles
 
     # ---- geometry -----------------------------------------------------------------------------
-    def rect(self, box: _PixelBox):
+    def rect(self, box: PixelBox):
         return self.ee.Geometry.Rectangle(box.bounds(), f"EPSG:{box.epsg}", False)
 
     # ---- collections --------------------------------------------------------------------------
@@ -284,7 +269,7 @@ class _Run:
                 coll = coll.map(lambda img: img.select(bands).multiply(_LN10_OVER_10).exp())
         return coll
 
-    def pixel_image(self, box: _PixelBox, variant: str):
+    def pixel_image(self, box: PixelBox, variant: str):
         ee = self.ee
         coll = self.pixel_collection(self.rect(box), variant)
         composite = coll.mosaic() if self.sensor.composite == "mosaic" else coll.median()
@@ -297,7 +282,7 @@ class _Run:
         ee = self.ee
         per_tile = []
         for t in tiles:
-            region = self.rect(_PixelBox(t.utm_epsg, t.scale_m, t.x0, t.y0, t.size_px, t.size_px))
+            region = self.rect(PixelBox(t.utm_epsg, t.scale_m, t.x0, t.y0, t.size_px, t.size_px))
             lists = [c.aggregate_array("system:index") for c in self.scene_collections(region)]
             per_tile.append(ee.List(lists))
         return ee.List(per_tile)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
+import datetime as dt
 import io
 import json
 import logging
@@ -18,28 +19,25 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from rs_embed_pipeline.core.timeparse import parse_utc
 from rs_embed_pipeline.core.vocabulary import COMPOSITES, DEFAULT_COMPOSITE
 
 from ..base import Patch, ProviderError, Tile, tile_rows
 from .client import (
-    _EE_CONFIG,
-    _EE_LOCK,
-    _RETRY_RE,
-    _SPLIT_RE,
-    _TIMEOUTS_BEFORE_SPLIT,
+    EE_CONFIG,
+    EE_CONFIG_LOCK,
     EE_SCOPES,
     HIGH_VOLUME_URL,
     STANDARD_URL,
+    TIMEOUTS_BEFORE_SPLIT,
+    FetchStats,
+    RequestFailed,
+    SplitNeeded,
     TokenBucket,
-    _ee,
-    _http_details,
-    _is_network_error,
-    _is_timeout,
-    _RequestFailed,
-    _safe_url,
-    _SplitNeeded,
-    _Stats,
+    classify_failure,
+    import_ee,
     redact,
+    safe_url,
 )
 from .expressions import (
     S1_DB_COLLECTION,
@@ -47,20 +45,12 @@ from .expressions import (
     S2_CLOUD_SCORE_PLUS_COLLECTION,
     S2_COLLECTION,
     VALID_BAND,
-    _ee_time,
+    FetchRun,
+    # private still: the sensor-options change (one SensorOptions parse, #23) rewrites these two
     _parse_sensor,
-    _parse_time,
-    _Run,
     _Sensor,
 )
-from .request_blocks import (
-    EE_MAX_GRID_PX,
-    EE_MAX_REQUEST_BYTES,
-    _Block,
-    _PixelBox,
-    _request_bytes,
-    pack_requests,
-)
+from .request_blocks import EE_MAX_GRID_PX, EE_MAX_REQUEST_BYTES, PixelBox, RequestBlock, pack_requests, request_bytes
 
 log = logging.getLogger("rs_embed_pipeline.providers.gee")
 
@@ -165,7 +155,7 @@ class GEEProvider:
         self._uniform = (rng or random).uniform
         self._bucket = TokenBucket(self.max_requests_per_second, rate_burst, clock=clock, sleep=sleep)
         self._slots = threading.BoundedSemaphore(self.max_concurrent_requests)
-        self._stats = _Stats()
+        self._stats = FetchStats()
         self._init_lock = threading.Lock()
         self._credentials: Any = None
         self._auth_kind: str | None = None
@@ -203,7 +193,7 @@ class GEEProvider:
     def config(self) -> dict[str, Any]:
         """Operational settings (no secrets): endpoint, project, auth kind, limits."""
         return {
-            "endpoint": _safe_url(self.endpoint),
+            "endpoint": safe_url(self.endpoint),
             "high_volume": self.api_url is None and self.use_high_volume,
             "project": self.project,
             "auth": self._auth_kind or self._configured_auth_kind(),
@@ -299,7 +289,7 @@ class GEEProvider:
             if not isinstance(info, dict) or info.get("type") != "service_account":
                 raise ProviderError(f"GEE provider: {path!r} is not a service-account JSON key")
             try:
-                creds = _ee().ServiceAccountCredentials(None, key_file=path)
+                creds = import_ee().ServiceAccountCredentials(None, key_file=path)
             except Exception as exc:
                 raise ProviderError(
                     f"GEE provider: invalid service-account key {path!r}: {type(exc).__name__}: "
@@ -331,12 +321,12 @@ class GEEProvider:
                 self._credentials = creds
                 self._auth_kind = kind
                 self._ready = True
-        ee = _ee()
+        ee = import_ee()
         key = (self.endpoint, self.project, id(self._credentials), self.request_timeout_s)
-        with _EE_LOCK:
-            if _EE_CONFIG["key"] == key:
+        with EE_CONFIG_LOCK:
+            if EE_CONFIG["key"] == key:
                 return
-            if _EE_CONFIG["active"] > 0:
+            if EE_CONFIG["active"] > 0:
                 raise ProviderError(
                     "GEE provider: another GEEProvider with a different Earth Engine configuration "
                     "is fetching in this process (the ee client holds one configuration per process)"
@@ -347,15 +337,15 @@ class GEEProvider:
                     ee.data.setDeadline(int(self.request_timeout_s * 1000))
                 ee.data.setMaxRetries(0)  # this provider retries (with counters and backoff)
             except Exception as exc:
-                _EE_CONFIG["key"] = None
+                EE_CONFIG["key"] = None
                 raise ProviderError(
-                    f"GEE provider: Earth Engine initialisation failed ({_safe_url(self.endpoint)}, "
+                    f"GEE provider: Earth Engine initialisation failed ({safe_url(self.endpoint)}, "
                     f"project {self.project!r}): {type(exc).__name__}: {self._redact(exc)}"
                 ) from None
             self._widen_connection_pool(ee)
-            _EE_CONFIG["key"] = key
+            EE_CONFIG["key"] = key
             log.info("Earth Engine initialised: endpoint %s, project %s, auth %s",
-                     _safe_url(self.endpoint), self.project, self._auth_kind)
+                     safe_url(self.endpoint), self.project, self._auth_kind)
 
     def _widen_connection_pool(self, ee: Any) -> None:
         """Best effort: let the client's requests session keep one connection per slot."""
@@ -386,7 +376,7 @@ class GEEProvider:
     def _call(self, kind: str, fn: Callable[[], Any]) -> tuple[Any, int]:
         """Run one API call under the concurrency and rate limits, retrying transient errors.
 
-        Returns (result, attempts). Raises _SplitNeeded or _RequestFailed.
+        Returns (result, attempts). Raises SplitNeeded or RequestFailed.
         """
         attempt = 0
         timeouts = 0
@@ -403,34 +393,31 @@ class GEEProvider:
                     error = exc
                 finally:
                     self._stats.leave()
-            status, retry_after = _http_details(error)
             message = self._redact(f"{type(error).__name__}: {error}")
-            what = f"HTTP {status}" if status is not None else "no HTTP answer"
+            failure = classify_failure(error, message)
+            what = f"HTTP {failure.status}" if failure.status is not None else "no HTTP answer"
             transient = False
-            if status == 429:
+            if failure.kind in ("throttled", "busy"):  # busy: retry the same size
                 self._stats.add("throttled")
                 transient = True
-            elif _RETRY_RE.search(message):  # busy backend, whatever the status: retry the same size
-                self._stats.add("throttled")
-                transient = True
-            elif status is None and _is_timeout(error):
+            elif failure.kind == "client_timeout":
                 # the same size timed out again on our side: smaller requests, not more retries
                 timeouts += 1
-                if timeouts >= _TIMEOUTS_BEFORE_SPLIT:
+                if timeouts >= TIMEOUTS_BEFORE_SPLIT:
                     self._stats.add("too_large")
-                    raise _SplitNeeded(f"client timeout {timeouts} times in a row: {message}")
+                    raise SplitNeeded(f"client timeout {timeouts} times in a row: {message}")
                 transient = True
-            elif status is not None and _SPLIT_RE.search(message):
+            elif failure.kind == "too_large":
                 self._stats.add("too_large")
-                raise _SplitNeeded(f"{what}: {message}")
-            elif status is not None and status >= 500:
+                raise SplitNeeded(f"{what}: {message}")
+            elif failure.kind == "server_error":
                 self._stats.add("server_errors")
                 transient = True
-            elif status is None and _is_network_error(error):
+            elif failure.kind == "network":
                 transient = True
             if transient and attempt <= self.max_retries:
                 self._stats.add("retries")
-                delay = self._backoff(attempt, retry_after)
+                delay = self._backoff(attempt, failure.retry_after)
                 log.debug("%s request: %s; retry %d/%d in %.3f s", kind, what, attempt,
                           self.max_retries, delay)
                 if delay > 0:
@@ -438,18 +425,18 @@ class GEEProvider:
                 continue
             self._stats.add("failures")
             tries = f"after {attempt} attempt(s)" if transient else "(not retryable)"
-            raise _RequestFailed(f"{kind} request failed {tries}: {what}: {message}")
+            raise RequestFailed(f"{kind} request failed {tries}: {what}: {message}")
 
-    def _scene_ids(self, run: _Run, tiles: Sequence[Tile]) -> list[list[list[str]]]:
+    def _scene_ids(self, run: FetchRun, tiles: Sequence[Tile]) -> list[list[list[str]]]:
         ee = run.ee
         expr = run.scene_query(tiles)
         result, _ = self._call("value", lambda: ee.data.computeValue(expr))
         self._stats.add("value_bytes", len(json.dumps(result, default=str)))
         if not isinstance(result, list) or len(result) != len(tiles):
-            raise _RequestFailed(f"unexpected scene query answer ({type(result).__name__})")
+            raise RequestFailed(f"unexpected scene query answer ({type(result).__name__})")
         return [[[str(i) for i in (ids or [])] for ids in per_tile] for per_tile in result]
 
-    def _request_pixels(self, run: _Run, box: _PixelBox, variant: str) -> np.ndarray:
+    def _request_pixels(self, run: FetchRun, box: PixelBox, variant: str) -> np.ndarray:
         ee = run.ee
         params: dict[str, Any] = {
             "expression": run.pixel_image(box, variant),
@@ -460,24 +447,24 @@ class GEEProvider:
             params["workloadTag"] = self.workload_tag
         raw, _ = self._call("pixel", lambda: ee.data.computePixels(params))
         if not isinstance(raw, (bytes, bytearray)):
-            raise _RequestFailed(f"computePixels returned {type(raw).__name__}, expected NPY bytes")
+            raise RequestFailed(f"computePixels returned {type(raw).__name__}, expected NPY bytes")
         self._stats.add("bytes", len(raw))
         self._stats.add("pixel_bytes", len(raw))
         return _read_npy(bytes(raw) if not isinstance(raw, bytes) else raw, run.sensor.bands,
                          box.height, box.width)
 
-    def _box_pixels(self, run: _Run, box: _PixelBox, variant: str, depth: int = 0,
+    def _box_pixels(self, run: FetchRun, box: PixelBox, variant: str, depth: int = 0,
                     reason: str | None = None) -> tuple[np.ndarray, int]:
         """Structured pixels of a box, split in halves while too large: (array, splits)."""
-        too_big = (_request_bytes(box.pixels, run.sensor.band_bytes) > self.max_request_bytes
+        too_big = (request_bytes(box.pixels, run.sensor.band_bytes) > self.max_request_bytes
                    or max(box.width, box.height) > EE_MAX_GRID_PX)
         if not too_big and reason is None:
             try:
                 return self._request_pixels(run, box, variant), 0
-            except _SplitNeeded as exc:
+            except SplitNeeded as exc:
                 reason = str(exc)
         if depth >= _MAX_PIXEL_SPLIT_DEPTH or max(box.width, box.height) < 2:
-            raise _RequestFailed(f"request still too large after {depth} split(s): "
+            raise RequestFailed(f"request still too large after {depth} split(s): "
                                  f"{reason or 'over the size limit'}")
         self._stats.add("splits")
         a, b, axis = box.halves()
@@ -487,19 +474,19 @@ class GEEProvider:
 
     # ---- blocks ---------------------------------------------------------------------------------
 
-    def _block_pixels(self, run: _Run, block: _Block, variant: str) -> dict[str, Any]:
+    def _block_pixels(self, run: FetchRun, block: RequestBlock, variant: str) -> dict[str, Any]:
         """tile_id -> (data, valid, info) or a failure reason (str)."""
         n = len(block.cells)
-        too_big = _request_bytes(block.box.pixels, run.sensor.band_bytes) > self.max_request_bytes
+        too_big = request_bytes(block.box.pixels, run.sensor.band_bytes) > self.max_request_bytes
         split_reason: str | None = None
         if n > 1 and too_big:
             split_reason = "over the size limit"
         elif n > 1:
             try:
                 pixels = self._request_pixels(run, block.box, variant)
-            except _SplitNeeded as exc:
+            except SplitNeeded as exc:
                 split_reason = str(exc)
-            except _RequestFailed as exc:
+            except RequestFailed as exc:
                 return {t.tile_id: str(exc) for t in block.tiles}
             else:
                 return self._cut(block, pixels, run.sensor.bands,
@@ -511,12 +498,12 @@ class GEEProvider:
             return {**self._block_pixels(run, a, variant), **self._block_pixels(run, b, variant)}
         try:
             pixels, splits = self._box_pixels(run, block.box, variant)
-        except (_RequestFailed, _SplitNeeded) as exc:
+        except (RequestFailed, SplitNeeded) as exc:
             return {block.tiles[0].tile_id: str(exc)}
         return self._cut(block, pixels, run.sensor.bands, {"tiles_in_request": 1, "pixel_splits": splits})
 
     @staticmethod
-    def _cut(block: _Block, pixels: np.ndarray, bands: Sequence[str], info: dict) -> dict[str, Any]:
+    def _cut(block: RequestBlock, pixels: np.ndarray, bands: Sequence[str], info: dict) -> dict[str, Any]:
         out: dict[str, Any] = {}
         s = block.size
         for tile, c, r in block.cells:
@@ -524,16 +511,16 @@ class GEEProvider:
             out[tile.tile_id] = (data, valid, info)
         return out
 
-    def _process_block(self, run: _Run, block: _Block) -> list[Patch]:
+    def _process_block(self, run: FetchRun, block: RequestBlock) -> list[Patch]:
         """Scene query, then pixels, for one request block; never raises."""
         sensor = run.sensor
         results: dict[str, Patch] = {}
         try:
             try:
                 ids = self._scene_ids(run, block.tiles)
-            except _SplitNeeded as exc:
+            except SplitNeeded as exc:
                 if len(block.cells) < 2:
-                    raise _RequestFailed(f"scene query failed: {exc}") from None
+                    raise RequestFailed(f"scene query failed: {exc}") from None
                 self._stats.add("splits")
                 a, b = block.split()
                 return self._process_block(run, a) + self._process_block(run, b)
@@ -565,7 +552,7 @@ class GEEProvider:
                         else:
                             results[tid] = self._patch(run, tile, "ok", info, data=data, valid=valid,
                                                        request=req)
-        except _RequestFailed as exc:
+        except RequestFailed as exc:
             reason = str(exc)
             for tile in block.tiles:
                 results.setdefault(tile.tile_id, self._patch(run, tile, "failed", None, reason=reason))
@@ -592,7 +579,7 @@ class GEEProvider:
             return "any", lists[1], True
         return "none", [], False
 
-    def _patch(self, run: _Run, tile: Tile, status: str, info: dict[str, Any] | None, *,
+    def _patch(self, run: FetchRun, tile: Tile, status: str, info: dict[str, Any] | None, *,
                data: np.ndarray | None = None, valid: np.ndarray | None = None,
                request: dict | None = None, reason: str | None = None) -> Patch:
         s = run.sensor
@@ -674,31 +661,31 @@ class GEEProvider:
             return
 
         self._ensure_ready()
-        with _EE_LOCK:
-            _EE_CONFIG["active"] += 1
+        with EE_CONFIG_LOCK:
+            EE_CONFIG["active"] += 1
         try:
             fill_slots = math.ceil(len(tiles) / self.max_concurrent_requests)
             max_tiles = max(1, min(fill_slots, self.max_tiles_per_request or fill_slots))
-            run = _Run(sensor, start, end, max_tiles)
+            run = FetchRun(sensor, start, end, max_tiles)
             blocks = pack_requests(tiles, band_bytes=sensor.band_bytes,
                                    max_request_bytes=self.max_request_bytes, max_tiles=max_tiles)
             log.info("GEE %s: %d tile(s) in %d request block(s) (<= %d tiles each), %s .. %s",
                      sensor.modality, len(tiles), len(blocks), max_tiles, start, end)
             yield from self._run_blocks(run, blocks, copies)
         finally:
-            with _EE_LOCK:
-                _EE_CONFIG["active"] -= 1
+            with EE_CONFIG_LOCK:
+                EE_CONFIG["active"] -= 1
             self._stats.add_fetch_time(self._clock() - t_start)
             snap = self._stats.snapshot()
             log.info("GEE fetch: tiles ok %d / no_data %d / failed %d; requests %d, retries %d, "
                      "%.1f MB", snap["tiles_ok"], snap["tiles_no_data"], snap["tiles_failed"],
                      snap["requests"], snap["retries"], snap["bytes"] / 1e6)
 
-    def _run_blocks(self, run: _Run, blocks: list[_Block], copies: Mapping[str, int]) -> Iterator[Patch]:
+    def _run_blocks(self, run: FetchRun, blocks: list[RequestBlock], copies: Mapping[str, int]) -> Iterator[Patch]:
         pool = cf.ThreadPoolExecutor(max_workers=self.max_concurrent_requests,
                                      thread_name_prefix="gee-fetch")
         try:
-            pending: dict[cf.Future, _Block] = {}
+            pending: dict[cf.Future, RequestBlock] = {}
             queue = iter(blocks)
             # Bounded: finished blocks wait here for the consumer (memory ~ max_pending x request).
             max_pending = self.max_concurrent_requests + 2
@@ -736,6 +723,21 @@ class GEEProvider:
             log.warning("GEE tile %s failed: %s", patch.tile_id, patch.meta.get("reason"))
 
 
+def _parse_time(value: Any, what: str) -> dt.datetime:
+    """``start`` / ``end`` as a UTC datetime; a ProviderError naming which one is bad."""
+    try:
+        return parse_utc(value)
+    except ValueError as exc:
+        raise ProviderError(f"GEE provider: {what} {exc}") from None
+
+
+def _ee_time(t: dt.datetime) -> str:
+    """The date string ``filterDate`` gets: the day alone at midnight."""
+    if t.time() == dt.time(0, 0):
+        return t.strftime("%Y-%m-%d")
+    return t.strftime("%Y-%m-%dT%H:%M:%S")
+
+
 def _read_npy(raw: bytes, bands: Sequence[str], height: int, width: int) -> np.ndarray:
     """NPY bytes -> the structured array [H, W] (one field per band), a view of ``raw`` (no copy)."""
     try:
@@ -755,13 +757,13 @@ def _read_npy(raw: bytes, bands: Sequence[str], height: int, width: int) -> np.n
             arr = np.frombuffer(raw, dtype=dtype, count=count, offset=buf.tell())
             arr = arr.reshape(shape, order="F" if fortran else "C")
     except Exception as exc:
-        raise _RequestFailed(f"undecodable NPY answer: {type(exc).__name__}: {exc}") from None
+        raise RequestFailed(f"undecodable NPY answer: {type(exc).__name__}: {exc}") from None
     names = arr.dtype.names or ()
     missing = [b for b in bands if b not in names]
     if missing:
-        raise _RequestFailed(f"NPY answer lacks band(s) {missing} (has {list(names)})")
+        raise RequestFailed(f"NPY answer lacks band(s) {missing} (has {list(names)})")
     if arr.shape != (height, width):
-        raise _RequestFailed(f"NPY answer has shape {arr.shape}, expected {(height, width)}")
+        raise RequestFailed(f"NPY answer has shape {arr.shape}, expected {(height, width)}")
     return arr
 
 

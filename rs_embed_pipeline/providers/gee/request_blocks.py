@@ -25,7 +25,7 @@ EE_MASK_BYTES_PER_PIXEL = 1
 
 
 @dataclasses.dataclass(frozen=True)
-class _PixelBox:
+class PixelBox:
     """A pixel rectangle of one UTM lattice: upper-left (x0, y0), width x height pixels."""
 
     epsg: int
@@ -54,7 +54,7 @@ class _PixelBox:
         return [self.x0, self.y0 - self.height * self.scale,
                 self.x0 + self.width * self.scale, self.y0]
 
-    def halves(self) -> tuple[_PixelBox, _PixelBox, int]:
+    def halves(self) -> tuple[PixelBox, PixelBox, int]:
         """Two halves along the longer axis; the axis (1: columns, 0: rows) to concatenate on."""
         if self.width >= self.height:
             w1 = self.width // 2
@@ -68,7 +68,7 @@ class _PixelBox:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Block:
+class RequestBlock:
     """A full rectangle of ``nw x nh`` adjacent tiles of one lattice (one request)."""
 
     epsg: int
@@ -85,10 +85,10 @@ class _Block:
         return [c[0] for c in self.cells]
 
     @property
-    def box(self) -> _PixelBox:
-        return _PixelBox(self.epsg, self.scale, self.x0, self.y0, self.nw * self.size, self.nh * self.size)
+    def box(self) -> PixelBox:
+        return PixelBox(self.epsg, self.scale, self.x0, self.y0, self.nw * self.size, self.nh * self.size)
 
-    def split(self) -> tuple[_Block, _Block]:
+    def split(self) -> tuple[RequestBlock, RequestBlock]:
         """Two full rectangles along the longer side (in tiles). Needs at least 2 tiles."""
         step = self.size * self.scale
         if self.nw >= self.nh:
@@ -104,7 +104,7 @@ class _Block:
                 dataclasses.replace(self, y0=self.y0 - k * step, nh=self.nh - k, cells=tuple(b)))
 
 
-def _request_bytes(pixels: int, band_bytes: Sequence[int]) -> int:
+def request_bytes(pixels: int, band_bytes: Sequence[int]) -> int:
     """Earth Engine's size of a computePixels request: pixels x sum over bands of (bytes of the
     band + 1 mask byte), e.g. the real error "Total request size (56623104 bytes) must be less
     than or equal to 50331648 bytes" for 48 float64 bands of 512 x 256 px (google/Xee#50)."""
@@ -120,11 +120,11 @@ def pack_requests(
     max_request_bytes: int = EE_MAX_REQUEST_BYTES,
     max_tiles: int | None = None,
     max_grid_px: int = EE_MAX_GRID_PX,
-) -> list[_Block]:
+) -> list[RequestBlock]:
     """Pack tiles into rectangular blocks of adjacent tiles, one computePixels request each.
 
     ``band_bytes``: bytes per pixel of each band sent (Earth Engine adds one mask byte per band:
-    :func:`_request_bytes`). Tiles of
+    :func:`request_bytes`). Tiles of
     one (zone, scale, tile size, lattice phase) are packed greedily row by row: a block grows
     east while tiles are adjacent, then south while whole rows of the same width are present,
     under ``max_request_bytes``, ``max_tiles`` and ``max_grid_px`` a side. Blocks are always full
@@ -137,7 +137,7 @@ def pack_requests(
         phase = (round((t.x0 % step) / t.scale_m, 3) % t.size_px, round((t.y0 % step) / t.scale_m, 3) % t.size_px)
         groups[(t.utm_epsg, t.scale_m, t.size_px, phase)].append(t)
 
-    blocks: list[_Block] = []
+    blocks: list[RequestBlock] = []
     for (epsg, scale, size, _phase), members in groups.items():
         step = size * scale
         ref_x = min(t.x0 for t in members)
@@ -150,7 +150,7 @@ def pack_requests(
                 overflow.append(t)
             else:
                 cells[cell] = t
-        tile_bytes = _request_bytes(size * size, band_bytes)
+        tile_bytes = request_bytes(size * size, band_bytes)
         cap = max(1, max_request_bytes // tile_bytes)
         if max_tiles is not None:
             cap = max(1, min(cap, int(max_tiles)))
@@ -180,7 +180,7 @@ def pack_requests(
                     taken.add((ci + di, cj + dj))
                     block_cells.append((cells[(ci + di, cj + dj)], di, dj))
             first = cells[(ci, cj)]
-            blocks.append(_Block(epsg, scale, size, first.x0, first.y0, w, h, tuple(block_cells)))
+            blocks.append(RequestBlock(epsg, scale, size, first.x0, first.y0, w, h, tuple(block_cells)))
         if overflow:
             blocks.extend(pack_requests(overflow, band_bytes=band_bytes, max_request_bytes=max_request_bytes,
                                         max_tiles=max_tiles, max_grid_px=max_grid_px))

@@ -27,7 +27,7 @@ nothing but fill is not stored (as NaN chunks of float32 cubes), so a rewrite le
 The scheme is recorded on the ``embedding`` variable (attribute ``quantization``) and in the
 ``geoemb:quantization`` attribute of each cube group (:func:`geoemb_quantization`). :func:`dequantize`
 turns such a dataset back into float32 ``embedding`` (lazily, dask-friendly); float32 cubes pass
-through unchanged. ``rs_embed_pipeline.stores.cube_reader.open_cube`` calls it, so readers never see int8.
+through unchanged. ``rs_embed_pipeline.stores.cube.reader.open_cube`` calls it, so readers never see int8.
 """
 
 from __future__ import annotations
@@ -60,6 +60,12 @@ def quantized_arrays(scheme: str) -> tuple[str, ...]:
     """The extra arrays (beside ``embedding``) a scheme stores, all with ``time`` first."""
     check_scheme(scheme)
     return {"none": (), "int8_per_cell": (SCALE_VAR, OFFSET_VAR), "int8_per_feature": (SCALE_VAR, OFFSET_VAR)}[scheme]
+
+
+def stored_scheme(embedding_doc: Mapping[str, Any]) -> str:
+    """The scheme recorded on a group's ``embedding`` array, from its Zarr metadata document
+    (``"none"``: float32)."""
+    return str((embedding_doc.get("attributes") or {}).get("quantization") or "none")
 
 
 def geoemb_quantization(scheme: str) -> dict[str, Any] | None:

@@ -1,16 +1,16 @@
 """Open a cube without knowing its internals: one call, only the windows that were filled.
 
 ```python
-from rs_embed_pipeline.stores.cube_reader import open_cube
+from rs_embed_pipeline.stores.cube.reader import open_cube
 ds = open_cube("data/cubes/terrafm_b_s2/demo.zarr")            # the only UTM zone, feature maps
 vec = ds["embedding"].sel(x=317000, y=5154000, method="nearest").isel(time=0)
 ```
 
-A cube's time axis is pre-allocated ahead of the windows built so far (stores/cube.py: lock-free
+A cube's time axis is pre-allocated ahead of the windows built so far (stores/cube/time_axis.py: lock-free
 concurrent writers), so the raw Zarr holds NaN slices for windows nobody wrote yet and for a window
 whose writer was killed; ``window_filled`` marks the complete ones. :func:`open_cube` keeps only
 those (``filled_only=False`` returns the raw axis). Int8 cubes are de-quantized on the way
-(:func:`rs_embed_pipeline.stores.cube_codec.dequantize`; the identity for float32 cubes).
+(:func:`rs_embed_pipeline.stores.cube.codec.dequantize`; the identity for float32 cubes).
 
 The cube's dims stay ``(time, y, x, feature)`` in Zarr (one chunk per tile per window, which the
 concurrent writers rely on); ``feature_first=True`` returns ``(time, feature, y, x)``, the
@@ -20,14 +20,17 @@ features as bands).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any, Literal, get_args
 
 import numpy as np
 import xarray as xr
 import zarr
+from pyproj import CRS
 
-from rs_embed_pipeline.stores.cube_codec import dequantize
+from rs_embed_pipeline.stores.cube.codec import dequantize
+from rs_embed_pipeline.stores.tile_store import array_at, group_at
 
 Kind = Literal["grid", "pooled"]  # feature-map cells, or one cell per tile
 KINDS: tuple[str, ...] = get_args(Kind)
@@ -131,3 +134,24 @@ def tile_vectors(cube_uri: str, tiles: Any, start: str,
             if 0 <= i < plane.shape[0] and 0 <= j < plane.shape[1] and np.isfinite(plane[i, j]).all():
                 out[str(t["tile_id"])] = plane[i, j]
     return out
+
+
+def read_window_state(cube_uri: str, group: str, storage_options: Mapping[str, Any] | None = None
+                      ) -> dict[int, dict[str, Any]]:
+    """``{window index: provenance}`` of the windows marked filled in ``group`` (tests, checks)."""
+    root = zarr.open_group(cube_uri, mode="r", use_consolidated=False, zarr_format=3,
+                           storage_options=dict(storage_options or {}) or None)
+    g = group_at(root, group)  # fresh metadata (not the consolidated view)
+    filled = np.asarray(array_at(g, "window_filled")[:])
+    provenance = array_at(g, "window_provenance")
+    return {int(i): json.loads(str(provenance[int(i)]) or "{}") for i in np.flatnonzero(filled)}
+
+
+def check_georeferencing(cube_uri: str, group: str, epsg: int, storage_options: Mapping[str, Any] | None = None
+                         ) -> tuple[bool, str]:
+    """Does ``<group>/grid`` open with xarray as (time, y, x, feature) in EPSG ``epsg``? ``(ok, what was found)``."""
+    ds = xr.open_zarr(cube_uri, group=f"{group}/grid", consolidated=False, storage_options=storage_options)
+    wkt = ds["spatial_ref"].attrs.get("crs_wkt") if "spatial_ref" in ds.variables else None
+    crs_epsg = CRS.from_wkt(wkt).to_epsg() if wkt else None
+    dims = tuple(ds["embedding"].dims)
+    return dims == ("time", "y", "x", "feature") and crs_epsg == epsg, f"{group}: dims {dims}, CRS EPSG:{crs_epsg}"
