@@ -49,12 +49,14 @@ row's values, read once by :meth:`Tile.from_row` (or :meth:`Tile.from_id` from a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import geopandas as gpd
 import numpy as np
@@ -70,13 +72,16 @@ __all__ = [
     "MAX_LAT",
     "TILE_FIELDS",
     "Tile",
+    "Cell",
     "bbox_aoi",
     "build_tile_grid",
+    "cell_ids_of_tiles",
     "load_aoi",
     "normalize_aoi",
     "tile_bounds",
     "tile_id",
     "parse_tile_id",
+    "split_cells",
     "utm_epsg_for",
     "utm_zone_for",
 ]
@@ -470,38 +475,66 @@ def _zone_pieces(aoi: BaseGeometry):
             yield (32700 if south else 32600) + zone, piece
 
 
-def build_tile_grid(aoi: BaseGeometry, size_px: int, scale_m: float) -> gpd.GeoDataFrame:
-    """Every lattice tile (see module docstring) whose interior intersects the AOI.
-
-    ``aoi``: shapely (Multi)Polygon in EPSG:4326 (validated as in :func:`load_aoi`).
-    Returns a GeoDataFrame (CRS EPSG:4326) with columns ``tile_id, utm_epsg, x0, y0, size_px,
-    scale_m, geometry`` plus ``col``, ``row``; sorted by (utm_epsg, -row, col).
-    """
-    if isinstance(size_px, bool) or int(size_px) != size_px or int(size_px) <= 0:
-        raise ValueError(f"size_px must be a positive integer, got {size_px!r}")
-    size_px = int(size_px)
-    scale_m = float(scale_m)
-    if not math.isfinite(scale_m) or scale_m <= 0:
-        raise ValueError(f"scale_m must be a positive number, got {scale_m!r}")
-    T = size_px * scale_m
+@functools.lru_cache(maxsize=8)
+def _projected_pieces(aoi: BaseGeometry) -> tuple[tuple[int, BaseGeometry], ...]:
+    """``(epsg, piece)`` per UTM zone / hemisphere the AOI touches: the piece densified, projected
+    to that zone's CRS and made valid, i.e. the very geometry every tile of that zone is tested
+    against. Cached (shapely geometries are immutable and hashable) so that the cells of one
+    region and their tile grids share one projection."""
     aoi = normalize_aoi(aoi)
-
-    records: dict[str, list] = {k: [] for k in ("tile_id", "utm_epsg", "x0", "y0", "col", "row")}
-    footprints: list[BaseGeometry] = []
+    out = []
     for epsg, piece in _zone_pieces(aoi):
         dense = shapely.segmentize(piece, _AOI_SEGMENT_DEG)
         utm = _project(dense, _transformer(epsg, inverse=False))
         if not utm.is_valid:
             utm = shapely.make_valid(utm)
+        shapely.prepare(utm)
+        out.append((epsg, utm))
+    return tuple(out)
+
+
+def _tile_side(size_px: Any, scale_m: Any) -> tuple[int, float]:
+    if isinstance(size_px, bool) or int(size_px) != size_px or int(size_px) <= 0:
+        raise ValueError(f"size_px must be a positive integer, got {size_px!r}")
+    scale = float(scale_m)
+    if not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale_m must be a positive number, got {scale_m!r}")
+    return int(size_px), scale
+
+
+def build_tile_grid(aoi: BaseGeometry, size_px: int, scale_m: float, *,
+                    cell: Cell | None = None) -> gpd.GeoDataFrame:
+    """Every lattice tile (see module docstring) whose interior intersects the AOI; with ``cell``,
+    only those of them whose centre lies in that cell (:class:`Cell`: the tile grid of one
+    partition of a split region).
+
+    ``aoi``: shapely (Multi)Polygon in EPSG:4326 (validated as in :func:`load_aoi`).
+    Returns a GeoDataFrame (CRS EPSG:4326) with columns ``tile_id, utm_epsg, x0, y0, size_px,
+    scale_m, geometry`` plus ``col``, ``row``; sorted by (utm_epsg, -row, col).
+    """
+    size_px, scale_m = _tile_side(size_px, scale_m)
+    T = size_px * scale_m
+
+    records: dict[str, list] = {k: [] for k in ("tile_id", "utm_epsg", "x0", "y0", "col", "row")}
+    footprints: list[BaseGeometry] = []
+    for epsg, utm in _projected_pieces(aoi):
+        if cell is not None and epsg != cell.utm_epsg:
+            continue
         minx, miny, maxx, maxy = utm.bounds
-        cols = np.arange(math.floor(minx / T), math.floor(maxx / T) + 1, dtype=np.int64)
-        rows = np.arange(math.floor(miny / T) + 1, math.floor(maxy / T) + 2, dtype=np.int64)
+        c_lo, c_hi = math.floor(minx / T), math.floor(maxx / T)
+        r_lo, r_hi = math.floor(miny / T) + 1, math.floor(maxy / T) + 1
+        if cell is not None:  # the block of tiles whose centre lies in the cell
+            (bc_lo, bc_hi), (br_lo, br_hi) = cell.tile_block(T)
+            c_lo, c_hi, r_lo, r_hi = max(c_lo, bc_lo), min(c_hi, bc_hi), max(r_lo, br_lo), min(r_hi, br_hi)
+        cols = np.arange(c_lo, c_hi + 1, dtype=np.int64)
+        rows = np.arange(r_lo, r_hi + 1, dtype=np.int64)
+        if not (len(cols) and len(rows)):
+            continue
         mesh_c, mesh_r = np.meshgrid(cols, rows)
         cc, rr = mesh_c.ravel(), mesh_r.ravel()
         x0 = cc * T
         y0 = rr * T
         boxes = shapely.box(x0, y0 - T, x0 + T, y0)
-        shapely.prepare(utm)
         hit = shapely.intersects(utm, boxes) & ~shapely.touches(utm, boxes)
         if not hit.any():
             continue
@@ -543,6 +576,137 @@ def build_tile_grid(aoi: BaseGeometry, size_px: int, scale_m: float) -> gpd.GeoD
         if gdf["tile_id"].duplicated().any():  # cannot happen: one piece per (zone, hemisphere)
             raise AssertionError("duplicate tile ids in grid")
     return gdf.reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------------
+# split cells: square cells of one UTM zone's lattice, for splitting a region into partitions
+# --------------------------------------------------------------------------------------------
+
+_CELL_ID = re.compile(r"^(?P<zone>\d{2})(?P<hemi>[NS])-E(?P<e>\d{4,})-N(?P<n>\d{5,})$")
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Cell:
+    """One square cell of side ``side_km`` (whole kilometres) on the lattice of UTM zone /
+    hemisphere ``utm_epsg``, anchored at the projection origin like the tile lattice::
+
+        cell (i, j) covers  x in [i*S, (i+1)*S)   y in [j*S, (j+1)*S)     S = side_km * 1000
+
+    in the zone's own coordinates (false easting 500 km; south: false northing 10 000 km, so every
+    northing is positive). A tile belongs to the one cell that holds its centre
+    (``x0 + T/2, y0 - T/2``), so the cells of a zone split its tiles of every size without overlap.
+
+    Id: ``"<zone><N|S>-E<easting km>-N<northing km>"`` of the cell's lower-left corner, e.g.
+    ``"32N-E0460-N05320"`` (EPSG 32632, 20 km cell with its corner at 460 km E, 5 320 km N);
+    ``N`` / ``S`` is the hemisphere (EPSG 326zz / 327zz), not an MGRS latitude band. It is a
+    pure function of the lattice position, never of the AOI: growing an AOI adds cells and keeps
+    every existing id (and its tiles). Upper-case letters, digits and ``-`` only (valid in a
+    Dagster multi-partition key, which refuses ``| , [ ]``)."""
+
+    utm_epsg: int
+    side_km: int
+    i: int
+    j: int
+
+    @property
+    def side_m(self) -> float:
+        return float(self.side_km * 1000)
+
+    @property
+    def cell_id(self) -> str:
+        zone, hemi = self.utm_epsg % 100, "N" if self.utm_epsg < 32700 else "S"
+        return f"{zone:02d}{hemi}-E{self.i * self.side_km:04d}-N{self.j * self.side_km:05d}"
+
+    @classmethod
+    def from_id(cls, cid: str, side_km: int) -> Cell:
+        """The cell an id names, for cells of ``side_km``; ValueError when it is not such an id."""
+        m = _CELL_ID.match(cid)
+        if not m or int(m["e"]) % side_km or int(m["n"]) % side_km or not 1 <= int(m["zone"]) <= 60:
+            raise ValueError(f"not a cell id of a {side_km} km lattice: {cid!r} (e.g. '32N-E0460-N05320')")
+        epsg = (32600 if m["hemi"] == "N" else 32700) + int(m["zone"])
+        return cls(epsg, side_km, int(m["e"]) // side_km, int(m["n"]) // side_km)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """``(xmin, ymin, xmax, ymax)`` in the cell's UTM CRS."""
+        S = self.side_m
+        return self.i * S, self.j * S, (self.i + 1) * S, (self.j + 1) * S
+
+    def tile_block(self, tile_side_m: float) -> tuple[tuple[int, int], tuple[int, int]]:
+        """``((col_lo, col_hi), (row_lo, row_hi))``, inclusive: the lattice tiles of side
+        ``tile_side_m`` whose centre lies in this cell (tile ``row`` is its upper edge, as in
+        :func:`tile_id`)."""
+        (c_lo, c_hi), (r_lo, r_hi) = (_index_ranges([self.i], tile_side_m, self.side_m, 0.5),
+                                      _index_ranges([self.j], tile_side_m, self.side_m, -0.5))
+        return (int(c_lo[0]), int(c_hi[0])), (int(r_lo[0]), int(r_hi[0]))
+
+
+def _cell_index(k: Any, T: Any, S: float, offset: float) -> np.ndarray:
+    """Cell index of lattice tile index ``k`` of tiles of side ``T`` (centre at ``(k + offset) * T``);
+    the one formula every tile-to-cell assignment uses, so that a centre on a cell edge is never
+    counted twice."""
+    return np.floor((np.asarray(k, dtype=np.float64) + offset) * T / S).astype(np.int64)
+
+
+def _first_index(cells: Any, T: float, S: float, offset: float) -> np.ndarray:
+    """The smallest tile index whose centre lies in each of ``cells`` (or beyond)."""
+    cells = np.asarray(cells, dtype=np.int64)
+    k = np.floor(cells * S / T - offset).astype(np.int64) - 2  # a few below: float rounding
+    for _ in range(8):
+        below = _cell_index(k, T, S, offset) < cells
+        if not below.any():
+            return k
+        k = np.where(below, k + 1, k)
+    raise AssertionError("tile block search did not converge")  # cannot happen: T < S
+
+
+def _index_ranges(cells: Any, T: float, S: float, offset: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(lo, hi)``, inclusive: the tile indices whose centre lies in each of ``cells``."""
+    cells = np.asarray(cells, dtype=np.int64)
+    return _first_index(cells, T, S, offset), _first_index(cells + 1, T, S, offset) - 1
+
+
+def cell_ids_of_tiles(grid: Any, side_km: int) -> np.ndarray:
+    """The id of the cell holding each tile's centre, for a tile grid's rows (``utm_epsg``,
+    ``col``, ``row``, ``size_px``, ``scale_m`` columns, as :func:`build_tile_grid` returns them):
+    how a plan groups an unsplit grid by partition without building each cell's grid."""
+    T = np.asarray(grid["size_px"], dtype=np.float64) * np.asarray(grid["scale_m"], dtype=np.float64)
+    S = float(side_km * 1000)
+    ii = _cell_index(grid["col"], T, S, 0.5)
+    jj = _cell_index(grid["row"], T, S, -0.5)
+    return np.array([Cell(int(e), side_km, int(i), int(j)).cell_id
+                     for e, i, j in zip(np.asarray(grid["utm_epsg"]), ii, jj)], dtype=object)
+
+
+def split_cells(aoi: BaseGeometry, tile_sizes: Sequence[tuple[int, float]], side_km: int) -> list[Cell]:
+    """The cells of side ``side_km`` that hold the centre of at least one tile of the AOI, for any
+    of ``tile_sizes`` ((size_px, scale_m) pairs): exactly the cells whose
+    ``build_tile_grid(aoi, size, scale, cell=cell)`` is non-empty for some size, found without
+    building any tile (the union of a cell's tile block is one rectangle, and the AOI meets the
+    interior of a tile of the block iff it meets the rectangle's interior). Sorted by
+    (utm_epsg, -j, i), like tile grids. ValueError when a tile is not smaller than a cell."""
+    sides = [_tile_side(size, scale) for size, scale in tile_sizes]
+    if not sides:
+        raise ValueError("split_cells needs at least one tile size")
+    S = float(side_km * 1000)
+    largest = max(size * scale for size, scale in sides)
+    if not S > largest:
+        raise ValueError(f"cells of {side_km} km are not larger than the largest tile ({largest / 1000:g} km)")
+    found: set[Cell] = set()
+    for epsg, utm in _projected_pieces(aoi):
+        minx, miny, maxx, maxy = utm.bounds
+        for size_px, scale_m in sides:
+            T = size_px * scale_m
+            # cells of the tiles the piece's bounds can reach
+            i_lo, i_hi = (int(v) for v in _cell_index(np.array([math.floor(minx / T), math.floor(maxx / T)]), T, S, 0.5))
+            j_lo, j_hi = (int(v) for v in _cell_index(
+                np.array([math.floor(miny / T) + 1, math.floor(maxy / T) + 1]), T, S, -0.5))
+            ii, jj = (a.ravel() for a in np.meshgrid(np.arange(i_lo, i_hi + 1), np.arange(j_lo, j_hi + 1)))
+            (c_lo, c_hi), (r_lo, r_hi) = _index_ranges(ii, T, S, 0.5), _index_ranges(jj, T, S, -0.5)
+            rects = shapely.box(c_lo * T, (r_lo - 1) * T, (c_hi + 1) * T, r_hi * T)  # union of the block
+            hit = shapely.intersects(utm, rects) & ~shapely.touches(utm, rects)
+            found.update(Cell(epsg, side_km, int(i), int(j)) for i, j in zip(ii[hit], jj[hit]))
+    return sorted(found, key=lambda c: (c.utm_epsg, -c.j, c.i))
 
 
 def tile_bounds(row: Mapping[str, Any]) -> tuple[float, float, float, float]:

@@ -3,6 +3,14 @@
 A region is a name and an AOI (``bbox: [minlon, minlat, maxlon, maxlat]`` or ``geojson: path``,
 relative to the config file). Names become partition keys, so they are restricted to lower-case
 letters, digits, ``_`` and ``-``; a name that appears twice is an error, never a silent override.
+Keys the format does not know (:data:`REGION_KEYS`, :data:`WINDOW_KEYS`, :data:`TOP_KEYS`) are
+errors naming them and the valid ones, never silently ignored.
+
+A region with ``split_km: <whole km>`` is split into one region partition per cell of a global
+grid (:class:`rs_embed_pipeline.core.grid.Cell`) that holds the centre of at least one of its
+tiles, named ``<name>-<cell id>`` (e.g. ``alps-32N-E0460-N05320``); each tile of every size in
+use belongs to the one cell that holds its centre (:meth:`PipelineConfig.partitions`). Which
+cells exist depends on the tile sizes in use, so the partitions are known once the plan is.
 """
 
 from __future__ import annotations
@@ -15,9 +23,16 @@ from typing import Any
 import yaml
 from shapely.geometry.base import BaseGeometry
 
-from rs_embed_pipeline.core.grid import bbox_aoi, load_aoi
+from collections.abc import Mapping, Sequence
+
+import geopandas as gpd
+
+from rs_embed_pipeline.core.grid import Cell, bbox_aoi, build_tile_grid, load_aoi, split_cells
 
 CADENCES = ("monthly", "quarterly", "yearly")
+TOP_KEYS = ("time_windows", "regions")
+WINDOW_KEYS = ("cadence", "start")
+REGION_KEYS = ("name", "description", "bbox", "geojson", "split_km")
 REGION_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
@@ -30,6 +45,21 @@ class Region:
     name: str
     aoi: BaseGeometry  # EPSG:4326
     description: str = ""
+    split_km: int | None = None  # side of the split cells; None: one partition for the whole AOI
+
+
+@dataclasses.dataclass(frozen=True)
+class RegionPartition:
+    """One value of the region partition dimension: a whole region (``cell`` None, ``key`` = its
+    name) or one cell of a split region (``key`` = ``<name>-<cell id>``)."""
+
+    key: str
+    region: Region
+    cell: Cell | None = None
+
+    def tile_grid(self, size_px: int, scale_m: float) -> gpd.GeoDataFrame:
+        """The partition's tiles of one size: the region's, or those of them centred in the cell."""
+        return build_tile_grid(self.region.aoi, size_px, scale_m, cell=self.cell)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,11 +82,47 @@ class PipelineConfig:
     def region_names(self) -> list[str]:
         return [r.name for r in self.regions]
 
+    def partitions(self, tile_sizes: Sequence[tuple[int, float]]) -> list[RegionPartition]:
+        """The region partitions for these tile sizes ((size_px, scale_m) of every tile grid in use),
+        in config order, cells of a split region in :func:`split_cells` order. ConfigError when a
+        ``split_km`` is not larger than the largest tile's ground size."""
+        out: list[RegionPartition] = []
+        for region in self.regions:
+            if region.split_km is None:
+                out.append(RegionPartition(region.name, region))
+                continue
+            largest = max(((size * scale, size, scale) for size, scale in tile_sizes), default=None)
+            if largest is not None and not region.split_km * 1000 > largest[0]:
+                raise ConfigError(
+                    f"{self.path}: region {region.name!r} has split_km {region.split_km}, which must be larger "
+                    f"than the largest tile's ground size, {largest[0] / 1000:g} km ({largest[1]} px x "
+                    f"{largest[2]:g} m)")
+            out.extend(RegionPartition(f"{region.name}-{cell.cell_id}", region, cell)
+                       for cell in split_cells(region.aoi, tile_sizes, region.split_km))
+        return out
+
+
+def _check_keys(found: Mapping[str, Any], valid: Sequence[str], where: str, path: Path) -> None:
+    unknown = [str(k) for k in found if k not in valid]
+    if unknown:
+        raise ConfigError(f"{path}: {where} has unknown key(s) {', '.join(map(repr, unknown))}; "
+                          f"valid keys: {', '.join(valid)}")
+
+
+def _split_km(value: Any, name: str, path: Path) -> int:
+    """A whole number of kilometres > 0 (cell ids are corners in km); the size check against the
+    tiles in use follows in :meth:`PipelineConfig.partitions`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value != int(value):
+        raise ConfigError(f"{path}: region {name!r} has split_km {value!r}; it must be a whole number of "
+                          "kilometres larger than the largest tile's ground size (e.g. split_km: 20)")
+    return int(value)
+
 
 def _parse_region(entry: Any, index: int, base_dir: Path, path: Path) -> Region:
     if not isinstance(entry, dict) or "name" not in entry:
         raise ConfigError(f"{path}: regions[{index}] must be a mapping with a 'name'")
     name = str(entry["name"])
+    _check_keys(entry, REGION_KEYS, f"region {name!r}", path)
     if not REGION_NAME.match(name):
         raise ConfigError(
             f"{path}: region name {name!r} is invalid; use lower-case letters, digits, '_' or '-' "
@@ -76,7 +142,8 @@ def _parse_region(entry: Any, index: int, base_dir: Path, path: Path) -> Region:
             aoi = load_aoi(geojson if geojson.is_absolute() else base_dir / geojson)
     except (ValueError, OSError) as exc:
         raise ConfigError(f"{path}: region {name!r} has an invalid AOI: {exc}") from exc
-    return Region(name=name, aoi=aoi, description=str(entry.get("description", "")))
+    split_km = _split_km(entry["split_km"], name, path) if "split_km" in entry else None
+    return Region(name=name, aoi=aoi, description=str(entry.get("description", "")), split_km=split_km)
 
 
 def load_pipeline_config(path: str | Path) -> PipelineConfig:
@@ -90,7 +157,11 @@ def load_pipeline_config(path: str | Path) -> PipelineConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with 'time_windows' and 'regions'")
 
+    _check_keys(raw, TOP_KEYS, "the top level", path)
     windows = raw.get("time_windows") or {}
+    if not isinstance(windows, dict):
+        raise ConfigError(f"{path}: time_windows must be a mapping with keys {', '.join(WINDOW_KEYS)}")
+    _check_keys(windows, WINDOW_KEYS, "time_windows", path)
     cadence = str(windows.get("cadence", "quarterly")).lower()
     if cadence not in CADENCES:
         raise ConfigError(f"{path}: time_windows.cadence {cadence!r} is not one of {', '.join(CADENCES)}")

@@ -21,7 +21,7 @@ from rs_embed_pipeline.orchestration.assets.patches import build_patches_asset
 from rs_embed_pipeline.orchestration.assets.products import build_product_assets
 from rs_embed_pipeline.orchestration.assets.tile_grid import build_tile_grid_asset
 from rs_embed_pipeline.orchestration.executors import celery_executor, executor_for, step_retry_policy
-from rs_embed_pipeline.orchestration.partitions import build_partitions
+from rs_embed_pipeline.orchestration.partitions import build_partitions, check_partition_budget
 from rs_embed_pipeline.orchestration.plan import plan_pipeline
 from rs_embed_pipeline.core.regions import load_pipeline_config
 from rs_embed_pipeline.orchestration.resources import (
@@ -159,7 +159,6 @@ def build_definitions(settings: Settings, resources: dict[str, object] | None = 
 
 def _build_definitions(settings: Settings, resources: dict[str, object] | None = None) -> dg.Definitions:
     config = load_pipeline_config(settings.config_path)
-    partitions_def = build_partitions(config)
     fetch_pool = "earth_engine" if settings.provider == "gee" else None
     resources = dict(resources) if resources is not None else resources_for(settings)
     resources["store"] = _with_regions(resources.get("store"), settings)
@@ -170,8 +169,12 @@ def _build_definitions(settings: Settings, resources: dict[str, object] | None =
     # Decided once, here: the (model, modality) pairs, their tile sizes and the fetch threads. The
     # factories get what they need from the plan, so no asset takes a model resource to learn it.
     plan = plan_pipeline(resources)
+    # Split regions' cells follow the tile sizes in use (each tile in the cell holding its centre).
+    region_partitions = config.partitions(plan.tile_sizes())
+    partitions_def = build_partitions(config, region_partitions)
+    check_partition_budget(config, partitions_def, settings.max_partitions)  # before any asset is built
     assets = [
-        build_tile_grid_asset(config, partitions_def, tile_sizes=plan.tile_sizes(), retry_policy=retry),
+        build_tile_grid_asset(region_partitions, partitions_def, tile_sizes=plan.tile_sizes(), retry_policy=retry),
         # Patches only for the modalities some model embeds (no S1 fetch when no model embeds S1).
         *(build_patches_asset(m, partitions_def, patch_sizes=plan.patch_sizes(m), fetch_workers=plan.fetch_workers(m),
                               pool=fetch_pool, retry_policy=retry) for m in plan.modalities),

@@ -19,10 +19,9 @@ from rs_embed_pipeline.orchestration.leases import DEFAULT_TTL_S, DEFAULT_WAIT_S
 from rs_embed_pipeline.providers.base import PatchProvider
 from rs_embed_pipeline.stores import StoreLayout
 from rs_embed_pipeline.core.vocabulary import MODALITIES
-from rs_embed_pipeline.core.regions import load_pipeline_config
 from rs_embed_pipeline.models.registry import families
 from rs_embed_pipeline.models.thor.spec import canonical_group_merge, canonical_thor_normalization, canonical_thor_variant
-from rs_embed_pipeline.orchestration.partitions import build_partitions, region_windows
+from rs_embed_pipeline.orchestration.partitions import partitions_for_config, region_windows
 from rs_embed_pipeline.orchestration.settings import worker_environment
 from rs_embed_pipeline.providers import LocalStacProvider, StacProvider
 from rs_embed_pipeline.providers.catalogs import CatalogConfigError, resolve_catalog
@@ -115,7 +114,7 @@ class PipelineStore(dg.ConfigurableResource):
     def _run_partitions(self, run: Any) -> list[tuple[str, str]]:
         if not self.regions_config:  # no regions file: no leases
             return []
-        partitions_def = build_partitions(load_pipeline_config(Path(self.regions_config)))
+        partitions_def = partitions_for_config(Path(self.regions_config))  # split regions: the loaded plan's cells
         subset = run.get_resolved_partitions_subset_for_events(partitions_def)
         if subset is None:
             return []

@@ -31,6 +31,7 @@ def build_latest_window_schedule(
     job: "dg.JobDefinition",
 ) -> dg.ScheduleDefinition:
     windows_def = partitions_def.get_partitions_def_for_dimension("window")
+    regions_def = partitions_def.get_partitions_def_for_dimension("region")
     minute, hour, _, month, dow = CADENCE_CRONS[config.cadence].split()
     cron = f"{minute} {hour} {1 + SCHEDULE_DELAY_DAYS} {month} {dow}"
 
@@ -47,7 +48,7 @@ def build_latest_window_schedule(
                 run_key=f"{region}|{window}",
                 partition_key=dg.MultiPartitionKey({"region": region, "window": window}),
             )
-            for region in config.region_names
+            for region in regions_def.get_partition_keys()  # split regions: one run per cell
         ]
 
     return latest_window_all_regions

@@ -20,6 +20,7 @@ Everything else receives these values through resources (definitions.py), never 
 | ``RS_EMBED_STEP_RETRY_DELAY_S`` | wait before the first step retry, seconds (doubles, +-50 % jitter) | ``30`` |
 | ``RS_EMBED_LEASE_WAIT_S`` | how long a step waits for another run writing the same region x window (leases.py) | ``600`` |
 | ``RS_EMBED_LEASE_TTL_S`` | a writer's lease lapses this long after its last heartbeat (a killed writer) | ``120`` |
+| ``RS_EMBED_MAX_PARTITIONS`` | the most region x window partitions per asset the code location loads (partitions.py; README "Continental builds") | ``100000`` |
 
 Model tuning knobs with rs-embed 0.3.1's names (``RS_EMBED_TERRAFM_BATCH_SIZE``,
 ``RS_EMBED_TERRAFM_FETCH_WORKERS``, ``RS_EMBED_THOR_MODEL_KEY``, ``RS_EMBED_THOR_CKPT``,
@@ -62,6 +63,8 @@ EXECUTOR_NAMES = ("multiprocess", "k8s", "celery")  # of every job; see executor
 
 
 DEVICES = ("auto", "cpu", "cuda")  # and cuda:<index>
+# Dagster's documented guidance: at most 100,000 partitions per asset (README "Continental builds").
+DEFAULT_MAX_PARTITIONS = 100_000
 
 
 def _flag(value: str | None, name: str = "flag") -> bool:
@@ -122,6 +125,7 @@ class Settings:
     step_retry_delay_s: float = 30.0
     lease_wait_s: float = DEFAULT_WAIT_S
     lease_ttl_s: float = DEFAULT_TTL_S
+    max_partitions: int = DEFAULT_MAX_PARTITIONS
     # Resource fields set by the rs-embed knob variables: {family ("terrafm", "thor", ...) or "imagery": {field: value}}.
     knobs: Mapping[str, Mapping[str, Any]] = dataclasses.field(
         default_factory=lambda: {**{f.name: {} for f in families()}, "imagery": {}}
@@ -158,6 +162,7 @@ class Settings:
             step_retry_delay_s=_number(env, "RS_EMBED_STEP_RETRY_DELAY_S", 30, 0, float),
             lease_wait_s=_number(env, "RS_EMBED_LEASE_WAIT_S", DEFAULT_WAIT_S, 0, float),
             lease_ttl_s=_number(env, "RS_EMBED_LEASE_TTL_S", DEFAULT_TTL_S, 5, float),
+            max_partitions=_number(env, "RS_EMBED_MAX_PARTITIONS", DEFAULT_MAX_PARTITIONS, 1),
             knobs=knobs,
         )
 

@@ -11,10 +11,9 @@ import geopandas as gpd
 import pandas as pd
 
 from rs_embed_pipeline.orchestration.executors import STEP_RETRY_POLICY
-from rs_embed_pipeline.core.grid import build_tile_grid
 from rs_embed_pipeline.orchestration.metadata import add_partition_metadata, json_value, path_value
 from rs_embed_pipeline.orchestration.partitions import BACKFILL_POLICY, region_windows
-from rs_embed_pipeline.core.regions import PipelineConfig
+from rs_embed_pipeline.core.regions import RegionPartition
 from rs_embed_pipeline.orchestration.resources import CODE_VERSION, PipelineStore
 from rs_embed_pipeline.stores.files import read_bytes, write_bytes_atomic
 
@@ -52,12 +51,15 @@ TILE_GRID_SCHEMA = dg.TableSchema(columns=[
 ])
 
 
-def build_tile_grid_asset(config: PipelineConfig, partitions_def: dg.MultiPartitionsDefinition, *,
-                          tile_sizes: Sequence[tuple[int, float]],
+def build_tile_grid_asset(region_partitions: Sequence[RegionPartition], partitions_def: dg.MultiPartitionsDefinition,
+                          *, tile_sizes: Sequence[tuple[int, float]],
                           retry_policy: dg.RetryPolicy | None = None) -> dg.AssetsDefinition:
     """The ``tile_grid`` asset over ``tile_sizes``: (size_px, scale_m) of every model's native tile,
-    one grid per distinct size (``PipelinePlan.tile_sizes()``, docs/architecture.md)."""
+    one grid per distinct size (``PipelinePlan.tile_sizes()``, docs/architecture.md), for the
+    region partitions ``region_partitions`` (``PipelineConfig.partitions``: whole regions, or the
+    cells of a split one, each with its cell's tiles)."""
     sizes = sorted(set(tile_sizes))
+    by_key = {p.key: p for p in region_partitions}
 
     @dg.asset(
         name="tile_grid",
@@ -76,11 +78,12 @@ def build_tile_grid_asset(config: PipelineConfig, partitions_def: dg.MultiPartit
         One row per tile and tile size in use (TerraFM-B 224 px, THOR 288 px at 10 m): tile_id,
         utm_epsg, x0/y0 (upper-left corner, metres, tile UTM CRS), size_px, scale_m and the
         footprint in EPSG:4326. Tile ids depend only on the lattice, so overlapping regions share them.
+        A cell of a split region holds the region's tiles whose centre lies in the cell.
         """
         t0 = time.perf_counter()
         rows: list[dict[str, Any]] = []
         for part in region_windows(partitions_def, context.partition_keys):
-            grids = [build_tile_grid(config.region(part.region).aoi, size, scale) for size, scale in sizes]
+            grids = [by_key[part.region].tile_grid(size, scale) for size, scale in sizes]
             grid = gpd.GeoDataFrame(pd.concat(grids, ignore_index=True), crs="EPSG:4326")
             if grid.empty:
                 raise dg.Failure(f"Region {part.region!r}: the AOI produced no tiles; check its geometry")
