@@ -62,10 +62,10 @@ ui: setup
 screenshots: setup
 	$(VENV)/bin/python scripts/screenshots.py --out docs/screenshots
 
-# docs/knobs.md is generated from the knob table (rs_embed_pipeline/config/knobs.yaml, knob_table.py): run this
-# after changing a row; rs_embed_pipeline_tests/orchestration/test_knobs_doc.py fails while the file is out of date.
+# docs/knobs.md is generated from the resources' and run configs' knob fields (orchestration/knobs_doc.py): run this
+# after changing a knob field; rs_embed_pipeline_tests/orchestration/test_knobs_doc.py fails while the file is out of date.
 knobs-doc: $(VENV)/.installed
-	$(VENV)/bin/python -m rs_embed_pipeline.orchestration.knob_table --write docs/knobs.md
+	$(VENV)/bin/python -m rs_embed_pipeline.orchestration.knobs_doc --write docs/knobs.md
 
 clean:
 	rm -rf $(VENV) $(WORKER_VENV) .system-packages.stamp data .dagster_home

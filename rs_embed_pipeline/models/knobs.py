@@ -20,8 +20,9 @@ Who reads the environment:
   decides what a pipeline run does.
 
 Pure Python (no torch): importable in both environments. ``docs/knobs.md`` documents every
-knob: it is generated from :mod:`rs_embed_pipeline.orchestration.knob_table`, whose rows take the defaults of the
-knobs here (the orchestrator's table of every resource field; this one stays the variables' table).
+knob: it is generated from the orchestrator's knob fields (:mod:`rs_embed_pipeline.orchestration.knob_fields`),
+which take the defaults of the knobs here (this module stays the variables' table; a library-only
+knob carries its own docs row, ``Knob.title`` / ``Knob.changes``).
 
 ``KNOBS``, ``KNOBS_BY_ENV`` and ``ENV_VARS`` are computed from the registry when read, so a family
 registered later has its knobs there too. THOR's vocabulary (``canonical_thor_variant``,

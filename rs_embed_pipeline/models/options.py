@@ -34,6 +34,8 @@ class Knob:
     ``field``: the pipeline resource field (``None``: library only, no resource field).
     ``resource``: which resource holds ``field``: a family's name (its resource key) or ``imagery``.
     ``parse``: validates a value (from the environment or explicit) and returns it canonical.
+    ``title``, ``changes``: the docs/knobs.md row of a library-only knob (no ``field``; a knob with a
+    resource field is documented by that field's declaration, orchestration/knob_fields.py).
     """
 
     env: str
@@ -44,6 +46,8 @@ class Knob:
     default: Any
     valid: str
     parse: Callable[[Any], Any]
+    title: str = ""
+    changes: str = ""
 
     def parse_env(self, raw: str) -> Any:
         try:

@@ -50,16 +50,21 @@ def imagery_for(settings: Settings) -> ImageryResource:
     return LocalStacImagery(catalog_path=settings.local_catalog, **knobs)
 
 
+def _set(fields: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in fields.items() if value is not None}
+
+
 def resources_for(settings: Settings) -> dict[str, object]:
     """The one place where the environment picks its resources."""
-    model_common: dict[str, Any] = {
+    # Settings left unset (None) are not passed: the field's own default applies.
+    model_common: dict[str, Any] = _set({
         "worker_python": settings.worker_python,
         "allow_random_weights": settings.allow_random_weights,
         "device": settings.device,
-    }
+    })
+    leases = _set({"lease_wait_s": settings.lease_wait_s, "lease_ttl_s": settings.lease_ttl_s})
     return {
-        "store": PipelineStore(root=settings.store_root, lease_wait_s=settings.lease_wait_s,
-                               lease_ttl_s=settings.lease_ttl_s, regions_config=str(settings.config_path)),
+        "store": PipelineStore(root=settings.store_root, regions_config=str(settings.config_path), **leases),
         "imagery": imagery_for(settings),
         # rs-embed knob variables (docs/knobs.md) as the fields' defaults; resource config wins.
         **{key: cls(**model_common, **settings.knobs.get(key, {})) for key, cls in model_resource_classes().items()},

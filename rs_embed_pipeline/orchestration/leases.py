@@ -33,9 +33,6 @@ from typing import Any
 from collections.abc import Callable, Iterator
 
 LEASE_DIR = "leases"
-#: Defaults of the store resource's lease fields and of RS_EMBED_LEASE_WAIT_S / RS_EMBED_LEASE_TTL_S.
-DEFAULT_WAIT_S = 600.0  # a step waits this long for another run writing the same region x window
-DEFAULT_TTL_S = 120.0   # a writer's lease lapses this long after its last heartbeat
 
 
 class LeaseBusy(Exception):

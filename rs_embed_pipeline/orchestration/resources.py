@@ -9,21 +9,24 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+import inspect
+from typing import TYPE_CHECKING, Any, Literal
 
 import dagster as dg
 from pydantic import Field
 
-from rs_embed_pipeline.orchestration.knob_table import field_default, knob_field
-from rs_embed_pipeline.orchestration.leases import DEFAULT_TTL_S, DEFAULT_WAIT_S, LeaseBusy, partition_leases
+from rs_embed_pipeline.orchestration.knob_fields import knob
+from rs_embed_pipeline.orchestration.leases import LeaseBusy, partition_leases
 from rs_embed_pipeline.providers.base import PatchProvider
 from rs_embed_pipeline.stores import StoreLayout
 from rs_embed_pipeline.core.vocabulary import MODALITIES
+from rs_embed_pipeline.models.knobs import default as knob_default
 from rs_embed_pipeline.models.registry import families
 from rs_embed_pipeline.models.thor.spec import canonical_group_merge, canonical_thor_normalization, canonical_thor_variant
 from rs_embed_pipeline.orchestration.partitions import partitions_for_config, region_windows
 from rs_embed_pipeline.orchestration.settings import worker_environment
 from rs_embed_pipeline.providers import LocalStacProvider, StacProvider
+from rs_embed_pipeline.providers.gee import GEEProvider
 from rs_embed_pipeline.providers.catalogs import CatalogConfigError, resolve_catalog
 from rs_embed_pipeline.providers.local_catalogs.user_scenes import catalog_collections
 from rs_embed_pipeline.providers.sensor_options import SensorOptionError, SensorOptions, parse_cloudy_pct
@@ -37,7 +40,8 @@ if TYPE_CHECKING:
     from rs_embed_pipeline.worker.protocol import PartitionJob, WorkerReport
 
 CODE_VERSION = "1"  # bump when a change alters stored numbers; it is part of every store fingerprint
-DEFAULT_FETCH_WORKERS: int = field_default("ModelResource", "fetch_workers")  # a provider's threads, no model's given
+# A STAC provider's threads when no model gives its fetch_workers: TerraFM's default.
+DEFAULT_FETCH_WORKERS: int = knob_default("terrafm", "fetch_workers")
 
 
 class ResourceFieldError(ValueError):
@@ -73,12 +77,16 @@ class PipelineStore(dg.ConfigurableResource):
         "here: options holding credentials are refused.",
     )
 
-    lease_wait_s: float = Field(
-        default=DEFAULT_WAIT_S, description="A step waits this long for another run writing the same region x "
-        "window (leases.py), then fails naming that run; 0: fail at once.")
-    lease_ttl_s: float = Field(
-        default=DEFAULT_TTL_S, description="A writer's lease lapses this long after its last heartbeat (a killed "
-        "step); a retried step of the same run re-enters at once.")
+    lease_wait_s: float = knob(
+        "Lease wait", default=600.0, setting="RS_EMBED_LEASE_WAIT_S",
+        help="A step waits this long (seconds) for another run writing the same region x window (leases.py), then "
+        "fails naming that run; 0: fail at once.",
+        changes="none; a step that waited longer fails naming the run that holds the region x window")
+    lease_ttl_s: float = knob(
+        "Lease expiry", default=120.0, setting="RS_EMBED_LEASE_TTL_S",
+        help="A writer's lease lapses this long (seconds) after its last heartbeat (a killed step); a retried "
+        "step of the same run re-enters at once.",
+        changes="none; how soon a killed run's region x window is free again")
     regions_config: str | None = Field(
         default=None, description="The regions / time-window YAML (RS_EMBED_CONFIG), to resolve a run's "
         "partitions for the leases; None: no leases (set by definitions.py).")
@@ -132,15 +140,41 @@ class ImageryResource(dg.ConfigurableResource):
     """Shared sensor settings of every provider (rs-embed's sensor options; recorded on the patch
     materializations and, through the patch store, on every embeddings / cube materialization)."""
 
-    # Defaults and descriptions: the knob table (config/knobs.yaml), which docs/knobs.md is generated from.
-    cloudy_pct: float = knob_field("ImageryResource", "cloudy_pct")
-    composite: str = knob_field("ImageryResource", "composite")
-    s1_orbit: str | None = knob_field("ImageryResource", "s1_orbit")
-    fill_value: float = knob_field("ImageryResource", "fill_value")
-    use_float_linear: bool = knob_field("ImageryResource", "use_float_linear")
-    check_input: bool = knob_field("ImageryResource", "check_input")
-    check_raise: bool = knob_field("ImageryResource", "check_raise")
-    max_failure_fraction: float = knob_field("ImageryResource", "max_failure_fraction")
+    # Each knob declared once, here (knob_fields.knob): docs/knobs.md is generated from these fields.
+    # composite and s1_orbit stay str: they accept case variants, and an invalid value is refused at
+    # load by sensor_options with rs-embed's message naming the field (tests assert it), which a
+    # Literal would turn into a construction error (and Dagster 1.13 has no Optional[Literal]).
+    cloudy_pct: float = knob("Cloud filter (S2 `cloudy_pct`)", default=30, help="S2 scenes with more cloud (%) are dropped.",
+                             changes="`cloudy_pct`, patches `sensor_options`")
+    composite: str = knob("Composite (S2 / S1)", default="median", help="median | mosaic (latest valid on top).",
+                          changes="`composite` (`median` or `mosaic`)")
+    s1_orbit: str | None = knob("S1 orbit", default=None, help="ASCENDING | DESCENDING | None (both).",
+                                changes="`orbit` (`both`, `ASCENDING`, `DESCENDING`; `n/a` for S2)")
+    fill_value: float = knob(
+        "Fill value (S2 / S1)", default=0.0,
+        help="Value written to pixels without a valid observation (S2 and S1; the valid mask still marks them).",
+        changes="`fill_value`; value of pixels without a valid observation (the `valid` mask still marks them)")
+    use_float_linear: bool = knob(
+        "S1 linear source (`use_float_linear`)", default=True,
+        help="S1: the source holds linear sigma0 power (Earth Engine S1_GRD_FLOAT). False: it holds dB (S1_GRD, dB "
+        "GeoTIFFs), converted to linear power 10**(dB/10) before compositing.",
+        changes="`use_float_linear` (`n/a` for S2); `False`: the source holds dB (Earth Engine `COPERNICUS/S1_GRD`, "
+        "dB GeoTIFFs), converted to linear power before compositing")
+    check_input: bool = knob(
+        "Input inspection", env="RS_EMBED_CHECK_INPUT",
+        help="Inspect every fetched patch (channels, value range, fill/NaN fraction, constant tiles, unit "
+        "mismatches): flags in tile_meta['input_check'] and the input_inspection check.",
+        changes="tile `tile_meta.input_check`, check `input_inspection`; library `meta.input_checks` (rs-embed's "
+        "default is off)")
+    check_raise: bool = knob(
+        "Inspection raises", env="RS_EMBED_CHECK_RAISE",
+        help="A flagged patch fails the input_inspection check with ERROR severity, which blocks the embeddings "
+        "downstream; False: the check warns.",
+        changes="check `input_inspection` severity ERROR (blocks the embeddings) instead of WARN; library: raises "
+        "`Input inspection failed: ...` (rs-embed's default is on)")
+    max_failure_fraction: float = knob(
+        "Failed-tile tolerance", default=0.1, help="A patch asset fails when more tiles than this fraction fail.",
+        changes="patches `failed_fraction`; above it the patches asset fails")
 
     provider_name: str = "abstract"
 
@@ -191,18 +225,46 @@ def _rs_embed_message(exc: Any) -> str:
     return str(exc)
 
 
+# One declaration for both STAC resources' max_workers (one knob, two classes).
+_STAC_FETCH_THREADS: Any = knob(
+    "STAC fetch threads", default=None, why="the models' fetch workers",
+    help="Fetch threads; None: the fetch_workers of the model adapters.",
+    changes="patches `provider_stats.config.max_workers`")
+
+
 class LocalStacImagery(ImageryResource):
     """A static STAC catalog of COGs: the synthetic demo catalog, one built from your own GeoTIFF
     scenes (``python -m rs_embed_pipeline.providers.local_catalogs.user_scenes``), or a local mirror laid out like
     a real catalog (``catalog_preset``)."""
 
     catalog_path: str
-    max_workers: int | None = knob_field("LocalStacImagery", "max_workers")
-    catalog_preset: str | None = knob_field("LocalStacImagery", "catalog_preset")
-    s2_collection: str | None = knob_field("LocalStacImagery", "s2_collection")
-    s1_collection: str | None = knob_field("LocalStacImagery", "s1_collection")
-    s2_assets: dict[str, str] | None = knob_field("LocalStacImagery", "s2_assets")
-    mask_asset: str | None = knob_field("LocalStacImagery", "mask_asset")
+    max_workers: int | None = _STAC_FETCH_THREADS
+    # catalog_preset stays str: an unknown name is refused at load naming the valid ones
+    # (providers/catalogs.py; tests assert it), and Dagster 1.13 has no Optional[Literal].
+    catalog_preset: str | None = knob(
+        "Local catalog layout", default=None,
+        why="the catalog's own, else the synthetic layout: Earth Search C1 asset keys",
+        help="The catalog's layout: earth-search-c1 | earth-search-l2a | planetary-computer (S2 collection, band -> "
+        "asset keys, SCL key: providers/catalogs.py CATALOG_PRESETS); None: the catalog's own (user-scene catalogs "
+        "record theirs), else the synthetic layout.",
+        changes="patches `provider_settings.collections` (`assets`, `mask_asset`); presets `earth-search-c1`, "
+        "`earth-search-l2a`, `planetary-computer` (a local mirror laid out like that catalog)")
+    s2_collection: str | None = knob(
+        "Local catalog collections", default=None,
+        why="the preset's, else the catalog's own: user-scene catalogs record theirs; else the synthetic ids and `scl`",
+        help="S2 collection id; None: the preset's, else the catalog's own (user-scene catalogs record theirs), "
+        "else synthetic-s2-l2a.",
+        changes="`collection`, `source`")
+    s1_collection: str | None = knob(
+        "Local catalog collections", default=None,
+        help="S1 collection id; None: the catalog's own, else synthetic-s1-grd.")
+    s2_assets: dict[str, str] | None = knob(
+        "Local catalog layout", default=None,
+        help="S2 band -> asset key (e.g. {'B8A': 'B8A'}), laid over the preset's map (else Earth Search C1's keys).")
+    mask_asset: str | None = knob(
+        "Local catalog collections", default=None,
+        help="S2 SCL asset key; None: the preset's, else the catalog's own choice, else 'scl'; 'none' disables SCL "
+        "masking.")
     provider_name: str = "local_stac"
 
     def catalog(self) -> dict[str, Any]:
@@ -232,14 +294,42 @@ class StacImagery(ImageryResource):
     """A STAC API: Earth Search Sentinel-2 L2A collection 1 by default, or another known catalog
     (``catalog_preset``); each catalog field set here wins over the preset's."""
 
-    catalog_preset: str = knob_field("StacImagery", "catalog_preset")
-    api_url: str | None = knob_field("StacImagery", "api_url")
-    collection: str | None = knob_field("StacImagery", "collection")
-    s1_collection: str | None = knob_field("StacImagery", "s1_collection")
-    s2_assets: dict[str, str] | None = knob_field("StacImagery", "s2_assets")
-    mask_asset: str | None = knob_field("StacImagery", "mask_asset")
-    patch_url: str | None = knob_field("StacImagery", "patch_url")
-    max_workers: int | None = knob_field("StacImagery", "max_workers")
+    # catalog_preset and patch_url stay str: an unknown name is refused at load naming the valid ones
+    # (providers/catalogs.py; tests assert that message), which a Literal would turn into a
+    # construction error; Dagster 1.13 has no Optional[Literal] either (patch_url).
+    catalog_preset: str = knob(
+        "STAC catalog preset", default="earth-search-c1", why="or `earth-search-l2a`, `planetary-computer`",
+        help="earth-search-c1 | earth-search-l2a (the older Earth Search collection) | planetary-computer: the "
+        "catalog's API URL, S2 collection, band -> asset keys, SCL key and URL signing (providers/catalogs.py "
+        "CATALOG_PRESETS).",
+        changes="patches `provider_settings` (`api_url`, `collections`, `patch_url`); sets the API URL, S2 "
+        "collection, band -> asset keys, SCL key and URL signing (`providers/catalogs.py` `CATALOG_PRESETS`); an "
+        "unknown name fails the load naming the valid ones")
+    api_url: str | None = knob(
+        "STAC catalog overrides", default=None, why="the preset's; `RS_EMBED_STAC_URL` sets `api_url`",
+        help="STAC API URL; None: the preset's (RS_EMBED_STAC_URL sets it).",
+        changes="patches `provider_settings.api_url`, `provider_settings.collections`; `s2_assets` entries are laid "
+        "over the preset's map; `mask_asset: none` disables SCL masking; a gamma0 / uncalibrated S1 collection is "
+        "refused at load")
+    collection: str | None = knob("STAC catalog overrides", default=None, help="S2 collection id; None: the preset's.")
+    s1_collection: str | None = knob(
+        "STAC catalog overrides", default=None,
+        help="S1 collection of calibrated linear sigma0 (VV, VH); None: none (S1 from Earth Engine). Gamma0 "
+        "(Planetary Computer sentinel-1-rtc) and uncalibrated DN (Earth Search sentinel-1-grd) are refused.")
+    s2_assets: dict[str, str] | None = knob(
+        "STAC catalog overrides", default=None,
+        help="S2 band -> asset key (e.g. {'B8A': 'nir08'}), laid over the preset's map.")
+    mask_asset: str | None = knob(
+        "STAC catalog overrides", default=None,
+        help="S2 SCL asset key; None: the preset's; 'none' disables SCL masking.")
+    patch_url: str | None = knob(
+        "STAC URL signing", default=None,
+        why="the preset's: `planetary_computer` for Planetary Computer, else `none`",
+        help="Asset href signing: none | planetary_computer (SAS tokens, package planetary-computer); None: the "
+        "preset's.",
+        changes="patches `provider_settings.patch_url`; `planetary_computer` signs hrefs with the "
+        "`planetary-computer` package (checked at load)")
+    max_workers: int | None = _STAC_FETCH_THREADS
     provider_name: str = "stac"
 
     def catalog(self) -> dict[str, Any]:
@@ -268,19 +358,60 @@ class StacImagery(ImageryResource):
                             max_workers=self.max_workers or fetch_workers or DEFAULT_FETCH_WORKERS)
 
 
+def _gee_default(parameter: str) -> Any:
+    """A ``GEEProvider`` argument's default: the provider declares it, the resource passes it on."""
+    return inspect.signature(GEEProvider).parameters[parameter].default
+
+
 class EarthEngineImagery(ImageryResource):
     """Google Earth Engine through computePixels; quota-aware (see the providers/gee/ package)."""
 
     project: str | None = None
     api_url: str | None = None
     credentials_file: str | None = None
-    max_concurrent_requests: int = 40
-    max_requests_per_second: float = 100
     anonymous: bool = Field(
         default=False, description="No credentials: only for a local Earth Engine stand-in (tests)."
     )
-    s1_require_iw: bool = knob_field("EarthEngineImagery", "s1_require_iw")
-    s1_relax_iw_on_empty: bool = knob_field("EarthEngineImagery", "s1_relax_iw_on_empty")
+    s1_require_iw: bool = knob("S1 IW only", default=True, help="S1: keep only IW-mode scenes.",
+                               changes="patches `sensor_options.require_iw`, tile `s1_iw_applied`")
+    s1_relax_iw_on_empty: bool = knob(
+        "S1 relax IW when empty", default=True, help="S1: when a tile has no IW scene, retry without the IW filter.",
+        changes="patches `sensor_options.relax_iw_on_empty`, tile `s1_iw_relaxed_on_empty`")
+    # Throughput: the defaults are GEEProvider's own (library use has the same ones), passed on by build().
+    max_concurrent_requests: int = knob(
+        "Earth Engine concurrency", default=_gee_default("max_concurrent_requests"),
+        why="Earth Engine's default quota",
+        help="computePixels requests in flight at most (the fetch thread pool has the same size).",
+        changes="patches `provider_stats.config.max_concurrent_requests`; no pixel changes")
+    max_requests_per_second: float = knob(
+        "Earth Engine request rate", default=_gee_default("max_requests_per_second"),
+        why="Earth Engine's default quota", help="Token-bucket rate shared by every request.",
+        changes="patches `provider_stats.config.max_requests_per_second`; no pixel changes")
+    rate_burst: float | None = knob(
+        "Earth Engine request rate", default=_gee_default("rate_burst"),
+        help="Token-bucket capacity; None: max_requests_per_second / 10.")
+    max_request_bytes: int = knob(
+        "Earth Engine request size", default=_gee_default("max_request_bytes"),
+        why="48 MiB, Earth Engine's computePixels limit",
+        help="Bytes of one computePixels answer at most (tiles are batched into requests up to it).",
+        changes="patches `provider_stats.config.max_request_bytes`, the number of requests; no pixel changes")
+    max_tiles_per_request: int | None = knob(
+        "Earth Engine request size", default=_gee_default("max_tiles_per_request"),
+        help="Tiles batched into one request at most; None: as many as fit and keep every concurrency slot busy.")
+    max_retries: int = knob(
+        "Earth Engine retries", default=_gee_default("max_retries"),
+        help="Retries of one request on 429 / 5xx / connection errors / quota texts (then its tiles are failed).",
+        changes="patches `provider_stats.config` (`max_retries`, `backoff_base_s`, `backoff_max_s`); no pixel "
+        "changes")
+    backoff_base_s: float = knob(
+        "Earth Engine retries", default=_gee_default("backoff_base_s"),
+        help="Retry wait base * 2**attempt (jitter, at least Retry-After), seconds.")
+    backoff_max_s: float = knob(
+        "Earth Engine retries", default=_gee_default("backoff_max_s"), help="Cap of one retry wait, seconds.")
+    request_timeout_s: float | None = knob(
+        "Earth Engine request timeout", default=_gee_default("request_timeout_s"),
+        help="Client deadline of one request, seconds (a request timing out twice is split); None: none.",
+        changes="patches `provider_stats.config.request_timeout_s`; no pixel changes")
     provider_name: str = "gee"
 
     def sensor_options(self, modality: str) -> dict[str, Any]:
@@ -292,8 +423,6 @@ class EarthEngineImagery(ImageryResource):
 
     def build(self, fetch_workers: int | None = None) -> PatchProvider:
         # Earth Engine's concurrency is max_concurrent_requests (its quota); fetch_workers does not apply.
-        from rs_embed_pipeline.providers import GEEProvider
-
         return GEEProvider(
             project=self.project,
             api_url=self.api_url,
@@ -301,6 +430,13 @@ class EarthEngineImagery(ImageryResource):
             credentials="anonymous" if self.anonymous else None,
             max_concurrent_requests=self.max_concurrent_requests,
             max_requests_per_second=self.max_requests_per_second,
+            rate_burst=self.rate_burst,
+            max_request_bytes=self.max_request_bytes,
+            max_tiles_per_request=self.max_tiles_per_request,
+            max_retries=self.max_retries,
+            backoff_base_s=self.backoff_base_s,
+            backoff_max_s=self.backoff_max_s,
+            request_timeout_s=self.request_timeout_s,
         )
 
 
@@ -308,18 +444,44 @@ class EarthEngineImagery(ImageryResource):
 class ModelResource(dg.ConfigurableResource):
     """A model adapter: its settings, and how to run it in the worker environment via Pipes."""
 
-    # Defaults and descriptions: the knob table (config/knobs.yaml), which docs/knobs.md is generated from.
-    checkpoint: str | None = knob_field("ModelResource", "checkpoint")
-    allow_random_weights: bool = knob_field("ModelResource", "allow_random_weights")
-    device: str = knob_field("ModelResource", "device")
-    batch_size: int | None = knob_field("ModelResource", "batch_size")
-    precision: str = knob_field("ModelResource", "precision")
-    cache_dir: str | None = knob_field("ModelResource", "cache_dir")
-    arch_json: str | None = knob_field("ModelResource", "arch_json")
-    worker_python: str = knob_field("ModelResource", "worker_python")
-    scale_m: float = knob_field("ModelResource", "scale_m")
-    fetch_workers: int = knob_field("ModelResource", "fetch_workers")
-    modalities: list[str] = knob_field("ModelResource", "modalities")
+    # Each knob declared once (knob_fields.knob); docs/knobs.md documents these fields under every
+    # model resource class. checkpoint, batch_size and fetch_workers are declared by each family's
+    # class (their variables and defaults differ): here only their types.
+    # device and precision stay str: device takes cuda:<index>, and an invalid precision is refused at
+    # load naming the field (definitions.validate_resources; tests assert it). modalities stays
+    # list[str]: Dagster 1.13 cannot make a config type of list[Literal[...]]; validate_settings checks it.
+    checkpoint: str | None
+    batch_size: int | None
+    fetch_workers: int
+    allow_random_weights: bool = knob(
+        "Random-weights fallback", default=False, setting="RS_EMBED_ALLOW_RANDOM_WEIGHTS",
+        help="Explicit opt-in to random weights (labelled in logs and metadata).",
+        changes="`random_weights`, `weights_source` `RANDOM ...` when no weights are found")
+    device: str = knob("Device", default="auto", setting="RS_EMBED_DEVICE", help="auto (cuda > cpu) | cpu | cuda",
+                       changes="`device`; TerraFM's and THOR's batch-size defaults follow it")
+    precision: str = knob(
+        "Precision", default="fp32",
+        help="fp32 | bf16 (autocast on CUDA, and on CPUs with native bf16; otherwise fp32 with a warning)",
+        changes="`adapter_settings.precision` (bf16 autocast on CUDA and on CPUs with native bf16 (avx512_bf16 / "
+        "amx_bf16), else fp32 with `precision_fallback` in metadata)")
+    cache_dir: str | None = knob(
+        "Hugging Face cache", default=None, env=("HUGGINGFACE_HUB_CACHE", "HF_HUB_CACHE", "HF_HOME"),
+        why="huggingface_hub's default, `~/.cache/huggingface/hub`", help="Hugging Face cache directory.",
+        changes="`adapter_settings.hf_cache_dir`, `weight_file` (`HF_HOME` means `$HF_HOME/hub`, huggingface_hub's "
+        "rule; rs-embed passes `$HF_HOME` itself)")
+    arch_json: str | None = knob(
+        "Reduced test architecture", default=None, help="Reduced architecture (a fixture's case.json 'arch'); tests only.",
+        changes="`adapter_settings.arch` (tests only)")
+    worker_python: str = knob("Worker interpreter", setting="RS_EMBED_WORKER_PYTHON",
+                              help="Python interpreter of the worker environment.", changes="none")
+    scale_m: float = knob("Sensor scale (S2 / S1 `scale_m`)", default=10.0,
+                          help="Ground sampling distance of the input tiles.",
+                          changes="`scale_m`, `ground_cover_m`; the tile grid's pixel size")
+    modalities: list[str] = knob(
+        "Modality per model", default=["s2", "s1"],
+        help="Modalities this model embeds; each gets its embeddings and cube assets (definitions) and its tile size "
+        "among the fetched patches.",
+        changes="`modality`; THOR with `s1` adds the `thor_s1_embeddings` / `thor_s1_cube` assets (definitions time)")
 
     model_id: str = "abstract"
 
@@ -396,10 +558,29 @@ class ModelResource(dg.ConfigurableResource):
         return read_messages(invocation.get_custom_messages())
 
 
+_FETCH_WORKERS_HELP = ("Threads fetching this model's patches (LocalStac / STAC providers; Earth Engine uses "
+                       "max_concurrent_requests).")
+
+
 class TerraFMResource(ModelResource):
     """TerraFM-B (MBZUAI): 224 px tiles, S2 (12 bands) and S1 (VV, VH)."""
 
-    s2_branch: str = knob_field("TerraFMResource", "s2_branch")
+    batch_size: int | None = knob(
+        "TerraFM batch size", env="RS_EMBED_TERRAFM_BATCH_SIZE", why="8 on CPU, 64 on CUDA",
+        help="Tiles per forward pass; None: 8 on CPU, 64 on CUDA.",
+        changes="`adapter_settings.batch_size`; speed only (not in the store fingerprint)")
+    fetch_workers: int = knob(
+        "TerraFM fetch workers", env="RS_EMBED_TERRAFM_FETCH_WORKERS",
+        help=_FETCH_WORKERS_HELP,
+        changes="patches `provider_stats.config.max_workers` (LocalStac / STAC thread pool; the largest of the "
+        "models embedding that modality); no pixel changes")
+    checkpoint: str | None = knob(
+        "TerraFM checkpoint", default=None, help="Local weights file; None: Hugging Face hub (cache first).",
+        changes="`weight_file`, `weight_file_size`, `weights_sha256`, `weights_source`")
+    # The TerraFM adapter's spellings (models/terrafm/spec.canonical_s2_branch), lower case.
+    s2_branch: Literal["l2a", "l1c", "s2_l2a", "s2_l1c"] = knob(
+        "TerraFM S2 branch", default="l2a", help="l2a (right for surface reflectance) | l1c (rs-embed 0.3.1)",
+        changes="`s2_branch` (`l1c` = rs-embed 0.3.1's numbers)")
     model_id: str = "terrafm_b"
 
     @property
@@ -417,13 +598,47 @@ class TerraFMResource(ModelResource):
 class ThorResource(ModelResource):
     """THOR 1.0 (FM4CS; base by default) via the TerraTorch-compatible encoder: 288 px tiles at 10 m."""
 
-    model_key: str = knob_field("ThorResource", "model_key")
-    pretrained: bool = knob_field("ThorResource", "pretrained")
-    normalization: str = knob_field("ThorResource", "normalization")
-    patch_size: int = knob_field("ThorResource", "patch_size")
-    image_size: int = knob_field("ThorResource", "image_size")
-    group_merge: str = knob_field("ThorResource", "group_merge")
-    modalities: list[str] = knob_field("ThorResource", "modalities")
+    # model_key, normalization and group_merge stay str: they take rs-embed's many spellings and
+    # aliases (models/thor/spec.py), and an invalid value is refused at load naming the variable or
+    # field (validate_settings; tests assert those messages), which a Literal would turn into a
+    # construction error with pydantic's wording.
+    model_key: str = knob(
+        "THOR model key (variant)", env="RS_EMBED_THOR_MODEL_KEY",
+        help="thor_v1_tiny | thor_v1_small | thor_v1_base | thor_v1_large (weights FM4CS/THOR-1.0-<size>, "
+        "thor_v1_vit_<size>.pt).",
+        changes="`model_key`, `model_id` (`thor_1_0_<size>`, also the store path), `hf_repo` `FM4CS/THOR-1.0-<size>`, "
+        "`hf_file` `thor_v1_vit_<size>.pt`, embedding width")
+    checkpoint: str | None = knob(
+        "THOR checkpoint", env="RS_EMBED_THOR_CKPT", help="Local weights file; None: Hugging Face hub (cache first).",
+        changes="`weight_file`, `weight_file_size`, `weights_sha256`, `weights_source` `local_file`")
+    pretrained: bool = knob(
+        "THOR pretrained", env="RS_EMBED_THOR_PRETRAINED",
+        help="False with no checkpoint: random init without a hub lookup (labelled).",
+        changes="`pretrained`; `False` without a checkpoint: `random_weights` true, `weights_source` `RANDOM "
+        "(pretrained=False) ...`")
+    image_size: int = knob("THOR image size", env="RS_EMBED_THOR_IMG",
+                           help="Tile side in pixels; ground cover = scale_m x image_size.",
+                           changes="`image_size`, `ground_cover_m` (= `scale_m` x image size), THOR tile size of the "
+                           "tile grid and patches")
+    normalization: str = knob("THOR normalization", env="RS_EMBED_THOR_NORMALIZE",
+                              help="thor_stats | unit_scale | none", changes="`normalization`")
+    group_merge: str = knob("THOR group merge", env="RS_EMBED_THOR_GROUP_MERGE", help="mean | sum | concat",
+                            changes="`group_merge`; `concat` doubles the S2 grid's feature count")
+    patch_size: int = knob("THOR patch size", env="RS_EMBED_THOR_PATCH_SIZE",
+                           help="FlexiViT patch size (16 native, 8 finer).",
+                           changes="`patch_size`; grid side = `ground_cover_m` / (patch size x 10 m) (rs-embed uses 8)")
+    fetch_workers: int = knob(
+        "THOR fetch workers", env="RS_EMBED_THOR_FETCH_WORKERS",
+        help=_FETCH_WORKERS_HELP,
+        changes="patches `provider_stats.config.max_workers`; no pixel changes")
+    batch_size: int | None = knob(
+        "THOR batch size", default=None, why="8 on CPU, 32 on CUDA",
+        help="Tiles per forward pass; None: 8 on CPU, 32 on CUDA.",
+        changes="`adapter_settings.batch_size`; speed only")
+    modalities: list[str] = knob(
+        "Modality per model", default=["s2"],
+        help="Modalities THOR embeds: ['s2'] (default) or ['s2', 's1'] (adds the thor_s1_embeddings / thor_s1_cube "
+        "assets).")
     model_id: str = "thor_1_0_base"
 
     @property

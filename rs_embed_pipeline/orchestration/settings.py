@@ -12,14 +12,14 @@ Everything else receives these values through resources (definitions.py), never 
 | ``EE_PROJECT`` | Earth Engine cloud project for ``gee``: ``EarthEngineImagery.project`` unless set there (definitions.py); the provider reads no variable | the credentials' project |
 | ``RS_EMBED_WORKER_PYTHON`` | interpreter of the model environment | ``<repo>/.venv-worker/bin/python`` |
 | ``RS_EMBED_ALLOW_RANDOM_WEIGHTS`` | ``1``: run models on random weights when no checkpoint is found (labelled everywhere) | ``0`` |
-| ``RS_EMBED_DEVICE`` | ``auto`` / ``cpu`` / ``cuda`` | ``auto`` |
+| ``RS_EMBED_DEVICE`` | ``auto`` / ``cpu`` / ``cuda`` | the model resources' ``device`` (``auto``) |
 | ``RS_EMBED_EXECUTOR`` | executor of every job, UI materializations and backfills included: ``multiprocess`` / ``k8s`` / ``celery`` (executors.py) | ``multiprocess`` |
 | ``RS_EMBED_CELERY_BROKER`` | broker of ``build_embeddings_celery`` and of ``RS_EMBED_EXECUTOR=celery`` (e.g. ``redis://host:6379/0``) | run config |
 | ``RS_EMBED_CELERY_BACKEND`` | its result backend | the broker |
 | ``RS_EMBED_STEP_RETRIES`` | retries of a failed or killed asset step (exponential backoff) | ``2`` |
 | ``RS_EMBED_STEP_RETRY_DELAY_S`` | wait before the first step retry, seconds (doubles, +-50 % jitter) | ``30`` |
-| ``RS_EMBED_LEASE_WAIT_S`` | how long a step waits for another run writing the same region x window (leases.py) | ``600`` |
-| ``RS_EMBED_LEASE_TTL_S`` | a writer's lease lapses this long after its last heartbeat (a killed writer) | ``120`` |
+| ``RS_EMBED_LEASE_WAIT_S`` | how long a step waits for another run writing the same region x window (leases.py) | ``PipelineStore.lease_wait_s``'s |
+| ``RS_EMBED_LEASE_TTL_S`` | a writer's lease lapses this long after its last heartbeat (a killed writer) | ``PipelineStore.lease_ttl_s``'s |
 | ``RS_EMBED_MAX_PARTITIONS`` | the most region x window partitions per asset the code location loads (partitions.py; README "Continental builds") | ``100000`` |
 
 Model tuning knobs with rs-embed 0.3.1's names (``RS_EMBED_TERRAFM_BATCH_SIZE``,
@@ -30,7 +30,9 @@ Model tuning knobs with rs-embed 0.3.1's names (``RS_EMBED_TERRAFM_BATCH_SIZE``,
 ``HUGGINGFACE_HUB_CACHE`` / ``HF_HOME``) are read here too, through the knob table of
 ``rs_embed_pipeline.models.knobs`` (``Settings.knobs``), and become the defaults of the resources'
 fields in ``definitions.py``; explicit resource config wins. ``docs/knobs.md`` lists them all (generated
-from the knob table, :mod:`rs_embed_pipeline.orchestration.knob_table`, which also holds the resources' own defaults).
+from the resources' knob fields by :mod:`rs_embed_pipeline.orchestration.knobs_doc`). Settings that set a
+resource field (``RS_EMBED_DEVICE``, ``RS_EMBED_LEASE_*``) are ``None`` when unset: the field's own
+default (declared once, on the resource) applies.
 
 ``PYTHONPATH`` is read here too, by :func:`worker_environment`, when an embeddings step launches the
 worker (resources.py): from a source checkout the worker's ``PYTHONPATH`` is the checkout, then this
@@ -51,7 +53,6 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Mapping
 
-from rs_embed_pipeline.orchestration.leases import DEFAULT_TTL_S, DEFAULT_WAIT_S
 from rs_embed_pipeline.models.registry import families
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # rs_embed_pipeline/
@@ -76,10 +77,11 @@ def _flag(value: str | None, name: str = "flag") -> bool:
     raise ValueError(f"{name}={value!r} is invalid; valid values: 1/0, true/false, yes/no, on/off")
 
 
-def _device(value: str | None) -> str:
-    from rs_embed_pipeline.orchestration.knob_table import field_default  # unset: the model resources' own default
-
-    v = (value or field_default("ModelResource", "device")).strip().lower()
+def _device(value: str | None) -> str | None:
+    """The device setting; None when unset (the model resources' own default applies)."""
+    if value is None or not value.strip():
+        return None
+    v = value.strip().lower()
     if v in DEVICES or (v.startswith("cuda:") and v[5:].isdigit()):
         return v
     raise ValueError(f"RS_EMBED_DEVICE={value!r} is invalid; valid values: {', '.join(DEVICES)}, cuda:<index>")
@@ -92,11 +94,12 @@ def _executor(value: str | None) -> str:
     return name
 
 
-def _number(env: Mapping[str, str], name: str, default: float, minimum: float, kind: type = int) -> Any:
-    """A numeric setting; an invalid value is an error naming the variable and the valid values."""
+def _number(env: Mapping[str, str], name: str, default: float | None, minimum: float, kind: type = int) -> Any:
+    """A numeric setting (``default`` when unset, None: the resource field's own); an invalid value is
+    an error naming the variable and the valid values."""
     raw = env.get(name)
     if raw is None or not str(raw).strip():
-        return kind(default)
+        return None if default is None else kind(default)
     try:
         value = kind(str(raw).strip())
     except ValueError:
@@ -117,14 +120,14 @@ class Settings:
     ee_project: str | None
     worker_python: str
     allow_random_weights: bool
-    device: str
+    device: str | None  # None: the model resources' default
     executor: str = "multiprocess"
     celery_broker: str | None = None
     celery_backend: str | None = None
     step_retries: int = 2
     step_retry_delay_s: float = 30.0
-    lease_wait_s: float = DEFAULT_WAIT_S
-    lease_ttl_s: float = DEFAULT_TTL_S
+    lease_wait_s: float | None = None  # None: PipelineStore's default
+    lease_ttl_s: float | None = None
     max_partitions: int = DEFAULT_MAX_PARTITIONS
     # Resource fields set by the rs-embed knob variables: {family ("terrafm", "thor", ...) or "imagery": {field: value}}.
     knobs: Mapping[str, Mapping[str, Any]] = dataclasses.field(
@@ -160,8 +163,8 @@ class Settings:
             celery_backend=env.get("RS_EMBED_CELERY_BACKEND") or None,
             step_retries=_number(env, "RS_EMBED_STEP_RETRIES", 2, 0),
             step_retry_delay_s=_number(env, "RS_EMBED_STEP_RETRY_DELAY_S", 30, 0, float),
-            lease_wait_s=_number(env, "RS_EMBED_LEASE_WAIT_S", DEFAULT_WAIT_S, 0, float),
-            lease_ttl_s=_number(env, "RS_EMBED_LEASE_TTL_S", DEFAULT_TTL_S, 5, float),
+            lease_wait_s=_number(env, "RS_EMBED_LEASE_WAIT_S", None, 0, float),
+            lease_ttl_s=_number(env, "RS_EMBED_LEASE_TTL_S", None, 5, float),
             max_partitions=_number(env, "RS_EMBED_MAX_PARTITIONS", DEFAULT_MAX_PARTITIONS, 1),
             knobs=knobs,
         )

@@ -1,6 +1,7 @@
-"""docs/knobs.md cannot drift: it is generated from the knob table (rs_embed_pipeline/config/knobs.yaml)
-and compared with its regeneration; its table is parsed and checked against the resources' fields and
-defaults, the variables' table (models/knobs.py) and the settings (the environment -> resource path)."""
+"""docs/knobs.md cannot drift: it is generated from the knob fields of the resources and run configs
+(orchestration/knob_fields.knob, orchestration/knobs_doc.py) and compared with its regeneration; its table
+is parsed and checked against the fields and defaults, the variables' table (models/knobs.py) and the
+settings (the environment -> resource path)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from rs_embed_pipeline.orchestration import knob_table as KT
+from typing import get_args
+
+import dagster as dg
+
+from rs_embed_pipeline.orchestration import knob_fields as KF
+from rs_embed_pipeline.orchestration import knobs_doc as KD
 from rs_embed_pipeline.orchestration import resources as R
 from rs_embed_pipeline.orchestration import settings as S
 from rs_embed_pipeline.orchestration.definitions import resources_for
@@ -18,9 +24,9 @@ from rs_embed_pipeline.models import knobs as K
 from rs_embed_pipeline.models.errors import ModelInputError
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "knobs.md"
-CLASSES = {n: getattr(R, n) for n in ("TerraFMResource", "ThorResource", "ImageryResource", "EarthEngineImagery",
-                                      "LocalStacImagery", "StacImagery")}
-RESOURCE_KEY = {"TerraFMResource": "terrafm", "ThorResource": "thor", "ImageryResource": "imagery"}
+CLASSES = {c.__name__: c for c in KD.documented_classes()}  # resources and run configs, the page's order
+RESOURCE_KEY = {"TerraFMResource": "terrafm", "ThorResource": "thor", "ImageryResource": "imagery",
+                "PipelineStore": "store"}
 NOT_KNOBS = {"model_id", "provider_name"}  # identity constants, not settings
 ENV_RE = re.compile(r"`([A-Z][A-Z0-9_]+)`")
 FIELD_RE = re.compile(r"`(\w+)\.(\w+)`")
@@ -44,6 +50,8 @@ SAMPLES = {
     "RS_EMBED_DEVICE": ("cpu", "cpu"),
     "RS_EMBED_ALLOW_RANDOM_WEIGHTS": ("1", True),
     "RS_EMBED_WORKER_PYTHON": ("/opt/worker/bin/python", "/opt/worker/bin/python"),
+    "RS_EMBED_LEASE_WAIT_S": ("30", 30.0),
+    "RS_EMBED_LEASE_TTL_S": ("60", 60.0),
 }
 
 
@@ -90,61 +98,75 @@ def test_table_parsed():
     assert all(r["meta"] for r in ROWS), "every knob says what it changes in metadata"
 
 
-def test_doc_is_generated_from_the_knob_table():
+def test_doc_is_generated_from_the_knob_fields():
     """docs/knobs.md is the generator's output, byte for byte."""
-    assert DOC.read_text(encoding="utf-8") == KT.knobs_markdown(), (
-        f"docs/knobs.md is out of date with the knob table (rs_embed_pipeline/config/knobs.yaml); run "
+    assert DOC.read_text(encoding="utf-8") == KD.knobs_markdown(), (
+        f"docs/knobs.md is out of date with the knob fields (orchestration/knob_fields.knob); run "
         f"`make knobs-doc` "
-        f"({KT.GENERATE_COMMAND})")
+        f"({KD.GENERATE_COMMAND})")
 
 
 def test_generator_writes_and_checks_the_page(tmp_path, capsys):
     page = tmp_path / "knobs.md"
     page.write_text(DOC.read_text(encoding="utf-8").replace("`thor_v1_base`", "`thor_v1_large`"), encoding="utf-8")
-    assert KT.main(["--check", str(page)]) == 1
-    assert KT.GENERATE_COMMAND in capsys.readouterr().err
-    assert KT.main(["--write", str(page)]) == 0 and KT.main(["--check", str(page)]) == 0
+    assert KD.main(["--check", str(page)]) == 1
+    assert KD.GENERATE_COMMAND in capsys.readouterr().err
+    assert KD.main(["--write", str(page)]) == 0 and KD.main(["--check", str(page)]) == 0
     assert page.read_text(encoding="utf-8") == DOC.read_text(encoding="utf-8")
 
 
-def test_resource_fields_take_defaults_and_descriptions_from_the_knob_table():
-    """The resources declare these fields with knob_field: the table's default and description."""
-    for row in KT.KNOB_ROWS:
-        for path, default in row.documented_fields():
+def test_fields_declare_their_knob_once():
+    """Each documented field is declared with knob(): its default is the row's, its description the
+    declaration's help; a ModelResource field is one declaration documented under both models."""
+    for row in KD.knob_rows():
+        for path, default, _ in row.fields:
+            if not path:  # a library-only knob of models/knobs.py
+                continue
             cls_name, field = path.split(".")
-            assert _field_default(CLASSES[cls_name], field) == ("required" if default is KT.REQUIRED else default), path
-        for entry in row.entries:
-            described = entry.help or row.help
-            if described:
-                assert getattr(R, entry.owner).model_fields[entry.name].description == described, entry.path
-    assert R.DEFAULT_FETCH_WORKERS == K.default("terrafm", "fetch_workers") == R.ModelResource.model_fields[
+            info = CLASSES[cls_name].model_fields[field]
+            assert KF.knob_info(info) is not None and KF.knob_info(info).title == row.title, path
+            assert _field_default(CLASSES[cls_name], field) == ("required" if default is KF.REQUIRED else default), path
+            assert info.description, f"{path} has no description (help)"
+    device = [KF.knob_info(c.model_fields["device"]) for c in (R.TerraFMResource, R.ThorResource)]
+    assert device[0] is device[1] or device[0] == device[1]  # declared once, on ModelResource
+    assert R.DEFAULT_FETCH_WORKERS == K.default("terrafm", "fetch_workers") == R.TerraFMResource.model_fields[
         "fetch_workers"].default
 
 
-def test_knob_table_takes_variable_defaults_from_models_knobs():
-    """A row naming an rs-embed variable has no default of its own: models/knobs.py's is the one."""
-    documented = {e for row in KT.KNOB_ROWS for e in row.env}
+def test_knob_fields_take_variable_defaults_from_models_knobs():
+    """A field naming an rs-embed variable has no default of its own: models/knobs.py's is the one."""
+    documented = {e for row in KD.knob_rows() for e in row.env}
     assert set(K.ENV_VARS) <= documented
-    for row in KT.KNOB_ROWS:
+    for row in KD.knob_rows():
         for env in row.env:
             if env in K.KNOBS_BY_ENV:
-                assert row.row_default == K.KNOBS_BY_ENV[env].default, row.knob
-    assert set(KT.SETTING_VARIABLES) <= set(S.environment_variables())
+                assert all(d == K.KNOBS_BY_ENV[env].default for _, d, _ in row.fields), row.title
+    assert set(KF.SETTING_VARIABLES) <= set(S.environment_variables())
     with pytest.raises(ValueError, match="its default comes from models.knobs"):
-        KT.KnobRow("THOR image size", ("ThorResource.image_size",), env=("RS_EMBED_THOR_IMG",), default=224)
-    with pytest.raises(ValueError, match=r"unknown variable\(s\) \['RS_EMBED_THOR_IMAGE'\]"):
-        KT.KnobRow("THOR image size", ("ThorResource.image_size",), env=("RS_EMBED_THOR_IMAGE",))
-    with pytest.raises(KeyError, match="ThorResource.image_side is not in the knob table"):
-        KT.knob_field("ThorResource", "image_side")
+        KF.knob("THOR image size", help="Tile side.", env="RS_EMBED_THOR_IMG", default=224)
+    with pytest.raises(ValueError, match=r"unknown variable\(s\) \['RS_EMBED_THOR_IMAGE'\]; valid: RS_EMBED_TERRAFM"):
+        KF.knob("THOR image size", help="Tile side.", env="RS_EMBED_THOR_IMAGE")
+    with pytest.raises(ValueError, match=r"unknown variable\(s\) \['RS_EMBED_LEASE'\]"):
+        KF.knob("Lease wait", help="Wait.", default=1.0, setting="RS_EMBED_LEASE")
+    field = KF.knob("THOR image size", help="Tile side.", env="RS_EMBED_THOR_IMG")
+    assert field.default == 288 and field.description == "Tile side."
+    assert KF.knob_info(field) == KF.KnobInfo("THOR image size", ("RS_EMBED_THOR_IMG",))
 
 
-def test_knob_table_file_refuses_unknown_keys(tmp_path):
-    table = tmp_path / "knobs.yaml"
-    table.write_text("- knob: THOR image size\n  fields: [ThorResource.image_size]\n  env: [RS_EMBED_THOR_IMG]\n"
-                     "  chnages: '`image_size`'\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"unknown keys \['chnages'\], lacks \['changes'\]; valid keys: changes, default, env, fields"):
-        KT.load_rows(table)
-    assert KT.load_rows(KT.TABLE_PATH) == KT.KNOB_ROWS
+def test_rows_need_one_description_of_what_they_change(monkeypatch):
+    class Silent(dg.Config):
+        retries: int = KF.knob("Silent retries", help="Retries.", default=1)
+
+    class Clashing(dg.Config):
+        a: int = KF.knob("Clash", help="A.", default=1, changes="`a`")
+        b: int = KF.knob("Clash", help="B.", default=2, changes="`b`")
+
+    monkeypatch.setattr(KD, "RUN_CONFIG_CLASSES", (Silent,))
+    with pytest.raises(ValueError, match=r"knob\(s\) \['Silent retries'\]: no field of the row says what it changes"):
+        KD.knob_rows()
+    monkeypatch.setattr(KD, "RUN_CONFIG_CLASSES", (Clashing,))
+    with pytest.raises(ValueError, match=r"knob 'Clash': Clashing.b gives another changes \('`b`'\)"):
+        KD.knob_rows()
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r["knob"] for r in ROWS])
@@ -176,8 +198,9 @@ def test_env_vars_are_read_by_settings_and_match_the_knob_table(row):
             else:
                 assert row["fields"] == [], f"{env} is library-only; the table gives it a resource field"
         else:
-            assert env in K.HF_CACHE_ENV or env in ("RS_EMBED_DEVICE", "RS_EMBED_ALLOW_RANDOM_WEIGHTS",
-                                                    "RS_EMBED_WORKER_PYTHON"), env
+            assert {"RS_EMBED_DEVICE", "RS_EMBED_ALLOW_RANDOM_WEIGHTS", "RS_EMBED_WORKER_PYTHON"} <= set(
+                KF.SETTING_VARIABLES)
+            assert env in K.HF_CACHE_ENV or env in KF.SETTING_VARIABLES, env
 
 
 @pytest.mark.parametrize("row", [r for r in ROWS if r["envs"] and r["fields"]],
@@ -214,6 +237,13 @@ def test_every_knob_and_field_is_documented():
             continue
         assert {("TerraFMResource", field), ("ThorResource", field)} & documented, field
     assert ("EarthEngineImagery", "s1_require_iw") in documented
+    # every run-config field, the Earth Engine throughput fields and the store's leases
+    for cls in KD.RUN_CONFIG_CLASSES:
+        assert {(cls.__name__, f) for f in cls.model_fields} <= documented, cls.__name__
+    assert {("EarthEngineImagery", f) for f in ("max_concurrent_requests", "max_requests_per_second", "rate_burst",
+                                                "max_request_bytes", "max_tiles_per_request", "max_retries",
+                                                "backoff_base_s", "backoff_max_s", "request_timeout_s")} <= documented
+    assert {("PipelineStore", "lease_wait_s"), ("PipelineStore", "lease_ttl_s")} <= documented
 
 
 @pytest.mark.parametrize("env, raw, needle", [
@@ -264,3 +294,49 @@ def test_modality_per_adapter_resource_and_variant_store_paths():
         thor.model_copy(update={"modalities": ["s3"]}).adapter_options()
     with pytest.raises(ValueError, match="Unknown THOR group_merge 'max'; valid: mean, sum, concat"):
         thor.model_copy(update={"group_merge": "max"}).adapter_options()
+
+
+def test_earth_engine_throughput_fields_reach_the_provider():
+    """The resource's throughput knobs are GEEProvider's arguments, with the provider's own defaults."""
+    default = R.EarthEngineImagery(anonymous=True).build().config()
+    assert (default["max_concurrent_requests"], default["max_requests_per_second"], default["max_retries"],
+            default["max_request_bytes"], default["request_timeout_s"]) == (40, 100.0, 8, 48 * 1024 * 1024, 360.0)
+    tuned = R.EarthEngineImagery(anonymous=True, max_concurrent_requests=4, max_requests_per_second=20,
+                                 rate_burst=3, max_request_bytes=2**20, max_tiles_per_request=2, max_retries=1,
+                                 backoff_base_s=0.5, backoff_max_s=5, request_timeout_s=30).build().config()
+    assert {k: tuned[k] for k in ("max_concurrent_requests", "max_requests_per_second", "rate_burst",
+                                  "max_request_bytes", "max_tiles_per_request", "max_retries", "backoff_base_s",
+                                  "backoff_max_s", "request_timeout_s")} == {
+        "max_concurrent_requests": 4, "max_requests_per_second": 20.0, "rate_burst": 3.0, "max_request_bytes": 2**20,
+        "max_tiles_per_request": 2, "max_retries": 1, "backoff_base_s": 0.5, "backoff_max_s": 5.0,
+        "request_timeout_s": 30.0}
+
+
+def test_choice_fields_are_literals_that_dagster_shows():
+    """A Literal field is an Enum in Dagster's config schema (the launchpad offers its values) and
+    pydantic refuses another value naming the valid ones."""
+    assert get_args(R.TerraFMResource.model_fields["s2_branch"].annotation) == ("l2a", "l1c", "s2_l2a", "s2_l1c")
+    schema = R.TerraFMResource.to_config_schema().as_field().config_type.fields
+    assert [v.config_value for v in schema["s2_branch"].config_type.enum_values] == ["l2a", "l1c", "s2_l2a", "s2_l1c"]
+    assert R.TerraFMResource(worker_python="python", s2_branch="s2_l1c").model_options() == {"s2_branch": "s2_l1c"}
+    with pytest.raises(ValueError, match=r"s2_branch\n  Input should be 'l2a', 'l1c', 's2_l2a' or 's2_l1c'"):
+        R.TerraFMResource(worker_python="python", s2_branch="l3")
+    from rs_embed_pipeline.orchestration.assets.answers import ChangeConfig, SearchIndexConfig
+    from rs_embed_pipeline.orchestration.assets.embeddings import CubeConfig
+
+    for cls, field in ((CubeConfig, "quantization"), (SearchIndexConfig, "ann"), (ChangeConfig, "kind")):
+        values = get_args(cls.model_fields[field].annotation)
+        assert values and all(isinstance(v, str) for v in values), (cls.__name__, field)
+    with pytest.raises(ValueError, match=r"Input should be 'none', 'int8_per_cell' or 'int8_per_feature'"):
+        CubeConfig(quantization="int4")
+
+
+def test_lease_and_device_defaults_are_the_fields_own():
+    """Unset, the lease and device settings are None and the resources keep their declared defaults."""
+    settings = S.Settings.from_env({"RS_EMBED_STORE": "/tmp/unused"})
+    assert (settings.device, settings.lease_wait_s, settings.lease_ttl_s) == (None, None, None)
+    resources = resources_for(settings)
+    assert (resources["store"].lease_wait_s, resources["store"].lease_ttl_s) == (600.0, 120.0)
+    assert resources["thor"].device == resources["terrafm"].device == "auto"
+    with pytest.raises(ValueError, match=r"RS_EMBED_LEASE_TTL_S='1' is invalid; valid values: a number >= 5"):
+        S.Settings.from_env({"RS_EMBED_LEASE_TTL_S": "1"})

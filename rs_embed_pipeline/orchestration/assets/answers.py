@@ -20,6 +20,7 @@ import dagster as dg
 import numpy as np
 
 from rs_embed_pipeline.orchestration.assets.per_model import cube_uri, model_tiles, spec_asset
+from rs_embed_pipeline.orchestration.knob_fields import knob
 from rs_embed_pipeline.orchestration.metadata import add_partition_metadata, json_value, path_value
 from rs_embed_pipeline.orchestration.partitions import RegionWindow, region_windows
 from rs_embed_pipeline.orchestration.plan import EmbeddingSpec
@@ -32,8 +33,6 @@ if TYPE_CHECKING:
     from rs_embed_pipeline.products.change import ChangeResult
     from rs_embed_pipeline.products.similarity import SearchIndex
 
-DEFAULT_CHANGE_THRESHOLD = 0.05
-DEFAULT_MAX_CHANGED_SHARE = 0.2
 QUERY_REPEATS = 20
 ANN_CHOICES = ("auto", "exact", "hnsw")
 CHANGE_KINDS = ("grid", "pooled")
@@ -49,23 +48,38 @@ CHANGE_DESCRIPTION = (
 
 
 class SearchIndexConfig(dg.Config):
-    kinds: list[str] = ["grid", "pooled"]
-    """Which cells to index: "grid" (feature-map cells) and / or "pooled" (one per tile)."""
-    ann: AnnMethod = "auto"
-    """"auto": exact numpy search below ann_min_cells cells, a FAISS HNSW index above; "exact"; "hnsw"."""
-    ann_min_cells: int = 50_000
-    """Windows with at least this many cells get an HNSW index (auto)."""
+    """Run config of the ``<model>_<modality>_search_index`` assets; each field a knob of docs/knobs.md."""
+
+    # list[str], checked by _check_index_config: Dagster 1.13 makes no config type of list[Literal[...]].
+    kinds: list[str] = knob("Search index kinds", default=["grid", "pooled"],
+                            help='Which cells to index: "grid" (feature-map cells) and / or "pooled" (one per tile).',
+                            changes="search index `cells_indexed`; the index files per kind")
+    ann: AnnMethod = knob("Search index method", default="auto",
+                          help='"auto": exact numpy search below ann_min_cells cells, a FAISS HNSW index above; '
+                          '"exact"; "hnsw".',
+                          changes="search index `index_settings.ann`, `build_seconds`; query speed, not the top hits "
+                          "of exact search")
+    ann_min_cells: int = knob("Search index method", default=50_000,
+                              help="Windows with at least this many cells get an HNSW index (auto).")
 
 
 class ChangeConfig(dg.Config):
-    baseline_window: str | None = None
-    """Compare every window with this one (a window start, e.g. "2024-01-01"); default: the previous window."""
-    distance_threshold: float = DEFAULT_CHANGE_THRESHOLD
-    """A cell has changed when its cosine distance (1 - cosine) to the baseline is above this."""
-    max_changed_share: float = DEFAULT_MAX_CHANGED_SHARE
-    """The check `changed_area_share` warns when more than this share of cells changed."""
-    kind: Kind = "grid"
-    """Compare "grid" cells (feature maps) or "pooled" tiles."""
+    """Run config of the ``<model>_<modality>_change`` assets; each field a knob of docs/knobs.md."""
+
+    baseline_window: str | None = knob(
+        "Change baseline", default=None, why="the previous window",
+        help='Compare every window with this one (a window start, e.g. "2024-01-01"); default: the previous window.',
+        changes="change: the window each partition is compared with (per-partition metadata)")
+    distance_threshold: float = knob(
+        "Change threshold", default=0.05,
+        help="A cell has changed when its cosine distance (1 - cosine) to the baseline is above this.",
+        changes="change `distance_threshold`; the `changed` mask and shares")
+    max_changed_share: float = knob(
+        "Changed-area warning", default=0.2,
+        help="The check `changed_area_share` warns when more than this share of cells changed.",
+        changes="change `max_changed_share`; check `changed_area_share` severity")
+    kind: Kind = knob("Change cells", default="grid", help='Compare "grid" cells (feature maps) or "pooled" tiles.',
+                      changes="change: the cells compared (feature-map cells or one per tile)")
 
 
 def build_answer_assets(spec: EmbeddingSpec, partitions_def: dg.MultiPartitionsDefinition,

@@ -17,6 +17,7 @@ import dagster as dg
 from rs_embed_pipeline.orchestration.assets.per_model import cube_uri as spec_cube_uri
 from rs_embed_pipeline.orchestration.assets.per_model import model_tiles, partition_job, spec_asset, store_array
 from rs_embed_pipeline.orchestration.executors import GPU_STEP_TAGS, STEP_RETRY_POLICY
+from rs_embed_pipeline.orchestration.knob_fields import knob
 from rs_embed_pipeline.core.fingerprint import cube_fingerprint
 from rs_embed_pipeline.orchestration.metadata import (
     add_partition_metadata, coverage_check, embedding_partition_metadata, embedding_run_metadata, finite_check,
@@ -45,19 +46,30 @@ MIN_CUBE_COVERAGE = 0.5
 
 
 class EmbeddingsConfig(dg.Config):
-    rebuild: bool = False
-    """Accept an existing embedding store built with other settings and re-embed every tile."""
-    force: bool = False
-    """Re-embed every tile even though the store's settings match."""
+    """Run config of the ``<model>_<modality>_embeddings`` assets; each field a knob of docs/knobs.md."""
+
+    rebuild: bool = knob("Embeddings rebuild", default=False,
+                         help="Accept an existing embedding store built with other settings and re-embed every tile.",
+                         changes="the embedding store's settings and fingerprint become this run's; every tile "
+                         "re-embedded")
+    force: bool = knob("Embeddings re-embed", default=False,
+                       help="Re-embed every tile even though the store's settings match.",
+                       changes="every tile re-embedded (`tile_status`); the numbers only change with the weights")
 
 
 class CubeConfig(dg.Config):
-    rebuild: bool = False
-    """Replace a cube built with other settings (it is deleted: re-materialize its other windows)."""
-    quantization: Scheme = "none"
-    """Cube storage: "none" (float32), "int8_per_cell" (int8 + a float32 scale per cell, as TESSERA)
-    or "int8_per_feature" (int8 + a scale and offset per feature and window). Part of the cube's
-    identity: changing it needs `rebuild`. Readers (products.open_cube) de-quantize transparently."""
+    """Run config of the ``<model>_<modality>_cube`` assets; each field a knob of docs/knobs.md."""
+
+    rebuild: bool = knob("Cube rebuild", default=False,
+                         help="Replace a cube built with other settings (it is deleted: re-materialize its other "
+                         "windows).",
+                         changes="the cube is deleted and written anew with this run's settings")
+    quantization: Scheme = knob(
+        "Cube quantization", default="none",
+        help='Cube storage: "none" (float32), "int8_per_cell" (int8 + a float32 scale per cell, as TESSERA) or '
+        '"int8_per_feature" (int8 + a scale and offset per feature and window). Part of the cube\'s identity: '
+        "changing it needs `rebuild`. Readers (products.open_cube) de-quantize transparently.",
+        changes="cube `quantization`, `quantization_min_cosine`; the cube's dtype and size")
 
 
 def _cube_time_axis(windows_def: Any, n_now: int) -> list[str]:

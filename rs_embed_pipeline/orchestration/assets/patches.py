@@ -28,6 +28,7 @@ from rs_embed_pipeline.core.fingerprint import fingerprint, numeric_provider_set
 from rs_embed_pipeline.orchestration.metadata import add_partition_metadata, json_value, path_value, status_table
 from rs_embed_pipeline.orchestration.partitions import BACKFILL_POLICY, RegionWindow, region_windows
 from rs_embed_pipeline.orchestration.patch_fetch import PatchTally, fetch_into_stores
+from rs_embed_pipeline.orchestration.knob_fields import knob
 from rs_embed_pipeline.orchestration.resources import CODE_VERSION, ImageryResource, PipelineStore
 from rs_embed_pipeline.stores import ArraySpec, StoreError, TileStore
 from rs_embed_pipeline.core.vocabulary import MODALITY_BANDS, PATCH_STATUSES, PROVIDER_UNITS, S1_POLARISATIONS
@@ -37,14 +38,21 @@ MAX_FAILED_TILES_IN_METADATA = 50
 
 
 class PatchesConfig(dg.Config):
-    rebuild: bool = False
-    """Accept an existing store built with other settings and refetch every tile."""
-    force: bool = False
-    """Refetch every tile even though the store's settings match (e.g. scenes published late)."""
-    tile_retries: int = 3
-    """Times a failed tile is requested again within the run (exponential backoff, jitter)."""
-    retry_backoff_s: float = 2.0
-    """Wait before the first retry round; doubles each round (x0.5-1.5 jitter)."""
+    """Run config of the ``<modality>_patches`` assets (launchpad); each field a knob of docs/knobs.md."""
+
+    rebuild: bool = knob("Patches rebuild", default=False,
+                         help="Accept an existing store built with other settings and refetch every tile.",
+                         changes="the patch store's settings and fingerprint become this run's; every tile "
+                         "refetched (`tiles_fetched_now`)")
+    force: bool = knob("Patches refetch", default=False,
+                       help="Refetch every tile even though the store's settings match (e.g. scenes published late).",
+                       changes="patches `tiles_fetched_now` (every tile)")
+    tile_retries: int = knob("Tile retry rounds", default=3,
+                             help="Times a failed tile is requested again within the run (exponential backoff, jitter).",
+                             changes="patches `tile_retries`, `tiles_recovered_by_retry`, `failed_tiles` (`attempts`)")
+    retry_backoff_s: float = knob("Tile retry backoff", default=2.0,
+                                  help="Wait before the first retry round, seconds; doubles each round (x0.5-1.5 jitter).",
+                                  changes="none (the wait between retry rounds)")
 
 
 def patches_fingerprint(settings: dict[str, Any]) -> str:
