@@ -32,6 +32,7 @@ transformer blocks with ``torch.compile`` (first batches slower; recorded in the
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import os
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import device_prepare as D
 from . import preprocessing as P
 from . import runtime
 from .errors import ModelInputError
@@ -74,10 +76,11 @@ class EmbeddingOutput:
 
 @dataclass
 class PreparedBatch:
-    """``prepare()``'s result: the normalised numpy batch and what ``run()`` needs to embed it
-    (``forward_args``: what ``_prepare`` hands on to ``_forward``, e.g. THOR's token grid and side)."""
+    """``prepare()``'s result: the normalised batch (numpy on the host; ``prepare_encoded``: a
+    tensor on the model's device) and what ``run()`` needs to embed it (``forward_args``: what
+    ``_prepare`` hands on to ``_forward``, e.g. THOR's token grid and side)."""
 
-    x: np.ndarray
+    x: np.ndarray | torch.Tensor
     modality: str
     forward_args: Any
     meta: dict
@@ -350,6 +353,37 @@ class _Adapter:
         return PreparedBatch(np.ascontiguousarray(prepared, dtype=np.float32), modality, forward_args, meta,
                              tuple(x.shape))
 
+    @property
+    def prepares_on_device(self) -> bool:
+        """Whether ``prepare_encoded`` works: the family's ``_prepare`` takes ``ops`` (a family
+        written for numpy only keeps the host path)."""
+        return "ops" in inspect.signature(self._prepare).parameters
+
+    def prepare_encoded(self, codes: np.ndarray, modality: str = "s2", *, scale_factor: float = 1.0,
+                        add_offset: float = 0.0, channels: list[int] | None = None) -> PreparedBatch:
+        """``prepare`` on the model's device: ``codes`` as a patch store holds them (``raw = codes *
+        scale_factor + add_offset``; uint16 or float32), ``channels`` of them in ``input_bands``
+        order, uploaded (pinned memory on CUDA), decoded, checked and normalised there with torch
+        ops equal to ``prepare``'s numpy ones (``device_prepare``). A batch that fails a check is
+        checked again on the host, for the reference's message."""
+        if not self.prepares_on_device:
+            raise ModelInputError(f"{self.model_id} prepares on the host only (its _prepare takes no ops); "
+                                  "use prepare()")
+        modality = self._modality(modality)
+        bands = self.input_bands(modality)
+        what = f"{self.model_id} {modality.upper()}"
+        shape = (codes.shape[0], len(channels), *codes.shape[2:]) if channels is not None else tuple(codes.shape)
+        D.check_shape(tuple(shape), bands, what, hint=self.channel_hint())
+        t = D.upload(codes, self.device, channels)
+        x = D.decode(t, scale_factor, add_offset, unsigned16=codes.dtype == np.uint16)
+        if D.input_flags(x, modality):
+            host = x.cpu().numpy()
+            P.check_has_finite(host, what)
+            P.check_modality_units(host, modality, what)
+        prepared, forward_args, meta = self._prepare(x, modality, ops=D.TORCH_OPS)
+        return PreparedBatch(prepared, modality, forward_args, {**meta, "prepared_on": str(self.device)},
+                             tuple(shape))
+
     def run(self, prepared: PreparedBatch, output: str = "pooled") -> EmbeddingOutput:
         """The forward pass over a prepared batch, in chunks of ``batch_size``."""
         wanted = parse_output(output)
@@ -359,9 +393,11 @@ class _Adapter:
         chunks: dict[str, list[np.ndarray]] = {k: [] for k in wanted}
         extra: dict = {}
         n = len(prepared)
-        host_chunks = (prepared.x[s : s + self.batch_size] for s in range(0, n, self.batch_size))
+        chunks_of_x = (prepared.x[s : s + self.batch_size] for s in range(0, n, self.batch_size))
+        # prepare_encoded's batches are on the device already
+        on_device = isinstance(prepared.x, torch.Tensor)
         with runtime.exact_float32():  # whatever the process's float32 precision (terratorch sets "medium")
-            for batch in self._feeder.feed(host_chunks):
+            for batch in (chunks_of_x if on_device else self._feeder.feed(chunks_of_x)):
                 with torch.inference_mode(), self._autocast():
                     outs, extra = self._forward(batch, modality, wanted, forward_args)
                 for k in wanted:
@@ -390,7 +426,9 @@ class _Adapter:
             pooled=result.get("pooled"), grid=result.get("grid"), tokens=result.get("tokens"), meta=full_meta
         )
 
-    def _prepare(self, x: np.ndarray, modality: str):  # pragma: no cover - abstract
+    def _prepare(self, x, modality: str, ops=D.NUMPY_OPS):  # pragma: no cover - abstract
+        """Normalise ``x`` (numpy with ``ops=NUMPY_OPS``, a device tensor with ``TORCH_OPS``):
+        ``(prepared, forward_args, meta)``."""
         raise NotImplementedError
 
     def _forward(self, batch: torch.Tensor, modality: str, wanted, forward_args):  # pragma: no cover - abstract

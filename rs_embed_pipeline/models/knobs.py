@@ -140,3 +140,18 @@ def default_batch_size(family: str, device_type: str) -> int:
     """Batch size when none is given: the family's registry entry (``batch_sizes``: TerraFM 64 on
     CUDA as rs-embed, THOR 32 on CUDA; 8 on CPU)."""
     return get_family(family).default_batch_size(device_type)
+
+
+#: The embed worker's read / decode / write threads (each pool; ``worker/embed.py``). 6 + 6 threads
+#: leave a 16-core GPU box cores for the main loop, zarr's and Blosc's own threads; the
+#: orchestrator passes a resource's value through this variable.
+IO_THREADS_ENV = "RS_EMBED_IO_THREADS"
+IO_THREADS_DEFAULT = 6
+
+
+def io_threads(environ: Mapping[str, str] | None = None) -> int:
+    """The worker's I/O threads per pool from :data:`IO_THREADS_ENV` (default
+    :data:`IO_THREADS_DEFAULT`); an invalid value is an error naming the variable."""
+    env = os.environ if environ is None else environ
+    value = env.get(IO_THREADS_ENV, "").strip()
+    return parse_int(value, 1, IO_THREADS_ENV) if value else IO_THREADS_DEFAULT

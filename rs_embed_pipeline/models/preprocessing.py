@@ -181,6 +181,15 @@ def s2_clean_dn(raw: np.ndarray) -> np.ndarray:
     return np.clip(clean_nonfinite(raw.astype(np.float32, copy=False)), 0.0, S2_DN_SCALE).astype(np.float32, copy=False)
 
 
+def s2_zscore(raw: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Per-band z-score of reflectance: ``(clip(x, 0, 10000) / 10000 - mean) / max(std, 1e-6)``, NaN -> 0
+    (THOR's ``thor_stats`` with its pretraining statistics: ``thor/preprocessing.s2_thor_stats``)."""
+    x = s2_clean_dn(raw) / np.float32(S2_DN_SCALE)
+    mean = np.asarray(mean, dtype=np.float32).reshape(1, -1, 1, 1)
+    std = np.maximum(np.asarray(std, dtype=np.float32), np.float32(1e-6)).reshape(1, -1, 1, 1)
+    return clean_nonfinite((x - mean) / std).astype(np.float32, copy=False)
+
+
 # ------------------------------------------------------------------------------------------------
 # Sentinel-1
 # ------------------------------------------------------------------------------------------------

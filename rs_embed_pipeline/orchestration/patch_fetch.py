@@ -42,6 +42,7 @@ class PatchWriter:
         self.store, self.modality, self.n_bands = store, modality, n_bands
         self.inspect, self.fill_value = inspect, fill_value
         self.synthetic = bool(store.group.attrs.get("synthetic_imagery", False))
+        self.encoding = store.encoding("data")  # uint16 codes for S2 DN (stores.patch_encoding)
         self.checks: list[dict[str, Any]] = []
         self._items: list[tuple[int, Patch, dict[str, Any]]] = []
         self._futures: collections.deque[cf.Future[None]] = collections.deque()
@@ -83,9 +84,13 @@ class PatchWriter:
                         # it) synthetic; the label is durable before a synthetic tile is marked.
                         self.store.group.attrs["synthetic_imagery"] = True
                         self.synthetic = True
+        codes, adjusted = self.encoding.encode(np.stack([p.data.astype(np.float32, copy=False) for _, p, _ in items]))
+        for (_, _, meta), n in zip(items, adjusted.tolist()):
+            if n:  # clamped into the codes' range or rounded to a half DN (stores.patch_encoding)
+                meta["encoding_adjusted_px"] = int(n)
         self.store.write_tiles(
             [i for i, _, _ in items], [p.status for _, p, _ in items], [m for _, _, m in items],
-            data=np.stack([p.data.astype(np.float32, copy=False) for _, p, _ in items]),
+            data=codes,
             valid=np.stack([p.valid for _, p, _ in items]),
         )
 

@@ -40,6 +40,7 @@ from zarr.codecs import BloscCodec
 
 # status codes stored in every ``status`` array (rs_embed_pipeline.core.vocabulary; importers use these names)
 from rs_embed_pipeline.core.vocabulary import STATUS_CODES, STATUS_NAMES
+from rs_embed_pipeline.stores.patch_encoding import ENCODING_ATTR, PatchEncoding, encoding_of
 
 SCHEMA_VERSION = 1
 # The first zarr-python release whose LocalStore writes every key atomically (temp file + rename).
@@ -81,17 +82,22 @@ def group_at(group: zarr.Group, path: str) -> zarr.Group:
 
 @dataclasses.dataclass(frozen=True)
 class ArraySpec:
-    """One per-tile array: the shape of a tile's slice and the names of its dimensions."""
+    """One per-tile array: the shape of a tile's slice and the names of its dimensions. With an
+    ``encoding`` (patch data: ``patch_encoding``) the array holds its codes: its dtype, attributes
+    and compressors are the encoding's."""
 
     name: str
     tile_shape: tuple[int, ...]
     dims: tuple[str, ...]
     dtype: str = "float32"
     fill_value: Any = 0
+    encoding: PatchEncoding | None = None
 
     def __post_init__(self) -> None:
         if len(self.tile_shape) != len(self.dims):
             raise ValueError(f"{self.name}: dims {self.dims} do not match shape {self.tile_shape}")
+        if self.encoding is not None:
+            object.__setattr__(self, "dtype", self.encoding.dtype)
 
 
 def _exists(uri: str, storage_options: Mapping[str, Any] | None) -> bool:
@@ -237,6 +243,7 @@ class TileStore:
                            attributes={"flag_values": list(STATUS_NAMES), "flag_meanings": " ".join(STATUS_CODES)})
         group.create_array("tile_meta", shape=(n,), chunks=(1,), dtype=str, dimension_names=["tile"])
         for spec in arrays:
+            compressors: Any = float_compressors() if np.dtype(spec.dtype).kind == "f" else "auto"
             group.create_array(
                 spec.name,
                 shape=(n, *spec.tile_shape),
@@ -244,7 +251,8 @@ class TileStore:
                 dtype=spec.dtype,
                 fill_value=spec.fill_value,
                 dimension_names=["tile", *spec.dims],
-                compressors=float_compressors() if np.dtype(spec.dtype).kind == "f" else "auto",
+                compressors=spec.encoding.compressors() if spec.encoding is not None else compressors,
+                attributes=spec.encoding.attributes() if spec.encoding is not None else None,
             )
         group.attrs.update({"fingerprint": fingerprint, "settings": dict(attrs), "state": "ready"})
         return cls(group, uri)
@@ -279,11 +287,18 @@ class TileStore:
         for spec in arrays:
             if spec.name not in self.group:
                 raise StoreError(f"Store {self.uri} is corrupt: array {spec.name!r} is missing")
-            shape = array_at(self.group, spec.name).shape
-            if tuple(shape) != (len(tile_ids), *spec.tile_shape):
+            array = array_at(self.group, spec.name)
+            if tuple(array.shape) != (len(tile_ids), *spec.tile_shape):
                 raise StoreError(
-                    f"Store {self.uri}: array {spec.name!r} has shape {tuple(shape)}, expected "
+                    f"Store {self.uri}: array {spec.name!r} has shape {tuple(array.shape)}, expected "
                     f"{(len(tile_ids), *spec.tile_shape)}. Nothing was changed."
+                )
+            # Another encoding (e.g. a float32 patch store of earlier versions): not reusable in place.
+            if np.dtype(array.dtype) != np.dtype(spec.dtype):
+                raise StoreError(
+                    f"Store {self.uri}: array {spec.name!r} holds {array.dtype}, expected {spec.dtype} "
+                    f"(encoding {spec.encoding.name if spec.encoding else spec.dtype}). Nothing was changed; "
+                    "use rebuild (config `rebuild: true`) to re-fetch it in the new layout, or another store root."
                 )
 
     def _diff_settings(self, attrs: Mapping[str, Any]) -> str:
@@ -321,11 +336,45 @@ class TileStore:
         codes = [STATUS_CODES[n] for n in names]
         return np.flatnonzero(np.isin(self.statuses(), codes))
 
+    def encoding(self, name: str = "data") -> PatchEncoding:
+        """How array ``name`` holds its values (float32 for stores written before encodings), checked
+        against the array's dtype and the ``data_encoding`` the store's settings (fingerprint) record:
+        a mismatch is a StoreError naming both, and nothing is modified."""
+        array = array_at(self.group, name)
+        try:
+            encoding = encoding_of(array.attrs)
+        except ValueError as exc:
+            raise StoreError(f"Store {self.uri}: array {name!r}: {exc}. Nothing was changed.") from exc
+        declared = self.settings.get("data_encoding") if name == "data" else None
+        problems = []
+        if np.dtype(array.dtype) != np.dtype(encoding.dtype):
+            problems.append(f"the array holds {array.dtype} where its encoding {encoding.name!r} stores "
+                            f"{encoding.dtype}")
+        if declared is not None and declared != encoding.name:
+            problems.append(f"its fingerprint's settings say data_encoding={declared!r} but the array "
+                            f"says {ENCODING_ATTR}={encoding.name!r}")
+        if problems:
+            raise StoreError(f"Store {self.uri}: array {name!r} does not match its fingerprint: "
+                             f"{'; '.join(problems)}. Nothing was changed; the store was modified by "
+                             "something else: rebuild it (config `rebuild: true`) or use another store root.")
+        return encoding
+
     def tile_meta(self, index: int) -> dict[str, Any]:
         raw = array_at(self.group, "tile_meta")[index]
         return json.loads(str(raw)) if raw else {}
 
     def read(self, name: str, indices: Iterable[int]) -> np.ndarray:
+        """The values of tiles ``indices``: an encoded array (patch ``data``) decoded to provider
+        units (float32); see :meth:`read_stored` for the stored codes."""
+        array = array_at(self.group, name)
+        stored = self.read_stored(name, indices)
+        if ENCODING_ATTR not in array.attrs:
+            return stored
+        encoding = encoding_of(array.attrs)
+        return stored if encoding.is_identity else encoding.decode(stored)
+
+    def read_stored(self, name: str, indices: Iterable[int]) -> np.ndarray:
+        """The stored values of tiles ``indices`` as they are (an encoded array's codes)."""
         idx = np.asarray(list(indices), dtype=np.int64)
         array = array_at(self.group, name)
         if idx.size == 0:
@@ -372,15 +421,24 @@ class TileStore:
                 array_at(self.group, name).set_orthogonal_selection((idx,), values)
 
         for name, value in arrays.items():
+            self._check_codes(name, value)
             put(name, np.asarray(value)[order])
         put("tile_meta", np.asarray([json.dumps(metas[j], default=str, sort_keys=True) for j in order], dtype=str))
         put("status", np.asarray([STATUS_CODES[statuses[j]] for j in order], dtype=np.int8))
+
+    def _check_codes(self, name: str, value: np.ndarray) -> None:
+        """An integer-encoded array takes its codes, never float values (zarr would truncate them)."""
+        dtype = array_at(self.group, name).dtype
+        if np.dtype(dtype).kind in "iu" and np.asarray(value).dtype.kind == "f":
+            raise ValueError(f"array {name!r} of {self.uri} stores {dtype} codes ({self.encoding(name).name}); "
+                             f"encode the values first: store.encoding({name!r}).encode(values)")
 
     def write_tile(self, index: int, status: str, meta: Mapping[str, Any], **arrays: np.ndarray) -> None:
         """Write a tile's arrays, then its provenance, then (last) its status."""
         if status not in STATUS_CODES or status == "pending":
             raise ValueError(f"status {status!r} is not one of ok, no_data, failed")
         for name, value in arrays.items():
+            self._check_codes(name, value)
             array_at(self.group, name)[index] = value
         array_at(self.group, "tile_meta")[index] = json.dumps(meta, default=str, sort_keys=True)
         array_at(self.group, "status")[index] = STATUS_CODES[status]

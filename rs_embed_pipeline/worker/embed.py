@@ -49,7 +49,7 @@ from rs_embed_pipeline.worker.protocol import (
 log = logging.getLogger("rs_embed_pipeline.worker")
 
 
-IO_DEPTH = 2  # batches read ahead / waiting to be written
+IO_DEPTH = 2  # batches read ahead / waiting to be written, per I/O thread
 RANDOM_WEIGHTS_SEED = 0
 
 
@@ -102,20 +102,24 @@ def embed_store(
     log_fn: Callable[[str], None] = log.info,
     progress_fn: Callable[[dict[str, Any]], None] | None = None,
     progress_every: int = PROGRESS_EVERY,
+    io_threads: int = 1,
 ) -> StoreResult:
     """Embed every ok tile of one patch store that the embedding store does not hold yet.
 
     ``rebuild``: accept a store built with other settings (every tile redone); ``force``: redo
     every tile even though the settings match. ``progress_fn`` gets a progress dict every
-    ``progress_every`` batches and after the last one.
+    ``progress_every`` batches and after the last one. ``io_threads``: threads reading (and
+    decoding) and as many writing (``models.knobs.io_threads``).
     """
+    if isinstance(io_threads, bool) or not isinstance(io_threads, int) or io_threads < 1:
+        raise ValueError(f"io_threads must be a positive number of threads, got {io_threads!r}")
     if isinstance(progress_every, bool) or not isinstance(progress_every, int) or progress_every < 1:
         raise ValueError(f"progress_every must be a positive number of batches, got {progress_every!r}")
     t_start = time.perf_counter()
     work = open_store_work(adapter, modality, patches_uri, embeddings_uri, batch_size=batch_size,
                            code_version=code_version, rebuild=rebuild, force=force, storage_options=storage_options)
     log_fn(f"{embeddings_uri}: {work.tiles_todo} tiles to embed, {work.tiles_skipped} already done")
-    run = EmbedPipeline(adapter, modality, work, progress_fn, progress_every).run()
+    run = EmbedPipeline(adapter, modality, work, progress_fn, progress_every, io_threads).run()
     for index, reason in run.failures.items():
         work.embeddings.write_tile(index, "failed", {"reason": reason})
     return store_result(work, run, time.perf_counter() - t_start)
@@ -237,19 +241,29 @@ class EmbedPipeline:
     the model runs (``adapter.run``) on this one; each queue is at most :data:`IO_DEPTH` batches deep."""
 
     def __init__(self, adapter: Any, modality: str, work: StoreWork,
-                 progress_fn: Callable[[dict[str, Any]], None] | None = None, progress_every: int = PROGRESS_EVERY):
+                 progress_fn: Callable[[dict[str, Any]], None] | None = None, progress_every: int = PROGRESS_EVERY,
+                 io_threads: int = 1):
         self.adapter, self.modality, self.work = adapter, modality, work
         self.progress_fn, self.progress_every = progress_fn, progress_every
+        self.io_threads = io_threads
+        self.depth = IO_DEPTH * io_threads  # batches in flight each way
         self.prepare = getattr(adapter, "prepare", None)
+        # Integer codes (S2) go to the model's device as they are and are decoded and normalised
+        # there (adapter.prepare_encoded: equal to the numpy reference); float32 stores (S1, whose
+        # log1p differs from numpy's by an ulp on the device, and stores of earlier versions) and
+        # adapters without it are prepared on the host.
+        self.encoding = work.patches.encoding("data")
+        self.on_device = bool(getattr(adapter, "prepares_on_device", False)) and not self.encoding.is_identity
         self.stats = PipelineRun()
         self.t_loop = time.perf_counter()
 
     def run(self) -> PipelineRun:
         batches, stats = self.work.batches, self.stats
         self.t_loop = time.perf_counter()
-        with cf.ThreadPoolExecutor(1, thread_name_prefix="embed-read") as reader, \
-                cf.ThreadPoolExecutor(1, thread_name_prefix="embed-write") as writer:
-            reads: list[cf.Future] = [reader.submit(self.read, b) for b, _ in batches[:IO_DEPTH]]
+        depth = self.depth
+        with cf.ThreadPoolExecutor(self.io_threads, thread_name_prefix="embed-read") as reader, \
+                cf.ThreadPoolExecutor(self.io_threads, thread_name_prefix="embed-write") as writer:
+            reads: list[cf.Future] = [reader.submit(self.read, b) for b, _ in batches[:depth]]
             writes: list[cf.Future] = []
             for i, (batch, missing_mask) in enumerate(batches):
                 t_wait = time.perf_counter()
@@ -257,8 +271,8 @@ class EmbedPipeline:
                 stats.wait_read_s += time.perf_counter() - t_wait
                 stats.timings["read_s"] += read_s
                 stats.timings["prepare_s"] += prepare_s
-                if i + IO_DEPTH < len(batches):
-                    reads.append(reader.submit(self.read, batches[i + IO_DEPTH][0]))
+                if i + depth < len(batches):
+                    reads.append(reader.submit(self.read, batches[i + depth][0]))
                 results = self.embed(batch, missing_mask, raw, prepared)
                 del raw, prepared
                 for b, pooled, grid, meta in results:
@@ -268,9 +282,9 @@ class EmbedPipeline:
                         continue
                     pooled, grid = np.asarray(pooled)[keep], np.asarray(grid)[keep]
                     stats.nonfinite += int((~np.isfinite(pooled)).sum() + (~np.isfinite(grid)).sum())
-                    # Back-pressure: at most IO_DEPTH batches wait to be written.
+                    # Back-pressure: at most `depth` batches wait to be written.
                     t_wait = time.perf_counter()
-                    while len(writes) >= IO_DEPTH:
+                    while len(writes) >= depth:
                         stats.timings["write_s"] += writes.pop(0).result()
                     stats.wait_write_s += time.perf_counter() - t_wait
                     writes.append(writer.submit(self.write, b[keep], pooled, grid))
@@ -284,19 +298,36 @@ class EmbedPipeline:
         return stats
 
     def read(self, batch: np.ndarray) -> tuple[np.ndarray, Any, float, float]:
-        """Read a batch and preprocess it (background thread): ``(raw, prepared or the
-        ValueError that preprocessing raised, read_s, prepare_s)``."""
+        """Read a batch and preprocess it (background thread): ``(what was read: the stored codes
+        of every band on the device path, else the adapter's bands in float32; prepared or the
+        ValueError that preprocessing raised; read_s, prepare_s)``."""
         t0 = time.perf_counter()
-        data = self.work.patches.read("data", batch)[:, self.work.band_index]
-        raw = np.ascontiguousarray(data, dtype=np.float32)
-        t1 = time.perf_counter()
         prepared: Any = None
-        if self.prepare is not None:
+        if self.on_device:
+            source = self.work.patches.read_stored("data", batch)
+            t1 = time.perf_counter()
+            enc = self.encoding
             try:
-                prepared = self.prepare(raw, self.modality)
+                prepared = self.adapter.prepare_encoded(source, self.modality, scale_factor=enc.scale_factor,
+                                                        add_offset=enc.add_offset, channels=self.work.band_index)
             except ValueError as exc:  # a bad tile: the main loop retries tile by tile
                 prepared = exc
-        return raw, prepared, t1 - t0, time.perf_counter() - t1
+            return source, prepared, t1 - t0, time.perf_counter() - t1
+        data = self.work.patches.read("data", batch)[:, self.work.band_index]
+        source = np.ascontiguousarray(data, dtype=np.float32)
+        t1 = time.perf_counter()
+        if self.prepare is not None:
+            try:
+                prepared = self.prepare(source, self.modality)
+            except ValueError as exc:  # a bad tile: the main loop retries tile by tile
+                prepared = exc
+        return source, prepared, t1 - t0, time.perf_counter() - t1
+
+    def values(self, source: np.ndarray) -> np.ndarray:
+        """The adapter's bands in provider units (float32) of what :meth:`read` read."""
+        if not self.on_device:
+            return source
+        return self.encoding.decode(source[:, self.work.band_index])
 
     def embed(self, batch: np.ndarray, missing_mask: np.ndarray, raw: np.ndarray, prepared: Any
               ) -> list[tuple[np.ndarray, Any, Any, dict[str, Any]]]:
@@ -308,6 +339,7 @@ class EmbedPipeline:
             results = [(batch, out.pooled, out.grid, out.meta)]
         except ValueError:
             results = []
+            raw = self.values(raw)
             for j, index in enumerate(batch):
                 try:
                     single = self.adapter.embed(raw[j : j + 1], modality=self.modality, output="both")
@@ -414,6 +446,8 @@ def load_random(model: str, options: dict[str, Any]) -> Any:
 def main() -> None:
     from dagster_pipes import open_dagster_pipes
 
+    from rs_embed_pipeline.models import knobs
+
     with open_dagster_pipes() as pipes:
         request = EmbedRequest.from_extras(pipes.extras)
         options = dict(request.adapter_options)
@@ -426,6 +460,7 @@ def main() -> None:
                 "from the pretrained model"
             )
         batch_size = int(settings.get("batch_size") or options.get("batch_size") or 8)
+        io_threads = knobs.io_threads()  # RS_EMBED_IO_THREADS, passed by the launcher
 
         def progress_to(key: str) -> Callable[[dict[str, Any]], None]:
             def progress(p: dict[str, Any]) -> None:
@@ -443,6 +478,7 @@ def main() -> None:
                     force=request.force,
                     storage_options=dict(request.storage_options) if request.storage_options else None,
                     log_fn=pipes.log.info, progress_fn=progress_to(part.key), progress_every=request.progress_every,
+                    io_threads=io_threads,
                 )
             except StoreError as exc:
                 # A store that is not ours or was built with other settings: a clear message

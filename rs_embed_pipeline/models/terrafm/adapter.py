@@ -4,9 +4,9 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
+from .. import device_prepare as D
 from .. import preprocessing as P
 from ..adapters import _Adapter
 from ..errors import ModelInputError
@@ -74,7 +74,7 @@ class TerraFMAdapter(_Adapter):
     def model_branch(self, modality: str) -> str:
         return "s1" if self._modality(modality) == "s1" else f"s2_{self.s2_branch}"
 
-    def _prepare(self, x: np.ndarray, modality: str):
+    def _prepare(self, x, modality: str, ops=D.NUMPY_OPS):
         b, _, h, w = x.shape
         p = self.cfg.patch_size
         if h < p or w < p:
@@ -84,11 +84,11 @@ class TerraFMAdapter(_Adapter):
             )
         meta: dict = {}
         if modality == "s2":
-            prepared = P.s2_unit_scale(x)
+            prepared = ops.s2_unit_scale(x)
             meta["normalization"] = "s2_dn_div10000_clip01"
             meta["s2_branch"] = self.s2_branch
         else:
-            prepared, p99 = P.s1_log1p_p99(x, f"{self.model_id} S1")
+            prepared, p99 = ops.s1_log1p_p99(x, f"{self.model_id} S1")
             meta["normalization"] = "s1_log1p_p99_joint"
             meta["s1_p99_log1p"] = [float(v) for v in p99]
             meta["s2_branch"] = None

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import device_prepare as D
 from .. import preprocessing as P
 from ..adapters import _Adapter
 from ..errors import ModelInputError
@@ -25,7 +26,7 @@ from .model import (
     square_token_grid,
     token_grid_for,
 )
-from .preprocessing import s2_thor_stats, thor_native_snap_decision
+from .preprocessing import THOR_S2_MEAN, THOR_S2_STD, thor_native_snap_decision
 from .spec import (
     FAMILY,
     THOR_BAND_NAMES,
@@ -183,30 +184,35 @@ class ThorAdapter(_Adapter):
             **({"bf16_patch_embed": "float32"} if self.autocast else {}),
         }
 
-    def _normalize(self, x: np.ndarray, modality: str) -> tuple[np.ndarray, dict]:
+    @property
+    def prepares_on_device(self) -> bool:
+        """``native_snap`` crops and pads raw values in numpy: only ``fixed`` prepares on the device."""
+        return self.resize_mode == "fixed"
+
+    def _normalize(self, x, modality: str, ops=D.NUMPY_OPS) -> tuple[Any, dict]:
         mode = thor_normalization(self.normalization, modality)
         meta: dict[str, Any] = {"normalization": mode, "normalization_requested": self.normalization}
         if modality == "s2":
             if mode == "thor_stats":
-                out = s2_thor_stats(x)
+                out = ops.s2_zscore(x, THOR_S2_MEAN, THOR_S2_STD)
                 meta["normalization_detail"] = "(clip(DN,0,10000)/10000 - thor_mean) / thor_std"
             elif mode == "unit_scale":
-                out = P.s2_unit_scale(x)
+                out = ops.s2_unit_scale(x)
                 meta["normalization_detail"] = "clip(DN/10000, 0, 1)"
             else:
-                out = P.s2_clean_dn(x)
+                out = ops.s2_clean_dn(x)
                 meta["normalization_detail"] = "clip(DN, 0, 10000), no scaling"
         else:
             if mode == "thor_stats":
-                out, p99 = P.s1_log1p_p99(x, f"{self.model_id} S1")
+                out, p99 = ops.s1_log1p_p99(x, f"{self.model_id} S1")
                 meta["normalization_detail"] = "s1_log1p_p99_joint (rs-embed's shared S1 normaliser, not THOR dB stats)"
                 meta["s1_p99_log1p"] = [float(v) for v in p99]
             else:
-                out = P.clean_nonfinite(x)
+                out = ops.clean_nonfinite(x)
                 meta["normalization_detail"] = "raw linear sigma0, NaN/inf -> 0"
         return out, meta
 
-    def _prepare(self, x: np.ndarray, modality: str):
+    def _prepare(self, x, modality: str, ops=D.NUMPY_OPS):
         b, c, h, w = x.shape
         if min(h, w) < self.patch_size:
             raise ModelInputError(
@@ -216,9 +222,9 @@ class ThorAdapter(_Adapter):
             )
         gsds = self.S2_GSDS if modality == "s2" else self.S1_GSDS
         if modality == "s2":
-            x = P.s2_clean_dn(x)  # NaN/inf -> 0 and clip [0, 10000] before any crop/pad
+            x = ops.s2_clean_dn(x)  # NaN/inf -> 0 and clip [0, 10000] before any crop/pad
         else:
-            x = P.clean_nonfinite(x)  # NaN/inf -> 0 (the dB check ignores zeros and non-finite alike)
+            x = ops.clean_nonfinite(x)  # NaN/inf -> 0 (the dB check ignores zeros and non-finite alike)
         if self.resize_mode == "native_snap":
             preprocess = thor_native_snap_decision(
                 h, w, patch_size=self.patch_size, scale_m=self.scale_m, gsds=gsds, image_size=self.image_size_,
@@ -230,6 +236,9 @@ class ThorAdapter(_Adapter):
                           "requested_image_size": self.image_size_, "side": self.image_size_,
                           "ground_cover_m": self.ground_cover_m}
         if preprocess["strategy"] == "native_snap":
+            if ops is not D.NUMPY_OPS:  # crops / pads raw values in numpy: prepare() on the host
+                raise ModelInputError("THOR resize_mode='native_snap' prepares on the host: use prepare(), "
+                                      "not prepare_encoded()")
             side = preprocess["side"]
             if self.shape_adjust == "crop":
                 x = P.center_crop_or_pad(x, min(h, w), self.fill_value)
@@ -238,7 +247,7 @@ class ThorAdapter(_Adapter):
             x = P.center_crop_or_pad(x, side, self.fill_value)
         token_grid = self._token_grid(modality, preprocess["ground_cover_m"])  # validates the geometry
         side = preprocess["side"]
-        prepared, norm_meta = self._normalize(x, modality)
+        prepared, norm_meta = self._normalize(x, modality, ops)
         ph, pw = prepared.shape[-2:]
         preprocess.update(
             resize_applied=(ph, pw) != (side, side),

@@ -17,7 +17,7 @@ from functools import reduce
 
 import numpy as np
 
-from ..preprocessing import S2_DN_SCALE, clean_nonfinite, s2_clean_dn
+from ..preprocessing import S2_DN_SCALE, clean_nonfinite, s2_clean_dn, s2_zscore  # noqa: F401 - S2_DN_SCALE, clean_nonfinite, s2_clean_dn: importers' names
 
 # THOR pretraining statistics of reflectance (DN / 10000), in THOR_S2_BANDS order.
 THOR_S2_MEAN = np.array(
@@ -32,10 +32,7 @@ THOR_S2_STD = np.array(
 
 def s2_thor_stats(raw: np.ndarray, mean: np.ndarray = THOR_S2_MEAN, std: np.ndarray = THOR_S2_STD) -> np.ndarray:
     """THOR z-score: ``(clip(x, 0, 10000) / 10000 - mean) / max(std, 1e-6)`` per band, NaN -> 0."""
-    x = s2_clean_dn(raw) / np.float32(S2_DN_SCALE)
-    mean = np.asarray(mean, dtype=np.float32).reshape(1, -1, 1, 1)
-    std = np.maximum(np.asarray(std, dtype=np.float32), np.float32(1e-6)).reshape(1, -1, 1, 1)
-    return clean_nonfinite((x - mean) / std).astype(np.float32, copy=False)
+    return s2_zscore(raw, mean, std)
 
 
 

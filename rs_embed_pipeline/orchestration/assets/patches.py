@@ -31,6 +31,7 @@ from rs_embed_pipeline.orchestration.patch_fetch import PatchTally, fetch_into_s
 from rs_embed_pipeline.orchestration.knob_fields import knob
 from rs_embed_pipeline.orchestration.resources import CODE_VERSION, ImageryResource, PipelineStore
 from rs_embed_pipeline.stores import ArraySpec, StoreError, TileStore
+from rs_embed_pipeline.stores.patch_encoding import encoding_for
 from rs_embed_pipeline.core.vocabulary import MODALITY_BANDS, PATCH_STATUSES, PROVIDER_UNITS, S1_POLARISATIONS
 
 UNITS = {"s2": PROVIDER_UNITS["s2"], "s1": f"{PROVIDER_UNITS['s1']}, {' and '.join(S1_POLARISATIONS)}"}
@@ -156,8 +157,11 @@ def _open_store(store: PipelineStore, config: PatchesConfig, part: RegionWindow,
     tiles = tiles.reset_index(drop=True)
     bands = MODALITY_BANDS[modality]
     size = int(tiles["size_px"].iloc[0])
+    # S2 DN as uint16 codes, S1 (and S2 with a fill value the codes cannot hold) float32.
+    encoding = encoding_for(modality, float(sensor_options.get("fill_value", 0.0)))
     settings = {
         "modality": modality, "bands": list(bands), "size_px": size, "scale_m": float(tiles["scale_m"].iloc[0]),
+        "data_encoding": encoding.name,
         "region": part.region, "window": part.window, "start": part.start, "end": part.end,
         "tiles_sha256": tiles_sha256(tiles),
         "provider": provider_settings, "sensor_options": sensor_options,
@@ -167,7 +171,7 @@ def _open_store(store: PipelineStore, config: PatchesConfig, part: RegionWindow,
         return TileStore.create_or_open(
             store.layout.patches(modality, part.region, part.window, size), "patches",
             tile_ids=list(tiles["tile_id"]),
-            arrays=[ArraySpec("data", (len(bands), size, size), ("band", "y", "x")),
+            arrays=[ArraySpec("data", (len(bands), size, size), ("band", "y", "x"), encoding=encoding),
                     ArraySpec("valid", (size, size), ("y", "x"), dtype="bool", fill_value=False)],
             fingerprint=patches_fingerprint(settings), attrs=settings, rebuild=config.rebuild,
             force=config.force, storage_options=store.storage_options,
