@@ -133,9 +133,10 @@ class OdcStacProvider:
             )
         return out
 
-    def _options(self, modality: str, sensor_options: Mapping[str, Any]) -> SensorOptions:
-        return SensorOptions.parse(modality, sensor_options,
-                                   defaults={"composite": self.composite, "cloudy_pct": self.cloudy_pct})
+    def _options(self, modality: str, options: SensorOptions | None, sensor_options: Mapping[str, Any]) -> SensorOptions:
+        """``options`` as parsed already, or the keywords parsed over this provider's defaults."""
+        return SensorOptions.for_fetch(modality, options, sensor_options,
+                                       defaults={"composite": self.composite, "cloudy_pct": self.cloudy_pct})
 
     # ---- item discovery (subclasses) --------------------------------------------------------
 
@@ -158,13 +159,16 @@ class OdcStacProvider:
         end: str,
         modality: str,
         bands: Iterable[str] | None = None,
+        *,
+        options: SensorOptions | None = None,
         **sensor_options: Any,
     ) -> Iterator[Patch]:
-        """Yield one :class:`Patch` per tile row (order of completion). Validation errors
+        """Yield one :class:`Patch` per tile row (order of completion). Sensor options: ``options``
+        (parsed, e.g. by the imagery resource) or keywords (parsed here), not both. Validation errors
         (modality, bands, composite, options, dates) raise :class:`ProviderError` at call time."""
         spec = self._spec(modality)
         band_list = self._bands(modality, bands, spec)
-        flt = self._options(modality, sensor_options)
+        flt = self._options(modality, options, sensor_options)
         cloudy_pct, composite = flt.cloudy_pct, flt.composite
         t0, t1 = parse_time(start, "start"), parse_time(end, "end")
         if t1 <= t0:
