@@ -24,6 +24,7 @@ import pandas as pd
 
 from rs_embed_pipeline.core.inspection import inspect_patch, summarize
 from rs_embed_pipeline.providers.base import Patch, PatchProvider, backoff_s
+from rs_embed_pipeline.providers.sensor_options import SensorOptions
 from rs_embed_pipeline.stores import TileStore
 from rs_embed_pipeline.core.vocabulary import TILE_STATUSES
 
@@ -126,7 +127,7 @@ def fetch_into_stores(
     end: str,
     modality: str,
     bands: Sequence[str],
-    sensor_options: Mapping[str, Any],
+    sensor_options: SensorOptions,
     inspect: bool = False,
     tile_retries: int = 0,
     retry_backoff_s: float = 0.0,
@@ -140,9 +141,10 @@ def fetch_into_stores(
     written until its last attempt: it is requested again, up to ``tile_retries`` more times,
     ``retry_backoff_s * 2**round`` (x0.5-1.5 jitter) apart. A tile the provider never answered for
     is recorded as failed (never left silently pending). ``inspect``: run the input inspection on
-    every ok patch (``tile_meta["input_check"]``)."""
+    every ok patch (``tile_meta["input_check"]``). ``sensor_options``: parsed (the imagery
+    resource's), handed to the provider as they are (``fetch_patches(..., options=...)``)."""
     run = FetchRun(provider, stores, tiles, modality=modality, bands=bands, inspect=inspect,
-                   fill_value=float(sensor_options.get("fill_value", 0.0)))
+                   fill_value=sensor_options.fill_value)
     t0 = time.perf_counter()
     try:
         run.rounds(start=start, end=end, sensor_options=sensor_options, tile_retries=tile_retries,
@@ -176,7 +178,7 @@ class FetchRun:
         self.answered: set[str] = set()
         self.retried = self.recovered = 0
 
-    def rounds(self, *, start: str, end: str, sensor_options: Mapping[str, Any], tile_retries: int,
+    def rounds(self, *, start: str, end: str, sensor_options: SensorOptions, tile_retries: int,
                retry_backoff_s: float, sleep: Callable[[float], None]) -> None:
         """The first request of every tile, then retry rounds for the failed ones (backoff, jitter)."""
         batch = self.rows
@@ -184,7 +186,7 @@ class FetchRun:
         for round_ in range(last + 1):
             failed_now: list[str] = []
             for patch in self.provider.fetch_patches(batch, start=start, end=end, modality=self.modality,
-                                                     bands=list(self.bands), **sensor_options):
+                                                     bands=list(self.bands), options=sensor_options):
                 if not self._take(patch, final=round_ == last):
                     failed_now.append(patch.tile_id)  # retried below; its status stays as it was
             if not failed_now:

@@ -10,7 +10,7 @@ import contextlib
 import json
 from pathlib import Path
 import inspect
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import dagster as dg
 from pydantic import Field
@@ -29,7 +29,12 @@ from rs_embed_pipeline.providers import LocalStacProvider, StacProvider
 from rs_embed_pipeline.providers.gee import GEEProvider
 from rs_embed_pipeline.providers.catalogs import CatalogConfigError, resolve_catalog
 from rs_embed_pipeline.providers.local_catalogs.user_scenes import catalog_collections
-from rs_embed_pipeline.providers.sensor_options import SensorOptionError, SensorOptions, parse_cloudy_pct
+from rs_embed_pipeline.providers.sensor_options import (
+    EarthEngineSensorOptions,
+    SensorOptionError,
+    SensorOptions,
+    parse_cloudy_pct,
+)
 from rs_embed_pipeline.providers.stac import PATCH_URL_SIGNERS
 from rs_embed_pipeline.stores.remote import check_storage_options
 from rs_embed_pipeline.worker.protocol import EmbedRequest, read_messages
@@ -177,6 +182,8 @@ class ImageryResource(dg.ConfigurableResource):
         changes="patches `failed_fraction`; above it the patches asset fails")
 
     provider_name: str = "abstract"
+    #: the class :meth:`sensor_options` parses into (the Earth Engine resource's has more options)
+    sensor_options_class: ClassVar[type[SensorOptions]] = SensorOptions
 
     def build(self, fetch_workers: int | None = None) -> PatchProvider:  # pragma: no cover - overridden
         """The provider; ``fetch_workers``: the models' fetch_workers (threads), where it applies."""
@@ -186,31 +193,37 @@ class ImageryResource(dg.ConfigurableResource):
         """Check the provider-specific fields (at code-location load, :func:`definitions.validate_resources`,
         and again in :meth:`build`); raises ``ValueError`` with a ``field`` attribute naming the field."""
 
-    def sensor_options(self, modality: str) -> dict[str, Any]:
-        """Options for ``fetch_patches``, checked by the providers' own parser
-        (:class:`~rs_embed_pipeline.providers.sensor_options.SensorOptions`); invalid values raise
-        :class:`ResourceFieldError` naming the field and the valid values (rs-embed's messages)."""
+    def sensor_options(self, modality: str) -> SensorOptions:
+        """The sensor options of ``modality``, parsed once from the fields by the providers' parser
+        (:class:`~rs_embed_pipeline.providers.sensor_options.SensorOptions`) and passed as this object
+        down to ``fetch_patches(..., options=...)``; ``.as_dict()`` is what the patch stores and the
+        run metadata record. Invalid values raise :class:`ResourceFieldError` naming the field and
+        the valid values (rs-embed's messages)."""
         options: dict[str, Any] = {"composite": self.composite, "fill_value": float(self.fill_value)}
         if modality == "s2":
             options["cloudy_pct"] = self.cloudy_pct  # as configured: it is part of the store fingerprints
-        elif self.s1_orbit:
-            options["orbit"] = self.s1_orbit
+        else:
+            if self.s1_orbit:
+                options["orbit"] = self.s1_orbit
+            options["use_float_linear"] = self.use_float_linear
+        options.update(self._own_sensor_options(modality))
         try:
-            parsed = SensorOptions.parse(modality, options)
+            parsed = self.sensor_options_class.parse(modality, options)
             parse_cloudy_pct(self.cloudy_pct)  # shared by both modalities' settings: checked for S1 too
         except SensorOptionError as exc:
             raise ResourceFieldError(_SENSOR_OPTION_FIELDS.get(exc.option, "sensor options"),
                                      _rs_embed_message(exc)) from None
-        if modality == "s1":
-            if parsed.orbit is not None:
-                options["orbit"] = parsed.orbit
-            options["use_float_linear"] = bool(self.use_float_linear)
-        return options
+        return parsed
+
+    def _own_sensor_options(self, modality: str) -> dict[str, Any]:
+        """Options of this provider's own (:attr:`sensor_options_class`), from its fields; none here."""
+        return {}
 
 
 # The resource field behind each sensor option that sensor_options parses.
 _SENSOR_OPTION_FIELDS = {"composite": "composite", "cloudy_pct": "cloudy_pct", "orbit": "s1_orbit",
-                         "fill_value": "fill_value"}
+                         "fill_value": "fill_value", "use_float_linear": "use_float_linear",
+                         "require_iw": "s1_require_iw", "relax_iw_on_empty": "s1_relax_iw_on_empty"}
 
 
 def _rs_embed_message(exc: Any) -> str:
@@ -414,12 +427,13 @@ class EarthEngineImagery(ImageryResource):
         changes="patches `provider_stats.config.request_timeout_s`; no pixel changes")
     provider_name: str = "gee"
 
-    def sensor_options(self, modality: str) -> dict[str, Any]:
-        options = super().sensor_options(modality)
+    sensor_options_class: ClassVar[type[SensorOptions]] = EarthEngineSensorOptions
+
+    def _own_sensor_options(self, modality: str) -> dict[str, Any]:
+        # S2's Cloud Score+ settings are the provider's (GEEProvider arguments), not the resource's
         if modality == "s1":
-            options["require_iw"] = bool(self.s1_require_iw)
-            options["relax_iw_on_empty"] = bool(self.s1_relax_iw_on_empty)
-        return options
+            return {"require_iw": self.s1_require_iw, "relax_iw_on_empty": self.s1_relax_iw_on_empty}
+        return {}
 
     def build(self, fetch_workers: int | None = None) -> PatchProvider:
         # Earth Engine's concurrency is max_concurrent_requests (its quota); fetch_workers does not apply.

@@ -23,13 +23,12 @@ import numpy as np
 from rs_embed_pipeline.core.grid import Tile
 from rs_embed_pipeline.core.vocabulary import MODALITIES, PATCH_STATUSES, S1_BANDS, S2_BANDS, PatchStatus
 
+from .errors import ProviderError
+from .sensor_options import SensorOptions
+
 # The shared words live in rs_embed_pipeline.core.vocabulary; re-exported here for provider code.
 __all__ = ["MODALITIES", "PATCH_STATUSES", "S1_BANDS", "S2_BANDS", "Patch", "PatchProvider", "PatchStatus",
            "ProviderError", "Tile", "backoff_s", "tile_rows"]
-
-
-class ProviderError(RuntimeError):
-    """A provider was misconfigured or asked for something it cannot serve."""
 
 
 @dataclasses.dataclass
@@ -87,10 +86,14 @@ class PatchProvider(Protocol):
         end: str,
         modality: str,
         bands: Iterable[str] | None = None,
+        *,
+        options: SensorOptions | None = None,
         **sensor_options: Any,
     ) -> Iterator[Patch]:
         """Yield one ``Patch`` per row of ``tiles`` (a tile_grid GeoDataFrame, or an iterable of
-        ``Tile`` / row mappings: :func:`tile_rows`), any order."""
+        ``Tile`` / row mappings: :func:`tile_rows`), any order. Sensor options come parsed
+        (``options``, e.g. an imagery resource's) or as keywords, parsed once at the provider
+        boundary (:meth:`SensorOptions.for_fetch`), never both."""
         ...
 
     def describe(self) -> dict[str, Any]:

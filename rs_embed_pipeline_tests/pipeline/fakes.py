@@ -23,6 +23,7 @@ import numpy as np
 from pydantic import Field
 
 from rs_embed_pipeline.providers.base import S1_BANDS, S2_BANDS, Patch
+from rs_embed_pipeline.providers.sensor_options import SensorOptions
 from rs_embed_pipeline.orchestration.resources import ImageryResource
 
 
@@ -45,9 +46,10 @@ class SyntheticPixelsProvider:
     def __init__(self, delay_s: float = 0.0):
         self.delay_s = float(delay_s)
 
-    def fetch_patches(self, tiles: Any, start: str, end: str, modality: str,
-                      bands: Iterable[str] | None = None, **sensor_options: Any) -> Iterator[Patch]:
+    def fetch_patches(self, tiles: Any, start: str, end: str, modality: str, bands: Iterable[str] | None = None,
+                      *, options: SensorOptions | None = None, **sensor_options: Any) -> Iterator[Patch]:
         band_list = list(bands or (S2_BANDS if modality == "s2" else S1_BANDS))
+        composite = SensorOptions.for_fetch(modality, options, sensor_options).composite
         for row in _rows(tiles):
             if self.delay_s:
                 time.sleep(self.delay_s)
@@ -64,7 +66,7 @@ class SyntheticPixelsProvider:
                     data[b] = 0.01 + 0.3 * field + 0.2 * rng.random((size, size), dtype=np.float32)
             meta = {"provider": self.name, "synthetic": True, "start": start, "end": end,
                     "scene_ids": [f"synthetic-{modality}-{start}"], "image_count": 1,
-                    "composite": sensor_options.get("composite", "median")}
+                    "composite": composite}
             yield Patch(tid, np.clip(data, 0, 10000), np.ones((size, size), dtype=bool), "ok", meta)
 
     def describe(self) -> dict[str, Any]:
@@ -111,8 +113,8 @@ class FaultyProvider:
                 return f"injected transient failure: HTTP 429 quota exceeded (attempt {attempt + 1})"
             return None
 
-    def fetch_patches(self, tiles: Any, start: str, end: str, modality: str,
-                      bands: Iterable[str] | None = None, **sensor_options: Any) -> Iterator[Patch]:
+    def fetch_patches(self, tiles: Any, start: str, end: str, modality: str, bands: Iterable[str] | None = None,
+                      *, options: SensorOptions | None = None, **sensor_options: Any) -> Iterator[Patch]:
         band_list = list(bands or (S2_BANDS if modality == "s2" else S1_BANDS))
         passed = []
         rows = _rows(tiles)
@@ -125,7 +127,8 @@ class FaultyProvider:
                                   provider=self.name, reason=reason)
         if passed:
             subset = tiles.iloc[passed] if hasattr(tiles, "iloc") else [rows[i] for i in passed]
-            yield from self.inner.fetch_patches(subset, start, end, modality, bands=band_list, **sensor_options)
+            yield from self.inner.fetch_patches(subset, start, end, modality, bands=band_list, options=options,
+                                                **sensor_options)
 
     def describe(self) -> dict[str, Any]:
         return self.inner.describe()  # injected faults do not shape the pixels of the tiles that succeed

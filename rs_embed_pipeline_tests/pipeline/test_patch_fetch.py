@@ -13,6 +13,7 @@ import pytest
 
 from rs_embed_pipeline.orchestration.patch_fetch import UNANSWERED, PatchTally, fetch_into_stores
 from rs_embed_pipeline.providers.base import Patch, PatchStatus
+from rs_embed_pipeline.providers.sensor_options import SensorOptions
 from rs_embed_pipeline.stores import ArraySpec, TileStore
 
 BANDS = ("VV", "VH")
@@ -67,7 +68,7 @@ def _stores(root) -> dict[int, TileStore]:
 
 def _fetch(provider, stores, waits: list[float], retries: int = 2):
     return fetch_into_stores(provider, stores, _tiles(), start="2024-01-01", end="2024-04-01", modality="s1",
-                             bands=BANDS, sensor_options={"fill_value": 0.0}, inspect=True,
+                             bands=BANDS, sensor_options=SensorOptions.parse("s1", {"fill_value": 0.0}), inspect=True,
                              tile_retries=retries, retry_backoff_s=1.0, sleep=waits.append)
 
 

@@ -163,10 +163,11 @@ def test_sensor_option_errors_use_the_pages_messages():
         LocalStacImagery(catalog_path="x", s1_orbit="north").sensor_options("s1")
     with pytest.raises(ValueError, match=r"Unknown composite='max'\. Use 'median' or 'mosaic'\."):
         LocalStacImagery(catalog_path="x", composite="max").sensor_options("s2")
-    s1 = EarthEngineImagery(s1_orbit="descending", use_float_linear=False, s1_require_iw=False).sensor_options("s1")
+    s1 = EarthEngineImagery(s1_orbit="descending", use_float_linear=False,
+                            s1_require_iw=False).sensor_options("s1").as_dict()
     assert s1 == {"composite": "median", "fill_value": 0.0, "orbit": "DESCENDING", "use_float_linear": False,
                   "require_iw": False, "relax_iw_on_empty": True}
-    assert LocalStacImagery(catalog_path="x", fill_value=-9).sensor_options("s2") == {
+    assert LocalStacImagery(catalog_path="x", fill_value=-9).sensor_options("s2").as_dict() == {
         "composite": "median", "fill_value": -9.0, "cloudy_pct": 30}
 
 

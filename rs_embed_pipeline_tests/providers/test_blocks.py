@@ -144,7 +144,7 @@ def test_sorting_network_sorts_and_mosaic_takes_latest():
 def test_odc_stac_fallback_reads_the_same_pixels(synthetic_catalog, two_sizes, monkeypatch):
     """Blocks whose grids do not nest go through odc-stac (a warp, nearest): on nested grids
     both readers give the same numbers, so the reader never changes a patch."""
-    import rs_embed_pipeline.providers.stac as stac_mod
+    import rs_embed_pipeline.providers.stac.reads as stac_mod
 
     bands = ["B2", "B5", "B1"]
     fast = {p.tile_id: p for p in LocalStacProvider(synthetic_catalog, max_workers=2)

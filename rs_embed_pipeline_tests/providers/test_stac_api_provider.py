@@ -179,7 +179,7 @@ def test_stac_provider_validation_and_describe():
 
 def test_search_bboxes_split_at_antimeridian():
     from rs_embed_pipeline.core.grid import bbox_aoi, build_tile_grid
-    from rs_embed_pipeline.providers.stac import _search_bboxes
+    from rs_embed_pipeline.providers.stac.items import search_bboxes as _search_bboxes
 
     g = build_tile_grid(bbox_aoi(179.98, -16.8, -179.98, -16.79), 32, 10)
     boxes = _search_bboxes(list(g.geometry))

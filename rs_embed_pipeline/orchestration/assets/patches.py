@@ -111,14 +111,15 @@ def build_patches_asset(
         context: dg.AssetExecutionContext, config: PatchesConfig, store: PipelineStore, imagery: ImageryResource,
     ) -> dg.MaterializeResult:
         provider = imagery.build(fetch_workers=fetch_workers)
-        sensor_options = imagery.sensor_options(modality)
+        sensor_options = imagery.sensor_options(modality)  # parsed once, passed down as the object
+        recorded_options = sensor_options.as_dict()
         provider_settings = provider.describe()
         tally = PatchTally()
         for part in region_windows(partitions_def, context.partition_keys):
             grid = read_tile_grid(store, part.region, part.window)
             tiles = grid[grid["size_px"].isin(sizes)].reset_index(drop=True)
             stores = {size: _open_store(store, config, part, modality, tiles[tiles["size_px"] == size],
-                                        provider_settings, sensor_options) for size in sizes}
+                                        provider_settings, recorded_options) for size in sizes}
             # One fetch for every tile size: block-reading providers read each scene pixel once.
             result = fetch_into_stores(
                 provider, stores, tiles, start=part.start, end=part.end, modality=modality, bands=bands,
@@ -130,7 +131,7 @@ def build_patches_asset(
             context.log.info(f"{part.key}: {result.fetched} tiles of sizes {sizes} fetched in one pass "
                              f"in {result.fetch_s} s")
 
-        metadata = _run_metadata(tally, modality, imagery, provider_settings, sensor_options, provider.stats())
+        metadata = _run_metadata(tally, modality, imagery, provider_settings, recorded_options, provider.stats())
         over_budget = tally.budget_error(imagery.max_failure_fraction, config.tile_retries)
         if over_budget:
             # No step retry: the tiles were already retried with backoff in this run. They are

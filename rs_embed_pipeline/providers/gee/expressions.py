@@ -10,17 +10,10 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from rs_embed_pipeline.core.vocabulary import (
-    COMPOSITES,
-    DEFAULT_COMPOSITE,
-    MODALITIES,
-    S1_BANDS,
-    S1_ORBITS,
-    S1_POLARISATIONS,
-    S2_BANDS,
-)
+from rs_embed_pipeline.core.vocabulary import S1_BANDS, S1_POLARISATIONS, S2_BANDS
 
 from ..base import ProviderError, Tile
+from ..sensor_options import EarthEngineSensorOptions, SensorOptionError, SensorOptions
 from .client import import_ee
 from .request_blocks import PixelBox
 
@@ -36,9 +29,6 @@ S1_FLOAT_COLLECTION = "COPERNICUS/S1_GRD_FLOAT"
 S1_DB_COLLECTION = "COPERNICUS/S1_GRD"
 
 
-CLOUD_SCORE_PLUS_BANDS: tuple[str, ...] = ("cs_cdf", "cs")
-
-
 #: The uint8 band carrying the validity mask through NPY (which has no mask of its own).
 VALID_BAND = "rsep_valid"
 
@@ -50,12 +40,6 @@ _VALID_BAND_BYTES = 1
 
 
 _LN10_OVER_10 = math.log(10.0) / 10.0
-
-
-_S2_OPTIONS = ("composite", "cloudy_pct", "cloud_score_plus", "cs_threshold", "cs_band", "fill_value")
-
-
-_S1_OPTIONS = ("composite", "orbit", "use_float_linear", "require_iw", "relax_iw_on_empty", "fill_value")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,36 +104,16 @@ class _Sensor:
         return f
 
 
-def _as_bool(name: str, value: Any) -> bool:
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    raise ProviderError(f"sensor option {name!r} must be true or false, got {value!r}")
-
-
-def _number_within(name: str, value: Any, lo: float, hi: float, *, kind: str = "a number") -> float:
-    """``value`` as a float within ``[lo, hi]``, else a ProviderError naming the option."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ProviderError(f"GEE provider: {name} must be {kind}, got {value!r}") from None
-    if not lo <= number <= hi:
-        raise ProviderError(f"GEE provider: {name} must be within [{lo}, {hi}], got {number}")
-    return number
-
-
-def _parse_sensor(modality: str, bands: Iterable[str] | None, options: Mapping[str, Any],
-                  defaults: Mapping[str, Any]) -> _Sensor:
+def _parse_sensor(modality: str, bands: Iterable[str] | None, options: SensorOptions | None,
+                  keywords: Mapping[str, Any], defaults: Mapping[str, Any]) -> _Sensor:
+    """The sensor of one fetch: its options parsed once, by the shared parser
+    (:meth:`EarthEngineSensorOptions.for_fetch`: ``options`` as given, or the ``keywords`` over the
+    provider's ``defaults``), and its bands checked."""
     modality = str(modality).lower().strip()
-    if modality not in MODALITIES:
-        raise ProviderError(f"GEE provider: unknown modality {modality!r}; use 's2' or 's1'")
-    valid_opts = _S2_OPTIONS if modality == "s2" else _S1_OPTIONS
-    unknown = sorted(set(options) - set(valid_opts))
-    if unknown:
-        raise ProviderError(
-            f"GEE provider: unknown {modality} sensor option(s) {unknown}; valid: {list(valid_opts)}"
-        )
-    opts = {k: v for k, v in defaults.items() if k in valid_opts}
-    opts.update(options)
+    try:
+        opts = EarthEngineSensorOptions.for_fetch(modality, options, keywords, defaults=defaults)
+    except SensorOptionError as exc:  # the provider's errors all start alike
+        raise SensorOptionError(f"GEE provider: {exc}", option=exc.option, value=exc.value, valid=exc.valid) from None
 
     allowed = S2_BANDS if modality == "s2" else S1_BANDS
     band_list = tuple(str(b) for b in (bands if bands is not None else allowed))
@@ -162,42 +126,17 @@ def _parse_sensor(modality: str, bands: Iterable[str] | None, options: Mapping[s
     if len(set(band_list)) != len(band_list):
         raise ProviderError(f"GEE provider: duplicate bands in {list(band_list)}")
 
-    composite = str(opts.get("composite", DEFAULT_COMPOSITE) or DEFAULT_COMPOSITE).lower().strip()
-    if composite not in COMPOSITES:
-        raise ProviderError(f"GEE provider: unknown composite {opts.get('composite')!r}; "
-                            f"valid: {list(COMPOSITES)}")
-    try:
-        fill = float(opts.get("fill_value", 0.0))
-    except (TypeError, ValueError):
-        raise ProviderError(f"GEE provider: fill_value must be a number, got {opts.get('fill_value')!r}") from None
-
     if modality == "s2":
-        cloudy = opts.get("cloudy_pct", 30)
-        if cloudy is not None:
-            cloudy = _number_within("cloudy_pct", cloudy, 0, 100, kind="a number or None")
-            if cloudy == int(cloudy):
-                cloudy = int(cloudy)
-        csp = _as_bool("cloud_score_plus", opts.get("cloud_score_plus", False))
-        thr = _number_within("cs_threshold", opts.get("cs_threshold", 0.6), 0, 1)
-        cs_band = str(opts.get("cs_band", "cs_cdf"))
-        if cs_band not in CLOUD_SCORE_PLUS_BANDS:
-            raise ProviderError(f"GEE provider: cs_band {cs_band!r} is not one of "
-                                f"{list(CLOUD_SCORE_PLUS_BANDS)}")
-        return _Sensor("s2", band_list, composite, fill_value=fill, cloudy_pct=cloudy, cloud_score_plus=csp,
-                       cs_threshold=thr, cs_band=cs_band)
-
-    orbit = opts.get("orbit")
-    if orbit is not None:
-        orbit = str(orbit).upper().strip()
-        if orbit not in S1_ORBITS:
-            raise ProviderError(f"GEE provider: unknown S1 orbit {opts.get('orbit')!r}; "
-                                f"use 'ASCENDING' or 'DESCENDING' (or None for both)")
-    return _Sensor(
-        "s1", band_list, composite, fill_value=fill, orbit=orbit,
-        use_float_linear=_as_bool("use_float_linear", opts.get("use_float_linear", True)),
-        require_iw=_as_bool("require_iw", opts.get("require_iw", True)),
-        relax_iw_on_empty=_as_bool("relax_iw_on_empty", opts.get("relax_iw_on_empty", True)),
-    )
+        cloudy = opts.cloudy_pct
+        if cloudy is not None and cloudy == int(cloudy):
+            cloudy = int(cloudy)  # Earth Engine's filter and the provenance hold a whole percentage as an int
+        if opts.cloud_score_plus is None or opts.cs_threshold is None or opts.cs_band is None:
+            raise ProviderError("GEE provider: cloud_score_plus, cs_threshold and cs_band need the provider's defaults")
+        return _Sensor("s2", band_list, opts.composite, fill_value=opts.fill_value, cloudy_pct=cloudy,
+                       cloud_score_plus=opts.cloud_score_plus, cs_threshold=opts.cs_threshold, cs_band=opts.cs_band)
+    return _Sensor("s1", band_list, opts.composite, fill_value=opts.fill_value, orbit=opts.orbit,
+                   use_float_linear=opts.use_float_linear, require_iw=opts.require_iw,
+                   relax_iw_on_empty=opts.relax_iw_on_empty)
 
 
 class FetchRun:

@@ -23,6 +23,7 @@ from rs_embed_pipeline.core.timeparse import parse_utc
 from rs_embed_pipeline.core.vocabulary import COMPOSITES, DEFAULT_COMPOSITE
 
 from ..base import Patch, ProviderError, Tile, tile_rows
+from ..sensor_options import SensorOptions
 from .client import (
     EE_CONFIG,
     EE_CONFIG_LOCK,
@@ -148,7 +149,7 @@ class GEEProvider:
         self._sensor_defaults = {"cloud_score_plus": bool(cloud_score_plus),
                                  "cs_threshold": float(cs_threshold), "cs_band": str(cs_band)}
         # Validate the defaults once (the same checks as per-call options).
-        _parse_sensor("s2", None, {}, self._sensor_defaults)
+        _parse_sensor("s2", None, None, {}, self._sensor_defaults)
 
         self._clock = clock
         self._sleep = sleep
@@ -232,11 +233,15 @@ class GEEProvider:
         end: str,
         modality: str,
         bands: Iterable[str] | None = None,
+        *,
+        options: SensorOptions | None = None,
         **sensor_options: Any,
     ) -> Iterator[Patch]:
         """Yield one :class:`Patch` per tile row, in completion order.
 
-        Options, Sentinel-2: ``composite`` (median | mosaic), ``cloudy_pct`` (default 30, None:
+        Sensor options come parsed (``options``: an :class:`EarthEngineSensorOptions`, or a
+        :class:`SensorOptions` whose Earth Engine fields then take this provider's defaults) or as
+        keywords, parsed once here by the same parser. Options, Sentinel-2: ``composite`` (median | mosaic), ``cloudy_pct`` (default 30, None:
         off), ``cloud_score_plus`` (bool), ``cs_threshold`` (0.6), ``cs_band`` (cs_cdf | cs).
         Sentinel-1: ``composite``, ``orbit`` (ASCENDING | DESCENDING | None),
         ``use_float_linear`` (True), ``require_iw`` (True), ``relax_iw_on_empty`` (True).
@@ -245,7 +250,7 @@ class GEEProvider:
         Misconfiguration (unknown option, band, composite, orbit, bad dates, no credentials)
         raises :class:`ProviderError` here, before any request; per-tile problems never raise.
         """
-        sensor = _parse_sensor(modality, bands, sensor_options, self._sensor_defaults)
+        sensor = _parse_sensor(modality, bands, options, sensor_options, self._sensor_defaults)
         t0 = _parse_time(start, "start")
         t1 = _parse_time(end, "end")
         if not t0 < t1:

@@ -1,0 +1,368 @@
+"""The fetch path both STAC providers share: validation, item filtering, blocks, patches."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from typing import Any, TypedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+
+import shapely
+from shapely.geometry import shape as shapely_shape
+
+from rs_embed_pipeline.core.vocabulary import COMPOSITES, MODALITIES, S1_BANDS, S2_BANDS
+
+from ..base import Patch, ProviderError, Tile, tile_rows
+from ..blocks import DEFAULT_MAX_BLOCK_PX, Block, group_blocks
+from ..gdal_env import gdal_options
+from ..sensor_options import SensorOptions, parse_composite
+from .compositing import composite_box, cut_tile, own_planes
+from .items import item_time, parse_time, resolve_patch_url, usable_items
+from .reads import BlockReader
+from .specs import SCL_INVALID_CLASSES, CollectionSpec
+from .stack import SceneStack
+
+log = logging.getLogger(__name__)
+
+
+class ReadOptions(TypedDict, total=False):
+    """Read options every STAC provider takes (their defaults: :class:`OdcStacProvider`)."""
+
+    max_workers: int
+    cloudy_pct: float | None
+    composite: str
+    max_block_px: int
+
+
+class RemoteReadOptions(ReadOptions, total=False):
+    """:class:`ReadOptions` plus those of assets read over HTTP (a STAC API's)."""
+
+    patch_url: Callable[[str], str] | str | None
+    rio_config: Mapping[str, Any] | None
+
+
+def _row_get(row: Any, key: str, default: Any = None) -> Any:
+    try:
+        v = row[key]
+    except (KeyError, IndexError, TypeError):
+        return default
+    return default if v is None else v
+
+
+def _empty(
+    tile_id: str, n_bands: int, size_px: int, status: str, meta: Mapping[str, Any], **extra: Any
+) -> Patch:
+    """``Patch.empty`` without squeezing ``meta`` through keyword arguments."""
+    p = Patch.empty(tile_id, n_bands, size_px, status)  # type: ignore[arg-type]
+    p.meta = {**meta, **extra}
+    return p
+
+
+class OdcStacProvider:
+    """Shared fetch logic; subclasses implement :meth:`_find_items`."""
+
+    name = "stac"
+
+    def __init__(
+        self,
+        specs: Mapping[str, CollectionSpec],
+        *,
+        max_workers: int = 4,
+        cloudy_pct: float | None = 30.0,
+        composite: str = "median",
+        patch_url: Callable[[str], str] | str | None = None,
+        max_block_px: int = DEFAULT_MAX_BLOCK_PX,
+        rio_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.specs = dict(specs)
+        patch_url = resolve_patch_url(patch_url)
+        self.max_block_px = int(max_block_px)
+        if self.max_block_px < 1:
+            raise ProviderError(f"max_block_px must be a positive pixel count, got {max_block_px!r}")
+        self.gdal_options = gdal_options(rio_config)
+        self._rio_lock = threading.Lock()
+        self._rio_configured = False
+        self.max_workers = max(1, int(max_workers))
+        self.cloudy_pct = None if cloudy_pct is None else float(cloudy_pct)
+        self.composite = composite
+        self.patch_url = patch_url
+        self._check_composite(composite)
+
+    # ---- validation -------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_composite(composite: str) -> None:
+        parse_composite(composite)
+
+    def _spec(self, modality: str) -> CollectionSpec:
+        if modality not in MODALITIES:
+            raise ProviderError(f"unknown modality {modality!r}; valid: {list(MODALITIES)}")
+        spec = self.specs.get(modality)
+        if spec is None:
+            raise ProviderError(
+                f"{type(self).__name__} has no collection configured for modality {modality!r}; "
+                f"configured: {sorted(self.specs)}"
+                + (
+                    ". S1 through STAC needs a collection of calibrated linear sigma0 "
+                    "(s1_collection); Earth Search has none and Planetary Computer's "
+                    "sentinel-1-rtc is gamma0: use the Earth Engine provider for S1, or no model "
+                    "that embeds S1"
+                    if modality == "s1"
+                    else ""
+                )
+            )
+        return spec
+
+    @staticmethod
+    def _bands(modality: str, bands: Iterable[str] | None, spec: CollectionSpec) -> list[str]:
+        valid = S2_BANDS if modality == "s2" else S1_BANDS
+        out = list(valid) if bands is None else [str(b) for b in bands]
+        if not out:
+            raise ProviderError(f"no bands asked; valid {modality} bands: {list(valid)}")
+        bad = [b for b in out if b not in valid]
+        if bad:
+            raise ProviderError(f"unknown {modality} band(s) {bad}; valid: {list(valid)}")
+        if len(set(out)) != len(out):
+            raise ProviderError(f"duplicate bands in {out}")
+        missing = [b for b in out if b not in spec.assets]
+        if missing:
+            raise ProviderError(
+                f"collection {spec.collection!r} has no asset mapped for band(s) {missing}"
+            )
+        return out
+
+    def _options(self, modality: str, options: SensorOptions | None, sensor_options: Mapping[str, Any]) -> SensorOptions:
+        """``options`` as parsed already, or the keywords parsed over this provider's defaults."""
+        return SensorOptions.for_fetch(modality, options, sensor_options,
+                                       defaults={"composite": self.composite, "cloudy_pct": self.cloudy_pct})
+
+    # ---- item discovery (subclasses) --------------------------------------------------------
+
+    def _find_items(
+        self,
+        spec: CollectionSpec,
+        tiles: Sequence[Tile],
+        start: dt.datetime,
+        end: dt.datetime,
+        flt: SensorOptions,
+    ) -> list[Any]:
+        raise NotImplementedError
+
+    # ---- the contract -----------------------------------------------------------------------
+
+    def fetch_patches(
+        self,
+        tiles: Any,
+        start: str,
+        end: str,
+        modality: str,
+        bands: Iterable[str] | None = None,
+        *,
+        options: SensorOptions | None = None,
+        **sensor_options: Any,
+    ) -> Iterator[Patch]:
+        """Yield one :class:`Patch` per tile row (order of completion). Sensor options: ``options``
+        (parsed, e.g. by the imagery resource) or keywords (parsed here), not both. Validation errors
+        (modality, bands, composite, options, dates) raise :class:`ProviderError` at call time."""
+        spec = self._spec(modality)
+        band_list = self._bands(modality, bands, spec)
+        flt = self._options(modality, options, sensor_options)
+        cloudy_pct, composite = flt.cloudy_pct, flt.composite
+        t0, t1 = parse_time(start, "start"), parse_time(end, "end")
+        if t1 <= t0:
+            raise ProviderError(f"end {end!r} must be after start {start!r} (end is exclusive)")
+        rows = tile_rows(tiles)
+        base_meta = {
+            "provider": self.name,
+            "collection": spec.collection,
+            "modality": modality,
+            "bands": list(band_list),
+            "assets": [spec.assets[b] for b in band_list],
+            "start": str(start),
+            "end": str(end),
+            "composite": composite,
+            "cloudy_pct": cloudy_pct,
+            "cloud_filter": (
+                f"{spec.cloud_cover_property} <= {cloudy_pct:g}"
+                if cloudy_pct is not None and spec.cloud_cover_property
+                else None
+            ),
+            "mask": (
+                f"{spec.mask_asset} not in {list(SCL_INVALID_CLASSES)}" if spec.mask_asset else None
+            ),
+            "orbit": flt.orbit,
+            "fill_value": flt.fill_value,
+            "groupby": "solar_day",
+        }
+        if modality == "s1":
+            base_meta["use_float_linear"] = flt.use_float_linear
+            base_meta["s1_source_units"] = "linear sigma0" if flt.use_float_linear else "dB (converted to linear)"
+        return self._generate(rows, spec, band_list, t0, t1, flt, base_meta)
+
+    def _generate(self, rows, spec, band_list, t0, t1, flt: SensorOptions, base_meta):
+        n = len(band_list)
+        tiles: list[Tile] = []
+        for i, row in enumerate(rows):
+            try:
+                tiles.append(Tile.from_row(row).with_footprint())
+            except Exception as exc:  # a malformed row fails alone
+                tid = str(_row_get(row, "tile_id", f"row{i}"))
+                size = int(_row_get(row, "size_px", 1) or 1)
+                yield _empty(
+                    tid,
+                    n,
+                    size,
+                    "failed",
+                    base_meta,
+                    reason=f"bad tile row: {type(exc).__name__}: {exc}",
+                )
+        if not tiles:
+            return
+        try:
+            items = self._find_items(spec, tiles, t0, t1, flt)
+        except Exception as exc:
+            log.exception("item search failed")
+            for t in tiles:
+                yield _empty(
+                    t.tile_id,
+                    n,
+                    t.size_px,
+                    "failed",
+                    base_meta,
+                    reason=f"item search failed: {type(exc).__name__}: {exc}",
+                )
+            return
+        items, dropped = usable_items(items, spec, band_list)
+        items = sorted(items, key=lambda it: (item_time(it), it.id))
+        prepared = [(it, shapely_shape(it.geometry) if it.geometry else None) for it in items]
+        # Blocks one after the other (memory: one block's stack at a time); the reads inside a
+        # block run on the thread pool (odc-stac ``pool``).
+        for block in group_blocks(tiles, self.max_block_px):
+            yield from self._fetch_block(block, prepared, spec, band_list, flt, base_meta, dropped)
+
+    # ---- one block --------------------------------------------------------------------------
+
+    def _fetch_block(
+        self, block: Block, prepared, spec: CollectionSpec, band_list, flt: SensorOptions, base_meta,
+        dropped: Sequence[tuple[Any, dict[str, str]]] = (),
+    ) -> Iterator[Patch]:
+        """Read the block once, composite it once, cut its tiles (see :mod:`..blocks`)."""
+        n = len(band_list)
+        t_start = time.perf_counter()
+        fp_block = shapely.union_all([t.footprint for t in block.tiles])
+        block_items = [it for it, g in prepared if g is None or g.intersects(fp_block)]
+        tile_items: dict[str, list[Any]] = {}
+        for t in block.tiles:
+            tile_items[t.tile_id] = [
+                it for it, g in prepared if (g is None or g.intersects(t.footprint))
+            ]
+
+        def tile_meta(tile: Tile) -> dict[str, Any]:
+            its = tile_items[tile.tile_id]
+            meta = dict(base_meta)
+            meta.update(
+                {
+                    "crs": tile.crs,
+                    "transform": tile.transform,
+                    "size_px": tile.size_px,
+                    "scale_m": tile.scale_m,
+                    "scene_ids": [it.id for it in its],
+                    "image_count": len(its),
+                    "synthetic": bool(its)
+                    and all(bool(it.properties.get("synthetic", False)) for it in its),
+                    "block": block.describe(),
+                }
+            )
+            gone = [d for it, d in dropped if it.geometry is None
+                    or shapely_shape(it.geometry).intersects(tile.footprint)]
+            if gone:
+                meta["dropped_items"] = gone
+            return meta
+
+        with_items = [t for t in block.tiles if tile_items[t.tile_id]]
+        for t in block.tiles:
+            if not tile_items[t.tile_id]:
+                meta = tile_meta(t)
+                meta["elapsed_s"] = round(time.perf_counter() - t_start, 4)
+                yield _empty(t.tile_id, n, t.size_px, "no_data", meta, reason="no item in the window")
+        if not with_items:
+            return
+        # One attempt: a failed block fails its tiles, and the patches asset (the one owner of
+        # tile failures, docs/architecture.md) requests them again with backoff and jitter.
+        try:
+            stack = self._load_block(block, block_items, spec, band_list, flt)
+            # tiles that a scene outside their footprint touches get their own composite,
+            # first: the block's composite then sorts the raw planes in place
+            own = {}
+            for t in with_items:
+                mine = own_planes(stack, block, t, tile_items[t.tile_id])
+                if mine is not None:
+                    rows, cols = block.box(t)
+                    own[t.tile_id] = composite_box(stack, flt, rows, cols, mine)
+            composite = composite_box(stack, flt, rows=slice(None), cols=slice(None), in_place=True)
+        except Exception as exc:
+            log.warning("block %s failed: %s", block.describe(), exc, exc_info=True)
+            for t in with_items:
+                meta = tile_meta(t)
+                meta["elapsed_s"] = round(time.perf_counter() - t_start, 4)
+                yield _empty(t.tile_id, n, t.size_px, "failed", meta, reason=f"{type(exc).__name__}: {exc}")
+            return
+        elapsed = (time.perf_counter() - t_start) / len(with_items)
+        for t in with_items:
+            meta = tile_meta(t)
+            data, valid, extra = cut_tile(stack, composite, block, t, tile_items[t.tile_id],
+                                                own.get(t.tile_id))
+            meta.update(extra)
+            meta["elapsed_s"] = round(elapsed, 4)
+            if not valid.any():
+                yield _empty(
+                    t.tile_id, n, t.size_px, "no_data", meta,
+                    reason="no valid pixel (all masked or nodata)",
+                )
+                continue
+            yield Patch(t.tile_id, data, valid, "ok", meta)
+
+    # ---- loading: every scene asset once per block ------------------------------------------
+
+    def _load_block(self, block: Block, items, spec: CollectionSpec, band_list, flt: SensorOptions) -> SceneStack:
+        """Every asset of every scene once over the block (:class:`.reads.BlockReader`)."""
+        self._configure_rio()
+        return BlockReader(self.patch_url, self.gdal_options, self.max_workers).load(block, items, spec, band_list, flt)
+
+    def _configure_rio(self) -> None:
+        """GDAL options of :mod:`..gdal_env` (+ ``rio_config`` overrides), once per provider."""
+        with self._rio_lock:
+            if not self._rio_configured:
+                import odc.stac  # heavy (dask, xarray): imported on the first read
+
+                # upper-case GDAL names: none collides with configure_rio's own parameters
+                options: dict[str, Any] = dict(self.gdal_options)
+                odc.stac.configure_rio(cloud_defaults=True, **options)
+                self._rio_configured = True
+
+    def stats(self) -> dict[str, Any]:
+        """Operational settings that do not shape the pixels (kept out of ``describe()``, which
+        feeds store fingerprints): thread pool size, block size and the GDAL options."""
+        return {
+            "config": {
+                "max_workers": self.max_workers,
+                "max_block_px": self.max_block_px,
+                "gdal": dict(self.gdal_options),
+            }
+        }
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "provider": self.name,
+            "collections": {m: s.describe() for m, s in self.specs.items()},
+            "cloudy_pct": self.cloudy_pct,
+            "composite": self.composite,
+            "composites": list(COMPOSITES),
+            "groupby": "solar_day",
+            "scl_invalid_classes": list(SCL_INVALID_CLASSES),
+            "resampling": "nearest for every band and SCL (as Earth Engine's default)",
+            "block_reads": "tiles of every size cut from one read and composite per block",
+            "units": {"s2": "(DN*scale+offset)*10000", "s1": "linear sigma0 (DN*scale+offset)"},
+        }
