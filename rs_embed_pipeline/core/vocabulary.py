@@ -40,6 +40,13 @@ Composite = Literal["median", "mosaic"]
 COMPOSITES: tuple[str, ...] = ("median", "mosaic")
 DEFAULT_COMPOSITE: str = "median"
 
+#: Sentinel-2 per-pixel cloud masks, the same meaning in every provider: ``scl`` (Scene
+#: Classification classes 0, 1, 3, 8, 9, 10 invalid), ``cloud_score_plus`` (Earth Engine's Cloud
+#: Score+ threshold), ``none`` (the scene-level cloud filter only, as rs-embed 0.3.1).
+CloudMask = Literal["scl", "cloud_score_plus", "none"]
+CLOUD_MASKS: tuple[str, ...] = ("scl", "cloud_score_plus", "none")
+DEFAULT_CLOUD_MASK: str = "scl"
+
 #: Sentinel-1 orbit directions as the providers and the user write them (upper case); ``None`` in
 #: an option means both.
 S1_ORBITS: tuple[str, ...] = ("ASCENDING", "DESCENDING")

@@ -19,7 +19,7 @@ from rs_embed_pipeline.orchestration.knob_fields import knob
 from rs_embed_pipeline.orchestration.leases import LeaseBusy, partition_leases
 from rs_embed_pipeline.providers.base import PatchProvider
 from rs_embed_pipeline.stores import StoreLayout
-from rs_embed_pipeline.core.vocabulary import MODALITIES
+from rs_embed_pipeline.core.vocabulary import MODALITIES, CloudMask
 from rs_embed_pipeline.models.knobs import default as knob_default
 from rs_embed_pipeline.models.registry import families
 from rs_embed_pipeline.models.thor.spec import canonical_group_merge, canonical_thor_normalization, canonical_thor_variant
@@ -153,6 +153,11 @@ class ImageryResource(dg.ConfigurableResource):
                              changes="`cloudy_pct`, patches `sensor_options`")
     composite: str = knob("Composite (S2 / S1)", default="median", help="median | mosaic (latest valid on top).",
                           changes="`composite` (`median` or `mosaic`)")
+    cloud_mask: CloudMask = knob(
+        "Cloud mask (S2 `cloud_mask`)", default="scl",
+        help="Per-pixel S2 mask, the same in every provider: scl (SCL classes 0, 1, 3, 8, 9, 10 invalid), "
+        "cloud_score_plus (Earth Engine only), none (the scene filter only, as rs-embed 0.3.1).",
+        changes="`cloud_mask`, patches `sensor_options`, tile `valid` masks")
     s1_orbit: str | None = knob("S1 orbit", default=None, help="ASCENDING | DESCENDING | None (both).",
                                 changes="`orbit` (`both`, `ASCENDING`, `DESCENDING`; `n/a` for S2)")
     fill_value: float = knob(
@@ -202,6 +207,7 @@ class ImageryResource(dg.ConfigurableResource):
         options: dict[str, Any] = {"composite": self.composite, "fill_value": float(self.fill_value)}
         if modality == "s2":
             options["cloudy_pct"] = self.cloudy_pct  # as configured: it is part of the store fingerprints
+            options["cloud_mask"] = self.cloud_mask
         else:
             if self.s1_orbit:
                 options["orbit"] = self.s1_orbit
@@ -221,7 +227,7 @@ class ImageryResource(dg.ConfigurableResource):
 
 
 # The resource field behind each sensor option that sensor_options parses.
-_SENSOR_OPTION_FIELDS = {"composite": "composite", "cloudy_pct": "cloudy_pct", "orbit": "s1_orbit",
+_SENSOR_OPTION_FIELDS = {"composite": "composite", "cloudy_pct": "cloudy_pct", "cloud_mask": "cloud_mask", "orbit": "s1_orbit",
                          "fill_value": "fill_value", "use_float_linear": "use_float_linear",
                          "require_iw": "s1_require_iw", "relax_iw_on_empty": "s1_relax_iw_on_empty"}
 

@@ -9,6 +9,13 @@ Sentinel-2 L2A offset (provider units are harmonized DN = reflectance x 10000, n
    ``sentinel-2-l2a``: no ``raster:bands``, not harmonized);
 4. else 0.
 
+The legacy Earth Search ``sentinel-2-l2a`` flag cannot be trusted when it says ``false`` for
+baseline >= 04.00: many such COGs already hold harmonized DN (Element84/earth-search#66 and #71,
+cirrus-geo/cirrus-earth-search#33). Those items are checked against their pixels
+(:func:`legacy_offset_suspect`, :func:`judge_legacy_offset`, read by ``stac/legacy.py``): the
+blue DN of clear pixels (SCL 4, 5, 6) tell raw from harmonized data; a corrected item carries
+:data:`OFFSET_CHECK_PROPERTY` and gets offset 0 (rule 0 below), an undecidable one is refused.
+
 Scale: the asset's ``raster:bands`` ``scale``, else 0.0001. The same scene thus gives the same DN
 from Earth Search C1, the older Earth Search collection and Planetary Computer.
 
@@ -36,9 +43,16 @@ __all__ = [
     "S2_DEFAULT_SCALE",
     "check_s1_collection",
     "s2_offset",
+    "legacy_offset_suspect",
+    "judge_legacy_offset",
+    "OFFSET_CHECK_PROPERTY",
+    "scene_gap",
 ]
 
 S2_DEFAULT_SCALE = 0.0001
+#: SCL classes treated as invalid by ``cloud_mask="scl"`` in every provider: 0 no data,
+#: 1 saturated / defective, 3 cloud shadow, 8 / 9 cloud, 10 thin cirrus
+SCL_INVALID_CLASSES: tuple[int, ...] = (0, 1, 3, 8, 9, 10)
 _BASELINE_OFFSET = -0.1  # reflectance offset of processing baseline >= 04.00
 
 # Planetary Computer sentinel-2-l2a: asset keys are the band names, two digits
@@ -162,28 +176,115 @@ _NOT_SIGMA0: dict[str, str] = {
 }
 
 
+#: Item property set on a legacy item whose pixels were found harmonized despite its flag
+#: (the check's evidence as a string); :func:`s2_offset` then gives offset 0.
+OFFSET_CHECK_PROPERTY = "rsep:harmonized_by_pixels"
+#: SCL classes whose blue DN decide the legacy check: vegetation, not vegetated, water.
+SCL_CLEAR_CLASSES: tuple[int, ...] = (4, 5, 6)
+#: Raw baseline >= 04.00 DN are reflectance x 10000 + 1000: blue DN below 1000 mean a negative
+#: reflectance (rare on clear pixels), while harmonized DN are below 1000 for most clear land
+#: and water (blue reflectance < 0.1).
+LEGACY_DARK_DN = 1000
+LEGACY_MIN_CLEAR_PX = 100
+LEGACY_HARMONIZED_FRACTION = 0.2  # at least this share of clear blue DN < 1000: harmonized
+LEGACY_RAW_FRACTION = 0.02  # at most this share: raw DN (the flag holds)
+
+
+def _flag(props: Mapping[str, Any]) -> bool | None:
+    applied = props.get("earthsearch:boa_offset_applied")
+    if isinstance(applied, str):
+        return {"true": True, "false": False}.get(applied.lower())
+    return applied if isinstance(applied, bool) else None
+
+
+def _baseline(item: Any) -> tuple[int, int] | None:
+    props: Mapping[str, Any] = getattr(item, "properties", {}) or {}
+    baseline = props.get("s2:processing_baseline")
+    if baseline is None:
+        return None
+    try:
+        major, minor = (int(p) for p in str(baseline).split(".")[:2])
+    except ValueError:
+        raise ValueError(
+            f"item {getattr(item, 'id', '?')}: s2:processing_baseline {baseline!r} is not "
+            "'MM.mm'; cannot tell the reflectance offset"
+        ) from None
+    return major, minor
+
+
+#: Days between two passes over a point, per modality, of the full constellation (S2A + S2B at the
+#: equator; S1 after Sentinel-1B's loss): a window's expected scene count is its length over this.
+REVISIT_DAYS: dict[str, float] = {"s2": 5.0, "s1": 12.0}
+#: A tile with fewer scenes than this share of the expected count is reported (``scene_gap``).
+SCENE_GAP_FRACTION = 0.25
+#: Periods a collection is documented to lack (ISO dates, end exclusive), named in the gap report.
+#: Earth Search C1: its README (April 2024) lists Nov 2016 - Nov 2019 and 2022 as not yet processed.
+KNOWN_GAPS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "sentinel-2-c1-l2a": (
+        ("2016-11-01", "2019-11-01", "Earth Search C1 lacks Nov 2016 - Nov 2019 (its README, April 2024)"),
+        ("2022-01-01", "2023-01-01", "Earth Search C1 lacks 2022 (its README, April 2024)"),
+    ),
+}
+
+
+def scene_gap(collection: str, modality: str, start: str, end: str, days: float, found: int) -> dict[str, Any] | None:
+    """The gap report of a tile with ``found`` scene dates in a window of ``days`` days, or None when
+    the count is within :data:`SCENE_GAP_FRACTION` of the revisit expectation."""
+    expected = max(1, int(days // REVISIT_DAYS[modality]))
+    if found >= SCENE_GAP_FRACTION * expected:
+        return None
+    known = [why for a, b, why in KNOWN_GAPS.get(collection, ()) if a < end[:10] and start[:10] < b]
+    return {"expected_scenes": expected, "found_scenes": found,
+            "reason": "; ".join(known) if known else
+            f"fewer than {SCENE_GAP_FRACTION:.0%} of the {expected} dates a {REVISIT_DAYS[modality]:g}-day "
+            "revisit gives (catalog gap, cloud filter or orbit filter)"}
+
+
 def s2_offset(item: Any, declared: float | None) -> tuple[float, str]:
     """The reflectance offset of an S2 item's spectral asset and the rule that chose it (see the
     module docstring); ``declared``: the asset's ``raster:bands`` offset or None."""
     props: Mapping[str, Any] = getattr(item, "properties", {}) or {}
-    applied = props.get("earthsearch:boa_offset_applied")
-    if applied is True or (isinstance(applied, str) and applied.lower() == "true"):
+    if props.get(OFFSET_CHECK_PROPERTY):
+        return 0.0, "pixels: harmonized DN (earthsearch:boa_offset_applied false not trusted)"
+    if _flag(props) is True:
         return 0.0, "earthsearch:boa_offset_applied"
     if declared is not None:
         return float(declared), "raster:bands"
-    baseline = props.get("s2:processing_baseline")
+    baseline = _baseline(item)
     if baseline is not None:
-        try:
-            major, minor = (int(p) for p in str(baseline).split(".")[:2])
-        except ValueError:
-            raise ValueError(
-                f"item {getattr(item, 'id', '?')}: s2:processing_baseline {baseline!r} is not "
-                "'MM.mm'; cannot tell the reflectance offset"
-            ) from None
-        if (major, minor) >= (4, 0):
+        if baseline >= (4, 0):
             return _BASELINE_OFFSET, "s2:processing_baseline >= 04.00"
         return 0.0, "s2:processing_baseline < 04.00"
     return 0.0, "none declared"
+
+
+def legacy_offset_suspect(item: Any) -> bool:
+    """A legacy Earth Search item whose ``false`` flag cannot be trusted: baseline >= 04.00 with
+    ``earthsearch:boa_offset_applied`` false (and not checked yet)."""
+    props: Mapping[str, Any] = getattr(item, "properties", {}) or {}
+    if _flag(props) is not False or props.get(OFFSET_CHECK_PROPERTY):
+        return False
+    baseline = _baseline(item)
+    return baseline is not None and baseline >= (4, 0)
+
+
+def judge_legacy_offset(item_id: str, dark: int, clear: int) -> bool:
+    """True when a suspect item's COGs hold harmonized DN, False when they hold raw DN (the flag
+    holds), from ``dark`` (clear pixels with 0 < blue DN < 1000) of ``clear`` clear pixels.
+    Raises ``ValueError`` naming the item, the field and the reason when the pixels cannot tell."""
+    field = "earthsearch:boa_offset_applied"
+    if clear < LEGACY_MIN_CLEAR_PX:
+        raise ValueError(f"item {item_id}: {field} is false with s2:processing_baseline >= 04.00, a "
+                         f"flag known to be wrong on many legacy items, and only {clear} clear pixels "
+                         f"(SCL {list(SCL_CLEAR_CLASSES)}) to check it (< {LEGACY_MIN_CLEAR_PX}): refused")
+    share = dark / clear
+    if share >= LEGACY_HARMONIZED_FRACTION:
+        return True
+    if share <= LEGACY_RAW_FRACTION:
+        return False
+    raise ValueError(f"item {item_id}: {field} is false with s2:processing_baseline >= 04.00 and "
+                     f"{share:.1%} of its clear blue DN are below {LEGACY_DARK_DN} (neither raw <= "
+                     f"{LEGACY_RAW_FRACTION:.0%} nor harmonized >= {LEGACY_HARMONIZED_FRACTION:.0%}): refused")
 
 
 def check_s1_collection(collection: str, item: Any = None) -> None:

@@ -17,18 +17,25 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from rs_embed_pipeline.core.vocabulary import COMPOSITES, DEFAULT_COMPOSITE, MODALITIES, S1_ORBITS
+from rs_embed_pipeline.core.vocabulary import (
+    CLOUD_MASKS,
+    COMPOSITES,
+    DEFAULT_CLOUD_MASK,
+    DEFAULT_COMPOSITE,
+    MODALITIES,
+    S1_ORBITS,
+)
 
 from .errors import ProviderError
 
 #: Options every provider takes, per modality (the Earth Engine provider takes a few more).
 SENSOR_OPTIONS: dict[str, tuple[str, ...]] = {
-    "s2": ("composite", "cloudy_pct", "fill_value"),
+    "s2": ("composite", "cloudy_pct", "cloud_mask", "fill_value"),
     "s1": ("composite", "orbit", "use_float_linear", "fill_value"),
 }
 #: The Earth Engine provider's options: :data:`SENSOR_OPTIONS` and its own (Cloud Score+, IW mode).
 EE_SENSOR_OPTIONS: dict[str, tuple[str, ...]] = {
-    "s2": ("composite", "cloudy_pct", "cloud_score_plus", "cs_threshold", "cs_band", "fill_value"),
+    "s2": ("composite", "cloudy_pct", "cloud_mask", "cloud_score_plus", "cs_threshold", "cs_band", "fill_value"),
     "s1": ("composite", "orbit", "use_float_linear", "require_iw", "relax_iw_on_empty", "fill_value"),
 }
 DEFAULT_CLOUDY_PCT: float = 30.0
@@ -50,7 +57,8 @@ class SensorOptions:
     """One modality's parsed sensor options.
 
     ``cloudy_pct``: S2 only, None = no cloud-cover filter (an int stays an int: stores record the
-    value as configured); ``orbit``: S1 only, ASCENDING | DESCENDING | None (both);
+    value as configured); ``cloud_mask``: S2 only, the per-pixel mask (:data:`CLOUD_MASKS`, default
+    ``scl``; None for S1); ``orbit``: S1 only, ASCENDING | DESCENDING | None (both);
     ``fill_value``: data value of pixels without a valid observation; ``use_float_linear``: S1,
     False = the source holds dB (converted to linear power).
     """
@@ -61,9 +69,12 @@ class SensorOptions:
     orbit: str | None = None
     fill_value: float = 0.0
     use_float_linear: bool = True
+    cloud_mask: str | None = None
 
     #: the option names this class parses, per modality
     OPTION_NAMES: ClassVar[Mapping[str, tuple[str, ...]]] = SENSOR_OPTIONS
+    #: ``cloud_mask`` when none is given (None: the provider decides, :meth:`_with_defaults`)
+    DEFAULT_CLOUD_MASK: ClassVar[str | None] = DEFAULT_CLOUD_MASK
 
     @classmethod
     def parse(
@@ -92,17 +103,20 @@ class SensorOptions:
         except (TypeError, ValueError):
             raise SensorOptionError(f"fill_value must be a number, got {fill!r}",
                                     option="fill_value", value=fill, valid="a number") from None
-        own = cls._parse_own(modality, opts)
+        own = cls._parse_own(modality, opts, given=options)
         if modality == "s1":
             return cls("s1", composite=composite, orbit=parse_orbit(opts.get("orbit")), fill_value=fill,
                        use_float_linear=parse_bool("use_float_linear", opts.get("use_float_linear", True)),
                        **own)
+        mask = opts.get("cloud_mask")
+        own.setdefault("cloud_mask", cls.DEFAULT_CLOUD_MASK if mask is None else parse_cloud_mask(mask))
         return cls("s2", composite=composite, cloudy_pct=parse_cloudy_pct(opts.get("cloudy_pct", DEFAULT_CLOUDY_PCT)),
                    fill_value=fill, **own)
 
     @classmethod
-    def _parse_own(cls, modality: str, opts: Mapping[str, Any]) -> dict[str, Any]:
-        """The fields a subclass adds, parsed from ``opts``; none here."""
+    def _parse_own(cls, modality: str, opts: Mapping[str, Any], given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The fields a subclass adds, parsed from ``opts`` (``given``: the options without the
+        provider's defaults); none here."""
         return {}
 
     @classmethod
@@ -115,7 +129,7 @@ class SensorOptions:
         the provider's ``defaults``: :meth:`_with_defaults`). Raises :class:`SensorOptionError`
         for options given both ways, of another provider's class, or of another modality."""
         if options is None:
-            return cls.parse(modality, keywords, defaults=defaults)
+            return cls.parse(modality, keywords, defaults=defaults)._with_defaults(defaults or {})
         if keywords:
             raise SensorOptionError(f"sensor options given twice: options= and the keyword(s) {sorted(keywords)}; "
                                     "pass one or the other", option=str(sorted(keywords)[0]),
@@ -142,6 +156,8 @@ class SensorOptions:
         out: dict[str, Any] = {"composite": self.composite, "fill_value": self.fill_value}
         if self.modality == "s2":
             out["cloudy_pct"] = self.cloudy_pct
+            if self.cloud_mask is not None:
+                out["cloud_mask"] = self.cloud_mask
         else:
             if self.orbit is not None:
                 out["orbit"] = self.orbit
@@ -153,8 +169,10 @@ class SensorOptions:
 class EarthEngineSensorOptions(SensorOptions):
     """:class:`SensorOptions` plus the Earth Engine provider's own.
 
-    S2: ``cloud_score_plus`` (mask with Cloud Score+), ``cs_threshold`` in [0, 1], ``cs_band``
-    (:data:`CLOUD_SCORE_PLUS_BANDS`); None: the provider's setting (``GEEProvider(cloud_score_plus=...)``).
+    S2: ``cloud_mask`` as every provider's; ``cloud_score_plus`` (true: ``cloud_mask`` defaults to
+    ``cloud_score_plus``, the older spelling), ``cs_threshold`` in [0, 1], ``cs_band``
+    (:data:`CLOUD_SCORE_PLUS_BANDS`); None: the provider's setting (``GEEProvider(cloud_score_plus=...)``;
+    an unset ``cloud_mask`` is ``cloud_score_plus`` when that setting is true, else ``scl``).
     S1: ``require_iw`` (IW mode only), ``relax_iw_on_empty`` (retry without it when nothing is found).
     """
 
@@ -165,10 +183,11 @@ class EarthEngineSensorOptions(SensorOptions):
     relax_iw_on_empty: bool = True
 
     OPTION_NAMES: ClassVar[Mapping[str, tuple[str, ...]]] = EE_SENSOR_OPTIONS
+    DEFAULT_CLOUD_MASK: ClassVar[str | None] = None
     _PROVIDER_SETTINGS: ClassVar[tuple[str, ...]] = ("cloud_score_plus", "cs_threshold", "cs_band")
 
     @classmethod
-    def _parse_own(cls, modality: str, opts: Mapping[str, Any]) -> dict[str, Any]:
+    def _parse_own(cls, modality: str, opts: Mapping[str, Any], given: Mapping[str, Any] | None = None) -> dict[str, Any]:
         if modality == "s1":
             return {"require_iw": parse_bool("require_iw", opts.get("require_iw", True)),
                     "relax_iw_on_empty": parse_bool("relax_iw_on_empty", opts.get("relax_iw_on_empty", True))}
@@ -183,13 +202,27 @@ class EarthEngineSensorOptions(SensorOptions):
                 raise SensorOptionError(f"cs_band {cs_band!r} is not one of {list(CLOUD_SCORE_PLUS_BANDS)}",
                                         option="cs_band", value=cs_band, valid=list(CLOUD_SCORE_PLUS_BANDS))
             own["cs_band"] = cs_band
+        mask = None if opts.get("cloud_mask") is None else parse_cloud_mask(opts["cloud_mask"])
+        given = opts if given is None else given  # the options themselves, not the provider's defaults
+        csp = parse_bool("cloud_score_plus", given["cloud_score_plus"]) if "cloud_score_plus" in given else None
+        if mask is not None and csp is not None and csp != (mask == "cloud_score_plus"):
+            raise SensorOptionError(f"cloud_mask {mask!r} contradicts cloud_score_plus={csp}; give cloud_mask only",
+                                    option="cloud_mask", value=mask, valid=list(CLOUD_MASKS))
+        if mask is None and csp:
+            mask = "cloud_score_plus"
+        if mask is not None:
+            own["cloud_mask"] = mask
         return own
 
     def _with_defaults(self, defaults: Mapping[str, Any]) -> Self:
         if self.modality != "s2":
             return self
         unset = {k: v for k, v in defaults.items() if k in self._PROVIDER_SETTINGS and getattr(self, k) is None}
-        return dataclasses.replace(self, **self._parse_own("s2", unset)) if unset else self
+        own = {k: v for k, v in self._parse_own("s2", unset).items() if k != "cloud_mask"}
+        out = dataclasses.replace(self, **own) if own else self
+        if out.cloud_mask is None:  # the provider's cloud_score_plus setting decides, else scl
+            out = dataclasses.replace(out, cloud_mask="cloud_score_plus" if out.cloud_score_plus else DEFAULT_CLOUD_MASK)
+        return out
 
     def as_dict(self) -> dict[str, Any]:
         out = super().as_dict()
@@ -205,6 +238,15 @@ def parse_composite(composite: Any) -> str:
         raise SensorOptionError(f"unknown composite {composite!r}; valid: {list(COMPOSITES)}",
                                 option="composite", value=composite, valid=list(COMPOSITES))
     return str(composite)
+
+
+def parse_cloud_mask(mask: Any) -> str:
+    """One of :data:`CLOUD_MASKS` (lower case)."""
+    name = str(mask).strip().lower() if isinstance(mask, str) else mask
+    if name not in CLOUD_MASKS:
+        raise SensorOptionError(f"unknown cloud_mask {mask!r}; valid: {list(CLOUD_MASKS)}",
+                                option="cloud_mask", value=mask, valid=list(CLOUD_MASKS))
+    return str(name)
 
 
 def parse_orbit(orbit: Any) -> str | None:

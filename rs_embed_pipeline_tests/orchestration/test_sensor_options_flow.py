@@ -70,12 +70,13 @@ def test_the_resources_parsed_options_reach_the_provider_parsed_once(catalog, tm
 
 def test_each_resource_parses_into_its_providers_options():
     s2 = LocalStacImagery(catalog_path="x").sensor_options("s2")
-    assert type(s2) is SensorOptions and s2.as_dict() == {"composite": "median", "fill_value": 0.0, "cloudy_pct": 30}
+    assert type(s2) is SensorOptions and s2.as_dict() == {"composite": "median", "fill_value": 0.0, "cloudy_pct": 30,
+                                                          "cloud_mask": "scl"}
     s1 = EarthEngineImagery(s1_relax_iw_on_empty=False).sensor_options("s1")
     assert type(s1) is EarthEngineSensorOptions and (s1.require_iw, s1.relax_iw_on_empty) == (True, False)
     # S2's Cloud Score+ settings stay the provider's: the recorded options are the shared ones
     assert EarthEngineImagery().sensor_options("s2").as_dict() == {"composite": "median", "fill_value": 0.0,
-                                                                    "cloudy_pct": 30}
+                                                                    "cloudy_pct": 30, "cloud_mask": "scl"}
 
 
 @pytest.mark.parametrize("imagery, message", [

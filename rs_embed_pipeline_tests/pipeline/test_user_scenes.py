@@ -168,7 +168,7 @@ def test_sensor_option_errors_use_the_pages_messages():
     assert s1 == {"composite": "median", "fill_value": 0.0, "orbit": "DESCENDING", "use_float_linear": False,
                   "require_iw": False, "relax_iw_on_empty": True}
     assert LocalStacImagery(catalog_path="x", fill_value=-9).sensor_options("s2").as_dict() == {
-        "composite": "median", "fill_value": -9.0, "cloudy_pct": 30}
+        "composite": "median", "fill_value": -9.0, "cloudy_pct": 30, "cloud_mask": "scl"}
 
 
 def _defs(tmp_path, catalog, worker_python, **imagery):

@@ -117,9 +117,20 @@ class FakeImage:
         return int(t.timestamp() * 1000)
 
 
-def s2_image(index: str, date: str, cloudy: float = 10.0, **kw: Any) -> FakeImage:
+#: SCL class of the stand-in's S2 pixels unless a test gives its own (4: vegetation, valid).
+SCL_DEFAULT_CLASS = 4
+
+
+def s2_image(index: str, date: str, cloudy: float = 10.0,
+             scl: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None, **kw: Any) -> FakeImage:
+    """An ``S2_SR_HARMONIZED`` image: the 12 bands and ``SCL`` (as in Earth Engine's band list);
+    ``scl``: (ix, iy) -> class, default :data:`SCL_DEFAULT_CLASS` everywhere."""
     props = {"CLOUDY_PIXEL_PERCENTAGE": cloudy, **kw.pop("properties", {})}
-    return FakeImage(index, date, dict(S2_BASE), props, dtype="uint16", **kw)
+
+    def scl_default(ix: np.ndarray, iy: np.ndarray) -> np.ndarray:
+        return np.full(np.broadcast(ix, iy).shape, SCL_DEFAULT_CLASS, np.float64)
+    values = {"SCL": scl or scl_default, **(kw.pop("band_values", None) or {})}
+    return FakeImage(index, date, {**S2_BASE, "SCL": 0.0}, props, dtype="uint16", band_values=values, **kw)
 
 
 def s1_image(index: str, date: str, mode: str = "IW", pols: Sequence[str] = ("VV", "VH"),
@@ -657,6 +668,26 @@ def _link_collection(ev: Evaluator, input: SImage, imageCollection: SCollection,
     return SImage(bands, props, input.footprint)
 
 
+def _remap(ev: Evaluator, image: SImage, from_: Any = None, to: Any = None, defaultValue: Any = None,
+           bandName: Any = None) -> SImage:
+    """``Image.remap``: values of ``from`` -> ``to``, others -> ``defaultValue`` or masked when it
+    is not given; the input's mask is kept; one band named ``remapped`` (Earth Engine's)."""
+    if from_ is None or to is None or len(from_) != len(to):
+        raise EvalError("Image.remap: 'from' and 'to' must be lists of the same length")
+    name = bandName if bandName is not None else next(iter(image.bands))
+    if name not in image.bands:
+        raise EvalError(f"Image.remap: band '{name}' not found")
+    b = image.bands[name]
+
+    def fn(g: Grid) -> tuple[np.ndarray, np.ndarray]:
+        v, m = b.eval(g)
+        out = np.full(v.shape, np.nan if defaultValue is None else float(defaultValue))
+        for src, dst in zip(from_, to):
+            out[v == src] = float(dst)
+        return out, m & ~np.isnan(out)
+    return SImage({"remapped": Band(np.float64, fn)}, image.props, image.footprint)
+
+
 def _band_pairs(image: SImage, other: SImage) -> Iterator[tuple[str, Band, Band]]:
     """Each band of ``image`` with its partner in ``other``: other's only band, else its k-th."""
     partners = list(other.bands.values())
@@ -828,6 +859,7 @@ ALGORITHMS: dict[str, Callable[..., Any]] = {
     "Image.addBands": _add_bands,
     "Image.linkCollection": _link_collection,
     "Image.updateMask": _update_mask,
+    "Image.remap": lambda ev, image, **kw: _remap(ev, image, kw.pop("from", None), **kw),
     "Image.mask": _mask,
     "Image.unmask": _unmask,
     "Image.reduce": _reduce_bands,

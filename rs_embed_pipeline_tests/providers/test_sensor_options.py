@@ -40,11 +40,11 @@ def test_as_dict_round_trips_and_keeps_the_configured_number_type():
                     EarthEngineSensorOptions.parse("s2", {"cs_band": "cs", "cs_threshold": 0.5})):
         assert type(options).parse(options.modality, options.as_dict()) == options
     s2 = SensorOptions.parse("s2", {"cloudy_pct": 30})
-    assert json.dumps(s2.as_dict()) == '{"composite": "median", "fill_value": 0.0, "cloudy_pct": 30}'
+    assert json.dumps(s2.as_dict()) == '{"composite": "median", "fill_value": 0.0, "cloudy_pct": 30, "cloud_mask": "scl"}'
     assert SensorOptions.parse("s2", {"cloudy_pct": 30.0}).cloudy_pct == 30.0
     assert SensorOptions.parse("s1", {}).as_dict() == {"composite": "median", "fill_value": 0.0,
                                                          "use_float_linear": True}
-    # Earth Engine: S2's Cloud Score+ settings are recorded only when given (else the provider's)
+    # Earth Engine: S2's Cloud Score+ settings and cloud mask are recorded only when given (else the provider's)
     assert EarthEngineSensorOptions.parse("s2", {}).as_dict() == {"composite": "median", "fill_value": 0.0,
                                                                    "cloudy_pct": 30.0}
     assert EarthEngineSensorOptions.parse("s1", {}).as_dict()["require_iw"] is True

@@ -46,10 +46,12 @@ Collections and filters
 -----------------------
 * Sentinel-2: ``COPERNICUS/S2_SR_HARMONIZED``, ``filterBounds`` (tile / block rectangle in its
   UTM CRS), ``filterDate(start, end)`` (end exclusive), ``CLOUDY_PIXEL_PERCENTAGE <= cloudy_pct``
-  (default 30; ``None`` disables), optional Cloud Score+ masking (``cloud_score_plus=True``:
-  ``linkCollection(GOOGLE/CLOUD_SCORE_PLUS/V1/S2_HARMONIZED, [cs_band])`` and
-  ``updateMask(cs_band >= cs_threshold)``, defaults ``cs_cdf`` / 0.6). Units: DN (reflectance
-  x 10000), bands in the asked order.
+  (default 30; ``None`` disables), then the per-pixel ``cloud_mask``: ``scl`` (default, as the
+  STAC providers: ``updateMask(SCL.remap([0, 1, 3, 8, 9, 10], 0, default 1))``),
+  ``cloud_score_plus`` (``linkCollection(GOOGLE/CLOUD_SCORE_PLUS/V1/S2_HARMONIZED, [cs_band])``
+  and ``updateMask(cs_band >= cs_threshold)``, defaults ``cs_cdf`` / 0.6; also chosen by
+  ``cloud_score_plus=True``) or ``none`` (the scene filter only, as rs-embed 0.3.1). Units: DN
+  (reflectance x 10000, UINT16: never below 0), bands in the asked order.
 * Sentinel-1: ``COPERNICUS/S1_GRD_FLOAT`` (linear sigma0), ``instrumentMode == IW``,
   ``transmitterReceiverPolarisation`` contains VV and VH, optional
   ``orbitProperties_pass == orbit`` (ASCENDING / DESCENDING). If no IW image exists for a tile

@@ -13,11 +13,15 @@ import numpy as np
 from rs_embed_pipeline.core.vocabulary import S1_BANDS, S1_POLARISATIONS, S2_BANDS
 
 from ..base import ProviderError, Tile
+from ..catalogs import SCL_INVALID_CLASSES
 from ..sensor_options import EarthEngineSensorOptions, SensorOptionError, SensorOptions
 from .client import import_ee
 from .request_blocks import PixelBox
 
 S2_COLLECTION = "COPERNICUS/S2_SR_HARMONIZED"
+
+#: The Scene Classification band of ``S2_SR_HARMONIZED`` (``cloud_mask="scl"``).
+SCL_BAND = "SCL"
 
 
 S2_CLOUD_SCORE_PLUS_COLLECTION = "GOOGLE/CLOUD_SCORE_PLUS/V1/S2_HARMONIZED"
@@ -50,7 +54,7 @@ class _Sensor:
     fill_value: float = 0.0  # data value of pixels without a valid observation
     # S2
     cloudy_pct: float | None = None
-    cloud_score_plus: bool = False
+    cloud_mask: str = "scl"
     cs_threshold: float = 0.6
     cs_band: str = "cs_cdf"
     # S1
@@ -58,6 +62,10 @@ class _Sensor:
     use_float_linear: bool = True
     require_iw: bool = True
     relax_iw_on_empty: bool = True
+
+    @property
+    def cloud_score_plus(self) -> bool:
+        return self.cloud_mask == "cloud_score_plus"
 
     @property
     def collection(self) -> str:
@@ -92,6 +100,9 @@ class _Sensor:
                              "date": [start, end], "date_end_exclusive": True}
         if self.modality == "s2":
             f["CLOUDY_PIXEL_PERCENTAGE_lte"] = self.cloudy_pct
+            f["cloud_mask"] = self.cloud_mask
+            f["scl"] = ({"band": SCL_BAND, "invalid_classes": list(SCL_INVALID_CLASSES)}
+                        if self.cloud_mask == "scl" else None)
             f["cloud_score_plus"] = (
                 {"collection": S2_CLOUD_SCORE_PLUS_COLLECTION, "band": self.cs_band,
                  "threshold": self.cs_threshold, "rule": f"{self.cs_band} >= threshold"}
@@ -130,10 +141,10 @@ def _parse_sensor(modality: str, bands: Iterable[str] | None, options: SensorOpt
         cloudy = opts.cloudy_pct
         if cloudy is not None and cloudy == int(cloudy):
             cloudy = int(cloudy)  # Earth Engine's filter and the provenance hold a whole percentage as an int
-        if opts.cloud_score_plus is None or opts.cs_threshold is None or opts.cs_band is None:
-            raise ProviderError("GEE provider: cloud_score_plus, cs_threshold and cs_band need the provider's defaults")
+        if opts.cloud_mask is None or opts.cs_threshold is None or opts.cs_band is None:
+            raise ProviderError("GEE provider: cloud_mask, cs_threshold and cs_band need the provider's defaults")
         return _Sensor("s2", band_list, opts.composite, fill_value=opts.fill_value, cloudy_pct=cloudy,
-                       cloud_score_plus=opts.cloud_score_plus, cs_threshold=opts.cs_threshold, cs_band=opts.cs_band)
+                       cloud_mask=opts.cloud_mask, cs_threshold=opts.cs_threshold, cs_band=opts.cs_band)
     return _Sensor("s1", band_list, opts.composite, fill_value=opts.fill_value, orbit=opts.orbit,
                    use_float_linear=opts.use_float_linear, require_iw=opts.require_iw,
                    relax_iw_on_empty=opts.relax_iw_on_empty)
@@ -198,6 +209,13 @@ class FetchRun:
                 band = s.cs_band
                 coll = coll.linkCollection(ee.ImageCollection(S2_CLOUD_SCORE_PLUS_COLLECTION), [band])
                 coll = coll.map(lambda img: img.updateMask(img.select(band).gte(threshold)))
+            elif s.cloud_mask == "scl":
+                # SCL classes of SCL_INVALID_CLASSES -> 0 (masked), every other class -> 1; SCL is
+                # 20 m and read at the request's scale with the default nearest neighbour, as the
+                # STAC providers read it
+                invalid = list(SCL_INVALID_CLASSES)
+                coll = coll.map(lambda img: img.updateMask(
+                    img.select(SCL_BAND).remap(invalid, [0] * len(invalid), 1)))
             coll = coll.select(list(s.bands))
         else:
             bands = list(s.bands)

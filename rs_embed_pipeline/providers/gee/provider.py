@@ -185,7 +185,8 @@ class GEEProvider:
             "valid_mask": f"all asked bands unmasked in the composite (uint8 band {VALID_BAND})",
             "composites": list(COMPOSITES),
             "defaults": {
-                "s2": {"composite": DEFAULT_COMPOSITE, "cloudy_pct": 30, **self._sensor_defaults},
+                "s2": {"composite": DEFAULT_COMPOSITE, "cloudy_pct": 30, **self._sensor_defaults,
+                       "cloud_mask": "cloud_score_plus" if self._sensor_defaults["cloud_score_plus"] else "scl"},
                 "s1": {"composite": DEFAULT_COMPOSITE, "orbit": None, "use_float_linear": True,
                        "require_iw": True, "relax_iw_on_empty": True},
             },
@@ -242,7 +243,8 @@ class GEEProvider:
         Sensor options come parsed (``options``: an :class:`EarthEngineSensorOptions`, or a
         :class:`SensorOptions` whose Earth Engine fields then take this provider's defaults) or as
         keywords, parsed once here by the same parser. Options, Sentinel-2: ``composite`` (median | mosaic), ``cloudy_pct`` (default 30, None:
-        off), ``cloud_score_plus`` (bool), ``cs_threshold`` (0.6), ``cs_band`` (cs_cdf | cs).
+        off), ``cloud_mask`` (scl | cloud_score_plus | none; default scl, or cloud_score_plus when
+        ``cloud_score_plus`` is true), ``cs_threshold`` (0.6), ``cs_band`` (cs_cdf | cs).
         Sentinel-1: ``composite``, ``orbit`` (ASCENDING | DESCENDING | None),
         ``use_float_linear`` (True), ``require_iw`` (True), ``relax_iw_on_empty`` (True).
         Both: ``fill_value`` (0.0): the data value of pixels without a valid observation.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import threading
@@ -16,13 +17,15 @@ from rs_embed_pipeline.core.vocabulary import COMPOSITES, MODALITIES, S1_BANDS, 
 
 from ..base import Patch, ProviderError, Tile, tile_rows
 from ..blocks import DEFAULT_MAX_BLOCK_PX, Block, group_blocks
+from ..catalogs import scene_gap
 from ..gdal_env import gdal_options
 from ..sensor_options import SensorOptions, parse_composite
 from .compositing import composite_box, cut_tile, own_planes
-from .items import item_time, parse_time, resolve_patch_url, usable_items
+from .items import item_time, kept_item_time, parse_time, resolve_patch_url, usable_items
+from .legacy import LegacyOffsetCheck, latest_sequences
 from .reads import BlockReader
 from .specs import SCL_INVALID_CLASSES, CollectionSpec
-from .stack import SceneStack
+from .stack import S2_CLAMP, SceneStack
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +91,7 @@ class OdcStacProvider:
         self.cloudy_pct = None if cloudy_pct is None else float(cloudy_pct)
         self.composite = composite
         self.patch_url = patch_url
+        self._legacy = LegacyOffsetCheck()
         self._check_composite(composite)
 
     # ---- validation -------------------------------------------------------------------------
@@ -170,6 +174,12 @@ class OdcStacProvider:
         band_list = self._bands(modality, bands, spec)
         flt = self._options(modality, options, sensor_options)
         cloudy_pct, composite = flt.cloudy_pct, flt.composite
+        if flt.cloud_mask == "cloud_score_plus":
+            raise ProviderError("cloud_mask 'cloud_score_plus' is Earth Engine's Cloud Score+ "
+                                "(GOOGLE/CLOUD_SCORE_PLUS/V1/S2_HARMONIZED), which no STAC catalog serves; "
+                                "valid for the STAC providers: 'scl', 'none'")
+        if flt.cloud_mask == "none" and spec.mask_asset:
+            spec = dataclasses.replace(spec, mask_asset=None)  # the scene filter only: SCL not read
         t0, t1 = parse_time(start, "start"), parse_time(end, "end")
         if t1 <= t0:
             raise ProviderError(f"end {end!r} must be after start {start!r} (end is exclusive)")
@@ -196,6 +206,10 @@ class OdcStacProvider:
             "fill_value": flt.fill_value,
             "groupby": "solar_day",
         }
+        if modality == "s2":
+            base_meta["cloud_mask"] = flt.cloud_mask if spec.mask_asset or flt.cloud_mask == "none" else (
+                f"{flt.cloud_mask} (collection {spec.collection!r} has no SCL asset configured: not applied)")
+            base_meta["clamp"] = S2_CLAMP
         if modality == "s1":
             base_meta["use_float_linear"] = flt.use_float_linear
             base_meta["s1_source_units"] = "linear sigma0" if flt.use_float_linear else "dB (converted to linear)"
@@ -235,18 +249,34 @@ class OdcStacProvider:
                 )
             return
         items, dropped = usable_items(items, spec, band_list)
+        corrections: list[tuple[Any, dict[str, Any]]] = []
+        if spec.modality == "s2":
+            # one observation per legacy scene; legacy offset flags checked against the pixels
+            items, superseded = latest_sequences(items)
+            try:
+                # the collection's own SCL decides the check, whatever the cloud_mask
+                items, refused, corrections = self._legacy.check(items, self.specs["s2"], self.patch_url,
+                                                                 self.gdal_options)
+            except Exception as exc:
+                log.exception("legacy offset check failed")
+                for t in tiles:
+                    yield _empty(t.tile_id, n, t.size_px, "failed", base_meta,
+                                 reason=f"legacy offset check failed: {type(exc).__name__}: {exc}")
+                return
+            dropped = [*dropped, *superseded, *refused]
         items = sorted(items, key=lambda it: (item_time(it), it.id))
         prepared = [(it, shapely_shape(it.geometry) if it.geometry else None) for it in items]
         # Blocks one after the other (memory: one block's stack at a time); the reads inside a
         # block run on the thread pool (odc-stac ``pool``).
         for block in group_blocks(tiles, self.max_block_px):
-            yield from self._fetch_block(block, prepared, spec, band_list, flt, base_meta, dropped)
+            yield from self._fetch_block(block, prepared, spec, band_list, flt, base_meta, dropped, corrections)
 
     # ---- one block --------------------------------------------------------------------------
 
     def _fetch_block(
         self, block: Block, prepared, spec: CollectionSpec, band_list, flt: SensorOptions, base_meta,
         dropped: Sequence[tuple[Any, dict[str, str]]] = (),
+        corrections: Sequence[tuple[Any, dict[str, Any]]] = (),
     ) -> Iterator[Patch]:
         """Read the block once, composite it once, cut its tiles (see :mod:`..blocks`)."""
         n = len(band_list)
@@ -258,6 +288,8 @@ class OdcStacProvider:
             tile_items[t.tile_id] = [
                 it for it, g in prepared if (g is None or g.intersects(t.footprint))
             ]
+
+        gap_logged: list[bool] = []  # one warning per block
 
         def tile_meta(tile: Tile) -> dict[str, Any]:
             its = tile_items[tile.tile_id]
@@ -275,10 +307,26 @@ class OdcStacProvider:
                     "block": block.describe(),
                 }
             )
+            days = {kept_item_time(it).date() for it in its}
+            gap = scene_gap(spec.collection, spec.modality, base_meta["start"], base_meta["end"],
+                            (parse_time(base_meta["end"], "end") - parse_time(base_meta["start"], "start")).days,
+                            len(days))
+            meta["found_scenes"] = len(days)
+            if gap is not None:
+                meta["scene_gap"] = gap
+                if not gap_logged:
+                    log.warning("tile %s: %d scene dates in %s .. %s, %d expected: %s", tile.tile_id,
+                                len(days), base_meta["start"], base_meta["end"], gap["expected_scenes"],
+                                gap["reason"])
+                    gap_logged.append(True)
             gone = [d for it, d in dropped if it.geometry is None
                     or shapely_shape(it.geometry).intersects(tile.footprint)]
             if gone:
                 meta["dropped_items"] = gone
+            mine = {it.id for it in its}
+            checked = [r for it, r in corrections if it.id in mine]
+            if checked:
+                meta["offset_checks"] = checked
             return meta
 
         with_items = [t for t in block.tiles if tile_items[t.tile_id]]
@@ -362,6 +410,11 @@ class OdcStacProvider:
             "composites": list(COMPOSITES),
             "groupby": "solar_day",
             "scl_invalid_classes": list(SCL_INVALID_CLASSES),
+            "cloud_masks": {"scl": "SCL asset classes above invalid (default)", "none": "no per-pixel mask",
+                            "cloud_score_plus": "refused (Earth Engine only)"},
+            "s2_clamp": S2_CLAMP,
+            "legacy_earth_search": "one item per scene (highest sequence); earthsearch:boa_offset_applied "
+                                   "false with baseline >= 04.00 checked against the pixels",
             "resampling": "nearest for every band and SCL (as Earth Engine's default)",
             "block_reads": "tiles of every size cut from one read and composite per block",
             "units": {"s2": "(DN*scale+offset)*10000", "s1": "linear sigma0 (DN*scale+offset)"},

@@ -7,11 +7,15 @@ from typing import Any
 from collections.abc import Mapping
 
 from ..base import ProviderError
-from ..catalogs import EARTH_SEARCH_S2_ASSETS, S1_ASSETS, S2_DEFAULT_SCALE, check_s1_collection
+from ..catalogs import (
+    EARTH_SEARCH_S2_ASSETS,
+    S1_ASSETS,
+    S2_DEFAULT_SCALE,
+    SCL_INVALID_CLASSES,
+    check_s1_collection,
+)
 
-# SCL classes treated as invalid: 0 no data, 1 saturated / defective, 3 cloud shadow,
-# 8 / 9 cloud, 10 thin cirrus
-SCL_INVALID_CLASSES: tuple[int, ...] = (0, 1, 3, 8, 9, 10)
+__all__ = ["SCL_INVALID_CLASSES", "CollectionSpec", "collection_specs", "s1_spec", "s2_spec"]
 
 
 DEFAULT_S1_ASSETS = S1_ASSETS

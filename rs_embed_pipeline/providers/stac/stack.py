@@ -1,5 +1,9 @@
 """One block's loaded scenes: raw planes in the assets' dtypes, their harmonization to provider
-units and their validity (nodata, non-finite values, SCL classes)."""
+units and their validity (nodata, non-finite values, SCL classes).
+
+Harmonized S2 DN below 0 (raw DN < 1000 under the -0.1 offset: dark water and shadow) are
+clamped at 0 before compositing, as Earth Engine's ``S2_SR_HARMONIZED`` (UINT16) holds them, so
+that both providers composite the same values (:data:`S2_CLAMP`)."""
 
 from __future__ import annotations
 
@@ -12,6 +16,16 @@ import numpy as np
 from rs_embed_pipeline.core.vocabulary import UNIT_FACTOR
 
 from .specs import SCL_INVALID_CLASSES
+
+#: What the S2 harmonization does below 0 (recorded in the patches' metadata and ``describe()``).
+S2_CLAMP = "harmonized S2 DN below 0 set to 0 before compositing (as S2_SR_HARMONIZED's UINT16)"
+
+
+def _levels(dtype: np.dtype, scale: float, offset: float, factor: float, clamp: bool) -> np.ndarray:
+    """Provider value of every raw level of an 8 / 16-bit unsigned asset (float32)."""
+    levels = np.arange(np.iinfo(dtype).max + 1, dtype=np.float64)
+    v = (levels * scale + offset) * factor
+    return (np.maximum(v, 0.0) if clamp else v).astype(np.float32)
 
 
 def valid_values(raw: np.ndarray, nodata: float | None) -> np.ndarray:
@@ -64,8 +78,12 @@ class SceneStack:
         scale, offset = sigs.pop()
         if scale < 0:
             return None
-        levels = np.arange(np.iinfo(raw.dtype).max + 1, dtype=np.float64)
-        return ((levels * scale + offset) * UNIT_FACTOR[self.spec.modality]).astype(np.float32)
+        return _levels(raw.dtype, scale, offset, UNIT_FACTOR[self.spec.modality], self.clamp)
+
+    @property
+    def clamp(self) -> bool:
+        """S2 harmonized DN are clamped at 0 (:data:`S2_CLAMP`)."""
+        return self.spec.modality == "s2"
 
     def harmonized(self, band: int, sel: Sequence[int], rows: slice, cols: slice) -> np.ndarray:
         """Provider units ``(DN * scale + offset) * unit_factor`` (S1 dB -> linear power) of
@@ -83,11 +101,12 @@ class SceneStack:
             plane = raw[t, rows, cols]
             if raw.dtype in (np.uint8, np.uint16) and not db:
                 if gi not in luts:
-                    levels = np.arange(np.iinfo(raw.dtype).max + 1, dtype=np.float64)
-                    luts[gi] = ((levels * scale + offset) * factor).astype(np.float32)
+                    luts[gi] = _levels(raw.dtype, scale, offset, factor, self.clamp)
                 np.take(luts[gi], plane, out=out[j])
             else:
                 h = (plane.astype(np.float64) * scale + offset) * factor
+                if self.clamp:
+                    h = np.maximum(h, 0.0)
                 if db:  # dB -> linear sigma0 power, per observation, before compositing
                     h = np.power(10.0, h / 10.0)
                 out[j] = h.astype(np.float32)
