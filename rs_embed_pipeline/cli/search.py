@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from rs_embed_pipeline.orchestration.settings import Settings
 from rs_embed_pipeline.stores.cube.reader import CubeReadError
 from rs_embed_pipeline.stores.layout import StoreLayout
+from rs_embed_pipeline.products import similarity as S
 
 MODALITIES = ("s2", "s1")
 
@@ -48,7 +49,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from rs_embed_pipeline.products import similarity as S
     root = args.store or Settings.from_env().store_root
     polygon = args.polygon
     if polygon and not polygon.lstrip().startswith(("{", "POLYGON", "MULTIPOLYGON")) and Path(polygon).is_file():

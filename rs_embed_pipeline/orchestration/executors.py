@@ -65,7 +65,7 @@ GPU_STEP_TAGS = {
 def executor_for(settings: Settings) -> dg.ExecutorDefinition:
     """The executor of every job (``dg.Definitions(executor=...)``), from ``RS_EMBED_EXECUTOR``."""
     if settings.executor == "k8s":
-        from dagster_k8s import k8s_job_executor
+        from dagster_k8s import k8s_job_executor  # noqa: PLC0415 - optional extra, needed only when the k8s executor is chosen
 
         return k8s_job_executor
     if settings.executor == "celery":
@@ -75,7 +75,7 @@ def executor_for(settings: Settings) -> dg.ExecutorDefinition:
 
 def celery_executor(settings: Settings) -> dg.ExecutorDefinition:
     """dagster-celery with the configured broker (Redis or RabbitMQ); see ``deploy/celery``."""
-    from dagster_celery import celery_executor as executor
+    from dagster_celery import celery_executor as executor  # noqa: PLC0415 - optional extra, needed only when the celery executor is chosen
 
     if not settings.celery_broker:
         return executor  # broker and backend from run config

@@ -57,7 +57,7 @@ class _LocalFile:
         self.path = Path(path)
 
     def update(self, fn: Callable[[dict | None], dict]) -> dict:
-        import fcntl
+        import fcntl  # noqa: PLC0415 - POSIX only (the local-file lease); absent on Windows
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path.with_suffix(".lock"), "a+") as lock:
@@ -77,7 +77,7 @@ class _S3File:
     """Compare-and-swap on one S3 object with conditional writes (S3 and moto support them)."""
 
     def __init__(self, uri: str, storage_options: dict[str, Any] | None):
-        import boto3
+        import boto3  # noqa: PLC0415 - boto3 (slow to import) only for leases on s3:// stores
 
         self.bucket, self.key = uri[len("s3://"):].split("/", 1)
         options = storage_options or {}
@@ -85,7 +85,7 @@ class _S3File:
         self.client = boto3.client("s3", endpoint_url=endpoint) if endpoint else boto3.client("s3")
 
     def update(self, fn: Callable[[dict | None], dict]) -> dict:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import ClientError  # noqa: PLC0415 - botocore comes with boto3: s3:// stores only
 
         for _ in range(50):
             try:

@@ -38,6 +38,7 @@ from rs_embed_pipeline.providers.sensor_options import (
 from rs_embed_pipeline.providers.stac import PATCH_URL_SIGNERS
 from rs_embed_pipeline.stores.remote import check_storage_options
 from rs_embed_pipeline.worker.protocol import EmbedRequest, read_messages
+import importlib.util
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -360,7 +361,6 @@ class StacImagery(ImageryResource):
     def validate_settings(self) -> None:
         sign = self.catalog()["patch_url"]
         if sign is not None:  # the signing package must be installed where the fetch runs
-            import importlib.util
 
             module, _, package = PATCH_URL_SIGNERS[sign]
             if importlib.util.find_spec(module) is None:

@@ -25,6 +25,8 @@ import numpy as np
 import xarray as xr
 
 from rs_embed_pipeline.products.similarity import window_of
+from rs_embed_pipeline.stores.cube.reader import cube_zones, open_cube
+from rs_embed_pipeline.stores.tile_store import remove_tree
 
 HIST_BINS = np.round(np.linspace(0.0, 1.0, 21), 3)  # cosine distance bins (>1 counted in the last)
 
@@ -81,7 +83,6 @@ class ChangeResult:
 def change_between(cube_uri: str, window: str, baseline: str, kind: str = "grid", *,
                    storage_options: Mapping[str, Any] | None = None) -> ChangeResult:
     """Per-cell cosine distance between ``window`` and ``baseline`` of every zone of a cube."""
-    from rs_embed_pipeline.stores.cube.reader import cube_zones, open_cube
 
     if window == baseline:
         raise ChangeError(f"the baseline window must differ from the window ({window})")
@@ -116,7 +117,6 @@ def change_between(cube_uri: str, window: str, baseline: str, kind: str = "grid"
 def write_change(result: ChangeResult, uri: str, threshold: float,
                  storage_options: Mapping[str, Any] | None = None) -> str:
     """Write every zone's distances (and the ``changed`` mask at ``threshold``) as Zarr v3 groups."""
-    from rs_embed_pipeline.stores.tile_store import remove_tree
 
     remove_tree(uri, storage_options)  # one window per store: a rewrite replaces it whole
     for zone, ds in result.zones.items():

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from rs_embed_pipeline.core.grid import parse_tile_id
+from PIL import Image
 
 # A perceptually ordered map (dark blue -> teal -> yellow), close to viridis; NaN cells are grey.
 _ANCHORS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float64)
@@ -50,7 +51,6 @@ PREVIEW_MAX_SIDE = 512
 def png(rgb: np.ndarray, min_side: int = 256, max_side: int = PREVIEW_MAX_SIDE) -> bytes:
     """``[h, w, 3]`` uint8 as a PNG whose longer side is at most ``max_side`` pixels: enlarged by
     a whole factor towards ``min_side`` (nearest neighbour), or shrunk (box filter) to fit."""
-    from PIL import Image
 
     image = Image.fromarray(np.ascontiguousarray(rgb), mode="RGB")
     h, w = rgb.shape[:2]

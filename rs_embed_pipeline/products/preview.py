@@ -9,6 +9,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from rs_embed_pipeline.products import pictures
+import xarray as xr
 
 # Grid previews read the whole feature-map mosaic; above this many tiles the pooled cube is used.
 GRID_PREVIEW_MAX_TILES = 64
@@ -20,7 +21,6 @@ def cube_window_preview(cube_uri: str, group: str, epsg: int, window_index: int,
     """Markdown: the PCA picture of window ``window_index`` of the zone ``group`` (its feature maps,
     or one cell per tile above :data:`GRID_PREVIEW_MAX_TILES` tiles) and the input RGB beside it.
     ``tiles``: the region's tile_grid rows (a DataFrame) at the model's tile size."""
-    import xarray as xr
 
     source = "grid" if n_tiles <= GRID_PREVIEW_MAX_TILES else "pooled"
     ds = xr.open_zarr(cube_uri, group=f"{group}/{source}", consolidated=False, storage_options=storage_options)

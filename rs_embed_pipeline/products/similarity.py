@@ -46,6 +46,9 @@ from shapely.geometry.base import BaseGeometry
 
 from rs_embed_pipeline.core.grid import parse_tile_id, tile_id as make_tile_id
 from rs_embed_pipeline.stores.cube.reader import KINDS
+from rs_embed_pipeline.stores.cube.reader import cube_zones, open_cube
+from rs_embed_pipeline.stores.files import write_bytes_atomic
+import fsspec
 
 ANN_MIN_CELLS = 50_000   # below: exact search (a query over 50k x 768 costs ~15 ms); above: HNSW
 HNSW_M = 32
@@ -188,7 +191,6 @@ def build_index(cube_uri: str, window: str, kind: str = "grid", *, storage_optio
     """Index the cells of ``window`` of a cube (every UTM zone). ``ann``: ``"auto"`` (HNSW from
     ``ann_min_cells`` cells), ``"hnsw"`` or ``"exact"``. ``tiles``: the region's tile_grid rows
     (names the tiles; derived from the lattice otherwise)."""
-    from rs_embed_pipeline.stores.cube.reader import cube_zones, open_cube
 
     if kind not in KINDS:
         raise SearchError(f"kind {kind!r} is not an index kind; valid: {', '.join(KINDS)}")
@@ -223,7 +225,7 @@ def build_index(cube_uri: str, window: str, kind: str = "grid", *, storage_optio
 
 
 def _hnsw(vectors: np.ndarray):
-    import faiss
+    import faiss  # noqa: PLC0415 - faiss (a large SWIG extension) loads only when an ANN index is built or read
 
     index = faiss.IndexHNSWFlat(vectors.shape[1], HNSW_M, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
@@ -235,7 +237,6 @@ def _hnsw(vectors: np.ndarray):
 # ------------------------------------------------------------------------------- persistence
 def save_index(index: SearchIndex, uri: str, storage_options: Mapping[str, Any] | None = None) -> str:
     """Write the index folder (manifest last: a folder without it is unfinished)."""
-    from rs_embed_pipeline.stores.files import write_bytes_atomic
 
     opts = dict(storage_options or {})
     base = uri.rstrip("/")
@@ -246,7 +247,7 @@ def save_index(index: SearchIndex, uri: str, storage_options: Mapping[str, Any] 
     np.save(buf, index.vectors)
     write_bytes_atomic(f"{base}/vectors.npy", buf.getvalue(), opts)
     if index.ann is not None:
-        import faiss
+        import faiss  # noqa: PLC0415 - faiss: only for ANN indexes
 
         write_bytes_atomic(f"{base}/hnsw.faiss", faiss.serialize_index(index.ann).tobytes(), opts)
     write_bytes_atomic(f"{base}/manifest.json", json.dumps(index.info, indent=2, default=str).encode(), opts)
@@ -254,7 +255,6 @@ def save_index(index: SearchIndex, uri: str, storage_options: Mapping[str, Any] 
 
 
 def load_index(uri: str, storage_options: Mapping[str, Any] | None = None) -> SearchIndex:
-    import fsspec
 
     fs, path = fsspec.core.url_to_fs(uri.rstrip("/"), **dict(storage_options or {}))
     try:
@@ -266,7 +266,7 @@ def load_index(uri: str, storage_options: Mapping[str, Any] | None = None) -> Se
     vectors = np.load(io.BytesIO(fs.cat_file(f"{path}/vectors.npy")))
     index = SearchIndex(cells=cells, vectors=vectors, window=info["window"], kind=info["kind"], info=info)
     if info.get("method") == "hnsw":
-        import faiss
+        import faiss  # noqa: PLC0415 - faiss: only for ANN indexes
 
         raw = np.frombuffer(fs.cat_file(f"{path}/hnsw.faiss"), dtype=np.uint8)
         index.ann = faiss.deserialize_index(raw)

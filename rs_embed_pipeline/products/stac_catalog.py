@@ -40,6 +40,7 @@ import shapely
 from shapely.geometry import mapping
 
 from rs_embed_pipeline.stores.files import write_bytes_atomic
+from importlib.metadata import PackageNotFoundError, version
 
 STAC_VERSION = "1.0.0"
 EMB_EXTENSION = "https://stac-extensions.github.io/embeddings/v0.0.1/schema.json"
@@ -235,7 +236,6 @@ def _next_day(date: str) -> str:
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
 
     try:
         return version("rs_embed_pipeline")

@@ -28,6 +28,8 @@ from rs_embed_pipeline.orchestration.resources import PipelineStore
 from rs_embed_pipeline.products import pictures
 from rs_embed_pipeline.products.similarity import KINDS, AnnMethod, index_uri, similarity_plane
 from rs_embed_pipeline.stores.cube.reader import Kind
+from rs_embed_pipeline.products import change as C
+from rs_embed_pipeline.products import similarity as S
 
 if TYPE_CHECKING:
     from rs_embed_pipeline.products.change import ChangeResult
@@ -93,7 +95,6 @@ def build_answer_assets(spec: EmbeddingSpec, partitions_def: dg.MultiPartitionsD
                 description=INDEX_DESCRIPTION.format(title=spec.title), **common)
     def search_index(context: dg.AssetExecutionContext, config: SearchIndexConfig,
                      store: PipelineStore) -> dg.MaterializeResult:
-        from rs_embed_pipeline.products import similarity as S
 
         _check_index_config(index_name, config)
         per_partition: dict[str, dict[str, Any]] = {}
@@ -164,7 +165,6 @@ class IndexedWindow:
 def _index_partition(spec: EmbeddingSpec, store: PipelineStore, part: RegionWindow,
                      config: SearchIndexConfig) -> IndexedWindow:
     """Build and save the partition's index of each kind configured, and map the first one built."""
-    from rs_embed_pipeline.products import similarity as S
 
     tiles = model_tiles(spec, store, part)
     summary: dict[str, Any] = {}
@@ -192,7 +192,6 @@ def _index_uri(spec: EmbeddingSpec, store: PipelineStore, part: RegionWindow, ki
 def _build_index(spec: EmbeddingSpec, store: PipelineStore, part: RegionWindow, kind: str, tiles: Any,
                  config: SearchIndexConfig) -> "SearchIndex | None":
     """The window's index of one kind; None when no cell has an embedding."""
-    from rs_embed_pipeline.products import similarity as S
 
     try:
         return S.build_index(cube_uri(spec, store, part.region), part.window, kind, storage_options=store.storage_options,
@@ -267,7 +266,6 @@ def _previous(window_keys: list[str], window: str) -> str | None:
 def _change_partition(spec: EmbeddingSpec, store: PipelineStore, part: RegionWindow, baseline: str | None,
                       config: ChangeConfig, log: Any) -> tuple[dict[str, Any], ChangeFinding]:
     """Compare the partition's window with ``baseline`` and write the distances; its metadata and finding."""
-    from rs_embed_pipeline.products import change as C
 
     uri = C.change_uri(store.layout.root, spec.store_model_id, spec.modality, part.region, part.window)
     result = None

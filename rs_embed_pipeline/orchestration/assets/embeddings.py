@@ -33,6 +33,7 @@ from rs_embed_pipeline.stores.cube import (
     write_cube_window,
 )
 from rs_embed_pipeline.stores.cube.codec import QuantizationError, Scheme, check_scheme
+import datetime as dt
 
 # The UI shows metadata in this order: the run's outcome, then the settings that differ between
 # models, modalities and runs; provenance and the rest (same keys everywhere) after them.
@@ -75,7 +76,6 @@ class CubeConfig(dg.Config):
 def _cube_time_axis(windows_def: Any, n_now: int) -> list[str]:
     """Window starts from the first window into the future, so the cube's time axis can be
     allocated with a margin (stores/cube/time_axis.py): at least a block and a margin beyond today's windows."""
-    import datetime as dt
 
     years = 1
     while True:
