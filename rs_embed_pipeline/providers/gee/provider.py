@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import dataclasses
 import datetime as dt
+import functools
 import io
 import json
 import logging
@@ -51,11 +52,17 @@ from .expressions import (
     _Sensor,
 )
 from .request_blocks import EE_MAX_GRID_PX, EE_MAX_REQUEST_BYTES, PixelBox, RequestBlock, pack_requests, request_bytes
+from . import scenes  # scenes.MAX_ROWS_PER_CHUNK read at call time (tests lower it)
+from .scenes import Chunk, FootprintError, chunk_tiles, scene_lists
 
 log = logging.getLogger("rs_embed_pipeline.providers.gee")
 
 
 _MAX_PIXEL_SPLIT_DEPTH = 10
+
+
+#: Where tiles' scene lists come from: one list per fetch_patches call, or one query per block.
+SCENE_QUERIES = ("partition", "block")
 
 
 class GEEProvider:
@@ -84,6 +91,10 @@ class GEEProvider:
         cloud_score_plus, cs_threshold, cs_band: Sentinel-2 Cloud Score+ masking defaults
             (per-call sensor options override them).
         workload_tag: Earth Engine workload tag sent with every request.
+        scene_query: ``"partition"`` (default): one scene-list query per ``fetch_patches`` call,
+            each tile's scenes derived from the footprints (``providers/gee/scenes.py``);
+            ``"block"``: one scene query per request block (the earlier behaviour: one more
+            round trip per pixel request).
         clock, sleep: the time source and sleep of the rate limiter, the retry backoff and the
             fetch timer (tests inject a fake clock: no test measures wall-clock time).
         rng: jitter source of the backoff (default: the ``random`` module).
@@ -112,6 +123,7 @@ class GEEProvider:
         cs_threshold: float = 0.6,
         cs_band: str = "cs_cdf",
         workload_tag: str | None = None,
+        scene_query: str = "partition",
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
@@ -128,6 +140,8 @@ class GEEProvider:
             raise ProviderError("max_request_bytes must be >= 1024")
         if max_tiles_per_request is not None and int(max_tiles_per_request) < 1:
             raise ProviderError("max_tiles_per_request must be >= 1 or None")
+        if scene_query not in SCENE_QUERIES:
+            raise ProviderError(f"scene_query must be one of {list(SCENE_QUERIES)}, got {scene_query!r}")
         if isinstance(credentials, str) and credentials != "anonymous":
             raise ProviderError("credentials must be a google.auth credentials object or 'anonymous'")
 
@@ -145,6 +159,7 @@ class GEEProvider:
         self.max_request_bytes = int(max_request_bytes)
         self.max_tiles_per_request = int(max_tiles_per_request) if max_tiles_per_request else None
         self.workload_tag = workload_tag
+        self.scene_query = scene_query
         self._sensor_defaults = {"cloud_score_plus": bool(cloud_score_plus),
                                  "cs_threshold": float(cs_threshold), "cs_band": str(cs_band)}
         # Validate the defaults once (the same checks as per-call options).
@@ -206,6 +221,7 @@ class GEEProvider:
             "request_timeout_s": self.request_timeout_s,
             "max_request_bytes": self.max_request_bytes,
             "max_tiles_per_request": self.max_tiles_per_request,
+            "scene_query": self.scene_query,
         }
 
     def stats(self) -> dict[str, Any]:
@@ -436,6 +452,47 @@ class GEEProvider:
             raise RequestFailed(f"unexpected scene query answer ({type(result).__name__})")
         return [[[str(i) for i in (ids or [])] for ids in per_tile] for per_tile in result]
 
+    def _list_scenes(self, run: FetchRun, tiles: Sequence[Tile]) -> dict[str, list[list[str]]] | None:
+        """Each tile's scene lists (as ``_scene_ids``) from one list query of the whole area;
+        None when a footprint cannot be intersected here (the caller queries per block).
+
+        A group of chunks answered "too large" / "memory" is asked for again as two halves (two
+        requests); a chunk with more than ``scenes.MAX_ROWS_PER_CHUNK`` rows is split in two chunks.
+        Raises RequestFailed when the list cannot be had."""
+        ee = run.ee
+        out: dict[str, list[list[str]]] = {}
+        pending: list[list[Chunk]] = [chunk_tiles(tiles)]
+        while pending:
+            group = pending.pop()
+            try:
+                answer, _ = self._call("value", functools.partial(ee.data.computeValue,
+                                                                  run.scene_list_query(group)))
+            except SplitNeeded as exc:
+                if len(group) > 1:
+                    pending += [group[: len(group) // 2], group[len(group) // 2:]]
+                elif len(group[0].tiles) > 1:
+                    pending += [[half] for half in group[0].halves()]
+                else:
+                    raise RequestFailed(f"scene list failed: {exc}") from None
+                self._stats.add("splits")
+                continue
+            self._stats.add("value_bytes", len(json.dumps(answer, default=str)))
+            if not isinstance(answer, list) or len(answer) != len(group):
+                raise RequestFailed(f"unexpected scene list answer ({type(answer).__name__})")
+            for chunk, per_collection in zip(group, answer):
+                if any(len(rows or []) > scenes.MAX_ROWS_PER_CHUNK for rows in per_collection):
+                    if len(chunk.tiles) < 2:
+                        raise RequestFailed(f"more than {scenes.MAX_ROWS_PER_CHUNK} scenes for one tile")
+                    self._stats.add("splits")
+                    pending.append(list(chunk.halves()))
+                    continue
+                try:
+                    out.update(scene_lists(chunk, [rows or [] for rows in per_collection]))
+                except FootprintError as exc:
+                    log.warning("GEE scene list: %s; querying scenes per request block", exc)
+                    return None
+        return out
+
     def _request_pixels(self, run: FetchRun, box: PixelBox, variant: str) -> np.ndarray:
         ee = run.ee
         params: dict[str, Any] = {
@@ -511,13 +568,16 @@ class GEEProvider:
             out[tile.tile_id] = (data, valid, info)
         return out
 
-    def _process_block(self, run: FetchRun, block: RequestBlock) -> list[Patch]:
-        """Scene query, then pixels, for one request block; never raises."""
+    def _process_block(self, run: FetchRun, block: RequestBlock,
+                       listed: Mapping[str, list[list[str]]] | None = None) -> list[Patch]:
+        """Scene query (unless ``listed`` has the tiles' scene lists), then pixels, for one
+        request block; never raises."""
         sensor = run.sensor
         results: dict[str, Patch] = {}
         try:
             try:
-                ids = self._scene_ids(run, block.tiles)
+                ids = ([listed[t.tile_id] for t in block.tiles] if listed is not None
+                       else self._scene_ids(run, block.tiles))
             except SplitNeeded as exc:
                 if len(block.cells) < 2:
                     raise RequestFailed(f"scene query failed: {exc}") from None
@@ -671,7 +731,15 @@ class GEEProvider:
                                    max_request_bytes=self.max_request_bytes, max_tiles=max_tiles)
             log.info("GEE %s: %d tile(s) in %d request block(s) (<= %d tiles each), %s .. %s",
                      sensor.modality, len(tiles), len(blocks), max_tiles, start, end)
-            yield from self._run_blocks(run, blocks, copies)
+            listed: dict[str, list[list[str]]] | None = None
+            if self.scene_query == "partition":
+                try:
+                    listed = self._list_scenes(run, tiles)
+                except RequestFailed as exc:
+                    for tile in tiles:
+                        yield from self._copies(self._patch(run, tile, "failed", None, reason=str(exc)), copies)
+                    return
+            yield from self._run_blocks(run, blocks, copies, listed)
         finally:
             with EE_CONFIG_LOCK:
                 EE_CONFIG["active"] -= 1
@@ -681,7 +749,15 @@ class GEEProvider:
                      "%.1f MB", snap["tiles_ok"], snap["tiles_no_data"], snap["tiles_failed"],
                      snap["requests"], snap["retries"], snap["bytes"] / 1e6)
 
-    def _run_blocks(self, run: FetchRun, blocks: list[RequestBlock], copies: Mapping[str, int]) -> Iterator[Patch]:
+    def _copies(self, patch: Patch, copies: Mapping[str, int]) -> Iterator[Patch]:
+        """The patch once per row that asked for its tile (counted)."""
+        for k in range(copies.get(patch.tile_id, 1)):
+            out = patch if k == 0 else dataclasses.replace(patch, meta=dict(patch.meta))
+            self._count(out)
+            yield out
+
+    def _run_blocks(self, run: FetchRun, blocks: list[RequestBlock], copies: Mapping[str, int],
+                    listed: Mapping[str, list[list[str]]] | None = None) -> Iterator[Patch]:
         pool = cf.ThreadPoolExecutor(max_workers=self.max_concurrent_requests,
                                      thread_name_prefix="gee-fetch")
         try:
@@ -695,7 +771,7 @@ class GEEProvider:
                     block = next(queue, None)
                     if block is None:
                         return
-                    pending[pool.submit(self._process_block, run, block)] = block
+                    pending[pool.submit(self._process_block, run, block, listed)] = block
 
             fill()
             while pending:
