@@ -31,6 +31,7 @@ from .client import (
     HIGH_VOLUME_URL,
     STANDARD_URL,
     TIMEOUTS_BEFORE_SPLIT,
+    ComputePixelsClient,
     FetchStats,
     RequestFailed,
     SplitNeeded,
@@ -65,6 +66,10 @@ _MAX_PIXEL_SPLIT_DEPTH = 10
 SCENE_QUERIES = ("partition", "block")
 
 
+#: How computePixels answers are received: directly into one buffer, or through the ee client.
+PIXEL_TRANSPORTS = ("rest", "ee")
+
+
 class GEEProvider:
     """Sentinel-2 / Sentinel-1 patches from Google Earth Engine (see the ``rs_embed_pipeline.providers.gee`` package docstring).
 
@@ -95,6 +100,10 @@ class GEEProvider:
             each tile's scenes derived from the footprints (``providers/gee/scenes.py``);
             ``"block"``: one scene query per request block (the earlier behaviour: one more
             round trip per pixel request).
+        pixel_transport: ``"rest"`` (default): computePixels posted directly with urllib3 and read
+            into one buffer (``client.ComputePixelsClient``: the same REST call, credentials and
+            project header); ``"ee"``: through ``ee.data.computePixels`` (the earlier path, kept
+            for comparison: ``benchmarks/bench_gee.py --pixel-transport ee``).
         clock, sleep: the time source and sleep of the rate limiter, the retry backoff and the
             fetch timer (tests inject a fake clock: no test measures wall-clock time).
         rng: jitter source of the backoff (default: the ``random`` module).
@@ -124,6 +133,7 @@ class GEEProvider:
         cs_band: str = "cs_cdf",
         workload_tag: str | None = None,
         scene_query: str = "partition",
+        pixel_transport: str = "rest",
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
@@ -142,6 +152,8 @@ class GEEProvider:
             raise ProviderError("max_tiles_per_request must be >= 1 or None")
         if scene_query not in SCENE_QUERIES:
             raise ProviderError(f"scene_query must be one of {list(SCENE_QUERIES)}, got {scene_query!r}")
+        if pixel_transport not in PIXEL_TRANSPORTS:
+            raise ProviderError(f"pixel_transport must be one of {list(PIXEL_TRANSPORTS)}, got {pixel_transport!r}")
         if isinstance(credentials, str) and credentials != "anonymous":
             raise ProviderError("credentials must be a google.auth credentials object or 'anonymous'")
 
@@ -160,6 +172,8 @@ class GEEProvider:
         self.max_tiles_per_request = int(max_tiles_per_request) if max_tiles_per_request else None
         self.workload_tag = workload_tag
         self.scene_query = scene_query
+        self.pixel_transport = pixel_transport
+        self._rest: ComputePixelsClient | None = None
         self._sensor_defaults = {"cloud_score_plus": bool(cloud_score_plus),
                                  "cs_threshold": float(cs_threshold), "cs_band": str(cs_band)}
         # Validate the defaults once (the same checks as per-call options).
@@ -222,6 +236,7 @@ class GEEProvider:
             "max_request_bytes": self.max_request_bytes,
             "max_tiles_per_request": self.max_tiles_per_request,
             "scene_query": self.scene_query,
+            "pixel_transport": self.pixel_transport,
         }
 
     def stats(self) -> dict[str, Any]:
@@ -502,13 +517,34 @@ class GEEProvider:
         }
         if self.workload_tag:
             params["workloadTag"] = self.workload_tag
-        raw, _ = self._call("pixel", lambda: ee.data.computePixels(params))
-        if not isinstance(raw, (bytes, bytearray)):
+        raw: Any
+        if self.pixel_transport == "rest":
+            # the same REST call, serialized once here, answered into one buffer (client.py)
+            params["expression"] = ee.serializer.encode(params["expression"])
+            client = self._pixels_client()
+            raw, _ = self._call("pixel", functools.partial(client.compute_pixels, params))
+        else:
+            raw, _ = self._call("pixel", lambda: ee.data.computePixels(params))
+        if not isinstance(raw, (bytes, bytearray, memoryview)):
             raise RequestFailed(f"computePixels returned {type(raw).__name__}, expected NPY bytes")
         self._stats.add("bytes", len(raw))
         self._stats.add("pixel_bytes", len(raw))
-        return _read_npy(bytes(raw) if not isinstance(raw, bytes) else raw, run.sensor.bands,
-                         box.height, box.width)
+        return _read_npy(raw, run.sensor.bands, box.height, box.width)
+
+    def _pixels_client(self) -> ComputePixelsClient:
+        """The direct computePixels client, made once (the ee client is initialised by then)."""
+        with self._init_lock:
+            if self._rest is None:
+                creds = self._credentials
+                if getattr(creds, "quota_project_id", None):  # as the ee client: the header names it
+                    creds = creds.with_quota_project(None)
+                if self._auth_kind == "anonymous":
+                    creds = None
+                version = getattr(import_ee(), "__version__", "")
+                self._rest = ComputePixelsClient(self.endpoint, str(self.project), creds,
+                                                 self.request_timeout_s, self.max_concurrent_requests,
+                                                 client_version=f"ee-py/{version} rs-embed-pipeline")
+            return self._rest
 
     def _box_pixels(self, run: FetchRun, box: PixelBox, variant: str, depth: int = 0,
                     reason: str | None = None) -> tuple[np.ndarray, int]:
@@ -814,17 +850,28 @@ def _ee_time(t: dt.datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S")
 
 
-def _read_npy(raw: bytes, bands: Sequence[str], height: int, width: int) -> np.ndarray:
+def _npy_header(raw: bytes | bytearray | memoryview) -> bytes:
+    """The magic string and header of an NPY buffer (a copy of those bytes only: a BytesIO over a
+    memoryview would copy the whole answer)."""
+    head = bytes(raw[:12])
+    if head[6:8] == b"\x01\x00":
+        return bytes(raw[: 10 + int.from_bytes(head[8:10], "little")])
+    if head[6:8] in (b"\x02\x00", b"\x03\x00"):
+        return bytes(raw[: 12 + int.from_bytes(head[8:12], "little")])
+    return bytes(raw)  # not NPY 1 / 2 / 3: the caller's np.load reports it
+
+
+def _read_npy(raw: bytes | bytearray | memoryview, bands: Sequence[str], height: int, width: int) -> np.ndarray:
     """NPY bytes -> the structured array [H, W] (one field per band), a view of ``raw`` (no copy)."""
     try:
-        buf = io.BytesIO(raw)
+        buf = io.BytesIO(_npy_header(raw))
         version = np.lib.format.read_magic(buf)
         if version == (1, 0):
             shape, fortran, dtype = np.lib.format.read_array_header_1_0(buf)
         elif version == (2, 0):
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(buf)
         else:
-            arr = np.load(io.BytesIO(raw), allow_pickle=False)
+            arr = np.load(io.BytesIO(bytes(raw)), allow_pickle=False)
             shape, fortran, dtype = arr.shape, False, arr.dtype
         if dtype.hasobject:
             raise ValueError("object fields")
