@@ -105,9 +105,25 @@ class FakeImage:
     offset: float = 0.0
     pattern_scale: float = 1.0
     dtype: str = "float32"
-    footprint: tuple[float, float, float, float] | None = None  # lon/lat bbox; None: everywhere
+    # lon/lat bbox (xmin, ymin, xmax, ymax) or ring [(lon, lat), ...]; None: no footprint (everywhere).
+    # Served as Earth Engine does: system:footprint, a geodesic LinearRing in EPSG:4326.
+    footprint: tuple[float, float, float, float] | Sequence[tuple[float, float]] | None = None
     valid: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None  # (ix, iy) -> bool
     band_values: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] | None = None
+
+    def footprint_geojson(self) -> dict[str, Any] | None:
+        """``system:footprint`` as Earth Engine answers it: a closed LinearRing in lon/lat."""
+        if self.footprint is None:
+            return None
+        fp = list(self.footprint)
+        if len(fp) == 4 and all(isinstance(v, (int, float)) for v in fp):
+            x0, y0, x1, y1 = (float(v) for v in fp)
+            ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]
+        else:
+            ring = [[float(p[0]), float(p[1])] for p in fp]
+        if ring[0] != ring[-1]:
+            ring.append(list(ring[0]))
+        return {"type": "LinearRing", "coordinates": ring}
 
     @property
     def time_ms(self) -> int:
@@ -368,6 +384,27 @@ class SGeometry:
             return self.bbox
         return _to_lonlat(self.crs, self.bbox)
 
+    def lonlat_polygon(self) -> Any:
+        """The rectangle (straight edges in its CRS: geodesic false) as a lon/lat polygon, each
+        edge sampled every ~100 m."""
+        import shapely  # noqa: PLC0415
+
+        x0, y0, x1, y1 = self.bbox
+        if self.crs in ("EPSG:4326", ""):
+            return shapely.box(x0, y0, x1, y1)
+        n = max(2, int(max(x1 - x0, y1 - y0) / 100.0) + 1)
+        t = np.linspace(0.0, 1.0, n)
+        xs = np.concatenate([x0 + (x1 - x0) * t, np.full(n, x1), x1 - (x1 - x0) * t, np.full(n, x0)])
+        ys = np.concatenate([np.full(n, y0), y0 + (y1 - y0) * t, np.full(n, y1), y1 - (y1 - y0) * t])
+        with _TRANSFORMER_LOCK:
+            tr = _TRANSFORMERS.get(self.crs)
+            if tr is None:
+                import pyproj  # noqa: PLC0415
+
+                tr = _TRANSFORMERS[self.crs] = pyproj.Transformer.from_crs(self.crs, "EPSG:4326", always_xy=True)
+            lon, lat = tr.transform(xs, ys)
+        return shapely.Polygon(np.column_stack([lon, lat]))
+
 
 @dataclasses.dataclass
 class SFunction:
@@ -398,10 +435,6 @@ def _to_lonlat(crs: str, bbox: tuple[float, float, float, float]) -> tuple[float
         gx, gy = np.meshgrid(xs, ys)
         lon, lat = tr.transform(gx.ravel(), gy.ravel())
     return (float(np.min(lon)), float(np.min(lat)), float(np.max(lon)), float(np.max(lat)))
-
-
-def _bbox_intersects(a: Sequence[float], b: Sequence[float]) -> bool:
-    return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]
 
 
 def _const_image(value: Any) -> SImage:
@@ -553,6 +586,9 @@ def _quiet() -> Iterator[None]:
 def _fake_to_simage(img: FakeImage) -> SImage:
     props = {"system:index": img.index, "system:time_start": img.time_ms,
              "system:id": img.index, **img.properties}
+    footprint = img.footprint_geojson()
+    if footprint is not None:  # Earth Engine's images carry it; a stand-in image may have none
+        props["system:footprint"] = footprint
     bands: dict[str, Band] = {}
     for name, base in img.bands.items():
         custom = (img.band_values or {}).get(name)
@@ -625,14 +661,46 @@ def _collection_filter(ev: Evaluator, collection: SCollection, filter: SFilter) 
     return SCollection([im for im in collection.images if filter.fn(im)])
 
 
+def _geodesic_ring(ring: Sequence[Sequence[float]], step_deg: float = 0.005) -> np.ndarray:
+    """A lon/lat ring with each edge sampled along its great circle (Earth Engine's geometries in
+    EPSG:4326 are geodesic: edges follow the shortest path on the sphere)."""
+    out = []
+    for (lon1, lat1), (lon2, lat2) in zip(ring[:-1], ring[1:]):
+        a = np.radians([lon1, lat1])
+        b = np.radians([lon2, lat2])
+        va = np.array([np.cos(a[1]) * np.cos(a[0]), np.cos(a[1]) * np.sin(a[0]), np.sin(a[1])])
+        vb = np.array([np.cos(b[1]) * np.cos(b[0]), np.cos(b[1]) * np.sin(b[0]), np.sin(b[1])])
+        omega = float(np.arccos(np.clip(va @ vb, -1.0, 1.0)))
+        n = max(1, int(np.degrees(omega) / step_deg))
+        for f in np.arange(n) / n:
+            if omega < 1e-12 or f == 0:
+                out.append((lon1, lat1))
+                continue
+            v = (np.sin((1 - f) * omega) * va + np.sin(f * omega) * vb) / np.sin(omega)
+            lon = np.degrees(np.arctan2(v[1], v[0]))
+            out.append((lon1 + (lon - lon1 + 180.0) % 360.0 - 180.0, float(np.degrees(np.arcsin(v[2])))))
+    out.append(tuple(ring[-1]))
+    return np.asarray(out, dtype=float)
+
+
+def _footprint_polygon(footprint: Mapping[str, Any]) -> Any:
+    import shapely  # noqa: PLC0415
+
+    return shapely.Polygon(_geodesic_ring(footprint["coordinates"]))
+
+
 def _intersects(ev: Evaluator, leftField: str = ".all", rightValue: Any = None, **_: Any) -> SFilter:
+    """filterBounds: the images whose footprint intersects the region (exactly: the region's
+    straight edges in its CRS, the footprint's geodesic edges); an image without a footprint
+    passes."""
     geom = rightValue.get("geometry") if isinstance(rightValue, dict) else rightValue
     if not isinstance(geom, SGeometry):
         raise EvalError("Filter.intersects: expected a geometry")
-    box = geom.lonlat_bbox()
+    region = geom.lonlat_polygon()
 
     def fn(img: SImage) -> bool:
-        return img.footprint is None or _bbox_intersects(img.footprint, box)
+        fp = img.props.get("system:footprint")
+        return fp is None or bool(region.intersects(_footprint_polygon(fp)))
     return SFilter(fn, ("intersects", geom.crs, geom.bbox))
 
 
@@ -783,8 +851,9 @@ def _rename(ev: Evaluator, input: SImage, names: Any) -> SImage:
     return SImage(dict(zip(names, input.bands.values())), input.props, input.footprint)
 
 
-def _limit(ev: Evaluator, collection: SCollection, limit: Any = None, key: str = "system:index",
+def _limit(ev: Evaluator, collection: SCollection, limit: Any = None, key: str | None = None,
            ascending: bool = True) -> SCollection:
+    """Collection.limit: sorted by ``key`` when given (Earth Engine: no key, no ordering)."""
     images = list(collection.images)
     if key:
         images.sort(key=lambda im: (im.props.get(key) is None, im.props.get(key)),
@@ -798,6 +867,30 @@ def _map(ev: Evaluator, collection: SCollection, baseAlgorithm: SFunction,
          dropNulls: bool = False) -> SCollection:
     out = [baseAlgorithm(im) for im in collection.images]
     return SCollection([o for o in out if o is not None])
+
+
+def _to_list_reducer(ev: Evaluator, tupleSize: Any = None, numOptional: Any = None) -> tuple:
+    return ("toList", int(tupleSize) if tupleSize is not None else None, int(numOptional or 0))
+
+
+def _reduce_columns(ev: Evaluator, collection: SCollection, reducer: Any, selectors: Any,
+                    weightSelectors: Any = None) -> dict:
+    """Collection.reduceColumns with Reducer.toList(tupleSize, numOptional): the selected
+    properties of each element, a tuple per element; a tuple whose required (first
+    ``tupleSize - numOptional``) inputs are null is dropped, optional ones are null."""
+    if not (isinstance(reducer, tuple) and reducer[0] == "toList"):
+        raise EvalError(f"stand-in: reduceColumns reducer {reducer!r} not implemented")
+    _, size, optional = reducer
+    size = 1 if size is None else size
+    if len(selectors) != size:
+        raise EvalError(f"Collection.reduceColumns: need {size} selectors, got {len(selectors)}")
+    rows = []
+    for im in collection.images:
+        values = [im.props.get(p) for p in selectors]
+        if any(v is None for v in values[: size - optional]):
+            continue
+        rows.append(values if reducer[1] is not None else values[0])
+    return {"list": rows}
 
 
 def _aggregate_array(ev: Evaluator, collection: SCollection, property: str) -> list:
@@ -820,6 +913,10 @@ ALGORITHMS: dict[str, Callable[..., Any]] = {
     "Collection.limit": _limit,
     "Collection.size": lambda ev, collection: len(collection.images),
     "AggregateFeatureCollection.array": _aggregate_array,
+    "Collection.reduceColumns": _reduce_columns,
+    "Reducer.toList": _to_list_reducer,
+    "Dictionary.get": lambda ev, dictionary, key, defaultValue=None: (
+        dictionary[key] if key in dictionary else defaultValue),
     "ImageCollection.mosaic": lambda ev, collection: _composite_mosaic(collection),
     "reduce.median": lambda ev, collection: _composite_median(collection),
     # filters

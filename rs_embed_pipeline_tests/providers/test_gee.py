@@ -188,7 +188,8 @@ def test_s2_collection_and_filters_in_the_graph(standin, make_provider):
         S.s2_image("DECEMBER", "2023-12-31", cloudy=1.0),     # before start: dropped
     ]})
     rows = S.tile_rows(1)
-    [p] = fetch(make_provider(), rows, bands=["B2"]).values()
+    # the per-block scene query (aggregate_array); the partition's scene list: test_gee_scene_list.py
+    [p] = fetch(make_provider(scene_query="block"), rows, bands=["B2"]).values()
     assert sorted(p.meta["scene_ids"]) == ["CLEAR", "EDGE"]
     assert p.meta["collection"] == S2_COLLECTION
     assert p.meta["filters"]["CLOUDY_PIXEL_PERCENTAGE_lte"] == 30

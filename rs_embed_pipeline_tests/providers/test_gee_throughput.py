@@ -71,7 +71,9 @@ def test_distinct_tiles_at_the_same_place_are_all_fetched(standin, make_provider
 
 def test_batched_224px_tiles_under_the_real_limit(standin, make_provider):
     rows = S.tile_rows(17, size_px=224)
-    provider = make_provider(max_concurrent_requests=1)  # batching is limited by bytes only
+    # batching is limited by bytes only; one scene query per block (the partition's list: 1 query,
+    # test_gee_scene_list.py)
+    provider = make_provider(max_concurrent_requests=1, scene_query="block")
     patches = fetch_b2(provider, rows, bands=S.S2_BANDS)
     sizes = sorted(r.request_bytes for r in standin.pixel_requests)
     assert len(sizes) == 2 and all(s <= EE_MAX_REQUEST_BYTES for s in sizes)
@@ -142,7 +144,9 @@ def test_concurrency_cap_is_respected_server_side(standin, make_provider):
     # the first 4 requests meet in the stand-in: the cap is reached, and a 5th would show
     standin.fault_hook = S.hold_until_in_flight(standin, 4)
     rows = S.tile_rows(24, col_step=2)  # no two tiles adjacent: one request pair per tile
-    provider = make_provider(max_concurrent_requests=4, max_requests_per_second=1000)
+    # per-block scene queries: every request is one of a pair (the partition's list comes alone
+    # first: test_gee_scene_list.py holds pixel requests only)
+    provider = make_provider(max_concurrent_requests=4, max_requests_per_second=1000, scene_query="block")
     fetch_b2(provider, rows)
     assert len(standin.pixel_requests) == 24
     assert standin.max_in_flight == 4
@@ -175,7 +179,7 @@ def test_rate_limit(standin, make_provider):
     rows = S.tile_rows(40, col_step=2)  # 80 requests, 40 at once: the bucket alone orders them
     clock = S.FakeClock(advance=False)  # time stands still: every token is reserved ahead
     provider = make_provider(max_concurrent_requests=40, max_requests_per_second=rate,
-                             clock=clock, sleep=clock.sleep)
+                             clock=clock, sleep=clock.sleep, scene_query="block")  # 40 + 40 requests
     fetch_b2(provider, rows)
     n = len([r for r in standin.requests if r.kind in ("value", "pixels")])
     assert n == 80
@@ -215,7 +219,7 @@ def test_token_bucket_unit():
 def test_429_storm_ends_in_success(standin, make_provider):
     standin.fault_hook = S.fail_first(25, status=429, message="Too many concurrent aggregations.")
     rows = S.tile_rows(6, col_step=2)
-    provider = make_provider(max_retries=30, max_concurrent_requests=6)
+    provider = make_provider(max_retries=30, max_concurrent_requests=6, scene_query="block")  # 6 + 6 requests
     patches = fetch_b2(provider, rows)
     assert all(p.status == "ok" for p in patches.values())
     st = provider.stats()

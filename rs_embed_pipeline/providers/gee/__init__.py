@@ -13,9 +13,15 @@ What it does, per ``fetch_patches`` call
    median of an even count is a half DN), S1 as float32, plus the uint8 validity band. 224 px S2
    tiles of 12 bands then go 16 to a request as float32 (12 x (4 + 1) + (1 + 1) = 62 B/px) and 26
    as uint16 (38 B/px).
-2. **Scene query.** One ``ee.data.computeValue`` per block returns the image ids of every tile
-   (``aggregate_array('system:index')`` after all filters; Sentinel-1 also the list without the
-   IW filter for the relaxed retry). Tiles without images are ``no_data`` with no pixel request.
+2. **Scene list.** One ``ee.data.computeValue`` per ``fetch_patches`` call lists the scenes of
+   the whole area after all filters (per UTM zone and 200 km chunk: ``system:index`` and
+   ``system:footprint`` rows, ``reduceColumns(toList(2, 1))``; Sentinel-1 also the list without
+   the IW filter for the relaxed retry) and each tile's scene ids are the rows whose footprint
+   meets it (``scenes.py``: geodesic footprint edges, the tile's UTM rectangle), in list order:
+   what a per-tile ``filterBounds`` returns. Too-large answers are asked again in halves; a chunk
+   over 5000 rows is split. ``scene_query="block"`` (or an unreadable footprint) makes one
+   ``aggregate_array('system:index')`` query per block instead. Tiles without images are
+   ``no_data`` with no pixel request.
 3. **Pixels.** One ``ee.data.computePixels`` (``fileFormat: NPY``) per block, on the tiles'
    own UTM grid: ``crsCode EPSG:<utm_epsg>``, ``affineTransform {scaleX: scale_m, shearX: 0,
    translateX: x0, shearY: 0, scaleY: -scale_m, translateY: y0}``, ``dimensions`` = block size.
@@ -24,7 +30,9 @@ What it does, per ``fetch_patches`` call
    are resampled by Earth Engine's default, nearest neighbour; nothing else is resampled.
    The image sent is ``composite.select(bands).toFloat()`` plus one uint8 band ``rsep_valid``
    (1 where every asked band is unmasked), then ``unmask(0)``: NPY carries no mask, so the mask
-   travels as data; masked pixels are 0 and ``valid`` False.
+   travels as data; masked pixels are 0 and ``valid`` False. The request is the documented REST
+   call ``projects.image.computePixels``, posted directly (urllib3) and read into one buffer
+   (``pixel_transport="rest"``; ``"ee"`` goes through ``ee.data.computePixels``).
 4. **Too large / memory / timeout answers** split the block in two (along tile boundaries; a
    single tile is split in pixel halves and stitched), recursively.
 5. **Retries.** 429 and 5xx (and connection errors) are retried with exponential backoff and

@@ -223,6 +223,8 @@ def _error_chain(exc: BaseException) -> Iterator[BaseException]:
 def _http_details(exc: BaseException) -> tuple[int | None, float | None]:
     """(HTTP status, Retry-After seconds) of the googleapiclient HttpError behind ``exc``."""
     for e in _error_chain(exc):
+        if isinstance(e, RestHttpError):
+            return e.status, e.retry_after
         resp = getattr(e, "resp", None)
         status = getattr(resp, "status", None)
         if status is not None and type(e).__name__ == "HttpError":
@@ -276,3 +278,89 @@ def import_ee() -> Any:
     except ImportError as exc:  # pragma: no cover - environment problem
         raise ProviderError("GEE provider needs earthengine-api (pip install earthengine-api)") from exc
     return ee
+
+
+class RestHttpError(Exception):
+    """A non-200 answer of the direct REST call: ``status``, ``retry_after`` (s), the server's
+    error message (Earth Engine's JSON ``error.message``)."""
+
+    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class ComputePixelsClient:
+    """``projects.image.computePixels`` posted directly (urllib3), the answer read into one
+    buffer: the same documented REST call ``ee.data.computePixels`` makes
+    (``POST {endpoint}/v1/projects/{project}/image:computePixels``, the expression serialized by
+    the ee client, the same credentials and ``X-Goog-User-Project`` header), without its
+    googleapiclient / httplib2 shim, which copies a 40 MB answer several times.
+
+    ``credentials``: a ``google.auth`` credentials object (refreshed when stale, under a lock);
+    ``timeout_s``: the read deadline of one request (None: none); ``maxsize``: connections kept.
+    """
+
+    def __init__(self, endpoint: str, project: str, credentials: Any, timeout_s: float | None,
+                 maxsize: int, client_version: str = "") -> None:
+        import urllib3  # noqa: PLC0415 - with the ee client (requests depends on it)
+
+        self.url = f"{endpoint.rstrip('/')}/v1/projects/{project}/image:computePixels"
+        self._credentials = credentials
+        self._pool = urllib3.PoolManager(num_pools=2, maxsize=max(1, maxsize), block=False,
+                                         retries=False, timeout=urllib3.Timeout(connect=timeout_s,
+                                                                                read=timeout_s))
+        self._auth_request: Any = None
+        self._auth_lock = threading.Lock()
+        self._headers = {"Content-Type": "application/json", "X-Goog-User-Project": project,
+                         "X-Goog-Api-Client": client_version or "rs-embed-pipeline"}
+
+    def _auth_headers(self) -> dict[str, str]:
+        headers = dict(self._headers)
+        if self._credentials is not None:
+            with self._auth_lock:  # one refresh at a time; before_request refreshes when stale
+                if self._auth_request is None:
+                    from google.auth.transport.urllib3 import Request  # noqa: PLC0415
+
+                    self._auth_request = Request(self._pool)
+                self._credentials.before_request(self._auth_request, "POST", self.url, headers)
+        return headers
+
+    def compute_pixels(self, body: dict[str, Any]) -> memoryview:
+        """The answer's bytes (a view of one buffer sized by Content-Length). Raises
+        :class:`RestHttpError` on a non-200 answer, urllib3's errors on timeouts and broken
+        connections (classified like the ee client's)."""
+        import json  # noqa: PLC0415
+        import numpy as np  # noqa: PLC0415
+
+        payload = json.dumps(body, separators=(",", ":")).encode()
+        resp = self._pool.request("POST", self.url, body=payload, headers=self._auth_headers(),
+                                  preload_content=False)
+        try:
+            if resp.status != 200:
+                text = resp.read().decode("utf-8", "replace")
+                try:
+                    message = json.loads(text)["error"]["message"]
+                except (ValueError, KeyError, TypeError):
+                    message = text[:500]
+                ra = resp.headers.get("Retry-After")
+                try:
+                    retry_after = float(ra) if ra is not None else None
+                except ValueError:
+                    retry_after = None
+                raise RestHttpError(resp.status, str(message), retry_after)
+            length = resp.headers.get("Content-Length")
+            if length is None:  # chunked: no size to preallocate
+                return memoryview(resp.read())
+            n = int(length)
+            buf = np.empty(n, np.uint8)  # not zeroed: every byte is written below
+            view = buf.data  # a memoryview of the uint8 buffer
+            got = 0
+            while got < n:
+                k = resp.readinto(view[got:])
+                if not k:
+                    raise ConnectionError(f"computePixels answer ended after {got} of {n} bytes")
+                got += k
+            return view
+        finally:
+            resp.release_conn()

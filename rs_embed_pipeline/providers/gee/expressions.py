@@ -17,6 +17,8 @@ from ..catalogs import SCL_INVALID_CLASSES
 from ..sensor_options import EarthEngineSensorOptions, SensorOptionError, SensorOptions
 from .client import import_ee
 from .request_blocks import PixelBox
+from . import scenes  # scenes.MAX_ROWS_PER_CHUNK read at call time (tests lower it)
+from .scenes import Chunk
 
 S2_COLLECTION = "COPERNICUS/S2_SR_HARMONIZED"
 
@@ -243,3 +245,19 @@ class FetchRun:
             lists = [c.aggregate_array("system:index") for c in self.scene_collections(region)]
             per_tile.append(ee.List(lists))
         return ee.List(per_tile)
+
+    def scene_list_query(self, chunks: Sequence[Chunk]):
+        """One list of the scenes of every chunk: per chunk, per scene collection (as
+        :meth:`scene_collections`), ``[system:index, system:footprint]`` rows in collection order,
+        at most ``MAX_ROWS_PER_CHUNK + 1`` (one more tells the caller to split the chunk)."""
+        ee = self.ee
+        # toList(2, 1): the footprint is optional (a row without one is kept, its footprint null)
+        reducer = ee.Reducer.toList(2, 1)
+        per_chunk = []
+        for chunk in chunks:
+            region = ee.Geometry.Rectangle(chunk.bounds(), f"EPSG:{chunk.epsg}", False)
+            lists = [c.limit(scenes.MAX_ROWS_PER_CHUNK + 1)
+                     .reduceColumns(reducer, ["system:index", "system:footprint"]).get("list")
+                     for c in self.scene_collections(region)]
+            per_chunk.append(ee.List(lists))
+        return ee.List(per_chunk)

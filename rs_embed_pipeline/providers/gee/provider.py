@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import dataclasses
 import datetime as dt
+import functools
 import io
 import json
 import logging
@@ -31,6 +32,7 @@ from .client import (
     HIGH_VOLUME_URL,
     STANDARD_URL,
     TIMEOUTS_BEFORE_SPLIT,
+    ComputePixelsClient,
     FetchStats,
     RequestFailed,
     SplitNeeded,
@@ -52,11 +54,21 @@ from .expressions import (
     _Sensor,
 )
 from .request_blocks import EE_MAX_GRID_PX, EE_MAX_REQUEST_BYTES, PixelBox, RequestBlock, pack_requests, request_bytes
+from . import scenes  # scenes.MAX_ROWS_PER_CHUNK read at call time (tests lower it)
+from .scenes import Chunk, FootprintError, chunk_tiles, scene_lists
 
 log = logging.getLogger("rs_embed_pipeline.providers.gee")
 
 
 _MAX_PIXEL_SPLIT_DEPTH = 10
+
+
+#: Where tiles' scene lists come from: one list per fetch_patches call, or one query per block.
+SCENE_QUERIES = ("partition", "block")
+
+
+#: How computePixels answers are received: directly into one buffer, or through the ee client.
+PIXEL_TRANSPORTS = ("rest", "ee")
 
 
 class GEEProvider:
@@ -85,6 +97,14 @@ class GEEProvider:
         cloud_score_plus, cs_threshold, cs_band: Sentinel-2 Cloud Score+ masking defaults
             (per-call sensor options override them).
         workload_tag: Earth Engine workload tag sent with every request.
+        scene_query: ``"partition"`` (default): one scene-list query per ``fetch_patches`` call,
+            each tile's scenes derived from the footprints (``providers/gee/scenes.py``);
+            ``"block"``: one scene query per request block (the earlier behaviour: one more
+            round trip per pixel request).
+        pixel_transport: ``"rest"`` (default): computePixels posted directly with urllib3 and read
+            into one buffer (``client.ComputePixelsClient``: the same REST call, credentials and
+            project header); ``"ee"``: through ``ee.data.computePixels`` (the earlier path, kept
+            for comparison: ``benchmarks/bench_gee.py --pixel-transport ee``).
         clock, sleep: the time source and sleep of the rate limiter, the retry backoff and the
             fetch timer (tests inject a fake clock: no test measures wall-clock time).
         rng: jitter source of the backoff (default: the ``random`` module).
@@ -113,6 +133,8 @@ class GEEProvider:
         cs_threshold: float = 0.6,
         cs_band: str = "cs_cdf",
         workload_tag: str | None = None,
+        scene_query: str = "partition",
+        pixel_transport: str = "rest",
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
@@ -129,6 +151,10 @@ class GEEProvider:
             raise ProviderError("max_request_bytes must be >= 1024")
         if max_tiles_per_request is not None and int(max_tiles_per_request) < 1:
             raise ProviderError("max_tiles_per_request must be >= 1 or None")
+        if scene_query not in SCENE_QUERIES:
+            raise ProviderError(f"scene_query must be one of {list(SCENE_QUERIES)}, got {scene_query!r}")
+        if pixel_transport not in PIXEL_TRANSPORTS:
+            raise ProviderError(f"pixel_transport must be one of {list(PIXEL_TRANSPORTS)}, got {pixel_transport!r}")
         if isinstance(credentials, str) and credentials != "anonymous":
             raise ProviderError("credentials must be a google.auth credentials object or 'anonymous'")
 
@@ -146,6 +172,9 @@ class GEEProvider:
         self.max_request_bytes = int(max_request_bytes)
         self.max_tiles_per_request = int(max_tiles_per_request) if max_tiles_per_request else None
         self.workload_tag = workload_tag
+        self.scene_query = scene_query
+        self.pixel_transport = pixel_transport
+        self._rest: ComputePixelsClient | None = None
         self._sensor_defaults = {"cloud_score_plus": bool(cloud_score_plus),
                                  "cs_threshold": float(cs_threshold), "cs_band": str(cs_band)}
         # Validate the defaults once (the same checks as per-call options).
@@ -208,6 +237,8 @@ class GEEProvider:
             "request_timeout_s": self.request_timeout_s,
             "max_request_bytes": self.max_request_bytes,
             "max_tiles_per_request": self.max_tiles_per_request,
+            "scene_query": self.scene_query,
+            "pixel_transport": self.pixel_transport,
         }
 
     def stats(self) -> dict[str, Any]:
@@ -443,6 +474,47 @@ class GEEProvider:
             raise RequestFailed(f"unexpected scene query answer ({type(result).__name__})")
         return [[[str(i) for i in (ids or [])] for ids in per_tile] for per_tile in result]
 
+    def _list_scenes(self, run: FetchRun, tiles: Sequence[Tile]) -> dict[str, list[list[str]]] | None:
+        """Each tile's scene lists (as ``_scene_ids``) from one list query of the whole area;
+        None when a footprint cannot be intersected here (the caller queries per block).
+
+        A group of chunks answered "too large" / "memory" is asked for again as two halves (two
+        requests); a chunk with more than ``scenes.MAX_ROWS_PER_CHUNK`` rows is split in two chunks.
+        Raises RequestFailed when the list cannot be had."""
+        ee = run.ee
+        out: dict[str, list[list[str]]] = {}
+        pending: list[list[Chunk]] = [chunk_tiles(tiles)]
+        while pending:
+            group = pending.pop()
+            try:
+                answer, _ = self._call("value", functools.partial(ee.data.computeValue,
+                                                                  run.scene_list_query(group)))
+            except SplitNeeded as exc:
+                if len(group) > 1:
+                    pending += [group[: len(group) // 2], group[len(group) // 2:]]
+                elif len(group[0].tiles) > 1:
+                    pending += [[half] for half in group[0].halves()]
+                else:
+                    raise RequestFailed(f"scene list failed: {exc}") from None
+                self._stats.add("splits")
+                continue
+            self._stats.add("value_bytes", len(json.dumps(answer, default=str)))
+            if not isinstance(answer, list) or len(answer) != len(group):
+                raise RequestFailed(f"unexpected scene list answer ({type(answer).__name__})")
+            for chunk, per_collection in zip(group, answer):
+                if any(len(rows or []) > scenes.MAX_ROWS_PER_CHUNK for rows in per_collection):
+                    if len(chunk.tiles) < 2:
+                        raise RequestFailed(f"more than {scenes.MAX_ROWS_PER_CHUNK} scenes for one tile")
+                    self._stats.add("splits")
+                    pending.append(list(chunk.halves()))
+                    continue
+                try:
+                    out.update(scene_lists(chunk, [rows or [] for rows in per_collection]))
+                except FootprintError as exc:
+                    log.warning("GEE scene list: %s; querying scenes per request block", exc)
+                    return None
+        return out
+
     def _request_pixels(self, run: FetchRun, box: PixelBox, variant: str) -> np.ndarray:
         ee = run.ee
         params: dict[str, Any] = {
@@ -452,13 +524,34 @@ class GEEProvider:
         }
         if self.workload_tag:
             params["workloadTag"] = self.workload_tag
-        raw, _ = self._call("pixel", lambda: ee.data.computePixels(params))
-        if not isinstance(raw, (bytes, bytearray)):
+        raw: Any
+        if self.pixel_transport == "rest":
+            # the same REST call, serialized once here, answered into one buffer (client.py)
+            params["expression"] = ee.serializer.encode(params["expression"])
+            client = self._pixels_client()
+            raw, _ = self._call("pixel", functools.partial(client.compute_pixels, params))
+        else:
+            raw, _ = self._call("pixel", lambda: ee.data.computePixels(params))
+        if not isinstance(raw, (bytes, bytearray, memoryview)):
             raise RequestFailed(f"computePixels returned {type(raw).__name__}, expected NPY bytes")
         self._stats.add("bytes", len(raw))
         self._stats.add("pixel_bytes", len(raw))
-        return _read_npy(bytes(raw) if not isinstance(raw, bytes) else raw, run.sensor.bands,
-                         box.height, box.width)
+        return _read_npy(raw, run.sensor.bands, box.height, box.width)
+
+    def _pixels_client(self) -> ComputePixelsClient:
+        """The direct computePixels client, made once (the ee client is initialised by then)."""
+        with self._init_lock:
+            if self._rest is None:
+                creds = self._credentials
+                if getattr(creds, "quota_project_id", None):  # as the ee client: the header names it
+                    creds = creds.with_quota_project(None)
+                if self._auth_kind == "anonymous":
+                    creds = None
+                version = getattr(import_ee(), "__version__", "")
+                self._rest = ComputePixelsClient(self.endpoint, str(self.project), creds,
+                                                 self.request_timeout_s, self.max_concurrent_requests,
+                                                 client_version=f"ee-py/{version} rs-embed-pipeline")
+            return self._rest
 
     def _box_pixels(self, run: FetchRun, box: PixelBox, variant: str, depth: int = 0,
                     reason: str | None = None) -> tuple[np.ndarray, int]:
@@ -518,13 +611,16 @@ class GEEProvider:
             out[tile.tile_id] = (data, valid, info)
         return out
 
-    def _process_block(self, run: FetchRun, block: RequestBlock) -> list[Patch]:
-        """Scene query, then pixels, for one request block; never raises."""
+    def _process_block(self, run: FetchRun, block: RequestBlock,
+                       listed: Mapping[str, list[list[str]]] | None = None) -> list[Patch]:
+        """Scene query (unless ``listed`` has the tiles' scene lists), then pixels, for one
+        request block; never raises."""
         sensor = run.sensor
         results: dict[str, Patch] = {}
         try:
             try:
-                ids = self._scene_ids(run, block.tiles)
+                ids = ([listed[t.tile_id] for t in block.tiles] if listed is not None
+                       else self._scene_ids(run, block.tiles))
             except SplitNeeded as exc:
                 if len(block.cells) < 2:
                     raise RequestFailed(f"scene query failed: {exc}") from None
@@ -678,7 +774,15 @@ class GEEProvider:
                                    max_request_bytes=self.max_request_bytes, max_tiles=max_tiles)
             log.info("GEE %s: %d tile(s) in %d request block(s) (<= %d tiles each), %s .. %s",
                      sensor.modality, len(tiles), len(blocks), max_tiles, start, end)
-            yield from self._run_blocks(run, blocks, copies)
+            listed: dict[str, list[list[str]]] | None = None
+            if self.scene_query == "partition":
+                try:
+                    listed = self._list_scenes(run, tiles)
+                except RequestFailed as exc:
+                    for tile in tiles:
+                        yield from self._copies(self._patch(run, tile, "failed", None, reason=str(exc)), copies)
+                    return
+            yield from self._run_blocks(run, blocks, copies, listed)
         finally:
             with EE_CONFIG_LOCK:
                 EE_CONFIG["active"] -= 1
@@ -688,7 +792,15 @@ class GEEProvider:
                      "%.1f MB", snap["tiles_ok"], snap["tiles_no_data"], snap["tiles_failed"],
                      snap["requests"], snap["retries"], snap["bytes"] / 1e6)
 
-    def _run_blocks(self, run: FetchRun, blocks: list[RequestBlock], copies: Mapping[str, int]) -> Iterator[Patch]:
+    def _copies(self, patch: Patch, copies: Mapping[str, int]) -> Iterator[Patch]:
+        """The patch once per row that asked for its tile (counted)."""
+        for k in range(copies.get(patch.tile_id, 1)):
+            out = patch if k == 0 else dataclasses.replace(patch, meta=dict(patch.meta))
+            self._count(out)
+            yield out
+
+    def _run_blocks(self, run: FetchRun, blocks: list[RequestBlock], copies: Mapping[str, int],
+                    listed: Mapping[str, list[list[str]]] | None = None) -> Iterator[Patch]:
         pool = cf.ThreadPoolExecutor(max_workers=self.max_concurrent_requests,
                                      thread_name_prefix="gee-fetch")
         try:
@@ -702,7 +814,7 @@ class GEEProvider:
                     block = next(queue, None)
                     if block is None:
                         return
-                    pending[pool.submit(self._process_block, run, block)] = block
+                    pending[pool.submit(self._process_block, run, block, listed)] = block
 
             fill()
             while pending:
@@ -745,17 +857,28 @@ def _ee_time(t: dt.datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S")
 
 
-def _read_npy(raw: bytes, bands: Sequence[str], height: int, width: int) -> np.ndarray:
+def _npy_header(raw: bytes | bytearray | memoryview) -> bytes:
+    """The magic string and header of an NPY buffer (a copy of those bytes only: a BytesIO over a
+    memoryview would copy the whole answer)."""
+    head = bytes(raw[:12])
+    if head[6:8] == b"\x01\x00":
+        return bytes(raw[: 10 + int.from_bytes(head[8:10], "little")])
+    if head[6:8] in (b"\x02\x00", b"\x03\x00"):
+        return bytes(raw[: 12 + int.from_bytes(head[8:12], "little")])
+    return bytes(raw)  # not NPY 1 / 2 / 3: the caller's np.load reports it
+
+
+def _read_npy(raw: bytes | bytearray | memoryview, bands: Sequence[str], height: int, width: int) -> np.ndarray:
     """NPY bytes -> the structured array [H, W] (one field per band), a view of ``raw`` (no copy)."""
     try:
-        buf = io.BytesIO(raw)
+        buf = io.BytesIO(_npy_header(raw))
         version = np.lib.format.read_magic(buf)
         if version == (1, 0):
             shape, fortran, dtype = np.lib.format.read_array_header_1_0(buf)
         elif version == (2, 0):
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(buf)
         else:
-            arr = np.load(io.BytesIO(raw), allow_pickle=False)
+            arr = np.load(io.BytesIO(bytes(raw)), allow_pickle=False)
             shape, fortran, dtype = arr.shape, False, arr.dtype
         if dtype.hasobject:
             raise ValueError("object fields")
