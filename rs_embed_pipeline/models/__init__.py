@@ -57,6 +57,7 @@ from .registry import ModelFamily, families, get_family, register_family, unregi
 # The built-in families register themselves on import, TerraFM first (the order of families() and
 # of the model ids in messages).
 from . import terrafm, thor  # noqa: E402, F401, I001 - after the registry, in this order
+from .knobs import env_options
 
 _LAZY = {
     "EmbeddingOutput": "adapters",
@@ -142,7 +143,6 @@ def load_adapter(
     """
     family, key, variant = registry.resolve(name)
     if use_env:
-        from .knobs import env_options
 
         env = env_options(family.name)
         if family.variant_option is not None and key not in family.env_variant_ids:

@@ -7,6 +7,7 @@ sinks its neighbours.
 """
 
 from __future__ import annotations
+import importlib
 
 
 class ModelError(Exception):
@@ -32,7 +33,6 @@ class MissingDependencyError(ModelError, ImportError):
 def require(module: str, purpose: str, install: str = "pip install -e '.[worker]'"):
     """Import ``module`` or raise :class:`MissingDependencyError` saying what needs it and how to
     install it (the model code runs in the worker environment, ``.venv-worker``)."""
-    import importlib
 
     try:
         return importlib.import_module(module)

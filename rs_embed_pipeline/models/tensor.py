@@ -43,6 +43,10 @@ import numpy as np
 from rs_embed_pipeline.core.timeparse import parse_utc
 
 from .errors import ModelInputError
+from . import load_adapter
+from . import preprocessing as P
+from .knobs import env_values, knob, parse_bool
+from rs_embed_pipeline.core.inspection import DEFAULT_THRESHOLDS, inspect_patch
 
 
 def temporal_to_range(temporal: Any) -> dict[str, Any]:
@@ -113,7 +117,6 @@ def _as_array(arrays: Any) -> tuple[np.ndarray, bool]:
 
 
 def _env_flag(name: str, explicit: Any, use_env: bool) -> bool:
-    from .knobs import env_values, knob, parse_bool
 
     k = knob("input", name)
     if explicit is not None:
@@ -147,11 +150,9 @@ def embed_arrays(
     ``load_adapter``. ``arrays``: CHW, BCHW, or a list of same-shape CHW arrays (numpy or torch).
     Returns an ``EmbeddingOutput``; a CHW input gives unbatched outputs (pooled ``[D]``, grid
     ``[D', h, w]``)."""
-    from . import preprocessing as P
 
     x, single = _as_array(arrays)
     if isinstance(model, str):
-        from . import load_adapter
 
         adapter = load_adapter(model, checkpoint=checkpoint, arch=arch, device=device, use_env=use_env, **options)
     elif hasattr(model, "embed") and hasattr(model, "input_bands"):
@@ -172,7 +173,6 @@ def embed_arrays(
     do_raise = _env_flag("check_raise", check_raise, use_env)
     checks = []
     if do_check:
-        from rs_embed_pipeline.core.inspection import DEFAULT_THRESHOLDS, inspect_patch
 
         checks = [inspect_patch(x[i], None, m, expected_channels=len(bands)) for i in range(x.shape[0])]
         bad = [(i, c["issues"]) for i, c in enumerate(checks) if not c["ok"]]

@@ -22,6 +22,7 @@ from .base import (
 )
 from .sensor_options import SENSOR_OPTIONS, SensorOptionError, SensorOptions
 from .stac import SCL_INVALID_CLASSES, CollectionSpec, LocalStacProvider, StacProvider
+import importlib
 
 __all__ = [
     "COMPOSITES",
@@ -48,7 +49,6 @@ _LAZY = {"GEEProvider": ".gee"}
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        import importlib
 
         module = importlib.import_module(_LAZY[name], __name__)
         value = getattr(module, name)

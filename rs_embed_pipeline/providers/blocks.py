@@ -45,8 +45,8 @@ class Block:
         return slice(r, r + tile.size_px), slice(c, c + tile.size_px)
 
     def geobox(self):
-        from affine import Affine
-        from odc.geo.geobox import GeoBox
+        from affine import Affine  # noqa: PLC0415 - odc-geo's stack (affine, pyproj) only for the odc-stac load path
+        from odc.geo.geobox import GeoBox  # noqa: PLC0415 - odc-geo: only for the odc-stac load path
 
         return GeoBox(
             (self.height, self.width),

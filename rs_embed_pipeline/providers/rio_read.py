@@ -50,8 +50,8 @@ def read_nested(href: str, block: Any, fill: float, dtype: Any = None,
     """The asset's band 1 on the block grid (``[height, width]``, nearest), or None when the grids
     do not nest (see the module docstring). ``fill``: value of block pixels outside the raster;
     ``out``: write into this array (the caller's stack plane) instead of a new one."""
-    import rasterio
-    from rasterio.windows import Window
+    import rasterio  # noqa: PLC0415 - rasterio (GDAL) loads only when a COG is read
+    from rasterio.windows import Window  # noqa: PLC0415 - rasterio: see above
 
     with rasterio.open(href) as src:
         epsg = src.crs.to_epsg() if src.crs is not None else None

@@ -54,6 +54,8 @@ from rs_embed_pipeline.core.vocabulary import S1_POLARISATIONS, S2_BANDS
 from ..base import ProviderError
 from ..catalogs import EARTH_SEARCH_S2_ASSETS, S1_ASSETS
 from .static_catalog import clear_catalog
+from rs_embed_pipeline.core.inspection import inspect_patch
+import importlib
 
 __all__ = [
     "S1_USER_COLLECTION",
@@ -83,7 +85,6 @@ _GDAL_TYPES = {
 
 
 def _require(module: str):
-    import importlib
 
     try:
         return importlib.import_module(module)
@@ -170,7 +171,6 @@ def _write_vrt(vrt: Path, src: Path, band_index: int, ds, nodata) -> None:
 def _check_units(path: Path, ds, modality: str, index: dict[str, int], scale: float, offset: float,
                  s1_units: str, nodata) -> None:
     """Read a decimated sample and refuse values that do not match the sensor's units."""
-    from rs_embed_pipeline.core.inspection import inspect_patch
 
     bands = [b for b in index if b != "SCL"]
     h, w = max(1, min(ds.height, 256)), max(1, min(ds.width, 256))
@@ -203,7 +203,7 @@ def _check_units(path: Path, ds, modality: str, index: dict[str, int], scale: fl
 
 def _lonlat_outline(ds: Any) -> tuple[list[list[float]], list[float]]:
     """The raster's outline in lon/lat (11 points a side, closed) and its bbox."""
-    import pyproj
+    import pyproj  # noqa: PLC0415 - pyproj (PROJ database) only when a user scene is catalogued
 
     left, bottom, right, top = ds.bounds
     tr = pyproj.Transformer.from_crs(ds.crs.to_wkt(), "EPSG:4326", always_xy=True)

@@ -37,6 +37,7 @@ from collections.abc import Mapping
 
 import numpy as np
 import xarray as xr
+from pathlib import Path
 
 Scheme = Literal["none", "int8_per_cell", "int8_per_feature"]  # a typed choice: config and the UI list them
 SCHEMES: tuple[str, ...] = get_args(Scheme)
@@ -196,7 +197,6 @@ def dequantize(ds: xr.Dataset) -> xr.Dataset:
 
 def storage_bytes(uri_or_path: str, group: str, names: Mapping[str, Any] | None = None) -> int:
     """Bytes on disk of a cube group's embedding arrays (local stores; benchmarks and metadata)."""
-    from pathlib import Path
 
     root = Path(uri_or_path) / group
     wanted = list(names or ("embedding", SCALE_VAR, OFFSET_VAR))
