@@ -132,17 +132,25 @@ def record_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     return reads
 
 
-def test_a_bbox_reads_only_the_chunks_under_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("layout", ["chunked", "sharded"])
+def test_a_bbox_reads_only_the_chunks_under_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str) -> None:
     """Computing a one-window mosaic of a bbox inside one tile reads that tile's grid chunk of
-    that window and no other embedding chunk: bytes read = the bytes of the tiles the area meets."""
-    uris = C.write_build(tmp_path)
+    that window and no other embedding data: chunked, the tile's object; sharded, the shard's
+    index and the tile's inner chunk (two byte ranges of the window's one object)."""
+    uris = C.write_build(tmp_path, layout=layout)
     small = zone_bbox(32632, *INSIDE_ONE_TILE)
     ds = open_mosaic(str(tmp_path), bbox=small, windows="2024-01-01")
     reads = record_reads(monkeypatch)
     values = ds["embedding"].values
     assert values.shape == (1, 2, 2, C.D_GRID) and np.isfinite(values).all()
     data = [(k, n) for k, n in reads if "/embedding/" in k and "/c/" in k]
-    assert [k for k, _ in data] == ["EPSG32632/grid/embedding/c/0/1/1/0"], data
+    if layout == "chunked":
+        assert [k for k, _ in data] == ["EPSG32632/grid/embedding/c/0/1/1/0"], data
+    else:
+        shard = tmp_path / "demo-32N-E0101-N00161.zarr/EPSG32632/grid/embedding/c/0/0/0/0"
+        index_bytes = 16 * 3 * 3 + 4  # 3 x 3 tiles: (offset, length) per inner chunk + crc32c
+        assert [k for k, _ in data] == ["EPSG32632/grid/embedding/c/0/0/0/0"] * 2, data
+        assert data[0][1] == index_bytes and data[1][1] < (shard.stat().st_size - index_bytes) / 4
     cube = open_cube(uris["demo-32N-E0101-N00161"])
     want = cube["embedding"].sel(time="2024-01-01", x=ds["x"], y=ds["y"]).values
     assert np.array_equal(values[0], want)

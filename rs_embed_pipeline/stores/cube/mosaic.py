@@ -56,6 +56,7 @@ from rs_embed_pipeline.stores.cube.reader import KINDS, CubeReadError, normalise
 from rs_embed_pipeline.stores.cube.time_axis import EPOCH
 from rs_embed_pipeline.stores.tile_store import array_at, group_at
 
+CELL_SUFFIX = re.compile(r"-\d{2}[NS]-E\d{4,}-N\d{5,}$")  # "-32N-E0460-N05320": a split region's cell
 POOLED_BLOCK = 64      # cells a side of a pooled mosaic block (the pooled groups' own chunk side)
 _LATTICE_TOLERANCE = 1e-6  # cells: an origin this close to a whole cell is on the lattice
 _DENSIFY_DEG = 0.01    # lon / lat edges are densified before projection (curved in UTM)
@@ -114,12 +115,16 @@ def list_cubes(cubes: str | Sequence[str], region: str | None = None,
     else:
         uris = [str(u).rstrip("/") for u in cubes]
     if region is not None:
-        pattern = re.compile(rf"^{re.escape(region)}(?:-\d{{2}}[NS]-E\d{{4,}}-N\d{{5,}})?\.zarr$")
-        uris = [u for u in uris if pattern.match(u.rsplit("/", 1)[-1])]
+        uris = [u for u in uris if base_region(u.rsplit("/", 1)[-1].removesuffix(".zarr")) == region]
     if not uris:
         where = cubes if isinstance(cubes, str) else "the cubes given"
         raise CubeReadError(f"No cube{' of region ' + repr(region) if region else ''} in {where}")
     return uris
+
+
+def base_region(name: str) -> str:
+    """The region a region partition (or its cube) belongs to: ``"alps-32N-E0460-N05320"`` -> ``"alps"``."""
+    return CELL_SUFFIX.sub("", name)
 
 
 def open_mosaics(
@@ -194,6 +199,32 @@ def open_mosaic(
     if name not in zones:
         raise CubeReadError(f"The mosaic has no zone {name!r} in this area; its zones: {', '.join(zones)}")
     return zones[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class ZoneExtent:
+    """Where one zone group of a cube lies and which windows it holds (the VRT writer's input)."""
+
+    cube: str               # the cube's name (region or region cell)
+    zone: str               # "EPSG32632"
+    left: float
+    top: float
+    cell_m: float
+    ny: int
+    nx: int
+    n_feature: int
+    filled: tuple[str, ...]  # starts (YYYY-MM-DD) of the windows marked filled
+
+
+def zone_extents(uri: str, kind: str, storage_options: Mapping[str, Any] | None = None) -> list[ZoneExtent]:
+    """The zone groups of kind ``kind`` of one cube: extent on the lattice and filled windows."""
+    out = []
+    for group in _zone_groups(uri, kind, storage_options):
+        src = _source(group)
+        out.append(ZoneExtent(cube=group.name, zone=group.path.split("/")[0], left=group.left, top=group.top,
+                              cell_m=group.cell_m, ny=src.ny, nx=src.nx, n_feature=int(src.embedding.shape[3]),
+                              filled=tuple(_date(d) for d in sorted(src.windows))))
+    return out
 
 
 # ------------------------------------------------------------------------------------------ sources
