@@ -29,5 +29,9 @@ class StoreLayout:
     def embeddings(self, model: str, modality: str, region: str, window: str) -> str:
         return self._join("embeddings", f"{model}_{modality}", region, f"{window}.zarr")
 
+    def cubes(self, model: str, modality: str) -> str:
+        """The folder of a model x modality's cubes (one per region or region cell)."""
+        return self._join("cubes", f"{model}_{modality}")
+
     def cube(self, model: str, modality: str, region: str) -> str:
         return self._join("cubes", f"{model}_{modality}", f"{region}.zarr")

@@ -38,11 +38,16 @@ def vectors(window: int, dim: int, missing: set[str] = frozenset(), seed: int = 
     return pooled, grids
 
 
-def write(uri: str, window: int, pooled, grids, quantization: str = "none", rebuild: bool = False):
+def write(uri: str, window: int, pooled, grids, quantization: str = "none", rebuild: bool = False,
+          layout: str = "chunked"):
+    """One window of the answers cube. ``layout``: the layout before sharding by default, so these
+    tests keep covering cubes written before it (and count stored chunks per tile); the sharded
+    layout is covered by rs_embed_pipeline_tests/stores/test_cube_sharded.py."""
     from rs_embed_pipeline.stores.cube import CallableGrids, CubeWindowWrite, write_cube_window
 
     dim = next(iter(grids.values())).shape[0] if grids else 8
     return write_cube_window(uri, CubeWindowWrite(
         tiles=tiles(), pooled=pooled, reader=CallableGrids(grids=grids.__getitem__), window_index=window,
         window_starts=WINDOW_STARTS, attrs=ATTRS, fingerprint="answers", provenance={"tiles_ok": len(pooled)},
-        grid_shape=(dim, CELLS, CELLS), pooled_dim=dim, quantization=quantization, rebuild=rebuild))
+        grid_shape=(dim, CELLS, CELLS), pooled_dim=dim, quantization=quantization, rebuild=rebuild,
+        layout=layout))

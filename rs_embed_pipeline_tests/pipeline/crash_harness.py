@@ -13,8 +13,8 @@ worker, as a node failure or an OOM kill would) at the n-th event of ``point``:
   before its statuses (patches are written in batches);
 * ``embed``: the same in the worker, for the embedding store (the worker shim runs this module
   with ``--worker``, which installs the hook and then runs ``rs_embed_pipeline.worker.embed``);
-* ``cube``: the n-th block written into the cube (a row of tiles, or the pooled plane), before
-  it is written;
+* ``cube``: the n-th block written into the cube (a shard, or in chunked cubes a row of tiles;
+  or the pooled plane), before it is written;
 * ``worker``: like ``embed``, but SIGKILLs the model worker process alone (an OOM kill of the
   worker): the step fails, its RetryPolicy retries it within the same run. Only once per
   ``RS_EMBED_TEST_KILL_ONCE=<file>``: the file records what the store held at the kill.

@@ -161,9 +161,9 @@ def test_kill_during_fetch_embedding_and_cube_write_then_resume(tmp_path, shim, 
     assert TileStore.open(str(root / PATCHES[1].format(w=JAN)), "patches").status_counts()["ok"] == 7
     assert assert_done_tiles_whole(root, reference, JAN) == 9 + 7 + 4
 
-    # 3. Resumed again: embeddings finish, then the cube write dies before its third row of
-    #    tiles: the window is not marked.
-    run(tmp, JAN, shim, kill="cube:3")
+    # 3. Resumed again: embeddings finish, then the cube write dies before its second block (the
+    #    window's feature-map shard is written, its pooled plane not): the window is not marked.
+    run(tmp, JAN, shim, kill="cube:2")
     assert TileStore.open(str(root / EMBEDDINGS.format(w=JAN)), "embeddings").status_counts()["ok"] == 9
     for group in CUBE_GROUPS:
         assert JAN_INDEX not in read_window_state(str(root / CUBE), group)

@@ -81,7 +81,8 @@ def embedding_store(root: Path, window: int) -> TileStore:
     return store
 
 
-def window_request(store: TileStore, window: int, starts: list[str] = STARTS) -> CubeWindowWrite:
+def window_request(store: TileStore, window: int, starts: list[str] = STARTS, layout: str = "sharded"
+                   ) -> CubeWindowWrite:
     """A window's write request from its embedding store, as the cube asset makes it (ok tiles, a
     TileStoreGrids reader, the store's shapes for windows without embeddings)."""
     ok = store.indices_with_status("ok")
@@ -89,12 +90,13 @@ def window_request(store: TileStore, window: int, starts: list[str] = STARTS) ->
     return CubeWindowWrite(
         tiles=tiles(), pooled=pooled, reader=TileStoreGrids(store), window_index=window,
         window_starts=starts, windows_in_range=IN_RANGE, attrs=ATTRS, fingerprint=FINGERPRINT,
-        provenance={"window": window}, grid_shape=(D_GRID, GH, GW), pooled_dim=D)
+        provenance={"window": window}, grid_shape=(D_GRID, GH, GW), pooled_dim=D, layout=layout)
 
 
-def write_window(cube_uri: str, store: TileStore, window: int, starts: list[str] = STARTS) -> CubeWindowWritten:
+def write_window(cube_uri: str, store: TileStore, window: int, starts: list[str] = STARTS,
+                 layout: str = "sharded") -> CubeWindowWritten:
     """Write a window from its embedding store, as the cube asset does (:func:`window_request`)."""
-    return write_cube_window(cube_uri, window_request(store, window, starts))
+    return write_cube_window(cube_uri, window_request(store, window, starts, layout))
 
 
 def expected(window: int) -> dict[str, np.ndarray]:
@@ -313,17 +315,18 @@ from pathlib import Path
 from rs_embed_pipeline.stores import TileStore
 from rs_embed_pipeline_tests.stores.test_cube_writer import LONG_STARTS, write_window
 
-uri, emb, window, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
+uri, emb, window, go, layout = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4]), sys.argv[5]
 store = TileStore.open(emb, "embeddings")
 print("ready", flush=True)
 deadline = time.monotonic() + 60
 while not go.exists() and time.monotonic() < deadline:
     time.sleep(0.002)
-write_window(uri, store, window, LONG_STARTS)
+write_window(uri, store, window, LONG_STARTS, layout)
 """
 
 
-def write_concurrently(mode: str, uri: str, stores: dict[int, TileStore], tmp_path: Path, monkeypatch) -> None:
+def write_concurrently(mode: str, uri: str, stores: dict[int, TileStore], tmp_path: Path, monkeypatch,
+                       layout: str = "chunked") -> None:
     """Each window written once by its own thread or process, all starting together. Threads also
     write their data blocks in lockstep (a barrier before each block: a row of tiles' feature maps,
     then the pooled plane), so that the two windows' chunks are written at the same time. (Once:
@@ -344,7 +347,7 @@ def write_concurrently(mode: str, uri: str, stores: dict[int, TileStore], tmp_pa
         def writer(window: int) -> None:
             try:
                 start.wait(timeout=60)
-                write_window(uri, stores[window], window, LONG_STARTS)
+                write_window(uri, stores[window], window, LONG_STARTS, layout)
             except BaseException:
                 lockstep.abort()  # the other writer fails at once instead of waiting
                 raise
@@ -352,12 +355,16 @@ def write_concurrently(mode: str, uri: str, stores: dict[int, TileStore], tmp_pa
         with ThreadPoolExecutor(len(stores)) as pool:
             for future in [pool.submit(writer, w) for w in stores]:
                 future.result(timeout=120)
-        # 2 rows of tiles + the pooled plane per window, every block in lockstep
-        assert sorted(blocks) == sorted(list(stores) * (len(ROWS) + 1))
+        if layout == "chunked":
+            # 2 rows of tiles + the pooled plane per window, every block in lockstep
+            assert sorted(blocks) == sorted(list(stores) * (len(ROWS) + 1))
+        else:  # one shard of the window's feature maps + the pooled plane per window
+            assert sorted(blocks) == sorted(list(stores) * 2)
         return
     go = tmp_path / "go"
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore"}
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, uri, store.uri, str(w), str(go)], cwd=REPO, env=env,
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, uri, store.uri, str(w), str(go), layout], cwd=REPO,
+                              env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for w, store in stores.items()]
     try:
@@ -374,9 +381,11 @@ def write_concurrently(mode: str, uri: str, stores: dict[int, TileStore], tmp_pa
                 proc.wait()
 
 
+@pytest.mark.parametrize("layout", ["chunked", "sharded"])
 @pytest.mark.parametrize("mode", ["threads", "processes"])
 @pytest.mark.parametrize(("windows", "length"), [((0, 1), 16), ((3, 20), 24)], ids=["adjacent", "axis-grows"])
-def test_two_windows_written_at_once_both_land_whole_and_marked(tmp_path, monkeypatch, mode, windows, length):
+def test_two_windows_written_at_once_both_land_whole_and_marked(tmp_path, monkeypatch, mode, windows, length,
+                                                                layout):
     """Two writers of different windows of a cube at the same time, the cube holding its root only,
     so both may create the zone's groups and arrays (the root's own creation race is the xfail test
     below); with window 20 one grows the time axis from 16 to 24 while the other writes; threads
@@ -386,7 +395,9 @@ def test_two_windows_written_at_once_both_land_whole_and_marked(tmp_path, monkey
     uri = str(tmp_path / "cube.zarr")
     create_cube_root(uri)
     stores = {w: embedding_store(tmp_path, w) for w in windows}
-    write_concurrently(mode, uri, stores, tmp_path, monkeypatch)
+    write_concurrently(mode, uri, stores, tmp_path, monkeypatch, layout)
+    shards = zarr.open_group(uri, mode="r")[f"{GROUPS['grid']}/embedding"].shards
+    assert shards == (None if layout == "chunked" else (1, len(ROWS) * GH, len(COLS) * GW, D_GRID))
 
     consolidated = zarr.open_group(uri, mode="r", use_consolidated=True)
     for kind, group in GROUPS.items():

@@ -8,6 +8,7 @@ tile size and store id come from the plan's spec. Files live under
 
     geoparquet/<region>/<window>.parquet          pooled embeddings, one row per tile (GeoParquet 1.1)
     cog/<region>/<window>/<EPSG>_{grid,pooled}.tif  one COG per cube window, zone and kind
+    vrt/<region>/<window>/<EPSG>_{grid,pooled}.vrt  GDAL VRT over the COGs of a split region's cells
     stac/catalog.json, collection.json, items/<region>_<window>.json
 """
 
@@ -23,11 +24,12 @@ from rs_embed_pipeline.orchestration.assets.per_model import cube_uri, model_til
 from rs_embed_pipeline.orchestration.metadata import add_partition_metadata, json_value, path_value, run_metadata
 from rs_embed_pipeline.orchestration.partitions import RegionWindow, region_windows
 from rs_embed_pipeline.orchestration.plan import EmbeddingSpec
-from rs_embed_pipeline.products import cog, geoparquet, stac_catalog
+from rs_embed_pipeline.products import cog, geoparquet, stac_catalog, vrt
 from rs_embed_pipeline.stores.cube.reader import CubeReadError, cube_zones, tile_vectors, window_dataset
 from rs_embed_pipeline.orchestration.resources import PipelineStore
 from rs_embed_pipeline.stores import StoreError, TileStore
 from rs_embed_pipeline.stores.cube import model_url
+from rs_embed_pipeline.stores.cube.mosaic import base_region
 
 GEOPARQUET_COLUMNS = ["unique_id", "tile_id", "window_start", "window_end", "utm_epsg", "centre_lon", "centre_lat",
                       "model_id", "weights_sha256", "modality", "source_scene_ids", "embedding", "bbox", "geometry"]
@@ -105,9 +107,11 @@ def build_product_assets(spec: EmbeddingSpec, partitions_def: dg.MultiPartitions
     def stac_catalog_asset(context: dg.AssetExecutionContext, store: PipelineStore) -> dg.MaterializeResult:
         written: list[StacItemFacts] = each_partition(context, store, write_stac_item)
         items, paths = write_stac_collection(spec, written, store.storage_options)
+        vrts = write_region_vrts(spec, store, region_windows(partitions_def, context.partition_keys))
         return dg.MaterializeResult(metadata={
             "stac_version": stac_catalog.STAC_VERSION, "embedding_extension": stac_catalog.EMB_EXTENSION,
             "items_total": len(items), "catalog": path_value(paths["catalog"]),
+            "vrt_files": json_value([{k: f[k] for k in ("path", "sources", "bytes")} for f in vrts]),
         })
 
     return [pooled_geoparquet, cube_cogs, stac_catalog_asset]
@@ -276,7 +280,25 @@ def _stac_file_assets(facts: PartitionFacts, zones: list[str]) -> dict[str, dict
             assets[f"cog_{zone}_{kind}"] = {"href": facts.cog_uri(zone, kind), "type": stac_catalog.COG_MEDIA_TYPE,
                                             "roles": ["data"],
                                             "title": f"{kind} embeddings of {zone} as a COG (features as bands)"}
+            region = base_region(facts.part.region)
+            assets[f"vrt_{zone}_{kind}"] = {
+                "href": f"{facts.products_uri}/{vrt.vrt_path(region, facts.part.window, zone, kind)}",
+                "type": vrt.VRT_MEDIA_TYPE, "roles": ["data"],
+                "title": f"{kind} embeddings of {zone}, every cell of region {region} in this window (GDAL VRT "
+                         "over the cells' COGs)"}
     return assets
+
+
+def write_region_vrts(spec: EmbeddingSpec, store: PipelineStore, parts: list[RegionWindow]) -> list[dict[str, Any]]:
+    """The VRTs of the (region, window) pairs of the run's partitions, over every cell's COG present
+    (this run's and others'; a cell written later is added by its own run's STAC step)."""
+    products = products_root(store, spec.store_model_id, spec.modality)
+    cubes = store.layout.cubes(spec.store_model_id, spec.modality)
+    out: list[dict[str, Any]] = []
+    for region, window in sorted({(base_region(p.region), p.window) for p in parts}):
+        out.extend(vrt.write_region_vrts(products, cubes, region, window, store.storage_options,
+                                         metadata={"model_id": spec.store_model_id, "modality": spec.modality}))
+    return out
 
 
 def _stac_quantization(attrs: Mapping[str, Any]) -> dict[str, Any]:

@@ -30,9 +30,12 @@ The modules, in the order a write uses them:
 * :mod:`.attributes`: schema, storage identity, CF GeoTransform and ``geoemb:`` attributes.
 * :mod:`.codec`: the int8 schemes (quantize on write, de-quantize on read).
 * :mod:`.reader`: :func:`open_cube` and the window readers products use.
+* :mod:`.mosaic`: :func:`open_mosaic`: the cubes of a split region's cells (or any cubes of one
+  model x modality) as one lazy Dataset per UTM zone, cropped to an area.
 """
 
 from rs_embed_pipeline.stores.cube.attributes import GEOEMB_CONVENTION, geoemb_attributes, model_url
+from rs_embed_pipeline.stores.cube.mosaic import open_mosaic, open_mosaics
 from rs_embed_pipeline.stores.cube.reader import (
     CubeReadError, check_georeferencing, open_cube, read_window_state, window_dataset,
 )
@@ -47,6 +50,7 @@ from rs_embed_pipeline.stores.cube.writer import write_cube_window
 __all__ = [
     "GEOEMB_CONVENTION", "TIME_ARRAYS", "TIME_BLOCK", "TIME_MARGIN", "CallableGrids", "CubeError", "CubeReadError",
     "CubeWindowAccuracy", "CubeWindowWrite", "CubeWindowWritten", "CubeZoneWritten", "GridReader",
-    "TileStoreGrids", "check_georeferencing", "geoemb_attributes", "model_url", "open_cube", "read_window_state",
+    "TileStoreGrids", "check_georeferencing", "geoemb_attributes", "model_url", "open_cube", "open_mosaic",
+    "open_mosaics", "read_window_state",
     "time_capacity", "window_dataset", "write_cube_window",
 ]

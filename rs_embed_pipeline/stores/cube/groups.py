@@ -3,14 +3,26 @@ tiles sit on the cube's grid, the arrays each group holds (shapes, chunking, CF 
 creation (idempotent, whoever comes first) and the check that an existing group fits a write.
 
 Chunks hold one window each: grid chunks exactly one tile of one window, pooled chunks up to
-64 x 64 tiles of one window, so a window write touches only its own chunks."""
+64 x 64 tiles of one window, so a window write touches only its own chunks.
+
+Layouts (:data:`Layout`, chosen when a group is created; a group keeps its own):
+
+``sharded`` (new groups)
+    Zarr v3 sharding: those chunks are the inner chunks of shards that hold one window of a block
+    of tiles, as large as the zone's window up to :data:`SHARD_MAX_BYTES` decompressed
+    (:func:`shard_tiles`): a split region's cell (20 km of 224 px TerraFM-B tiles: 9 x 9 tiles,
+    48 MB) is one object per array per window instead of one per tile. The writer writes whole
+    shards (each one PUT, never a read-modify-write); readers still read single inner chunks
+    (byte ranges through the shard index).
+``chunked`` (cubes written before sharding)
+    one object per chunk; still read and written as they are."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import zarr
@@ -22,6 +34,26 @@ from rs_embed_pipeline.stores.cube.codec import INT8_FILL, OFFSET_VAR, SCALE_VAR
 from rs_embed_pipeline.stores.cube.root import CubeError, create_missing
 from rs_embed_pipeline.stores.cube.time_axis import TIME_BLOCK, days_since_epoch
 from rs_embed_pipeline.stores.tile_store import array_at, float_compressors, group_at
+
+
+Layout = Literal["sharded", "chunked"]
+LAYOUTS: tuple[str, ...] = get_args(Layout)
+SHARD_MAX_BYTES = 64 * 2**20  # decompressed bytes of one shard: what a writer holds of a window at once
+
+
+def check_layout(layout: str) -> str:
+    if layout not in LAYOUTS:
+        raise CubeError(f"cube layout {layout!r} is not a layout; valid: {', '.join(LAYOUTS)}")
+    return layout
+
+
+def shard_tiles(n_rows: int, n_cols: int, chunk_bytes: int) -> tuple[int, int]:
+    """Chunks a shard holds along (y, x): the whole ``n_rows`` x ``n_cols`` chunks of a window when
+    they fit :data:`SHARD_MAX_BYTES`, else the largest square block of chunks that does (at least one)."""
+    if n_rows * n_cols * chunk_bytes <= SHARD_MAX_BYTES:
+        return n_rows, n_cols
+    side = max(1, int((SHARD_MAX_BYTES // max(1, chunk_bytes)) ** 0.5))
+    return min(n_rows, side), min(n_cols, side)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,13 +102,28 @@ class GroupSpec:
     chunk_yx: tuple[int, int]
     attrs: dict[str, Any]               # the group's attributes (CF, geoemb:)
 
+    def shard_yx(self, layout: str) -> tuple[int, int] | None:
+        """The shard's (y, x) cells for ``layout`` (None: not sharded): whole chunks, one window."""
+        if check_layout(layout) == "chunked":
+            return None
+        cy, cx = self.chunk_yx
+        ky, kx = shard_tiles(-(-self.ny // cy), -(-self.nx // cx), cy * cx * self.n_feature * 4)
+        return ky * cy, kx * cx
+
 
 def array_specs(epsg: int, x0: float, y0: float, cell_m: float, ny: int, nx: int, n_feature: int,
-                chunk_yx: tuple[int, int], capacity: int, quantization: str = "none") -> dict[str, dict[str, Any]]:
-    """``{array name: zarr create_array keywords}`` of one group, the time axis ``capacity`` long."""
+                chunk_yx: tuple[int, int], capacity: int, quantization: str = "none",
+                shard_yx: tuple[int, int] | None = None) -> dict[str, dict[str, Any]]:
+    """``{array name: zarr create_array keywords}`` of one group, the time axis ``capacity`` long;
+    ``shard_yx``: the (y, x) cells of a shard of the arrays with y and x (None: not sharded)."""
     specs = _float_specs(epsg, x0, y0, cell_m, ny, nx, n_feature, chunk_yx, capacity)
     if quantization != "none":
         specs.update(_quantized_specs(specs["embedding"], ny, nx, n_feature, chunk_yx, capacity, quantization))
+    if shard_yx is not None:
+        for spec in specs.values():
+            dims = spec.get("dimension_names") or []
+            if dims[:3] == ["time", "y", "x"]:  # embedding (and int8_per_cell's scales): one window per shard
+                spec["shards"] = (1, *shard_yx, *spec["chunks"][3:])
     return specs
 
 

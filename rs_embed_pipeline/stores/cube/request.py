@@ -12,6 +12,7 @@ import numpy as np
 
 from rs_embed_pipeline.stores.cube import codec as Q
 from rs_embed_pipeline.stores.cube.codec import Scheme
+from rs_embed_pipeline.stores.cube.groups import Layout, check_layout
 
 
 class GridReader(Protocol):
@@ -95,12 +96,17 @@ class CubeWindowWrite:
     """Cube storage: ``"none"`` (float32), ``"int8_per_cell"`` or ``"int8_per_feature"``
     (stores/cube/codec.py); part of the cube's identity (a cube stored otherwise is refused unless
     ``rebuild``)."""
+    layout: Layout = "sharded"
+    """Storage of the zone groups this write creates (stores/cube/groups.py): ``"sharded"`` (one
+    object per array per window of a cell) or ``"chunked"`` (one object per tile per window, the
+    layout before sharding); an existing group keeps the layout it was created with."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.window_index < len(self.window_starts):
             raise ValueError(f"window_index {self.window_index} is outside window_starts "
                              f"({len(self.window_starts)} windows)")
         Q.check_scheme(self.quantization)
+        check_layout(self.layout)
         no_reader = isinstance(self.reader, CallableGrids) and self.reader.grids is None and self.reader.read is None
         if no_reader and any(str(t["tile_id"]) in self.pooled for t in self.tiles):
             raise ValueError("tiles of this window have an embedding but the request has no grid reader: pass "

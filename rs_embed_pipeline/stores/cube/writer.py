@@ -5,7 +5,8 @@ local disk or on S3; no locks):
 
 * **A window write touches only its own chunks**: grid chunks hold exactly one tile of one
   window, pooled chunks one window, and the per-window facts are arrays chunked one window per
-  chunk (stores/cube/time_axis.py).
+  chunk (stores/cube/time_axis.py). Sharded groups (stores/cube/groups.py) hold one window per
+  shard, and the writer writes each shard whole in one call (one PUT, no read of the old shard).
 * **Creation is idempotent.** Every writer derives the same metadata from the same inputs (the
   region's tiles, the model's output shape, the time axis), creates only what is missing, never
   with ``overwrite`` (which would delete chunks), and writes coordinate values that are equal
@@ -16,7 +17,8 @@ local disk or on S3; no locks):
   ``window_filled = 1``. A window being rewritten from other embeddings is first unmarked. So a
   killed writer leaves ``window_filled = 0`` (or the same values, for an idempotent rewrite),
   never a marked window with a hole. Tiles without an embedding are written as NaN (zarr then
-  deletes the chunk), so a rewrite never leaves a stale tile behind.
+  deletes the chunk, or leaves the inner chunk out of its shard), so a rewrite never leaves a
+  stale tile behind.
 
 ``rebuild`` deletes the cube and starts again (other windows must then be re-materialized); it
 must not run while other writers write the same cube.
@@ -59,6 +61,7 @@ class _TimeSlot:
     new_length: int              # time-axis length of a group created now
     provenance: str              # JSON (window_provenance)
     quantization: str
+    layout: str                  # of groups created now (an existing group keeps its own)
 
 
 def write_cube_window(cube_uri: str, request: CubeWindowWrite) -> CubeWindowWritten:
@@ -79,7 +82,7 @@ def write_cube_window(cube_uri: str, request: CubeWindowWrite) -> CubeWindowWrit
     slot = _TimeSlot(index=r.window_index, window_starts=r.window_starts, min_length=r.window_index + 1,
                      new_length=time_capacity(max(r.window_index + 1, in_range), len(r.window_starts)),
                      provenance=json.dumps(dict(r.provenance or {}), sort_keys=True, default=str),
-                     quantization=r.quantization)
+                     quantization=r.quantization, layout=r.layout)
     groups: list[CubeZoneWritten] = []
     tiles_written = tiles_empty = 0
     cosines: dict[str, list[float]] = {"grid": [], "pooled": []}
@@ -153,7 +156,7 @@ def _ensure_zone_groups(cube: CubeKeys, root_doc: dict[str, Any], zone: ZoneTile
     for kind, spec in specs.items():
         cell = spec.cell_m
         arrays = array_specs(zone.epsg, zone.left, zone.top, cell, spec.ny, spec.nx, spec.n_feature,
-                             spec.chunk_yx, slot.new_length, slot.quantization)
+                             spec.chunk_yx, slot.new_length, slot.quantization, spec.shard_yx(slot.layout))
         ensure_group(root, zone.name, kind, epsg=zone.epsg, specs=arrays,
                      xs=zone.left + cell * (np.arange(spec.nx) + 0.5),
                      ys=zone.top - cell * (np.arange(spec.ny) + 0.5),
@@ -161,28 +164,45 @@ def _ensure_zone_groups(cube: CubeKeys, root_doc: dict[str, Any], zone: ZoneTile
     return reconcile_time_axis(cube, zone.paths, slot.min_length, slot.window_starts)
 
 
-def _tile_row_blocks(zone: ZoneTiles, shapes: Shapes, pooled: Mapping[str, np.ndarray],
-                     reader: GridReader, plane: np.ndarray) -> Iterator[tuple[int, int, int, np.ndarray, int, int]]:
-    """A row of tiles (at most TILES_PER_ROW_BLOCK) at a time: ``(row, first col, end col,
-    [gh, w, D'] feature-map block, tiles with an embedding, tiles)``; the pooled ``plane`` is
-    filled on the way."""
+# A block of a window's feature maps: (cell rows, cell columns, [y, x, D'] values, tiles with an
+# embedding, tiles).
+Block = tuple[slice, slice, np.ndarray, int, int]
+
+
+def _tile_blocks(zone: ZoneTiles, shapes: Shapes, pooled: Mapping[str, np.ndarray], reader: GridReader,
+                 plane: np.ndarray, shard: tuple[int, int] | None) -> Iterator[Block]:
+    """The window's feature maps, a block of tiles at a time (:data:`Block`; the pooled ``plane`` is
+    filled on the way): whole shards of ``shard`` (y, x) cells for a sharded group, so each shard
+    is written once and whole; otherwise up to TILES_PER_ROW_BLOCK tiles of a row."""
     d_grid, gh, gw, _ = shapes
-    by_row: dict[int, list[tuple[int, str]]] = {}
-    for r, c, tid in zone.cells:
-        by_row.setdefault(r, []).append((c, tid))
-    for r in sorted(by_row):
-        cells = sorted(by_row[r])
-        for start in range(0, len(cells), TILES_PER_ROW_BLOCK):
-            row_part = cells[start:start + TILES_PER_ROW_BLOCK]
-            c0, c1 = row_part[0][0], row_part[-1][0] + 1
-            block = np.full((gh, (c1 - c0) * gw, d_grid), np.nan, dtype=np.float32)
-            have = [(c, tid) for c, tid in row_part if tid in pooled]
-            if have:
-                stack = reader.read_grids([tid for _, tid in have])
-                for (c, tid), grid in zip(have, stack):
-                    plane[r, c] = pooled[tid]
-                    block[:, (c - c0) * gw:(c - c0 + 1) * gw, :] = np.moveaxis(np.asarray(grid).astype(np.float32), 0, -1)
-            yield r, c0, c1, block, len(have), len(row_part)
+    by_block: dict[tuple[int, int], list[tuple[int, int, str]]] = {}
+    if shard is None:
+        by_row: dict[int, list[tuple[int, str]]] = {}
+        for r, c, tid in zone.cells:
+            by_row.setdefault(r, []).append((c, tid))
+        for r, row in by_row.items():
+            for n, start in enumerate(range(0, len(row), TILES_PER_ROW_BLOCK)):
+                by_block[(r, n)] = [(r, c, tid) for c, tid in sorted(row)[start:start + TILES_PER_ROW_BLOCK]]
+    else:
+        ky, kx = shard[0] // gh, shard[1] // gw  # tiles a shard holds along y and x
+        for r, c, tid in zone.cells:
+            by_block.setdefault((r // ky, c // kx), []).append((r, c, tid))
+    for key in sorted(by_block):
+        cells = by_block[key]
+        if shard is None:  # the row's tiles, first to last
+            r0, r1, c0, c1 = cells[0][0], cells[0][0] + 1, cells[0][1], cells[-1][1] + 1
+        else:  # the whole shard, clipped to the zone
+            r0, c0 = key[0] * ky, key[1] * kx
+            r1, c1 = min(r0 + ky, zone.nrow), min(c0 + kx, zone.ncol)
+        block = np.full(((r1 - r0) * gh, (c1 - c0) * gw, d_grid), np.nan, dtype=np.float32)
+        have = [(r, c, tid) for r, c, tid in cells if tid in pooled]
+        if have:
+            stack = reader.read_grids([tid for *_, tid in have])
+            for (r, c, tid), grid in zip(have, stack):
+                plane[r, c] = pooled[tid]
+                block[(r - r0) * gh:(r - r0 + 1) * gh, (c - c0) * gw:(c - c0 + 1) * gw, :] = np.moveaxis(
+                    np.asarray(grid).astype(np.float32), 0, -1)
+        yield slice(r0 * gh, r1 * gh), slice(c0 * gw, c1 * gw), block, len(have), len(cells)
 
 
 def _write_zone(cube: CubeKeys, zone: ZoneTiles, shapes: Shapes, pooled: Mapping[str, np.ndarray],
@@ -202,13 +222,15 @@ def _write_zone(cube: CubeKeys, zone: ZoneTiles, shapes: Shapes, pooled: Mapping
             filled[index] = 0
 
     plane = np.full((zone.nrow, zone.ncol, d_pooled), np.nan, dtype=np.float32)
+    shards = array_at(grid_group, "embedding").shards  # the group's own layout
+    shard = None if shards is None else (int(shards[1]), int(shards[2]))
     grid_params = None
     if quantization != "none":
         # The window's per-feature statistics first (one extra read of the window), then the values.
         lo = np.full(d_grid, np.inf, dtype=np.float32)
         hi = np.full(d_grid, -np.inf, dtype=np.float32)
         total, count = np.zeros(d_grid), 0
-        for *_, block, _n, _m in _tile_row_blocks(zone, shapes, pooled, reader, plane):
+        for _ys, _xs, block, _n, _m in _tile_blocks(zone, shapes, pooled, reader, plane, shard):
             blo, bhi = Q.feature_range(block)
             lo, hi = np.fmin(lo, blo), np.fmax(hi, bhi)
             s, c = Q.feature_sum(block)
@@ -218,11 +240,10 @@ def _write_zone(cube: CubeKeys, zone: ZoneTiles, shapes: Shapes, pooled: Mapping
     # One call writes a row's chunks together. Cells without an embedding are NaN (int8 cubes:
     # -128), the fill value: zarr deletes such a chunk, so no stale tile survives a rewrite.
     n_have = n_empty = 0
-    for r, c0, c1, block, have, n_tiles in _tile_row_blocks(zone, shapes, pooled, reader, plane):
+    for ys, xs, block, have, n_tiles in _tile_blocks(zone, shapes, pooled, reader, plane, shard):
         n_have += have
         n_empty += n_tiles - have
-        cells_sel = (index, slice(r * gh, (r + 1) * gh), slice(c0 * gw, c1 * gw))
-        _write_values(grid_group, cells_sel, block, quantization, grid_params, cosines["grid"])
+        _write_values(grid_group, (index, ys, xs), block, quantization, grid_params, cosines["grid"])
     pooled_params = None
     if quantization != "none":
         pooled_params = _int8_params(quantization, *Q.feature_range(plane), *Q.feature_sum(plane))
