@@ -10,7 +10,7 @@ from rs_embed_pipeline.stores.cube import codec as Q
 from rs_embed_pipeline.products import similarity as S
 from rs_embed_pipeline.products.change import ChangeError, change_between, cosine_distance, write_change
 from rs_embed_pipeline.stores.cube import CubeError
-from rs_embed_pipeline_tests.answers import cubes as C
+from rs_embed_pipeline_tests.products.answers import cubes as C
 
 DIM = 32
 

@@ -11,8 +11,8 @@ import xarray as xr
 
 from rs_embed_pipeline.products import open_cube
 from rs_embed_pipeline.products.similarity import load_index, search
-from rs_embed_pipeline_tests.answers import planted as P
-from rs_embed_pipeline_tests.answers.conftest import CHANGE_THRESHOLD
+from rs_embed_pipeline_tests.products.answers import planted as P
+from rs_embed_pipeline_tests.products.answers.conftest import CHANGE_THRESHOLD
 
 CUBE = "cubes/terrafm_b_s2/twins.zarr"
 

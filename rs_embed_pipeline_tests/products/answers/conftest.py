@@ -7,7 +7,7 @@ import pytest
 
 from rs_embed_pipeline_tests.pipeline.conftest import build_test_definitions, worker_python  # noqa: F401
 
-from rs_embed_pipeline_tests.answers import planted as P
+from rs_embed_pipeline_tests.products.answers import planted as P
 
 ANSWER_CHAIN = ["tile_grid", "s2_patches", "terrafm_s2_embeddings", "terrafm_s2_cube", "terrafm_s2_search_index",
                 "terrafm_s2_change"]
