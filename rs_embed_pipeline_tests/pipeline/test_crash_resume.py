@@ -182,8 +182,12 @@ def test_sigkilled_model_worker_is_retried_and_the_run_ends_like_an_uninterrupte
     import json
 
     tmp, marker, result = tmp_path / "run", tmp_path / "killed", tmp_path / "result.json"
+    # One I/O thread in the worker: the kill point ("the write that reaches the 6th tile") is defined in
+    # write order, which several writer threads do not keep; resuming after a kill with several writers
+    # is what the uninterrupted comparison below checks in the other tests of this file.
     finish(start(tmp, JAN, shim, kill="worker:6", result=result,
-                 env_extra={"RS_EMBED_TEST_KILL_ONCE": str(marker), "RS_EMBED_STEP_RETRY_DELAY_S": "1"}),
+                 env_extra={"RS_EMBED_TEST_KILL_ONCE": str(marker), "RS_EMBED_STEP_RETRY_DELAY_S": "1",
+                            "RS_EMBED_IO_THREADS": "1"}),
            expect_kill=False)
     # The kill landed mid-write: batches of 2, tiles 0-3 marked ok, 4-5 written but not marked.
     killed = json.loads(marker.read_text())
