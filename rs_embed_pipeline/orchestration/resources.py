@@ -348,6 +348,12 @@ class StacImagery(ImageryResource):
         "preset's.",
         changes="patches `provider_settings.patch_url`; `planetary_computer` signs hrefs with the "
         "`planetary-computer` package (checked at load)")
+    fallback_collection: str | None = knob(
+        "STAC gap fallback", default=None, why="none: a documented gap stays a gap (`scene_gap`)",
+        help="S2 collection read inside the S2 collection's documented gaps (Earth Search C1: Nov 2016 - Nov 2019, "
+        "2022), e.g. sentinel-2-l2a (Earth Search's legacy collection); None: no fallback.",
+        changes="patches `provider_settings.fallback_collection`, tile `fallback_scenes` (one record per scene "
+        "taken from it, with the gap)")
     max_workers: int | None = _STAC_FETCH_THREADS
     provider_name: str = "stac"
 
@@ -373,7 +379,7 @@ class StacImagery(ImageryResource):
         mask = cat["mask_asset"]
         return StacProvider(api_url=cat["api_url"], collection=cat["collection"], s1_collection=cat["s1_collection"],
                             s2_assets=cat["s2_assets"], mask_asset=None if str(mask).lower() == "none" else mask,
-                            patch_url=cat["patch_url"],
+                            patch_url=cat["patch_url"], fallback_collection=self.fallback_collection,
                             max_workers=self.max_workers or fetch_workers or DEFAULT_FETCH_WORKERS)
 
 

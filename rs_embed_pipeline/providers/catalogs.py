@@ -46,6 +46,8 @@ __all__ = [
     "legacy_offset_suspect",
     "judge_legacy_offset",
     "OFFSET_CHECK_PROPERTY",
+    "FALLBACK_PROPERTY",
+    "known_gaps",
     "scene_gap",
 ]
 
@@ -225,6 +227,16 @@ KNOWN_GAPS: dict[str, tuple[tuple[str, str, str], ...]] = {
         ("2022-01-01", "2023-01-01", "Earth Search C1 lacks 2022 (its README, April 2024)"),
     ),
 }
+
+
+#: Item property set on a scene taken from ``fallback_collection`` inside a documented gap of the
+#: primary collection (the gap's reason); the patches record such scenes in ``fallback_scenes``.
+FALLBACK_PROPERTY = "rsep:fallback_for_gap"
+
+
+def known_gaps(collection: str) -> tuple[tuple[str, str, str], ...]:
+    """The documented gaps of ``collection``: ``(start, end exclusive, reason)``, ISO dates."""
+    return KNOWN_GAPS.get(collection, ())
 
 
 def scene_gap(collection: str, modality: str, start: str, end: str, days: float, found: int) -> dict[str, Any] | None:
