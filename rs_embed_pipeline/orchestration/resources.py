@@ -333,8 +333,9 @@ class StacImagery(ImageryResource):
     collection: str | None = knob("STAC catalog overrides", default=None, help="S2 collection id; None: the preset's.")
     s1_collection: str | None = knob(
         "STAC catalog overrides", default=None,
-        help="S1 collection of calibrated linear sigma0 (VV, VH); None: none (S1 from Earth Engine). Gamma0 "
-        "(Planetary Computer sentinel-1-rtc) and uncalibrated DN (Earth Search sentinel-1-grd) are refused.")
+        help="S1 collection (VV, VH): calibrated linear sigma0, or Planetary Computer's sentinel-1-rtc (gamma0, "
+        "recorded as s1_backscatter gamma0_rtc; the planetary-computer preset's); None: the preset's (Earth "
+        "Search: none, S1 from Earth Engine). Uncalibrated DN (Earth Search sentinel-1-grd) are refused.")
     s2_assets: dict[str, str] | None = knob(
         "STAC catalog overrides", default=None,
         help="S2 band -> asset key (e.g. {'B8A': 'nir08'}), laid over the preset's map.")

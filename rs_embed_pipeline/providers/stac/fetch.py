@@ -17,7 +17,7 @@ from rs_embed_pipeline.core.vocabulary import COMPOSITES, MODALITIES, S1_BANDS, 
 
 from ..base import Patch, ProviderError, Tile, tile_rows
 from ..blocks import DEFAULT_MAX_BLOCK_PX, Block, group_blocks
-from ..catalogs import FALLBACK_PROPERTY, known_gaps, scene_gap
+from ..catalogs import FALLBACK_PROPERTY, known_gaps, s1_backscatter, scene_gap
 from ..gdal_env import gdal_options
 from ..sensor_options import SensorOptions, parse_composite
 from .compositing import composite_box, cut_tile, own_planes
@@ -116,10 +116,10 @@ class OdcStacProvider:
                 f"{type(self).__name__} has no collection configured for modality {modality!r}; "
                 f"configured: {sorted(self.specs)}"
                 + (
-                    ". S1 through STAC needs a collection of calibrated linear sigma0 "
-                    "(s1_collection); Earth Search has none and Planetary Computer's "
-                    "sentinel-1-rtc is gamma0: use the Earth Engine provider for S1, or no model "
-                    "that embeds S1"
+                    ". S1 through STAC needs an S1 collection (s1_collection): Planetary Computer's "
+                    "sentinel-1-rtc (gamma0 RTC, the planetary-computer preset's) or one of calibrated "
+                    "linear sigma0; Earth Search has none: use the Earth Engine provider for S1, or no "
+                    "model that embeds S1"
                     if modality == "s1"
                     else ""
                 )
@@ -241,7 +241,10 @@ class OdcStacProvider:
             base_meta["clamp"] = S2_CLAMP
         if modality == "s1":
             base_meta["use_float_linear"] = flt.use_float_linear
-            base_meta["s1_source_units"] = "linear sigma0" if flt.use_float_linear else "dB (converted to linear)"
+            backscatter = s1_backscatter(spec.collection)
+            base_meta["s1_backscatter"] = backscatter
+            base_meta["s1_source_units"] = (("linear sigma0" if backscatter == "sigma0" else "linear gamma0 (RTC)")
+                                            if flt.use_float_linear else "dB (converted to linear)")
         return self._generate(rows, spec, band_list, t0, t1, flt, base_meta)
 
     def _generate(self, rows, spec, band_list, t0, t1, flt: SensorOptions, base_meta):
