@@ -24,9 +24,13 @@ run, overlapping AOIs share the ids of their common tiles, and ids never depend 
 
 Zones, hemispheres, the anti-meridian
 -------------------------------------
-* The AOI is cut into the standard 6 degree UTM strips (zone = floor((lon + 180) / 6) + 1; the
-  Norway / Svalbard exceptions are *not* applied) and at the equator; each piece is tiled in its
-  own zone / hemisphere and every tile carries its own ``utm_epsg``. Tiles on both sides of a zone
+* The AOI is cut into UTM zones as the Military Grid Reference System draws them, which is how
+  Sentinel-2's tiling grid does (MGRS tiles 32V..., 33X...): 6 degree strips (zone =
+  floor((lon + 180) / 6) + 1) with the two exceptions, Norway (56-64 N: zone 32 reaches west to
+  3 E, zone 31 ends there) and Svalbard (72-84 N: zones 31 0-9 E, 33 9-21 E, 35 21-33 E, 37
+  33-42 E; no 32, 34, 36) (:func:`utm_zone_for`), and at the equator; so a tile lies in the zone
+  of the Sentinel-2 scenes over it and is read at their native grid, never warped. Each piece is
+  tiled in its own zone / hemisphere and every tile carries its own ``utm_epsg``. Tiles on both sides of a zone
   boundary (or of the equator) overlap on the ground: they belong to different CRSs and are all
   kept, so each zone's piece is covered completely in its own CRS.
 * Coverage is the UTM domain, latitudes [-80, 84]; AOIs reaching beyond are rejected
@@ -71,6 +75,7 @@ __all__ = [
     "MIN_LAT",
     "MAX_LAT",
     "TILE_FIELDS",
+    "UTM_EXCEPTIONS",
     "Tile",
     "Cell",
     "bbox_aoi",
@@ -224,16 +229,55 @@ class Tile:
         return dataclasses.replace(self, footprint=Polygon(list(zip(xs, ys))))
 
 
-def utm_zone_for(lon: float) -> int:
-    """Standard UTM zone number (1..60) of a longitude (any value; wrapped to [-180, 180))."""
+#: The UTM zone exceptions of MGRS (and so of Sentinel-2's tiling grid), north of the equator:
+#: (lat_lo, lat_hi) -> {zone: (lon_lo, lon_hi)}; a zone of the band not listed has no area there.
+#: Norway: band V (56-64 N); Svalbard: band X (72-84 N).
+UTM_EXCEPTIONS: dict[tuple[float, float], dict[int, tuple[float, float]]] = {
+    (56.0, 64.0): {31: (0.0, 3.0), 32: (3.0, 12.0)},
+    (72.0, 84.0): {31: (0.0, 9.0), 33: (9.0, 21.0), 35: (21.0, 33.0), 37: (33.0, 42.0)},
+}
+_EXCEPTION_ZONES = range(31, 38)  # the zones the exceptions reshape
+
+
+def utm_zone_for(lon: float, lat: float | None = None) -> int:
+    """UTM zone number (1..60) of a longitude (any value; wrapped to [-180, 180)); with ``lat``,
+    the zone as MGRS and Sentinel-2 draw it (the Norway / Svalbard exceptions,
+    :data:`UTM_EXCEPTIONS`)."""
     lon = ((float(lon) + 180.0) % 360.0) - 180.0
-    return min(int(math.floor((lon + 180.0) / 6.0)) + 1, 60)
+    zone = min(int(math.floor((lon + 180.0) / 6.0)) + 1, 60)
+    if lat is not None:
+        for (lat_lo, lat_hi), zones in UTM_EXCEPTIONS.items():
+            if lat_lo <= lat < lat_hi or (lat_hi == 84.0 and lat == 84.0):
+                for z, (lon_lo, lon_hi) in zones.items():
+                    if lon_lo <= lon < lon_hi:
+                        return z
+    return zone
 
 
 def utm_epsg_for(lon: float, lat: float) -> int:
-    """EPSG code of the WGS 84 / UTM zone of a point (326zz north, equator included; 327zz
-    south)."""
-    return (32600 if lat >= 0 else 32700) + utm_zone_for(lon)
+    """EPSG code of the WGS 84 / UTM zone of a point as MGRS draws it (the Norway / Svalbard
+    exceptions applied; 326zz north, equator included; 327zz south)."""
+    return (32600 if lat >= 0 else 32700) + utm_zone_for(lon, lat)
+
+
+def _zone_area(zone: int, south: bool) -> BaseGeometry:
+    """The lon/lat area of UTM zone / hemisphere ``zone``, exceptions applied (north of 84 and
+    south of -80 included: AOIs are refused there before)."""
+    lon0 = -180.0 + 6.0 * (zone - 1)
+    if south:
+        return box(lon0, -90.0, lon0 + 6.0, 0.0)
+    if zone not in _EXCEPTION_ZONES:
+        return box(lon0, 0.0, lon0 + 6.0, 90.0)
+    parts, lat = [], 0.0
+    for (lat_lo, lat_hi), zones in sorted(UTM_EXCEPTIONS.items()):
+        parts.append(box(lon0, lat, lon0 + 6.0, lat_lo))  # the standard strip below the band
+        if zone in zones:
+            lon_lo, lon_hi = zones[zone]
+            parts.append(box(lon_lo, lat_lo, lon_hi, lat_hi))
+        lat = lat_hi
+    if lat < 90.0:
+        parts.append(box(lon0, lat, lon0 + 6.0, 90.0))
+    return shapely.union_all(parts)
 
 
 # --------------------------------------------------------------------------------------------
@@ -459,17 +503,18 @@ def _fix_antimeridian(poly: Polygon) -> BaseGeometry:
 
 
 def _zone_pieces(aoi: BaseGeometry):
-    """Yield (epsg, piece_in_lonlat) for every UTM zone / hemisphere the AOI touches with area."""
+    """Yield (epsg, piece_in_lonlat) for every UTM zone / hemisphere the AOI touches with area
+    (zones as MGRS draws them: :func:`_zone_area`)."""
     minx, miny, maxx, maxy = aoi.bounds
     z0 = utm_zone_for(minx) if minx > -180 else 1
     z1 = min(int(math.floor((maxx + 180.0) / 6.0)) + 1, 60)
-    for zone in range(z0, z1 + 1):
-        lon0 = -180.0 + 6.0 * (zone - 1)
+    # an exception zone may reach into the neighbouring strips (32V to 3 E, 31X to 9 E, ...)
+    for zone in range(max(z0 - 1, 1), min(z1 + 1, 60) + 1):
         for south in (False, True):
             lat_lo, lat_hi = (-90.0, 0.0) if south else (0.0, 90.0)
             if maxy <= lat_lo or miny >= lat_hi:
                 continue
-            piece = _polygonal_only(aoi.intersection(box(lon0, lat_lo, lon0 + 6.0, lat_hi)))
+            piece = _polygonal_only(aoi.intersection(_zone_area(zone, south)))
             if piece.is_empty or piece.area <= 0:
                 continue
             yield (32700 if south else 32600) + zone, piece

@@ -64,10 +64,15 @@ S2_BANDS: tuple[str, ...] = (
 MODALITY_BANDS: dict[str, tuple[str, ...]] = {"s2": S2_BANDS, "s1": S1_BANDS}
 
 #: Provider units, identical for every provider (docs/architecture.md):
-#: S2 harmonized surface-reflectance DN (reflectance x 10000, no offset); S1 linear sigma0 power.
-#: (Gamma0, e.g. Planetary Computer's sentinel-1-rtc, is a different quantity and not accepted.)
+#: S2 harmonized surface-reflectance DN (reflectance x 10000, no offset); S1 linear backscatter
+#: power, recorded per patch as one of :data:`S1_BACKSCATTER` (sigma0 from GRD: Earth Engine, the
+#: synthetic catalog; gamma0 from radiometrically terrain-corrected products: Planetary Computer's
+#: sentinel-1-rtc, what TerraFM was trained on).
 S2_UNITS: str = "surface reflectance DN (x 10000)"
 S1_UNITS: str = "linear sigma0 power"
+#: The S1 backscatter quantities a patch can hold (``s1_backscatter`` in its metadata): ``sigma0``
+#: (ellipsoid-normalised GRD) or ``gamma0_rtc`` (radiometrically terrain-corrected gamma0).
+S1_BACKSCATTER: tuple[str, ...] = ("sigma0", "gamma0_rtc")
 PROVIDER_UNITS: dict[str, str] = {"s2": S2_UNITS, "s1": S1_UNITS}
 #: Factor from reflectance (0..1) to S2 provider DN; S1 has none.
 S2_REFLECTANCE_SCALE: float = 10000.0

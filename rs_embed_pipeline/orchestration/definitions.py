@@ -36,6 +36,7 @@ from rs_embed_pipeline.orchestration.resources import (
 )
 from rs_embed_pipeline.orchestration.schedules import build_embedding_job, build_latest_window_schedule
 from rs_embed_pipeline.orchestration.settings import EARTH_SEARCH_URL, Settings
+from rs_embed_pipeline.providers.stac.items import configure_sas_signing
 from rs_embed_pipeline.models.knobs import KNOBS
 from rs_embed_pipeline.models.thor.spec import thor_normalization
 
@@ -63,6 +64,7 @@ def resources_for(settings: Settings) -> dict[str, object]:
         "device": settings.device,
     })
     leases = _set({"lease_wait_s": settings.lease_wait_s, "lease_ttl_s": settings.lease_ttl_s})
+    configure_sas_signing(settings.pc_subscription_key)  # process-wide; never in a resource's config
     return {
         "store": PipelineStore(root=settings.store_root, regions_config=str(settings.config_path), **leases),
         "imagery": imagery_for(settings),

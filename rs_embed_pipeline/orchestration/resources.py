@@ -334,8 +334,9 @@ class StacImagery(ImageryResource):
     collection: str | None = knob("STAC catalog overrides", default=None, help="S2 collection id; None: the preset's.")
     s1_collection: str | None = knob(
         "STAC catalog overrides", default=None,
-        help="S1 collection of calibrated linear sigma0 (VV, VH); None: none (S1 from Earth Engine). Gamma0 "
-        "(Planetary Computer sentinel-1-rtc) and uncalibrated DN (Earth Search sentinel-1-grd) are refused.")
+        help="S1 collection (VV, VH): calibrated linear sigma0, or Planetary Computer's sentinel-1-rtc (gamma0, "
+        "recorded as s1_backscatter gamma0_rtc; the planetary-computer preset's); None: the preset's (Earth "
+        "Search: none, S1 from Earth Engine). Uncalibrated DN (Earth Search sentinel-1-grd) are refused.")
     s2_assets: dict[str, str] | None = knob(
         "STAC catalog overrides", default=None,
         help="S2 band -> asset key (e.g. {'B8A': 'nir08'}), laid over the preset's map.")
@@ -349,6 +350,12 @@ class StacImagery(ImageryResource):
         "preset's.",
         changes="patches `provider_settings.patch_url`; `planetary_computer` signs hrefs with the "
         "`planetary-computer` package (checked at load)")
+    fallback_collection: str | None = knob(
+        "STAC gap fallback", default=None, why="none: a documented gap stays a gap (`scene_gap`)",
+        help="S2 collection read inside the S2 collection's documented gaps (Earth Search C1: Nov 2016 - Nov 2019, "
+        "2022), e.g. sentinel-2-l2a (Earth Search's legacy collection); None: no fallback.",
+        changes="patches `provider_settings.fallback_collection`, tile `fallback_scenes` (one record per scene "
+        "taken from it, with the gap)")
     max_workers: int | None = _STAC_FETCH_THREADS
     provider_name: str = "stac"
 
@@ -373,7 +380,7 @@ class StacImagery(ImageryResource):
         mask = cat["mask_asset"]
         return StacProvider(api_url=cat["api_url"], collection=cat["collection"], s1_collection=cat["s1_collection"],
                             s2_assets=cat["s2_assets"], mask_asset=None if str(mask).lower() == "none" else mask,
-                            patch_url=cat["patch_url"],
+                            patch_url=cat["patch_url"], fallback_collection=self.fallback_collection,
                             max_workers=self.max_workers or fetch_workers or DEFAULT_FETCH_WORKERS)
 
 

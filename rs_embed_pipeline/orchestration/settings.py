@@ -129,6 +129,8 @@ class Settings:
     lease_wait_s: float | None = None  # None: PipelineStore's default
     lease_ttl_s: float | None = None
     max_partitions: int = DEFAULT_MAX_PARTITIONS
+    # Planetary Computer SAS tokens: the SDK's own variable, optional (anonymous tokens without it)
+    pc_subscription_key: str | None = None
     # Resource fields set by the rs-embed knob variables: {family ("terrafm", "thor", ...) or "imagery": {field: value}}.
     knobs: Mapping[str, Mapping[str, Any]] = dataclasses.field(
         default_factory=lambda: {**{f.name: {} for f in families()}, "imagery": {}}
@@ -166,6 +168,7 @@ class Settings:
             lease_wait_s=_number(env, "RS_EMBED_LEASE_WAIT_S", None, 0, float),
             lease_ttl_s=_number(env, "RS_EMBED_LEASE_TTL_S", None, 5, float),
             max_partitions=_number(env, "RS_EMBED_MAX_PARTITIONS", DEFAULT_MAX_PARTITIONS, 1),
+            pc_subscription_key=(env.get("PC_SDK_SUBSCRIPTION_KEY") or "").strip() or None,
             knobs=knobs,
         )
 

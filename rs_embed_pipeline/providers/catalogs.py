@@ -19,12 +19,14 @@ blue DN of clear pixels (SCL 4, 5, 6) tell raw from harmonized data; a corrected
 Scale: the asset's ``raster:bands`` ``scale``, else 0.0001. The same scene thus gives the same DN
 from Earth Search C1, the older Earth Search collection and Planetary Computer.
 
-Sentinel-1: the models take linear sigma0 power (VV, VH). Planetary Computer's ``sentinel-1-rtc``
-is radiometrically terrain-corrected *gamma0* (nodata -32768) and Earth Search's
-``sentinel-1-grd`` holds uncalibrated DN: both are refused with an error naming the collection
-(:func:`check_s1_collection`), never silently embedded as sigma0. S1 through STAC therefore needs
-a collection of calibrated linear sigma0 (the synthetic catalog's, or your own); Earth Engine's
-``COPERNICUS/S1_GRD_FLOAT`` is the production source of S1.
+Sentinel-1: the models take linear backscatter power (VV, VH), recorded per patch as
+``s1_backscatter`` (:func:`s1_backscatter`): ``sigma0`` (GRD: Earth Engine's
+``COPERNICUS/S1_GRD_FLOAT``, the synthetic catalog) or ``gamma0_rtc`` (Planetary Computer's
+``sentinel-1-rtc``: radiometrically terrain-corrected gamma0, linear float32, nodata -32768; what
+TerraFM was trained on, Major TOM Core-S1RTC). On flat ground at IW incidence angles (30-46 deg)
+gamma0 = sigma0 / cos(incidence), 0.6-1.6 dB above sigma0 (more on slopes facing the sensor,
+less facing away). Earth Search's ``sentinel-1-grd`` holds uncalibrated DN and is refused with
+an error naming the collection (:func:`check_s1_collection`).
 """
 
 from __future__ import annotations
@@ -42,10 +44,14 @@ __all__ = [
     "PLANETARY_COMPUTER_S2_ASSETS",
     "S2_DEFAULT_SCALE",
     "check_s1_collection",
+    "s1_backscatter",
+    "RTC_COLLECTIONS",
     "s2_offset",
     "legacy_offset_suspect",
     "judge_legacy_offset",
     "OFFSET_CHECK_PROPERTY",
+    "FALLBACK_PROPERTY",
+    "known_gaps",
     "scene_gap",
 ]
 
@@ -88,7 +94,8 @@ CATALOG_PRESETS: dict[str, dict[str, Any]] = {
     "planetary-computer": {
         "api_url": "https://planetarycomputer.microsoft.com/api/stac/v1",
         "collection": "sentinel-2-l2a", "s2_assets": PLANETARY_COMPUTER_S2_ASSETS,
-        "mask_asset": "SCL", "s1_collection": None, "sign": "planetary_computer",
+        # S1: the RTC gamma0 TerraFM was trained on (assets vv, vh)
+        "mask_asset": "SCL", "s1_collection": "sentinel-1-rtc", "sign": "planetary_computer",
     },
 }
 
@@ -169,11 +176,21 @@ def resolve_catalog(
     }
 
 
-# S1 collections known not to hold linear sigma0, and what they hold
+# S1 collections known to hold no calibrated backscatter, and what they hold
 _NOT_SIGMA0: dict[str, str] = {
-    "sentinel-1-rtc": "radiometrically terrain-corrected gamma0 (Planetary Computer RTC)",
     "sentinel-1-grd": "uncalibrated GRD digital numbers (Earth Search)",
 }
+#: S1 collections of radiometrically terrain-corrected gamma0 (their ``s1_backscatter``)
+RTC_COLLECTIONS: tuple[str, ...] = ("sentinel-1-rtc",)
+
+
+def s1_backscatter(collection: str, item: Any = None) -> str:
+    """``gamma0_rtc`` for an RTC collection (Planetary Computer's items say ``sar:product_type``
+    GRD: the collection decides) or an item with ``sar:product_type`` RTC, else ``sigma0``."""
+    props = getattr(item, "properties", {}) or {}
+    if collection in RTC_COLLECTIONS or str(props.get("sar:product_type", "")).upper() == "RTC":
+        return "gamma0_rtc"
+    return "sigma0"
 
 
 #: Item property set on a legacy item whose pixels were found harmonized despite its flag
@@ -225,6 +242,16 @@ KNOWN_GAPS: dict[str, tuple[tuple[str, str, str], ...]] = {
         ("2022-01-01", "2023-01-01", "Earth Search C1 lacks 2022 (its README, April 2024)"),
     ),
 }
+
+
+#: Item property set on a scene taken from ``fallback_collection`` inside a documented gap of the
+#: primary collection (the gap's reason); the patches record such scenes in ``fallback_scenes``.
+FALLBACK_PROPERTY = "rsep:fallback_for_gap"
+
+
+def known_gaps(collection: str) -> tuple[tuple[str, str, str], ...]:
+    """The documented gaps of ``collection``: ``(start, end exclusive, reason)``, ISO dates."""
+    return KNOWN_GAPS.get(collection, ())
 
 
 def scene_gap(collection: str, modality: str, start: str, end: str, days: float, found: int) -> dict[str, Any] | None:
@@ -288,15 +315,15 @@ def judge_legacy_offset(item_id: str, dark: int, clear: int) -> bool:
 
 
 def check_s1_collection(collection: str, item: Any = None) -> None:
-    """Raise ``ValueError`` when an S1 collection (or item) does not hold linear sigma0."""
+    """Raise ``ValueError`` when an S1 collection holds no calibrated backscatter, or an item holds
+    another quantity than its collection (gamma0 RTC items in a sigma0 collection)."""
     what = _NOT_SIGMA0.get(collection)
-    props = getattr(item, "properties", {}) or {}
-    if what is None and str(props.get("sar:product_type", "")).upper() == "RTC":
-        what = "radiometrically terrain-corrected gamma0 (sar:product_type RTC)"
+    if what is None and item is not None and s1_backscatter(collection, item) != s1_backscatter(collection):
+        what = "radiometrically terrain-corrected gamma0 (sar:product_type RTC) in a sigma0 collection"
     if what is not None:
         where = f"item {item.id} of " if item is not None else ""
         raise ValueError(
-            f"{where}S1 collection {collection!r} holds {what}, not the linear sigma0 power the "
-            "models take; supported: a STAC collection of calibrated linear sigma0 (VV, VH), or "
-            "the Earth Engine provider (COPERNICUS/S1_GRD_FLOAT)"
+            f"{where}S1 collection {collection!r} holds {what}, not the linear backscatter power the "
+            "models take; supported: a STAC collection of calibrated linear sigma0 (VV, VH), Planetary "
+            "Computer's sentinel-1-rtc (gamma0), or the Earth Engine provider (COPERNICUS/S1_GRD_FLOAT)"
         )

@@ -43,13 +43,13 @@ def test_s2_offset_rule(props, declared, expected):
     assert s2_offset(_Item(**props), declared) == expected
 
 
-def test_bad_baseline_and_s1_gamma0_are_refused():
+def test_bad_baseline_and_uncalibrated_s1_are_refused():
     with pytest.raises(ValueError, match=r"s2:processing_baseline 'v4' is not 'MM.mm'"):
         s2_offset(_Item(**{"s2:processing_baseline": "v4"}), None)
-    with pytest.raises(ValueError, match=r"'sentinel-1-rtc' holds radiometrically terrain-corrected gamma0"):
-        check_s1_collection("sentinel-1-rtc")
-    with pytest.raises(ProviderError, match=r"sentinel-1-rtc.*gamma0.*Earth Engine provider"):
-        StacProvider(api_url="http://127.0.0.1:9", s1_collection="sentinel-1-rtc")
+    # #22 case 5: Planetary Computer's RTC gamma0 is accepted, recorded as its own quantity
+    check_s1_collection("sentinel-1-rtc")
+    assert StacProvider(api_url="http://127.0.0.1:9", s1_collection="sentinel-1-rtc").describe()[
+        "collections"]["s1"]["s1_backscatter"] == "gamma0_rtc"
     with pytest.raises(ProviderError, match=r"sentinel-1-grd.*uncalibrated"):
         LocalStacProvider("catalog.json", s1_collection="sentinel-1-grd")
     with pytest.raises(ProviderError, match=r"no collection configured for modality 's1'.*Earth Engine"):

@@ -53,6 +53,7 @@ import rasterio.shutil
 from rasterio.io import MemoryFile
 from rasterio.transform import Affine
 
+from rs_embed_pipeline.core.grid import utm_epsg_for
 from rs_embed_pipeline.core.vocabulary import S1_POLARISATIONS
 
 from ..catalogs import EARTH_SEARCH_S2_ASSETS, S1_ASSETS
@@ -315,8 +316,7 @@ def generate_synthetic_catalog(
     if d1 <= d0:
         raise ValueError(f"end {d1} must be after start {d0}")
     clon, clat = (minlon + maxlon) / 2, (minlat + maxlat) / 2
-    zone = min(int(math.floor((clon + 180) / 6)) + 1, 60)
-    epsg = (32600 if clat >= 0 else 32700) + zone
+    epsg = utm_epsg_for(clon, clat)  # the zone of Sentinel-2's own tiles there (MGRS exceptions)
     extent = _utm_extent((minlon, minlat, maxlon, maxlat), epsg, pad_m)
     x0, y0, x1, y1 = extent
     npx = (x1 - x0) * (y1 - y0) / 100.0

@@ -26,7 +26,8 @@ class StacProvider(OdcStacProvider):
 
     Default: Earth Search v1 ``sentinel-2-c1-l2a`` (assets ``coastal .. swir22, scl``, scale /
     offset from each item's ``raster:bands``). ``s1_collection`` (+ ``s1_assets``) enables S1;
-    that collection must serve linear sigma0 power (Earth Search's ``sentinel-1-grd`` is
+    that collection must serve linear backscatter (sigma0, or RTC gamma0: Planetary Computer's
+    ``sentinel-1-rtc``, recorded as ``s1_backscatter``; Earth Search's ``sentinel-1-grd`` is
     uncalibrated DN and therefore not a default). ``patch_url`` signs / rewrites asset hrefs
     (e.g. ``planetary_computer.sign``, or the name ``"planetary_computer"``). ``rio_config``:
     GDAL option overrides (upper-case keys) over :data:`..gdal_env.GDAL_HTTP_OPTIONS`, used by the

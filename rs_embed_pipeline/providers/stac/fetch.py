@@ -17,7 +17,7 @@ from rs_embed_pipeline.core.vocabulary import COMPOSITES, MODALITIES, S1_BANDS, 
 
 from ..base import Patch, ProviderError, Tile, tile_rows
 from ..blocks import DEFAULT_MAX_BLOCK_PX, Block, group_blocks
-from ..catalogs import scene_gap
+from ..catalogs import FALLBACK_PROPERTY, known_gaps, s1_backscatter, scene_gap
 from ..gdal_env import gdal_options
 from ..sensor_options import SensorOptions, parse_composite
 from .compositing import composite_box, cut_tile, own_planes
@@ -37,6 +37,7 @@ class ReadOptions(TypedDict, total=False):
     cloudy_pct: float | None
     composite: str
     max_block_px: int
+    fallback_collection: str | None
 
 
 class RemoteReadOptions(ReadOptions, total=False):
@@ -78,8 +79,14 @@ class OdcStacProvider:
         patch_url: Callable[[str], str] | str | None = None,
         max_block_px: int = DEFAULT_MAX_BLOCK_PX,
         rio_config: Mapping[str, Any] | None = None,
+        fallback_collection: str | None = None,
     ) -> None:
         self.specs = dict(specs)
+        self.fallback_collection = fallback_collection or None
+        primary = self.specs["s2"].collection if "s2" in self.specs else None
+        if self.fallback_collection is not None and self.fallback_collection == primary:
+            raise ProviderError(f"fallback_collection {fallback_collection!r} is the S2 collection itself; give "
+                                "another collection (e.g. Earth Search's legacy 'sentinel-2-l2a'), or None")
         patch_url = resolve_patch_url(patch_url)
         self.max_block_px = int(max_block_px)
         if self.max_block_px < 1:
@@ -109,10 +116,10 @@ class OdcStacProvider:
                 f"{type(self).__name__} has no collection configured for modality {modality!r}; "
                 f"configured: {sorted(self.specs)}"
                 + (
-                    ". S1 through STAC needs a collection of calibrated linear sigma0 "
-                    "(s1_collection); Earth Search has none and Planetary Computer's "
-                    "sentinel-1-rtc is gamma0: use the Earth Engine provider for S1, or no model "
-                    "that embeds S1"
+                    ". S1 through STAC needs an S1 collection (s1_collection): Planetary Computer's "
+                    "sentinel-1-rtc (gamma0 RTC, the planetary-computer preset's) or one of calibrated "
+                    "linear sigma0; Earth Search has none: use the Earth Engine provider for S1, or no "
+                    "model that embeds S1"
                     if modality == "s1"
                     else ""
                 )
@@ -153,6 +160,26 @@ class OdcStacProvider:
         flt: SensorOptions,
     ) -> list[Any]:
         raise NotImplementedError
+
+    def _fallback_items(self, spec: CollectionSpec, tiles: Sequence[Tile], start: dt.datetime, end: dt.datetime,
+                        flt: SensorOptions) -> list[Any]:
+        """S2 items of ``fallback_collection`` inside the documented gaps of the S2 collection
+        (:func:`..catalogs.known_gaps`, e.g. Earth Search C1's Nov 2016 - Nov 2019 and 2022) that
+        overlap ``[start, end)``, each marked with :data:`..catalogs.FALLBACK_PROPERTY` (the gap's
+        reason); none without a fallback collection or outside the gaps (no scene is taken twice)."""
+        if spec.modality != "s2" or not self.fallback_collection:
+            return []
+        fallback = dataclasses.replace(spec, collection=self.fallback_collection)
+        out: list[Any] = []
+        for a, b, why in known_gaps(spec.collection):
+            lo, hi = max(start, parse_time(a, "gap start")), min(end, parse_time(b, "gap end"))
+            if lo >= hi:
+                continue
+            for it in self._find_items(fallback, tiles, lo, hi, flt):
+                it = it.clone()
+                it.properties[FALLBACK_PROPERTY] = why
+                out.append(it)
+        return out
 
     # ---- the contract -----------------------------------------------------------------------
 
@@ -206,13 +233,18 @@ class OdcStacProvider:
             "fill_value": flt.fill_value,
             "groupby": "solar_day",
         }
+        if modality == "s2" and self.fallback_collection:
+            base_meta["fallback_collection"] = self.fallback_collection
         if modality == "s2":
             base_meta["cloud_mask"] = flt.cloud_mask if spec.mask_asset or flt.cloud_mask == "none" else (
                 f"{flt.cloud_mask} (collection {spec.collection!r} has no SCL asset configured: not applied)")
             base_meta["clamp"] = S2_CLAMP
         if modality == "s1":
             base_meta["use_float_linear"] = flt.use_float_linear
-            base_meta["s1_source_units"] = "linear sigma0" if flt.use_float_linear else "dB (converted to linear)"
+            backscatter = s1_backscatter(spec.collection)
+            base_meta["s1_backscatter"] = backscatter
+            base_meta["s1_source_units"] = (("linear sigma0" if backscatter == "sigma0" else "linear gamma0 (RTC)")
+                                            if flt.use_float_linear else "dB (converted to linear)")
         return self._generate(rows, spec, band_list, t0, t1, flt, base_meta)
 
     def _generate(self, rows, spec, band_list, t0, t1, flt: SensorOptions, base_meta):
@@ -235,7 +267,7 @@ class OdcStacProvider:
         if not tiles:
             return
         try:
-            items = self._find_items(spec, tiles, t0, t1, flt)
+            items = self._find_items(spec, tiles, t0, t1, flt) + self._fallback_items(spec, tiles, t0, t1, flt)
         except Exception as exc:
             log.exception("item search failed")
             for t in tiles:
@@ -323,6 +355,10 @@ class OdcStacProvider:
                     or shapely_shape(it.geometry).intersects(tile.footprint)]
             if gone:
                 meta["dropped_items"] = gone
+            fallback = [{"id": it.id, "collection": it.collection_id, "reason": it.properties[FALLBACK_PROPERTY]}
+                        for it in its if FALLBACK_PROPERTY in it.properties]
+            if fallback:
+                meta["fallback_scenes"] = fallback
             mine = {it.id for it in its}
             checked = [r for it, r in corrections if it.id in mine]
             if checked:
@@ -402,7 +438,7 @@ class OdcStacProvider:
         }
 
     def describe(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "provider": self.name,
             "collections": {m: s.describe() for m, s in self.specs.items()},
             "cloudy_pct": self.cloudy_pct,
@@ -419,3 +455,6 @@ class OdcStacProvider:
             "block_reads": "tiles of every size cut from one read and composite per block",
             "units": {"s2": "(DN*scale+offset)*10000", "s1": "linear sigma0 (DN*scale+offset)"},
         }
+        if self.fallback_collection:  # only when set: the stores built without one keep their fingerprint
+            out["fallback_collection"] = self.fallback_collection
+        return out

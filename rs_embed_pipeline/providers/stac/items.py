@@ -127,6 +127,20 @@ def resolve_patch_url(patch_url: Any) -> Callable[[str], str] | None:
     )
 
 
+def configure_sas_signing(subscription_key: str | None) -> bool:
+    """Give Planetary Computer's SAS token requests the subscription key (process-wide, as the
+    ``planetary-computer`` SDK keeps it; set once when the code location loads, so the key never
+    appears in a resource's config). True when set; False without a key or without the package."""
+    if not subscription_key:
+        return False
+    try:
+        module = importlib.import_module(PATCH_URL_SIGNERS["planetary_computer"][0])
+    except ImportError:
+        return False
+    module.set_subscription_key(subscription_key)
+    return True
+
+
 def keep_item(item, spec: CollectionSpec, start, end, flt: SensorOptions) -> bool:
     """Window ``[start, end)``, cloud cover (items without the property are kept) and orbit
     direction (``sat:orbit_state``; items without it are dropped when an orbit is asked)."""

@@ -10,7 +10,10 @@ from typing import Any
 from collections.abc import Callable, Mapping
 
 import numpy as np
+import pyproj
 import shapely
+from affine import Affine
+from shapely.geometry import shape as shapely_shape
 
 from ..base import ProviderError
 from ..blocks import Block
@@ -19,6 +22,38 @@ from ..sensor_options import SensorOptions
 from .items import kept_item_time, signature_groups
 from .specs import CollectionSpec
 from .stack import SceneStack, valid_mask, valid_values
+
+
+def block_longitude(block: Block) -> float:
+    """Longitude of the block's centre, in [-180, 180]: its UTM centre point projected, so that a
+    block across the anti-meridian (tile footprints split at +-180, whose union's centroid lies
+    near 0) still gets its own solar day (about +-12 h, not 0)."""
+    cx = block.x0 + block.width * block.scale_m / 2
+    cy = block.y0 - block.height * block.scale_m / 2
+    tr = pyproj.Transformer.from_crs(f"EPSG:{block.epsg}", "EPSG:4326", always_xy=True)
+    lon, _ = tr.transform(cx, cy)
+    return float((lon + 180.0) % 360.0 - 180.0)
+
+
+def footprint_mask(geometry: Mapping[str, Any] | None, block: Block) -> np.ndarray | None:
+    """Block pixels that the item footprint ``geometry`` (GeoJSON, lon/lat) touches, ``[height,
+    width]`` bool; None when there is no footprint or it covers the whole block. The footprint's
+    edges are straight in lon/lat (GeoJSON), so they are densified before projecting; a pixel the
+    outline touches counts (``all_touched``: footprints are simplified, so their edge pixels are kept)."""
+    if geometry is None:
+        return None
+    from rasterio.features import geometry_mask  # heavy (GDAL): imported on the first read
+
+    geom = shapely.segmentize(shapely_shape(geometry), 0.01)
+    tr = pyproj.Transformer.from_crs("EPSG:4326", f"EPSG:{block.epsg}", always_xy=True)
+    utm = shapely.transform(geom, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
+    if not utm.is_valid:
+        utm = shapely.make_valid(utm)
+    x0, y0, s = block.x0, block.y0, block.scale_m
+    if utm.contains(shapely.box(x0, y0 - block.height * s, x0 + block.width * s, y0)):
+        return None
+    transform = Affine(s, 0.0, x0, 0.0, -s, y0)
+    return ~geometry_mask([utm], out_shape=(block.height, block.width), transform=transform, all_touched=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,10 +67,10 @@ class BlockReader:
     def _solar_day_planes(self, block: Block, items, spec: CollectionSpec, band_list):
         """Signature groups and the planes of the block's stack: one per (group, solar day) as
         odc-stac's ``groupby="solar_day"`` (nominal time + whole hours of the block centre's
-        longitude), items of a plane in (time, id) order, planes in time order."""
+        longitude: :func:`block_longitude`), items of a plane in (time, id) order, planes in time
+        order."""
         groups = signature_groups(items, spec, band_list)
-        lon = float(shapely.union_all([t.footprint for t in block.tiles]).centroid.x)
-        shift = dt.timedelta(seconds=int(lon / 15) * 3600)
+        shift = dt.timedelta(seconds=int(block_longitude(block) / 15) * 3600)
         day_of = {it.id: (kept_item_time(it) + shift).date() for it in items}
         planes = []
         for gi, (_, group) in enumerate(groups):
@@ -52,13 +87,16 @@ class BlockReader:
         keys = [spec.assets[b] for b in band_list]
         load_keys = keys + ([spec.mask_asset] if spec.mask_asset else [])
         resampling = {k: "nearest" for k in load_keys}
-        sigs, planes, day_of = self._solar_day_planes(block, items, spec, band_list)
+        sigs, planes, _ = self._solar_day_planes(block, items, spec, band_list)
         stack = SceneStack(spec, band_list, keys, sigs, resampling, flt)
         if not planes:
             return stack
-        raw = self._read_nested(block, planes, spec, keys, load_keys, sigs)
+        # a scene's pixels count only where its footprint lies (a same-day plane's other scene
+        # must not bring pixels to a tile that its footprint misses)
+        masks = {it.id: footprint_mask(it.geometry, block) for _, _, members in planes for it in members}
+        raw = self._read_nested(block, planes, spec, keys, load_keys, sigs, masks)
         if raw is None:
-            raw = self._read_odc(block, planes, spec, load_keys, sigs, day_of)
+            raw = self._read_odc(block, planes, spec, keys, load_keys, sigs, masks)
             stack.reader = "odc-stac"
         else:
             stack.reader = "rasterio windows"
@@ -73,8 +111,9 @@ class BlockReader:
             return sig[keys.index(key)][2]
         return 0.0
 
-    def _read_nested(self, block: Block, planes, spec, keys, load_keys, sigs):
-        """raw[key] [T, H, W] by windowed reads (thread pool), or None when an asset does not nest."""
+    def _read_nested(self, block: Block, planes, spec, keys, load_keys, sigs, masks):
+        """raw[key] [T, H, W] by windowed reads (thread pool), or None when an asset does not nest;
+        ``masks``: item id -> its :func:`footprint_mask` (pixels outside hold the fill value)."""
         import rasterio  # heavy (GDAL): imported on the first read
 
         def href(it, k):
@@ -105,11 +144,17 @@ class BlockReader:
                     target[t] = first
                 elif read_nested(href(members[0], k), block, fill, out=target[t]) is None:
                     return False
+                inside = masks.get(members[0].id)
+                if inside is not None:
+                    target[t][~inside] = fill
                 for it in members[1:]:  # several scenes of one solar day: first valid value wins
                     arr = read_nested(href(it, k), block, fill, dtype=target.dtype)
                     if arr is None:
                         return False
                     holes = ~valid_values(target[t], fill)
+                    inside = masks.get(it.id)
+                    if inside is not None:
+                        holes &= inside
                     target[t][holes] = arr[holes]
             return True
 
@@ -120,8 +165,10 @@ class BlockReader:
             ok = all(map(one, jobs))
         return raw if ok else None
 
-    def _read_odc(self, block: Block, planes, spec, load_keys, sigs, day_of):
-        """raw[key] [T, H, W] through odc-stac (a warp): one load per signature group."""
+    def _read_odc(self, block: Block, planes, spec, keys, load_keys, sigs, masks):
+        """raw[key] [T, H, W] through odc-stac (a warp): one load per signature group, one time
+        slice per scene, merged into its solar day's plane here as :meth:`_read_nested` does
+        (first valid value in (time, id) order, inside the scene's footprint)."""
         import odc.stac  # heavy (dask, xarray): only the fallback reader needs it
 
         fallback = (
@@ -132,9 +179,11 @@ class BlockReader:
         stac_cfg = {"*": {"assets": {"*": fallback}}}
         if spec.mask_asset:
             stac_cfg["*"]["assets"][spec.mask_asset] = {"data_type": "uint8", "nodata": 0}
+        # (plane, member) of every scene: odc-stac sorts its groups by this key
+        slot = {it.id: (t, m) for t, (_, _, members) in enumerate(planes) for m, it in enumerate(members)}
 
-        def solar_day(item, parsed, idx):
-            return day_of[item.id]
+        def one_scene(item, parsed, idx):
+            return slot[item.id]
 
         raw: dict[str, np.ndarray] = {}
         for gi in range(len(sigs)):
@@ -146,7 +195,7 @@ class BlockReader:
                 group,
                 bands=load_keys,
                 geobox=block.geobox(),
-                groupby=solar_day,
+                groupby=one_scene,
                 resampling={k: "nearest" for k in load_keys},
                 chunks=None,
                 pool=self.max_workers if self.max_workers > 1 else None,
@@ -155,10 +204,10 @@ class BlockReader:
                 fail_on_error=True,
             )
             nt = ds.sizes.get("time", 0)
-            if nt != len(index):
+            if nt != len(group):
                 raise ProviderError(
                     f"odc-stac returned {nt} dates for items {[it.id for it in group]}, "
-                    f"expected {len(index)} solar days"
+                    f"expected {len(group)} scenes"
                 )
             for k in load_keys:
                 vals = np.asarray(ds[k].values)
@@ -168,7 +217,19 @@ class BlockReader:
                     )
                 if k not in raw:
                     raw[k] = np.empty((len(planes), block.height, block.width), vals.dtype)
-                raw[k][index] = vals
+                fill = raw[k].dtype.type(self._fill(spec, k, keys, sigs[gi]))
+                n = 0
+                for t in index:
+                    plane = raw[k][t]
+                    for m, it in enumerate(planes[t][2]):
+                        arr, inside = vals[n], masks.get(it.id)
+                        n += 1
+                        take = np.ones(arr.shape, bool) if m == 0 else ~valid_values(plane, float(fill))
+                        if inside is not None:
+                            if m == 0:
+                                plane[~inside] = fill
+                            take &= inside
+                        plane[take] = arr[take]
         return raw
 
     # ---- masking ----------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from ..catalogs import (
     S2_DEFAULT_SCALE,
     SCL_INVALID_CLASSES,
     check_s1_collection,
+    s1_backscatter,
 )
 
 __all__ = ["SCL_INVALID_CLASSES", "CollectionSpec", "collection_specs", "s1_spec", "s2_spec"]
@@ -62,6 +63,8 @@ class CollectionSpec:
             "mask_asset": self.mask_asset,
             "default_scale": self.default_scale,
             "default_offset": self.default_offset,
+            # the S1 quantity (sigma0 | gamma0_rtc): stores of the two never mix
+            **({"s1_backscatter": s1_backscatter(self.collection)} if self.modality == "s1" else {}),
         }
 
 
