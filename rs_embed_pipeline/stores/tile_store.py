@@ -41,6 +41,7 @@ from zarr.codecs import BloscCodec
 # status codes stored in every ``status`` array (rs_embed_pipeline.core.vocabulary; importers use these names)
 from rs_embed_pipeline.core.vocabulary import STATUS_CODES, STATUS_NAMES
 from rs_embed_pipeline.stores import grid_dtype as G
+from rs_embed_pipeline.stores.chunk_io import read_whole_chunks, write_whole_chunks
 from rs_embed_pipeline.stores.patch_encoding import ENCODING_ATTR, PatchEncoding, encoding_of
 
 SCHEMA_VERSION = 1
@@ -425,6 +426,9 @@ class TileStore:
         array = array_at(self.group, name)
         if idx.size == 0:
             return np.zeros((0, *array.shape[1:]), dtype=array.dtype)
+        fast = read_whole_chunks(array, idx.tolist())  # local stores: without zarr's per-chunk hops
+        if fast is not None:
+            return fast
         # Contiguous runs read as slices (one request per chunk); others fall back to orthogonal indexing.
         if np.all(np.diff(idx) == 1):
             return np.asarray(array[int(idx[0]) : int(idx[-1]) + 1])
@@ -461,10 +465,13 @@ class TileStore:
         contiguous = bool(np.all(np.diff(idx) == 1))
 
         def put(name: str, values: np.ndarray) -> None:
+            array = array_at(self.group, name)
+            if write_whole_chunks(array, idx.tolist(), values):  # local stores: without zarr's per-chunk hops
+                return
             if contiguous:
-                array_at(self.group, name)[int(idx[0]) : int(idx[-1]) + 1] = values
+                array[int(idx[0]) : int(idx[-1]) + 1] = values
             else:
-                array_at(self.group, name).set_orthogonal_selection((idx,), values)
+                array.set_orthogonal_selection((idx,), values)
 
         for name, value in arrays.items():
             self._check_codes(name, value)

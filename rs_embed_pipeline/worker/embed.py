@@ -271,12 +271,16 @@ class EmbedPipeline:
         self.io_threads = io_threads
         self.depth = IO_DEPTH * io_threads  # batches in flight each way
         self.prepare = getattr(adapter, "prepare", None)
-        # Integer codes (S2) go to the model's device as they are and are decoded and normalised
-        # there (adapter.prepare_encoded: equal to the numpy reference); float32 stores (S1, whose
-        # log1p differs from numpy's by an ulp on the device, and stores of earlier versions) and
-        # adapters without it are prepared on the host.
+        # Integer codes (S2) go to a GPU as they are and are decoded and normalised there
+        # (adapter.prepare_encoded: equal to the numpy reference), so the host only reads and copies.
+        # On a CPU device that work is the host's anyway, and numpy does it 3-10x faster than torch's
+        # CPU kernels (benchmarks/bench_embed_loop.py): decoded and prepared on the host, as are float32
+        # stores (S1, whose log1p differs from numpy's by an ulp on the device; earlier stores) and
+        # adapters without prepare_encoded.
         self.encoding = work.patches.encoding("data")
-        self.on_device = bool(getattr(adapter, "prepares_on_device", False)) and not self.encoding.is_identity
+        device = getattr(getattr(adapter, "device", None), "type", "cpu")
+        self.on_device = (bool(getattr(adapter, "prepares_on_device", False)) and not self.encoding.is_identity
+                          and device != "cpu")
         self.output = next(k for k, v in OUTPUTS.items() if v == work.outputs)
         self.out_dtypes = {"grid": work.grid_dtype}  # cast on the model's device (adapters.run)
         self.stats = PipelineRun()
@@ -326,7 +330,8 @@ class EmbedPipeline:
     def read(self, batch: np.ndarray) -> tuple[np.ndarray, Any, float, float]:
         """Read a batch and preprocess it (background thread): ``(what was read: the stored codes
         of every band on the device path, else the adapter's bands in float32; prepared or the
-        ValueError that preprocessing raised; read_s, prepare_s)``."""
+        ValueError that preprocessing raised; read_s (the store's codes), prepare_s (decoding,
+        band selection and preparation))``."""
         t0 = time.perf_counter()
         prepared: Any = None
         if self.on_device:
@@ -339,9 +344,12 @@ class EmbedPipeline:
             except ValueError as exc:  # a bad tile: the main loop retries tile by tile
                 prepared = exc
             return source, prepared, t1 - t0, time.perf_counter() - t1
-        data = self.work.patches.read("data", batch)[:, self.work.band_index]
-        source = np.ascontiguousarray(data, dtype=np.float32)
+        stored = self.work.patches.read_stored("data", batch)
         t1 = time.perf_counter()
+        index = self.work.band_index
+        if index != list(range(stored.shape[1])):  # the bands picked on the codes: fewer, smaller values
+            stored = stored[:, index]
+        source = np.ascontiguousarray(self.encoding.decode(stored), dtype=np.float32)
         if self.prepare is not None:
             try:
                 prepared = self.prepare(source, self.modality)
