@@ -354,7 +354,9 @@ class TileStore:
         return [str(t) for t in np.asarray(array_at(self.group, "tile_id")[:]).tolist()]
 
     def statuses(self) -> np.ndarray:
-        return np.asarray(array_at(self.group, "status")[:], dtype=np.int8)
+        status = array_at(self.group, "status")
+        fast = read_whole_chunks(status, range(status.shape[0]))  # one chunk per tile: zarr's hops per chunk
+        return np.asarray(status[:] if fast is None else fast, dtype=np.int8)
 
     def status_counts(self) -> dict[str, int]:
         codes = self.statuses()
