@@ -27,9 +27,15 @@ from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
 
+#: False: every read and write goes through zarr (benchmarks/bench_embed_loop.py measures today's path so).
+ENABLED = True
+
+
 def _plan(array: zarr.Array) -> tuple[Any, LocalStore, str] | None:
     """The array's (codec pipeline, store, key prefix) when whole-chunk writes apply, else None. The
     pipeline is typed Any: ``_encode_sync`` / ``_decode_sync`` belong to the concrete codecs (checked here)."""
+    if not ENABLED:
+        return None
     try:
         a = array._async_array
         pipe, meta, store = a.codec_pipeline, a.metadata, a.store_path.store

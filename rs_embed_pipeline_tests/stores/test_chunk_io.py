@@ -85,3 +85,15 @@ def test_reads_equal_zarrs_for_every_kind_of_array(tmp_path):
             assert ours is not None and ours.dtype == array.dtype
             np.testing.assert_array_equal(ours, np.asarray(array.get_orthogonal_selection((np.array(idx),))))
     assert read_whole_chunks(store.group["tile_meta"], [0]) is None  # strings: zarr's own read
+
+
+def test_switched_off_everything_goes_through_zarr(tmp_path, monkeypatch):
+    from rs_embed_pipeline.stores import chunk_io
+    from rs_embed_pipeline.stores.chunk_io import read_whole_chunks
+
+    store = _store(str(tmp_path / "s.zarr"))
+    monkeypatch.setattr(chunk_io, "ENABLED", False)
+    assert not write_whole_chunks(store.group["grid32"], [0], ARRAYS["grid32"][1][:1])
+    assert read_whole_chunks(store.group["grid32"], [0]) is None
+    store.write_tiles([0], ["ok"], [{}], grid32=ARRAYS["grid32"][1][:1])  # zarr's own write
+    np.testing.assert_array_equal(store.read("grid32", [0]), ARRAYS["grid32"][1][:1])
