@@ -55,7 +55,11 @@ def cube_fingerprint(region: str, embedding_settings: Mapping[str, Any], patch_s
     """What every window of a region's cube shares: the model and its settings, the provider and
     sensor settings, tile size and scale, the code version. Window-specific inputs (dates, scenes)
     are recorded per window instead (``window_provenance``)."""
+    grid_dtype = embedding_settings.get("grid_dtype", "float32")
+    # a grid stored in float16 / bfloat16 gives other cube values; float32 keeps earlier cubes' fingerprints
+    lossy = {"grid_dtype": grid_dtype} if grid_dtype != "float32" else {}
     return fingerprint({
+        **lossy,
         "version": CUBE_FINGERPRINT_VERSION,
         "region": region,
         "model": embedding_settings.get("model"),

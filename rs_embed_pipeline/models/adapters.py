@@ -35,6 +35,7 @@ import importlib
 import inspect
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +73,7 @@ class EmbeddingOutput:
     grid: np.ndarray | None
     meta: dict = field(default_factory=dict)
     tokens: np.ndarray | None = None
+    nonfinite: np.ndarray | None = None  # per image: non-finite values among the outputs, as returned
 
 
 @dataclass
@@ -101,6 +103,16 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
             raise ModelInputError(f"device={device!r} requested but CUDA is not available; use 'auto' or 'cpu'")
         return torch.device(d)
     raise ModelInputError(f"Unknown device {device!r}; valid: 'auto', 'cpu', 'cuda', 'cuda:N'")
+
+
+#: The types ``run`` returns an output in (``out_dtypes``): the embedding stores' grid_dtype choices.
+_OUT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _check_out_dtype(output: str, dtype: str) -> str:
+    if dtype not in _OUT_DTYPES:
+        raise ModelInputError(f"Unknown type {dtype!r} for output {output!r}; valid: {', '.join(_OUT_DTYPES)}")
+    return dtype
 
 
 def parse_output(output: str) -> tuple[str, ...]:
@@ -335,9 +347,10 @@ class _Adapter:
         hint = f"{self.model_id} takes " + " or ".join(takes(m) for m in self.modalities)
         return hint + ("; pass modality='s1' for Sentinel-1" if "s1" in self.modalities else "")
 
-    def embed(self, raw, modality: str = "s2", output: str = "pooled") -> EmbeddingOutput:
+    def embed(self, raw, modality: str = "s2", output: str = "pooled",
+              out_dtypes: Mapping[str, str] | None = None) -> EmbeddingOutput:
         """Embed a batch ``raw`` (``[B, C, H, W]`` provider units, bands ``input_bands(modality)``)."""
-        return self.run(self.prepare(raw, modality), output)
+        return self.run(self.prepare(raw, modality), output, out_dtypes)
 
     def prepare(self, raw, modality: str = "s2") -> PreparedBatch:
         """Validate and normalise ``raw`` (numpy only, no model: safe on another thread)."""
@@ -384,13 +397,19 @@ class _Adapter:
         return PreparedBatch(prepared, modality, forward_args, {**meta, "prepared_on": str(self.device)},
                              tuple(shape))
 
-    def run(self, prepared: PreparedBatch, output: str = "pooled") -> EmbeddingOutput:
-        """The forward pass over a prepared batch, in chunks of ``batch_size``."""
+    def run(self, prepared: PreparedBatch, output: str = "pooled",
+            out_dtypes: Mapping[str, str] | None = None) -> EmbeddingOutput:
+        """The forward pass over a prepared batch, in chunks of ``batch_size``. ``out_dtypes``: an
+        output's type (float32 default, float16, bfloat16), cast on the device before the copy to
+        the host (half the bytes); bfloat16 comes back as its uint16 bit patterns (numpy has no
+        bfloat16; ``stores.grid_dtype.to_float32`` widens them)."""
         wanted = parse_output(output)
+        casts = {k: _OUT_DTYPES[_check_out_dtype(k, v)] for k, v in (out_dtypes or {}).items() if k in wanted}
         modality, forward_args = prepared.modality, prepared.forward_args
         bands = self.input_bands(modality)
         meta = dict(prepared.meta)
         chunks: dict[str, list[np.ndarray]] = {k: [] for k in wanted}
+        nonfinite: list[np.ndarray] = []
         extra: dict = {}
         n = len(prepared)
         chunks_of_x = (prepared.x[s : s + self.batch_size] for s in range(0, n, self.batch_size))
@@ -400,9 +419,16 @@ class _Adapter:
             for batch in (chunks_of_x if on_device else self._feeder.feed(chunks_of_x)):
                 with torch.inference_mode(), self._autocast():
                     outs, extra = self._forward(batch, modality, wanted, forward_args)
+                bad = None
                 for k in wanted:
-                    chunks[k].append(outs[k].float().cpu().numpy())
-        result = {k: np.ascontiguousarray(np.concatenate(v, axis=0), dtype=np.float32) for k, v in chunks.items()}
+                    o = outs[k].to(casts.get(k, torch.float32))
+                    # counted on the device in the stored type (a float16 overflow is an inf stored)
+                    n = (~torch.isfinite(o)).reshape(o.shape[0], -1).sum(dim=1)
+                    bad = n if bad is None else bad + n
+                    chunks[k].append((o.view(torch.int16) if o.dtype == torch.bfloat16 else o).cpu().numpy())
+                nonfinite.append(bad.cpu().numpy() if bad is not None else np.zeros(0, np.int64))
+        result = {k: np.ascontiguousarray(np.concatenate(v, axis=0)) for k, v in chunks.items()}
+        result = {k: v.view(np.uint16) if v.dtype == np.int16 else v for k, v in result.items()}
         meta.update(extra)
         full_meta = {
             "model_id": self.model_id,
@@ -422,8 +448,10 @@ class _Adapter:
             "weight_file_size": self.weights["weights_size_bytes"],
         }
         full_meta["output_shapes"] = {k: list(result[k].shape) for k in wanted}
+        full_meta["output_dtypes"] = {k: str(out_dtypes.get(k, "float32")) if out_dtypes else "float32" for k in wanted}
         return EmbeddingOutput(
-            pooled=result.get("pooled"), grid=result.get("grid"), tokens=result.get("tokens"), meta=full_meta
+            pooled=result.get("pooled"), grid=result.get("grid"), tokens=result.get("tokens"), meta=full_meta,
+            nonfinite=np.concatenate(nonfinite) if nonfinite else np.zeros(0, np.int64),
         )
 
     def _prepare(self, x, modality: str, ops=D.NUMPY_OPS):  # pragma: no cover - abstract

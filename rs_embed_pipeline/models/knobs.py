@@ -143,8 +143,9 @@ def default_batch_size(family: str, device_type: str) -> int:
 
 
 #: The embed worker's read / decode / write threads (each pool; ``worker/embed.py``). 6 + 6 threads
-#: leave a 16-core GPU box cores for the main loop, zarr's and Blosc's own threads; the
-#: orchestrator passes a resource's value through this variable.
+#: leave a 16-core GPU box cores for the main loop, zarr's and Blosc's own threads. The pipeline
+#: passes the model resource's ``io_threads`` in the worker request; the variable serves a worker
+#: started without one (direct use).
 IO_THREADS_ENV = "RS_EMBED_IO_THREADS"
 IO_THREADS_DEFAULT = 6
 

@@ -20,6 +20,7 @@ from rs_embed_pipeline.orchestration.leases import LeaseBusy, partition_leases
 from rs_embed_pipeline.providers.base import PatchProvider
 from rs_embed_pipeline.stores import StoreLayout
 from rs_embed_pipeline.core.vocabulary import MODALITIES, CloudMask
+from rs_embed_pipeline.models.knobs import IO_THREADS_DEFAULT
 from rs_embed_pipeline.models.knobs import default as knob_default
 from rs_embed_pipeline.models.registry import families
 from rs_embed_pipeline.models.thor.spec import canonical_group_merge, canonical_thor_normalization, canonical_thor_variant
@@ -509,6 +510,21 @@ class ModelResource(dg.ConfigurableResource):
         help="Modalities this model embeds; each gets its embeddings and cube assets (definitions) and its tile size "
         "among the fetched patches.",
         changes="`modality`; THOR with `s1` adds the `thor_s1_embeddings` / `thor_s1_cube` assets (definitions time)")
+    outputs: Literal["pooled", "grid", "both"] = knob(
+        "Embedding outputs", default="both",
+        help="What the embedding stores hold: pooled [tile, D], grid [tile, D', h, w] or both. The cube (and the "
+        "products from it) needs both: with pooled or grid only it fails naming this field.",
+        changes="embedding store `outputs` (its arrays; part of its fingerprint unless `both`)")
+    grid_dtype: Literal["float32", "float16", "bfloat16"] = knob(
+        "Grid stored type", default="float32",
+        help="Type of the stored grid: float32, float16 or bfloat16 (half the bytes; cast on the model's device; "
+        "errors against float32 in the README). Cubes stay float32 (or int8: quantization).",
+        changes="embedding store `grid_dtype` (part of its fingerprint and the cube's unless float32)")
+    io_threads: int = knob(
+        "Worker I/O threads", default=IO_THREADS_DEFAULT, why="a 16-core GPU box: 6 read + 6 write threads",
+        help="The embed worker's threads reading and decoding patches, and as many writing embeddings (passed to "
+        "the worker in its request; RS_EMBED_IO_THREADS only for direct library use).",
+        changes="none; speed only")
 
     model_id: str = "abstract"
 
@@ -528,6 +544,8 @@ class ModelResource(dg.ConfigurableResource):
             raise ResourceFieldError("batch_size", f"batch_size must be an integer >= 1 or None, got {self.batch_size}")
         if self.fetch_workers < 1:
             raise ResourceFieldError("fetch_workers", f"fetch_workers must be an integer >= 1, got {self.fetch_workers}")
+        if self.io_threads < 1:
+            raise ResourceFieldError("io_threads", f"io_threads must be an integer >= 1, got {self.io_threads}")
 
     @property
     def title(self) -> str:  # pragma: no cover - overridden
@@ -575,7 +593,8 @@ class ModelResource(dg.ConfigurableResource):
         """Embed ``partitions`` in the worker environment (Pipes); its results and store failures."""
         request = EmbedRequest(model=self.model_id, modality=modality, partitions=tuple(partitions),
                                adapter_options=self.adapter_options(), code_version=CODE_VERSION,
-                               rebuild=rebuild, force=force, storage_options=storage_options)
+                               rebuild=rebuild, force=force, storage_options=storage_options, outputs=self.outputs,
+                               grid_dtype=self.grid_dtype, io_threads=self.io_threads)
         invocation = pipes_client.run(
             context=context,
             command=[self.worker_python, "-m", "rs_embed_pipeline.worker.embed"],

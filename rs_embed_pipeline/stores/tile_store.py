@@ -40,6 +40,8 @@ from zarr.codecs import BloscCodec
 
 # status codes stored in every ``status`` array (rs_embed_pipeline.core.vocabulary; importers use these names)
 from rs_embed_pipeline.core.vocabulary import STATUS_CODES, STATUS_NAMES
+from rs_embed_pipeline.stores import grid_dtype as G
+from rs_embed_pipeline.stores.chunk_io import read_whole_chunks, write_whole_chunks
 from rs_embed_pipeline.stores.patch_encoding import ENCODING_ATTR, PatchEncoding, encoding_of
 
 SCHEMA_VERSION = 1
@@ -84,7 +86,8 @@ def group_at(group: zarr.Group, path: str) -> zarr.Group:
 class ArraySpec:
     """One per-tile array: the shape of a tile's slice and the names of its dimensions. With an
     ``encoding`` (patch data: ``patch_encoding``) the array holds its codes: its dtype, attributes
-    and compressors are the encoding's."""
+    and compressors are the encoding's. With a ``stored_type`` (embedding grids: ``grid_dtype``)
+    it holds values of that type (bfloat16 as its uint16 bits), read back as float32."""
 
     name: str
     tile_shape: tuple[int, ...]
@@ -92,12 +95,22 @@ class ArraySpec:
     dtype: str = "float32"
     fill_value: Any = 0
     encoding: PatchEncoding | None = None
+    stored_type: str | None = None
 
     def __post_init__(self) -> None:
         if len(self.tile_shape) != len(self.dims):
             raise ValueError(f"{self.name}: dims {self.dims} do not match shape {self.tile_shape}")
         if self.encoding is not None:
             object.__setattr__(self, "dtype", self.encoding.dtype)
+        if self.stored_type is not None:
+            object.__setattr__(self, "dtype", G.numpy_dtype(self.stored_type))
+            if self.stored_type == "bfloat16" and isinstance(self.fill_value, float) and np.isnan(self.fill_value):
+                object.__setattr__(self, "fill_value", 0x7FC0)  # bfloat16's quiet NaN, as bits
+
+    def attributes(self) -> dict[str, Any] | None:
+        if self.encoding is not None:
+            return self.encoding.attributes()
+        return G.attributes(self.stored_type) if self.stored_type is not None else None
 
 
 def _exists(uri: str, storage_options: Mapping[str, Any] | None) -> bool:
@@ -243,7 +256,9 @@ class TileStore:
                            attributes={"flag_values": list(STATUS_NAMES), "flag_meanings": " ".join(STATUS_CODES)})
         group.create_array("tile_meta", shape=(n,), chunks=(1,), dtype=str, dimension_names=["tile"])
         for spec in arrays:
-            compressors: Any = float_compressors() if np.dtype(spec.dtype).kind == "f" else "auto"
+            # Float values (bfloat16 bits included): Blosc zstd-1 byte shuffle; typesize follows the dtype.
+            compressors: Any = (float_compressors() if np.dtype(spec.dtype).kind == "f" or spec.stored_type
+                                else "auto")
             group.create_array(
                 spec.name,
                 shape=(n, *spec.tile_shape),
@@ -252,7 +267,7 @@ class TileStore:
                 fill_value=spec.fill_value,
                 dimension_names=["tile", *spec.dims],
                 compressors=spec.encoding.compressors() if spec.encoding is not None else compressors,
-                attributes=spec.encoding.attributes() if spec.encoding is not None else None,
+                attributes=spec.attributes(),
             )
         group.attrs.update({"fingerprint": fingerprint, "settings": dict(attrs), "state": "ready"})
         return cls(group, uri)
@@ -293,13 +308,26 @@ class TileStore:
                     f"Store {self.uri}: array {spec.name!r} has shape {tuple(array.shape)}, expected "
                     f"{(len(tile_ids), *spec.tile_shape)}. Nothing was changed."
                 )
-            # Another encoding (e.g. a float32 patch store of earlier versions): not reusable in place.
+            # Another encoding or stored type (e.g. a float32 patch store of earlier versions, a
+            # float16 grid asked of a float32 one): not reusable in place.
             if np.dtype(array.dtype) != np.dtype(spec.dtype):
                 raise StoreError(
                     f"Store {self.uri}: array {spec.name!r} holds {array.dtype}, expected {spec.dtype} "
-                    f"(encoding {spec.encoding.name if spec.encoding else spec.dtype}). Nothing was changed; "
-                    "use rebuild (config `rebuild: true`) to re-fetch it in the new layout, or another store root."
+                    f"({self._layout(spec)}). Nothing was changed; use rebuild (config `rebuild: true`) to "
+                    f"{'re-fetch' if spec.encoding else 'rewrite'} it in the new layout, or another store root."
                 )
+        # Arrays of other settings (a grid where only pooled is asked now) would keep stale values.
+        extra = sorted(set(self.group.array_keys()) - {"tile_id", "status", "tile_meta"} - {s.name for s in arrays})
+        if extra:
+            raise StoreError(f"Store {self.uri} holds arrays {extra} these settings do not write "
+                             f"(they write {[s.name for s in arrays]}). Nothing was changed; use rebuild "
+                             "(config `rebuild: true`) to recreate it, or another store root.")
+
+    @staticmethod
+    def _layout(spec: ArraySpec) -> str:
+        if spec.stored_type is not None:
+            return f"stored type {spec.stored_type}"
+        return f"encoding {spec.encoding.name if spec.encoding else spec.dtype}"
 
     def _diff_settings(self, attrs: Mapping[str, Any]) -> str:
         old = self.settings
@@ -326,7 +354,9 @@ class TileStore:
         return [str(t) for t in np.asarray(array_at(self.group, "tile_id")[:]).tolist()]
 
     def statuses(self) -> np.ndarray:
-        return np.asarray(array_at(self.group, "status")[:], dtype=np.int8)
+        status = array_at(self.group, "status")
+        fast = read_whole_chunks(status, range(status.shape[0]))  # one chunk per tile: zarr's hops per chunk
+        return np.asarray(status[:] if fast is None else fast, dtype=np.int8)
 
     def status_counts(self) -> dict[str, int]:
         codes = self.statuses()
@@ -359,15 +389,34 @@ class TileStore:
                              "something else: rebuild it (config `rebuild: true`) or use another store root.")
         return encoding
 
+    def stored_type(self, name: str = "grid") -> str:
+        """The value type array ``name`` holds (float32 | float16 | bfloat16), checked against its
+        dtype and the ``grid_dtype`` of the store's settings (fingerprint): a mismatch is a
+        StoreError naming both, and nothing is modified."""
+        array = array_at(self.group, name)
+        declared = self.settings.get("grid_dtype") if name == "grid" else None
+        try:
+            found = G.stored_type(array.attrs, array.dtype)
+            if declared is not None and declared != found:
+                raise ValueError(f"its fingerprint's settings say grid_dtype={declared!r} but the array holds "
+                                 f"{found!r} (choices: {', '.join(G.GRID_DTYPES)})")
+        except ValueError as exc:
+            raise StoreError(f"Store {self.uri}: array {name!r} does not match its fingerprint: {exc}. Nothing was "
+                             "changed; rebuild it (config `rebuild: true`) or use another store root.") from exc
+        return found
+
     def tile_meta(self, index: int) -> dict[str, Any]:
         raw = array_at(self.group, "tile_meta")[index]
         return json.loads(str(raw)) if raw else {}
 
     def read(self, name: str, indices: Iterable[int]) -> np.ndarray:
         """The values of tiles ``indices``: an encoded array (patch ``data``) decoded to provider
-        units (float32); see :meth:`read_stored` for the stored codes."""
+        units (float32), a float16 / bfloat16 one (embedding grids) widened to float32; see
+        :meth:`read_stored` for the stored codes."""
         array = array_at(self.group, name)
         stored = self.read_stored(name, indices)
+        if G.STORED_TYPE_ATTR in array.attrs:
+            return G.to_float32(stored, self.stored_type(name))
         if ENCODING_ATTR not in array.attrs:
             return stored
         encoding = encoding_of(array.attrs)
@@ -379,6 +428,9 @@ class TileStore:
         array = array_at(self.group, name)
         if idx.size == 0:
             return np.zeros((0, *array.shape[1:]), dtype=array.dtype)
+        fast = read_whole_chunks(array, idx.tolist())  # local stores: without zarr's per-chunk hops
+        if fast is not None:
+            return fast
         # Contiguous runs read as slices (one request per chunk); others fall back to orthogonal indexing.
         if np.all(np.diff(idx) == 1):
             return np.asarray(array[int(idx[0]) : int(idx[-1]) + 1])
@@ -415,10 +467,13 @@ class TileStore:
         contiguous = bool(np.all(np.diff(idx) == 1))
 
         def put(name: str, values: np.ndarray) -> None:
+            array = array_at(self.group, name)
+            if write_whole_chunks(array, idx.tolist(), values):  # local stores: without zarr's per-chunk hops
+                return
             if contiguous:
-                array_at(self.group, name)[int(idx[0]) : int(idx[-1]) + 1] = values
+                array[int(idx[0]) : int(idx[-1]) + 1] = values
             else:
-                array_at(self.group, name).set_orthogonal_selection((idx,), values)
+                array.set_orthogonal_selection((idx,), values)
 
         for name, value in arrays.items():
             self._check_codes(name, value)
@@ -428,7 +483,12 @@ class TileStore:
 
     def _check_codes(self, name: str, value: np.ndarray) -> None:
         """An integer-encoded array takes its codes, never float values (zarr would truncate them)."""
-        dtype = array_at(self.group, name).dtype
+        array = array_at(self.group, name)
+        dtype = array.dtype
+        if array.attrs.get(G.STORED_TYPE_ATTR) == "bfloat16" and np.asarray(value).dtype != np.uint16:
+            # float values would be cast to integers, not to bfloat16 bits
+            raise ValueError(f"array {name!r} of {self.uri} stores bfloat16 values as their uint16 bits, got "
+                             f"{np.asarray(value).dtype}: convert with stores.grid_dtype.to_stored(values, 'bfloat16')")
         if np.dtype(dtype).kind in "iu" and np.asarray(value).dtype.kind == "f":
             raise ValueError(f"array {name!r} of {self.uri} stores {dtype} codes ({self.encoding(name).name}); "
                              f"encode the values first: store.encoding({name!r}).encode(values)")

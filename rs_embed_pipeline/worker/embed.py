@@ -41,9 +41,11 @@ import numpy as np
 
 from rs_embed_pipeline.core.fingerprint import embedding_fingerprint
 from rs_embed_pipeline.stores import ArraySpec, StoreError, TileStore
+from rs_embed_pipeline.stores import grid_dtype as G
 from rs_embed_pipeline.core.vocabulary import STATUS_CODES, STATUS_OK
 from rs_embed_pipeline.worker.protocol import (
-    PROGRESS_EVERY, EmbedRequest, PartitionResult, StoreFailure, StoreResult, progress_message,
+    OUTPUTS, PROGRESS_EVERY, EmbedRequest, PartitionResult, StoreFailure, StoreResult, check_outputs,
+    progress_message,
 )
 
 log = logging.getLogger("rs_embed_pipeline.worker")
@@ -51,6 +53,7 @@ log = logging.getLogger("rs_embed_pipeline.worker")
 
 IO_DEPTH = 2  # batches read ahead / waiting to be written, per I/O thread
 RANDOM_WEIGHTS_SEED = 0
+OUTPUT_DEFAULTS = {"outputs": "both", "grid_dtype": "float32"}  # not in the fingerprint: earlier stores' settings
 
 
 def _batches(indices: np.ndarray, size: int) -> Iterator[np.ndarray]:
@@ -103,21 +106,28 @@ def embed_store(
     progress_fn: Callable[[dict[str, Any]], None] | None = None,
     progress_every: int = PROGRESS_EVERY,
     io_threads: int = 1,
+    outputs: str = "both",
+    grid_dtype: str = "float32",
 ) -> StoreResult:
     """Embed every ok tile of one patch store that the embedding store does not hold yet.
 
     ``rebuild``: accept a store built with other settings (every tile redone); ``force``: redo
     every tile even though the settings match. ``progress_fn`` gets a progress dict every
     ``progress_every`` batches and after the last one. ``io_threads``: threads reading (and
-    decoding) and as many writing (``models.knobs.io_threads``).
+    decoding) and as many writing (``models.knobs.io_threads``). ``outputs``: which arrays the
+    embedding store holds (pooled | grid | both); ``grid_dtype``: the grid's stored type
+    (float32 | float16 | bfloat16, ``stores/grid_dtype.py``); both are part of the store's settings.
     """
     if isinstance(io_threads, bool) or not isinstance(io_threads, int) or io_threads < 1:
         raise ValueError(f"io_threads must be a positive number of threads, got {io_threads!r}")
+    check_outputs(outputs)
+    G.check_grid_dtype(grid_dtype)
     if isinstance(progress_every, bool) or not isinstance(progress_every, int) or progress_every < 1:
         raise ValueError(f"progress_every must be a positive number of batches, got {progress_every!r}")
     t_start = time.perf_counter()
     work = open_store_work(adapter, modality, patches_uri, embeddings_uri, batch_size=batch_size,
-                           code_version=code_version, rebuild=rebuild, force=force, storage_options=storage_options)
+                           code_version=code_version, rebuild=rebuild, force=force, storage_options=storage_options,
+                           outputs=outputs, grid_dtype=grid_dtype)
     log_fn(f"{embeddings_uri}: {work.tiles_todo} tiles to embed, {work.tiles_skipped} already done")
     run = EmbedPipeline(adapter, modality, work, progress_fn, progress_every, io_threads).run()
     for index, reason in run.failures.items():
@@ -140,18 +150,26 @@ class StoreWork:
     tiles_skipped: int                                  # ok tiles already embedded
     tiles_recomputed: int                               # embedded again to keep batches aligned
     fingerprint: str                                    # the embedding store's
+    outputs: tuple[str, ...] = ("pooled", "grid")       # the arrays written
+    grid_dtype: str = "float32"                         # the grid's stored type
 
 
 def open_store_work(adapter: Any, modality: str, patches_uri: str, embeddings_uri: str, *, batch_size: int,
                     code_version: str, rebuild: bool = False, force: bool = False,
-                    storage_options: dict[str, Any] | None = None) -> StoreWork:
+                    storage_options: dict[str, Any] | None = None, outputs: str = "both",
+                    grid_dtype: str = "float32") -> StoreWork:
     """Open (or create) the stores, record the tiles without pixels, and batch the rest."""
     patches = TileStore.open(patches_uri, "patches", storage_options=storage_options)
     band_index = _band_index(adapter, modality, patches, patches_uri)
-    fingerprint = embedding_fingerprint(patches.fingerprint, fingerprint_settings(adapter), code_version)
+    # Other outputs or grid type: another store. The defaults add nothing, so stores written before
+    # these settings keep their fingerprints.
+    chosen = {k: v for k, v in {"outputs": outputs, "grid_dtype": grid_dtype}.items() if v != OUTPUT_DEFAULTS[k]}
+    fingerprint = embedding_fingerprint(patches.fingerprint, {**fingerprint_settings(adapter), **chosen}, code_version)
     embeddings = _open_embeddings(adapter, modality, patches, patches_uri, embeddings_uri, fingerprint=fingerprint,
                                   code_version=code_version, rebuild=rebuild, force=force,
-                                  storage_options=storage_options)
+                                  storage_options=storage_options, outputs=OUTPUTS[outputs], grid_dtype=grid_dtype)
+    if "grid" in OUTPUTS[outputs]:
+        embeddings.stored_type("grid")  # the array against the settings: StoreError on a mismatch
     patch_status = patches.statuses()
     done = embeddings.statuses()
     # Tiles without pixels are recorded as such; they never reach the model.
@@ -171,6 +189,7 @@ def open_store_work(adapter: Any, modality: str, patches_uri: str, embeddings_ur
         band_index=band_index, batches=batches, tiles_todo=int(todo_mask.sum()),
         tiles_skipped=int((~todo_mask).sum()),
         tiles_recomputed=int(sum(int((~m).sum()) for _, m in batches)), fingerprint=fingerprint,
+        outputs=OUTPUTS[outputs], grid_dtype=grid_dtype,
     )
 
 
@@ -189,18 +208,20 @@ def _band_index(adapter: Any, modality: str, patches: TileStore, patches_uri: st
 
 def _open_embeddings(adapter: Any, modality: str, patches: TileStore, patches_uri: str, embeddings_uri: str, *,
                      fingerprint: str, code_version: str, rebuild: bool, force: bool,
-                     storage_options: dict[str, Any] | None) -> TileStore:
+                     storage_options: dict[str, Any] | None, outputs: tuple[str, ...] = ("pooled", "grid"),
+                     grid_dtype: str = "float32") -> TileStore:
     """The embedding store for these patches and this adapter (refused when built otherwise)."""
     patch_settings = patches.settings
     d, gh, gw = adapter.grid_shape(modality)
+    specs = {
+        "pooled": ArraySpec("pooled", (adapter.embed_dim,), ("feature",), fill_value=np.nan),
+        "grid": ArraySpec("grid", (d, gh, gw), ("feature", "gy", "gx"), fill_value=np.nan, stored_type=grid_dtype),
+    }
     return TileStore.create_or_open(
         embeddings_uri,
         "embeddings",
         tile_ids=patches.tile_ids,
-        arrays=[
-            ArraySpec("pooled", (adapter.embed_dim,), ("feature",), fill_value=np.nan),
-            ArraySpec("grid", (d, gh, gw), ("feature", "gy", "gx"), fill_value=np.nan),
-        ],
+        arrays=[specs[k] for k in outputs],
         fingerprint=fingerprint,
         attrs={
             "model": adapter.model_id,
@@ -212,6 +233,8 @@ def _open_embeddings(adapter: Any, modality: str, patches: TileStore, patches_ur
             "scale_m": float(patch_settings["scale_m"]),
             "adapter": adapter.describe(),
             "code_version": code_version,
+            "outputs": next(k for k, v in OUTPUTS.items() if v == outputs),
+            "grid_dtype": grid_dtype,
         },
         rebuild=rebuild,
         force=force,
@@ -248,12 +271,18 @@ class EmbedPipeline:
         self.io_threads = io_threads
         self.depth = IO_DEPTH * io_threads  # batches in flight each way
         self.prepare = getattr(adapter, "prepare", None)
-        # Integer codes (S2) go to the model's device as they are and are decoded and normalised
-        # there (adapter.prepare_encoded: equal to the numpy reference); float32 stores (S1, whose
-        # log1p differs from numpy's by an ulp on the device, and stores of earlier versions) and
-        # adapters without it are prepared on the host.
+        # Integer codes (S2) go to a GPU as they are and are decoded and normalised there
+        # (adapter.prepare_encoded: equal to the numpy reference), so the host only reads and copies.
+        # On a CPU device that work is the host's anyway, and numpy does it 3-10x faster than torch's
+        # CPU kernels (benchmarks/bench_embed_loop.py): decoded and prepared on the host, as are float32
+        # stores (S1, whose log1p differs from numpy's by an ulp on the device; earlier stores) and
+        # adapters without prepare_encoded.
         self.encoding = work.patches.encoding("data")
-        self.on_device = bool(getattr(adapter, "prepares_on_device", False)) and not self.encoding.is_identity
+        device = getattr(getattr(adapter, "device", None), "type", "cpu")
+        self.on_device = (bool(getattr(adapter, "prepares_on_device", False)) and not self.encoding.is_identity
+                          and device != "cpu")
+        self.output = next(k for k, v in OUTPUTS.items() if v == work.outputs)
+        self.out_dtypes = {"grid": work.grid_dtype}  # cast on the model's device (adapters.run)
         self.stats = PipelineRun()
         self.t_loop = time.perf_counter()
 
@@ -275,19 +304,20 @@ class EmbedPipeline:
                     reads.append(reader.submit(self.read, batches[i + depth][0]))
                 results = self.embed(batch, missing_mask, raw, prepared)
                 del raw, prepared
-                for b, pooled, grid, meta in results:
-                    stats.embed_meta = meta
+                for b, out in results:
+                    stats.embed_meta = out.meta
                     keep = np.isin(b, batch[missing_mask])  # tiles already done are not rewritten
                     if not keep.any():
                         continue
-                    pooled, grid = np.asarray(pooled)[keep], np.asarray(grid)[keep]
-                    stats.nonfinite += int((~np.isfinite(pooled)).sum() + (~np.isfinite(grid)).sum())
+                    # a whole batch (the usual case) is written without a copy
+                    arrays = {k: getattr(out, k) if keep.all() else getattr(out, k)[keep] for k in self.work.outputs}
+                    stats.nonfinite += int(np.asarray(out.nonfinite)[keep].sum())
                     # Back-pressure: at most `depth` batches wait to be written.
                     t_wait = time.perf_counter()
                     while len(writes) >= depth:
                         stats.timings["write_s"] += writes.pop(0).result()
                     stats.wait_write_s += time.perf_counter() - t_wait
-                    writes.append(writer.submit(self.write, b[keep], pooled, grid))
+                    writes.append(writer.submit(self.write, b[keep], arrays))
                     stats.tiles_done += int(keep.sum())
                 if (i + 1) % self.progress_every == 0 or i + 1 == len(batches):
                     self.report(i)
@@ -300,7 +330,8 @@ class EmbedPipeline:
     def read(self, batch: np.ndarray) -> tuple[np.ndarray, Any, float, float]:
         """Read a batch and preprocess it (background thread): ``(what was read: the stored codes
         of every band on the device path, else the adapter's bands in float32; prepared or the
-        ValueError that preprocessing raised; read_s, prepare_s)``."""
+        ValueError that preprocessing raised; read_s (the store's codes), prepare_s (decoding,
+        band selection and preparation))``."""
         t0 = time.perf_counter()
         prepared: Any = None
         if self.on_device:
@@ -313,9 +344,12 @@ class EmbedPipeline:
             except ValueError as exc:  # a bad tile: the main loop retries tile by tile
                 prepared = exc
             return source, prepared, t1 - t0, time.perf_counter() - t1
-        data = self.work.patches.read("data", batch)[:, self.work.band_index]
-        source = np.ascontiguousarray(data, dtype=np.float32)
+        stored = self.work.patches.read_stored("data", batch)
         t1 = time.perf_counter()
+        index = self.work.band_index
+        if index != list(range(stored.shape[1])):  # the bands picked on the codes: fewer, smaller values
+            stored = stored[:, index]
+        source = np.ascontiguousarray(self.encoding.decode(stored), dtype=np.float32)
         if self.prepare is not None:
             try:
                 prepared = self.prepare(source, self.modality)
@@ -330,20 +364,20 @@ class EmbedPipeline:
         return self.encoding.decode(source[:, self.work.band_index])
 
     def embed(self, batch: np.ndarray, missing_mask: np.ndarray, raw: np.ndarray, prepared: Any
-              ) -> list[tuple[np.ndarray, Any, Any, dict[str, Any]]]:
-        """The model on one batch: ``[(tile indices, pooled, grid, meta)]``; one bad tile must not
-        sink its batch, so a ValueError retries the batch tile by tile to name the culprit."""
+              ) -> list[tuple[np.ndarray, Any]]:
+        """The model on one batch: ``[(tile indices, EmbeddingOutput)]`` (the store's outputs, the
+        grid in its stored type); one bad tile must not sink its batch, so a ValueError retries the
+        batch tile by tile to name the culprit."""
         t0 = time.perf_counter()
         try:
-            out = self._forward(raw, prepared)
-            results = [(batch, out.pooled, out.grid, out.meta)]
+            results = [(batch, self._forward(raw, prepared))]
         except ValueError:
             results = []
             raw = self.values(raw)
             for j, index in enumerate(batch):
                 try:
-                    single = self.adapter.embed(raw[j : j + 1], modality=self.modality, output="both")
-                    results.append((batch[j : j + 1], single.pooled, single.grid, single.meta))
+                    results.append((batch[j : j + 1], self.adapter.embed(raw[j : j + 1], self.modality,
+                                                                         self.output, self.out_dtypes)))
                 except ValueError as exc:
                     if missing_mask[j]:
                         self.stats.failures[int(index)] = f"{type(exc).__name__}: {exc}"
@@ -352,16 +386,15 @@ class EmbedPipeline:
 
     def _forward(self, raw: np.ndarray, prepared: Any) -> Any:
         if prepared is None:  # an adapter without the two-step API
-            return self.adapter.embed(raw, modality=self.modality, output="both")
+            return self.adapter.embed(raw, self.modality, self.output, self.out_dtypes)
         if isinstance(prepared, ValueError):
             raise prepared
-        return self.adapter.run(prepared, "both")
+        return self.adapter.run(prepared, self.output, self.out_dtypes)
 
-    def write(self, batch: np.ndarray, pooled: np.ndarray, grid: np.ndarray) -> float:
+    def write(self, batch: np.ndarray, arrays: dict[str, np.ndarray]) -> float:
         """One call per array for the batch: arrays, then provenance, then (last) the statuses."""
         t0 = time.perf_counter()
-        self.work.embeddings.write_tiles([int(i) for i in batch], ["ok"] * len(batch), [{}] * len(batch),
-                                         pooled=pooled, grid=grid)
+        self.work.embeddings.write_tiles([int(i) for i in batch], ["ok"] * len(batch), [{}] * len(batch), **arrays)
         return time.perf_counter() - t0
 
     def report(self, i: int) -> None:
@@ -460,7 +493,8 @@ def main() -> None:
                 "from the pretrained model"
             )
         batch_size = int(settings.get("batch_size") or options.get("batch_size") or 8)
-        io_threads = knobs.io_threads()  # RS_EMBED_IO_THREADS, passed by the launcher
+        # the model resource's io_threads (the request); RS_EMBED_IO_THREADS when it gives none
+        io_threads = request.io_threads if request.io_threads is not None else knobs.io_threads()
 
         def progress_to(key: str) -> Callable[[dict[str, Any]], None]:
             def progress(p: dict[str, Any]) -> None:
@@ -478,7 +512,7 @@ def main() -> None:
                     force=request.force,
                     storage_options=dict(request.storage_options) if request.storage_options else None,
                     log_fn=pipes.log.info, progress_fn=progress_to(part.key), progress_every=request.progress_every,
-                    io_threads=io_threads,
+                    io_threads=io_threads, outputs=request.outputs, grid_dtype=request.grid_dtype,
                 )
             except StoreError as exc:
                 # A store that is not ours or was built with other settings: a clear message

@@ -20,6 +20,15 @@ from typing import Any
 from collections.abc import Iterable, Mapping
 
 PROGRESS_EVERY = 10  # batches between progress reports (the request's default)
+#: What an embedding store holds (the model resources' ``outputs``): the arrays of each choice.
+OUTPUTS: dict[str, tuple[str, ...]] = {"pooled": ("pooled",), "grid": ("grid",), "both": ("pooled", "grid")}
+
+
+def check_outputs(value: Any) -> str:
+    """``value`` if it is one of :data:`OUTPUTS`' keys, else a ValueError naming it and the choices."""
+    if value not in OUTPUTS:
+        raise ValueError(f"outputs {value!r} is not one of {', '.join(OUTPUTS)}")
+    return str(value)
 
 # Message kinds: the one key that tells a custom message's kind.
 _PROGRESS = "progress"
@@ -50,6 +59,9 @@ class EmbedRequest:
     force: bool = False              # redo every tile although the settings match
     storage_options: Mapping[str, Any] | None = None
     progress_every: int = PROGRESS_EVERY
+    outputs: str = "both"            # pooled | grid | both: the embedding store's arrays
+    grid_dtype: str = "float32"      # float32 | float16 | bfloat16: the grid's stored type
+    io_threads: int | None = None    # the worker's read and write threads; None: RS_EMBED_IO_THREADS
 
     def to_extras(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -74,6 +86,9 @@ class EmbedRequest:
             "rebuild": bool(extras.get("rebuild")),
             "force": bool(extras.get("force")),
             "progress_every": int(extras.get("progress_every") or PROGRESS_EVERY),
+            "outputs": str(extras.get("outputs") or "both"),
+            "grid_dtype": str(extras.get("grid_dtype") or "float32"),
+            "io_threads": None if extras.get("io_threads") is None else int(extras["io_threads"]),
         })
 
 

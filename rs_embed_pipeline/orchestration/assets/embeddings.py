@@ -227,6 +227,16 @@ class CubeWindow:
         }
 
 
+def check_cube_outputs(emb: TileStore) -> None:
+    """The cube mosaics the grid and holds the pooled vectors: an embedding store written with
+    ``outputs`` pooled or grid only fails the cube (and so the products) naming the field."""
+    held = emb.settings.get("outputs", "both")
+    if held != "both":
+        raise dg.Failure(f"{emb.uri} holds outputs={held!r} (the model resource's `outputs`); the cube and the "
+                         "products need 'both' (choices: pooled, grid, both). Set outputs: both and re-materialize "
+                         "the embeddings with rebuild; nothing was written.", allow_retries=False)
+
+
 def _cube_window(spec: EmbeddingSpec, store: PipelineStore, part: RegionWindow, window_keys: list[str],
                  time_axis: list[str], config: CubeConfig) -> CubeWindow:
     """Write one partition's embeddings into its region's cube; check and preview what was written."""
@@ -236,6 +246,7 @@ def _cube_window(spec: EmbeddingSpec, store: PipelineStore, part: RegionWindow, 
         emb = TileStore.open(job.embeddings_uri, "embeddings", storage_options=options)
     except StoreError as exc:
         raise dg.Failure(str(exc), allow_retries=False) from exc
+    check_cube_outputs(emb)
     tiles = model_tiles(spec, store, part)
     ok = emb.indices_with_status("ok")
     pooled = dict(zip([emb.tile_ids[i] for i in ok], emb.read("pooled", ok)))

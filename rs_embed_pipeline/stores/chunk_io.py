@@ -1,0 +1,115 @@
+"""Whole-chunk writes of one-tile-per-chunk arrays to a local store, without zarr's per-chunk async
+machinery: the embed worker's writes cost a quarter of their CPU (#21 point 5).
+
+zarr-python 3 writes each chunk through its event loop: a fill-value chunk allocated and merged
+with the values, the codecs and the file write each on a thread hop. For the tile stores' arrays,
+where a write replaces whole chunks of one tile each, that machinery cost about 0.75 ms of CPU per
+chunk on the project's 2-core machine (four chunks per embedded tile: pooled, grid, tile_meta,
+status), more than compressing the grid (``benchmarks/bench_embed_loop.py``). :func:`write_whole_chunks`
+encodes each chunk with the array's own codecs (their synchronous form, the one zarr calls on its
+threads) on the calling thread and hands the call's chunks to the store in one trip to zarr's
+event loop: ``LocalStore.set``, a temporary ``*.partial`` file renamed into place, so a killed
+writer leaves the old chunk or the new one (``stores/tile_store.py``). The bytes are zarr's (tested). Anything else (object stores, sharded or irregular arrays, a zarr whose
+internals differ) returns False and the caller writes through zarr as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.codec_pipeline import BatchedCodecPipeline
+from zarr.core.sync import sync
+from zarr.storage import LocalStore
+
+
+#: False: every read and write goes through zarr (benchmarks/bench_embed_loop.py measures today's path so).
+ENABLED = True
+
+
+def _plan(array: zarr.Array) -> tuple[Any, LocalStore, str] | None:
+    """The array's (codec pipeline, store, key prefix) when whole-chunk writes apply, else None. The
+    pipeline is typed Any: ``_encode_sync`` / ``_decode_sync`` belong to the concrete codecs (checked here)."""
+    if not ENABLED:
+        return None
+    try:
+        a = array._async_array
+        pipe, meta, store = a.codec_pipeline, a.metadata, a.store_path.store
+        if (not isinstance(store, LocalStore) or not isinstance(pipe, BatchedCodecPipeline) or meta.zarr_format != 3
+                or pipe.supports_partial_encode
+                or tuple(meta.chunk_grid.chunk_shape) != (1, *array.shape[1:])):
+            return None
+        codecs = (*pipe.array_array_codecs, pipe.array_bytes_codec, *pipe.bytes_bytes_codecs)
+        if not all(hasattr(c, "_encode_sync") and hasattr(c, "_decode_sync") for c in codecs):
+            return None
+        return pipe, store, a.store_path.path
+    except AttributeError:  # another zarr's internals: zarr's own path
+        return None
+
+
+def write_whole_chunks(array: zarr.Array, indices: Sequence[int], values: np.ndarray) -> bool:
+    """Write ``values[j]`` as the whole chunk of tile ``indices[j]`` of a local one-tile-per-chunk
+    array; False (nothing written) when that does not apply: then write through zarr."""
+    plan = _plan(array)
+    if plan is None:
+        return False
+    pipe, store, prefix = plan
+    a = array._async_array
+    meta, proto = a.metadata, default_buffer_prototype()
+    values = np.asarray(values, dtype=array.dtype)
+    encoded: list[tuple[str, Any]] = []
+    for j, index in enumerate(indices):
+        coords = (int(index),) + (0,) * (array.ndim - 1)
+        spec = meta.get_chunk_spec(coords, a.config, proto)
+        chunk: Any = proto.nd_buffer.from_numpy_array(np.ascontiguousarray(values[j : j + 1]))
+        for codec in pipe.array_array_codecs:
+            chunk, spec = codec._encode_sync(chunk, spec), codec.resolve_metadata(spec)
+        data = pipe.array_bytes_codec._encode_sync(chunk, spec)
+        for codec in pipe.bytes_bytes_codecs:
+            data = codec._encode_sync(data, spec)
+        encoded.append((meta.encode_chunk_key(coords), data))
+    # The store's own atomic writes (a temporary file renamed into place), all of the call's chunks in
+    # one trip to zarr's event loop; they have all returned when this does (status-last ordering).
+    sync(_set_all(store, prefix, encoded))
+    return True
+
+
+def read_whole_chunks(array: zarr.Array, indices: Sequence[int]) -> np.ndarray | None:
+    """Tiles ``indices`` of a local one-tile-per-chunk array, ``[len(indices), *tile shape]``: each
+    chunk file read and decoded by the array's codecs on the calling thread (a missing chunk: the
+    fill value, as zarr reads it); None when that does not apply: then read through zarr."""
+    plan = _plan(array)
+    if plan is None or array.dtype.kind not in "biuf":  # numbers only: strings stay zarr's
+        return None
+    pipe, store, prefix = plan
+    a = array._async_array
+    meta, proto = a.metadata, default_buffer_prototype()
+    out = np.empty((len(indices), *array.shape[1:]), dtype=array.dtype)
+    root = store.root / prefix if prefix else store.root
+    for j, index in enumerate(indices):
+        coords = (int(index),) + (0,) * (array.ndim - 1)
+        spec = meta.get_chunk_spec(coords, a.config, proto)
+        try:
+            raw = (root / meta.encode_chunk_key(coords)).read_bytes()
+        except FileNotFoundError:
+            out[j] = meta.fill_value
+            continue
+        specs = [spec]
+        for codec in pipe.array_array_codecs:
+            specs.append(codec.resolve_metadata(specs[-1]))
+        data: Any = proto.buffer.from_bytes(raw)
+        for codec in reversed(pipe.bytes_bytes_codecs):
+            data = codec._decode_sync(data, specs[-1])
+        chunk = pipe.array_bytes_codec._decode_sync(data, specs[-1])
+        for codec, s in zip(reversed(pipe.array_array_codecs), reversed(specs[:-1]), strict=True):
+            chunk = codec._decode_sync(chunk, s)
+        out[j] = chunk.as_numpy_array()[0]
+    return out
+
+
+async def _set_all(store: LocalStore, prefix: str, encoded: list[tuple[str, Any]]) -> None:
+    await asyncio.gather(*(store.set(f"{prefix}/{key}" if prefix else key, data) for key, data in encoded))

@@ -1,0 +1,99 @@
+"""Whole-chunk writes without zarr's per-chunk machinery (stores/chunk_io.py): the same chunk bytes
+as zarr's own write for every kind of tile-store array, atomic renames, and zarr's path elsewhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from rs_embed_pipeline.stores import ArraySpec, TileStore
+from rs_embed_pipeline.stores.chunk_io import write_whole_chunks
+from rs_embed_pipeline.stores.patch_encoding import S2_DN_HALF_UINT16
+
+RNG = np.random.default_rng(0)
+ARRAYS = {  # name: (spec, values of tiles 1, 2, 4)
+    "grid32": (ArraySpec("grid32", (8, 2, 2), ("f", "y", "x"), fill_value=np.nan),
+               RNG.normal(size=(3, 8, 2, 2)).astype(np.float32)),
+    "grid16": (ArraySpec("grid16", (8, 2, 2), ("f", "y", "x"), fill_value=np.nan, stored_type="float16"),
+               RNG.normal(size=(3, 8, 2, 2)).astype(np.float16)),
+    "gridbf": (ArraySpec("gridbf", (8, 2, 2), ("f", "y", "x"), fill_value=np.nan, stored_type="bfloat16"),
+               RNG.integers(0, 2 ** 16, size=(3, 8, 2, 2)).astype(np.uint16)),
+    "data": (ArraySpec("data", (2, 4, 4), ("b", "y", "x"), encoding=S2_DN_HALF_UINT16),
+             RNG.integers(0, 20000, size=(3, 2, 4, 4)).astype(np.uint16)),
+    "valid": (ArraySpec("valid", (4, 4), ("y", "x"), dtype="bool", fill_value=False), RNG.random((3, 4, 4)) > 0.5),
+}
+
+
+def _store(uri: str) -> TileStore:
+    return TileStore.create_or_open(uri, "embeddings", tile_ids=list("abcdef"), arrays=[s for s, _ in ARRAYS.values()],
+                                    fingerprint="f", attrs={})
+
+
+def _chunk_files(uri: str) -> dict[str, bytes]:
+    root = Path(uri)
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != "zarr.json" and not str(p.relative_to(root)).startswith("tile_id")}
+
+
+def test_chunks_are_zarrs_bytes_for_every_kind_of_array(tmp_path):
+    ours, theirs = _store(str(tmp_path / "ours.zarr")), _store(str(tmp_path / "theirs.zarr"))
+    idx = [1, 2, 4]
+    values = {**{k: v for k, (_, v) in ARRAYS.items()},
+              "status": np.array([1, 2, 1], np.int8), "tile_meta": np.array(['{"reason": "x"}', "{}", "{}"], dtype=str)}
+    for name, v in values.items():
+        assert write_whole_chunks(ours.group[name], idx, v)
+        theirs.group[name].set_orthogonal_selection((np.array(idx),), v)  # zarr's own write
+    assert _chunk_files(str(tmp_path / "ours.zarr")) == _chunk_files(str(tmp_path / "theirs.zarr"))
+    assert len(_chunk_files(str(tmp_path / "ours.zarr"))) == 3 * len(values)
+    reopened = TileStore.open(str(tmp_path / "ours.zarr"), "embeddings")
+    np.testing.assert_array_equal(reopened.read_stored("data", idx), values["data"])
+    assert reopened.tile_meta(1) == {"reason": "x"}
+    assert not list(Path(tmp_path / "ours.zarr").rglob("*.partial"))  # renamed into place
+
+
+def test_write_tiles_uses_it_and_reads_back(tmp_path):
+    store = _store(str(tmp_path / "s.zarr"))
+    store.write_tiles([5, 0], ["ok", "failed"], [{}, {"reason": "r"}], grid32=ARRAYS["grid32"][1][:2])
+    np.testing.assert_array_equal(store.read("grid32", [0, 5]), ARRAYS["grid32"][1][[1, 0]])
+    assert store.status_counts() == {"pending": 4, "ok": 1, "no_data": 0, "failed": 1}
+    assert store.tile_meta(0) == {"reason": "r"}
+
+
+def test_other_stores_and_chunkings_fall_back_to_zarr(tmp_path):
+    memory = zarr.create_array(zarr.storage.MemoryStore(), shape=(3, 4), chunks=(1, 4), dtype="float32")
+    assert not write_whole_chunks(memory, [0], np.ones((1, 4), np.float32))
+    assert (memory[0] == 0).all()  # nothing written (fill value 0)
+    two_tiles = zarr.create_array(str(tmp_path / "two.zarr"), shape=(4, 4), chunks=(2, 4), dtype="float32",
+                                  compressors=[BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")])
+    assert not write_whole_chunks(two_tiles, [0], np.ones((1, 4), np.float32))
+    assert not [p for p in Path(tmp_path / "two.zarr").rglob("*") if p.is_file() and p.name != "zarr.json"]
+
+
+def test_reads_equal_zarrs_for_every_kind_of_array(tmp_path):
+    from rs_embed_pipeline.stores.chunk_io import read_whole_chunks
+
+    store = _store(str(tmp_path / "s.zarr"))
+    for name, (_, v) in ARRAYS.items():
+        store.group[name].set_orthogonal_selection((np.array([1, 2, 4]),), v)
+    for name in ARRAYS:
+        array = store.group[name]
+        for idx in ([1, 2, 4], [4, 0, 1], [3]):  # tiles 0 and 3 never written: the fill value
+            ours = read_whole_chunks(array, idx)
+            assert ours is not None and ours.dtype == array.dtype
+            np.testing.assert_array_equal(ours, np.asarray(array.get_orthogonal_selection((np.array(idx),))))
+    assert read_whole_chunks(store.group["tile_meta"], [0]) is None  # strings: zarr's own read
+
+
+def test_switched_off_everything_goes_through_zarr(tmp_path, monkeypatch):
+    from rs_embed_pipeline.stores import chunk_io
+    from rs_embed_pipeline.stores.chunk_io import read_whole_chunks
+
+    store = _store(str(tmp_path / "s.zarr"))
+    monkeypatch.setattr(chunk_io, "ENABLED", False)
+    assert not write_whole_chunks(store.group["grid32"], [0], ARRAYS["grid32"][1][:1])
+    assert read_whole_chunks(store.group["grid32"], [0]) is None
+    store.write_tiles([0], ["ok"], [{}], grid32=ARRAYS["grid32"][1][:1])  # zarr's own write
+    np.testing.assert_array_equal(store.read("grid32", [0]), ARRAYS["grid32"][1][:1])
