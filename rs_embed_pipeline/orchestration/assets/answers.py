@@ -269,6 +269,9 @@ def _change_partition(spec: EmbeddingSpec, store: PipelineStore, part: RegionWin
 
     uri = C.change_uri(store.layout.root, spec.store_model_id, spec.modality, part.region, part.window)
     result = None
+    if not len(model_tiles(spec, store, part)):  # a split region's cell with other models' tile sizes only
+        why = "no tile of this model's size in the partition"
+        return _no_change_metadata(baseline, why, uri), ChangeFinding(part.key, None, why)
     if baseline is not None and baseline != part.window:
         try:
             result = C.change_between(cube_uri(spec, store, part.region), part.window, baseline, config.kind,

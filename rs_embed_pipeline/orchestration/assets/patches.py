@@ -118,7 +118,10 @@ def build_patches_asset(
         for part in region_windows(partitions_def, context.partition_keys):
             grid = read_tile_grid(store, part.region, part.window)
             tiles = grid[grid["size_px"].isin(sizes)].reset_index(drop=True)
-            stores = {size: _open_store(store, config, part, modality, tiles[tiles["size_px"] == size],
+            # A split region's cell may hold centres of one tile size only: its other stores are
+            # empty, at the grid's scale (one scale per plan today).
+            scale_m = float(grid["scale_m"].iloc[0]) if len(grid) else 10.0
+            stores = {size: _open_store(store, config, part, modality, size, scale_m, tiles[tiles["size_px"] == size],
                                         provider_settings, recorded_options) for size in sizes}
             # One fetch for every tile size: block-reading providers read each scene pixel once.
             result = fetch_into_stores(
@@ -150,18 +153,19 @@ def build_patches_asset(
     return patches
 
 
-def _open_store(store: PipelineStore, config: PatchesConfig, part: RegionWindow, modality: str,
-                tiles: pd.DataFrame, provider_settings: dict[str, Any], sensor_options: dict[str, Any]) -> TileStore:
-    """The partition's patch store of one tile size (``tiles``: its tile_grid rows), created or
-    reopened under the fingerprint of what shapes its pixels; a store built with other settings
-    fails the step (no retry) unless ``rebuild``."""
+def _open_store(store: PipelineStore, config: PatchesConfig, part: RegionWindow, modality: str, size: int,
+                scale_m: float, tiles: pd.DataFrame, provider_settings: dict[str, Any], sensor_options: dict[str, Any]) -> TileStore:
+    """The partition's patch store of one tile size (``tiles``: its tile_grid rows, none in a split
+    region's cell that holds tile centres of other sizes only), created or reopened under the
+    fingerprint of what shapes its pixels; a store built with other settings fails the step (no
+    retry) unless ``rebuild``."""
     tiles = tiles.reset_index(drop=True)
     bands = MODALITY_BANDS[modality]
-    size = int(tiles["size_px"].iloc[0])
     # S2 DN as uint16 codes, S1 (and S2 with a fill value the codes cannot hold) float32.
     encoding = encoding_for(modality, float(sensor_options.get("fill_value", 0.0)))
     settings = {
-        "modality": modality, "bands": list(bands), "size_px": size, "scale_m": float(tiles["scale_m"].iloc[0]),
+        "modality": modality, "bands": list(bands), "size_px": size,
+        "scale_m": float(tiles["scale_m"].iloc[0]) if len(tiles) else scale_m,
         "data_encoding": encoding.name,
         "region": part.region, "window": part.window, "start": part.start, "end": part.end,
         "tiles_sha256": tiles_sha256(tiles),

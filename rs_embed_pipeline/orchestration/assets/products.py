@@ -40,6 +40,9 @@ STAC_RUNTIME_PARAMETERS = ("normalization", "group_merge", "image_size", "patch_
 # listed after writing it are the ones it was built from (the last writer lists them all).
 COLLECTION_ATTEMPTS = 5
 
+# The metadata of a partition without a tile of the model's size: nothing to write.
+NO_TILES = "no tile of this model's size in the partition: nothing written"
+
 
 def _descriptions(title: str) -> dict[str, str]:
     return {
@@ -71,8 +74,13 @@ def build_product_assets(spec: EmbeddingSpec, partitions_def: dg.MultiPartitions
         """``write`` every partition of the run; its metadata on that partition, its results returned."""
         per_partition, results = {}, []
         for part in region_windows(partitions_def, context.partition_keys):
+            facts = partition_facts(spec, store, part)
+            if not len(facts.tiles):  # a split region's cell may hold tiles of other models' sizes only
+                per_partition[part.key] = {"tiles": 0, "skipped": NO_TILES}
+                context.log.info(f"{context.asset_key.to_user_string()} {part.key}: {NO_TILES}")
+                continue
             try:
-                md, result = write(partition_facts(spec, store, part))
+                md, result = write(facts)
             except CubeReadError as exc:  # the cube window is missing: re-running cannot help
                 raise dg.Failure(str(exc), allow_retries=False) from exc
             per_partition[part.key] = md
@@ -106,6 +114,8 @@ def build_product_assets(spec: EmbeddingSpec, partitions_def: dg.MultiPartitions
                 description=about["stac"], **common)
     def stac_catalog_asset(context: dg.AssetExecutionContext, store: PipelineStore) -> dg.MaterializeResult:
         written: list[StacItemFacts] = each_partition(context, store, write_stac_item)
+        if not written:
+            return dg.MaterializeResult(metadata={"items_total": 0, "skipped": NO_TILES})
         items, paths = write_stac_collection(spec, written, store.storage_options)
         vrts = write_region_vrts(spec, store, region_windows(partitions_def, context.partition_keys))
         return dg.MaterializeResult(metadata={
