@@ -23,6 +23,9 @@ Steady state is the rate between the 10th and the 90th percentile tile (ramp-up 
 process (default ``ee:block,rest:partition``: the earlier path -- ee.data.computePixels, one scene
 query per block -- then the current one), so old and new are measured in one run; the stand-in's
 own CPU seconds per tile are printed too (on 2 cores it shares the machine with the client).
+A case ``transport:scene_query@REV`` runs the provider of git revision ``REV`` (this repository's
+``git archive`` in a temporary directory, in its own process) against the same stand-in, e.g.
+``--cases rest:partition@14dee88,rest:partition``: an earlier client and today's in one run.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -113,6 +117,21 @@ def run_case(args: argparse.Namespace, url: str, server_pid: int, transport: str
           f"rate-limit wait {st['rate_limit_wait_s']:.2f} s", flush=True)
 
 
+def run_case_at(rev: str, args: argparse.Namespace, url: str, server_pid: int, transport: str,
+                scene_query: str) -> None:
+    """:func:`run_case` of the benchmark and provider of git revision ``rev``, in a subprocess
+    (its own imports, its own CPU figure) against this run's stand-in."""
+    with tempfile.TemporaryDirectory(prefix="bench-gee-") as tree:
+        archive = subprocess.run(["git", "-C", ROOT, "archive", rev], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
+        code = (f"import argparse, sys; sys.path.insert(0, {tree!r} + '/benchmarks'); import bench_gee as b; "
+                "b.ee_standin.patch_ee_offline(); "
+                f"b.run_case(argparse.Namespace(**{vars(args)!r}), {url!r}, {server_pid}, {transport!r}, {scene_query!r})"
+                )
+        print(f"[revision {rev}]", flush=True)
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=tree)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tiles", type=int, default=1000, help="tiles (a block 40 tiles wide)")
@@ -127,7 +146,8 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=100.0, help="max_requests_per_second")
     p.add_argument("--cases", default="ee:block,rest:partition",
                    help="comma-separated pixel_transport:scene_query cases, run one after the other "
-                        "against the same stand-in (default: the earlier path, then the current one)")
+                        "against the same stand-in (default: the earlier path, then the current one); "
+                        "transport:scene_query@REV: the provider of git revision REV")
     args = p.parse_args()
 
     server = subprocess.Popen(
@@ -143,8 +163,12 @@ def main() -> None:
         url = line.split(" ", 1)[1]
         ee_standin.patch_ee_offline()
         for case in args.cases.split(","):
+            case, _, rev = case.partition("@")
             transport, scene_query = case.split(":")
-            run_case(args, url, server.pid, transport, scene_query)
+            if rev:
+                run_case_at(rev, args, url, server.pid, transport, scene_query)
+            else:
+                run_case(args, url, server.pid, transport, scene_query)
     finally:
         if server.stdin:
             server.stdin.close()

@@ -41,14 +41,25 @@ What it does, per ``fetch_patches`` call
    fails for good is yielded ``failed`` with ``meta["reason"]``; the other tiles go on.
 
 Memory: a pixel request holds its NPY answer (up to 48 MiB) until its tiles are cut out (one
-float32 copy per tile); with ``max_concurrent_requests`` requests in flight plus as many finished
-blocks waiting for the consumer, peak memory is roughly ``2 x max_concurrent_requests x 48 MiB``
-(about 4 GB at the defaults). Lower ``max_tiles_per_request`` or the concurrency on small machines.
+float32 copy per tile); at most ``2 x max_concurrent_requests`` blocks are open at once (being
+fetched, or fetched and waiting for the consumer), so peak memory is roughly
+``2 x max_concurrent_requests x 48 MiB`` (about 4 GB at the defaults). Lower
+``max_tiles_per_request`` or the concurrency on small machines.
 
-Throughput limits are per provider instance and shared by every tile and every concurrent
-``fetch_patches`` call of it: at most ``max_concurrent_requests`` requests in flight (a
-semaphore; the thread pool has the same size) and a token bucket of ``max_requests_per_second``
-(burst ``rate_burst``, default a tenth of a second's worth). ``stats()`` returns the counters.
+Every slot busy (``scheduler.py``): a fetch is a work queue of requests, each task making at
+most one; the halves of a split are two tasks (two slots at once), a retry waits on a timer
+(no thread, no slot) and takes a slot like any request, and a slot is held around the HTTP call
+only (decoding and cutting an answer do not hold one); twice as many worker threads as slots.
+The slots stay full until the last block unless ``max_concurrent_requests`` blocks' patches wait
+for a slow consumer (then new requests wait: the memory bound above).
+
+Throughput limits are the process's, per endpoint + project (``limits.py``): every provider of
+one process fetching for the same project at the same endpoint, and every concurrent
+``fetch_patches`` call of each, share at most ``max_concurrent_requests`` requests in flight
+(slots granted first come, first served) and a token bucket of ``max_requests_per_second``
+(burst ``rate_burst``, default a tenth of a second's worth); the strictest settings of the
+providers alive apply. Several processes share the project's quota through the Dagster pool
+``earth_engine`` (README). ``stats()`` returns the counters.
 
 Collections and filters
 -----------------------

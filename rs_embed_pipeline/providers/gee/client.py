@@ -105,6 +105,15 @@ class TokenBucket:
         self._tokens = self.burst
         self._last = clock()
 
+    def configure(self, rate: float, burst: float) -> None:
+        """New rate and capacity (the shared limiter lowers them to its strictest provider's)."""
+        if not rate > 0 or burst < 1:
+            raise ValueError(f"rate must be > 0 and burst >= 1, got {rate!r}, {burst!r}")
+        with self._lock:
+            self.rate = float(rate)
+            self.burst = float(burst)
+            self._tokens = min(self._tokens, self.burst)
+
     def acquire(self) -> float:
         with self._lock:
             now = self._clock()

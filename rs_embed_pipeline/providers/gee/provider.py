@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import dataclasses
 import datetime as dt
 import functools
@@ -53,7 +52,9 @@ from .expressions import (
     _parse_sensor,
     _Sensor,
 )
+from .limits import RequestLimiter, shared_limiter
 from .request_blocks import EE_MAX_GRID_PX, EE_MAX_REQUEST_BYTES, PixelBox, RequestBlock, pack_requests, request_bytes
+from .scheduler import Context, RequestScheduler, Task
 from . import scenes  # scenes.MAX_ROWS_PER_CHUNK read at call time (tests lower it)
 from .scenes import Chunk, FootprintError, chunk_tiles, scene_lists
 
@@ -183,8 +184,11 @@ class GEEProvider:
         self._clock = clock
         self._sleep = sleep
         self._uniform = (rng or random).uniform
-        self._bucket = TokenBucket(self.max_requests_per_second, rate_burst, clock=clock, sleep=sleep)
-        self._slots = threading.BoundedSemaphore(self.max_concurrent_requests)
+        # the burst checked and defaulted as the token bucket does (a tenth of a second's worth)
+        self.rate_burst = TokenBucket(self.max_requests_per_second, rate_burst, clock=clock).burst
+        # slots and tokens: the process's, shared by every provider of this endpoint + project
+        # (limits.py), joined on the first request (the project may come from the credentials)
+        self._limiter: RequestLimiter | None = None
         self._stats = FetchStats()
         self._init_lock = threading.Lock()
         self._credentials: Any = None
@@ -230,7 +234,7 @@ class GEEProvider:
             "auth": self._auth_kind or self._configured_auth_kind(),
             "max_concurrent_requests": self.max_concurrent_requests,
             "max_requests_per_second": self.max_requests_per_second,
-            "rate_burst": self._bucket.burst,
+            "rate_burst": self.rate_burst,
             "max_retries": self.max_retries,
             "backoff_base_s": self.backoff_base_s,
             "backoff_max_s": self.backoff_max_s,
@@ -249,10 +253,15 @@ class GEEProvider:
         answers); ``retries`` the retried attempts (``throttled``: 429 answers, ``server_errors``:
         5xx); ``too_large`` the "too large / memory / timed out" answers and ``splits`` the
         requests split because of them or of their packed size; ``failures`` the requests given
-        up; ``tiles_*`` the yielded patches by status.
+        up; ``tiles_*`` the yielded patches by status; ``shared_limits`` the limits in force for
+        this endpoint + project in the process (every provider's requests together: ``limits.py``).
         """
         out = self._stats.snapshot()
         out["config"] = self.config()
+        if self._limiter is not None:  # the process's limits of this endpoint + project, in force
+            out["shared_limits"] = {"max_concurrent_requests": self._limiter.concurrency,
+                                    "max_requests_per_second": self._limiter.rate,
+                                    "max_in_flight": self._limiter.max_in_flight}
         return out
 
     def reset_stats(self) -> None:
@@ -411,64 +420,82 @@ class GEEProvider:
             delay = max(delay, min(retry_after, self.backoff_max_s))
         return delay
 
-    def _call(self, kind: str, fn: Callable[[], Any]) -> tuple[Any, int]:
-        """Run one API call under the concurrency and rate limits, retrying transient errors.
-
-        Returns (result, attempts). Raises SplitNeeded or RequestFailed.
-        """
-        attempt = 0
-        timeouts = 0
-        while True:
-            attempt += 1
-            with self._slots:
-                waited = self._bucket.acquire()
-                self._stats.enter(waited)
-                self._stats.add("requests")
-                self._stats.add(f"{kind}_requests")
-                try:
-                    return fn(), attempt
-                except Exception as exc:  # classified below, outside the slot
-                    error = exc
-                finally:
-                    self._stats.leave()
-            message = self._redact(f"{type(error).__name__}: {error}")
-            failure = classify_failure(error, message)
-            what = f"HTTP {failure.status}" if failure.status is not None else "no HTTP answer"
-            transient = False
-            if failure.kind in ("throttled", "busy"):  # busy: retry the same size
-                self._stats.add("throttled")
-                transient = True
-            elif failure.kind == "client_timeout":
-                # the same size timed out again on our side: smaller requests, not more retries
-                timeouts += 1
-                if timeouts >= TIMEOUTS_BEFORE_SPLIT:
-                    self._stats.add("too_large")
-                    raise SplitNeeded(f"client timeout {timeouts} times in a row: {message}")
-                transient = True
-            elif failure.kind == "too_large":
+    def _attempt(self, kind: str, fn: Callable[[], Any], tries: _Tries) -> Any:
+        """One try of one API call, under a slot and a token of the shared limiter (held around
+        the call only). Raises :class:`_Retry` (transient: try again after its delay),
+        SplitNeeded or RequestFailed; ``tries`` carries the attempts across retries."""
+        tries.attempt += 1
+        with self._limits().slot() as waited:
+            self._stats.enter(waited)
+            self._stats.add("requests")
+            self._stats.add(f"{kind}_requests")
+            try:
+                return fn()
+            except Exception as exc:  # classified below, outside the slot
+                error = exc
+            finally:
+                self._stats.leave()
+        attempt = tries.attempt
+        message = self._redact(f"{type(error).__name__}: {error}")
+        failure = classify_failure(error, message)
+        what = f"HTTP {failure.status}" if failure.status is not None else "no HTTP answer"
+        transient = False
+        if failure.kind in ("throttled", "busy"):  # busy: retry the same size
+            self._stats.add("throttled")
+            transient = True
+        elif failure.kind == "client_timeout":
+            # the same size timed out again on our side: smaller requests, not more retries
+            tries.timeouts += 1
+            if tries.timeouts >= TIMEOUTS_BEFORE_SPLIT:
                 self._stats.add("too_large")
-                raise SplitNeeded(f"{what}: {message}")
-            elif failure.kind == "server_error":
-                self._stats.add("server_errors")
-                transient = True
-            elif failure.kind == "network":
-                transient = True
-            if transient and attempt <= self.max_retries:
-                self._stats.add("retries")
-                delay = self._backoff(attempt, failure.retry_after)
-                log.debug("%s request: %s; retry %d/%d in %.3f s", kind, what, attempt,
-                          self.max_retries, delay)
-                if delay > 0:
-                    self._sleep(delay)
-                continue
-            self._stats.add("failures")
-            tries = f"after {attempt} attempt(s)" if transient else "(not retryable)"
-            raise RequestFailed(f"{kind} request failed {tries}: {what}: {message}")
+                raise SplitNeeded(f"client timeout {tries.timeouts} times in a row: {message}")
+            transient = True
+        elif failure.kind == "too_large":
+            self._stats.add("too_large")
+            raise SplitNeeded(f"{what}: {message}")
+        elif failure.kind == "server_error":
+            self._stats.add("server_errors")
+            transient = True
+        elif failure.kind == "network":
+            transient = True
+        if transient and attempt <= self.max_retries:
+            self._stats.add("retries")
+            delay = self._backoff(attempt, failure.retry_after)
+            log.debug("%s request: %s; retry %d/%d in %.3f s", kind, what, attempt,
+                      self.max_retries, delay)
+            raise _Retry(delay)
+        self._stats.add("failures")
+        tries_text = f"after {attempt} attempt(s)" if transient else "(not retryable)"
+        raise RequestFailed(f"{kind} request failed {tries_text}: {what}: {message}")
 
-    def _scene_ids(self, run: FetchRun, tiles: Sequence[Tile]) -> list[list[list[str]]]:
+    def _call(self, kind: str, fn: Callable[[], Any]) -> Any:
+        """:meth:`_attempt` until it succeeds, sleeping the backoffs in this thread (the scene
+        list, which everything else waits for). Raises SplitNeeded or RequestFailed."""
+        tries = _Tries()
+        while True:
+            try:
+                return self._attempt(kind, fn, tries)
+            except _Retry as retry:
+                if retry.delay > 0:
+                    self._sleep(retry.delay)
+
+    def _limits(self) -> RequestLimiter:
+        """The process-wide limiter of this endpoint + project (``limits.py``), joined once."""
+        limiter = self._limiter
+        if limiter is None:
+            with self._init_lock:
+                if self._limiter is None:
+                    self._limiter = shared_limiter(
+                        self, self.endpoint, str(self.project), self.max_concurrent_requests,
+                        self.max_requests_per_second, self.rate_burst, self._clock, self._sleep)
+                limiter = self._limiter
+        return limiter
+
+    def _scene_ids(self, run: FetchRun, tiles: Sequence[Tile], tries: _Tries) -> list[list[list[str]]]:
+        """One try of the per-block scene query (``scene_query="block"``); raises as :meth:`_attempt`."""
         ee = run.ee
         expr = run.scene_query(tiles)
-        result, _ = self._call("value", lambda: ee.data.computeValue(expr))
+        result = self._attempt("value", lambda: ee.data.computeValue(expr), tries)
         self._stats.add("value_bytes", len(json.dumps(result, default=str)))
         if not isinstance(result, list) or len(result) != len(tiles):
             raise RequestFailed(f"unexpected scene query answer ({type(result).__name__})")
@@ -487,8 +514,8 @@ class GEEProvider:
         while pending:
             group = pending.pop()
             try:
-                answer, _ = self._call("value", functools.partial(ee.data.computeValue,
-                                                                  run.scene_list_query(group)))
+                answer = self._call("value", functools.partial(ee.data.computeValue,
+                                                               run.scene_list_query(group)))
             except SplitNeeded as exc:
                 if len(group) > 1:
                     pending += [group[: len(group) // 2], group[len(group) // 2:]]
@@ -515,7 +542,8 @@ class GEEProvider:
                     return None
         return out
 
-    def _request_pixels(self, run: FetchRun, box: PixelBox, variant: str) -> np.ndarray:
+    def _pixels_call(self, run: FetchRun, box: PixelBox, variant: str) -> Callable[[], Any]:
+        """The computePixels call of one box, built once (its retries reuse it)."""
         ee = run.ee
         params: dict[str, Any] = {
             "expression": run.pixel_image(box, variant),
@@ -524,14 +552,16 @@ class GEEProvider:
         }
         if self.workload_tag:
             params["workloadTag"] = self.workload_tag
-        raw: Any
         if self.pixel_transport == "rest":
             # the same REST call, serialized once here, answered into one buffer (client.py)
             params["expression"] = ee.serializer.encode(params["expression"])
-            client = self._pixels_client()
-            raw, _ = self._call("pixel", functools.partial(client.compute_pixels, params))
-        else:
-            raw, _ = self._call("pixel", lambda: ee.data.computePixels(params))
+            return functools.partial(self._pixels_client().compute_pixels, params)
+        return lambda: ee.data.computePixels(params)
+
+    def _request_pixels(self, run: FetchRun, box: PixelBox, call: Callable[[], Any],
+                        tries: _Tries) -> np.ndarray:
+        """One try of a box's computePixels, decoded; raises as :meth:`_attempt`."""
+        raw = self._attempt("pixel", call, tries)
         if not isinstance(raw, (bytes, bytearray, memoryview)):
             raise RequestFailed(f"computePixels returned {type(raw).__name__}, expected NPY bytes")
         self._stats.add("bytes", len(raw))
@@ -553,118 +583,200 @@ class GEEProvider:
                                                  client_version=f"ee-py/{version} rs-embed-pipeline")
             return self._rest
 
-    def _box_pixels(self, run: FetchRun, box: PixelBox, variant: str, depth: int = 0,
-                    reason: str | None = None) -> tuple[np.ndarray, int]:
-        """Structured pixels of a box, split in halves while too large: (array, splits)."""
-        too_big = (request_bytes(box.pixels, run.sensor.band_bytes) > self.max_request_bytes
-                   or max(box.width, box.height) > EE_MAX_GRID_PX)
-        if not too_big and reason is None:
-            try:
-                return self._request_pixels(run, box, variant), 0
-            except SplitNeeded as exc:
-                reason = str(exc)
-        if depth >= _MAX_PIXEL_SPLIT_DEPTH or max(box.width, box.height) < 2:
-            raise RequestFailed(f"request still too large after {depth} split(s): "
-                                 f"{reason or 'over the size limit'}")
-        self._stats.add("splits")
-        a, b, axis = box.halves()
-        pa, sa = self._box_pixels(run, a, variant, depth + 1)
-        pb, sb = self._box_pixels(run, b, variant, depth + 1)
-        return np.concatenate([pa, pb], axis=axis), 1 + sa + sb
+    # ---- the tasks of one fetch (scheduler.py runs them; each makes at most one request) -------
 
-    # ---- blocks ---------------------------------------------------------------------------------
-
-    def _block_pixels(self, run: FetchRun, block: RequestBlock, variant: str) -> dict[str, Any]:
-        """tile_id -> (data, valid, info) or a failure reason (str)."""
-        n = len(block.cells)
-        too_big = request_bytes(block.box.pixels, run.sensor.band_bytes) > self.max_request_bytes
-        split_reason: str | None = None
-        if n > 1 and too_big:
-            split_reason = "over the size limit"
-        elif n > 1:
-            try:
-                pixels = self._request_pixels(run, block.box, variant)
-            except SplitNeeded as exc:
-                split_reason = str(exc)
-            except RequestFailed as exc:
-                return {t.tile_id: str(exc) for t in block.tiles}
-            else:
-                return self._cut(block, pixels, run.sensor.bands,
-                                 {"tiles_in_request": n, "pixel_splits": 0})
-        if split_reason is not None:
-            self._stats.add("splits")
-            a, b = block.split()
-            log.debug("splitting a %d-tile request: %s", n, split_reason)
-            return {**self._block_pixels(run, a, variant), **self._block_pixels(run, b, variant)}
+    def _guarded(self, fail: Callable[[str], None], n_tiles: int, body: Callable[[], None]) -> None:
+        """``body``; a RequestFailed fails its tiles with its text, anything else (a bug, an
+        unexpected answer) with the redacted error: these tiles, not the run."""
         try:
-            pixels, splits = self._box_pixels(run, block.box, variant)
-        except (RequestFailed, SplitNeeded) as exc:
-            return {block.tiles[0].tile_id: str(exc)}
-        return self._cut(block, pixels, run.sensor.bands, {"tiles_in_request": 1, "pixel_splits": splits})
+            body()
+        except RequestFailed as exc:
+            fail(str(exc))
+        except Exception as exc:
+            reason = self._redact(f"{type(exc).__name__}: {exc}")
+            log.warning("GEE request of %d tile(s) failed: %s", n_tiles, reason)
+            fail(reason)
 
-    @staticmethod
-    def _cut(block: RequestBlock, pixels: np.ndarray, bands: Sequence[str], info: dict) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+    def _failed(self, ctx: Context, run: FetchRun, tiles: Sequence[Tile],
+                info: Mapping[str, dict[str, Any]] | None = None) -> Callable[[str], None]:
+        """Emits ``tiles`` as failed with a reason (their scene lists when ``info`` has them)."""
+        return lambda reason: ctx.emit([self._patch(run, t, "failed", info[t.tile_id] if info else None,
+                                                    reason=reason) for t in tiles])
+
+    def _root_task(self, run: FetchRun, block: RequestBlock,
+                   listed: Mapping[str, list[list[str]]] | None) -> Task:
+        """A packed block: its tiles' scene lists (from the partition's list, or one scene query
+        of the block), then its pixel requests."""
+        if listed is None:
+            return self._scene_task(run, block, _Tries())
+
+        def task(ctx: Context) -> None:
+            self._guarded(self._failed(ctx, run, block.tiles), len(block.cells),
+                          lambda: self._plan_pixels(ctx, run, block, [listed[t.tile_id] for t in block.tiles]))
+        return task
+
+    def _scene_task(self, run: FetchRun, block: RequestBlock, tries: _Tries) -> Task:
+        def task(ctx: Context) -> None:
+            def body() -> None:
+                try:
+                    ids = self._scene_ids(run, block.tiles, tries)
+                except _Retry as retry:
+                    ctx.later(self._scene_task(run, block, tries), retry.delay)
+                    return
+                except SplitNeeded as exc:
+                    if len(block.cells) < 2:
+                        raise RequestFailed(f"scene query failed: {exc}") from None
+                    self._stats.add("splits")
+                    for half in block.split():
+                        ctx.submit(self._scene_task(run, half, _Tries()))
+                    return
+                self._plan_pixels(ctx, run, block, ids)
+            self._guarded(self._failed(ctx, run, block.tiles), len(block.cells), body)
+        return task
+
+    def _plan_pixels(self, ctx: Context, run: FetchRun, block: RequestBlock,
+                     ids: Sequence[list[list[str]]]) -> None:
+        """Tiles without images are no_data; the others go into one pixel task per packed
+        request of each variant (S1: with / without the IW filter)."""
+        sensor = run.sensor
+        variants: dict[str, list[Tile]] = defaultdict(list)
+        info: dict[str, dict[str, Any]] = {}
+        for tile, lists in zip(block.tiles, ids):
+            variant, scene_ids, relaxed = self._choose_variant(sensor, lists)
+            info[tile.tile_id] = {"scene_ids": scene_ids, "iw_relaxed": relaxed, "variant": variant}
+            variants[variant].append(tile)
+        no_data = [self._patch(run, tile, "no_data", info[tile.tile_id],
+                               reason="no image matches the filters for this tile and time window")
+                   for tile in variants.pop("none", [])]
+        tasks = [self._pixels_task(run, sub, variant, info)
+                 for variant, vtiles in variants.items()
+                 for sub in pack_requests(vtiles, band_bytes=sensor.band_bytes,
+                                          max_request_bytes=self.max_request_bytes, max_tiles=run.max_tiles)]
+        if no_data:
+            ctx.emit(no_data)
+        for t in tasks:
+            ctx.submit(t)
+
+    def _pixels_task(self, run: FetchRun, block: RequestBlock, variant: str,
+                     info: Mapping[str, dict[str, Any]], tries: _Tries | None = None,
+                     call: Callable[[], Any] | None = None) -> Task:
+        """One computePixels request of a block of tiles; too large: two tasks (the halves, in
+        two slots); one tile: :meth:`_piece_task`."""
+        def task(ctx: Context) -> None:
+            def body() -> None:
+                n = len(block.cells)
+                if n == 1:
+                    job = _TileJob(block, variant, info[block.tiles[0].tile_id])
+                    self._piece_task(run, job, _Piece(block.box, 0, None, 0))(ctx)
+                    return
+                split_reason: str | None = None
+                if request_bytes(block.box.pixels, run.sensor.band_bytes) > self.max_request_bytes:
+                    split_reason = "over the size limit"
+                else:
+                    c = call or self._pixels_call(run, block.box, variant)
+                    t = tries or _Tries()
+                    try:
+                        pixels = self._request_pixels(run, block.box, c, t)
+                    except _Retry as retry:
+                        ctx.later(self._pixels_task(run, block, variant, info, t, c), retry.delay)
+                        return
+                    except SplitNeeded as exc:
+                        split_reason = str(exc)
+                    except RequestFailed as exc:
+                        self._failed(ctx, run, block.tiles, info)(str(exc))
+                        return
+                    else:
+                        ctx.emit(self._cut(run, block, pixels, info, {"tiles_in_request": n, "pixel_splits": 0}))
+                        return
+                self._stats.add("splits")
+                log.debug("splitting a %d-tile request: %s", n, split_reason)
+                for half in block.split():
+                    ctx.submit(self._pixels_task(run, half, variant, info))
+            self._guarded(self._failed(ctx, run, block.tiles), len(block.cells), body)
+        return task
+
+    def _piece_task(self, run: FetchRun, job: _TileJob, piece: _Piece, tries: _Tries | None = None,
+                    call: Callable[[], Any] | None = None) -> Task:
+        """One tile's pixels, or a pixel box of it: split in halves (two tasks) while too large,
+        the halves stitched when both have arrived (:meth:`_piece_done`)."""
+        def task(ctx: Context) -> None:
+            def body() -> None:
+                if job.finished:  # another piece of this tile failed: nothing to ask for
+                    return
+                box = piece.box
+                reason: str | None = None
+                too_big = (request_bytes(box.pixels, run.sensor.band_bytes) > self.max_request_bytes
+                           or max(box.width, box.height) > EE_MAX_GRID_PX)
+                if not too_big:
+                    c = call or self._pixels_call(run, box, job.variant)
+                    t = tries or _Tries()
+                    try:
+                        pixels = self._request_pixels(run, box, c, t)
+                    except _Retry as retry:
+                        ctx.later(self._piece_task(run, job, piece, t, c), retry.delay)
+                        return
+                    except SplitNeeded as exc:
+                        reason = str(exc)
+                    except RequestFailed as exc:
+                        self._tile_failed(ctx, run, job, str(exc), job.info)
+                        return
+                    else:
+                        self._piece_done(ctx, run, job, piece, pixels, 0)
+                        return
+                if piece.depth >= _MAX_PIXEL_SPLIT_DEPTH or max(box.width, box.height) < 2:
+                    self._tile_failed(ctx, run, job, f"request still too large after {piece.depth} split(s): "
+                                                     f"{reason or 'over the size limit'}", job.info)
+                    return
+                self._stats.add("splits")
+                a, b, axis = box.halves()
+                piece.axis = axis
+                for k, half in enumerate((a, b)):
+                    ctx.submit(self._piece_task(run, job, _Piece(half, piece.depth + 1, piece, k)))
+            self._guarded(lambda reason: self._tile_failed(ctx, run, job, reason, None), 1, body)
+        return task
+
+    def _piece_done(self, ctx: Context, run: FetchRun, job: _TileJob, piece: _Piece,
+                    pixels: np.ndarray, splits: int) -> None:
+        """A piece's pixels: joined with its sibling's once both are here, up to the tile."""
+        with job.lock:
+            while piece.parent is not None:
+                parent = piece.parent
+                parent.parts[piece.index] = (pixels, splits)
+                if any(p is None for p in parent.parts):
+                    return
+                (pa, sa), (pb, sb) = parent.parts  # type: ignore[misc]
+                pixels, splits = np.concatenate([pa, pb], axis=parent.axis), 1 + sa + sb
+                parent.parts = [None, None]
+                piece = parent
+            if job.finished:
+                return
+            job.finished = True
+        ctx.emit(self._cut(run, job.block, pixels, {job.block.tiles[0].tile_id: job.info},
+                           {"tiles_in_request": 1, "pixel_splits": splits}))
+
+    def _tile_failed(self, ctx: Context, run: FetchRun, job: _TileJob, reason: str,
+                     info: dict[str, Any] | None) -> None:
+        with job.lock:
+            if job.finished:
+                return
+            job.finished = True
+        self._failed(ctx, run, job.block.tiles, {job.block.tiles[0].tile_id: info} if info else None)(reason)
+
+    def _cut(self, run: FetchRun, block: RequestBlock, pixels: np.ndarray,
+             info: Mapping[str, dict[str, Any]], request: dict[str, Any]) -> list[Patch]:
+        """The block's tiles out of one answer: ok, or no_data where every pixel is masked."""
+        out: list[Patch] = []
         s = block.size
         for tile, c, r in block.cells:
-            data, valid = _tile_arrays(pixels, bands, slice(r * s, (r + 1) * s), slice(c * s, (c + 1) * s))
-            out[tile.tile_id] = (data, valid, info)
+            data, valid = _tile_arrays(pixels, run.sensor.bands, slice(r * s, (r + 1) * s),
+                                       slice(c * s, (c + 1) * s))
+            if not valid.any():
+                out.append(self._patch(run, tile, "no_data", info[tile.tile_id], request=request,
+                                       reason="every pixel is masked in the composite"))
+            else:
+                out.append(self._patch(run, tile, "ok", info[tile.tile_id], data=data, valid=valid,
+                                       request=request))
         return out
-
-    def _process_block(self, run: FetchRun, block: RequestBlock,
-                       listed: Mapping[str, list[list[str]]] | None = None) -> list[Patch]:
-        """Scene query (unless ``listed`` has the tiles' scene lists), then pixels, for one
-        request block; never raises."""
-        sensor = run.sensor
-        results: dict[str, Patch] = {}
-        try:
-            try:
-                ids = ([listed[t.tile_id] for t in block.tiles] if listed is not None
-                       else self._scene_ids(run, block.tiles))
-            except SplitNeeded as exc:
-                if len(block.cells) < 2:
-                    raise RequestFailed(f"scene query failed: {exc}") from None
-                self._stats.add("splits")
-                a, b = block.split()
-                return self._process_block(run, a) + self._process_block(run, b)
-            variants: dict[str, list[Tile]] = defaultdict(list)
-            scene_info: dict[str, dict[str, Any]] = {}
-            for tile, lists in zip(block.tiles, ids):
-                variant, scene_ids, relaxed = self._choose_variant(sensor, lists)
-                scene_info[tile.tile_id] = {"scene_ids": scene_ids, "iw_relaxed": relaxed,
-                                            "variant": variant}
-                variants[variant].append(tile)
-            for tile in variants.pop("none", []):
-                results[tile.tile_id] = self._patch(run, tile, "no_data", scene_info[tile.tile_id],
-                                                    reason="no image matches the filters for this tile "
-                                                           "and time window")
-            for variant, vtiles in variants.items():
-                for sub in pack_requests(vtiles, band_bytes=sensor.band_bytes,
-                                         max_request_bytes=self.max_request_bytes,
-                                         max_tiles=run.max_tiles):
-                    for tid, res in self._block_pixels(run, sub, variant).items():
-                        tile = next(t for t in sub.tiles if t.tile_id == tid)
-                        info = scene_info[tid]
-                        if isinstance(res, str):
-                            results[tid] = self._patch(run, tile, "failed", info, reason=res)
-                            continue
-                        data, valid, req = res
-                        if not valid.any():
-                            results[tid] = self._patch(run, tile, "no_data", info, request=req,
-                                                       reason="every pixel is masked in the composite")
-                        else:
-                            results[tid] = self._patch(run, tile, "ok", info, data=data, valid=valid,
-                                                       request=req)
-        except RequestFailed as exc:
-            reason = str(exc)
-            for tile in block.tiles:
-                results.setdefault(tile.tile_id, self._patch(run, tile, "failed", None, reason=reason))
-        except Exception as exc:  # a bug or an unexpected answer: fail these tiles, not the run
-            reason = self._redact(f"{type(exc).__name__}: {exc}")
-            log.warning("GEE block of %d tile(s) failed: %s", len(block.cells), reason)
-            for tile in block.tiles:
-                results.setdefault(tile.tile_id, self._patch(run, tile, "failed", None, reason=reason))
-        return [results[t.tile_id] for t in block.tiles]
 
     @staticmethod
     def _choose_variant(sensor: _Sensor, lists: list[list[str]]) -> tuple[str, list[str], bool]:
@@ -801,45 +913,66 @@ class GEEProvider:
 
     def _run_blocks(self, run: FetchRun, blocks: list[RequestBlock], copies: Mapping[str, int],
                     listed: Mapping[str, list[list[str]]] | None = None) -> Iterator[Patch]:
-        pool = cf.ThreadPoolExecutor(max_workers=self.max_concurrent_requests,
-                                     thread_name_prefix="gee-fetch")
-        try:
-            pending: dict[cf.Future, RequestBlock] = {}
-            queue = iter(blocks)
-            # Bounded: finished blocks wait here for the consumer (memory ~ max_pending x request).
-            max_pending = self.max_concurrent_requests + 2
-
-            def fill() -> None:
-                while len(pending) < max_pending:
-                    block = next(queue, None)
-                    if block is None:
-                        return
-                    pending[pool.submit(self._process_block, run, block, listed)] = block
-
-            fill()
-            while pending:
-                done, _ = cf.wait(list(pending), return_when=cf.FIRST_COMPLETED)
-                for fut in done:
-                    block = pending.pop(fut)
-                    try:
-                        patches = fut.result()
-                    except Exception as exc:  # pragma: no cover - _process_block catches
-                        reason = self._redact(f"{type(exc).__name__}: {exc}")
-                        patches = [self._patch(run, t, "failed", None, reason=reason) for t in block.tiles]
-                    for patch in patches:
-                        for k in range(copies.get(patch.tile_id, 1)):
-                            out = patch if k == 0 else dataclasses.replace(patch, meta=dict(patch.meta))
-                            self._count(out)
-                            yield out
-                fill()
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        """The blocks' tasks on the scheduler (``scheduler.py``): twice as many threads as slots
+        (a free slot finds a thread while others decode), at most twice as many blocks open as
+        slots (the bound on what waits for the consumer)."""
+        slots = self.max_concurrent_requests
+        sched = RequestScheduler(workers=2 * slots, max_open=2 * slots, clock=self._clock,
+                                 sleep=self._sleep)
+        answered: set[str] = set()
+        for patch in sched.run(self._root_task(run, b, listed) for b in blocks):
+            answered.add(patch.tile_id)
+            yield from self._copies(patch, copies)
+        for block in blocks:  # a safety net: every tile is answered once, whatever happened
+            for tile in block.tiles:
+                if tile.tile_id not in answered:
+                    yield from self._copies(self._patch(run, tile, "failed", None,
+                                                        reason="no answer (internal error)"), copies)
 
     def _count(self, patch: Patch) -> None:
         self._stats.add("tiles")
         self._stats.add(f"tiles_{patch.status}")
         if patch.status == "failed":
             log.warning("GEE tile %s failed: %s", patch.tile_id, patch.meta.get("reason"))
+
+
+class _Retry(Exception):
+    """A transient failure: the same request again after ``delay`` seconds."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(delay)
+        self.delay = delay
+
+
+@dataclasses.dataclass
+class _Tries:
+    """Attempts of one request so far, carried across its retries."""
+
+    attempt: int = 0
+    timeouts: int = 0  # client timeouts in a row
+
+
+@dataclasses.dataclass(eq=False)
+class _Piece:
+    """A pixel box of one tile's request; ``parts``: its halves' (pixels, splits) once asked."""
+
+    box: PixelBox
+    depth: int
+    parent: _Piece | None
+    index: int  # 0: the first half of the parent, 1: the second
+    axis: int = 0
+    parts: list[tuple[np.ndarray, int] | None] = dataclasses.field(default_factory=lambda: [None, None])
+
+
+@dataclasses.dataclass(eq=False)
+class _TileJob:
+    """One tile whose request may be split in pixel halves: answered once (``finished``)."""
+
+    block: RequestBlock
+    variant: str
+    info: dict[str, Any]
+    finished: bool = False
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
 
 def _parse_time(value: Any, what: str) -> dt.datetime:
