@@ -26,6 +26,7 @@ class CountingFileSystem(LocalFileSystem):
     """The local filesystem, recording ``(path, offset, length)`` of every read."""
 
     protocol = PROTOCOL
+    cachable = False  # fsspec would hand every query the same instance, with the reads of the last one
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
