@@ -13,21 +13,31 @@ credentials and no network it
 Pretrained weights are used when they are in the Hugging Face cache or at ``--terrafm-checkpoint``
 / ``--thor-checkpoint``; without them the models run on random weights, which the log, the
 metadata and this summary say loudly.
+
+``--split`` (``make demo DEMO_ARGS=--split``) is the continental variant: the same AOI split into
+6 km cells (``config/pipeline_split.yaml``, ``split_km: 6``: four region partitions), TerraFM-B S2
+and its products built for each cell into ``<store>/split``, then the mosaic over the cells' cubes,
+the VRT over their COGs, a DuckDB query over the whole Hive-partitioned GeoParquet dataset and the
+stac-geoparquet Items are printed (README "Continental builds: one dataset over the cells").
 """
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import dagster as dg
+import rasterio
+import xarray as xr
 
 from rs_embed_pipeline.providers.local_catalogs.synthetic import generate_synthetic_catalog
 from rs_embed_pipeline.core.regions import load_pipeline_config
 from rs_embed_pipeline.orchestration.settings import Settings
 from rs_embed_pipeline.orchestration.definitions import build_definitions, resources_for
 from rs_embed_pipeline.orchestration.resources import ModelResource
+from rs_embed_pipeline.products import open_mosaic, stac_catalog, vrt
 from rs_embed_pipeline.products.similarity import index_uri, load_index, search
 from rs_embed_pipeline.stores.layout import StoreLayout
 
@@ -47,6 +57,14 @@ DEMO_POND = {"lon": 6.62, "lat": 46.514, "half_size_m": 300.0, "start": CHANGE_W
 INT8_CUBE = ("thor_s2_cube", "int8_per_cell")
 CHANGE_CHAIN = ["tile_grid", "s2_patches", "terrafm_s2_embeddings", "terrafm_s2_cube", "terrafm_s2_search_index",
                 "terrafm_s2_change"]
+# --split: the demo AOI in 6 km cells, one model x modality and its products per cell, in its own store
+# (the mosaic and the dataset are over every cube and file of the store's region "demo").
+SPLIT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "pipeline_split.yaml"
+SPLIT_STORE = "split"
+SPLIT_CHAIN = ["tile_grid", "s2_patches", "terrafm_s2_embeddings", "terrafm_s2_cube", "terrafm_s2_geoparquet",
+               "terrafm_s2_cog", "terrafm_s2_stac"]
+SPLIT_MODEL, SPLIT_MODALITY = "terrafm_b", "s2"
+SPLIT_POINT = (6.62, 46.514)  # lon, lat: the DuckDB query's point (the planted pond's place)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--terrafm-checkpoint", default=None)
     parser.add_argument("--thor-checkpoint", default=None)
     parser.add_argument("--regenerate-catalog", action="store_true")
+    parser.add_argument("--split", action="store_true",
+                        help="Build the AOI split into 6 km cells (TerraFM-B S2 and its products, in <store>/split) "
+                             "and print the mosaic, the VRT and a DuckDB query over the whole dataset")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("RS_EMBED_ALLOW_RANDOM_WEIGHTS", "1")
@@ -74,11 +95,20 @@ def main(argv: list[str] | None = None) -> int:
         generate_synthetic_catalog(catalog.parent, region.aoi.bounds, DEMO_WINDOW, CATALOG_END,
                                    seed=0, pad_m=CATALOG_PAD_M, planted=[DEMO_POND])
 
+    if args.split:
+        settings = split_settings(settings)
     resources = resources_for(settings)
     for key, checkpoint in (("terrafm", args.terrafm_checkpoint), ("thor", args.thor_checkpoint)):
         if checkpoint:
             model = cast(ModelResource, resources[key])  # resources_for's model resources
             resources[key] = model.model_copy(update={"checkpoint": checkpoint})
+    if args.split:
+        cells = build_split(settings, resources, dg.DagsterInstance.get())
+        if not cells:
+            print("The split demo FAILED; see the log above or the run in the UI (make ui).")
+            return 1
+        print_split(split_summary(settings.store_root, cells))
+        return 0
     defs = build_definitions(settings, resources=resources)
     job = defs.resolve_job_def("build_embeddings")
     partition = dg.MultiPartitionKey({"region": DEMO_REGION, "window": DEMO_WINDOW})
@@ -181,6 +211,104 @@ def print_answers(result, result2, store_root: str) -> None:
                   f"{md['cells_compared'].value} cells above the threshold, median distance "
                   f"{md['median_distance'].value:.5f}, p99 {md['p99_distance'].value:.5f}; "
                   f"{md['store_uri'].value}")
+
+
+def split_settings(settings: Settings) -> Settings:
+    """The split demo's settings: the split config, its own store, the demo's synthetic catalog."""
+    return Settings.from_env({**os.environ, "RS_EMBED_CONFIG": str(SPLIT_CONFIG),
+                              "RS_EMBED_STORE": f"{settings.store_root.rstrip('/')}/{SPLIT_STORE}",
+                              "RS_EMBED_LOCAL_CATALOG": settings.local_catalog})
+
+
+def build_split(settings: Settings, resources: dict[str, Any], instance: dg.DagsterInstance) -> list[str]:
+    """Materialize SPLIT_CHAIN for every cell of the split demo region in DEMO_WINDOW, one run per
+    cell (as a backfill would); the cells' region keys, or ``[]`` when a run failed."""
+    defs = dg.Definitions.merge(build_definitions(settings, resources=resources), dg.Definitions(jobs=[
+        dg.define_asset_job("demo_split", selection=SPLIT_CHAIN,
+                            description="The split demo: TerraFM-B S2 and its products per cell")]))
+    job = defs.resolve_job_def("demo_split")
+    parts = cast(dg.MultiPartitionsDefinition, job.partitions_def)
+    cells = sorted(k for k in parts.get_partitions_def_for_dimension("region").get_partition_keys()
+                   if k.startswith(f"{DEMO_REGION}-"))
+    print(f"Materializing {len(cells)} cells of region {DEMO_REGION!r} (split_km in {settings.config_path}) "
+          f"for window {DEMO_WINDOW} into {settings.store_root} ...")
+    for cell in cells:
+        key = dg.MultiPartitionKey({"region": cell, "window": DEMO_WINDOW})
+        if not job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False).success:
+            print(f"The run of {key} FAILED")
+            return []
+    return cells
+
+
+@dataclasses.dataclass
+class SplitSummary:
+    """What the split demo shows: one dataset over the cells, in three forms."""
+
+    cells: list[str]
+    mosaic: xr.Dataset                  # open_mosaic over the cells' cubes (lazy)
+    vrt_path: str
+    vrt_shape: tuple[int, int, int]     # bands, height, width
+    vrt_sources: int                    # COGs (cells) behind the VRT
+    dataset_glob: str
+    dataset_sql: str
+    dataset_rows: list[tuple[Any, ...]]  # per window: window_start, tiles, files
+    point_sql: str
+    point_rows: list[tuple[Any, ...]]    # tiles whose bbox holds SPLIT_POINT: tile_id, cell file
+    items_path: str
+    items: list[tuple[Any, ...]]         # stac-geoparquet rows: id, start_datetime
+
+
+def split_summary(store_root: str, cells: list[str]) -> SplitSummary:
+    """Open the split build as one dataset: the mosaic, the VRT, DuckDB over the GeoParquet dataset
+    and the Items file."""
+    # duckdb: the test extra's client (`make demo` installs it), not a dependency of the pipeline.
+    import duckdb
+
+    layout = StoreLayout(store_root)
+    mosaic = open_mosaic(layout.cubes(SPLIT_MODEL, SPLIT_MODALITY), region=DEMO_REGION, windows=DEMO_WINDOW)
+    products = f"{store_root.rstrip('/')}/products/{SPLIT_MODEL}_{SPLIT_MODALITY}"
+    zone = str(mosaic.attrs["zone"])
+    vrt_file = f"{products}/{vrt.vrt_path(DEMO_REGION, DEMO_WINDOW, zone, 'grid')}"
+    with rasterio.open(vrt_file) as src:
+        shape = (src.count, src.height, src.width)
+    sources = Path(vrt_file).read_text().count("<SimpleSource>") // shape[0]
+    files = f"{products}/geoparquet_dataset/**/*.parquet"
+    con = duckdb.connect()
+    dataset_sql = (f"SELECT window_start::VARCHAR, count(*) AS tiles, count(DISTINCT filename) AS files "
+                   f"FROM read_parquet('{files}', hive_partitioning=true, filename=true) "
+                   "GROUP BY window_start ORDER BY window_start")
+    lon, lat = SPLIT_POINT
+    point_sql = (f"SELECT tile_id, parse_filename(filename, true) AS cell "
+                 f"FROM read_parquet('{files}', hive_partitioning=true, filename=true) "
+                 f"WHERE window_start = DATE '{DEMO_WINDOW}' AND bbox.xmin <= {lon} AND bbox.xmax >= {lon} "
+                 f"AND bbox.ymin <= {lat} AND bbox.ymax >= {lat} ORDER BY tile_id")
+    items_path = f"{products}/stac/{stac_catalog.ITEMS_GEOPARQUET}"
+    return SplitSummary(
+        cells=cells, mosaic=mosaic, vrt_path=vrt_file, vrt_shape=shape, vrt_sources=sources, dataset_glob=files,
+        dataset_sql=dataset_sql, dataset_rows=con.execute(dataset_sql).fetchall(), point_sql=point_sql,
+        point_rows=con.execute(point_sql).fetchall(), items_path=items_path,
+        items=con.execute(f"SELECT id, start_datetime::VARCHAR FROM read_parquet('{items_path}') "
+                          "ORDER BY id").fetchall())
+
+
+def print_split(s: SplitSummary) -> None:
+    """The split demo's summary: the cells, then the three ways to read them as one dataset."""
+    emb = s.mosaic["embedding"]
+    print(f"\n=== rs_embed_pipeline demo --split: {len(s.cells)} cells of region {DEMO_REGION!r}, window "
+          f"{DEMO_WINDOW} (SYNTHETIC imagery, {SPLIT_MODEL} {SPLIT_MODALITY}) ===")
+    for cell in s.cells:
+        print(f"  {cell}")
+    print(f"Mosaic (open_mosaic): {dict(emb.sizes)} {emb.dtype}, zone {s.mosaic.attrs['zone']}, "
+          f"{len(s.mosaic.attrs['mosaic_cubes'])} cubes, filled in {int(s.mosaic['cells_filled'][0])} of them")
+    print(f"VRT over the cells' COGs: {s.vrt_path}\n  {s.vrt_shape[0]} bands x {s.vrt_shape[1]} x {s.vrt_shape[2]} "
+          f"px from {s.vrt_sources} COGs (gdalinfo / QGIS / rasterio.open)")
+    print(f"DuckDB over the whole GeoParquet dataset ({s.dataset_glob}):\n  {s.dataset_sql}")
+    for row in s.dataset_rows:
+        print(f"  -> window {row[0]}: {row[1]} tiles in {row[2]} files")
+    print(f"  {s.point_sql}")
+    for row in s.point_rows:
+        print(f"  -> {row[0]}  ({row[1]})")
+    print(f"STAC Items as stac-geoparquet ({s.items_path}): {len(s.items)} Items, e.g. {s.items[0][0]}")
 
 
 if __name__ == "__main__":

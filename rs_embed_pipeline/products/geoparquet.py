@@ -22,6 +22,18 @@ geometry           binary (WKB)                               the footprint poly
 Rows are sorted along a Hilbert curve of the tile centres, so each row group covers a compact area
 and a bbox filter (``bbox.xmin <= ...``) skips most row groups from their statistics. Row groups
 hold about :data:`ROW_GROUP_BYTES` of vectors.
+
+The same files laid out as one Hive-partitioned dataset (:func:`dataset_path`:
+``window_start=<start>/<region or cell>.parquet``): a reader given the whole folder
+(``read_parquet('<root>/**/*.parquet', hive_partitioning=true)``) opens only the files of the
+windows a ``window_start`` filter keeps, and reads from them only the row groups whose ``bbox``
+statistics meet a bbox filter. The key is ``window_start``, the column's own name, so one filter
+works on a file and on the dataset (``window`` is a reserved word in SQL).
+
+Geometry encodings (:data:`GEOMETRY_ENCODINGS`): ``wkb`` (GeoParquet 1.1: a binary column
+described by the ``geo`` metadata; the default) or ``parquet_geometry``: the same WKB bytes
+annotated with Parquet's GEOMETRY logical type (what GeoParquet 2.0 builds on), with per-row-group
+bounding-box statistics, and the ``geo`` metadata kept so GeoParquet 1.1 readers read it as before.
 """
 
 from __future__ import annotations
@@ -30,7 +42,7 @@ import hashlib
 import io
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -41,6 +53,10 @@ from pyproj import CRS, Transformer
 from rs_embed_pipeline.stores.files import write_bytes_atomic
 
 GEOPARQUET_VERSION = "1.1.0"
+GeometryEncoding = Literal["wkb", "parquet_geometry"]
+GEOMETRY_ENCODINGS: tuple[GeometryEncoding, ...] = ("wkb", "parquet_geometry")
+# Hive partition key of the dataset layout: the column's own name (``window`` is reserved in SQL).
+DATASET_PARTITION = "window_start"
 ROW_GROUP_BYTES = 64 * 2**20
 HILBERT_ORDER = 16
 
@@ -154,14 +170,52 @@ def row_group_rows(dimensions: int) -> int:
     return int(np.clip(ROW_GROUP_BYTES // (4 * max(1, dimensions) + 256), 1024, 100_000))
 
 
+def dataset_path(window_start: str, region: str) -> str:
+    """A partition's file in the Hive-partitioned dataset, relative to its root: one file per region
+    (or cell of a split region) per window."""
+    return f"{DATASET_PARTITION}={window_start}/{region}.parquet"
+
+
+class _GeoArrowWkb(pa.ExtensionType):
+    """``geoarrow.wkb``: the extension type pyarrow (>= 21) writes as Parquet's GEOMETRY logical type.
+    Not registered (a process may hold geoarrow-pyarrow's): writing needs only the instance."""
+
+    def __init__(self) -> None:
+        super().__init__(pa.binary(), "geoarrow.wkb")
+
+    def __arrow_ext_serialize__(self) -> bytes:
+        return b"{}"  # no "crs": Parquet's default, OGC:CRS84 (lon / lat, as the footprints are)
+
+    @classmethod
+    def __arrow_ext_deserialize__(cls, storage_type: pa.DataType, serialized: bytes) -> _GeoArrowWkb:
+        return cls()
+
+
+def with_geometry_encoding(table: pa.Table, geometry: GeometryEncoding) -> pa.Table:
+    """``table`` with its WKB ``geometry`` column as plain binary (``wkb``) or annotated as Parquet
+    GEOMETRY (``parquet_geometry``); the ``geo`` metadata is kept either way."""
+    if geometry not in GEOMETRY_ENCODINGS:
+        raise ValueError(f"geometry encoding {geometry!r}; valid: {', '.join(GEOMETRY_ENCODINGS)}")
+    if geometry == "wkb":
+        return table
+    i = table.schema.get_field_index("geometry")
+    column = pa.ExtensionArray.from_storage(_GeoArrowWkb(), table.column(i).combine_chunks())
+    return table.set_column(i, pa.field("geometry", column.type), column).replace_schema_metadata(
+        table.schema.metadata)
+
+
 def write_geoparquet(table: pa.Table, uri: str, storage_options: Mapping[str, Any] | None = None,
-                     rows_per_group: int | None = None) -> dict[str, Any]:
-    """Write ``table`` (zstd, page statistics on) atomically to ``uri`` (a path or fsspec URL)."""
+                     rows_per_group: int | None = None, *, geometry: GeometryEncoding = "wkb",
+                     also_to: Sequence[str] = ()) -> dict[str, Any]:
+    """Write ``table`` (zstd, page statistics on) atomically to ``uri`` (a path or fsspec URL) and
+    the same bytes to each of ``also_to`` (the dataset layout's file); ``geometry``: the encoding."""
     dims = table.schema.field("embedding").type.list_size
     rows = int(rows_per_group or row_group_rows(dims))
     buf = io.BytesIO()
-    pq.write_table(table, buf, row_group_size=rows, compression="zstd", write_statistics=True)
+    pq.write_table(with_geometry_encoding(table, geometry), buf, row_group_size=rows, compression="zstd",
+                   write_statistics=True)
     payload = buf.getvalue()
-    write_bytes_atomic(uri, payload, storage_options)
+    for target in (uri, *also_to):
+        write_bytes_atomic(target, payload, storage_options)
     return {"uri": uri, "rows": table.num_rows, "row_groups": -(-table.num_rows // rows) if table.num_rows else 0,
             "bytes": len(payload), "dimensions": dims}

@@ -6,6 +6,7 @@ copied or served anywhere)::
     catalog.json                 Catalog -> child collection.json
     collection.json              Collection, STAC Embedding extension v0.0.1 fields
     items/<region>_<window>.json one Item per region x window
+    items.parquet                the same Items as one stac-geoparquet file (a Collection asset)
 
 Standards: STAC 1.0.0 core with the Item Assets extension v1.0.0; Embedding extension v0.0.1
 (https://stac-extensions.github.io/embeddings/v0.0.1/schema.json): the Collection carries
@@ -23,21 +24,33 @@ Collections with ``allOf`` the *v1.0.0* core schemas, which pin ``stac_version``
 1.1.0 document declaring the extension therefore fails every validator that fetches the extension
 schema (stac-validator, pystac ``validate``). Its own examples are 1.0.0 documents.
 
-Each partition writes its own Item, then rebuilds the Collection (extent, item links) from the Items
-present, so windows and regions can be added in any order.
+Each partition writes its own Item, then rebuilds the Collection (extent, item links) and the
+stac-geoparquet file from the Items present, so windows and regions can be added in any order.
+
+The stac-geoparquet file (spec v1.0.0: one row per Item; ``type``, ``stac_version``,
+``stac_extensions``, ``id``, WKB ``geometry``, ``bbox`` struct, ``links``, ``assets``,
+``collection`` and each property as its own column, the datetimes as UTC timestamps; GeoParquet
+1.1 ``geo`` metadata with ``bbox`` as the covering column; the Collection under the
+``stac-geoparquet`` key) is what a client of a continental build reads instead of walking
+thousands of Item files: rustac (``rustac search --bbox ... items.parquet``, ``rustac.read``),
+DuckDB (``read_parquet``), pystac via ``rustac.read`` or stac-geoparquet. It is written here with
+pyarrow rather than rustac's writer because that migrates every Item to STAC 1.1.0 (see above).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import posixpath
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
 import shapely
-from shapely.geometry import mapping
+from shapely.geometry import mapping, shape
 
 from rs_embed_pipeline.stores.files import write_bytes_atomic
 from importlib.metadata import PackageNotFoundError, version
@@ -50,6 +63,13 @@ ITEM_ASSETS_EXTENSION = "https://stac-extensions.github.io/item-assets/v1.0.0/sc
 ZARR_MEDIA_TYPE = "application/vnd+zarr"
 PARQUET_MEDIA_TYPE = "application/vnd.apache.parquet"
 COG_MEDIA_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
+STAC_GEOPARQUET_VERSION = "1.0.0"
+ITEMS_GEOPARQUET = "items.parquet"
+# Item properties held as UTC timestamps in stac-geoparquet (the spec's datetime fields).
+_TIMESTAMP_PROPERTIES = ("datetime", "start_datetime", "end_datetime")
+# Item columns that are not properties, in the spec's order.
+_ITEM_COLUMNS = ("type", "stac_version", "stac_extensions", "id", "geometry", "bbox", "links", "assets",
+                 "collection")
 
 
 def relative_href(from_dir: str, target: str) -> str:
@@ -192,10 +212,12 @@ def build_collection(
     model_href: str,
     source_hrefs: Sequence[str],
     license: str = "various",
+    assets: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The Collection over ``items`` (``{relative href: item}``): extent, links, Embedding fields.
     ``license``: STAC 1.0.0's ``various`` by default (the vectors derive from the source imagery and
-    the model weights, each under its own license; ``other`` exists only from STAC 1.1.0)."""
+    the model weights, each under its own license; ``other`` exists only from STAC 1.1.0).
+    ``assets``: the Collection's own assets (hrefs relative to collection.json)."""
     bboxes = [it["bbox"] for it in items.values()]
     starts = sorted(it["properties"]["start_datetime"] for it in items.values())
     ends = sorted(it["properties"]["end_datetime"] for it in items.values())
@@ -227,6 +249,7 @@ def build_collection(
         "data_type": data_type,
         "item_assets": {"embeddings": {"type": ZARR_MEDIA_TYPE, "roles": ["data"],
                                        "title": "Embedding cube (Zarr v3, CF + geoemb: attributes)"}},
+        **({"assets": {k: dict(v) for k, v in assets.items()}} if assets else {}),
         "links": links,
     })
 
@@ -278,3 +301,65 @@ def write_collection(stac_uri: str, collection: Mapping[str, Any], title: str,
     write_bytes_atomic(f"{root}/collection.json", _dump(collection), storage_options)
     write_bytes_atomic(f"{root}/catalog.json", _dump(build_catalog(str(collection["id"]), title)), storage_options)
     return {"catalog": f"{root}/catalog.json", "collection": f"{root}/collection.json"}
+
+
+def _timestamps(values: Sequence[str | None]) -> pa.Array:
+    parsed = [None if v is None else dt.datetime.fromisoformat(str(v).replace("Z", "+00:00")) for v in values]
+    return pa.array(parsed, pa.timestamp("ms", tz="UTC"))
+
+
+def _column(values: list[Any]) -> pa.Array:
+    """A property column: pyarrow's inferred type (nested objects become structs over the keys of
+    every Item); a column of nulls only or of empty lists only becomes strings, which every reader types."""
+    arr = pa.array(values)
+    if pa.types.is_null(arr.type):
+        return pa.array(values, pa.string())
+    if pa.types.is_list(arr.type) and pa.types.is_null(arr.type.value_type):
+        return pa.array(values, pa.list_(pa.string()))
+    return arr
+
+
+def items_table(items: Sequence[Mapping[str, Any]], collection: Mapping[str, Any] | None = None) -> pa.Table:
+    """The Items as a stac-geoparquet v1.0.0 table (one row per Item, sorted by id), with the
+    GeoParquet 1.1 ``geo`` metadata (``bbox`` covering) and ``collection`` in the file metadata."""
+    items = sorted(items, key=lambda it: str(it["id"]))
+    geoms = [shape(it["geometry"]) for it in items]
+    bounds = [[float(v) for v in it["bbox"]] for it in items]
+    columns: dict[str, pa.Array] = {
+        "type": pa.array([str(it["type"]) for it in items], pa.string()),
+        "stac_version": pa.array([str(it["stac_version"]) for it in items], pa.string()),
+        "stac_extensions": pa.array([list(it.get("stac_extensions", [])) for it in items], pa.list_(pa.string())),
+        "id": pa.array([str(it["id"]) for it in items], pa.string()),
+        "geometry": pa.array([shapely.to_wkb(g) for g in geoms], pa.binary()),
+        "bbox": pa.StructArray.from_arrays([pa.array([b[i] for b in bounds], pa.float64()) for i in range(4)],
+                                           names=["xmin", "ymin", "xmax", "ymax"]),
+        "links": _column([list(it.get("links", [])) for it in items]),
+        "assets": _column([dict(it.get("assets", {})) for it in items]),
+        "collection": pa.array([it.get("collection") for it in items], pa.string()),
+    }
+    keys = sorted({k for it in items for k in it["properties"]})
+    for key in keys:
+        if key in _ITEM_COLUMNS:
+            raise ValueError(f"Item property {key!r} has the name of a top-level stac-geoparquet column")
+        values = [it["properties"].get(key) for it in items]
+        columns[key] = _timestamps(values) if key in _TIMESTAMP_PROPERTIES else _column(values)
+    geo = {"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": {
+        "encoding": "WKB", "geometry_types": sorted({g.geom_type for g in geoms}),
+        "covering": {"bbox": {k: ["bbox", k] for k in ("xmin", "ymin", "xmax", "ymax")}},
+        **({"bbox": [min(b[0] for b in bounds), min(b[1] for b in bounds), max(b[2] for b in bounds),
+                     max(b[3] for b in bounds)]} if bounds else {})}}}
+    stac_meta: dict[str, Any] = {"version": STAC_GEOPARQUET_VERSION}
+    if collection is not None:
+        stac_meta["collections"] = {str(collection["id"]): dict(collection)}
+    return pa.table(columns).replace_schema_metadata({b"geo": json.dumps(geo).encode(),
+                                                      b"stac-geoparquet": json.dumps(stac_meta).encode()})
+
+
+def write_items_geoparquet(stac_uri: str, items: Sequence[Mapping[str, Any]], collection: Mapping[str, Any],
+                           storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The Items of ``stac_uri``'s Collection as ``<stac_uri>/items.parquet`` (atomic rewrite)."""
+    uri = f"{stac_uri.rstrip('/')}/{ITEMS_GEOPARQUET}"
+    buf = io.BytesIO()
+    pq.write_table(items_table(items, collection), buf, compression="zstd", write_statistics=True)
+    write_bytes_atomic(uri, buf.getvalue(), storage_options)
+    return {"uri": uri, "items": len(items), "bytes": buf.getbuffer().nbytes}

@@ -7,9 +7,10 @@ tile size and store id come from the plan's spec. Files live under
 ``<store>/products/<model>_<modality>/``::
 
     geoparquet/<region>/<window>.parquet          pooled embeddings, one row per tile (GeoParquet 1.1)
+    geoparquet_dataset/window_start=<window>/<region>.parquet  the same bytes, as one Hive-partitioned dataset
     cog/<region>/<window>/<EPSG>_{grid,pooled}.tif  one COG per cube window, zone and kind
     vrt/<region>/<window>/<EPSG>_{grid,pooled}.vrt  GDAL VRT over the COGs of a split region's cells
-    stac/catalog.json, collection.json, items/<region>_<window>.json
+    stac/catalog.json, collection.json, items/<region>_<window>.json, items.parquet (stac-geoparquet)
 """
 
 import dataclasses
@@ -36,6 +37,7 @@ GEOPARQUET_COLUMNS = ["unique_id", "tile_id", "window_start", "window_end", "utm
 # Runtime parameters of a STAC Item (emb:runtime_parameters), from the run metadata.
 STAC_RUNTIME_PARAMETERS = ("normalization", "group_merge", "image_size", "patch_size", "ground_cover_m", "s2_branch",
                            "composite", "cloudy_pct", "scale_m", "pooling", "grid_kind", "orbit")
+GEOPARQUET_DATASET = "geoparquet_dataset"
 # Runs of other partitions write their Items concurrently: the Collection is rebuilt until the Items
 # listed after writing it are the ones it was built from (the last writer lists them all).
 COLLECTION_ATTEMPTS = 5
@@ -49,7 +51,9 @@ def _descriptions(title: str) -> dict[str, str]:
         "geoparquet": f"{title} pooled embeddings as GeoParquet 1.1, one file per region x window: one row per "
                       "tile (footprint in EPSG:4326, centre lon/lat, window, fixed-size float32 vector, model and "
                       "weights sha256, source scenes, deterministic unique_id), bbox covering column, rows in "
-                      "Hilbert order. Reads in DuckDB, GeoPandas, LanceDB, pgvector.",
+                      "Hilbert order. Reads in DuckDB, GeoPandas, LanceDB, pgvector. The same files also form one "
+                      f"Hive-partitioned dataset ({GEOPARQUET_DATASET}/window_start=<window>/<region>.parquet) "
+                      "that DuckDB prunes by window and bbox.",
         "cog": f"{title} cube windows as Cloud-Optimized GeoTIFFs for GIS tools: one file per region x window x "
                "UTM zone x (grid | pooled), north-up, embedding features as bands, CRS and NaN nodata, internal "
                "tiles of 64-256 px (at most 16 MiB each), ZSTD + float predictor, overviews that average and "
@@ -57,7 +61,8 @@ def _descriptions(title: str) -> dict[str, str]:
         "stac": f"{title} static STAC catalog (STAC {stac_catalog.STAC_VERSION}, Embedding extension v0.0.1): a "
                 "Collection with emb:type, emb:dimensions, emb:chip_layout, gsd, data_type and links to the model "
                 "and source data; one Item per region x window with the cube as its `embeddings` asset, the "
-                "GeoParquet and COGs, runtime and processing metadata and the source scene ids.",
+                "GeoParquet and COGs, runtime and processing metadata and the source scene ids; the Items also "
+                "as one stac-geoparquet file (stac/items.parquet).",
     }
 
 
@@ -98,6 +103,7 @@ def build_product_assets(spec: EmbeddingSpec, partitions_def: dg.MultiPartitions
             "dimensions": int(written[0]["dimensions"]) if written else 0,
             "rows_total": sum(r["rows"] for r in written),
             "columns": json_value(GEOPARQUET_COLUMNS),
+            "dataset": path_value(f"{products_root(store, spec.store_model_id, spec.modality)}/{GEOPARQUET_DATASET}"),
         })
 
     @spec_asset(name=cog_name, deps=[cube_name, "tile_grid"], kinds={"geotiff", "gdal"},
@@ -121,6 +127,7 @@ def build_product_assets(spec: EmbeddingSpec, partitions_def: dg.MultiPartitions
         return dg.MaterializeResult(metadata={
             "stac_version": stac_catalog.STAC_VERSION, "embedding_extension": stac_catalog.EMB_EXTENSION,
             "items_total": len(items), "catalog": path_value(paths["catalog"]),
+            "items_geoparquet": path_value(paths["items_geoparquet"]),
             "vrt_files": json_value([{k: f[k] for k in ("path", "sources", "bytes")} for f in vrts]),
         })
 
@@ -150,6 +157,11 @@ class PartitionFacts:
     @property
     def geoparquet_uri(self) -> str:
         return f"{self.products_uri}/geoparquet/{self.part.region}/{self.part.window}.parquet"
+
+    @property
+    def dataset_uri(self) -> str:
+        """The partition's file in the Hive-partitioned GeoParquet dataset (same bytes as geoparquet_uri)."""
+        return f"{self.products_uri}/{GEOPARQUET_DATASET}/{geoparquet.dataset_path(self.part.start, self.part.region)}"
 
     @property
     def cog_dir(self) -> str:
@@ -209,9 +221,10 @@ def write_pooled_geoparquet(facts: PartitionFacts) -> tuple[dict[str, Any], dict
         window_start=facts.part.start, window_end=facts.part.end, model_id=facts.model_id,
         weights_sha256=facts.meta["weights_sha256"], modality=facts.spec.modality,
         dimensions=int(facts.window(zones[0], "pooled").sizes["feature"]), scene_ids=facts.scene_ids)
-    out = geoparquet.write_geoparquet(table, facts.geoparquet_uri, facts.storage_options)
+    out = geoparquet.write_geoparquet(table, facts.geoparquet_uri, facts.storage_options,
+                                      also_to=[facts.dataset_uri])
     return ({"rows": out["rows"], "row_groups": out["row_groups"], "bytes": out["bytes"],
-             "store_uri": path_value(out["uri"])}, out)
+             "store_uri": path_value(out["uri"]), "dataset_uri": path_value(facts.dataset_uri)}, out)
 
 
 def write_cube_cogs(facts: PartitionFacts) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -338,8 +351,25 @@ def write_stac_collection(spec: EmbeddingSpec, written: list[StacItemFacts],
                          "Zarr cubes (feature maps and pooled vectors per UTM zone), pooled GeoParquet and COGs."),
             items=items, dimensions=last.dims, chip_px=last.chip_px, gsd=last.gsd, data_type=last.data_type,
             grid_id=f"rs_embed_pipeline UTM lattice p{spec.tile_size_px} s{last.gsd:g} (tile ids: grid.py)",
-            model_href=model_url(spec.store_model_id), source_hrefs=sorted(sources))
+            model_href=model_url(spec.store_model_id), source_hrefs=sorted(sources),
+            assets=_collection_assets(spec))
         paths = stac_catalog.write_collection(last.stac_uri, collection, title, storage_options)
+        paths["items_geoparquet"] = stac_catalog.write_items_geoparquet(
+            last.stac_uri, list(items.values()), collection, storage_options)["uri"]
         if set(stac_catalog.read_items(last.stac_uri, storage_options)) == set(items):
             break
     return items, paths
+
+
+def _collection_assets(spec: EmbeddingSpec) -> dict[str, dict[str, Any]]:
+    """The Collection's whole-build assets: its Items as stac-geoparquet, the pooled GeoParquet dataset."""
+    return {
+        "geoparquet-items": {
+            "href": f"./{stac_catalog.ITEMS_GEOPARQUET}", "type": stac_catalog.PARQUET_MEDIA_TYPE,
+            "roles": ["stac-items"], "title": "Every Item of this Collection (stac-geoparquet 1.0.0)"},
+        "geoparquet-dataset": {
+            "href": f"../{GEOPARQUET_DATASET}/", "type": stac_catalog.PARQUET_MEDIA_TYPE, "roles": ["data"],
+            "title": f"{spec.title} pooled embeddings of every region and window (GeoParquet 1.1)",
+            "description": "Hive-partitioned: window_start=<window>/<region>.parquet; read "
+                           "'<href>**/*.parquet' with hive_partitioning and filter on window_start and bbox."},
+    }
