@@ -62,6 +62,19 @@ def model_names(name: str, settings: Settings | None = None) -> ModelName:
     return ModelName(family.name, resource.store_model_id)
 
 
+def asset_name(name: str, assets: Sequence[str]) -> str | None:
+    """The asset ``name`` means: itself, or with a model id or alias as its prefix in place of the
+    family (``terrafm_b_s2_cube`` -> ``terrafm_s2_cube``, ``thor_v1_base_s2_cube`` -> ``thor_s2_cube``);
+    None when it names none of ``assets``."""
+    if name in assets:
+        return name
+    for family in families():
+        for model_id in sorted(family.ids, key=len, reverse=True):  # thor_1_0_base before thor
+            if name.startswith(model_id + "_") and f"{family.name}{name[len(model_id):]}" in assets:
+                return f"{family.name}{name[len(model_id):]}"
+    return None
+
+
 def check_region(config: PipelineConfig, region_keys: Sequence[str], region: str) -> str:
     """``region`` when it is a region partition key (a region, or a split region's cell); otherwise
     :class:`UsageError` listing the regions of the config (and how to add one)."""
