@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -114,3 +116,30 @@ def test_dry_run_selects_by_stage_and_the_package_runs_it_by_name(env):
     listing = subprocess.run([sys.executable, "-m", "rs_embed_pipeline"], capture_output=True, text=True, timeout=60,
                              env={**os.environ, "PYTHONPATH": str(REPO)})
     assert listing.returncode == 2 and "commands: build, demo, search" in listing.stdout
+
+
+def readme_offline_build_lines() -> list[str]:
+    """The README's offline build command lines ("Build your own region": --list and --dry-run)."""
+    section = (REPO / "README.md").read_text().split("## Build your own region", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)```", section, flags=re.DOTALL)
+    return [line for block in blocks for line in block.splitlines()
+            if line.startswith(".venv/bin/python") and ("--dry-run" in line or line.endswith("--list"))]
+
+
+def test_readme_build_lines_run_as_printed(tmp_path):
+    """Issue 24: the README's command lines that work offline, run exactly as printed from a checkout
+    whose .venv is this interpreter's environment, with the packaged regions config."""
+    lines = readme_offline_build_lines()
+    assert len(lines) == 3
+    (tmp_path / ".venv").symlink_to(Path(sys.executable).parents[1], target_is_directory=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RS_EMBED_", "EE_PROJECT"))}
+    env.update(PYTHONPATH=str(REPO), RS_EMBED_STORE=str(tmp_path / "data"))
+    outputs = []
+    for line in lines:
+        run = subprocess.run(["bash", "-c", line], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+        assert run.returncode == 0, f"README line failed: {line}\n{run.stdout}\n{run.stderr}"
+        outputs.append(run.stdout)
+    assert outputs[0].startswith("regions (") and "windows: 2024-01-01, 2024-04-01," in outputs[0]
+    assert "Assets (4): s2_patches, terrafm_s2_cube, terrafm_s2_embeddings, tile_grid\nPartitions: demo|2024-01-01\n" \
+        in outputs[1]
+    assert "Partitions: demo|2024-01-01, demo|2024-04-01\n" in outputs[2] and "thor_s2_stac" in outputs[2]
