@@ -308,19 +308,20 @@ def _check_polygonal(geom: BaseGeometry, what: str = "AOI") -> BaseGeometry:
         raise ValueError(f"{what} geometry has zero area")
     minx, miny, maxx, maxy = geom.bounds
     if not all(math.isfinite(v) for v in (minx, miny, maxx, maxy)):
-        raise ValueError(f"{what} bbox has non-finite coordinates: {geom.bounds}")
+        raise ValueError(f"{what} has non-finite coordinates: {geom.bounds}")
+    # ``what`` is "AOI" or "bbox": the messages say "<what> latitude ...", never "bbox bbox".
     if miny < -90 or maxy > 90:
-        raise ValueError(f"{what} bbox latitude out of range [-90, 90]: {miny}..{maxy}")
+        raise ValueError(f"{what} latitude out of range [-90, 90]: {miny}..{maxy}")
     if minx < MIN_LON or maxx > MAX_LON:
         raise ValueError(
-            f"{what} bbox longitude out of range [{MIN_LON}, {MAX_LON}]: {minx}..{maxx} "
+            f"{what} longitude out of range [{MIN_LON}, {MAX_LON}]: {minx}..{maxx} "
             "(longitudes > 180 are accepted only for polygons crossing the anti-meridian)"
         )
     if maxx - minx > 360:
-        raise ValueError(f"{what} bbox spans more than 360 degrees of longitude: {minx}..{maxx}")
+        raise ValueError(f"{what} spans more than 360 degrees of longitude: {minx}..{maxx}")
     if miny < MIN_LAT or maxy > MAX_LAT:
         raise ValueError(
-            f"{what} bbox latitude {miny}..{maxy} is outside UTM coverage [{MIN_LAT}, {MAX_LAT}]"
+            f"{what} latitude {miny}..{maxy} is outside UTM coverage [{MIN_LAT}, {MAX_LAT}]"
         )
     return geom
 

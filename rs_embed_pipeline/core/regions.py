@@ -1,7 +1,9 @@
 """The regions / time-window configuration (``config/pipeline.yaml`` or ``RS_EMBED_CONFIG``).
 
 A region is a name and an AOI (``bbox: [minlon, minlat, maxlon, maxlat]`` or ``geojson: path``,
-relative to the config file). Names become partition keys, so they are restricted to lower-case
+relative to the config file). A bbox's longitudes lie in [-180, 180]; ``minlon > maxlon`` (a box
+across the anti-meridian) needs ``crosses_antimeridian: true`` on the entry, so that a box whose
+west and east were swapped by mistake is refused instead of spanning the globe. Names become partition keys, so they are restricted to lower-case
 letters, digits, ``_`` and ``-``; a name that appears twice is an error, never a silent override.
 Keys the format does not know (:data:`REGION_KEYS`, :data:`WINDOW_KEYS`, :data:`TOP_KEYS`) are
 errors naming them and the valid ones, never silently ignored.
@@ -32,7 +34,7 @@ from rs_embed_pipeline.core.grid import Cell, bbox_aoi, build_tile_grid, load_ao
 CADENCES = ("monthly", "quarterly", "yearly")
 TOP_KEYS = ("time_windows", "regions")
 WINDOW_KEYS = ("cadence", "start")
-REGION_KEYS = ("name", "description", "bbox", "geojson", "split_km")
+REGION_KEYS = ("name", "description", "bbox", "geojson", "split_km", "crosses_antimeridian")
 REGION_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
@@ -118,6 +120,25 @@ def _split_km(value: Any, name: str, path: Path) -> int:
     return int(value)
 
 
+def _check_bbox_longitudes(bbox: Sequence[float], crosses: Any) -> None:
+    """A bbox's longitudes in [-180, 180], and ``minlon > maxlon`` only when the entry says
+    ``crosses_antimeridian: true`` (a swapped box would otherwise load as one spanning the globe)."""
+    if not isinstance(crosses, bool):
+        raise ValueError(f"crosses_antimeridian must be true or false, got {crosses!r}")
+    west, _, east, _ = bbox
+    outside = [v for v in (west, east) if not -180.0 <= v <= 180.0]
+    if outside:
+        raise ValueError(f"bbox longitude(s) {', '.join(f'{v:g}' for v in outside)} outside [-180, 180] "
+                         "(a box across the anti-meridian is [west, south, east, north] with west > east and "
+                         "crosses_antimeridian: true)")
+    if west > east and not crosses:
+        raise ValueError(f"bbox west {west:g} > east {east:g}: swap them ([{east:g}, {bbox[1]:g}, {west:g}, "
+                         f"{bbox[3]:g}]), or add crosses_antimeridian: true if the box crosses the anti-meridian")
+    if crosses and not west > east:
+        raise ValueError(f"crosses_antimeridian: true needs west > east (e.g. [170, -20, -170, -10]), got west "
+                         f"{west:g}, east {east:g}")
+
+
 def _parse_region(entry: Any, index: int, base_dir: Path, path: Path) -> Region:
     if not isinstance(entry, dict) or "name" not in entry:
         raise ConfigError(f"{path}: regions[{index}] must be a mapping with a 'name'")
@@ -136,12 +157,17 @@ def _parse_region(entry: Any, index: int, base_dir: Path, path: Path) -> Region:
             bbox = entry["bbox"]
             if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
                 raise ValueError(f"bbox must be [minlon, minlat, maxlon, maxlat], got {bbox!r}")
-            aoi = bbox_aoi(*[float(v) for v in bbox])
+            values = [float(v) for v in bbox]
+            _check_bbox_longitudes(values, entry.get("crosses_antimeridian", False))
+            aoi = bbox_aoi(*values)
         else:
             geojson = Path(entry["geojson"])
             aoi = load_aoi(geojson if geojson.is_absolute() else base_dir / geojson)
     except (ValueError, OSError) as exc:
         raise ConfigError(f"{path}: region {name!r} has an invalid AOI: {exc}") from exc
+    if "crosses_antimeridian" in entry and not has_bbox:
+        raise ConfigError(f"{path}: region {name!r}: crosses_antimeridian applies to a bbox only (a GeoJSON AOI "
+                          "crosses the anti-meridian with longitudes beyond 180)")
     split_km = _split_km(entry["split_km"], name, path) if "split_km" in entry else None
     return Region(name=name, aoi=aoi, description=str(entry.get("description", "")), split_km=split_km)
 

@@ -48,6 +48,7 @@ attribute access such as ``rs_embed_pipeline.models.ThorAdapter``); terratorch i
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Any
 
 from . import registry
@@ -57,7 +58,9 @@ from .registry import ModelFamily, families, get_family, register_family, unregi
 # The built-in families register themselves on import, TerraFM first (the order of families() and
 # of the model ids in messages).
 from . import terrafm, thor  # noqa: E402, F401, I001 - after the registry, in this order
-from .knobs import env_options
+from .knobs import allow_random_weights_from_env, env_options
+
+log = logging.getLogger(__name__)
 
 _LAZY = {
     "EmbeddingOutput": "adapters",
@@ -138,13 +141,18 @@ def load_adapter(
     ``use_env`` (default True): options left unset (or None) take their value from the family's
     knob variables when set (``knobs.py``: ``RS_EMBED_TERRAFM_BATCH_SIZE``,
     ``RS_EMBED_THOR_MODEL_KEY`` for ``"thor"`` / ``"thor_1_0_base"``, ``RS_EMBED_THOR_CKPT``,
-    ``RS_EMBED_THOR_PRETRAINED``, ``RS_EMBED_THOR_IMG``, ...); an invalid value raises naming the
-    variable. Explicit options always win.
+    ``RS_EMBED_THOR_PRETRAINED``, ``RS_EMBED_THOR_IMG``, ...); ``RS_EMBED_ALLOW_RANDOM_WEIGHTS=1``
+    without an explicit ``allow_random_weights``: pretrained weights when found, else random ones
+    (as the pipeline; labelled random in every output's metadata). An invalid value raises naming
+    the variable. Explicit options always win.
     """
     family, key, variant = registry.resolve(name)
     if use_env:
-
         env = env_options(family.name)
+        if options.get("allow_random_weights") is None and allow_random_weights_from_env():
+            # As in the pipeline: pretrained weights when found, random ones only as the fallback.
+            named = checkpoint if checkpoint is not None else env.get("checkpoint")
+            return _pretrained_or_random(name, checkpoint, named, arch, device, options)
         if family.variant_option is not None and key not in family.env_variant_ids:
             env.pop(family.variant_option, None)  # an explicit size in the model id wins over the environment
         if checkpoint is None and "checkpoint" in env:
@@ -161,6 +169,19 @@ def load_adapter(
         elif key not in family.env_variant_ids and family.parse_variant(given) != variant:
             raise ModelInputError(f"Model {name!r} conflicts with {family.variant_option}={given!r}")
     return family.adapter_factory()(checkpoint=checkpoint, arch=arch, device=device, **options)
+
+
+def _pretrained_or_random(name: str, checkpoint: Any, named: Any, arch: dict | None, device: str,
+                          options: dict[str, Any]):
+    """``RS_EMBED_ALLOW_RANDOM_WEIGHTS=1`` in library use: pretrained weights when they are found,
+    else random ones (labelled ``random_weights`` / ``weights_source: RANDOM ...`` in every output)."""
+    try:
+        return load_adapter(name, checkpoint, arch, device, **{**options, "allow_random_weights": False})
+    except WeightsNotFoundError as exc:
+        if named is not None:
+            raise  # a named file (argument or variable) that is missing is an error, not a reason for random weights
+        log.warning("%s: no pretrained weights found (%s); RS_EMBED_ALLOW_RANDOM_WEIGHTS=1: RANDOM WEIGHTS", name, exc)
+        return load_adapter(name, checkpoint, arch, device, **{**options, "allow_random_weights": True})
 
 
 def build_model(name: str, arch: dict | None = None):

@@ -15,7 +15,8 @@ Who reads the environment:
   :func:`env_values` with its own mapping); ``definitions.py`` passes the values to the resources;
 * direct library use (``load_adapter``, ``embed_arrays``) calls :func:`env_values` with
   ``os.environ`` - the one function in ``rs_embed_pipeline.models`` that reads it (besides the
-  Hugging Face cache lookup, :func:`hf_cache_dir_from_env`, and ``HF_HUB_OFFLINE``);
+  Hugging Face cache lookup, :func:`hf_cache_dir_from_env`, ``HF_HUB_OFFLINE`` and the
+  random-weights opt-in, :func:`allow_random_weights_from_env`);
 * the pipeline worker passes every value explicitly (``use_env=False``), so only the resource config
   decides what a pipeline run does.
 
@@ -134,6 +135,21 @@ def resource_values(environ: Mapping[str, str] | None = None) -> dict[str, dict[
         for f in families():
             out[f.name]["cache_dir"] = cache
     return out
+
+
+#: The random-weights opt-in of library use (``load_adapter`` / ``embed_arrays`` with ``use_env``), the
+#: variable the orchestrator's settings read for the model resources' ``allow_random_weights``.
+ALLOW_RANDOM_WEIGHTS_ENV = "RS_EMBED_ALLOW_RANDOM_WEIGHTS"
+
+
+def allow_random_weights_from_env(environ: Mapping[str, str] | None = None) -> bool | None:
+    """:data:`ALLOW_RANDOM_WEIGHTS_ENV` parsed (1/0, true/false, ...); None when unset or empty. An
+    invalid value raises naming the variable and the valid values."""
+    env = os.environ if environ is None else environ
+    raw = env.get(ALLOW_RANDOM_WEIGHTS_ENV)
+    if raw is None or not str(raw).strip():
+        return None
+    return parse_bool(raw, ALLOW_RANDOM_WEIGHTS_ENV)
 
 
 def default_batch_size(family: str, device_type: str) -> int:

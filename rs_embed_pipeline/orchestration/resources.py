@@ -385,6 +385,19 @@ class StacImagery(ImageryResource):
                             max_workers=self.max_workers or fetch_workers or DEFAULT_FETCH_WORKERS)
 
 
+def _key_file_project(path: str | None) -> str | None:
+    """The ``project_id`` of a service-account key file; None without one (an unreadable file is the
+    provider's error, with its own message)."""
+    if not path:
+        return None
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return "unchecked"  # the provider reports the file when it loads the credentials
+    project = doc.get("project_id") if isinstance(doc, dict) else None
+    return str(project) if project else None
+
+
 def _gee_default(parameter: str) -> Any:
     """A ``GEEProvider`` argument's default: the provider declares it, the resource passes it on."""
     return inspect.signature(GEEProvider).parameters[parameter].default
@@ -442,6 +455,16 @@ class EarthEngineImagery(ImageryResource):
     provider_name: str = "gee"
 
     sensor_options_class: ClassVar[type[SensorOptions]] = EarthEngineSensorOptions
+
+    def validate_settings(self) -> None:
+        # Earth Engine needs a Cloud project registered for it; without one the fetch step would fail
+        # after the run started. A service-account key file names its project (project_id).
+        if self.project or self.anonymous or _key_file_project(self.credentials_file):
+            return
+        raise ResourceFieldError(
+            "project", "the Earth Engine provider needs a Google Cloud project registered for Earth Engine: set "
+            "EE_PROJECT=<project id> (or the imagery resource's project, or a service-account credentials_file "
+            "whose project_id is used)")
 
     def _own_sensor_options(self, modality: str) -> dict[str, Any]:
         # S2's Cloud Score+ settings are the provider's (GEEProvider arguments), not the resource's

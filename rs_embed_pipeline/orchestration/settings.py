@@ -9,7 +9,7 @@ Everything else receives these values through resources (definitions.py), never 
 | ``RS_EMBED_PROVIDER`` | ``local_stac`` / ``stac`` / ``gee`` | ``local_stac`` |
 | ``RS_EMBED_LOCAL_CATALOG`` | static STAC catalog for ``local_stac`` | ``<store>/catalogs/synthetic/catalog.json`` |
 | ``RS_EMBED_STAC_URL`` | STAC API for ``stac`` | Earth Search v1 |
-| ``EE_PROJECT`` | Earth Engine cloud project for ``gee``: ``EarthEngineImagery.project`` unless set there (definitions.py); the provider reads no variable | the credentials' project |
+| ``EE_PROJECT`` | Earth Engine cloud project for ``gee``: ``EarthEngineImagery.project`` unless set there (definitions.py); the provider reads no variable; without either (or a service-account key file's ``project_id``) the load fails naming it | none |
 | ``RS_EMBED_WORKER_PYTHON`` | interpreter of the model environment | ``<repo>/.venv-worker/bin/python`` |
 | ``RS_EMBED_ALLOW_RANDOM_WEIGHTS`` | ``1``: run models on random weights when no checkpoint is found (labelled everywhere) | ``0`` |
 | ``RS_EMBED_DEVICE`` | ``auto`` / ``cpu`` / ``cuda`` | the model resources' ``device`` (``auto``) |

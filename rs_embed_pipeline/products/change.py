@@ -13,11 +13,16 @@ Stored (:func:`write_change`) as Zarr v3 at ``<root>/change/<model>_<modality>/<
 with one group per UTM zone (``EPSG32632/grid``): ``cosine_distance`` float32 ``(y, x)`` and
 ``changed`` int8 ``(y, x)`` (1 above the threshold, 0 below, -1 no data), the cube's ``x`` / ``y``
 coordinates and CF ``spatial_ref`` grid mapping, and attributes naming both windows and the threshold.
+The stored ``cube`` attribute is the cube's path relative to the change store (e.g.
+``../../../../cubes/terrafm_b_s2/demo.zarr``), so a copied store tree still finds its cube:
+:func:`change_cube_uri` resolves it (an absolute one, from older stores, is returned as it is).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import posixpath
 from typing import Any
 from collections.abc import Mapping
 
@@ -127,11 +132,35 @@ def write_change(result: ChangeResult, uri: str, threshold: float,
                          "grid_mapping": "spatial_ref"}
         out = ds.assign(changed=changed)
         out.attrs["threshold"] = float(threshold)
+        out.attrs["cube"] = _relative(str(ds.attrs["cube"]), uri)
         encoding = {name: {"chunks": tuple(min(512, n) for n in out[name].shape)}
                     for name in ("cosine_distance", "changed")}
         out.to_zarr(uri, group=f"{zone}/{result.kind}", mode="w", zarr_format=3, consolidated=False,
                     encoding=encoding, storage_options=dict(storage_options or {}) or None)
     return uri
+
+
+def _split(uri: str) -> tuple[str, str]:
+    """``(scheme, absolute path)``: ``("s3", "/bucket/key")`` or ``("", "/abs/local/path")``."""
+    if "://" in uri:
+        scheme, rest = uri.split("://", 1)
+        return scheme, "/" + rest
+    return "", os.path.abspath(uri)
+
+
+def _relative(target: str, start: str) -> str:
+    """``target`` relative to the store ``start`` when both are on one file system, else ``target``."""
+    (t_scheme, t_path), (s_scheme, s_path) = _split(target), _split(start)
+    return posixpath.relpath(t_path, s_path) if t_scheme == s_scheme else target
+
+
+def change_cube_uri(change_store: str, cube_attr: str) -> str:
+    """The cube a change store was computed from: its ``cube`` attribute resolved against the store."""
+    if "://" in cube_attr or os.path.isabs(cube_attr):
+        return cube_attr
+    scheme, path = _split(change_store)
+    joined = posixpath.normpath(posixpath.join(path, cube_attr))
+    return f"{scheme}://{joined.lstrip('/')}" if scheme else joined
 
 
 def change_uri(store_root: str, model_id: str, modality: str, region: str, window: str) -> str:

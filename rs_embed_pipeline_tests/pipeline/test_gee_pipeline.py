@@ -54,7 +54,8 @@ def test_earth_engine_fetches_share_one_pool():
     from rs_embed_pipeline.orchestration.definitions import build_definitions
     from rs_embed_pipeline.orchestration.settings import Settings
 
-    defs = build_definitions(Settings.from_env({"RS_EMBED_PROVIDER": "gee", "RS_EMBED_STORE": "/tmp/unused"}))
+    defs = build_definitions(Settings.from_env({"RS_EMBED_PROVIDER": "gee", "RS_EMBED_STORE": "/tmp/unused",
+                                                   "EE_PROJECT": "p"}))  # a project: needed at load (issue 24)
     graph = defs.resolve_asset_graph()
     assert graph.get(dg.AssetKey("s2_patches")).pools == {"earth_engine"}
     assert "earthengine" in graph.get(dg.AssetKey("s1_patches")).kinds

@@ -158,6 +158,16 @@ def test_cli(tmp_path, scenes, capsys):
         main(["--scenes", str(tmp_path / "missing")])
 
 
+def test_cli_names_the_skipped_files_and_counts_the_scenes(tmp_path, scenes, capsys):
+    """Issue 24: a badly named file is named, not skipped silently, and the scene count is printed."""
+    assert main(["--scenes", str(scenes), "--out", str(tmp_path / "cat")]) == 0
+    out, err = capsys.readouterr()
+    assert err == ("skipped notes.txt: not a .tif / .tiff file\n"
+                   "skipped unrelated.tif: name does not follow <S2|S1>_<YYYYMMDD>[THHMMSS][_<anything>].tif\n")
+    assert out.splitlines()[:2] == [str(tmp_path / "cat" / "catalog.json"),
+                                    f"2 scenes (1 S2, 1 S1) from {scenes}; 2 file(s) skipped (listed above)"]
+
+
 def test_sensor_option_errors_use_the_pages_messages():
     with pytest.raises(ValueError, match=r"Unknown S1 orbit='north'\. Use 'ASCENDING' or 'DESCENDING'\."):
         LocalStacImagery(catalog_path="x", s1_orbit="north").sensor_options("s1")

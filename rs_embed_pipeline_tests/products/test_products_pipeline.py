@@ -187,3 +187,30 @@ def test_readme_snippets_run(built, tmp_path):
                              timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
         assert run.returncode == 0, f"README snippet failed:\n{code}\n{run.stdout}\n{run.stderr}"
     assert (tmp_path / "window_pca.png").exists()
+
+
+def readme_command_lines() -> list[str]:
+    """The README's command lines that read a built store offline: `rio info` of a COG, the search CLI."""
+    text = (REPO / "README.md").read_text()
+    lines = re.findall(r"`(\.venv/bin/rio info [^`]+)`", text)
+    lines += [line.split("  #")[0].strip() for block in re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL)
+              for line in block.splitlines()
+              if line.startswith(".venv/bin/python -m rs_embed_pipeline.cli.search") and " ... " not in line]
+    return lines
+
+
+def test_readme_command_lines_run(built, tmp_path):
+    """Issue 24: those lines run exactly as printed, from a checkout whose .venv is this environment."""
+    lines = readme_command_lines()
+    assert [line.split()[0:2] for line in lines] == [[".venv/bin/rio", "info"], [".venv/bin/python", "-m"]]
+    (tmp_path / ".venv").symlink_to(Path(sys.executable).parents[1], target_is_directory=True)
+    (tmp_path / "data").symlink_to(built["store"], target_is_directory=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RS_EMBED_")}
+    runs = [subprocess.run(["bash", "-c", line], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                           env={**env, "PYTHONPATH": str(REPO)}) for line in lines]
+    for line, run in zip(lines, runs, strict=True):
+        assert run.returncode == 0, f"README line failed: {line}\n{run.stdout}\n{run.stderr}"
+    info = json.loads(runs[0].stdout)
+    assert info["crs"] == "EPSG:32632" and info["count"] == open_cube(built["cube"]).sizes["feature"]
+    assert re.match(r"\d+ cells most similar to .* \(terrafm_b s2, demo 2024-01-01, grid", runs[1].stdout)
+    assert re.search(r"^   1  1\.000000  32632_p224_", runs[1].stdout, flags=re.MULTILINE)

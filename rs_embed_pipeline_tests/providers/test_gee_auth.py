@@ -123,11 +123,33 @@ def test_unset_or_empty_ee_project_leaves_the_project_to_the_credentials(standin
     settings = Settings.from_env(env)
     assert settings.ee_project is None
     assert Settings.from_env({**env, "EE_PROJECT": " p1 "}).ee_project == "p1"
-    imagery = build_definitions(settings).resources["imagery"]
+    # issue 24: the code location no longer loads without a project (test below); the provider keeps its check
+    imagery = imagery_for(settings)
     assert isinstance(imagery, EarthEngineImagery) and imagery.project is None
     provider = imagery.model_copy(update={"api_url": standin.url, "anonymous": True}).build()
     with pytest.raises(ProviderError, match="GEE provider: no Earth Engine project: pass project= or set EE_PROJECT"):
         provider.fetch_patches(S.tile_rows(1), *Q1, "s2")
+
+
+def test_no_project_fails_the_load_naming_ee_project(key_file, tmp_path):
+    """Issue 24: RS_EMBED_PROVIDER=gee without EE_PROJECT fails when the code location loads, not in
+    the fetch step; a service-account key file's project_id, or anonymous (a stand-in), is enough."""
+    settings = Settings.from_env({"RS_EMBED_STORE": "/tmp/unused-store", "RS_EMBED_PROVIDER": "gee"})
+    with pytest.raises(ValueError) as err:
+        build_definitions(settings)
+    assert str(err.value) == (
+        "Invalid resource field imagery.project: the Earth Engine provider needs a Google Cloud project registered "
+        "for Earth Engine: set EE_PROJECT=<project id> (or the imagery resource's project, or a service-account "
+        "credentials_file whose project_id is used)")
+    resources = resources_for(settings)
+    path, _ = key_file
+    assert json.loads(path.read_text())["project_id"]
+    for imagery in (EarthEngineImagery(credentials_file=str(path)), EarthEngineImagery(anonymous=True)):
+        assert build_definitions(settings, {**resources, "imagery": imagery}).resources["imagery"].project is None
+    nameless = tmp_path / "no-project.json"
+    nameless.write_text(json.dumps({"type": "service_account"}))
+    with pytest.raises(ValueError, match="set EE_PROJECT=<project id>"):
+        build_definitions(settings, {**resources, "imagery": EarthEngineImagery(credentials_file=str(nameless))})
 
 
 def test_bad_key_file_errors_do_not_echo_the_file(tmp_path):

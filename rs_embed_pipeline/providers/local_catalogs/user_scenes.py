@@ -42,6 +42,7 @@ import datetime as dt
 import json
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 from collections.abc import Sequence
@@ -279,6 +280,28 @@ def _add_scene_collection(pystac: Any, catalog: Any, coll_id: str, modality: str
         coll.add_item(it)
 
 
+NAMING = "<S2|S1>_<YYYYMMDD>[THHMMSS][_<anything>].tif"
+NOT_NAMED = f"name does not follow {NAMING}"
+NOT_TIFF = "not a .tif / .tiff file"
+
+
+def scan_scenes(scenes: Path) -> tuple[list[tuple[Path, dict[str, Any]]], list[tuple[str, str]]]:
+    """The scene files of a folder, sorted, each with its parsed name, and the files skipped, each
+    with why (:data:`NOT_TIFF`, :data:`NOT_NAMED`); sub-folders (the catalog's own) are not files."""
+    parsed: list[tuple[Path, dict[str, Any]]] = []
+    skipped: list[tuple[str, str]] = []
+    for path in sorted(p for p in scenes.iterdir() if p.is_file()):
+        if path.suffix.lower() not in (".tif", ".tiff"):
+            skipped.append((path.name, NOT_TIFF))
+            continue
+        info = parse_scene_name(path.name)
+        if info is None:
+            skipped.append((path.name, NOT_NAMED))
+        else:
+            parsed.append((path, info))
+    return parsed, skipped
+
+
 def build_user_catalog(
     scenes_dir: str | Path,
     out_dir: str | Path | None = None,
@@ -301,10 +324,8 @@ def build_user_catalog(
     if s1_units not in ("linear", "db"):
         raise ProviderError(f"s1_units must be 'linear' or 'dB', got {s1_units!r}")
     out = Path(out_dir) if out_dir is not None else scenes / "stac"
-    files = sorted(p for p in scenes.iterdir() if p.is_file() and p.suffix.lower() in (".tif", ".tiff"))
-    named = [(p, parse_scene_name(p.name)) for p in files]
-    ignored = [p.name for p, info in named if info is None]
-    parsed = [(p, info) for p, info in named if info is not None]
+    parsed, skipped = scan_scenes(scenes)
+    ignored = [name for name, why in skipped if why == NOT_NAMED]
     if not parsed:
         raise ProviderError(
             f"no scene in {scenes} follows the naming convention <S2|S1>_<YYYYMMDD>[THHMMSS][_<anything>].tif"
@@ -381,12 +402,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--s1-units", choices=["linear", "dB", "db"], default="linear")
     ap.add_argument("--no-check", action="store_true", help="skip the units check of each scene")
     args = ap.parse_args(argv)
+    scenes = Path(args.scenes)
     try:
+        parsed, skipped = scan_scenes(scenes) if scenes.is_dir() else ([], [])
         path = build_user_catalog(args.scenes, args.out, s2_scale=args.s2_scale, s2_offset=args.s2_offset,
                                   s1_units=args.s1_units, check_units=not args.no_check)
     except ProviderError as exc:
         ap.exit(2, f"error: {exc}\n")
+    for name, why in skipped:
+        print(f"skipped {name}: {why}", file=sys.stderr)
+    counts = {m: sum(info["modality"] == m for _, info in parsed) for m in ("s2", "s1")}
     print(path)
+    print(f"{len(parsed)} scenes ({counts['s2']} S2, {counts['s1']} S1) from {scenes}"
+          + (f"; {len(skipped)} file(s) skipped (listed above)" if skipped else ""))
     print(f"Use it: RS_EMBED_LOCAL_CATALOG={path} (provider local_stac)"
           + ("; S1 in dB: set use_float_linear: false on the imagery resource" if args.s1_units.lower() == "db" else ""))
     return 0

@@ -166,3 +166,27 @@ def test_int8_time_axis_grows_with_its_scale_arrays(tmp_path):
     ds = open_cube(uri)
     assert [str(t)[:10] for t in ds["time"].values] == [starts[0], starts[TIME_BLOCK + 3]]
     assert np.isfinite(ds["embedding"].values).all()
+
+
+def test_the_change_store_finds_its_cube_after_a_copy(cubes, tmp_path):
+    """Issue 24: the stored ``cube`` attribute is relative to the change store, so a copied store tree
+    (cubes and change together) points at the copy, not at the old place."""
+    import shutil
+
+    from rs_embed_pipeline.products.change import change_cube_uri
+
+    root = tmp_path / "store"
+    cube = root / "cubes" / "terrafm_b_s2" / "demo.zarr"
+    shutil.copytree(cubes["none"]["uri"], cube)
+    store = root / "change" / "terrafm_b_s2" / "demo" / f"{C.WINDOW_STARTS[1]}.zarr"
+    write_change(change_between(str(cube), C.WINDOW_STARTS[1], C.WINDOW_STARTS[0]), str(store), threshold=0.5)
+    attr = xr.open_zarr(store, group="EPSG32632/grid", consolidated=False).attrs["cube"]
+    assert attr == "../../../../cubes/terrafm_b_s2/demo.zarr"
+    copy = tmp_path / "copied"
+    shutil.copytree(root, copy)
+    shutil.rmtree(root)
+    moved = copy / "change" / "terrafm_b_s2" / "demo" / f"{C.WINDOW_STARTS[1]}.zarr"
+    assert change_cube_uri(str(moved), attr) == str(copy / "cubes" / "terrafm_b_s2" / "demo.zarr")
+    assert open_cube(change_cube_uri(str(moved), attr)).sizes["time"] >= 2
+    assert change_cube_uri("s3://b/p/change/m_s2/r/w.zarr", attr) == "s3://b/p/cubes/terrafm_b_s2/demo.zarr"
+    assert change_cube_uri(str(moved), "/old/place/demo.zarr") == "/old/place/demo.zarr"

@@ -1,0 +1,1 @@
+"""Tests of the command lines (rs_embed_pipeline/cli/)."""

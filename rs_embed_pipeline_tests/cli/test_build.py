@@ -1,0 +1,145 @@
+"""``python -m rs_embed_pipeline.cli.build`` (issue 24 point 1): the real definitions, run in-process over
+the synthetic catalog (local STAC provider) and over a STAC API server on 127.0.0.1; every wrong name
+an error listing the valid ones."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rs_embed_pipeline.cli import build
+from rs_embed_pipeline.products import open_cube
+from rs_embed_pipeline_tests.pipeline.conftest import (  # noqa: F401 - fixtures
+    REPO,
+    TINY_BBOX,
+    WINDOW,
+    reference_dir,
+    synthetic_catalog,
+    worker_python,
+    write_config,
+)
+
+
+def _reduced(family: str, case: str, weights: str) -> list[str]:
+    """--set arguments for a model at the reference fixtures' reduced size, with their weights."""
+    arch = json.loads((reference_dir() / case / "case.json").read_text())["arch"]
+    return ["--set", f"{family}.arch_json={json.dumps(arch)}", "--set", f"{family}.checkpoint={reference_dir() / case / weights}",
+            "--set", f"{family}.device=cpu", "--set", f"{family}.batch_size=4"]
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch, synthetic_catalog, worker_python):  # noqa: F811
+    config = write_config(tmp_path / "pipeline.yaml", [{"name": "tiny", "bbox": list(TINY_BBOX)},
+                                                       {"name": "alps", "bbox": [6.60, 46.50, 6.70, 46.56],
+                                                        "split_km": 8}])
+    values = {"RS_EMBED_CONFIG": str(config), "RS_EMBED_STORE": str(tmp_path / "store"),
+              "RS_EMBED_LOCAL_CATALOG": str(synthetic_catalog), "RS_EMBED_WORKER_PYTHON": worker_python,
+              "DAGSTER_HOME": str(tmp_path / "dagster_home"), "RS_EMBED_PROVIDER": "local_stac",
+              "RS_EMBED_STEP_RETRIES": "0"}
+    (tmp_path / "dagster_home").mkdir()
+    (tmp_path / "dagster_home" / "dagster.yaml").write_text("")
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    return {**values, "tmp": tmp_path}
+
+
+def test_build_runs_the_named_model_and_modality_into_a_cube(env, capsys):
+    args = ["--region", "tiny", "--window", WINDOW, "--models", "terrafm", "--modalities", "s2", "--stages", "cubes",
+            *_reduced("terrafm", "terrafm_s2_l2a", "weights.pth")]
+    assert build.main(args) == 0
+    out = capsys.readouterr().out
+    assert "Assets (4): s2_patches, terrafm_s2_cube, terrafm_s2_embeddings, tile_grid\nPartitions: tiny|2024-01-01\n" in out
+    assert "Runs recorded in the Dagster instance at $DAGSTER_HOME" in out and f"done tiny|{WINDOW}" in out
+    cube = f"{env['RS_EMBED_STORE']}/cubes/terrafm_b_s2/tiny.zarr"
+    assert f"  terrafm_s2_cube    {cube}  [pretrained]\n" in out
+    ds = open_cube(cube)
+    assert [str(t)[:10] for t in ds["time"].values] == [WINDOW] and ds.sizes["feature"] > 0
+    assert not os.path.exists(f"{env['RS_EMBED_STORE']}/patches/s1")  # S1 off: never fetched
+
+
+def test_a_failed_run_exits_1_naming_the_step_and_its_error(env, capfd):
+    args = ["--region", "tiny", "--window", WINDOW, "--models", "thor", "--stages", "embeddings",
+            "--set", "thor.checkpoint=/no/such/thor.pt", "--set", "thor.device=cpu"]
+    assert build.main(args) == 1
+    out, err = capfd.readouterr()
+    assert f"FAILED tiny|{WINDOW} (run " in out
+    assert "  thor_s2_embeddings: dagster._core.errors.DagsterPipesExecutionError: External execution process " \
+           "failed with code 1\n" in out
+    # the worker's own error reaches the terminal (its stderr), naming the file
+    assert "WeightsNotFoundError: Checkpoint file '/no/such/thor.pt' does not exist" in err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--region", "tinny", "--window", WINDOW], "error: unknown region 'tinny' in {config}; configured regions: tiny, "
+     "alps (README 'Adding a region')"),
+    (["--region", "alps", "--window", WINDOW], "error: region 'alps' is split into 4 cells (split_km); name one of "
+     "them: alps-32N-E0312-N05152, alps-32N-E0320-N05152, alps-32N-E0312-N05144, alps-32N-E0320-N05144\n"),
+    (["--region", "tiny", "--window", "2024-02-01"], "error: unknown window '2024-02-01'; windows are the first days "
+     "of the configured cadence's periods: 2024-01-01, 2024-04-01"),
+    (["--region", "tiny", "--window", WINDOW, "--models", "thorr"], "error: unknown model 'thorr'; valid names: "
+     "terrafm: terrafm, terrafm_b; thor: thor, thor_1_0_base"),
+    (["--region", "tiny", "--window", WINDOW, "--modalities", "thor=s3"], "error: --modalities 'thor=s3': thor "
+     "embeds s2, s1 (comma-separated, e.g. thor=s2,s1), got 's3'"),
+    (["--region", "tiny", "--window", WINDOW, "--stages", "cube"], "error: unknown stage(s) cube; stages: patches, "
+     "embeddings, cubes, products, answers"),
+    (["--region", "tiny", "--window", WINDOW, "--assets", "terrafm_s2_cubes"], "error: unknown asset(s) "
+     "terrafm_s2_cubes; assets: s1_patches, s2_patches, terrafm_s1_change, terrafm_s1_cog"),
+    (["--region", "tiny", "--window", WINDOW, "--set", "terrafm.batchsize=4"], "error: --set 'terrafm.batchsize=4': "
+     "terrafm has no field 'batchsize'; fields: checkpoint, batch_size"),
+    (["--region", "tiny", "--window", WINDOW, "--set", "gpu.device=cuda"], "error: --set 'gpu.device=cuda': expected "
+     "RESOURCE.FIELD=VALUE with RESOURCE one of store, imagery, terrafm, thor"),
+])
+def test_every_wrong_name_lists_the_valid_ones(env, capsys, args, message):
+    assert build.main(args) == 2
+    assert capsys.readouterr().err.startswith(message.format(config=env["RS_EMBED_CONFIG"]))
+
+
+def test_dry_run_selects_by_stage_and_the_package_runs_it_by_name(env):
+    run = subprocess.run([sys.executable, "-m", "rs_embed_pipeline", "build", "--region", "alps-32N-E0312-N05152",
+                          "--window", WINDOW, "2024-04-01", "--models", "thor_v1_base", "--stages", "answers",
+                          "--dry-run"], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines()[1:] == [
+        "Assets (6): s2_patches, thor_s2_change, thor_s2_cube, thor_s2_embeddings, thor_s2_search_index, tile_grid",
+        f"Partitions: alps-32N-E0312-N05152|{WINDOW}, alps-32N-E0312-N05152|2024-04-01"]
+    named = subprocess.run([sys.executable, "-m", "rs_embed_pipeline.cli.build", "--region", "tiny", "--window", WINDOW,
+                            "--assets", "terrafm_b_s2_cube", "thor_v1_base_s2_embeddings", "tile_grid", "--dry-run"],
+                           capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert "Assets (3): terrafm_s2_cube, thor_s2_embeddings, tile_grid\n" in named.stdout, named.stderr
+    listing = subprocess.run([sys.executable, "-m", "rs_embed_pipeline"], capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert listing.returncode == 2 and "commands: build, demo, search" in listing.stdout
+
+
+def readme_offline_build_lines() -> list[str]:
+    """The README's offline build command lines ("Build your own region": --list and --dry-run)."""
+    section = (REPO / "README.md").read_text().split("## Build your own region", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)```", section, flags=re.DOTALL)
+    return [line for block in blocks for line in block.splitlines()
+            if line.startswith(".venv/bin/python") and ("--dry-run" in line or line.endswith("--list"))]
+
+
+def test_readme_build_lines_run_as_printed(tmp_path):
+    """Issue 24: the README's command lines that work offline, run exactly as printed from a checkout
+    whose .venv is this interpreter's environment, with the packaged regions config."""
+    lines = readme_offline_build_lines()
+    assert len(lines) == 3
+    (tmp_path / ".venv").symlink_to(Path(sys.executable).parents[1], target_is_directory=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RS_EMBED_", "EE_PROJECT"))}
+    env.update(PYTHONPATH=str(REPO), RS_EMBED_STORE=str(tmp_path / "data"))
+    outputs = []
+    for line in lines:
+        run = subprocess.run(["bash", "-c", line], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+        assert run.returncode == 0, f"README line failed: {line}\n{run.stdout}\n{run.stderr}"
+        outputs.append(run.stdout)
+    assert outputs[0].startswith("regions (") and "windows: 2024-01-01, 2024-04-01," in outputs[0]
+    assert "Assets (4): s2_patches, terrafm_s2_cube, terrafm_s2_embeddings, tile_grid\nPartitions: demo|2024-01-01\n" \
+        in outputs[1]
+    assert "Partitions: demo|2024-01-01, demo|2024-04-01\n" in outputs[2] and "thor_s2_stac" in outputs[2]
