@@ -1,16 +1,19 @@
 """Issue #22 cases 1-3 on the STAC providers: the legacy Earth Search ``false`` flag checked against
 the pixels, one observation per legacy scene, harmonized DN clamped at 0.
 
-The legacy items are the synthetic Earth Search items with the legacy collection's id and
-properties (``S2B_<utm>_<yyyymmdd>_<seq>_L2A``, ``s2:processing_baseline``,
-``earthsearch:boa_offset_applied``) and the ``raster:bands`` of the legacy B04 asset quoted in
-Element84/earth-search#66 (nodata 0, uint16, bits_per_sample 15, scale 0.0001, offset -0.1), which
-the synthetic assets already carry field for field."""
+The legacy items are laid out field for field as Earth Search v1 serves its legacy
+``sentinel-2-l2a`` items (every property, link, asset key and asset field of
+https://earth-search.aws.element84.com/v1/collections/sentinel-2-l2a/items/S2A_39QTA_20230628_0_L2A,
+whose ``raster:bands`` Element84/earth-search#66 quotes for the mis-tagged S2B_52SFA_20220126_0_L2A:
+nodata 0, uint16, bits_per_sample 15, scale 0.0001, offset -0.1), built by
+``earth_search_legacy.legacy_item`` from a local C1 scene, its hrefs on the test's local COGs."""
 
 from __future__ import annotations
 
 import copy
 import datetime as dt
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,12 +24,9 @@ from rs_embed_pipeline.providers.catalogs import judge_legacy_offset, legacy_off
 from rs_embed_pipeline.providers.stac.legacy import latest_sequences
 
 from .conftest import earth_search_items, static_catalog
+from .earth_search_legacy import REFLECTANCE_RASTER_BANDS, legacy_item, mgrs_square
 
 pytestmark = [pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")]
-
-# raster:bands of the legacy sentinel-2-l2a B04 asset (Element84/earth-search#66)
-LEGACY_RASTER_BANDS = {"nodata": 0, "data_type": "uint16", "bits_per_sample": 15, "spatial_resolution": 10,
-                       "scale": 0.0001, "offset": -0.1}
 
 
 def _rewrite(src_href, dst, fn) -> str:
@@ -57,17 +57,10 @@ def scene(synthetic_catalog, tmp_path):
 
 
 def _legacy(c1: dict, tmp_path, seq: int, flag: bool, fn=None, baseline: str = "05.10") -> dict:
-    """The legacy Earth Search copy of a C1 item; ``fn`` rewrites its blue COG (raw -> stored)."""
-    it = copy.deepcopy(c1)
-    day = c1["properties"]["datetime"][:10].replace("-", "")
-    it["id"] = f"S2B_33TVL_{day}_{seq}_L2A"
-    it["collection"] = "sentinel-2-l2a"
-    it["properties"]["s2:processing_baseline"] = baseline
-    it["properties"]["earthsearch:boa_offset_applied"] = flag
-    it["assets"]["blue"]["raster:bands"] = [dict(LEGACY_RASTER_BANDS)]
-    if fn is not None:
-        it["assets"]["blue"]["href"] = _rewrite(c1["assets"]["blue"]["href"], tmp_path / f"{it['id']}_blue.tif", fn)
-    return it
+    """The legacy Earth Search item of a C1 scene (the documented layout: ``legacy_item``);
+    ``fn`` rewrites its blue COG (raw -> stored)."""
+    return legacy_item(c1, Path(tempfile.mkdtemp(dir=tmp_path)), seq=seq, applied=flag, baseline=baseline,
+                       blue=fn)
 
 
 def _fetch(items, tmp_path, name, tiles, s, e, **kw):
@@ -78,6 +71,56 @@ def _fetch(items, tmp_path, name, tiles, s, e, **kw):
 
 def _harmonized(a):
     return np.where(a > 0, a.astype(np.int64) - 1000, 0).astype(a.dtype)
+
+
+# The documented example's asset keys and property keys, in the API's order
+DOCUMENTED_ASSETS = [
+    "aot", "blue", "coastal", "granule_metadata", "green", "nir", "nir08", "nir09", "red", "rededge1", "rededge2",
+    "rededge3", "scl", "swir16", "swir22", "thumbnail", "tileinfo_metadata", "visual", "wvp", "aot-jp2", "blue-jp2",
+    "coastal-jp2", "green-jp2", "nir-jp2", "nir08-jp2", "nir09-jp2", "red-jp2", "rededge1-jp2", "rededge2-jp2",
+    "rededge3-jp2", "scl-jp2", "swir16-jp2", "swir22-jp2", "visual-jp2", "wvp-jp2",
+]
+DOCUMENTED_PROPERTIES = [
+    "created", "platform", "constellation", "instruments", "eo:cloud_cover", "proj:epsg", "mgrs:utm_zone",
+    "mgrs:latitude_band", "mgrs:grid_square", "grid:code", "view:sun_azimuth", "view:sun_elevation",
+    "s2:degraded_msi_data_percentage", "s2:nodata_pixel_percentage", "s2:saturated_defective_pixel_percentage",
+    "s2:dark_features_percentage", "s2:cloud_shadow_percentage", "s2:vegetation_percentage",
+    "s2:not_vegetated_percentage", "s2:water_percentage", "s2:unclassified_percentage",
+    "s2:medium_proba_clouds_percentage", "s2:high_proba_clouds_percentage", "s2:thin_cirrus_percentage",
+    "s2:snow_ice_percentage", "s2:product_type", "s2:processing_baseline", "s2:product_uri", "s2:generation_time",
+    "s2:datatake_id", "s2:datatake_type", "s2:datastrip_id", "s2:granule_id", "s2:reflectance_conversion_factor",
+    "datetime", "s2:sequence", "earthsearch:s3_path", "earthsearch:payload_id", "earthsearch:boa_offset_applied",
+    "processing:software", "updated",
+]
+
+
+def test_legacy_items_follow_the_documented_layout(scene, tmp_path):
+    c1, _, _ = scene
+    # the documented example: 39QTA, tile origin (199980, 2100000), 109.8 km a side, ~18.5 N
+    assert mgrs_square(32639, 199980 + 54900, 2100000 - 54900, 18.48) == (39, "Q", "TA")
+    it = _legacy(c1, tmp_path, 0, False, baseline="04.00")
+    day = c1["properties"]["datetime"][:10].replace("-", "")
+    sat = "S2" + c1["properties"]["platform"][-1].upper()
+    assert it["id"] == f"{sat}_33TVK_{day}_0_L2A" and it["collection"] == "sentinel-2-l2a"
+    assert list(it) == ["type", "stac_version", "id", "properties", "geometry", "links", "assets", "bbox",
+                        "stac_extensions", "collection"]
+    assert list(it["properties"]) == DOCUMENTED_PROPERTIES and list(it["assets"]) == DOCUMENTED_ASSETS
+    p = it["properties"]
+    assert (p["s2:processing_baseline"], p["earthsearch:boa_offset_applied"], p["s2:sequence"]) == ("04.00", False, "0")
+    assert (p["mgrs:utm_zone"], p["mgrs:latitude_band"], p["mgrs:grid_square"], p["grid:code"]) == (
+        33, "T", "VK", "MGRS-33TVK")
+    assert p["earthsearch:s3_path"] == f"s3://sentinel-cogs/sentinel-s2-l2a-cogs/33/T/VK/{day[:4]}/{int(day[4:6])}/{it['id']}"
+    blue = it["assets"]["blue"]
+    assert list(blue) == ["href", "type", "title", "eo:bands", "gsd", "proj:shape", "proj:transform",
+                          "raster:bands", "roles"]
+    assert blue["raster:bands"] == [REFLECTANCE_RASTER_BANDS] and blue["title"] == "Blue (band 2) - 10m"
+    assert blue["href"].endswith(f"/{it['id']}/B02.tif") and it["assets"]["scl"]["href"].endswith("/SCL.tif")
+    with rasterio.open(blue["href"]) as a, rasterio.open(c1["assets"]["blue"]["href"]) as b:
+        np.testing.assert_array_equal(a.read(1), b.read(1))  # the local COG, unchanged
+        assert list(a.shape) == blue["proj:shape"]
+    assert it["assets"]["wvp"]["raster:bands"] == [{"nodata": 0, "data_type": "uint16", "bits_per_sample": 15,
+                                                    "spatial_resolution": 20, "unit": "cm", "scale": 0.001,
+                                                    "offset": 0}]
 
 
 def test_false_flag_on_harmonized_cogs_is_corrected_from_the_pixels(scene, inner_tiles, tmp_path):
