@@ -3,6 +3,7 @@ collections and filters (the real ``ee`` client builds and sends every request).
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -12,10 +13,12 @@ from rs_embed_pipeline.providers import ProviderError
 from rs_embed_pipeline.providers.gee import (
     S1_DB_COLLECTION,
     S1_FLOAT_COLLECTION,
+    S2_CLAMP,
     S2_CLOUD_SCORE_PLUS_COLLECTION,
     S2_COLLECTION,
     VALID_BAND,
 )
+from rs_embed_pipeline.providers.gee.scenes import scene_dates
 
 from . import ee_standin as S
 from .gee_fetch import Q1, fetch
@@ -425,3 +428,60 @@ def test_describe_is_pixel_settings_only(make_provider):
     assert d["collections"]["s2"] == S2_COLLECTION and d["collections"]["s1"] == S1_FLOAT_COLLECTION
     assert "endpoint" not in d and "project" not in d  # operational settings are in stats()["config"]
     assert "EPSG:3857" not in str(d)
+
+
+# -------------------------------------------------- real catalogs (#22): clamp and scene gaps
+
+
+def test_s2_patches_record_that_the_collection_holds_no_negative_dn(standin, make_provider):
+    # S2_SR_HARMONIZED's reflectance bands are UINT16 (the stand-in's too): DN >= 0 by the
+    # collection, recorded as the STAC providers record their clamp
+    assert {img.dtype for img in standin.catalog.get(S2_COLLECTION)} == {"uint16"}
+    rows = S.tile_rows(2)
+    for composite in ("median", "mosaic"):
+        for p in fetch(make_provider(), rows, bands=["B2", "B4"], composite=composite).values():
+            assert p.status == "ok" and p.data.min() >= 0.0
+            assert p.meta["clamp"] == S2_CLAMP == (
+                "harmonized S2 DN below 0 are 0 in the collection (S2_SR_HARMONIZED's bands are UINT16: "
+                "DN >= 0 by the collection); nothing clamped here")
+    [s1] = fetch(make_provider(), rows[:1], modality="s1").values()
+    assert "clamp" not in s1.meta
+
+
+def test_sparse_windows_record_found_and_expected_scenes_and_warn_once(standin, make_provider, caplog):
+    rows = S.tile_rows(3)  # the stand-in's catalog: one scene (2024-01-05) per collection
+    with caplog.at_level(logging.WARNING, logger="rs_embed_pipeline.providers.gee"):
+        s2 = fetch(make_provider(), rows, bands=["B4"])  # Q1: 91 days, 18 five-day revisits
+        s1 = fetch(make_provider(), rows, modality="s1")  # 7 twelve-day revisits
+    for p in s2.values():
+        assert p.status == "ok" and p.meta["found_scenes"] == 1
+        assert p.meta["scene_gap"] == {
+            "expected_scenes": 18, "found_scenes": 1,
+            "reason": "fewer than 25% of the 18 dates a 5-day revisit gives (catalog gap, cloud filter or "
+                      "orbit filter)"}
+    for p in s1.values():
+        assert p.meta["found_scenes"] == 1 and p.meta["scene_gap"]["expected_scenes"] == 7
+    gaps = [r.getMessage() for r in caplog.records if "scene dates" in r.getMessage()]
+    assert len(gaps) == 2  # one per fetch, not one per tile
+    assert "1 scene dates in 2024-01-01 .. 2024-04-01, 18 expected" in gaps[0]
+    assert "1 scene dates in 2024-01-01 .. 2024-04-01, 7 expected" in gaps[1]
+
+    # ten days hold two revisits: one scene is a quarter or more, no gap
+    [p] = fetch(make_provider(), rows[:1], bands=["B4"], window=("2024-01-01", "2024-01-11")).values()
+    assert p.meta["found_scenes"] == 1 and "scene_gap" not in p.meta
+    # an empty window: no_data, 0 found
+    [p] = fetch(make_provider(), rows[:1], bands=["B4"], window=("2024-03-01", "2024-03-11")).values()
+    assert p.status == "no_data" and p.meta["found_scenes"] == 0
+    assert p.meta["scene_gap"]["expected_scenes"] == 2
+
+
+def test_found_scenes_counts_acquisition_dates_as_the_stac_providers_do(standin, make_provider):
+    # two granules of one datatake (same sensing start, two MGRS tiles) over the tile: one date
+    day = "20240105T100000"
+    standin.catalog = S.Catalog({S2_COLLECTION: [
+        S.s2_image(f"{day}_{day}_T33TUG", "2024-01-05"), S.s2_image(f"{day}_{day}_T33TUF", "2024-01-05"),
+        S.s2_image("20240110T100000_20240110T100000_T33TUG", "2024-01-10")]})
+    [p] = fetch(make_provider(), S.tile_rows(1), bands=["B4"], window=("2024-01-01", "2024-01-16")).values()
+    assert p.meta["image_count"] == 3 and p.meta["found_scenes"] == 2 and "scene_gap" not in p.meta
+    assert scene_dates(["S1A_IW_GRDH_1SDV_20240105T050000_20240105T050025_051234_062F3A_1A2B", "NEW"]) == {
+        "20240105", "NEW"}

@@ -108,7 +108,14 @@ from __future__ import annotations
 from rs_embed_pipeline.core.vocabulary import COMPOSITES  # defined once there
 
 from .client import HIGH_VOLUME_URL, STANDARD_URL, TokenBucket, redact
-from .expressions import S1_DB_COLLECTION, S1_FLOAT_COLLECTION, S2_CLOUD_SCORE_PLUS_COLLECTION, S2_COLLECTION, VALID_BAND
+from .expressions import (
+    S1_DB_COLLECTION,
+    S1_FLOAT_COLLECTION,
+    S2_CLAMP,
+    S2_CLOUD_SCORE_PLUS_COLLECTION,
+    S2_COLLECTION,
+    VALID_BAND,
+)
 from .request_blocks import EE_MAX_GRID_PX, EE_MAX_REQUEST_BYTES, pack_requests
 from .provider import GEEProvider
 
@@ -120,6 +127,7 @@ __all__ = [
     "HIGH_VOLUME_URL",
     "S1_DB_COLLECTION",
     "S1_FLOAT_COLLECTION",
+    "S2_CLAMP",
     "S2_CLOUD_SCORE_PLUS_COLLECTION",
     "S2_COLLECTION",
     "STANDARD_URL",

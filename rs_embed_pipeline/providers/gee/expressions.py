@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from typing import Any
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -21,6 +22,13 @@ from . import scenes  # scenes.MAX_ROWS_PER_CHUNK read at call time (tests lower
 from .scenes import Chunk
 
 S2_COLLECTION = "COPERNICUS/S2_SR_HARMONIZED"
+
+#: What becomes of harmonized S2 DN below 0 (the patches' ``clamp``, as the STAC providers record
+#: theirs): ``S2_SR_HARMONIZED`` stores its reflectance bands as UINT16, so its harmonization
+#: (baseline >= 04.00 scenes shifted by -1000) leaves no DN below 0: the composites get DN >= 0
+#: by the collection, the values the STAC providers clamp to.
+S2_CLAMP = ("harmonized S2 DN below 0 are 0 in the collection (S2_SR_HARMONIZED's bands are UINT16: "
+            "DN >= 0 by the collection); nothing clamped here")
 
 #: The Scene Classification band of ``S2_SR_HARMONIZED`` (``cloud_mask="scl"``).
 SCL_BAND = "SCL"
@@ -68,6 +76,11 @@ class _Sensor:
     @property
     def cloud_score_plus(self) -> bool:
         return self.cloud_mask == "cloud_score_plus"
+
+    @property
+    def clamp(self) -> str | None:
+        """The ``clamp`` record of S2 patches (:data:`S2_CLAMP`); None for S1."""
+        return S2_CLAMP if self.modality == "s2" else None
 
     @property
     def collection(self) -> str:
@@ -161,6 +174,15 @@ class FetchRun:
         self.start = start
         self.end = end
         self.max_tiles = max_tiles
+        self._gap_warned = False
+        self._gap_lock = threading.Lock()
+
+    def first_gap_warning(self) -> bool:
+        """True once per fetch: the scene-gap warning is logged for the first sparse tile only
+        (patches are built on the scheduler's threads)."""
+        with self._gap_lock:
+            first, self._gap_warned = not self._gap_warned, True
+        return first
 
     # ---- geometry -----------------------------------------------------------------------------
     def rect(self, box: PixelBox):

@@ -817,10 +817,16 @@ class GEEProvider:
         }
         if s.modality == "s2":
             meta["cloudy_pct"] = s.cloudy_pct
+            meta["clamp"] = s.clamp
         relaxed = bool(info and info.get("iw_relaxed"))
         if info is not None:
             meta["scene_ids"] = list(info["scene_ids"])
             meta["image_count"] = len(info["scene_ids"])
+            meta.update(scenes.scene_count(s.collection, s.modality, run.start, run.end, info["scene_ids"]))
+            if "scene_gap" in meta and run.first_gap_warning():
+                gap = meta["scene_gap"]
+                log.warning("tile %s: %d scene dates in %s .. %s, %d expected: %s", tile.tile_id,
+                            gap["found_scenes"], run.start, run.end, gap["expected_scenes"], gap["reason"])
             meta["filters"] = s.filters(run.start, run.end,
                                         iw=(s.require_iw and not relaxed) if s.modality == "s1" else None)
         if s.modality == "s1":

@@ -23,12 +23,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Any
 from collections.abc import Sequence
 
 import numpy as np
 
+from rs_embed_pipeline.core.timeparse import parse_utc
+
 from ..base import Tile
+from ..catalogs import scene_gap
 
 #: Side of a scene-list chunk (km): the list query's rectangles stay small enough that the scenes
 #: of one chunk over a quarter are a few hundred rows (Sentinel-2 granules are 110 km a side).
@@ -194,4 +198,32 @@ def scene_lists(chunk: Chunk, rows_per_collection: Sequence[Sequence[Sequence[An
                 hits = sorted(int(i) for i in tree.query(geom, predicate="intersects"))
             for i in hits:
                 out[chunk.tiles[i].tile_id][k].append(scene_id)
+    return out
+
+
+#: The acquisition time in an Earth Engine ``system:index``: the first ``yyyymmddThhmmss``
+#: (S2 ``20240105T100000_20240105T100000_T33TUG``: the datatake's sensing start, UTC; S1
+#: ``S1A_IW_GRDH_1SDV_20240105T050000_...``: the acquisition start, UTC).
+_INDEX_TIME = re.compile(r"(\d{8})T\d{6}")
+
+
+def scene_dates(ids: Sequence[str]) -> set[str]:
+    """The acquisition dates (``yyyymmdd``, UTC) of a tile's scenes from their ``system:index``;
+    an index without a time counts as a date of its own."""
+    out: set[str] = set()
+    for i in ids:
+        m = _INDEX_TIME.search(i)
+        out.add(m.group(1) if m else i)
+    return out
+
+
+def scene_count(collection: str, modality: str, start: str, end: str, ids: Sequence[str]) -> dict[str, Any]:
+    """``found_scenes`` of a tile (its scene dates, as the STAC providers count them) and, below
+    the revisit expectation of :func:`..catalogs.scene_gap`, ``scene_gap`` (``expected_scenes``,
+    ``found_scenes``, ``reason``) for the window ``start`` .. ``end`` (end exclusive)."""
+    found = len(scene_dates(ids))
+    out: dict[str, Any] = {"found_scenes": found}
+    gap = scene_gap(collection, modality, start, end, (parse_utc(end) - parse_utc(start)).days, found)
+    if gap is not None:
+        out["scene_gap"] = gap
     return out
