@@ -13,16 +13,20 @@ S2 bands, median). It runs in the orchestrator environment (``--orchestrator-pyt
 environment has no STAC stack), once per ``--workdir``. The region gives fewer tiles than ``--tiles``,
 so the fetched tiles are repeated (stored bytes copied as they are) up to ``--tiles`` per model: the
 host path's cost per tile depends on the tile's size and content statistics, not on which tile it is.
-Two stores per size hold the same values: today's layout (float32, Blosc zstd-1) and the new one
-(uint16 codes, ``stores/patch_encoding.py``).
+Three stores per size hold the same values: today's layout (float32, Blosc zstd-1), the landed one
+(uint16 codes, zstd-5 byte shuffle) and the new one (uint16 codes as row differences, zstd-5 bit
+shuffle: ``stores/patch_encoding.py``).
 
 Paths compared in one run, each through the real ``worker.embed.embed_store``:
 
 * ``today``: float32 store read and written through zarr's own chunk I/O (``stores.chunk_io.ENABLED``
   off), preparation in numpy on the host (``adapter.prepare``), grid written float32;
-* ``new``:   uint16 store, local chunks read and written by ``stores/chunk_io.py``, preparation on the
+* ``landed``: uint16 store, local chunks read and written by ``stores/chunk_io.py``, preparation on the
   model's device when it is a GPU (``adapter.prepare_encoded``; on a CPU device numpy on the host),
-  grid written ``--grid-dtype`` (float16 by default), cast on the device.
+  grid written ``--grid-dtype`` (float16 by default), cast on the device, zstd-1; every embedding
+  array one tile per chunk (the embed path as #21's first commits left it);
+* ``new``: as ``landed``, the patch codes stored as row differences, the embedding store's pooled,
+  status and tile_meta one chunk per batch, a 16-bit grid uncompressed.
 
 ``--null-model`` replaces the forward pass by one that returns precomputed outputs of the right shapes
 (random normal values, so the writes compress as real embeddings do) at no cost. Printed per model x
@@ -40,6 +44,8 @@ With a real model (no ``--null-model``; ``--device cuda`` on a GPU box) it print
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import math
 import os
@@ -52,6 +58,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -62,17 +69,38 @@ START, END = "2024-01-01", "2024-04-01"
 LON, LAT = 14.90, 45.00  # UTM 33N
 SIDE = {"terrafm_b": 224, "thor_1_0_base": 288}
 STAGES = ("read", "decode", "prepare", "copy", "write")
+LAYOUTS = 2  # the stores' layouts (1: today + uint16; 2: + row differences): stores of another are remade
+PATHS = ("today", "landed", "new")
+
+
+@contextlib.contextmanager
+def path_setup(path: str) -> Iterator[None]:
+    """The path's chunk I/O, embedding-store chunking and 16-bit grid codec (module docstring)."""
+    from rs_embed_pipeline.stores import chunk_io
+    from rs_embed_pipeline.stores import grid_dtype as G
+    from rs_embed_pipeline.worker import embed
+
+    saved = chunk_io.ENABLED, G.UNCOMPRESSED, embed._open_embeddings
+    chunk_io.ENABLED = path != "today"  # today's path: zarr's own chunk reads and writes
+    if path != "new":  # embedding stores as before: one tile per chunk, a 16-bit grid zstd-1
+        G.UNCOMPRESSED = ()
+        embed._open_embeddings = functools.partial(saved[2], tile_chunk=1)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        chunk_io.ENABLED, G.UNCOMPRESSED, embed._open_embeddings = saved
 
 
 # ------------------------------------------------------------------ stores (orchestrator environment)
 def make_stores(workdir: Path, km: float, tiles: int) -> None:
-    """The fetched stores (``src_<side>.zarr``) and, per side, ``today_<side>.zarr`` (float32) and
-    ``new_<side>.zarr`` (uint16 codes) of ``tiles`` tiles each."""
+    """The fetched stores (``src_<side>.zarr``) and, per side, ``today_<side>.zarr`` (float32),
+    ``landed_<side>.zarr`` (uint16 codes) and ``new_<side>.zarr`` (row differences) of ``tiles`` tiles each."""
     from rs_embed_pipeline.core.grid import bbox_aoi, build_tile_grid
     from rs_embed_pipeline.core.vocabulary import S2_BANDS
     from rs_embed_pipeline.orchestration.patch_fetch import fetch_into_stores
     from rs_embed_pipeline.providers import LocalStacProvider
     from rs_embed_pipeline.providers.local_catalogs.synthetic import generate_synthetic_catalog
+    from rs_embed_pipeline.providers.sensor_options import SensorOptions
     from rs_embed_pipeline.stores import ArraySpec, TileStore
     from rs_embed_pipeline.stores.patch_encoding import FLOAT32, encoding_for
 
@@ -86,34 +114,36 @@ def make_stores(workdir: Path, km: float, tiles: int) -> None:
         grid = build_tile_grid(bbox_aoi(*bbox), side, 10.0).reset_index(drop=True)
         encoding = encoding_for("s2")
 
-        def create(uri: str, ids: list[str], enc: Any, side: int = side) -> Any:
+        def create(uri: str, ids: list[str], enc: Any, side: int = side, filter: str | None = None) -> Any:
             settings = {"modality": "s2", "bands": bands, "size_px": side, "scale_m": 10.0, "data_encoding": enc.name}
             return TileStore.create_or_open(
                 uri, "patches", tile_ids=ids,
-                arrays=[ArraySpec("data", (len(bands), side, side), ("band", "y", "x"), encoding=enc),
+                arrays=[ArraySpec("data", (len(bands), side, side), ("band", "y", "x"), encoding=enc, filter=filter),
                         ArraySpec("valid", (side, side), ("y", "x"), dtype="bool", fill_value=False)],
                 fingerprint=f"bench-embed-loop-{enc.name}", attrs=settings, rebuild=True)
 
         src = create(str(workdir / f"src_{side}.zarr"), list(grid["tile_id"]), encoding)
         fetch_into_stores(provider, {side: src}, grid, start=START, end=END, modality="s2", bands=bands,
-                          sensor_options={"composite": "median", "cloudy_pct": 30, "fill_value": 0.0})
+                          sensor_options=SensorOptions.parse("s2", {"composite": "median", "cloudy_pct": 30,
+                                                                    "fill_value": 0.0}))
         ok = src.indices_with_status("ok")
         codes, valid = src.read_stored("data", ok), src.read("valid", ok)
         print(f"{side} px: fetched {len(ok)} ok tiles of {len(grid)} from the synthetic catalog; repeated to {tiles}")
         reps = np.resize(np.arange(len(ok)), tiles)
         ids = [f"{src.tile_ids[ok[r]]}-{k}" for k, r in enumerate(reps)]
-        for name, enc in (("new", encoding), ("today", FLOAT32)):
-            store = create(str(workdir / f"{name}_{side}.zarr"), ids, enc)
+        for name, enc, filt in (("new", encoding, encoding.store_filter), ("landed", encoding, None),
+                                ("today", FLOAT32, None)):
+            store = create(str(workdir / f"{name}_{side}.zarr"), ids, enc, filter=filt)
             for s in range(0, tiles, 32):
                 r = reps[s : s + 32]
                 data = codes[r] if enc is encoding else encoding.decode(codes[r])
                 store.write_tiles(list(range(s, s + len(r))), ["ok"] * len(r), [{}] * len(r), data=data, valid=valid[r])
-    (workdir / "stores.json").write_text(json.dumps({"tiles": tiles, "km": km}))
+    (workdir / "stores.json").write_text(json.dumps({"tiles": tiles, "km": km, "layouts": LAYOUTS}))
 
 
 def ensure_stores(args: argparse.Namespace) -> None:
     marker = args.workdir / "stores.json"
-    if marker.exists() and json.loads(marker.read_text()).get("tiles") == args.tiles:
+    if marker.exists() and json.loads(marker.read_text()) == {"tiles": args.tiles, "km": args.km, "layouts": LAYOUTS}:
         return
     args.workdir.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
@@ -239,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--km", type=float, default=6.0, help="side of the synthetic region fetched")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--io-threads", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--paths", nargs="+", default=None, choices=["today", "new"],
+    ap.add_argument("--paths", nargs="+", default=None, choices=list(PATHS),
                     help="default: both with --null-model, new only with a real model")
     ap.add_argument("--grid-dtype", default="float16", choices=["float32", "float16", "bfloat16"],
                     help="the new path's stored grid type (today's is float32)")
@@ -266,12 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     import zarr
 
     from rs_embed_pipeline.models import load_adapter
-    from rs_embed_pipeline.stores import chunk_io
 
     # One core's work: Blosc and torch single-threaded; zarr's pool only overlaps I/O.
     numcodecs.blosc.set_nthreads(1)
     torch.set_num_threads(args.torch_threads)
-    paths = args.paths or (["today", "new"] if args.null_model else ["new"])
+    paths = args.paths or (list(PATHS) if args.null_model else ["new"])
     report: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}",
         "device": args.device, "null_model": args.null_model, "batch_size": args.batch_size,
@@ -293,17 +322,17 @@ def main(argv: list[str] | None = None) -> int:
             out = str(args.workdir / f"emb_{model}_{path}.zarr")
             grid_dtype = "float32" if path == "today" else args.grid_dtype
             row: dict[str, Any] = {"model": model, "path": path, "grid_dtype": grid_dtype}
-            chunk_io.ENABLED = path == "new"  # today's path: zarr's own chunk reads and writes
             # The machine is shared: each figure is the lowest of --repeat passes (CPU time only grows
             # with others' load), per step for the breakdown.
-            if not args.no_breakdown and args.null_model:
-                passes = [breakdown(adapter, patches, out, batch_size=args.batch_size, grid_dtype=grid_dtype)
-                          for _ in range(args.repeat)]
-                row["breakdown_cpu_ms_per_tile"] = {k: min(p[k] for p in passes) for k in passes[0]}
-            for threads in args.io_threads:
-                runs = [loop_run(adapter, patches, out, batch_size=args.batch_size, io_threads=threads,
-                                 grid_dtype=grid_dtype) for _ in range(args.repeat)]
-                row[f"io_threads_{threads}"] = min(runs, key=lambda r: r["cpu_ms_per_tile"])
+            with path_setup(path):
+                if not args.no_breakdown and args.null_model:
+                    passes = [breakdown(adapter, patches, out, batch_size=args.batch_size, grid_dtype=grid_dtype)
+                              for _ in range(args.repeat)]
+                    row["breakdown_cpu_ms_per_tile"] = {k: min(p[k] for p in passes) for k in passes[0]}
+                for threads in args.io_threads:
+                    runs = [loop_run(adapter, patches, out, batch_size=args.batch_size, io_threads=threads,
+                                     grid_dtype=grid_dtype) for _ in range(args.repeat)]
+                    row[f"io_threads_{threads}"] = min(runs, key=lambda r: r["cpu_ms_per_tile"])
             report["runs"].append(row)
             print_row(row, args.io_threads)
         del adapter

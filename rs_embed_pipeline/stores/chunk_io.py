@@ -1,4 +1,4 @@
-"""Whole-chunk writes of one-tile-per-chunk arrays to a local store, without zarr's per-chunk async
+"""Whole-chunk writes of tile-chunked arrays (one tile, or one write batch, per chunk) to a local store, without zarr's per-chunk async
 machinery: the embed worker's writes cost a quarter of their CPU (#21 point 5).
 
 zarr-python 3 writes each chunk through its event loop: a fill-value chunk allocated and merged
@@ -11,6 +11,12 @@ threads) on the calling thread and hands the call's chunks to the store in one t
 event loop: ``LocalStore.set``, a temporary ``*.partial`` file renamed into place, so a killed
 writer leaves the old chunk or the new one (``stores/tile_store.py``). The bytes are zarr's (tested). Anything else (object stores, sharded or irregular arrays, a zarr whose
 internals differ) returns False and the caller writes through zarr as before.
+
+Chunks of several tiles along the tile axis (``(k, *tile shape)``: the embedding stores' pooled,
+status and tile_meta, one chunk per write batch) are written the same way when a call covers every
+tile of each chunk it touches (an edge chunk: its tiles inside the array, the rest the fill value,
+as zarr stores it); a call covering part of a chunk returns False, and ``TileStore`` merges it with
+the chunk's stored tiles first. Reads decode each chunk once.
 """
 
 from __future__ import annotations
@@ -31,6 +37,11 @@ from zarr.storage import LocalStore
 ENABLED = True
 
 
+def tiles_per_chunk(array: zarr.Array) -> int:
+    """How many tiles (first axis) one chunk of ``array`` holds."""
+    return int(array.chunks[0])
+
+
 def _plan(array: zarr.Array) -> tuple[Any, LocalStore, str] | None:
     """The array's (codec pipeline, store, key prefix) when whole-chunk writes apply, else None. The
     pipeline is typed Any: ``_encode_sync`` / ``_decode_sync`` belong to the concrete codecs (checked here)."""
@@ -41,7 +52,7 @@ def _plan(array: zarr.Array) -> tuple[Any, LocalStore, str] | None:
         pipe, meta, store = a.codec_pipeline, a.metadata, a.store_path.store
         if (not isinstance(store, LocalStore) or not isinstance(pipe, BatchedCodecPipeline) or meta.zarr_format != 3
                 or pipe.supports_partial_encode
-                or tuple(meta.chunk_grid.chunk_shape) != (1, *array.shape[1:])):
+                or tuple(meta.chunk_grid.chunk_shape)[1:] != tuple(array.shape[1:])):
             return None
         codecs = (*pipe.array_array_codecs, pipe.array_bytes_codec, *pipe.bytes_bytes_codecs)
         if not all(hasattr(c, "_encode_sync") and hasattr(c, "_decode_sync") for c in codecs):
@@ -52,20 +63,32 @@ def _plan(array: zarr.Array) -> tuple[Any, LocalStore, str] | None:
 
 
 def write_whole_chunks(array: zarr.Array, indices: Sequence[int], values: np.ndarray) -> bool:
-    """Write ``values[j]`` as the whole chunk of tile ``indices[j]`` of a local one-tile-per-chunk
-    array; False (nothing written) when that does not apply: then write through zarr."""
+    """Write ``values[j]`` as tile ``indices[j]`` of a local array chunked along its tile axis, each
+    chunk whole (every tile of each chunk touched is in ``indices``); False (nothing written) when
+    that does not apply: then write through zarr (or merge partial chunks first: ``TileStore``)."""
     plan = _plan(array)
     if plan is None:
         return False
     pipe, store, prefix = plan
     a = array._async_array
     meta, proto = a.metadata, default_buffer_prototype()
+    k, n = tiles_per_chunk(array), int(array.shape[0])
     values = np.asarray(values, dtype=array.dtype)
-    encoded: list[tuple[str, Any]] = []
+    rows: dict[int, dict[int, int]] = {}  # chunk -> {row in chunk: j}
     for j, index in enumerate(indices):
-        coords = (int(index),) + (0,) * (array.ndim - 1)
+        rows.setdefault(int(index) // k, {})[int(index) % k] = j
+    if any(len(r) != min(k, n - c * k) for c, r in rows.items()):
+        return False  # a chunk in part: its other tiles would be lost
+    encoded: list[tuple[str, Any]] = []
+    for c, r in rows.items():
+        coords = (c,) + (0,) * (array.ndim - 1)
         spec = meta.get_chunk_spec(coords, a.config, proto)
-        chunk: Any = proto.nd_buffer.from_numpy_array(np.ascontiguousarray(values[j : j + 1]))
+        if k == 1:
+            block = np.ascontiguousarray(values[r[0] : r[0] + 1])
+        else:  # rows in tile order; an edge chunk's rows past the array hold the fill value (as zarr's)
+            block = np.full((k, *array.shape[1:]), meta.fill_value, dtype=array.dtype)
+            block[list(r)] = values[list(r.values())]
+        chunk: Any = proto.nd_buffer.from_numpy_array(block)
         for codec in pipe.array_array_codecs:
             chunk, spec = codec._encode_sync(chunk, spec), codec.resolve_metadata(spec)
         data = pipe.array_bytes_codec._encode_sync(chunk, spec)
@@ -79,24 +102,29 @@ def write_whole_chunks(array: zarr.Array, indices: Sequence[int], values: np.nda
 
 
 def read_whole_chunks(array: zarr.Array, indices: Sequence[int]) -> np.ndarray | None:
-    """Tiles ``indices`` of a local one-tile-per-chunk array, ``[len(indices), *tile shape]``: each
-    chunk file read and decoded by the array's codecs on the calling thread (a missing chunk: the
-    fill value, as zarr reads it); None when that does not apply: then read through zarr."""
+    """Tiles ``indices`` of a local array chunked along its tile axis, ``[len(indices), *tile
+    shape]``: each chunk file read once and decoded by the array's codecs on the calling thread (a
+    missing chunk: the fill value, as zarr reads it); None when that does not apply: then read
+    through zarr."""
     plan = _plan(array)
     if plan is None or array.dtype.kind not in "biuf":  # numbers only: strings stay zarr's
         return None
     pipe, store, prefix = plan
     a = array._async_array
     meta, proto = a.metadata, default_buffer_prototype()
+    k = tiles_per_chunk(array)
     out = np.empty((len(indices), *array.shape[1:]), dtype=array.dtype)
     root = store.root / prefix if prefix else store.root
+    wanted: dict[int, list[tuple[int, int]]] = {}  # chunk -> [(j, row in chunk)]
     for j, index in enumerate(indices):
-        coords = (int(index),) + (0,) * (array.ndim - 1)
+        wanted.setdefault(int(index) // k, []).append((j, int(index) % k))
+    for c, picks in wanted.items():
+        coords = (c,) + (0,) * (array.ndim - 1)
         spec = meta.get_chunk_spec(coords, a.config, proto)
         try:
             raw = (root / meta.encode_chunk_key(coords)).read_bytes()
         except FileNotFoundError:
-            out[j] = meta.fill_value
+            out[[j for j, _ in picks]] = meta.fill_value
             continue
         specs = [spec]
         for codec in pipe.array_array_codecs:
@@ -107,7 +135,11 @@ def read_whole_chunks(array: zarr.Array, indices: Sequence[int]) -> np.ndarray |
         chunk = pipe.array_bytes_codec._decode_sync(data, specs[-1])
         for codec, s in zip(reversed(pipe.array_array_codecs), reversed(specs[:-1]), strict=True):
             chunk = codec._decode_sync(chunk, s)
-        out[j] = chunk.as_numpy_array()[0]
+        block = chunk.as_numpy_array()
+        if k == 1:
+            out[picks[0][0]] = block[0]
+        else:
+            out[[j for j, _ in picks]] = block[[r for _, r in picks]]
     return out
 
 

@@ -25,6 +25,10 @@ GridDtype = Literal["float32", "float16", "bfloat16"]
 GRID_DTYPES: tuple[str, ...] = get_args(GridDtype)
 STORED_TYPE_ATTR = "stored_type"  # array attribute: the value type the stored numbers are (bfloat16 bits)
 _NUMPY = {"float32": "float32", "float16": "float16", "bfloat16": "uint16"}
+# 16-bit grids are stored without compression: on embedding values Blosc zstd-1 kept about 8 % of
+# the bytes for 0.47 ms of CPU per TerraFM-B tile (lz4: nothing for 0.1 ms), a quarter of the embed
+# host path's budget on a GPU box (#21; benchmarks/bench_embed_loop.py). float32 grids keep zstd-1.
+UNCOMPRESSED: tuple[str, ...] = ("float16", "bfloat16")
 
 
 def check_grid_dtype(value: Any) -> GridDtype:

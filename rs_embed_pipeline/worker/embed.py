@@ -24,6 +24,12 @@ Resume: a tile is embedded when its patch is ``ok`` and its embedding is not. Ba
 on the list of ``ok`` patches (batch k is always the same tiles), and a batch with any missing
 tile is embedded whole, only its missing tiles being written: a resumed store holds exactly the
 numbers of an uninterrupted run even on devices whose kernels depend on the batch size.
+
+New embedding stores hold pooled, status and tile_meta one chunk per ``batch_size`` tiles
+(``TileStore`` ``tile_chunk``: one object per array and batch instead of one per tile), and batches
+follow those chunks: the ``ok`` tiles of whole chunks, as many chunks as fit in ``batch_size`` (a
+chunk with no_data tiles gives a smaller batch), so a batch writes whole chunks. Stores of one tile
+per chunk (written before) batch as before: consecutive ``ok`` tiles.
 """
 
 from __future__ import annotations
@@ -59,6 +65,31 @@ OUTPUT_DEFAULTS = {"outputs": "both", "grid_dtype": "float32"}  # not in the fin
 def _batches(indices: np.ndarray, size: int) -> Iterator[np.ndarray]:
     for start in range(0, len(indices), size):
         yield indices[start : start + size]
+
+
+def _chunk_batches(indices: np.ndarray, size: int, tile_chunk: int) -> Iterator[np.ndarray]:
+    """Batches of at most ``size`` of the sorted tile ``indices`` that never split a chunk of
+    ``tile_chunk`` tiles unless one chunk holds more than ``size`` of them: whole chunks' tiles,
+    as many chunks as fit. ``tile_chunk`` 1 gives :func:`_batches`'s batches; the same store and
+    size always give the same batches (resume)."""
+    if tile_chunk <= 1:
+        yield from _batches(indices, size)
+        return
+    pending: list[np.ndarray] = []
+    count = 0
+    for group in np.split(indices, np.flatnonzero(np.diff(indices // tile_chunk)) + 1):
+        if not group.size:
+            continue
+        if count and count + group.size > size:
+            yield np.concatenate(pending)
+            pending, count = [], 0
+        if group.size > size:  # a chunk larger than a batch (another batch size than the store's)
+            yield from _batches(group, size)
+            continue
+        pending.append(group)
+        count += group.size
+    if pending:
+        yield np.concatenate(pending)
 
 
 def model_state_sha256(adapter: Any) -> str | None:
@@ -167,7 +198,8 @@ def open_store_work(adapter: Any, modality: str, patches_uri: str, embeddings_ur
     fingerprint = embedding_fingerprint(patches.fingerprint, {**fingerprint_settings(adapter), **chosen}, code_version)
     embeddings = _open_embeddings(adapter, modality, patches, patches_uri, embeddings_uri, fingerprint=fingerprint,
                                   code_version=code_version, rebuild=rebuild, force=force,
-                                  storage_options=storage_options, outputs=OUTPUTS[outputs], grid_dtype=grid_dtype)
+                                  storage_options=storage_options, outputs=OUTPUTS[outputs], grid_dtype=grid_dtype,
+                                  tile_chunk=max(1, batch_size))
     if "grid" in OUTPUTS[outputs]:
         embeddings.stored_type("grid")  # the array against the settings: StoreError on a mismatch
     patch_status = patches.statuses()
@@ -182,7 +214,8 @@ def open_store_work(adapter: Any, modality: str, patches_uri: str, embeddings_ur
     todo_mask = done[ok_tiles] != STATUS_OK
     # Aligned batches: the same tiles go through the model together whether or not the run was
     # interrupted; a batch is run whole when any of its tiles is missing.
-    batches = [(batch, done[batch] != STATUS_OK) for batch in _batches(ok_tiles, max(1, batch_size))
+    batches = [(batch, done[batch] != STATUS_OK)
+               for batch in _chunk_batches(ok_tiles, max(1, batch_size), embeddings.tile_chunk)
                if (done[batch] != STATUS_OK).any()]
     return StoreWork(
         patches_uri=patches_uri, embeddings_uri=embeddings_uri, patches=patches, embeddings=embeddings,
@@ -209,12 +242,13 @@ def _band_index(adapter: Any, modality: str, patches: TileStore, patches_uri: st
 def _open_embeddings(adapter: Any, modality: str, patches: TileStore, patches_uri: str, embeddings_uri: str, *,
                      fingerprint: str, code_version: str, rebuild: bool, force: bool,
                      storage_options: dict[str, Any] | None, outputs: tuple[str, ...] = ("pooled", "grid"),
-                     grid_dtype: str = "float32") -> TileStore:
-    """The embedding store for these patches and this adapter (refused when built otherwise)."""
+                     grid_dtype: str = "float32", tile_chunk: int = 1) -> TileStore:
+    """The embedding store for these patches and this adapter (refused when built otherwise); a new
+    one holds pooled, status and tile_meta ``tile_chunk`` tiles per chunk (the grid: one per tile)."""
     patch_settings = patches.settings
     d, gh, gw = adapter.grid_shape(modality)
     specs = {
-        "pooled": ArraySpec("pooled", (adapter.embed_dim,), ("feature",), fill_value=np.nan),
+        "pooled": ArraySpec("pooled", (adapter.embed_dim,), ("feature",), fill_value=np.nan, batched=True),
         "grid": ArraySpec("grid", (d, gh, gw), ("feature", "gy", "gx"), fill_value=np.nan, stored_type=grid_dtype),
     }
     return TileStore.create_or_open(
@@ -239,6 +273,7 @@ def _open_embeddings(adapter: Any, modality: str, patches: TileStore, patches_ur
         rebuild=rebuild,
         force=force,
         storage_options=storage_options,
+        tile_chunk=tile_chunk,
     )
 
 

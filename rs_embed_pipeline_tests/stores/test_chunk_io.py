@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import zarr
 from zarr.codecs import BloscCodec
 
@@ -97,3 +98,65 @@ def test_switched_off_everything_goes_through_zarr(tmp_path, monkeypatch):
     assert read_whole_chunks(store.group["grid32"], [0]) is None
     store.write_tiles([0], ["ok"], [{}], grid32=ARRAYS["grid32"][1][:1])  # zarr's own write
     np.testing.assert_array_equal(store.read("grid32", [0]), ARRAYS["grid32"][1][:1])
+
+
+# ------------------------------------------------------------------ chunks of several tiles (#21)
+def _batched_store(uri: str, n: int = 10, k: int = 4) -> TileStore:
+    return TileStore.create_or_open(uri, "embeddings", tile_ids=[f"t{i}" for i in range(n)],
+                                    arrays=[ArraySpec("pooled", (3,), ("f",), fill_value=np.nan, batched=True),
+                                            ArraySpec("grid", (2, 2), ("y", "x"), fill_value=np.nan)],
+                                    fingerprint="f", attrs={}, tile_chunk=k)
+
+
+def test_batched_chunks_are_zarrs_bytes_and_one_object_per_batch(tmp_path):
+    ours, theirs = _batched_store(str(tmp_path / "ours.zarr")), _batched_store(str(tmp_path / "theirs.zarr"))
+    assert ours.tile_chunk == 4 and ours.group["pooled"].chunks == (4, 3) and ours.group["grid"].chunks == (1, 2, 2)
+    idx = [8, 9, 4, 5, 6, 7]  # chunk 1 whole, and the edge chunk (tiles 8, 9 of 8-11) whole
+    values = RNG.normal(size=(6, 3)).astype(np.float32)
+    assert write_whole_chunks(ours.group["pooled"], idx, values)
+    theirs.group["pooled"].set_orthogonal_selection((np.array(sorted(idx)),), values[np.argsort(idx)])
+    assert _chunk_files(str(tmp_path / "ours.zarr")) == _chunk_files(str(tmp_path / "theirs.zarr"))
+    assert sorted(_chunk_files(str(tmp_path / "ours.zarr"))) == ["pooled/c/1/0", "pooled/c/2/0"]
+    assert not write_whole_chunks(ours.group["pooled"], [0, 1], values[:2])  # part of chunk 0: not alone
+    np.testing.assert_array_equal(ours.read("pooled", idx), values)
+
+
+def test_write_tiles_merges_a_part_of_a_chunk_and_writes_status_last(tmp_path, monkeypatch):
+    from rs_embed_pipeline_tests.stores.recording import record_store_writes
+
+    store = _batched_store(str(tmp_path / "s.zarr"))
+    first = RNG.normal(size=(4, 3)).astype(np.float32)
+    store.write_tiles([0, 1, 2, 3], ["ok"] * 4, [{}] * 4, pooled=first, grid=np.ones((4, 2, 2), np.float32))
+    events = record_store_writes(monkeypatch)
+    again = RNG.normal(size=(2, 3)).astype(np.float32)
+    store.write_tiles([2, 1], ["failed", "ok"], [{"reason": "r"}, {}], pooled=again, grid=np.zeros((2, 2, 2), np.float32))
+    keys = [key for what, key in events if what == "done"]
+    assert keys == ["pooled/c/0/0", "grid/c/1/0/0", "grid/c/2/0/0", "tile_meta/c/0", "status/c/0"], keys
+    np.testing.assert_array_equal(store.read("pooled", [0, 1, 2, 3]), np.stack([first[0], again[1], again[0], first[3]]))
+    assert store.statuses().tolist() == [1, 1, 3, 1, 0, 0, 0, 0, 0, 0]
+    assert store.tile_meta(2) == {"reason": "r"} and store.tile_meta(0) == {}
+    store.write_tile(5, "no_data", {"reason": "no scene"})  # zarr's own write, merged the same way
+    assert store.statuses().tolist() == [1, 1, 3, 1, 0, 2, 0, 0, 0, 0] and store.tile_meta(2) == {"reason": "r"}
+
+
+def test_concurrent_writes_into_one_chunk_keep_every_tile(tmp_path):
+    import concurrent.futures as cf
+
+    store = _batched_store(str(tmp_path / "s.zarr"), n=16, k=16)
+    values = RNG.normal(size=(16, 3)).astype(np.float32)
+    with cf.ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda i: store.write_tiles([i], ["ok"], [{}], pooled=values[i : i + 1]), range(16)))
+    np.testing.assert_array_equal(store.read("pooled", range(16)), values)
+    assert (store.statuses() == 1).all()
+
+
+def test_stores_of_one_tile_per_chunk_keep_it(tmp_path):
+    old = _store(str(tmp_path / "old.zarr"))  # created without tile_chunk, as every store before
+    assert old.tile_chunk == 1 and old.group["status"].chunks == (1,)
+    reopened = TileStore.create_or_open(str(tmp_path / "old.zarr"), "embeddings", tile_ids=list("abcdef"),
+                                        arrays=[s for s, _ in ARRAYS.values()], fingerprint="f", attrs={},
+                                        tile_chunk=32)
+    assert reopened.tile_chunk == 1  # reopened as it is
+    with pytest.raises(ValueError, match="tile_chunk must be a positive number of tiles, got 0"):
+        _batched_store(str(tmp_path / "zero.zarr"), k=0)
+    assert _batched_store(str(tmp_path / "small.zarr"), n=3, k=32).tile_chunk == 3  # never larger than the store

@@ -89,3 +89,44 @@ def test_store_whose_dtype_does_not_match_its_fingerprint_is_refused_untouched(t
     store.group["data"].attrs["encoding"] = "float32"
     with pytest.raises(StoreError, match=r"the array holds uint16 where its encoding 'float32' stores float32"):
         TileStore.open(uri, "patches").encoding("data")
+
+
+# ------------------------------------------------------------------ row differences (#21 bytes target)
+def _filtered_store(uri: str, filter: str | None = "delta_y") -> TileStore:
+    return TileStore.create_or_open(
+        uri, "patches", tile_ids=["a", "b", "c"],
+        arrays=[ArraySpec("data", (2, 5, 4), ("band", "y", "x"), encoding=S2_DN_HALF_UINT16, filter=filter)],
+        fingerprint="p", attrs={"data_encoding": S2_DN_HALF_UINT16.name})
+
+
+def test_row_differences_are_stored_and_undone_on_read(tmp_path):
+    from rs_embed_pipeline.stores.patch_encoding import apply_filter, undo_filter
+
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 2 ** 16, size=(3, 2, 5, 4)).astype(np.uint16)  # wrapping differences included
+    assert S2_DN_HALF_UINT16.store_filter == "delta_y" and FLOAT32.store_filter is None
+    np.testing.assert_array_equal(undo_filter(apply_filter(codes, "delta_y"), "delta_y"), codes)
+    store = _filtered_store(str(tmp_path / "p.zarr"))
+    store.write_tiles([2, 0], ["ok", "ok"], [{}, {}], data=codes[:2])
+    store.write_tile(1, "ok", {}, data=codes[2])
+    raw = np.asarray(store.group["data"][:])
+    np.testing.assert_array_equal(raw[0, :, 0], codes[1, :, 0])  # the first row as it is
+    np.testing.assert_array_equal(raw[0, :, 1:], codes[1, :, 1:] - codes[1, :, :-1])  # then differences
+    np.testing.assert_array_equal(store.read_stored("data", [2, 0, 1]), codes)
+    np.testing.assert_array_equal(store.read("data", [1]), S2_DN_HALF_UINT16.decode(codes[2:3]))
+    assert store.group["data"].attrs["filter"] == "delta_y"
+    old = _filtered_store(str(tmp_path / "old.zarr"), filter=None)  # uint16 stores before the filter
+    old.write_tiles([0], ["ok"], [{}], data=codes[:1])
+    assert "filter" not in old.group["data"].attrs
+    np.testing.assert_array_equal(np.asarray(old.group["data"][0]), codes[0])
+    np.testing.assert_array_equal(TileStore.open(str(tmp_path / "old.zarr"), "patches").read_stored("data", [0]),
+                                  codes[:1])
+
+
+def test_unknown_filter_is_refused_and_a_filter_needs_its_encoding(tmp_path):
+    store = _filtered_store(str(tmp_path / "p.zarr"))
+    store.group["data"].attrs["filter"] = "zigzag"
+    with pytest.raises(StoreError, match="unknown patch filter 'zigzag'; valid: delta_y"):
+        store.read_stored("data", [0])
+    with pytest.raises(ValueError, match="filter 'delta_y' applies to the codes of an encoding"):
+        ArraySpec("data", (2, 5, 4), ("band", "y", "x"), encoding=FLOAT32, filter="delta_y")

@@ -176,7 +176,9 @@ def _open_store(store: PipelineStore, config: PatchesConfig, part: RegionWindow,
         return TileStore.create_or_open(
             store.layout.patches(modality, part.region, part.window, size), "patches",
             tile_ids=list(tiles["tile_id"]),
-            arrays=[ArraySpec("data", (len(bands), size, size), ("band", "y", "x"), encoding=encoding),
+            # S2 codes as row differences (lossless, not in the fingerprint: stores.patch_encoding)
+            arrays=[ArraySpec("data", (len(bands), size, size), ("band", "y", "x"), encoding=encoding,
+                              filter=encoding.store_filter),
                     ArraySpec("valid", (size, size), ("y", "x"), dtype="bool", fill_value=False)],
             fingerprint=patches_fingerprint(settings), attrs=settings, rebuild=config.rebuild,
             force=config.force, storage_options=store.storage_options,
