@@ -21,9 +21,11 @@ What to build:
   ``thor_v1_base``, ...; ``cli/names.py``); default every family.
 * ``--modalities``: the modalities each model embeds, ``s2`` / ``s1`` / ``s2,s1`` for every model
   named, or ``<model>=<modalities>`` per model (``terrafm=s2 thor=s2``). Default: each model
-  resource's ``modalities`` (TerraFM S2 and S1, THOR S2) minus S1 when the provider has no S1
-  collection (the STAC presets: Earth Search and Planetary Computer serve no sigma0 S1), which is
-  said on stderr; asking for S1 there is an error.
+  resource's ``modalities`` (TerraFM S2 and S1, THOR S2) minus S1 when the imagery has no S1
+  collection (``serves_s1``: the ``stac`` provider's default Earth Search presets configure none,
+  their ``sentinel-1-grd`` being uncalibrated DN; the ``planetary-computer`` preset's is
+  ``sentinel-1-rtc``, so S1 is built there), which is said on stderr; asking for S1 there is an
+  error.
 * ``--stages``: ``patches``, ``embeddings``, ``cubes``, ``products``, ``answers`` (asset groups;
   each with the stages it needs), default ``products answers``: everything. ``--assets``: asset
   names instead (a model id in place of the family works: ``terrafm_b_s2_cube``).
@@ -119,7 +121,10 @@ def _modalities(args: Sequence[str], selected: Sequence[str], settings: Settings
 
 
 def serves_s1(imagery: ImageryResource) -> bool:
-    """Whether the imagery resource has a Sentinel-1 (linear sigma0) collection to fetch from."""
+    """Whether the imagery resource has a Sentinel-1 collection of linear backscatter to fetch from:
+    Earth Engine always (``COPERNICUS/S1_GRD_FLOAT``, sigma0); a STAC API or local catalog when its
+    resolved catalog names an ``s1_collection`` (the ``planetary-computer`` preset: ``sentinel-1-rtc``,
+    gamma0 RTC; the Earth Search presets: none) or, for a local catalog, the catalog holds one."""
     if isinstance(imagery, EarthEngineImagery):
         return True
     if isinstance(imagery, StacImagery):
@@ -160,18 +165,21 @@ def plan_request(args: argparse.Namespace, settings: Settings) -> BuildRequest:
     asked = _modalities(args.modalities, selected, settings)
     imagery = resources["imagery"]
     has_s1 = not isinstance(imagery, ImageryResource) or serves_s1(imagery)
+    preset = getattr(imagery, "catalog_preset", None)
+    where = f" (catalog_preset {preset})" if isinstance(preset, str) else ""
     modalities: dict[str, list[str]] = {}
     for fam in selected:
         model = cast(ModelResource, resources[fam])
         mods = asked.get(fam, list(model.modalities))
         if "s1" in mods and not has_s1:
             if fam in asked:
-                raise UsageError(f"--modalities: {fam} s1 asked, but the {settings.provider} provider has no "
-                                 "Sentinel-1 (linear sigma0) collection: embed s2 only, or use RS_EMBED_PROVIDER=gee "
-                                 "or a catalog with S1 (imagery.s1_collection)")
+                raise UsageError(f"--modalities: {fam} s1 asked, but the {settings.provider} provider{where} has no "
+                                 "Sentinel-1 (linear backscatter) collection: embed s2 only, or use "
+                                 "--set imagery.catalog_preset=planetary-computer (sentinel-1-rtc), "
+                                 "RS_EMBED_PROVIDER=gee or a catalog with S1 (imagery.s1_collection)")
             mods = [m for m in mods if m != "s1"]
-            notes.append(f"{fam}: S1 switched off, the {settings.provider} provider has no Sentinel-1 collection "
-                         f"(--modalities {fam}=s2 says so explicitly)")
+            notes.append(f"{fam}: S1 switched off, the {settings.provider} provider{where} has no Sentinel-1 "
+                         f"collection (--modalities {fam}=s2 says so explicitly)")
         if not mods:
             raise UsageError(f"{fam} has no modality left to embed; name one with --modalities {fam}=s2")
         modalities[fam] = mods

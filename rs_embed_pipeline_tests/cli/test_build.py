@@ -1,6 +1,8 @@
 """``python -m rs_embed_pipeline.cli.build`` (issue 24 point 1): the real definitions, run in-process over
-the synthetic catalog (local STAC provider) and over a STAC API server on 127.0.0.1; every wrong name
-an error listing the valid ones."""
+the synthetic catalog (local STAC provider); the README's STAC API lines run as printed against a STAC
+API on 127.0.0.1 serving the synthetic catalog as Earth Search items (``RS_EMBED_PROVIDER=stac``: the
+dry runs of both presets, then the patches stage for real); every wrong name an error listing the
+valid ones."""
 
 from __future__ import annotations
 
@@ -9,12 +11,16 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from rs_embed_pipeline.cli import build
+from rs_embed_pipeline.orchestration.resources import EarthEngineImagery, StacImagery
 from rs_embed_pipeline.products import open_cube
+from rs_embed_pipeline.providers.local_catalogs.synthetic import generate_synthetic_catalog
+from rs_embed_pipeline.stores import TileStore
 from rs_embed_pipeline_tests.pipeline.conftest import (  # noqa: F401 - fixtures
     REPO,
     TINY_BBOX,
@@ -24,6 +30,7 @@ from rs_embed_pipeline_tests.pipeline.conftest import (  # noqa: F401 - fixtures
     worker_python,
     write_config,
 )
+from rs_embed_pipeline_tests.providers.conftest import StacApiServer, earth_search_items
 
 
 def _reduced(family: str, case: str, weights: str) -> list[str]:
@@ -143,3 +150,83 @@ def test_readme_build_lines_run_as_printed(tmp_path):
     assert "Assets (4): s2_patches, terrafm_s2_cube, terrafm_s2_embeddings, tile_grid\nPartitions: demo|2024-01-01\n" \
         in outputs[1]
     assert "Partitions: demo|2024-01-01, demo|2024-04-01\n" in outputs[2] and "thor_s2_stac" in outputs[2]
+
+
+def readme_stac_build_lines() -> list[str]:
+    """The README's STAC API build lines ("Build your own region" step 4), continuation lines joined
+    and trailing comments dropped."""
+    section = (REPO / "README.md").read_text().split("## Build your own region", 1)[1].split("\n## ", 1)[0]
+    block = re.findall(r"```bash\n(.*?)```", section, flags=re.DOTALL)[0]
+    commands = re.sub(r"\\\n\s*", "", block).splitlines()
+    return [c.split("  #", 1)[0].rstrip() for c in commands if c.startswith("RS_EMBED_PROVIDER=stac ")]
+
+
+@pytest.fixture
+def readme_stac_checkout(tmp_path) -> Iterator[tuple[dict[str, str], StacApiServer]]:
+    """A checkout whose .venv is this interpreter's environment, a regions config with the README's
+    region (lake-geneva: the tiny test area on the lake's shore) and a STAC API on 127.0.0.1 serving
+    a synthetic catalog of the README's window (Q2 2024) as Earth Search C1 items."""
+    catalog = generate_synthetic_catalog(tmp_path / "catalog", TINY_BBOX, "2024-04-01", "2024-07-01", seed=0,
+                                         s2_revisit_days=30, s1=False, pad_m=3000.0)
+    items, coll = earth_search_items(catalog)
+    (tmp_path / ".venv").symlink_to(Path(sys.executable).parents[1], target_is_directory=True)
+    (tmp_path / "dagster_home").mkdir()
+    (tmp_path / "dagster_home" / "dagster.yaml").write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RS_EMBED_", "EE_PROJECT"))}
+    with StacApiServer(items, [coll]) as api:
+        env.update(PYTHONPATH=str(REPO), RS_EMBED_STAC_URL=api.url, RS_EMBED_STORE=str(tmp_path / "data"),
+                   RS_EMBED_CONFIG=str(write_config(tmp_path / "pipeline.yaml",
+                                                    [{"name": "lake-geneva", "bbox": list(TINY_BBOX)}])),
+                   DAGSTER_HOME=str(tmp_path / "dagster_home"), RS_EMBED_STEP_RETRIES="0")
+        yield env, api
+
+
+def test_readme_stac_lines_run_against_a_local_stac_api(readme_stac_checkout, tmp_path):
+    """Issue 24: the README's STAC walk-through with the same commands, against a local STAC API: the
+    Earth Search preset switches S1 off (its presets configure no S1 collection), the Planetary Computer
+    preset keeps TerraFM S1 (its s1_collection is sentinel-1-rtc); the patches stage then fetches S2
+    from the served items."""
+    env, api = readme_stac_checkout
+    earth_search, planetary = lines = readme_stac_build_lines()
+    assert lines == [
+        "RS_EMBED_PROVIDER=stac .venv/bin/python -m rs_embed_pipeline.cli.build --region lake-geneva --window 2024-04-01",
+        "RS_EMBED_PROVIDER=stac .venv/bin/python -m rs_embed_pipeline.cli.build --region lake-geneva --window 2024-04-01 "
+        "--set imagery.catalog_preset=planetary-computer"]
+
+    def run(line: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(["bash", "-c", line], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+        assert done.returncode == 0, f"failed: {line}\n{done.stdout}\n{done.stderr}"
+        return done
+
+    es = run(f"{earth_search} --dry-run")
+    assert es.stdout.splitlines()[0].endswith("; models: terrafm s2, thor s2")
+    assert "\nPartitions: lake-geneva|2024-04-01\n" in es.stdout and "s1_patches" not in es.stdout
+    assert "note: terrafm: S1 switched off, the stac provider (catalog_preset earth-search-c1) has no Sentinel-1 " \
+           "collection (--modalities terrafm=s2 says so explicitly)\n" in es.stderr
+    pc = run(f"{planetary} --dry-run")
+    assert pc.stdout.splitlines()[0].endswith("; models: terrafm s2+s1, thor s2") and "S1 switched off" not in pc.stderr
+    assert "Assets (24): s1_patches, s2_patches, terrafm_s1_change, terrafm_s1_cog, terrafm_s1_cube, " in pc.stdout
+    assert not api.searches  # a dry run asks nothing
+
+    built = run(f"{earth_search} --stages patches")
+    assert "Assets (2): s2_patches, tile_grid\n" in built.stdout and "done lake-geneva|2024-04-01 (run " in built.stdout
+    served = sorted(d["id"] for d in api.items)
+    assert served and {tuple(s["collections"]) for s in api.searches} == {("sentinel-2-c1-l2a",)}
+    for size in (224, 288):
+        store = TileStore.open(f"{env['RS_EMBED_STORE']}/patches/s2/lake-geneva/2024-04-01/p{size}.zarr", "patches")
+        counts = store.status_counts()
+        assert counts["ok"] == len(store.tile_ids) > 0 and counts["failed"] == counts["no_data"] == 0
+        meta = store.tile_meta(0)
+        assert meta["provider"] == "stac" and meta["collection"] == "sentinel-2-c1-l2a" and meta["synthetic"] is False
+        assert set(meta["scene_ids"]) <= set(served) and meta["image_count"] == len(meta["scene_ids"]) > 0
+    assert not os.path.exists(f"{env['RS_EMBED_STORE']}/patches/s1")
+
+
+def test_serves_s1_follows_the_resolved_catalog():
+    """S1 is built where the imagery names an S1 collection: the Planetary Computer preset
+    (sentinel-1-rtc) and Earth Engine, not the Earth Search presets unless one is set."""
+    assert build.serves_s1(StacImagery(catalog_preset="planetary-computer")) is True
+    assert build.serves_s1(StacImagery()) is False
+    assert build.serves_s1(StacImagery(catalog_preset="earth-search-l2a")) is False
+    assert build.serves_s1(StacImagery(s1_collection="sentinel-1-rtc")) is True
+    assert build.serves_s1(EarthEngineImagery(project="p")) is True
