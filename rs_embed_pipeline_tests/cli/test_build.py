@@ -122,7 +122,7 @@ def test_dry_run_selects_by_stage_and_the_package_runs_it_by_name(env):
     assert "Assets (3): terrafm_s2_cube, thor_s2_embeddings, tile_grid\n" in named.stdout, named.stderr
     listing = subprocess.run([sys.executable, "-m", "rs_embed_pipeline"], capture_output=True, text=True, timeout=60,
                              env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert listing.returncode == 2 and "commands: build, demo, search" in listing.stdout
+    assert listing.returncode == 2 and "commands: build, build_status, demo, plan_build, search" in listing.stdout
 
 
 def readme_offline_build_lines() -> list[str]:
