@@ -8,9 +8,13 @@ area; the cell holding that point lies inside both, so the measured partition ha
 in both builds and any difference comes from the AOI's size (its cells, the code location's
 split, the products over a region's cells). One synthetic catalog covers the larger AOI and
 serves both (one quarter). Each AOI is built for that one partition with every asset, by
-``dg.execute_job`` under the multiprocess executor: every step in its own process. A success hook
-records, in the step's process at its end, ``ru_maxrss`` of the process (the step: code location
-load, fetch, stores) and of its children (the largest: the model worker Dagster Pipes starts).
+``dg.execute_job`` under the multiprocess executor: every step in its own process. The step
+process resets its peak RSS when it rebuilds the job (``/proc/self/clear_refs`` 5, Linux) and a
+success hook records, at the step's end, its ``VmHWM`` (the step: code location load, fetch,
+stores) and ``ru_maxrss`` of its children (the largest: the model worker Dagster Pipes starts).
+Not ``ru_maxrss`` of the step itself: Linux carries it over fork and exec, so every step read the
+parent's 644 MiB. The children's figure has the same carry-over (at exec the child keeps the
+spawning process's peak), so it is an upper bound of the worker's own peak.
 Models: the reduced test fixtures of ``$RS_EMBED_REFERENCE_DIR`` (full-size models add a constant).
 """
 
@@ -39,8 +43,9 @@ PARAMS_ENV = "RS_EMBED_BENCH_RSS"  # JSON: config, catalog, store_root, worker_p
 def record_rss(context: dg.HookContext) -> None:
     """Peak RSS of this step's process and of its largest waited-for child, appended as JSON."""
     params = json.loads(os.environ[PARAMS_ENV])
+    status = Path("/proc/self/status").read_text()
+    own = int(status.split("VmHWM:")[1].split()[0]) / 1024  # KiB: the peak since rss_job's reset
     # ru_maxrss is KiB on Linux; RUSAGE_CHILDREN holds the largest terminated child's peak
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     with open(params["out"], "a") as f:
         f.write(json.dumps({"step": context.step_key, "pid": os.getpid(), "self_mib": round(own, 1),
@@ -55,6 +60,8 @@ def rss_job() -> dg.JobDefinition:
     from rs_embed_pipeline.orchestration.settings import Settings
     from rs_embed_pipeline_tests.pipeline.conftest import reduced_model_resources
 
+    # The step process's peak from here on: a forked step starts with its parent's high-water mark.
+    Path("/proc/self/clear_refs").write_text("5")
     params = json.loads(os.environ[PARAMS_ENV])
     settings = Settings.from_env({"RS_EMBED_CONFIG": params["config"], "RS_EMBED_STORE": params["store_root"]})
     resources = {"store": PipelineStore(root=params["store_root"]),
