@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rs_embed_pipeline.cli.names import UsageError, model_names, valid_model_names
 from rs_embed_pipeline.core.regions import load_pipeline_config
 from rs_embed_pipeline.core.vocabulary import MODALITY_BANDS
 from rs_embed_pipeline.orchestration.definitions import resources_for
@@ -47,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
                          "(auto: synthetic for the synthetic demo catalog)")
     ap.add_argument("--ee-latency-s", type=float, default=bp.EarthEngine.latency_s,
                     help="assumed seconds per computePixels request")
+    ap.add_argument("--models", nargs="+",
+                    help=f"plan only these models (any model name: {valid_model_names()}); default: every model built")
     return ap
 
 
@@ -67,14 +70,25 @@ def planned_models(specs: Sequence[EmbeddingSpec], resources: dict[str, Any]) ->
 
 
 def plan_for(settings: Settings, start: str, end: str, *, resources: dict[str, Any] | None = None,
-             storage: str = "auto", ee_latency_s: float = bp.EarthEngine.latency_s) -> dict[str, Any]:
-    """The plan of the environment's configuration (what the code location would load)."""
+             storage: str = "auto", ee_latency_s: float = bp.EarthEngine.latency_s,
+             models: Sequence[str] | None = None) -> dict[str, Any]:
+    """The plan of the environment's configuration (what the code location would load);
+    ``models``: model names (:func:`rs_embed_pipeline.cli.names.model_names`: family, model id or
+    alias) to plan alone, default every model the code location builds. The partitions keep the
+    cells of every tile size the code location uses: the other models' sizes still split the AOI."""
     resources = resources if resources is not None else resources_for(settings)
     config = load_pipeline_config(settings.config_path)
     plan = plan_pipeline(resources)
     partitions = config.partitions(plan.tile_sizes())
     windows = bp.windows_between(config.cadence, max(start, config.start), end)
-    models = planned_models(plan.specs, resources)
+    specs: Sequence[EmbeddingSpec] = plan.specs
+    if models:
+        families = {model_names(m, settings).family for m in models}
+        specs = [s for s in specs if s.resource_key in families]
+        if not specs:
+            raise UsageError(f"the code location builds no model named {list(models)}; it builds "
+                             f"{sorted({s.resource_key for s in plan.specs})}")
+    planned = planned_models(specs, resources)
     imagery_resource = resources["imagery"]
     imagery: bp.StacImagery | bp.EarthEngine
     synthetic = False
@@ -91,7 +105,7 @@ def plan_for(settings: Settings, start: str, end: str, *, resources: dict[str, A
     chosen = {"synthetic": bp.SYNTHETIC_STORAGE, "real": bp.REAL_STORAGE}.get(
         storage, bp.SYNTHETIC_STORAGE if synthetic else bp.REAL_STORAGE)
     per_run = BACKFILL_POLICY.max_partitions_per_run or 1
-    return bp.plan_build(config, partitions, windows, models, partitions_per_run=per_run, storage=chosen,
+    return bp.plan_build(config, partitions, windows, planned, partitions_per_run=per_run, storage=chosen,
                          imagery=imagery)
 
 
@@ -136,7 +150,8 @@ def render(plan: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        plan = plan_for(Settings.from_env(), args.start, args.end, storage=args.storage, ee_latency_s=args.ee_latency_s)
+        plan = plan_for(Settings.from_env(), args.start, args.end, storage=args.storage, ee_latency_s=args.ee_latency_s,
+                        models=args.models)
     except ValueError as exc:  # ConfigError and bad dates: the message names the problem
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -5,7 +5,8 @@ code location's plan (models, tile sizes, backfill batch) and hands this module 
 :func:`plan_build` returns one JSON-ready dict:
 
 - ``partitions`` and ``runs``: region partitions (split cells included) x windows, and the runs a
-  backfill makes with ``partitions_per_run`` partitions per run (``BackfillPolicy.multi_run``);
+  backfill of every partition makes with at most ``partitions_per_run`` partitions per run
+  (``BackfillPolicy.multi_run``), counted as Dagster groups them (:func:`backfill_runs`);
 - ``tiles``: per tile size and per model x modality (every window);
 - ``bytes``: what each asset family stores (tile grid, patches, embeddings, cubes, products,
   search indexes): the stores' uncompressed payload (shapes and dtypes as the stores write them)
@@ -257,6 +258,21 @@ def patch_bytes(modality: str, n_bands: int, size_px: int, tiles: int, stores: i
         + stores * storage.patch_store
 
 
+def backfill_runs(regions: int, windows: int, partitions_per_run: int) -> int:
+    """Runs a backfill of every region x window partition of one asset makes (or of assets
+    requested together: the same partitions and policy share runs), as Dagster 1.9.12+ builds them:
+    the keys are grouped by the dimension with fewer distinct values (ties: the window, the
+    primary dimension; dagster-io/dagster#27746), each group is one range along the other
+    dimension, and each range is cut into runs of at most ``partitions_per_run`` keys. So 5
+    regions x 3 windows make 3 x ceil(5 / 4) = 6 runs, not ceil(15 / 4) = 4; a run never mixes two
+    values of the grouping dimension. A backfill of the whole graph makes these runs once per wave
+    of assets whose parents are done."""
+    if regions <= 0 or windows <= 0:
+        return 0
+    groups, along = (regions, windows) if regions < windows else (windows, regions)
+    return groups * math.ceil(along / partitions_per_run)
+
+
 def plan_build(config: PipelineConfig, partitions: Sequence[RegionPartition], windows: Sequence[tuple[str, str]],
                models: Sequence[PlannedModel], *, partitions_per_run: int, storage: Storage,
                imagery: StacImagery | EarthEngine, device_rates: Mapping[str, Mapping[str, float]] = DEVICE_RATES,
@@ -315,7 +331,7 @@ def plan_build(config: PipelineConfig, partitions: Sequence[RegionPartition], wi
         "config": str(config.path), "cadence": config.cadence,
         "windows": [w for w, _ in windows],
         "partitions": {"regions": len(partitions), "windows": n_windows, "per_asset": n_parts},
-        "runs": {"partitions_per_run": partitions_per_run, "backfill_runs": math.ceil(n_parts / partitions_per_run),
+        "runs": {"partitions_per_run": partitions_per_run, "backfill_runs": backfill_runs(len(partitions), n_windows, partitions_per_run),
                  "policy": f"BackfillPolicy.multi_run(max_partitions_per_run={partitions_per_run})"},
         "tiles": {"per_window_by_size": {str(s): n for s, n in tiles_per_size.items()},
                   "by_model": {name: v["tiles"] for name, v in per_model.items()}},

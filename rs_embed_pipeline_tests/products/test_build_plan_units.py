@@ -72,3 +72,34 @@ def test_earth_engine_requests_follow_the_providers_packing():
     assert got["requests"] == 120
     assert bp.ee_seconds(120, ee) == pytest.approx(max(120 * 2.0 / 40, 120 / 100.0))
     assert math.isclose(bp.ee_seconds(10_000, bp.EarthEngine(latency_s=0.1)), 100.0)  # rate-bound
+
+
+@pytest.mark.parametrize(("regions", "windows", "runs"), [(2, 2, 2), (2, 4, 2), (5, 3, 6), (1, 9, 3), (100, 10, 250)])
+def test_backfill_runs_are_the_runs_dagster_requests(regions, windows, runs):
+    """backfill_runs against Dagster's own run requests for a backfill of every partition (the
+    function the backfill daemon calls), so a Dagster upgrade that groups differently fails here.
+    5 x 3 is the case the flat count ceil(15 / 4) = 4 got wrong: Dagster groups by window."""
+    import dagster as dg
+    from dagster._core.definitions.automation_tick_evaluation_context import build_run_requests_with_backfill_policies
+    from dagster._core.definitions.events import AssetKeyPartitionKey
+
+    pdef = dg.MultiPartitionsDefinition({
+        "region": dg.StaticPartitionsDefinition([f"r{i}" for i in range(regions)]),
+        "window": dg.TimeWindowPartitionsDefinition(cron_schedule="0 0 1 * *", start="2020-01-01", fmt="%Y-%m-%d",
+                                                    end=f"{2020 + windows // 12}-{windows % 12 + 1:02d}-01")})
+    assert pdef.get_num_partitions() == regions * windows
+
+    @dg.asset(partitions_def=pdef, backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=4))
+    def grid() -> None: ...
+
+    graph = dg.Definitions(assets=[grid]).get_repository_def().asset_graph
+    requests = build_run_requests_with_backfill_policies(
+        [AssetKeyPartitionKey(grid.key, k) for k in pdef.get_partition_keys()], graph, dg.DagsterInstance.ephemeral())
+    covered = [k for r in requests for k in pdef.get_partition_keys_in_range(dg.PartitionKeyRange(
+        r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"]))]
+    assert sorted(covered) == sorted(pdef.get_partition_keys())   # each partition once
+    assert max(len(pdef.get_partition_keys_in_range(dg.PartitionKeyRange(
+        r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"])))
+        for r in requests) <= 4
+    assert len(requests) == runs == bp.backfill_runs(regions, windows, 4)
+    assert bp.backfill_runs(0, windows, 4) == 0
