@@ -37,6 +37,7 @@ import numpy as np
 from rs_embed_pipeline.core.grid import Tile, build_tile_grid, cell_ids_of_tiles
 from rs_embed_pipeline.core.regions import PipelineConfig, RegionPartition
 from rs_embed_pipeline.providers.blocks import DEFAULT_MAX_BLOCK_PX, group_blocks
+from rs_embed_pipeline.providers.gee.estimate import fetch_seconds
 from rs_embed_pipeline.providers.gee.request_blocks import pack_requests
 
 CADENCE_MONTHS = {"monthly": 1, "quarterly": 3, "yearly": 12}
@@ -214,22 +215,26 @@ def stac_estimate(tiles: Sequence[Tile], bands: Sequence[str], modality: str, im
 
 def ee_estimate(tiles_by_size: Mapping[int, Sequence[Tile]], n_bands: int, ee: EarthEngine,
                 windows: int) -> dict[str, float]:
-    """computePixels requests of one partition (the provider packs each tile size apart, at most
-    ceil(tiles / concurrency) tiles per request so that every slot has work) and their time.
-
-    Stands in for ``providers/gee/estimate.py`` (another change) until it lands: same purpose."""
-    requests = 0
+    """Earth Engine requests of one region partition over ``windows`` windows: computePixels requests
+    as the provider packs them (each tile size apart, whole adjacent tiles under the 48 MiB rule, at
+    most ceil(tiles / concurrency) tiles per request so that every slot has work) plus the one
+    scene-list query per fetch (``providers/gee``: one per region x window and modality)."""
+    pixel_requests = 0
     for tiles in tiles_by_size.values():
         if not tiles:
             continue
         cap = max(1, math.ceil(len(tiles) / ee.max_concurrent_requests))
-        requests += len(pack_requests(tiles, band_bytes=[ee.band_bytes] * n_bands, max_tiles=cap))
-    return {"requests": float(requests * windows)}
+        pixel_requests += len(pack_requests(tiles, band_bytes=[ee.band_bytes] * n_bands, max_tiles=cap))
+    scene_queries = windows if pixel_requests else 0
+    return {"pixel_requests": float(pixel_requests * windows), "scene_queries": float(scene_queries),
+            "requests": float(pixel_requests * windows + scene_queries)}
 
 
 def ee_seconds(requests: float, ee: EarthEngine) -> float:
-    """Wall time of ``requests`` at the concurrency and rate limits with the assumed latency."""
-    return max(requests * ee.latency_s / ee.max_concurrent_requests, requests / ee.max_requests_per_second)
+    """Wall time of ``requests`` at the concurrency and rate limits with the assumed latency
+    (``providers/gee/estimate.fetch_seconds``, the client at the ceiling)."""
+    return fetch_seconds(requests, concurrency=ee.max_concurrent_requests, rate_per_s=ee.max_requests_per_second,
+                         latency_s=ee.latency_s)
 
 
 def store_bytes(model: PlannedModel, tiles: int, partitions: int, region_partitions: int, windows: int,

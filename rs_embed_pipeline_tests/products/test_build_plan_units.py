@@ -69,9 +69,13 @@ def test_earth_engine_requests_follow_the_providers_packing():
     ee = bp.EarthEngine(max_concurrent_requests=40, max_requests_per_second=100.0, latency_s=2.0)
     # 80 tiles, at most ceil(80 / 40) = 2 tiles per request: 40 requests per window
     got = bp.ee_estimate({224: tiles}, 12, ee, windows=3)
-    assert got["requests"] == 120
+    # plus one scene-list query per window (providers/gee: one per fetch_patches call)
+    assert (got["pixel_requests"], got["scene_queries"], got["requests"]) == (120, 3, 123)
+    assert bp.ee_estimate({224: []}, 12, ee, windows=3)["requests"] == 0
     assert bp.ee_seconds(120, ee) == pytest.approx(max(120 * 2.0 / 40, 120 / 100.0))
     assert math.isclose(bp.ee_seconds(10_000, bp.EarthEngine(latency_s=0.1)), 100.0)  # rate-bound
+    assert bp.ee_seconds(1, ee) == pytest.approx(2 * 2.0)  # a scene list, then pixels: two round trips
+    assert bp.ee_seconds(0, ee) == 0.0
 
 
 @pytest.mark.parametrize(("regions", "windows", "runs"), [(2, 2, 2), (2, 4, 2), (5, 3, 6), (1, 9, 3), (100, 10, 250)])

@@ -44,6 +44,17 @@ class EarthEngineEstimate:
         return dataclasses.asdict(self)
 
 
+def fetch_seconds(requests: float, *, concurrency: int, rate_per_s: float, latency_s: float,
+                  efficiency: float = 1.0) -> float:
+    """Wall time of ``requests`` Earth Engine requests at steady state, ``min(concurrency / latency,
+    rate) x efficiency`` requests per second, and at least two round trips (a partition's scene list
+    comes before its pixels); 0 for no request. The build plan's Earth Engine time is this."""
+    if requests <= 0:
+        return 0.0
+    req_per_s = min(concurrency / latency_s, rate_per_s) * efficiency
+    return max(requests / req_per_s, 2 * latency_s)
+
+
 def estimate_fetch(tiles: int, *, size_px: int, bands: int, dtype: str = "float32",
                    concurrency: int = 40, rate_per_s: float = 100.0, latency_s: float = 2.0,
                    partitions: int = 1, efficiency: float = 1.0,
@@ -75,8 +86,8 @@ def estimate_fetch(tiles: int, *, size_px: int, bands: int, dtype: str = "float3
     scene_queries = partitions if tiles else 0
     requests = pixel_requests + scene_queries
     req_per_s = min(concurrency / latency_s, rate_per_s) * efficiency
-    # a partition's scene list comes before its pixels: at least two round trips
-    seconds = max(requests / req_per_s, 2 * latency_s) if tiles else 0.0
+    seconds = fetch_seconds(requests, concurrency=concurrency, rate_per_s=rate_per_s, latency_s=latency_s,
+                            efficiency=efficiency) if tiles else 0.0
     return EarthEngineEstimate(
         tiles=tiles, tiles_per_request=per_request, pixel_requests=pixel_requests,
         scene_queries=scene_queries, requests=requests,
