@@ -15,7 +15,7 @@ from rs_embed_pipeline.core.vocabulary import S1_BANDS, S1_POLARISATIONS, S2_BAN
 from ..base import ProviderError, Tile
 from ..catalogs import SCL_INVALID_CLASSES
 from ..sensor_options import EarthEngineSensorOptions, SensorOptionError, SensorOptions
-from .client import import_ee
+from .client import AnswerBuffers, import_ee
 from .request_blocks import PixelBox
 from . import scenes  # scenes.MAX_ROWS_PER_CHUNK read at call time (tests lower it)
 from .scenes import Chunk
@@ -161,6 +161,7 @@ class FetchRun:
         self.start = start
         self.end = end
         self.max_tiles = max_tiles
+        self.buffers = AnswerBuffers()  # the fetch's computePixels receive buffers, reused
 
     # ---- geometry -----------------------------------------------------------------------------
     def rect(self, box: PixelBox):
