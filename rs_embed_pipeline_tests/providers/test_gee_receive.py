@@ -31,6 +31,14 @@ def test_reused_answer_buffers_never_change_a_yielded_patch(standin, make_provid
         assert p.status == "ok" and p.data.flags.owndata
         np.testing.assert_array_equal(p.data[0], S.expected_band(row, S.S2_BASE["B4"]).astype(np.float32))
         np.testing.assert_array_equal(p.data[1], S.expected_band(row, S.S2_BASE["B8"]).astype(np.float32))
+    # one tile per request (a fetch of at most 40 tiles): the same reuse
+    provider = make_provider(max_concurrent_requests=1, max_tiles_per_request=1)
+    patches = fetch(provider, rows, bands=["B4"])
+    st = provider.stats()
+    assert st["pixel_requests"] == 8 and 1 <= st["answer_buffers"] <= 2
+    for row in rows:
+        np.testing.assert_array_equal(patches[row["tile_id"]].data[0],
+                                      S.expected_band(row, S.S2_BASE["B4"]).astype(np.float32))
 
 
 def test_answer_buffers_take_back_only_their_own():

@@ -562,13 +562,11 @@ class GEEProvider:
                         tries: _Tries) -> tuple[np.ndarray, Any]:
         """One try of a box's computePixels, decoded (a view of the answer), and the answer
         (``run.buffers.give`` it once no array views it); raises as :meth:`_attempt`."""
-        allocated = run.buffers.allocated
         raw = self._attempt("pixel", call, tries)
         if not isinstance(raw, (bytes, bytearray, memoryview)):
             raise RequestFailed(f"computePixels returned {type(raw).__name__}, expected NPY bytes")
         self._stats.add("bytes", len(raw))
         self._stats.add("pixel_bytes", len(raw))
-        self._stats.add("answer_buffers", run.buffers.allocated - allocated)
         return _read_npy(raw, run.sensor.bands, box.height, box.width), raw
 
     def _pixels_client(self) -> ComputePixelsClient:
@@ -717,8 +715,7 @@ class GEEProvider:
                     c = call or self._pixels_call(run, box, job.variant)
                     t = tries or _Tries()
                     try:
-                        # not given back: a half waits for its sibling as a view of its answer
-                        pixels, _ = self._request_pixels(run, box, c, t)
+                        pixels, raw = self._request_pixels(run, box, c, t)
                     except _Retry as retry:
                         ctx.later(self._piece_task(run, job, piece, t, c), retry.delay)
                         return
@@ -729,6 +726,9 @@ class GEEProvider:
                         return
                     else:
                         self._piece_done(ctx, run, job, piece, pixels, 0)
+                        if piece.parent is None:  # cut out (copies); a half waits as a view of its answer
+                            del pixels
+                            run.buffers.give(raw)
                         return
                 if piece.depth >= _MAX_PIXEL_SPLIT_DEPTH or max(box.width, box.height) < 2:
                     self._tile_failed(ctx, run, job, f"request still too large after {piece.depth} split(s): "
@@ -885,6 +885,7 @@ class GEEProvider:
         self._ensure_ready()
         with EE_CONFIG_LOCK:
             EE_CONFIG["active"] += 1
+        run: FetchRun | None = None
         try:
             fill_slots = math.ceil(len(tiles) / self.max_concurrent_requests)
             max_tiles = max(1, min(fill_slots, self.max_tiles_per_request or fill_slots))
@@ -906,6 +907,8 @@ class GEEProvider:
             with EE_CONFIG_LOCK:
                 EE_CONFIG["active"] -= 1
             self._stats.add_fetch_time(self._clock() - t_start)
+            if run is not None:  # counted once per fetch: its answers take buffers concurrently
+                self._stats.add("answer_buffers", run.buffers.allocated)
             snap = self._stats.snapshot()
             log.info("GEE fetch: tiles ok %d / no_data %d / failed %d; requests %d, retries %d, "
                      "%.1f MB", snap["tiles_ok"], snap["tiles_no_data"], snap["tiles_failed"],
