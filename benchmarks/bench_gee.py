@@ -15,8 +15,9 @@ server time per request to show how batching and concurrency hide Earth Engine l
 ``--payload-only`` makes the stand-in serve one precomputed NPY payload per grid shape (right
 size and dtype, no per-request numpy work), so that at ``--latency-s 2`` the figure is the
 client's: tiles/s is reported against the ceiling ``min(concurrency / latency, rate limit) x
-tiles per pixel request``, and the client's CPU seconds per tile (this process: request packing,
-HTTP, NPY decode, tile cutting) is the cost an Earth Engine build pays on its fetch pods.
+tiles per pixel request``, and the client's CPU seconds per tile (this process, every thread:
+request packing, HTTP, NPY decode, tile cutting) is the cost an Earth Engine build pays on its
+fetch pods.
 Steady state is the rate between the 10th and the 90th percentile tile (ramp-up and tail out).
 
 ``--cases`` runs several provider configurations one after the other against the same stand-in
@@ -108,6 +109,9 @@ def run_case(args: argparse.Namespace, url: str, server_pid: int, transport: str
           f"(tiles per pixel request {n / max(1, st['pixel_requests']):.1f})")
     print(f"  bytes              {st['bytes']:10d}   ({st['bytes'] / 1e6:.1f} MB NPY, "
           f"{st['bytes'] / max(1, st['pixel_requests']) / 2**20:.1f} MiB per pixel request)")
+    if "answer_buffers" in st:  # revisions before the reused receive buffers do not count them
+        print(f"  receive buffers    {st['answer_buffers']:10d}   (allocated for {st['pixel_requests']} answers; "
+              f"the others reused one)")
     print(f"  size errors (400)  {server_stats['size_errors']:10d}   (must be 0; the stand-in counts as Earth "
           f"Engine: pixels x sum over bands of (bytes + 1); largest request "
           f"{server_stats['max_request_bytes']} <= {EE_MAX_REQUEST_BYTES} bytes)")

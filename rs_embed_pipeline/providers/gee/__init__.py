@@ -31,8 +31,10 @@ What it does, per ``fetch_patches`` call
    The image sent is ``composite.select(bands).toFloat()`` plus one uint8 band ``rsep_valid``
    (1 where every asked band is unmasked), then ``unmask(0)``: NPY carries no mask, so the mask
    travels as data; masked pixels are 0 and ``valid`` False. The request is the documented REST
-   call ``projects.image.computePixels``, posted directly (urllib3) and read into one buffer
-   (``pixel_transport="rest"``; ``"ee"`` goes through ``ee.data.computePixels``).
+   call ``projects.image.computePixels``, posted directly (urllib3) and read from the socket
+   straight into one buffer, which the fetch's next answer reuses once the tiles are cut out
+   (``client.AnswerBuffers``; ``pixel_transport="rest"``; ``"ee"`` goes through
+   ``ee.data.computePixels``).
 4. **Too large / memory / timeout answers** split the block in two (along tile boundaries; a
    single tile is split in pixel halves and stitched), recursively.
 5. **Retries.** 429 and 5xx (and connection errors) are retried with exponential backoff and
@@ -43,7 +45,8 @@ What it does, per ``fetch_patches`` call
 Memory: a pixel request holds its NPY answer (up to 48 MiB) until its tiles are cut out (one
 float32 copy per tile); at most ``2 x max_concurrent_requests`` blocks are open at once (being
 fetched, or fetched and waiting for the consumer), so peak memory is roughly
-``2 x max_concurrent_requests x 48 MiB`` (about 4 GB at the defaults). Lower
+``2 x max_concurrent_requests x 48 MiB`` (about 4 GB at the defaults); the receive buffers a
+fetch reuses are at most as many as were in use at once, and are freed when it ends. Lower
 ``max_tiles_per_request`` or the concurrency on small machines.
 
 Every slot busy (``scheduler.py``): a fetch is a work queue of requests, each task making at

@@ -16,7 +16,7 @@ from rs_embed_pipeline.core.vocabulary import S1_BANDS, S1_POLARISATIONS, S2_BAN
 from ..base import ProviderError, Tile
 from ..catalogs import SCL_INVALID_CLASSES
 from ..sensor_options import EarthEngineSensorOptions, SensorOptionError, SensorOptions
-from .client import import_ee
+from .client import AnswerBuffers, import_ee
 from .request_blocks import PixelBox
 from . import scenes  # scenes.MAX_ROWS_PER_CHUNK read at call time (tests lower it)
 from .scenes import Chunk
@@ -176,6 +176,7 @@ class FetchRun:
         self.max_tiles = max_tiles
         self._gap_warned = False
         self._gap_lock = threading.Lock()
+        self.buffers = AnswerBuffers()  # the fetch's computePixels receive buffers, reused
 
     def first_gap_warning(self) -> bool:
         """True once per fetch: the scene-gap warning is logged for the first sparse tile only
