@@ -230,3 +230,33 @@ def test_serves_s1_follows_the_resolved_catalog():
     assert build.serves_s1(StacImagery(catalog_preset="earth-search-l2a")) is False
     assert build.serves_s1(StacImagery(s1_collection="sentinel-1-rtc")) is True
     assert build.serves_s1(EarthEngineImagery(project="p")) is True
+
+
+def readme_plan_and_status_lines() -> list[str]:
+    """The README's plan and status command lines ("Continental builds"), offline as printed."""
+    section = (REPO / "README.md").read_text().split("\n## Continental builds\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)```", section, flags=re.DOTALL)
+    return [line for block in blocks for line in block.splitlines()
+            if line.startswith(".venv/bin/python -m rs_embed_pipeline.cli.") and ("plan_build" in line or "build_status" in line)]
+
+
+def test_readme_plan_and_status_lines_run_as_printed(tmp_path):
+    """Issue 24: the plan and progress commands of "Continental builds", exactly as printed, on the
+    packaged demo config and an empty Dagster instance (nothing built yet: every partition pending)."""
+    lines = readme_plan_and_status_lines()
+    assert [line.split()[2] for line in lines] == ["rs_embed_pipeline.cli.plan_build", "rs_embed_pipeline.cli.build_status"]
+    (tmp_path / ".venv").symlink_to(Path(sys.executable).parents[1], target_is_directory=True)
+    (tmp_path / "home").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RS_EMBED_", "EE_PROJECT"))}
+    env.update(PYTHONPATH=str(REPO), RS_EMBED_STORE=str(tmp_path / "data"), DAGSTER_HOME=str(tmp_path / "home"))
+    plan = subprocess.run(["bash", "-c", lines[0]], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert plan.returncode == 0, plan.stderr
+    assert "partitions: 1 region partitions x 2 windows = 2 per asset" in plan.stdout
+    assert "written to build_plan.json" in plan.stdout
+    written = json.loads((tmp_path / "build_plan.json").read_text())
+    assert written["partitions"]["per_asset"] == 2
+    status = subprocess.run(["bash", "-c", lines[1]], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert status.returncode == 0, status.stderr
+    rows = [row.split() for row in status.stdout.splitlines()[1:]]
+    assert rows and all(row[0].startswith("terrafm_") for row in rows)
+    assert ["terrafm_s2_cube", "2024-01-01", "0", "0", "0", "1"] in rows
