@@ -12,7 +12,8 @@ import rasterio
 
 from rs_embed_pipeline.cli.plan_build import plan_for, render
 from rs_embed_pipeline.orchestration.settings import Settings
-from rs_embed_pipeline.providers import rio_read, stac
+from rs_embed_pipeline.providers import rio_read
+from rs_embed_pipeline.providers.stac import reads as stac_reads
 from rs_embed_pipeline_tests.pipeline.conftest import build_test_definitions
 
 DEMO_BBOX = [6.600, 46.500, 6.640, 46.528]
@@ -51,7 +52,7 @@ def measured(tmp_path_factory, worker_python):
     job = defs.resolve_job_def("build_embeddings")
     cells = job.partitions_def.get_partitions_def_for_dimension("region").get_partition_keys()
     reads = {"reads": 0, "cog_bytes": 0}
-    original = stac.read_nested
+    original = stac_reads.read_nested
 
     def counting(href, block, fill, dtype=None, out=None):
         result = original(href, block, fill, dtype=dtype, out=out)
@@ -61,7 +62,7 @@ def measured(tmp_path_factory, worker_python):
         return result
 
     with dg.instance_for_test() as instance, pytest.MonkeyPatch.context() as mp:
-        mp.setattr(stac, "read_nested", counting)  # the providers run in this process (execute_in_process)
+        mp.setattr(stac_reads, "read_nested", counting)  # the providers run in this process (execute_in_process)
         for cell in cells:  # one run per cell, both windows (a batch as a backfill makes)
             result = job.execute_in_process(instance=instance, raise_on_error=False, tags={
                 "dagster/asset_partition_range_start": f"{cell}|{START}",
