@@ -1102,6 +1102,7 @@ class EEStandIn:
                  max_parallel_compute: int | None = None, payload_only: bool = False) -> None:
         self.payload_only = payload_only
         self._payloads: dict[tuple, bytes] = {}
+        self._payload_lock = threading.Lock()
         self.catalog = catalog if catalog is not None else default_catalog()
         self.max_request_bytes = max_request_bytes
         self.latency_s = latency_s
@@ -1246,10 +1247,14 @@ class EEStandIn:
                 cached = self._payloads.get(key)
             if cached is not None:
                 return cached
-            payload = self._pixels(body, image, names)
-            with self._lock:
-                self._payloads[key] = payload
-            return payload
+            # one computation per key even when the first requests of a shape arrive together
+            with self._payload_lock:
+                cached = self._payloads.get(key)
+                if cached is None:
+                    cached = self._pixels(body, image, names)
+                    with self._lock:
+                        self._payloads[key] = cached
+            return cached
         return self._pixels(body, image, names)
 
     @staticmethod
