@@ -179,8 +179,11 @@ def build(tmp: Path, catalog: Path | None, worker_python: str, bbox: list[float]
     models = reduced_model_resources(worker_python)
     terrafm = models["terrafm"]
     # Small batches, so that a kill can fall between two batches of a handful of tiles.
+    # RS_EMBED_IO_THREADS=1 (the SIGKILLed-worker test): one writer thread, so the kill point is in write
+    # order; the pipeline passes the resource's io_threads to the worker, so it goes on the resource.
+    io = {"io_threads": int(os.environ["RS_EMBED_IO_THREADS"])} if os.environ.get("RS_EMBED_IO_THREADS") else {}
     models["terrafm"] = TerraFMResource(worker_python=worker_python, device="cpu", batch_size=batch_size,
-                                       arch_json=terrafm.arch_json, checkpoint=terrafm.checkpoint)
+                                       arch_json=terrafm.arch_json, checkpoint=terrafm.checkpoint, **io)
     resources = {
         "store": PipelineStore(root=str(store_root), lease_wait_s=settings.lease_wait_s,
                                lease_ttl_s=settings.lease_ttl_s),
