@@ -59,7 +59,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 from collections.abc import Mapping, Sequence
 
 import geopandas as gpd
@@ -86,6 +86,7 @@ __all__ = [
     "tile_bounds",
     "tile_id",
     "parse_tile_id",
+    "TileIdParts",
     "split_cells",
     "utm_epsg_for",
     "utm_zone_for",
@@ -138,11 +139,21 @@ def _id_fields(tid: str) -> tuple[int, int, float, int, int]:
         raise ValueError(f"not a tile id: {tid!r}") from None
 
 
-def parse_tile_id(tid: str) -> dict[str, Any]:
-    """Inverse of :func:`tile_id`: ``{"utm_epsg", "size_px", "scale_m", "col", "row"}`` (the
-    fields :meth:`Tile.from_id` reads, with the lattice column and row)."""
+class TileIdParts(TypedDict):
+    """The fields of a tile id (a TypedDict: callers index it by the grid's column names)."""
+
+    utm_epsg: int
+    size_px: int
+    scale_m: float
+    col: int  # lattice column: x0 = col * size_px * scale_m
+    row: int  # lattice row: y0 = row * size_px * scale_m
+
+
+def parse_tile_id(tid: str) -> TileIdParts:
+    """Inverse of :func:`tile_id`: the fields :meth:`Tile.from_id` reads, with the lattice
+    column and row."""
     epsg, size_px, scale_m, col, row = _id_fields(tid)
-    return {"utm_epsg": epsg, "size_px": size_px, "scale_m": scale_m, "col": col, "row": row}
+    return TileIdParts(utm_epsg=epsg, size_px=size_px, scale_m=scale_m, col=col, row=row)
 
 
 #: The columns :meth:`Tile.from_row` reads (``geometry``, when present, too).
