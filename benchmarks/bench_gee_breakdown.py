@@ -6,7 +6,8 @@ faults), summed over every thread.
     python benchmarks/bench_gee_breakdown.py --tiles 10000 --latency-s 2 --rev 149e3b8  # a revision
 
 Steps: the HTTP receive (``ComputePixelsClient.compute_pixels``), the NPY header
-(``provider._read_npy``), the tile cut (``GEEProvider._cut``: bands, validity, patches), the
+(``read_npy`` as ``calls.py`` calls it; ``provider._read_npy`` in revisions before the provider's
+split), the tile cut (``GEEProvider._cut``: bands, validity, patches), the
 expression and its serialisation (``GEEProvider._pixels_call``); the rest of the process's CPU is
 threads, scheduler, scene list and consumer. ``--rev`` runs a git revision's provider (``git
 archive``, its own process) against its own stand-in. Linux only (RUSAGE_THREAD).
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import collections
 import functools
+import importlib
 import os
 import resource
 import subprocess
@@ -28,7 +30,7 @@ from typing import Any
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 STEPS = (("client:ComputePixelsClient.compute_pixels", "receive (HTTP)"),
-         ("provider:_read_npy", "NPY header"),
+         ("calls:read_npy|provider:_read_npy", "NPY header"),  # the first that the tree has
          ("provider:GEEProvider._cut", "tile cut"),
          ("provider:GEEProvider._pixels_call", "expression + serialisation"))
 
@@ -37,17 +39,12 @@ def _measure(tree: str, args: argparse.Namespace) -> None:
     """Wraps the steps of ``tree``'s provider, runs bench_gee's case there, prints the split."""
     sys.path[:0] = [tree, os.path.join(tree, "benchmarks")]
     import bench_gee  # noqa: PLC0415 - the tree's own copy, after its path is first
-    from rs_embed_pipeline.providers.gee import client, provider  # noqa: PLC0415
 
     totals: collections.defaultdict[str, float] = collections.defaultdict(float)
     lock = threading.Lock()
     depth = threading.local()
-    for spec, label in STEPS:
-        module, _, attr = spec.partition(":")
-        owner: Any = {"client": client, "provider": provider}[module]
-        *path, name = attr.split(".")
-        for part in path:
-            owner = getattr(owner, part)
+    for specs, label in STEPS:
+        owner, name = _step_owner(specs)
         setattr(owner, name, _wrapped(getattr(owner, name), label, totals, lock, depth))
 
     server = subprocess.Popen(
@@ -75,6 +72,23 @@ def _measure(tree: str, args: argparse.Namespace) -> None:
               f"{totals[label + ' faults'] / n:.0f} page faults)")
     rest = cpu - sum(totals[label] for _, label in STEPS)
     print(f"  {'the rest':28s} {rest / n * 1e3:6.2f} ms\n  {'the process':28s} {cpu / n * 1e3:6.2f} ms")
+
+
+def _step_owner(specs: str) -> tuple[Any, str]:
+    """(object, attribute) of the first ``module:attr.path`` of ``specs`` (``|``-separated) that
+    the tree's ``rs_embed_pipeline.providers.gee`` has."""
+    for spec in specs.split("|"):
+        module, _, attr = spec.partition(":")
+        try:
+            owner: Any = importlib.import_module(f"rs_embed_pipeline.providers.gee.{module}")
+        except ImportError:
+            continue
+        *path, name = attr.split(".")
+        for part in path:
+            owner = getattr(owner, part)
+        if hasattr(owner, name):
+            return owner, name
+    raise SystemExit(f"none of {specs} in this tree")
 
 
 def _process_cpu() -> float:

@@ -82,6 +82,9 @@ def test_a_failed_run_exits_1_naming_the_step_and_its_error(env, capfd):
     assert "WeightsNotFoundError: Checkpoint file '/no/such/thor.pt' does not exist" in err
 
 
+TINY = ["--region", "tiny", "--window", WINDOW]  # the arguments of a valid build before the wrong one
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--region", "tinny", "--window", WINDOW], "error: unknown region 'tinny' in {config}; configured regions: tiny, "
      "alps (README 'Adding a region')"),
@@ -89,17 +92,17 @@ def test_a_failed_run_exits_1_naming_the_step_and_its_error(env, capfd):
      "them: alps-32N-E0312-N05152, alps-32N-E0320-N05152, alps-32N-E0312-N05144, alps-32N-E0320-N05144\n"),
     (["--region", "tiny", "--window", "2024-02-01"], "error: unknown window '2024-02-01'; windows are the first days "
      "of the configured cadence's periods: 2024-01-01, 2024-04-01"),
-    (["--region", "tiny", "--window", WINDOW, "--models", "thorr"], "error: unknown model 'thorr'; valid names: "
+    ([*TINY, "--models", "thorr"], "error: unknown model 'thorr'; valid names: "
      "terrafm: terrafm, terrafm_b; thor: thor, thor_1_0_base"),
-    (["--region", "tiny", "--window", WINDOW, "--modalities", "thor=s3"], "error: --modalities 'thor=s3': thor "
+    ([*TINY, "--modalities", "thor=s3"], "error: --modalities 'thor=s3': thor "
      "embeds s2, s1 (comma-separated, e.g. thor=s2,s1), got 's3'"),
-    (["--region", "tiny", "--window", WINDOW, "--stages", "cube"], "error: unknown stage(s) cube; stages: patches, "
+    ([*TINY, "--stages", "cube"], "error: unknown stage(s) cube; stages: patches, "
      "embeddings, cubes, products, answers"),
-    (["--region", "tiny", "--window", WINDOW, "--assets", "terrafm_s2_cubes"], "error: unknown asset(s) "
+    ([*TINY, "--assets", "terrafm_s2_cubes"], "error: unknown asset(s) "
      "terrafm_s2_cubes; assets: s1_patches, s2_patches, terrafm_s1_change, terrafm_s1_cog"),
-    (["--region", "tiny", "--window", WINDOW, "--set", "terrafm.batchsize=4"], "error: --set 'terrafm.batchsize=4': "
+    ([*TINY, "--set", "terrafm.batchsize=4"], "error: --set 'terrafm.batchsize=4': "
      "terrafm has no field 'batchsize'; fields: checkpoint, batch_size"),
-    (["--region", "tiny", "--window", WINDOW, "--set", "gpu.device=cuda"], "error: --set 'gpu.device=cuda': expected "
+    ([*TINY, "--set", "gpu.device=cuda"], "error: --set 'gpu.device=cuda': expected "
      "RESOURCE.FIELD=VALUE with RESOURCE one of store, imagery, terrafm, thor"),
 ])
 def test_every_wrong_name_lists_the_valid_ones(env, capsys, args, message):

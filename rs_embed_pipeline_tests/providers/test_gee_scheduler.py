@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -26,14 +27,10 @@ pytestmark = pytest.mark.usefixtures("gee_env")
 HOLD_S = 30.0  # a safety net for a hold that never ends (a failure), not a measurement
 
 
-def test_a_backoff_holds_no_slot(standin, make_provider):
-    # 2 slots, 3 single-tile requests; the first answer is a 429 and its backoff is held until the
-    # two others have been in flight together: a backoff that held a slot (or a thread of a pool
-    # as large as the slots) would leave one of them waiting, and the hold would never end
-    seen: list[int] = []
+def pixel_hook(seen: list[int], on_pixels: Callable[[int], S.Fault | None]) -> Callable[[S.Recorded], S.Fault | None]:
+    """A fault hook of the pixel requests only (the others pass): each is counted in ``seen`` and
+    ``on_pixels`` gets its number (1, 2, ...), called outside the count's lock (it may wait)."""
     lock = threading.Lock()
-    both_in_flight = threading.Barrier(2, timeout=HOLD_S)
-    met = threading.Event()
 
     def hook(rec: S.Recorded) -> S.Fault | None:
         if rec.kind != "pixels":
@@ -41,6 +38,19 @@ def test_a_backoff_holds_no_slot(standin, make_provider):
         with lock:
             seen.append(1)
             k = len(seen)
+        return on_pixels(k)
+    return hook
+
+
+def test_a_backoff_holds_no_slot(standin, make_provider):
+    # 2 slots, 3 single-tile requests; the first answer is a 429 and its backoff is held until the
+    # two others have been in flight together: a backoff that held a slot (or a thread of a pool
+    # as large as the slots) would leave one of them waiting, and the hold would never end
+    seen: list[int] = []
+    both_in_flight = threading.Barrier(2, timeout=HOLD_S)
+    met = threading.Event()
+
+    def on_pixels(k: int) -> S.Fault | None:
         if k == 1:
             return S.Fault(429, "Too many requests.")
         if k in (2, 3):
@@ -48,7 +58,7 @@ def test_a_backoff_holds_no_slot(standin, make_provider):
             met.set()
         return None
 
-    standin.fault_hook = hook
+    standin.fault_hook = pixel_hook(seen, on_pixels)
     clock = S.FakeClock()
     held: list[bool] = []
 
@@ -72,16 +82,10 @@ def test_one_slow_request_does_not_hold_the_others(standin, make_provider):
     # 3 slots, 8 single-tile requests; the first is held in the stand-in until all 7 others have
     # arrived (so 6 of them were answered meanwhile, in the 2 other slots, two at a time)
     seen: list[int] = []
-    lock = threading.Lock()
     others_arrived = threading.Event()
     pair = threading.Barrier(2, timeout=HOLD_S)
 
-    def hook(rec: S.Recorded) -> S.Fault | None:
-        if rec.kind != "pixels":
-            return None
-        with lock:
-            seen.append(1)
-            k = len(seen)
+    def on_pixels(k: int) -> S.Fault | None:
         if k == 1:
             assert others_arrived.wait(HOLD_S)
         elif k in (2, 3):
@@ -90,7 +94,7 @@ def test_one_slow_request_does_not_hold_the_others(standin, make_provider):
             others_arrived.set()
         return None
 
-    standin.fault_hook = hook
+    standin.fault_hook = pixel_hook(seen, on_pixels)
     provider = make_provider(max_concurrent_requests=3, max_requests_per_second=1000)
     rows = S.tile_rows(8, col_step=2)
     patches = fetch_b2(provider, rows)

@@ -7,11 +7,7 @@ before the marker) run on the default, sharded, layout."""
 
 from __future__ import annotations
 
-import os
-import signal
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +20,8 @@ from rs_embed_pipeline.stores.cube.reader import open_cube, read_window_state
 from rs_embed_pipeline.stores.cube.root import CubeError
 from rs_embed_pipeline_tests.stores import cells as C
 from rs_embed_pipeline_tests.stores.test_cube_writer import (
-    COLS, D, D_GRID, GH, GROUPS, GW, REPO, ROWS, assert_resumed,
-    embedding_store, expected, missing_tile, starts_of, window_request, write_window,
+    COLS, D, D_GRID, GH, GROUPS, GW, ROWS, assert_resumed,
+    embedding_store, expected, missing_tile, run_killed_writer, starts_of, window_request, write_window,
 )
 
 EMPTY = 2**64 - 1  # an inner chunk the shard does not hold (zarr sharding index: offset = nbytes = 2**64 - 1)
@@ -93,41 +89,14 @@ def test_an_old_chunked_cube_keeps_its_layout(tmp_path: Path) -> None:
         window_request(embedding_store(tmp_path, 2), 2, layout="zip")
 
 
-KILLED_MID_SHARD = """
-import os, signal, sys
-from pathlib import Path
-from zarr.storage import LocalStore
-from rs_embed_pipeline.stores import TileStore
-from rs_embed_pipeline_tests.stores.test_cube_writer import write_window
-
-uri, root = sys.argv[1], Path(sys.argv[2])
-write_window(uri, TileStore.open(str(root / "emb-0.zarr"), "embeddings"), 0)   # a complete window
-original = LocalStore.set
-
-async def die_mid_window(self, key, value):
-    if key.startswith("EPSG32632/pooled/embedding/c/1/"):
-        os.kill(os.getpid(), signal.SIGKILL)  # window 1's feature-map shard is written, its pooled shard is not
-    await original(self, key, value)
-
-LocalStore.set = die_mid_window
-write_window(uri, TileStore.open(str(root / "emb-1.zarr"), "embeddings"), 1)
-print("not killed")
-"""
-
-
 def test_sigkill_in_the_middle_of_a_windows_shards_leaves_it_unmarked(tmp_path: Path) -> None:
     """A writer SIGKILLed between window 1's two shards (feature maps written, pooled plane not):
     window 1 is not marked and open_cube leaves it out; window 0 is exact; a new writer of window 1
     completes the cube. (Each shard is one atomic object write: zarr's LocalStore renames a
     finished file into place, S3 publishes whole objects; require_atomic_chunk_writes refuses
     other stores.)"""
-    embedding_store(tmp_path, 0)
-    store = embedding_store(tmp_path, 1)
-    uri = str(tmp_path / "cube.zarr")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, "-c", KILLED_MID_SHARD, uri, str(tmp_path)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr[-3000:]
+    # killed when window 1's feature-map shard is written, its pooled shard is not
+    uri, store, _ = run_killed_writer(tmp_path, "startswith", "EPSG32632/pooled/embedding/c/1/")
     assert objects(uri, GROUPS["grid"], "embedding", 1) == ["0/0/0"]
     assert objects(uri, GROUPS["pooled"], "embedding", 1) == []
     for kind in GROUPS:

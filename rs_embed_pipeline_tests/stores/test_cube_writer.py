@@ -267,32 +267,41 @@ from zarr.storage import LocalStore
 from rs_embed_pipeline.stores import TileStore
 from rs_embed_pipeline_tests.stores.test_cube_writer import write_window
 
-uri, root = sys.argv[1], Path(sys.argv[2])
+uri, root, test, part = sys.argv[1], Path(sys.argv[2]), sys.argv[3], sys.argv[4]
 write_window(uri, TileStore.open(str(root / "emb-0.zarr"), "embeddings"), 0)   # a complete window
 original = LocalStore.set
 
-async def die_at_marker(self, key, value):
-    if key.endswith("/window_filled/c/1"):
-        os.kill(os.getpid(), signal.SIGKILL)     # window 1's data and provenance are written
+async def die_at_key(self, key, value):
+    if getattr(key, test)(part):  # key.startswith(part) or key.endswith(part)
+        os.kill(os.getpid(), signal.SIGKILL)
     await original(self, key, value)
 
-LocalStore.set = die_at_marker
+LocalStore.set = die_at_key
 write_window(uri, TileStore.open(str(root / "emb-1.zarr"), "embeddings"), 1)
 print("not killed")
 """
+
+
+def run_killed_writer(tmp_path: Path, test: str, part: str) -> tuple[str, TileStore, subprocess.CompletedProcess[str]]:
+    """(cube URI, window 1's embedding store, the process) of a writer process that writes window 0,
+    then window 1 until it SIGKILLs itself at the first store key that ``test`` (``"startswith"`` or
+    ``"endswith"``) ``part``."""
+    embedding_store(tmp_path, 0)
+    store = embedding_store(tmp_path, 1)
+    uri = str(tmp_path / "cube.zarr")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-c", KILLED_WRITER, uri, str(tmp_path), test, part], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr[-3000:]
+    return uri, store, proc
 
 
 def test_sigkill_between_window_data_and_marker_leaves_it_unmarked(tmp_path):
     """A writer process SIGKILLed when window 1's first filled marker is about to be written:
     window 1 is not marked (open_cube leaves it out) while window 0, written before by the same
     process, is complete and exact; a new writer of window 1 completes the cube."""
-    embedding_store(tmp_path, 0)
-    store = embedding_store(tmp_path, 1)
-    uri = str(tmp_path / "cube.zarr")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, "-c", KILLED_WRITER, uri, str(tmp_path)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr[-3000:]
+    # killed when window 1's data and provenance are written
+    uri, store, proc = run_killed_writer(tmp_path, "endswith", "/window_filled/c/1")
     assert "not killed" not in proc.stdout
     assert_window_1_unmarked_window_0_intact(uri)
     assert_resumed(uri, store)

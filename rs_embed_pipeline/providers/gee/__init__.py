@@ -106,8 +106,8 @@ kind, limits) are in ``stats()["config"]``.
 
 from __future__ import annotations
 
-# The package's public API only; provider.py imports its siblings' public names (what each module
-# offers the others: client, expressions, request_blocks) from the module that owns them.
+# The package's public API only; its modules import their siblings' public names (what each module
+# offers the others) from the module that owns them.
 from rs_embed_pipeline.core.vocabulary import COMPOSITES  # defined once there
 
 from .client import HIGH_VOLUME_URL, STANDARD_URL, TokenBucket, redact

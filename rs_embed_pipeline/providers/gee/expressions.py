@@ -57,7 +57,7 @@ _LN10_OVER_10 = math.log(10.0) / 10.0
 
 
 @dataclasses.dataclass(frozen=True)
-class _Sensor:
+class Sensor:
     modality: str
     bands: tuple[str, ...]
     composite: str
@@ -130,8 +130,8 @@ class _Sensor:
         return f
 
 
-def _parse_sensor(modality: str, bands: Iterable[str] | None, options: SensorOptions | None,
-                  keywords: Mapping[str, Any], defaults: Mapping[str, Any]) -> _Sensor:
+def parse_sensor(modality: str, bands: Iterable[str] | None, options: SensorOptions | None,
+                 keywords: Mapping[str, Any], defaults: Mapping[str, Any]) -> Sensor:
     """The sensor of one fetch: its options parsed once, by the shared parser
     (:meth:`EarthEngineSensorOptions.for_fetch`: ``options`` as given, or the ``keywords`` over the
     provider's ``defaults``), and its bands checked."""
@@ -158,17 +158,17 @@ def _parse_sensor(modality: str, bands: Iterable[str] | None, options: SensorOpt
             cloudy = int(cloudy)  # Earth Engine's filter and the provenance hold a whole percentage as an int
         if opts.cloud_mask is None or opts.cs_threshold is None or opts.cs_band is None:
             raise ProviderError("GEE provider: cloud_mask, cs_threshold and cs_band need the provider's defaults")
-        return _Sensor("s2", band_list, opts.composite, fill_value=opts.fill_value, cloudy_pct=cloudy,
-                       cloud_mask=opts.cloud_mask, cs_threshold=opts.cs_threshold, cs_band=opts.cs_band)
-    return _Sensor("s1", band_list, opts.composite, fill_value=opts.fill_value, orbit=opts.orbit,
-                   use_float_linear=opts.use_float_linear, require_iw=opts.require_iw,
-                   relax_iw_on_empty=opts.relax_iw_on_empty)
+        return Sensor("s2", band_list, opts.composite, fill_value=opts.fill_value, cloudy_pct=cloudy,
+                      cloud_mask=opts.cloud_mask, cs_threshold=opts.cs_threshold, cs_band=opts.cs_band)
+    return Sensor("s1", band_list, opts.composite, fill_value=opts.fill_value, orbit=opts.orbit,
+                  use_float_linear=opts.use_float_linear, require_iw=opts.require_iw,
+                  relax_iw_on_empty=opts.relax_iw_on_empty)
 
 
 class FetchRun:
     """Settings and ee expression builders of one ``fetch_patches`` call."""
 
-    def __init__(self, sensor: _Sensor, start: str, end: str, max_tiles: int) -> None:
+    def __init__(self, sensor: Sensor, start: str, end: str, max_tiles: int) -> None:
         self.ee = import_ee()
         self.sensor = sensor
         self.start = start
