@@ -21,7 +21,6 @@ the chunk's stored tiles first. Reads decode each chunk once.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -96,7 +95,7 @@ def write_whole_chunks(array: zarr.Array, indices: Sequence[int], values: np.nda
             data = codec._encode_sync(data, spec)
         encoded.append((meta.encode_chunk_key(coords), data))
     # The store's own atomic writes (a temporary file renamed into place), all of the call's chunks in
-    # one trip to zarr's event loop; they have all returned when this does (status-last ordering).
+    # one trip to zarr's event loop, in order; they have all returned when this does (status-last ordering).
     sync(_set_all(store, prefix, encoded))
     return True
 
@@ -144,4 +143,8 @@ def read_whole_chunks(array: zarr.Array, indices: Sequence[int]) -> np.ndarray |
 
 
 async def _set_all(store: LocalStore, prefix: str, encoded: list[tuple[str, Any]]) -> None:
-    await asyncio.gather(*(store.set(f"{prefix}/{key}" if prefix else key, data) for key, data in encoded))
+    # One after another, in key order: a killed writer leaves a prefix of the call's chunks, and the
+    # order is the same on every run (gathering them made the completion order vary between runs;
+    # the embed worker's parallelism is its writer threads, one batch each).
+    for key, data in encoded:
+        await store.set(f"{prefix}/{key}" if prefix else key, data)
