@@ -35,7 +35,12 @@ Blosc's included) and wall-clock tiles/s of the real loop, and tiles/s per core 
 then a breakdown from a serial pass over the same batches with the loop's own steps, each timed by the
 process CPU clock (each figure the lowest of ``--repeat`` passes: others' load only adds): read (zarr + Blosc), decode (codes or float32 to the model's float32 input; band
 selection), prepare (checks, normalisation, resizing), copy (to the device and back: the null forward,
-the output cast, counting non-finite values, the copy to host numpy), write (embedding store).
+the output cast, counting non-finite values, the copy to host numpy), write (embedding store). For a
+store of row differences also ``read_filtered``: the read as the worker does it on a GPU (the
+differences as stored, ``TileStore.read_filtered``; the running sum is the device's
+``device_undo``), and "host on a GPU" = read_filtered + copy + write, what a GPU box's host keeps.
+The device steps (``device_upload`` / ``device_undo`` / ``device_decode`` / ``device_prepare``) run
+on ``--device`` (the CPU here: torch's CPU kernels, not a GPU's; no pinned memory off CUDA).
 
 With a real model (no ``--null-model``; ``--device cuda`` on a GPU box) it prints what the worker reports:
 ``model_busy_fraction`` (forward pass / wall) and tiles/s, for the new path only unless ``--paths``.
@@ -220,18 +225,24 @@ def breakdown(adapter: Any, patches: str, out: str, *, batch_size: int, grid_dty
 
     for batch, _ in work.batches:
         stored = timed("read", work.patches.read_stored, "data", batch)
+        # On a GPU the worker reads the row differences as stored and sums them there: the host's read
+        filtered = stored
+        if pipe.filter is not None:
+            filtered, _ = timed("read_filtered", work.patches.read_filtered, "data", batch)
         codes = stored if work.band_index == list(range(stored.shape[1])) else None
         raw = timed("decode", lambda s, c=codes: np.ascontiguousarray(
             enc.decode(c if c is not None else s[:, work.band_index]), dtype=np.float32), stored)
         prepared = timed("prepare", adapter.prepare, raw, "s2")
         del raw
         if not enc.is_identity:  # the device path's steps, on this device
-            t = timed("device_upload", D.upload, stored, adapter.device, work.band_index)
+            t = timed("device_upload", D.upload, filtered, adapter.device, work.band_index)
+            t = timed("device_undo", D.undo_filter, t, pipe.filter)
             x = timed("device_decode", D.decode, t, enc.scale_factor, enc.add_offset,
                       unsigned16=stored.dtype == np.uint16)
             timed("device_prepare", D.input_flags, x, "s2")
             timed("device_prepare", adapter._prepare, x, "s2", ops=D.TORCH_OPS)
             del t, x
+        del filtered
         out_ = timed("copy", adapter.run, prepared, pipe.output, pipe.out_dtypes)
         timed("write", pipe.write, batch, {k: getattr(out_, k) for k in work.outputs})
         n += len(batch)
@@ -350,7 +361,11 @@ def print_row(row: dict[str, Any], threads: list[int]) -> None:
         parts.append(" ".join(f"{k} {b[k]:6.2f}" for k in STAGES) + f" = {host:6.2f} CPU ms/tile (serial pass)")
         if "device_decode" in b:  # on CUDA the host keeps read, write and the copies; decode/prepare: the GPU's
             parts.append(f"read+copy+write {b['read'] + b['copy'] + b['write']:6.2f}; device steps here: upload "
-                         f"{b['device_upload']:.2f} decode {b['device_decode']:.2f} prepare {b['device_prepare']:.2f}")
+                         f"{b['device_upload']:.2f} undo {b.get('device_undo', 0.0):.2f} decode "
+                         f"{b['device_decode']:.2f} prepare {b['device_prepare']:.2f}")
+        if "read_filtered" in b:  # the worker on a GPU: row differences read as stored, summed on the device
+            parts.append(f"host on a GPU (read without the running sum {b['read_filtered']:.2f} + copy + write) "
+                         f"{b['read_filtered'] + b['copy'] + b['write']:6.2f}")
     print(" | ".join(parts))
     for t in threads:
         r = row[f"io_threads_{t}"]

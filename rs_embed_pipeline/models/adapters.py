@@ -373,21 +373,27 @@ class _Adapter:
         return "ops" in inspect.signature(self._prepare).parameters
 
     def prepare_encoded(self, codes: np.ndarray, modality: str = "s2", *, scale_factor: float = 1.0,
-                        add_offset: float = 0.0, channels: list[int] | None = None) -> PreparedBatch:
+                        add_offset: float = 0.0, channels: list[int] | None = None,
+                        filter: str | None = None) -> PreparedBatch:
         """``prepare`` on the model's device: ``codes`` as a patch store holds them (``raw = codes *
         scale_factor + add_offset``; uint16 or float32), ``channels`` of them in ``input_bands``
         order, uploaded (pinned memory on CUDA), decoded, checked and normalised there with torch
-        ops equal to ``prepare``'s numpy ones (``device_prepare``). A batch that fails a check is
-        checked again on the host, for the reference's message."""
+        ops equal to ``prepare``'s numpy ones (``device_prepare``). ``filter``: ``codes`` are the
+        store's filtered values (``TileStore.read_filtered``; ``delta_y``: row differences of
+        uint16 codes), undone on the device before decoding. A batch that fails a check is checked
+        again on the host, for the reference's message."""
         if not self.prepares_on_device:
             raise ModelInputError(f"{self.model_id} prepares on the host only (its _prepare takes no ops); "
                                   "use prepare()")
+        if filter is not None and (filter not in D.FILTERS or codes.dtype != np.uint16):
+            raise ValueError(f"filter {filter!r} is not a filter of uint16 codes this code undoes "
+                             f"(valid: {', '.join(D.FILTERS)} on uint16, or None), got codes of {codes.dtype}")
         modality = self._modality(modality)
         bands = self.input_bands(modality)
         what = f"{self.model_id} {modality.upper()}"
         shape = (codes.shape[0], len(channels), *codes.shape[2:]) if channels is not None else tuple(codes.shape)
         D.check_shape(tuple(shape), bands, what, hint=self.channel_hint())
-        t = D.upload(codes, self.device, channels)
+        t = D.undo_filter(D.upload(codes, self.device, channels), filter)
         x = D.decode(t, scale_factor, add_offset, unsigned16=codes.dtype == np.uint16)
         if D.input_flags(x, modality):
             host = x.cpu().numpy()

@@ -7,10 +7,23 @@ A batch arrives as the patch store's codes (S2: uint16 ``DN = code * 0.5 - 1000`
 and normalised on the device: the host only reads and copies. The families' ``_prepare`` take
 either namespace (:data:`NUMPY_OPS` or :data:`TORCH_OPS`), so the metadata and the order of the
 steps are written once.
+
+Patch stores hold S2 codes as row differences (``stores/patch_encoding.py``, filter ``delta_y``).
+On a GPU the worker uploads them as stored (``TileStore.read_filtered``) and :func:`undo_filter`
+sums them back on the device (an int32 cumulative sum along y, modulo 2**16: exact), so the host
+skips the running sum (about 0.4 ms per 224 px tile); on a CPU device the worker keeps the host's
+undo and numpy preparation (faster there: ``worker/embed.py``). The filter names are spelled here
+too (:data:`FILTERS`): models may not import stores (the layer contract); a test checks that both
+lists agree.
+
+On CUDA :func:`upload` copies a batch into a page-locked staging buffer reused per thread and batch
+shape (two per shape, each reused only once its previous copy to the device has finished) instead
+of pinning a fresh buffer every batch; other devices take the numpy array as it is.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,20 +34,74 @@ from . import preprocessing as P
 from .errors import ModelInputError
 
 
+ROW_DELTA = "delta_y"  # stores.patch_encoding.ROW_DELTA: each row stored as its difference to the previous one
+FILTERS = (ROW_DELTA,)  # stores.patch_encoding.FILTERS (test_device_prepare checks they agree)
+STAGING_SHAPES = 4  # batch shapes whose staging buffers a thread keeps (a store's batches: one or two)
+
+
+class _Staging(threading.local):
+    """Per thread: batch (shape, dtype) -> two page-locked buffers and the event of each one's last copy."""
+
+    def __init__(self) -> None:
+        self.rings: dict[tuple[tuple[int, ...], str], list[list[Any]]] = {}
+        self.turn: dict[tuple[tuple[int, ...], str], int] = {}
+
+
+_STAGING = _Staging()
+
+
+def _staged(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``host`` on ``device`` (CUDA) through a reused page-locked buffer: the buffer's previous copy
+    is waited for (its event) before it is overwritten, so a non-blocking copy never reads a buffer
+    being refilled."""
+    key = (tuple(host.shape), str(host.dtype))
+    rings, turn = _STAGING.rings, _STAGING.turn
+    if key not in rings:
+        if len(rings) >= STAGING_SHAPES:
+            rings.clear()
+            turn.clear()
+        rings[key] = [[torch.empty(host.shape, dtype=host.dtype, pin_memory=True), None] for _ in range(2)]
+        turn[key] = 0
+    slot = rings[key][turn[key]]
+    turn[key] = 1 - turn[key]
+    if slot[1] is not None:
+        slot[1].synchronize()
+    slot[0].copy_(host)
+    t = slot[0].to(device, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record(torch.cuda.current_stream(device))
+    slot[1] = event
+    return t
+
+
 def upload(codes: np.ndarray, device: torch.device, channels: Sequence[int] | None = None) -> torch.Tensor:
     """Host codes ``[B, C, H, W]`` to ``device`` as they are stored (uint16 travels as its int16 view:
-    every torch op supports int16; :func:`decode` undoes the view), through pinned memory on CUDA,
-    then ``channels`` picked on the device (no host copy for the band selection)."""
+    every torch op supports int16; :func:`decode` undoes the view), through a reused page-locked
+    buffer on CUDA (module docstring), then ``channels`` picked on the device (no host copy for the
+    band selection)."""
     arr = np.ascontiguousarray(codes)
     if arr.dtype == np.uint16:
         arr = arr.view(np.int16)
     host = torch.from_numpy(arr)
-    if device.type == "cuda":
-        host = host.pin_memory()
-    t = host.to(device, non_blocking=True)
+    t = _staged(host, device) if device.type == "cuda" else host.to(device, non_blocking=True)
     if channels is not None and list(channels) != list(range(t.shape[1])):
         t = t[:, list(channels)]
     return t
+
+
+def undo_filter(t: torch.Tensor, name: str | None) -> torch.Tensor:
+    """The codes of a batch uploaded as its store holds them (``[B, C, H, W]``, filter ``name``): for
+    ``delta_y`` the cumulative sum along y in int32, then modulo 2**16 (``& 0xFFFF``), exactly the
+    host's uint16 running sum (``stores.patch_encoding.undo_filter``): int16 and uint16 views of a
+    difference are equal modulo 2**16, and int32 holds the sum of any 65,535 rows. The result is
+    int32 codes in [0, 65535] (:func:`decode` takes them as ``unsigned16``). None: ``t`` as it is."""
+    if name is None:
+        return t
+    if name not in FILTERS:
+        raise ValueError(f"unknown patch filter {name!r}; valid: {', '.join(FILTERS)} (or None: codes as stored)")
+    if t.dtype not in (torch.int16, torch.int32):
+        raise ValueError(f"filter {name!r} holds 16-bit integer codes (their int16 view), got {t.dtype}")
+    return torch.cumsum(t, dim=-2, dtype=torch.int32) & 0xFFFF
 
 
 def decode(t: torch.Tensor, scale_factor: float = 1.0, add_offset: float = 0.0, *, unsigned16: bool = False

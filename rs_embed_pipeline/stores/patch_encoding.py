@@ -31,7 +31,10 @@ filter="delta_y")``, the encoding's ``store_filter``; modulo 2**16, exact: :func
 :func:`undo_filter`, which ``TileStore`` applies on write and undoes on read, so callers see codes),
 compressed with Blosc zstd-5 and bit shuffle: 0.48x the bytes of a float32 store where the codes alone took 0.86x (#21's <= 0.55x), for
 about 0.4 ms more read CPU per 224 px tile. The running sum is one numpy add per row over the whole
-batch (a cumulative sum along y costs 5x that). The filter is lossless, so it is not part of the
+batch (a cumulative sum along y costs 5x that). The worker on a GPU skips that sum on the host: it
+reads the differences as stored (``TileStore.read_filtered``) and sums them on the device
+(``models/device_prepare.py`` ``undo_filter``: an int32 cumulative sum, modulo 2**16, equal to
+:func:`undo_filter`); every other reader gets codes. The filter is lossless, so it is not part of the
 fingerprint: a store records it on its array (absent: codes as they are, the stores before), and
 stores written before keep their layout when resumed.
 """

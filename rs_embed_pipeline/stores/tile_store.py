@@ -465,6 +465,20 @@ class TileStore:
         array = array_at(self.group, name)
         return undo_filter(self._read_raw(array, indices), self._filter(name, array))
 
+    def read_filtered(self, name: str, indices: Iterable[int]) -> tuple[np.ndarray, str | None]:
+        """``(values, filter)``: tiles ``indices`` exactly as array ``name`` holds them, its filter
+        *not* undone, and that filter's name (``patch_encoding.FILTERS``; None: the codes as they
+        are). For a reader that undoes it elsewhere: the worker on a GPU, where the running sum is a
+        cumulative sum on the device (``models.device_prepare.undo_filter``) instead of host CPU.
+        Every other reader wants :meth:`read_stored`'s codes."""
+        array = array_at(self.group, name)
+        return self._read_raw(array, indices), self.stored_filter(name)
+
+    def stored_filter(self, name: str = "data") -> str | None:
+        """The lossless filter array ``name``'s values are stored through (None: none); a name this
+        code does not know is a StoreError naming it and the choices."""
+        return self._filter(name, array_at(self.group, name))
+
     def _filter(self, name: str, array: zarr.Array) -> str | None:
         try:
             return filter_of(array.attrs)

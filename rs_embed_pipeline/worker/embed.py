@@ -20,6 +20,13 @@ batch (a slow disk slows the run down, it never makes memory grow with the regio
 reports ``model_busy_fraction`` = time in the forward pass / wall time of the store
 (``benchmarks/bench_embed_loop.py`` measures it).
 
+On a GPU (``adapter.prepares_on_device``, an integer-encoded store) the reader only reads: the
+batch's codes go to the device as the store holds them, row differences included
+(``TileStore.read_filtered``), and are summed back, decoded and normalised there
+(``adapter.prepare_encoded``, ``models/device_prepare.py``). On a CPU device the host undoes the
+filter (``TileStore.read_stored``), decodes and prepares in numpy: faster there than torch's CPU
+kernels. :class:`EmbedPipeline` makes that choice (``on_device``).
+
 Resume: a tile is embedded when its patch is ``ok`` and its embedding is not. Batches are aligned
 on the list of ``ok`` patches (batch k is always the same tiles), and a batch with any missing
 tile is embedded whole, only its missing tiles being written: a resumed store holds exactly the
@@ -48,6 +55,7 @@ import numpy as np
 from rs_embed_pipeline.core.fingerprint import embedding_fingerprint
 from rs_embed_pipeline.stores import ArraySpec, StoreError, TileStore
 from rs_embed_pipeline.stores import grid_dtype as G
+from rs_embed_pipeline.stores.patch_encoding import undo_filter
 from rs_embed_pipeline.core.vocabulary import STATUS_CODES, STATUS_OK
 from rs_embed_pipeline.worker.protocol import (
     OUTPUTS, PROGRESS_EVERY, EmbedRequest, PartitionResult, StoreFailure, StoreResult, check_outputs,
@@ -300,7 +308,7 @@ class EmbedPipeline:
 
     def __init__(self, adapter: Any, modality: str, work: StoreWork,
                  progress_fn: Callable[[dict[str, Any]], None] | None = None, progress_every: int = PROGRESS_EVERY,
-                 io_threads: int = 1):
+                 io_threads: int = 1, on_device: bool | None = None):
         self.adapter, self.modality, self.work = adapter, modality, work
         self.progress_fn, self.progress_every = progress_fn, progress_every
         self.io_threads = io_threads
@@ -312,10 +320,19 @@ class EmbedPipeline:
         # CPU kernels (benchmarks/bench_embed_loop.py): decoded and prepared on the host, as are float32
         # stores (S1, whose log1p differs from numpy's by an ulp on the device; earlier stores) and
         # adapters without prepare_encoded.
+        # This is also where the patch filter's undo lives: on the device path the store's row
+        # differences are read as stored (TileStore.read_filtered) and summed back on the device
+        # (device_prepare.undo_filter: a cumulative sum there instead of ~0.4 ms of host CPU per
+        # tile); on the host path TileStore.read_stored undoes them in numpy, as for every other reader.
+        # ``on_device`` (tests, benchmarks): force either path; None: chosen as above.
         self.encoding = work.patches.encoding("data")
+        self.filter = work.patches.stored_filter("data")  # an unknown one: StoreError, before any batch
         device = getattr(getattr(adapter, "device", None), "type", "cpu")
-        self.on_device = (bool(getattr(adapter, "prepares_on_device", False)) and not self.encoding.is_identity
-                          and device != "cpu")
+        can = bool(getattr(adapter, "prepares_on_device", False)) and not self.encoding.is_identity
+        if on_device and not can:
+            raise ValueError(f"on_device=True needs an adapter with prepare_encoded and an integer-encoded store "
+                             f"(this one: {self.encoding.name})")
+        self.on_device = can and device != "cpu" if on_device is None else bool(on_device)
         self.output = next(k for k, v in OUTPUTS.items() if v == work.outputs)
         self.out_dtypes = {"grid": work.grid_dtype}  # cast on the model's device (adapters.run)
         self.stats = PipelineRun()
@@ -364,18 +381,20 @@ class EmbedPipeline:
 
     def read(self, batch: np.ndarray) -> tuple[np.ndarray, Any, float, float]:
         """Read a batch and preprocess it (background thread): ``(what was read: the stored codes
-        of every band on the device path, else the adapter's bands in float32; prepared or the
+        of every band on the device path (still filtered: undone on the device), else the adapter's
+        bands in float32; prepared or the
         ValueError that preprocessing raised; read_s (the store's codes), prepare_s (decoding,
         band selection and preparation))``."""
         t0 = time.perf_counter()
         prepared: Any = None
         if self.on_device:
-            source = self.work.patches.read_stored("data", batch)
+            source, _ = self.work.patches.read_filtered("data", batch)  # the filter (self.filter) undone there
             t1 = time.perf_counter()
             enc = self.encoding
             try:
                 prepared = self.adapter.prepare_encoded(source, self.modality, scale_factor=enc.scale_factor,
-                                                        add_offset=enc.add_offset, channels=self.work.band_index)
+                                                        add_offset=enc.add_offset, channels=self.work.band_index,
+                                                        filter=self.filter)
             except ValueError as exc:  # a bad tile: the main loop retries tile by tile
                 prepared = exc
             return source, prepared, t1 - t0, time.perf_counter() - t1
@@ -396,7 +415,7 @@ class EmbedPipeline:
         """The adapter's bands in provider units (float32) of what :meth:`read` read."""
         if not self.on_device:
             return source
-        return self.encoding.decode(source[:, self.work.band_index])
+        return self.encoding.decode(undo_filter(source[:, self.work.band_index], self.filter))
 
     def embed(self, batch: np.ndarray, missing_mask: np.ndarray, raw: np.ndarray, prepared: Any
               ) -> list[tuple[np.ndarray, Any]]:
