@@ -145,6 +145,13 @@ def read_whole_chunks(array: zarr.Array, indices: Sequence[int]) -> np.ndarray |
 async def _set_all(store: LocalStore, prefix: str, encoded: list[tuple[str, Any]]) -> None:
     # One after another, in key order: a killed writer leaves a prefix of the call's chunks, and the
     # order is the same on every run (gathering them made the completion order vary between runs;
-    # the embed worker's parallelism is its writer threads, one batch each).
+    # the embed worker's parallelism is its writer threads, one batch each). As with the gather
+    # before, a failed chunk does not stop the others; the first error is raised once all were tried.
+    errors: list[BaseException] = []
     for key, data in encoded:
-        await store.set(f"{prefix}/{key}" if prefix else key, data)
+        try:
+            await store.set(f"{prefix}/{key}" if prefix else key, data)
+        except Exception as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0]
