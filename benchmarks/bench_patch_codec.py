@@ -10,8 +10,9 @@ tile to read and decode to float32 provider units (and to encode and write them)
 zstd-1 byte shuffle) measured in the same run, and stored bytes per tile and their ratio. The
 ``dy-zigzag`` / ``dx-zigzag`` rows store the codes as zigzag differences to the previous row / column
 (exact; undone on the host after the read, which the read time includes): candidates for #21's
-bytes target. The ``delta_y`` row is the layout of new stores: row differences without zigzag
-(modulo 2**16), Blosc zstd-5 bit shuffle, written and read by ``TileStore`` (``ArraySpec(filter=)``:
+bytes target. The ``delta_y`` rows store row differences without zigzag (modulo 2**16); ``(new)``
+is the layout of new stores, Blosc zstd-6 no shuffle, one Blosc block per tile (``2M``: blocksize
+2 MiB; the others Blosc's own block size), written and read by ``TileStore`` (``ArraySpec(filter=)``:
 the running sum is one numpy add per row over the read batch); ``--batch`` tiles per read (the
 worker reads its batch: 32 on the CPU benchmarks, 256 on a GPU).
 """
@@ -87,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     from zarr.codecs import BloscCodec
 
     from rs_embed_pipeline.stores import TileStore
-    from rs_embed_pipeline.stores.patch_encoding import FILTER_ATTR, FLOAT32, ROW_DELTA, S2_DN_HALF_UINT16, apply_filter
+    from rs_embed_pipeline.stores.patch_encoding import (
+        FILTER_ATTR, FLOAT32, ROW_DELTA, ROW_DELTA_BLOCKSIZE, S2_DN_HALF_UINT16, apply_filter,
+    )
 
     numcodecs.blosc.set_nthreads(1)
     zarr.config.set({"threading.max_workers": 1})
@@ -110,8 +113,15 @@ def main(argv: list[str] | None = None) -> int:
         "uint16 dy-zigzag zstd-5 bitshuffle": (S2_DN_HALF_UINT16, "zstd", 5, "bitshuffle", "dyz"),
         "uint16 dx-zigzag zstd-5 shuffle": (S2_DN_HALF_UINT16, "zstd", 5, "shuffle", "dxz"),
         # new stores' layout: TileStore applies and undoes the filter
-        "uint16 delta_y zstd-5 bitshuffle (new)": (S2_DN_HALF_UINT16, "zstd", 5, "bitshuffle", ROW_DELTA),
+        "uint16 delta_y zstd-5 bitshuffle": (S2_DN_HALF_UINT16, "zstd", 5, "bitshuffle", ROW_DELTA),
+        "uint16 delta_y zstd-5 noshuffle": (S2_DN_HALF_UINT16, "zstd", 5, "noshuffle", ROW_DELTA),
+        "uint16 delta_y zstd-5 noshuffle 2M": (S2_DN_HALF_UINT16, "zstd", 5, "noshuffle", ROW_DELTA, ROW_DELTA_BLOCKSIZE),
+        "uint16 delta_y zstd-7 noshuffle 2M": (S2_DN_HALF_UINT16, "zstd", 7, "noshuffle", ROW_DELTA, ROW_DELTA_BLOCKSIZE),
+        "uint16 delta_y zstd-6 noshuffle 2M (new)": (S2_DN_HALF_UINT16, "zstd", 6, "noshuffle", ROW_DELTA,
+                                                     ROW_DELTA_BLOCKSIZE),
     }
+    new = S2_DN_HALF_UINT16.compressors(ROW_DELTA)[0]  # the "(new)" row is what new stores use
+    assert (new.cname.value, new.clevel, new.shuffle.value, new.blocksize) == ("zstd", 6, "noshuffle", ROW_DELTA_BLOCKSIZE)
     for f in ("dyz", "dxz"):
         assert np.array_equal(unfilter(filtered(codes, f), f), codes), f"{f} not exact"
     root = Path(tempfile.mkdtemp(prefix="bench_codec_"))
@@ -119,11 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for label, (enc, cname, level, shuffle, *filt) in layouts.items():
             f = filt[0] if filt else None
+            blocksize = filt[1] if len(filt) > 1 else 0
             uri = str(root / label.split(" (")[0].replace(" ", "_"))
             n, c = data.shape[:2]
             group = zarr.open_group(uri, mode="w")
             arr = group.create_array("data", shape=data.shape, chunks=(1, c, args.side, args.side), dtype=enc.dtype,
-                                     compressors=[BloscCodec(cname=cname, clevel=level, shuffle=shuffle,
+                                     compressors=[BloscCodec(cname=cname, clevel=level, shuffle=shuffle, blocksize=blocksize,
                                                              typesize=np.dtype(enc.dtype).itemsize)],
                                      attributes={**enc.attributes(), **({FILTER_ATTR: f} if f == ROW_DELTA else {})},
                                      fill_value=0)
@@ -151,9 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         base_ms, base_bytes = rows[0][1], rows[0][2]
         print(f"bench_patch_codec: {args.tiles} S2 tiles {args.side} px x {data.shape[1]} bands (synthetic catalog, "
               f"median composite), one core; {platform.processor() or platform.machine()}")
-        print(f"{'layout':34s} {'read ms/tile':>12s} {'x today':>8s} {'KB/tile':>9s} {'x today':>8s} {'write ms/tile':>13s}")
+        print(f"{'layout':40s} {'read ms/tile':>12s} {'x today':>8s} {'KB/tile':>9s} {'x today':>8s} {'write ms/tile':>13s}")
         for label, ms, nbytes, write_ms in rows:
-            print(f"{label:34s} {ms:12.2f} {ms / base_ms:8.2f} {nbytes / 1e3:9.0f} {nbytes / base_bytes:8.2f} "
+            print(f"{label:40s} {ms:12.2f} {ms / base_ms:8.2f} {nbytes / 1e3:9.0f} {nbytes / base_bytes:8.2f} "
                   f"{write_ms:13.2f}")
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -21,6 +21,7 @@ the chunk's stored tiles first. Reads decode each chunk once.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -117,14 +118,18 @@ def read_whole_chunks(array: zarr.Array, indices: Sequence[int]) -> np.ndarray |
     wanted: dict[int, list[tuple[int, int]]] = {}  # chunk -> [(j, row in chunk)]
     for j, index in enumerate(indices):
         wanted.setdefault(int(index) // k, []).append((j, int(index) % k))
+    blosc = _blosc_into(pipe, out.dtype) if k == 1 else None
     for c, picks in wanted.items():
         coords = (c,) + (0,) * (array.ndim - 1)
-        spec = meta.get_chunk_spec(coords, a.config, proto)
         try:
             raw = (root / meta.encode_chunk_key(coords)).read_bytes()
         except FileNotFoundError:
             out[[j for j, _ in picks]] = meta.fill_value
             continue
+        if blosc is not None:  # straight into the batch: no intermediate chunk, no copy (module docstring)
+            blosc.decode(raw, out=out[picks[0][0]])
+            continue
+        spec = meta.get_chunk_spec(coords, a.config, proto)
         specs = [spec]
         for codec in pipe.array_array_codecs:
             specs.append(codec.resolve_metadata(specs[-1]))
@@ -140,6 +145,24 @@ def read_whole_chunks(array: zarr.Array, indices: Sequence[int]) -> np.ndarray |
         else:
             out[[j for j, _ in picks]] = block[[r for _, r in picks]]
     return out
+
+
+def _blosc_into(pipe: Any, dtype: np.dtype) -> Any:
+    """The numcodecs Blosc codec of a pipeline that is only ``bytes`` (native byte order) + Blosc,
+    which decodes a chunk straight into a tile of the output; None for any other pipeline."""
+    from zarr.codecs import BloscCodec, BytesCodec
+
+    bb = pipe.bytes_bytes_codecs
+    ab = pipe.array_bytes_codec
+    if pipe.array_array_codecs or len(bb) != 1 or not isinstance(bb[0], BloscCodec) or not isinstance(ab, BytesCodec):
+        return None
+    native = "little" if sys.byteorder == "little" else "big"
+    if dtype.itemsize > 1 and (ab.endian is None or ab.endian.value != native):
+        return None
+    try:
+        return bb[0]._blosc_codec  # numcodecs.Blosc: decode(buf, out=) decompresses into ``out``
+    except AttributeError:  # another zarr's internals: the codec pipeline
+        return None
 
 
 async def _set_all(store: LocalStore, prefix: str, encoded: list[tuple[str, Any]]) -> None:

@@ -28,10 +28,29 @@ extra compression cost falls on the fetch's background writers, not on the GPU's
 
 Patch stores created since then hold the codes as differences to the previous row (``ArraySpec(
 filter="delta_y")``, the encoding's ``store_filter``; modulo 2**16, exact: :func:`apply_filter` /
-:func:`undo_filter`, which ``TileStore`` applies on write and undoes on read, so callers see codes),
-compressed with Blosc zstd-5 and bit shuffle: 0.48x the bytes of a float32 store where the codes alone took 0.86x (#21's <= 0.55x), for
-about 0.4 ms more read CPU per 224 px tile. The running sum is one numpy add per row over the whole
-batch (a cumulative sum along y costs 5x that). The worker on a GPU skips that sum on the host: it
+:func:`undo_filter`, which ``TileStore`` applies on write and undoes on read, so callers see codes):
+0.5x the bytes of a float32 store where the codes alone took 0.86x (#21's <= 0.55x). Their codec,
+Blosc zstd-6, no shuffle, one Blosc block per tile chunk (``blocksize`` 2 MiB: a 224 px tile's chunk
+is 1.2 MB, a 288 px one 1.99 MB), was chosen by decode CPU per tile among the layouts within 0.55x,
+measured on the synthetic-catalog S2 tiles' row differences (224 px, 12 bands, one core, Blosc at one
+thread; bytes and ms per tile, the float32 store zstd-1 byte shuffle 205 KB and 1.5 ms):
+
+    zstd-5 bit shuffle, Blosc's own block size (the stores before)   0.48x  0.60 ms   encode  5.5 ms
+    zstd-5 no shuffle,  Blosc's own block size                        0.53x  0.51 ms   encode 13.7 ms
+    zstd-4 / 5 no shuffle, whole-tile block                           0.51x  0.45 ms   encode 7.2 / 9.4 ms
+    zstd-6 no shuffle,  whole-tile block (new stores)                 0.50x  0.41 ms   encode 20.7 ms
+    zstd-7 no shuffle,  whole-tile block                              0.49x  0.41 ms   encode 55.6 ms
+    zstd-1 / 3, any shuffle and block; bit shuffle at any level       0.47-0.66x  0.49-1.0 ms
+    lz4, lz4hc, blosclz (fastest: lz4hc-9 0.15 ms)                    0.67-1.4x: over the bytes target
+
+Blosc splits a chunk into blocks compressed one by one, and by default picks small blocks at low
+levels: one block per tile lets zstd decode in long runs (the largest gain), and without a shuffle
+the decoder writes the 16-bit differences as they are. Bit shuffle stores 3-4 % fewer bytes but
+unshuffling costs 0.1-0.15 ms a tile. zstd-6 encodes 4x slower than the stores before (about 20 ms
+a 224 px tile): that falls on the fetch's background writers, not on the GPU's feed; zstd-7 reads no
+faster for 2.7x more. ``chunk_io`` decodes these chunks straight into the read batch (no copy).
+The running sum is one numpy add per row over the whole batch (a cumulative sum along y costs 5x
+that). The worker on a GPU skips that sum on the host: it
 reads the differences as stored (``TileStore.read_filtered``) and sums them on the device
 (``models/device_prepare.py`` ``undo_filter``: an int32 cumulative sum, modulo 2**16, equal to
 :func:`undo_filter`); every other reader gets codes. The filter is lossless, so it is not part of the
@@ -53,6 +72,7 @@ ENCODING_ATTR = "encoding"  # the data array's attribute naming its encoding (ab
 FILTER_ATTR = "filter"  # the data array's attribute naming a lossless filter on its codes (absent: none)
 ROW_DELTA = "delta_y"  # each row stored as its difference to the previous row (the first as is), modulo 2**16
 FILTERS = (ROW_DELTA,)
+ROW_DELTA_BLOCKSIZE = 2**21  # Blosc block of a row-difference store: a whole tile chunk (module docstring)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,10 +122,14 @@ class PatchEncoding:
         if np.dtype(self.dtype).kind == "f":
             # Float arrays: Blosc zstd level 1, byte shuffle (the layout of every store before).
             return [BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")]
-        # Row differences: zstd-5 + bit shuffle, the fewest bytes (bit shuffle gathers their few high
-        # bits); codes as they are: zstd-5 + byte shuffle, the fastest read per core (module docstring).
-        return [BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle" if filter is not None else "shuffle",
-                           typesize=np.dtype(self.dtype).itemsize)]
+        if filter is not None:
+            # Row differences: zstd-6, no shuffle, one Blosc block per tile chunk (up to 2 MiB: a 288 px
+            # tile of 12 bands is 1.99 MB), the fastest read per core of the layouts within #21's 0.55x
+            # float32 bytes (module docstring).
+            return [BloscCodec(cname="zstd", clevel=6, shuffle="noshuffle", typesize=np.dtype(self.dtype).itemsize,
+                               blocksize=ROW_DELTA_BLOCKSIZE)]
+        # Codes as they are: zstd-5 + byte shuffle, the fastest read per core (module docstring).
+        return [BloscCodec(cname="zstd", clevel=5, shuffle="shuffle", typesize=np.dtype(self.dtype).itemsize)]
 
     def encode(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(codes, adjusted pixel count per tile)`` of a ``[tile, ...]`` float array: values out of
