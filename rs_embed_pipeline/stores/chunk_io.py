@@ -16,7 +16,10 @@ Chunks of several tiles along the tile axis (``(k, *tile shape)``: the embedding
 status and tile_meta, one chunk per write batch) are written the same way when a call covers every
 tile of each chunk it touches (an edge chunk: its tiles inside the array, the rest the fill value,
 as zarr stores it); a call covering part of a chunk returns False, and ``TileStore`` merges it with
-the chunk's stored tiles first. Reads decode each chunk once.
+the chunk's stored tiles first. Reads decode each chunk once; a read of some tiles of an
+uncompressed chunk (a 16-bit grid, one chunk per batch) reads only their byte ranges, so a reader
+of a few tiles (the cube writer) does not read the batch's other tiles. A chunk of one tile whose
+codecs are only ``bytes`` + Blosc is decompressed straight into the read batch (no copy).
 """
 
 from __future__ import annotations
@@ -119,8 +122,15 @@ def read_whole_chunks(array: zarr.Array, indices: Sequence[int]) -> np.ndarray |
     for j, index in enumerate(indices):
         wanted.setdefault(int(index) // k, []).append((j, int(index) % k))
     blosc = _blosc_into(pipe, out.dtype) if k == 1 else None
+    plain = _uncompressed(pipe, out.dtype)
     for c, picks in wanted.items():
         coords = (c,) + (0,) * (array.ndim - 1)
+        if plain and len(picks) < k:  # tiles of an uncompressed chunk: their byte ranges only
+            try:
+                _read_rows(root / meta.encode_chunk_key(coords), out, picks)
+            except FileNotFoundError:
+                out[[j for j, _ in picks]] = meta.fill_value
+            continue
         try:
             raw = (root / meta.encode_chunk_key(coords)).read_bytes()
         except FileNotFoundError:
@@ -147,6 +157,33 @@ def read_whole_chunks(array: zarr.Array, indices: Sequence[int]) -> np.ndarray |
     return out
 
 
+def _native(codec: Any, dtype: np.dtype) -> bool:
+    """Whether a ``bytes`` codec lays ``dtype`` out in this machine's byte order."""
+    native = "little" if sys.byteorder == "little" else "big"
+    return dtype.itemsize == 1 or (codec.endian is not None and codec.endian.value == native)
+
+
+def _uncompressed(pipe: Any, dtype: np.dtype) -> bool:
+    """Whether a chunk's bytes are its values as they are (only a native-order ``bytes`` codec): a
+    tile of it is one byte range (the embedding stores' 16-bit grids, several tiles per chunk)."""
+    from zarr.codecs import BytesCodec
+
+    return (not pipe.array_array_codecs and not pipe.bytes_bytes_codecs
+            and isinstance(pipe.array_bytes_codec, BytesCodec) and _native(pipe.array_bytes_codec, dtype))
+
+
+def _read_rows(path: Any, out: np.ndarray, picks: list[tuple[int, int]]) -> None:
+    """Rows ``r`` of an uncompressed chunk file into ``out[j]`` for each ``(j, r)``: one seek and read
+    per tile (a chunk file always holds its ``k`` rows: an edge chunk's rows past the array are fill)."""
+    row = out[0].nbytes
+    with open(path, "rb") as f:
+        for j, r in picks:
+            f.seek(r * row)
+            view = memoryview(out[j]).cast("B")
+            if f.readinto(view) != row:
+                raise OSError(f"{path}: chunk file shorter than its rows (corrupt or foreign)")
+
+
 def _blosc_into(pipe: Any, dtype: np.dtype) -> Any:
     """The numcodecs Blosc codec of a pipeline that is only ``bytes`` (native byte order) + Blosc,
     which decodes a chunk straight into a tile of the output; None for any other pipeline."""
@@ -156,8 +193,7 @@ def _blosc_into(pipe: Any, dtype: np.dtype) -> Any:
     ab = pipe.array_bytes_codec
     if pipe.array_array_codecs or len(bb) != 1 or not isinstance(bb[0], BloscCodec) or not isinstance(ab, BytesCodec):
         return None
-    native = "little" if sys.byteorder == "little" else "big"
-    if dtype.itemsize > 1 and (ab.endian is None or ab.endian.value != native):
+    if not _native(ab, dtype):
         return None
     try:
         return bb[0]._blosc_codec  # numcodecs.Blosc: decode(buf, out=) decompresses into ``out``

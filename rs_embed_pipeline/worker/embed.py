@@ -32,8 +32,10 @@ on the list of ``ok`` patches (batch k is always the same tiles), and a batch wi
 tile is embedded whole, only its missing tiles being written: a resumed store holds exactly the
 numbers of an uninterrupted run even on devices whose kernels depend on the batch size.
 
-New embedding stores hold pooled, status and tile_meta one chunk per ``batch_size`` tiles
-(``TileStore`` ``tile_chunk``: one object per array and batch instead of one per tile), and batches
+New embedding stores hold pooled, status, tile_meta and a 16-bit grid (stored uncompressed) one
+chunk per ``batch_size`` tiles (``TileStore`` ``tile_chunk``: one object per array and batch instead
+of one per tile; a tile's grid reads back as a byte range of its chunk, ``stores/chunk_io.py``; a
+float32 grid, compressed, keeps one tile per chunk), and batches
 follow those chunks: the ``ok`` tiles of whole chunks, as many chunks as fit in ``batch_size`` (a
 chunk with no_data tiles gives a smaller batch), so a batch writes whole chunks. Stores of one tile
 per chunk (written before) batch as before: consecutive ``ok`` tiles.
@@ -252,12 +254,14 @@ def _open_embeddings(adapter: Any, modality: str, patches: TileStore, patches_ur
                      storage_options: dict[str, Any] | None, outputs: tuple[str, ...] = ("pooled", "grid"),
                      grid_dtype: str = "float32", tile_chunk: int = 1) -> TileStore:
     """The embedding store for these patches and this adapter (refused when built otherwise); a new
-    one holds pooled, status and tile_meta ``tile_chunk`` tiles per chunk (the grid: one per tile)."""
+    one holds pooled, status, tile_meta and an uncompressed (16-bit) grid ``tile_chunk`` tiles per
+    chunk (a float32 grid: one per tile)."""
     patch_settings = patches.settings
     d, gh, gw = adapter.grid_shape(modality)
     specs = {
         "pooled": ArraySpec("pooled", (adapter.embed_dim,), ("feature",), fill_value=np.nan, batched=True),
-        "grid": ArraySpec("grid", (d, gh, gw), ("feature", "gy", "gx"), fill_value=np.nan, stored_type=grid_dtype),
+        "grid": ArraySpec("grid", (d, gh, gw), ("feature", "gy", "gx"), fill_value=np.nan, stored_type=grid_dtype,
+                          batched=grid_dtype in G.UNCOMPRESSED),
     }
     return TileStore.create_or_open(
         embeddings_uri,

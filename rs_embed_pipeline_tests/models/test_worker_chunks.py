@@ -82,3 +82,28 @@ def test_store_of_one_tile_per_chunk_is_read_and_resumed_as_it_is(tmp_path, adap
     # batches (4, 6, 7, 8), (9, 10) here against (4, 6, 7), (8, 9, 10): equal up to the CPU's summation order
     np.testing.assert_allclose(store.read("pooled", ok), ref.read("pooled", ok), rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(store.statuses(), ref.statuses())
+
+
+def test_a_16_bit_grid_is_one_chunk_per_batch_and_resumes_to_the_same_numbers(tmp_path, adapter):  # noqa: F811
+    # A float16 grid (stored uncompressed) is chunked per batch as pooled is: one object per batch;
+    # a float32 grid (zstd) keeps one tile per chunk (the test above).
+    make_patch_store(str(tmp_path / "p.zarr"), 11, no_data=(5,))
+    _embed(tmp_path, adapter, "ref.zarr", grid_dtype="float16")
+    ref = TileStore.open(str(tmp_path / "ref.zarr"), "embeddings")
+    assert ref.group["grid"].chunks[0] == 4 and ref.group["grid"].dtype == np.float16
+    assert _objects(tmp_path / "ref.zarr", "grid") == ["c/0/0/0/0", "c/1/0/0/0", "c/2/0/0/0"]
+    grids = ref.read("grid", range(11))  # float16 values, read as float32
+    # a killed run: tiles 6 and 7 written but not marked; resumed, the chunk is merged, tile 4 kept
+    _embed(tmp_path, adapter, "e.zarr", grid_dtype="float16")
+    store = TileStore.open(str(tmp_path / "e.zarr"), "embeddings", mode="r+")
+    store.group["status"][6:8] = STATUS_CODES["pending"]
+    store.group["grid"][6:8] = 0.0
+    store.group["grid"][4] = 7.0  # done: must stay as it is
+    again = _embed(tmp_path, adapter, "e.zarr", grid_dtype="float16")
+    assert again.tiles_embedded_now == 2
+    ok = [0, 1, 2, 3, 6, 7, 8, 9, 10]
+    np.testing.assert_array_equal(store.read("grid", ok), grids[ok])
+    assert (store.read("grid", [4]) == 7.0).all()
+    np.testing.assert_array_equal(store.read("grid", [9, 1]), grids[[9, 1]])  # tiles of a chunk, any order
+    assert np.isnan(store.read("grid", [5])).all()  # no_data: the fill value
+    np.testing.assert_array_equal(store.statuses(), ref.statuses())

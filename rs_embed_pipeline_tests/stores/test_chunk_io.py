@@ -121,6 +121,33 @@ def test_batched_chunks_are_zarrs_bytes_and_one_object_per_batch(tmp_path):
     np.testing.assert_array_equal(ours.read("pooled", idx), values)
 
 
+def test_tiles_of_uncompressed_chunks_are_read_as_byte_ranges(tmp_path, monkeypatch):
+    # a 16-bit grid one chunk per batch (the embedding stores): a read of some of a chunk's tiles
+    # reads their bytes only, and equals zarr's read; the edge chunk and an unwritten one included
+    from rs_embed_pipeline.stores import chunk_io
+    from rs_embed_pipeline.stores.chunk_io import read_whole_chunks
+
+    store = TileStore.create_or_open(str(tmp_path / "s.zarr"), "embeddings", tile_ids=[f"t{i}" for i in range(10)],
+                                     arrays=[ArraySpec("grid", (3, 2, 2), ("f", "y", "x"), fill_value=np.nan,
+                                                       stored_type="float16", batched=True)],
+                                     fingerprint="f", attrs={}, tile_chunk=4)
+    array = store.group["grid"]
+    assert array.chunks == (4, 3, 2, 2) and not array.compressors
+    values = RNG.normal(size=(6, 3, 2, 2)).astype(np.float16)
+    store.write_tiles([0, 1, 2, 3, 8, 9], ["ok"] * 6, [{}] * 6, grid=values)
+    whole: list[int] = []
+    real = chunk_io._read_rows
+    monkeypatch.setattr(chunk_io, "_read_rows", lambda path, out, picks: (real(path, out, picks),
+                                                                          whole.extend(r for _, r in picks))[0])
+    for idx in ([2], [3, 0], [9], [8, 9], [5, 1, 9], [0, 1, 2, 3], [4, 7]):
+        ours = read_whole_chunks(array, idx)
+        assert ours is not None and ours.dtype == np.float16
+        np.testing.assert_array_equal(ours, np.asarray(array.get_orthogonal_selection((np.array(idx),))))
+    # rows read by range (chunk 0's, the edge chunk's); tiles 0-3 together: the whole chunk; chunk 1: never written
+    assert whole == [2, 3, 0, 1, 0, 1, 1, 1]
+    np.testing.assert_array_equal(store.read("grid", [9, 2]), values[[5, 2]].astype(np.float32))
+
+
 def test_write_tiles_merges_a_part_of_a_chunk_and_writes_status_last(tmp_path, monkeypatch):
     from rs_embed_pipeline_tests.stores.recording import record_store_writes
 
