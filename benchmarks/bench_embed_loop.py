@@ -14,8 +14,8 @@ environment has no STAC stack), once per ``--workdir``. The region gives fewer t
 so the fetched tiles are repeated (stored bytes copied as they are) up to ``--tiles`` per model: the
 host path's cost per tile depends on the tile's size and content statistics, not on which tile it is.
 Three stores per size hold the same values: today's layout (float32, Blosc zstd-1), the landed one
-(uint16 codes, zstd-5 byte shuffle) and the new one (uint16 codes as row differences, zstd-5 bit
-shuffle: ``stores/patch_encoding.py``).
+(uint16 codes, zstd-5 byte shuffle) and the new one (uint16 codes as row differences, zstd-6 no
+shuffle, one Blosc block per tile: ``stores/patch_encoding.py``).
 
 Paths compared in one run, each through the real ``worker.embed.embed_store``:
 
@@ -25,8 +25,9 @@ Paths compared in one run, each through the real ``worker.embed.embed_store``:
   model's device when it is a GPU (``adapter.prepare_encoded``; on a CPU device numpy on the host),
   grid written ``--grid-dtype`` (float16 by default), cast on the device, zstd-1; every embedding
   array one tile per chunk (the embed path as #21's first commits left it);
-* ``new``: as ``landed``, the patch codes stored as row differences, the embedding store's pooled,
-  status and tile_meta one chunk per batch, a 16-bit grid uncompressed.
+* ``new``: as ``landed``, the patch codes stored as row differences (Blosc zstd-6, one block per
+  tile), the embedding store's pooled, status, tile_meta and 16-bit grid (uncompressed) one chunk per
+  batch.
 
 ``--null-model`` replaces the forward pass by one that returns precomputed outputs of the right shapes
 (random normal values, so the writes compress as real embeddings do) at no cost. Printed per model x
@@ -35,7 +36,8 @@ Blosc's included) and wall-clock tiles/s of the real loop, and tiles/s per core 
 then a breakdown from a serial pass over the same batches with the loop's own steps, each timed by the
 process CPU clock (each figure the lowest of ``--repeat`` passes: others' load only adds): read (zarr + Blosc), decode (codes or float32 to the model's float32 input; band
 selection), prepare (checks, normalisation, resizing), copy (to the device and back: the null forward,
-the output cast, counting non-finite values, the copy to host numpy), write (embedding store). For a
+the output cast, counting non-finite values, the copy to host numpy; with the CPU as the device the
+cast and the count are the CPU's work, on a GPU the device's), write (embedding store). For a
 store of row differences also ``read_filtered``: the read as the worker does it on a GPU (the
 differences as stored, ``TileStore.read_filtered``; the running sum is the device's
 ``device_undo``), and "host on a GPU" = read_filtered + copy + write, what a GPU box's host keeps.
@@ -74,7 +76,7 @@ START, END = "2024-01-01", "2024-04-01"
 LON, LAT = 14.90, 45.00  # UTM 33N
 SIDE = {"terrafm_b": 224, "thor_1_0_base": 288}
 STAGES = ("read", "decode", "prepare", "copy", "write")
-LAYOUTS = 2  # the stores' layouts (1: today + uint16; 2: + row differences): stores of another are remade
+LAYOUTS = 3  # the stores' layouts (1: today + uint16; 2: + row differences; 3: their zstd-6 blocks): others are remade
 PATHS = ("today", "landed", "new")
 
 

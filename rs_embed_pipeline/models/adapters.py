@@ -115,6 +115,22 @@ def _check_out_dtype(output: str, dtype: str) -> str:
     return dtype
 
 
+def nonfinite_per_row(o: torch.Tensor) -> torch.Tensor:
+    """How many values of each row (tile) of ``o`` are NaN or infinite (int64, on ``o``'s device).
+
+    A row's values times 0, summed in float32, are exactly 0 when every value is finite (a finite
+    value times 0 is 0: no overflow, whatever the type) and NaN when one is not (NaN and inf times 0
+    are NaN), so only such rows are counted value by value: about 0.07 ms of CPU per TerraFM-B tile
+    where counting every value took 0.85 ms (#21; on a GPU both are the device's work). The check
+    of whether any row needs counting waits for the device, as the copy to the host after it does."""
+    flat = o.reshape(o.shape[0], -1)
+    bad = ~torch.isfinite((flat * 0).sum(dim=1, dtype=torch.float32))
+    n = torch.zeros(o.shape[0], dtype=torch.int64, device=o.device)
+    if bool(bad.any()):
+        n[bad] = (~torch.isfinite(flat[bad])).sum(dim=1)
+    return n
+
+
 def parse_output(output: str) -> tuple[str, ...]:
     key = str(output).strip().lower()
     if key not in OUTPUTS:
@@ -429,7 +445,7 @@ class _Adapter:
                 for k in wanted:
                     o = outs[k].to(casts.get(k, torch.float32))
                     # counted on the device in the stored type (a float16 overflow is an inf stored)
-                    n = (~torch.isfinite(o)).reshape(o.shape[0], -1).sum(dim=1)
+                    n = nonfinite_per_row(o)
                     bad = n if bad is None else bad + n
                     chunks[k].append((o.view(torch.int16) if o.dtype == torch.bfloat16 else o).cpu().numpy())
                 nonfinite.append(bad.cpu().numpy() if bad is not None else np.zeros(0, np.int64))

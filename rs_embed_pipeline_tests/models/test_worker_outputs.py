@@ -104,3 +104,22 @@ def test_request_carries_outputs_grid_dtype_and_io_threads():
     assert (back.outputs, back.grid_dtype, back.io_threads) == ("pooled", "bfloat16", 2)
     old = EmbedRequest.from_extras({"model": "terrafm_b", "modality": "s2", "partitions": []})
     assert (old.outputs, old.grid_dtype, old.io_threads) == ("both", "float32", None)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_nonfinite_per_row_counts_as_every_value_does(dtype):
+    # the fast check (a row's values times 0, summed) then an exact count of the rows it flags: equal
+    # to counting every value, with finite extremes (no overflow) and mixed +inf / -inf / NaN rows
+    from rs_embed_pipeline.models.adapters import nonfinite_per_row
+
+    big = torch.finfo(dtype).max
+    x = torch.randn(6, 3, 4, 4).to(dtype)
+    x[0] = big  # finite: 0
+    x[1, 0, 0, 0], x[1, 2, 3, 3] = float("inf"), float("-inf")  # 2
+    x[2, 1] = float("nan")  # 16
+    x[3, 0, 1, 1], x[3, 0, 1, 2], x[3, 0, 1, 3] = float("nan"), float("inf"), -big  # 2
+    x[4] = -big
+    got = nonfinite_per_row(x)
+    assert got.dtype == torch.int64
+    assert got.tolist() == (~torch.isfinite(x)).reshape(6, -1).sum(dim=1).tolist() == [0, 2, 16, 2, 0, 0]
+    assert nonfinite_per_row(torch.ones(3, 5, dtype=dtype)).tolist() == [0, 0, 0]
