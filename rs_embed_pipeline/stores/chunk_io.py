@@ -86,8 +86,11 @@ def write_whole_chunks(array: zarr.Array, indices: Sequence[int], values: np.nda
     for c, r in rows.items():
         coords = (c,) + (0,) * (array.ndim - 1)
         spec = meta.get_chunk_spec(coords, a.config, proto)
+        js = list(r.values())
         if k == 1:
             block = np.ascontiguousarray(values[r[0] : r[0] + 1])
+        elif len(r) == k and list(r) == list(range(k)) and js == list(range(js[0], js[0] + k)):
+            block = np.ascontiguousarray(values[js[0] : js[0] + k])  # a whole batch in order: as it is, no copy
         else:  # rows in tile order; an edge chunk's rows past the array hold the fill value (as zarr's)
             block = np.full((k, *array.shape[1:]), meta.fill_value, dtype=array.dtype)
             block[list(r)] = values[list(r.values())]
