@@ -29,7 +29,7 @@ extra compression cost falls on the fetch's background writers, not on the GPU's
 Patch stores created since then hold the codes as differences to the previous row (``ArraySpec(
 filter="delta_y")``, the encoding's ``store_filter``; modulo 2**16, exact: :func:`apply_filter` /
 :func:`undo_filter`, which ``TileStore`` applies on write and undoes on read, so callers see codes):
-0.5x the bytes of a float32 store where the codes alone took 0.86x (#21's <= 0.55x). Their codec,
+0.50-0.52x the bytes of a float32 store where the codes alone took 0.86x (#21: <= 0.55x). Their codec,
 Blosc zstd-6, no shuffle, one Blosc block per tile chunk (``blocksize`` 2 MiB: a 224 px tile's chunk
 is 1.2 MB, a 288 px one 1.99 MB), was chosen by decode CPU per tile among the layouts within 0.55x,
 measured on the synthetic-catalog S2 tiles' row differences (224 px, 12 bands, one core, Blosc at one
