@@ -107,3 +107,31 @@ def test_a_16_bit_grid_is_one_chunk_per_batch_and_resumes_to_the_same_numbers(tm
     np.testing.assert_array_equal(store.read("grid", [9, 1]), grids[[9, 1]])  # tiles of a chunk, any order
     assert np.isnan(store.read("grid", [5])).all()  # no_data: the fill value
     np.testing.assert_array_equal(store.statuses(), ref.statuses())
+
+
+def test_a_16_bit_grid_of_one_tile_per_chunk_is_resumed_as_it_is(tmp_path, adapter, monkeypatch):  # noqa: F811
+    # Stores written between the two layout changes: pooled per batch, a float16 grid one tile per
+    # chunk. Each array keeps the chunking it was created with, so such a store resumes as it is.
+    import types
+
+    from rs_embed_pipeline.stores import grid_dtype as G
+    from rs_embed_pipeline.worker import embed as worker_embed
+
+    make_patch_store(str(tmp_path / "p.zarr"), 11, no_data=(5,))
+    _embed(tmp_path, adapter, "ref.zarr", grid_dtype="float16")
+    grids = TileStore.open(str(tmp_path / "ref.zarr"), "embeddings").read("grid", range(11))
+    with monkeypatch.context() as m:
+        # the grid as that layout made it: uncompressed, one tile per chunk (the store's codecs as today)
+        m.setattr(worker_embed, "G", types.SimpleNamespace(UNCOMPRESSED=(), check_grid_dtype=G.check_grid_dtype))
+        _embed(tmp_path, adapter, "e.zarr", grid_dtype="float16")
+    store = TileStore.open(str(tmp_path / "e.zarr"), "embeddings", mode="r+")
+    assert store.group["grid"].chunks[0] == 1 and store.group["pooled"].chunks[0] == 4
+    assert not store.group["grid"].compressors  # 16-bit grids: uncompressed in both layouts
+    store.group["status"][6:8] = STATUS_CODES["pending"]  # a killed run: 6 and 7 not marked
+    store.group["grid"][6:8] = 0.0
+    again = _embed(tmp_path, adapter, "e.zarr", grid_dtype="float16")
+    assert again.tiles_embedded_now == 2
+    assert store.group["grid"].chunks[0] == 1  # kept
+    assert len(_objects(tmp_path / "e.zarr", "grid")) == 10  # one object per ok tile
+    ok = [0, 1, 2, 3, 4, 6, 7, 8, 9, 10]
+    np.testing.assert_array_equal(store.read("grid", ok), grids[ok])
