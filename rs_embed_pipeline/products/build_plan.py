@@ -66,7 +66,7 @@ class Storage:
     per tile, per store (a region x window partition's Zarr, Parquet, COGs, index) and per cube."""
 
     source: str
-    s2_patch_ratio: float      # uint16 codes, zstd-5 byte shuffle (stores/patch_encoding.py)
+    s2_patch_ratio: float      # uint16 codes as row differences, Blosc zstd (stores/patch_encoding.py)
     s1_patch_ratio: float      # float32 sigma0
     float_ratio: float         # float32 embeddings, cubes, COGs (the search index stores raw .npy)
     patch_meta_per_tile: int   # tile_meta JSON (provenance), status, tile id
