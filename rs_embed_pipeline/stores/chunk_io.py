@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.codecs import BloscCodec, BytesCodec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.codec_pipeline import BatchedCodecPipeline
 from zarr.core.sync import sync
@@ -169,8 +170,6 @@ def _native(codec: Any, dtype: np.dtype) -> bool:
 def _uncompressed(pipe: Any, dtype: np.dtype) -> bool:
     """Whether a chunk's bytes are its values as they are (only a native-order ``bytes`` codec): a
     tile of it is one byte range (the embedding stores' 16-bit grids, several tiles per chunk)."""
-    from zarr.codecs import BytesCodec
-
     return (not pipe.array_array_codecs and not pipe.bytes_bytes_codecs
             and isinstance(pipe.array_bytes_codec, BytesCodec) and _native(pipe.array_bytes_codec, dtype))
 
@@ -190,8 +189,6 @@ def _read_rows(path: Any, out: np.ndarray, picks: list[tuple[int, int]]) -> None
 def _blosc_into(pipe: Any, dtype: np.dtype) -> Any:
     """The numcodecs Blosc codec of a pipeline that is only ``bytes`` (native byte order) + Blosc,
     which decodes a chunk straight into a tile of the output; None for any other pipeline."""
-    from zarr.codecs import BloscCodec, BytesCodec
-
     bb = pipe.bytes_bytes_codecs
     ab = pipe.array_bytes_codec
     if pipe.array_array_codecs or len(bb) != 1 or not isinstance(bb[0], BloscCodec) or not isinstance(ab, BytesCodec):

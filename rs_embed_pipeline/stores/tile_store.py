@@ -472,7 +472,7 @@ class TileStore:
         cumulative sum on the device (``models.device_prepare.undo_filter``) instead of host CPU.
         Every other reader wants :meth:`read_stored`'s codes."""
         array = array_at(self.group, name)
-        return self._read_raw(array, indices), self.stored_filter(name)
+        return self._read_raw(array, indices), self._filter(name, array)
 
     def stored_filter(self, name: str = "data") -> str | None:
         """The lossless filter array ``name``'s values are stored through (None: none); a name this

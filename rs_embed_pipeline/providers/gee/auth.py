@@ -88,7 +88,7 @@ class EarthEngineAuth(ABC):
         """(credentials, kind, project of the credentials)."""
         kind = self._configured_auth_kind()
         if kind == "anonymous":
-            from google.auth.credentials import AnonymousCredentials  # noqa: PLC0415
+            from google.auth.credentials import AnonymousCredentials  # noqa: PLC0415 - Earth Engine's dependency, only when used
 
             return AnonymousCredentials(), kind, None
         if kind == "credentials_object":
@@ -115,7 +115,7 @@ class EarthEngineAuth(ABC):
                 ) from None
             return creds, kind, info.get("project_id")
         try:
-            import google.auth  # noqa: PLC0415
+            import google.auth  # noqa: PLC0415 - Earth Engine's dependency, only when used
 
             creds, adc_project = google.auth.default(scopes=list(EE_SCOPES))
         except Exception as exc:
@@ -168,7 +168,7 @@ class EarthEngineAuth(ABC):
     def _widen_connection_pool(self, ee: Any) -> None:
         """Best effort: let the client's requests session keep one connection per slot."""
         try:
-            import requests.adapters  # noqa: PLC0415
+            import requests.adapters  # noqa: PLC0415 - the ee client's HTTP stack, only when used
 
             session = ee.data._get_state().requests_session  # private; absent in old clients
             adapter = requests.adapters.HTTPAdapter(pool_connections=4,
