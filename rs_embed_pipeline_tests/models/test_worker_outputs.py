@@ -123,3 +123,31 @@ def test_nonfinite_per_row_counts_as_every_value_does(dtype):
     assert got.dtype == torch.int64
     assert got.tolist() == (~torch.isfinite(x)).reshape(6, -1).sum(dim=1).tolist() == [0, 2, 16, 2, 0, 0]
     assert nonfinite_per_row(torch.ones(3, 5, dtype=dtype)).tolist() == [0, 0, 0]
+
+
+# Full size (seeded random weights: no pretrained weights offline), on the reference fixtures' inputs:
+# the README's "Grid stored type" figures (bench_embed_loop.py --grid-error) within these bounds.
+FULL_SIZE_GRID = {"terrafm_s2_l2a": ("terrafm_b", {}), "thor_s2_p16": ("thor_1_0_base", {"patch_size": 16, "pretrained": False})}
+# stored type -> (largest error / largest |value|, RMS error / RMS value, lowest cosine of a cell's feature vector)
+GRID_BOUNDS = {"float16": (2 ** -11, 3e-4, 0.99999), "bfloat16": (2 ** -8, 2.5e-3, 0.99999)}
+
+
+@pytest.mark.parametrize("name", list(FULL_SIZE_GRID))
+def test_full_size_grid_stored_types_stay_within_the_readmes_error(cases, name):
+    from rs_embed_pipeline.models import load_adapter
+
+    model, options = FULL_SIZE_GRID[name]
+    torch.manual_seed(0)
+    full = load_adapter(model, device="cpu", allow_random_weights=True, precision="fp32", **options)
+    grid = full.embed(cases[name].input(), "s2", "grid").grid  # [tile, feature, gy, gx] float32
+    assert grid.shape[1] == 768 and np.isfinite(grid).all()
+    for grid_dtype, (max_rel, rms_rel, min_cos) in GRID_BOUNDS.items():
+        back = G.to_float32(G.to_stored(grid, grid_dtype), grid_dtype)
+        err = back.astype(np.float64) - grid
+        assert np.abs(err).max() <= max_rel * np.abs(grid).max(), grid_dtype
+        assert np.sqrt((err ** 2).mean() / (grid.astype(np.float64) ** 2).mean()) <= rms_rel, grid_dtype
+        a = np.moveaxis(grid, 1, -1).reshape(-1, grid.shape[1]).astype(np.float64)
+        b = np.moveaxis(back, 1, -1).reshape(-1, grid.shape[1]).astype(np.float64)
+        cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+        assert cos.min() >= min_cos, (grid_dtype, cos.min())
+        assert np.abs(err).max() > 0, f"{grid_dtype}: the cast changed nothing"
